@@ -1,0 +1,43 @@
+# organizer: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR := .demo
+PHOTOS ?=
+export ORGANIZER_LIBRARY ?= $(CURDIR)/$(DEMO_DIR)/library
+
+.PHONY: demo test bench lint venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# One stamp per set of extras, remade when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[$*]'
+	touch $@
+
+venv: $(VENV)/.installed-dev,demo
+
+demo: $(VENV)/.installed-demo
+ifeq ($(PHOTOS),)
+	$(BIN)/python scripts/demo_photos.py $(DEMO_DIR)/photos
+	$(BIN)/organizer ingest $(DEMO_DIR)/photos
+else
+	$(BIN)/organizer ingest "$(PHOTOS)"
+endif
+	$(BIN)/organizer status
+	@echo "library: $(ORGANIZER_LIBRARY)"
+
+test: $(VENV)/.installed-dev,demo
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-dev,demo
+	$(BIN)/python bench/ingest.py
+
+lint: $(VENV)/.installed-dev,demo
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(DEMO_DIR) build *.egg-info

@@ -1,0 +1,301 @@
+"""The `organizer` command: parse options -> Settings -> one library call -> print.
+
+Data goes to stdout (a table, or one JSON document with --json); progress, warnings and
+errors go to stderr. Exit codes: 0 done, 1 failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from organizer.errors import OrganizerError
+
+app = typer.Typer(
+    help="Organise large photo folders with CLIP: ingest, search, cluster, report.\n\n"
+    "Example: organizer ingest ~/Photos && organizer status",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+LibraryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--library",
+        "-L",
+        help="Library folder [env ORGANIZER_LIBRARY; default: per-user data dir].",
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="open_clip model name or model-config JSON path [env ORGANIZER_MODEL; default ViT-B-32-256]."
+    ),
+]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Weights: tag, checkpoint path, or 'none' [env ORGANIZER_PRETRAINED; default datacomp_s34b_b86k]."
+    ),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu or cuda [env ORGANIZER_DEVICE].")]
+PrecisionOpt = Annotated[
+    str | None, typer.Option(help="auto, fp32, bf16 or fp16 [env ORGANIZER_PRECISION].")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+AbsoluteOpt = Annotated[bool, typer.Option("--absolute", help="Show absolute paths.")]
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _err(f"warning: {message}")
+
+
+def command(fn):
+    """Register a command that maps OrganizerError (and anything unexpected) to one line, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except OrganizerError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            _err("interrupted: work committed so far is kept; run the command again to finish")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("ORGANIZER_DEBUG"):
+                traceback.print_exc()
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            _err(
+                f"error: unexpected {type(exc).__name__}: {message} "
+                "(set ORGANIZER_DEBUG=1 for details)"
+            )
+            raise typer.Exit(1) from None
+
+    return app.command()(wrapper)
+
+
+def _settings(**cli):
+    from organizer.config import resolve_settings
+
+    return resolve_settings(**cli)
+
+
+def _open(settings, create: bool = False):
+    from organizer.library import Library
+
+    return Library.open(settings, create=create)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _shown(root: str, relpath: bytes, absolute: bool) -> str:
+    from organizer.scan import display_path
+
+    text = display_path(relpath)
+    return os.path.join(display_path(os.fsencode(root)), text) if absolute else text
+
+
+@command
+def ingest(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Folders to ingest; none = every known root.")
+    ] = None,
+    library: LibraryOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per model batch [env ORGANIZER_BATCH_SIZE].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode worker processes [env ORGANIZER_WORKERS].")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a busy library instead of failing.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")
+    ] = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option("--follow-symlinks", help="Follow file links that point outside the root."),
+    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed every image under the folders, incrementally: unchanged files are only stat'ed.
+
+    Example: organizer ingest ~/Photos ~/Phone
+    """
+    from organizer.ingest import IngestOptions
+
+    settings = _settings(library=library, model=model, pretrained=pretrained, device=device,
+                         precision=precision, batch_size=batch_size, workers=workers)  # fmt: skip
+    options = IngestOptions(retry_failed=retry_failed, follow_symlinks=follow_symlinks)
+    with _open(settings, create=True) as lib, _progress(enabled=not (quiet or as_json)) as progress:
+        summary = lib.ingest(paths or [], options=options, wait=wait, progress=progress)
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    s = summary
+    print(
+        f"ingested in {s.elapsed_s:.1f} s: {s.new} new, {s.changed} changed, {s.moved} moved, "
+        f"{s.unchanged} unchanged, {s.missing} missing, {s.failed} failed"
+    )
+    if s.embedded:
+        print(
+            f"embedded {s.embedded} images ({s.precision} on {s.device}, "
+            f"{s.images_per_s:.1f} images/s after {s.model_load_s:.1f} s loading the model)"
+        )
+    if s.reused:
+        print(f"reused {s.reused} vectors of identical files")
+    for problem in s.problems:
+        _err(f"warning: {problem}")
+    if s.failed:
+        print(f"{s.failed} files could not be read: see `organizer status --failed`")
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = None
+        self._task = None
+        self._started = time.perf_counter()
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        self._bar.start()
+        self._task = self._bar.add_task("ingest", total=None, rate="")
+        return self._update
+
+    def _update(self, p) -> None:
+        elapsed = time.perf_counter() - self._started
+        rate = f"{p.embedded / elapsed:.1f} img/s" if elapsed > 0 and p.embedded else ""
+        self._bar.update(self._task, completed=p.done, total=p.total, rate=rate)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@command
+def status(
+    library: LibraryOpt = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="List the files that could not be read, and why.")
+    ] = False,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What is in the library: roots, model, images by status, index health, last ingest.
+
+    Example: organizer status --failed
+    """
+    settings = _settings(library=library)
+    with _open(settings) as lib:
+        if failed:
+            _print_failures(lib.failures(), absolute, as_json)
+            return
+        st = lib.status()
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(st))
+        return
+    _print_status(st)
+
+
+def _print_failures(failures, absolute: bool, as_json: bool) -> None:
+    if as_json:
+        from organizer.scan import display_path
+
+        _print_json({"failed": [
+            {"root": f.root, "path": _shown(f.root, f.relpath, absolute),
+             "path_bytes_hex": f.relpath.hex() if display_path(f.relpath) != f.relpath.decode("utf-8", "replace") else None,
+             "reason": f.reason}
+            for f in failures
+        ]})  # fmt: skip
+        return
+    if not failures:
+        print("no failed files")
+        return
+    current_root = None
+    for f in failures:
+        if f.root != current_root and not absolute:
+            print(f"{f.root}:")
+            current_root = f.root
+        indent = "" if absolute else "  "
+        print(f"{indent}{_shown(f.root, f.relpath, absolute)}: {f.reason}")
+
+
+def _print_status(st) -> None:
+    model = st.model
+    rows = [("library", st.library)]
+    if model:
+        random = "  (random weights)" if model["random_weights"] else ""
+        rows.append(("model", f"{model['name']} / {model['pretrained']}, {model['dim']}-d{random}"))
+    else:
+        rows.append(("model", "none yet (chosen at the first ingest)"))
+    rows.append(("roots", "\n        ".join(st.roots) if st.roots else "none"))
+    images = st.images
+    rows.append(
+        ("images", f"{images['ok']} ok, {images['failed']} failed, {images['missing']} missing")
+    )
+    index = st.index
+    health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
+    rows.append(("index", f"{index.type or 'none'}, {index.count or 0} vectors, {health}"))
+    if st.last_ingest:
+        last = st.last_ingest
+        rows.append(
+            (
+                "ingest",
+                f"{last['finished_at']} ({last['status']}, {last['precision']} on {last['device']})",
+            )
+        )
+    for key, value in rows:
+        print(f"{key:<7} {value}")
+
+
+def main() -> None:
+    app()

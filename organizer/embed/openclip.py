@@ -1,0 +1,264 @@
+"""The open_clip embedder. The only module that imports torch, and the only place that may
+reach the network (to download pretrained weights into the Hugging Face cache)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from organizer.embed import ModelSpec, RandomWeightsWarning
+from organizer.errors import ModelError, WeightsUnavailableError
+from organizer.imaging import PreprocessSpec
+
+_TORCH_PRECISION = {"fp32": "fp32", "bf16": "pure_bf16", "fp16": "fp16"}
+_INPUT_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when available, else cpu; an explicit cuda without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
+        )
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> fp16 on CUDA, bf16 on CPUs with bf16 matrix units, else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device == "cpu":
+            raise ModelError("fp16 is slow and inaccurate on CPUs: use --precision bf16 or fp32")
+        if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
+            warnings.warn(
+                "this CPU has no bf16 matrix instructions (AMX / AVX512-BF16): bf16 runs about "
+                "10x slower than fp32 here; --precision auto picks the fast one",
+                stacklevel=2,
+            )
+        return precision
+    if device == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def _register_config(spec: ModelSpec) -> None:
+    import open_clip
+
+    if spec.config_json is None:
+        if spec.name not in open_clip.list_models():
+            close = difflib.get_close_matches(spec.name, open_clip.list_models(), n=5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ModelError(
+                f"unknown model {spec.name!r}: pass an open_clip model name or a model-config "
+                f"JSON path.{hint}"
+            )
+        return
+    folder = Path(tempfile.mkdtemp(prefix="organizer-model-"))
+    (folder / f"{spec.name}.json").write_text(spec.config_json)
+    open_clip.add_model_config(folder / f"{spec.name}.json")
+
+
+def _cached_checkpoint(cfg: dict, cache_dir: str | None) -> str | None:
+    """The checkpoint for a pretrained tag if it is already on disk; touches no network."""
+    if cfg.get("file"):
+        return cfg["file"] if os.path.isfile(cfg["file"]) else None
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+        repo_id, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS_NAME
+        for name in [*_get_safe_alternatives(filename), filename]:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+        return None
+    url = cfg.get("url", "")
+    if url:
+        target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+        return str(target) if target.is_file() else None
+    return None
+
+
+def _download_host(cfg: dict) -> str:
+    from urllib.parse import urlparse
+
+    if cfg.get("hf_hub"):
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        return urlparse(endpoint).hostname or "huggingface.co"
+    return urlparse(cfg.get("url", "")).hostname or "huggingface.co"
+
+
+def _reachable(host: str, timeout_s: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails in seconds, not minutes."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _weights_path(spec: ModelSpec, offline: bool, cache_dir: str | None) -> tuple[str, dict]:
+    """Resolve ``spec.pretrained`` to a checkpoint file, downloading it when allowed."""
+    import open_clip
+
+    if spec.weights_sha256:
+        return spec.pretrained, {}
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(spec.name)
+        known = f"known tags: {', '.join(tags)}" if tags else "it has no published weights"
+        raise ModelError(
+            f"unknown weights {spec.pretrained!r} for model {spec.name} ({known}); or pass "
+            f"--pretrained PATH to a checkpoint, or --pretrained none for random weights"
+        )
+    path = _cached_checkpoint(cfg, cache_dir)
+    remedy = f"weights for {spec.describe()} are not cached" + (
+        " and downloads are off (ORGANIZER_OFFLINE)" if offline else ""
+    )
+    if path is None and not offline:
+        host = _download_host(cfg)
+        if not _reachable(host):
+            remedy += f" and {host} cannot be reached"
+        else:
+            logging.disable(logging.WARNING)  # the hub client logs every retry
+            try:
+                path = open_clip.download_pretrained(cfg, cache_dir=cache_dir) or None
+            except Exception as exc:  # network errors come in many types
+                remedy += f" and the download failed ({type(exc).__name__})"
+            finally:
+                logging.disable(logging.NOTSET)
+    if path is None:
+        raise WeightsUnavailableError(
+            f"{remedy}: connect to the internet once to fill the Hugging Face cache, or pass "
+            f"--pretrained /path/to/open_clip_model.safetensors"
+        )
+    return path, cfg
+
+
+class OpenClipEmbedder:
+    """An open_clip model ready for inference. Build it with :func:`load`."""
+
+    def __init__(self, spec, model, tokenizer, preprocess, device, precision):
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.device = device
+        self.precision = precision
+        self.dim = (
+            int(model.text_projection.shape[1]) if _has_tensor(model, "text_projection") else None
+        )
+        self._dtype = _INPUT_DTYPE[precision]
+        self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1) * 255
+        if self.dim is None:
+            probe = np.zeros((1, *preprocess.size, 3), dtype=np.uint8)
+            self.dim = self.embed_pixels(probe).shape[1]
+
+    @torch.inference_mode()
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float()
+        x = ((x - self._mean) / self._std).to(self._dtype)
+        features = self.model.encode_image(x).float()
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        tokens = self.tokenizer(texts).to(self.device)
+        features = self.model.encode_text(tokens).float()
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+
+
+def _has_tensor(model, name: str) -> bool:
+    return isinstance(getattr(model, name, None), torch.Tensor)
+
+
+def load(
+    spec: ModelSpec,
+    device: str = "auto",
+    precision: str = "auto",
+    offline: bool = False,
+    cache_dir: str | None = None,
+) -> OpenClipEmbedder:
+    """Create the open_clip model named by ``spec`` with its weights, ready for inference.
+
+    Random weights (``spec.pretrained == "none"``) are seeded, so every process builds the
+    same model; a :class:`RandomWeightsWarning` is issued.
+
+    Raises:
+        ModelError: unknown model or tag, a checkpoint that does not fit the model.
+        WeightsUnavailableError: weights neither cached nor downloadable.
+    """
+    import open_clip
+
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    _register_config(spec)
+    kwargs: dict = {"precision": _TORCH_PRECISION[precision], "device": device}
+    if spec.is_random:
+        warnings.warn(
+            f"{spec.name} runs with random weights (--pretrained none): vectors are "
+            "consistent but meaningless; use this only for tests and benchmarks",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+        checkpoint, cfg = None, {}
+    else:
+        checkpoint, cfg = _weights_path(spec, offline, cache_dir)
+        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg}
+        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            # open_clip reports through the root logger and warnings; organizer reports itself.
+            logging.disable(logging.WARNING)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = open_clip.create_model(spec.name, pretrained=checkpoint, **kwargs)
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            raise ModelError(
+                f"cannot load {spec.describe()}: {str(exc).splitlines()[0][:300]}"
+            ) from None
+        finally:
+            logging.disable(logging.NOTSET)
+    model.eval()
+    preprocess = PreprocessSpec.from_open_clip(open_clip.get_model_preprocess_cfg(model))
+    tokenizer = open_clip.get_tokenizer(spec.name)
+    return OpenClipEmbedder(spec, model, tokenizer, preprocess, device, precision)
+
+
+def config_dim(spec: ModelSpec) -> int:
+    """The embedding dimension from a spec's config, without building the model."""
+    if spec.config_json:
+        return int(json.loads(spec.config_json)["embed_dim"])
+    import open_clip
+
+    return int(open_clip.get_model_config(spec.name)["embed_dim"])

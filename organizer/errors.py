@@ -1,0 +1,49 @@
+"""The one exception tree of organizer.
+
+Every error a user can cause or fix derives from :class:`OrganizerError`; the CLI turns it into
+one sentence on stderr and exit code 1. Messages say what failed and what to do about it.
+"""
+
+
+class OrganizerError(Exception):
+    """Base class: a failure the user can understand and act on."""
+
+
+class LibraryError(OrganizerError):
+    """The library directory cannot be opened, created or written."""
+
+
+class LibraryBusyError(LibraryError):
+    """Another process holds the library's writer lock."""
+
+
+class SchemaError(LibraryError):
+    """The database schema is newer than this program or cannot be migrated."""
+
+
+class ModelError(OrganizerError):
+    """A model name, config or weights cannot be resolved or loaded."""
+
+
+class ModelMismatchError(ModelError):
+    """A command asked for a model other than the one the library was built with."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Pretrained weights are neither cached locally nor downloadable."""
+
+
+class ImageError(OrganizerError):
+    """An image file cannot be decoded; ingest records it as failed and goes on."""
+
+
+class QueryError(OrganizerError):
+    """A search, similar or duplicates query is malformed or cannot be answered."""
+
+
+class ClusterError(OrganizerError):
+    """A clustering request cannot be carried out (bad k, empty library, unknown run)."""
+
+
+class ReportError(OrganizerError):
+    """A report cannot be produced or written."""

@@ -1,0 +1,224 @@
+"""Safe image decoding: allow-listed formats, bomb guard, draft decoding, EXIF orientation,
+mode normalisation, and resizing to a model's input.
+
+Only Pillow and numpy: this module runs in decode worker processes that never import torch.
+Every failure comes out as :class:`~organizer.errors.ImageError` with a short reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from organizer.errors import ImageError
+
+BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Pillow's own "this is a decompression bomb" threshold (2x its warning limit).
+MAX_PIXELS = 2 * 89_478_485
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
+_DATETIME = 306
+
+
+def allowed_formats() -> tuple[str, ...]:
+    """Formats organizer decodes; HEIF only when pillow-heif is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return BASE_FORMATS
+    pillow_heif.register_heif_opener()
+    return (*BASE_FORMATS, "HEIF")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What organizer records about a decoded file."""
+
+    width: int
+    height: int
+    format: str
+    captured_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a model wants its input: size (height, width), resize mode, normalisation."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    @classmethod
+    def from_open_clip(cls, cfg: dict) -> PreprocessSpec:
+        size = cfg["size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return cls(
+            size=size,
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+            fill_color=cfg.get("fill_color", 0),
+        )
+
+
+def _capture_time(image: Image.Image) -> datetime | None:
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if isinstance(raw, bytes):
+            raw = raw.decode("ascii", "replace")
+        return datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S") if raw else None
+    except Exception:  # EXIF is optional and often malformed; never fail an image over it
+        return None
+
+
+def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open image bytes lazily, accepting only allow-listed formats and sane pixel counts.
+
+    Raises:
+        ImageError: not an image, a format not on the allow-list, or a decompression bomb.
+    """
+    if not data:
+        raise ImageError("empty file")
+    formats = formats or allowed_formats()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError:
+        raise ImageError(f"not a supported image (allowed: {', '.join(formats)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large: looks like a decompression bomb") from None
+    except Exception as exc:
+        raise ImageError(f"cannot read image header: {_reason(exc)}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"invalid image size {width}x{height}")
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large ({width}x{height}): looks like a decompression bomb")
+    return image
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: alpha over white, 16-bit scaled, not clipped."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
+        if mode != "F" and not mode.startswith("I;16") and top <= 255:
+            top = 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if (mode == "P" and "transparency" in image.info) or mode in ("PA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def decode(
+    data: bytes, min_size: tuple[int, int] | None = None, formats: tuple[str, ...] | None = None
+) -> tuple[Image.Image, ImageInfo]:
+    """Decode the first frame of image bytes to an upright RGB image.
+
+    Args:
+        data: the file's bytes.
+        min_size: when given, JPEGs are decoded at the smallest DCT scale that keeps both
+            sides at least this large (``Image.draft``), which is several times faster.
+        formats: allow-list override (tests).
+
+    Returns:
+        The RGB image (EXIF orientation applied) and the info to record; width and height
+        are the file's full, upright dimensions.
+
+    Raises:
+        ImageError: whatever the reason the bytes cannot be decoded.
+    """
+    image = open_image(data, formats)
+    try:
+        image.seek(0)
+        width, height = image.size
+        captured_at = _capture_time(image)
+        orientation = image.getexif().get(0x0112, 1)
+        fmt = image.format or "?"
+        if min_size is not None and fmt == "JPEG":
+            image.draft(None, min_size)
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        image = to_rgb(image)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"cannot decode image: {_reason(exc)}") from None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return image, ImageInfo(width, height, fmt, captured_at)
+
+
+def _resize_dims(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int]:
+    th, tw = spec.size
+    if spec.resize_mode == "squash":
+        return tw, th
+    if spec.resize_mode == "longest":
+        ratio = max(h / th, w / tw)
+        return max(1, round(w / ratio)), max(1, round(h / ratio))
+    if th == tw:  # torchvision Resize(int): the short side becomes th, the long side truncates
+        if w <= h:
+            return th, int(th * h / w)
+        return int(th * w / h), th
+    ratio = min(h / th, w / tw)
+    return max(tw, round(w / ratio)), max(th, round(h / ratio))
+
+
+def to_model_input(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """Resize and crop (or pad) an RGB image exactly as open_clip's eval transform does.
+
+    Returns:
+        uint8 array of shape (height, width, 3); normalisation is left to the embedder.
+    """
+    w, h = image.size
+    th, tw = spec.size
+    resample = (
+        Image.Resampling.BILINEAR if spec.interpolation == "bilinear" else Image.Resampling.BICUBIC
+    )
+    new_w, new_h = _resize_dims(w, h, spec)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), resample)
+    if (new_w, new_h) != (tw, th):
+        canvas = Image.new("RGB", (tw, th), (spec.fill_color,) * 3)
+        canvas.paste(image, (_offset(new_w, tw), _offset(new_h, th)))
+        image = canvas
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _offset(have: int, want: int) -> int:
+    """Where the image goes on the canvas: torchvision's centre crop rounds, its pad floors."""
+    if have >= want:
+        return -round((have - want) / 2.0)
+    return (want - have) // 2
+
+
+def thumbnail(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy no larger than ``max_side`` on either side (for reports)."""
+    copy = image.copy()
+    copy.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return copy

@@ -1,0 +1,373 @@
+"""Library: the facade over a library directory (database + vector index + lock).
+
+The CLI and Python users call this; it owns behaviour, never prints, never exits.
+
+Example::
+
+    from organizer import Library, resolve_settings
+    with Library.open(resolve_settings(library="~/my-library"), create=True) as lib:
+        summary = lib.ingest(["~/Photos"])
+        print(summary.new, "new images")
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
+
+from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
+from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
+from organizer.errors import LibraryError, ModelError, ModelMismatchError
+from organizer.ingest import IngestOptions, IngestRun, IngestSummary, Progress, Target
+from organizer.lock import WriterLock
+from organizer.store import queries as q
+from organizer.store.db import create_engine_for, migrate, write_transaction
+
+DB_FILE = "library.db"
+INDEX_FILE = "vectors.faiss"
+
+EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
+
+
+def load_open_clip(spec: ModelSpec, settings: Settings) -> Embedder:
+    """The default embedder loader: open_clip, imported only now."""
+    from organizer.embed import openclip
+
+    return openclip.load(spec, settings.device, settings.precision, settings.offline)
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    type: str | None
+    count: int | None
+    in_sync: bool
+    path: str
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    """What ``organizer status`` shows."""
+
+    library: str
+    roots: list[str]
+    model: dict | None
+    images: dict[str, int]
+    index: IndexStatus
+    last_ingest: dict | None
+
+
+class Library:
+    """An opened library. Use :meth:`open`; close it (or use ``with``) when done."""
+
+    def __init__(self, settings: Settings, engine, embedder_loader: EmbedderLoader):
+        self.settings = settings
+        self.path = settings.library
+        self.engine = engine
+        self._embedder_loader = embedder_loader
+        self._embedder: Embedder | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        create: bool = False,
+        embedder_loader: EmbedderLoader | None = None,
+    ) -> Library:
+        """Open (and with ``create``, make) the library directory; migrate its schema.
+
+        Raises:
+            LibraryError: no library there (and not ``create``), or the folder is unusable.
+        """
+        path = settings.library
+        db_path = path / DB_FILE
+        if not db_path.exists():
+            if not create:
+                raise LibraryError(
+                    f"no library at {path}: run `organizer ingest FOLDER` first, or pass "
+                    f"--library / set ORGANIZER_LIBRARY"
+                )
+            _make_library_dir(path)
+        engine = create_engine_for(db_path)
+        try:
+            migrate(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise LibraryError(_sqlite_reason(path, exc)) from None
+        return cls(settings, engine, embedder_loader or load_open_clip)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def writer_lock(self, purpose: str) -> WriterLock:
+        """The library's writer lock (not yet taken)."""
+        if not os.access(self.path, os.W_OK):
+            raise LibraryError(f"library {self.path} is read-only: organizer needs to write there")
+        return WriterLock(self.path, purpose)
+
+    # -- model -----------------------------------------------------------------------------
+
+    def model(self) -> q.LibraryModel | None:
+        with self.engine.connect() as conn:
+            return q.library_model(conn)
+
+    def requested_spec(self) -> ModelSpec:
+        """The model the settings ask for, gaps filled from the library's record or defaults.
+
+        Raises:
+            ModelMismatchError: the settings name another model than the library's.
+        """
+        recorded = self.model()
+        s = self.settings
+        if recorded is None:
+            return request_spec(s.model or DEFAULT_MODEL, s.pretrained or DEFAULT_PRETRAINED)
+        if s.model is None and s.pretrained is None:
+            return recorded.spec
+        base = recorded.spec if s.model is None else request_spec(s.model, "none")
+        if s.pretrained is None:
+            spec = replace(base, pretrained=recorded.spec.pretrained,
+                           weights_sha256=recorded.spec.weights_sha256)  # fmt: skip
+        else:
+            spec = replace(request_spec(base.name, s.pretrained), config_json=base.config_json)
+        if not recorded.spec.same_model(spec):
+            raise ModelMismatchError(
+                f"this library was built with {recorded.spec.describe()}; it cannot mix in "
+                f"vectors of {spec.describe()}: leave out --model/--pretrained, or use another "
+                f"--library"
+            )
+        return recorded.spec
+
+    def embedder(self) -> Embedder:
+        """The library's model (or the requested one for a new library), loaded once."""
+        if self._embedder is None:
+            spec = self.requested_spec()
+            if spec.weights_sha256 and sha256_file(Path(spec.pretrained)) != spec.weights_sha256:
+                raise ModelError(
+                    f"checkpoint {spec.pretrained} changed since this library was built: "
+                    "restore the original file"
+                )
+            self._embedder = self._embedder_loader(spec, self.settings)
+        return self._embedder
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: list[str | Path],
+        *,
+        options: IngestOptions | None = None,
+        wait: bool = False,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> IngestSummary:
+        """Embed new and changed images under ``paths`` (all known roots when empty).
+
+        Raises:
+            LibraryBusyError: another process is writing (unless ``wait``).
+            ModelMismatchError, WeightsUnavailableError: before anything is written.
+            LibraryError: a path that is not a folder.
+        """
+        options = options or IngestOptions()
+        if options.batch_size == 32 and self.settings.batch_size:
+            options = replace(options, batch_size=self.settings.batch_size)
+        options = replace(options, exclude=(*options.exclude, self.path))
+        lock = self.writer_lock("ingest")
+        lock.acquire(wait=wait)
+        try:
+            model = self.model()
+            self.requested_spec()  # refuse a model mismatch before any work
+            targets = self._targets(paths)
+            run = IngestRun(
+                self.engine, self.embedder, model.id if model else None, options, progress
+            )
+            with write_transaction(self.engine) as conn:
+                run_id = q.start_run(conn, os.getpid())
+            status = "interrupted"
+            try:
+                summary = run.run(targets)
+                status = "finished"
+            finally:
+                with write_transaction(self.engine) as conn:
+                    q.finish_run(conn, run_id, status, run.summary.to_dict(),
+                                 run.summary.device, run.summary.precision)  # fmt: skip
+            self.refresh_index()
+        finally:
+            lock.release()
+        return summary
+
+    def _targets(self, paths: list[str | Path]) -> list[Target]:
+        with self.engine.connect() as conn:
+            roots = q.all_roots(conn)
+        if not paths:
+            return [Target(path, root_id) for root_id, path in roots.items() if Path(path).is_dir()]
+        reals: list[str] = []
+        for raw in paths:
+            path = Path(raw).expanduser()
+            if not path.exists():
+                raise LibraryError(f"folder not found: {path}")
+            if not path.is_dir():
+                raise LibraryError(f"not a folder: {path} (ingest takes folders)")
+            reals.append(os.path.realpath(path))
+        return _merge_targets([_target_for(real, roots) for real in _outermost(reals)])
+
+    # -- the vector index ------------------------------------------------------------------
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / INDEX_FILE
+
+    def vectors(self):
+        """The vector index, read from its file when it matches the database, else rebuilt."""
+        from organizer.vectors import read_index
+
+        with self.engine.connect() as conn:
+            state = q.index_state(conn)
+        if state.file_sha256 and state.file_generation == state.generation:
+            index = read_index(self.index_path, state.file_sha256)
+            if index is not None and len(index) == state.file_count:
+                return index
+        return self.refresh_index(force=True)
+
+    def refresh_index(self, force: bool = False):
+        """Rebuild the index file from the database if it is missing, stale or corrupt.
+
+        Returns the index when it was rebuilt, None when the file was already right.
+        """
+        from organizer.vectors import VectorIndex, file_sha256, write_index
+
+        with self.engine.connect() as conn, conn.begin():
+            state = q.index_state(conn)
+            in_sync = state.file_generation == state.generation and state.file_sha256
+            if in_sync and not force and file_sha256(self.index_path) == state.file_sha256:
+                return None
+            model = q.library_model(conn)
+            if model is None:
+                return VectorIndex.build(*_empty(), dim=1)
+            ids, vectors = q.ok_vectors(conn, model.id, model.dim)
+        index = VectorIndex.build(ids, vectors, model.dim)
+        try:
+            sha = write_index(self.index_path, index)
+            with write_transaction(self.engine) as conn:
+                q.record_index_file(conn, state.generation, sha, len(index), index.kind)
+        except (OSError, OperationalError):
+            pass  # a read-only or full disk: the index works from memory this time
+        return index
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> LibraryStatus:
+        """Roots, model, counts by status, index health, last ingest."""
+        import json
+
+        from organizer.vectors import file_sha256
+
+        with self.engine.connect() as conn, conn.begin():
+            roots = list(q.all_roots(conn).values())
+            model = q.library_model(conn)
+            counts = q.status_counts(conn)
+            state = q.index_state(conn)
+            last = q.last_run(conn)
+        in_sync = bool(
+            state.file_sha256
+            and state.file_generation == state.generation
+            and file_sha256(self.index_path) == state.file_sha256
+        )
+        model_info = None
+        if model is not None:
+            model_info = {
+                "name": model.spec.name,
+                "pretrained": model.spec.pretrained,
+                "weights_sha256": model.spec.weights_sha256,
+                "dim": model.dim,
+                "random_weights": model.spec.is_random,
+            }
+        last_info = None
+        if last is not None:
+            last_info = {
+                "finished_at": last.finished_at.isoformat() + "Z",
+                "status": last.status,
+                "device": last.device,
+                "precision": last.precision,
+                "summary": json.loads(last.summary_json or "{}"),
+            }
+        index = IndexStatus(state.index_type, state.file_count, in_sync, str(self.index_path))
+        return LibraryStatus(str(self.path), roots, model_info, counts, index, last_info)
+
+    def failures(self) -> list[q.Failure]:
+        """Files recorded as failed, with the reason, sorted by root and path."""
+        with self.engine.connect() as conn:
+            return q.failures(conn)
+
+
+def _empty():
+    import numpy as np
+
+    return np.empty(0, np.int64), np.empty((0, 1), np.float32)
+
+
+def _make_library_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path / DB_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
+
+
+def _sqlite_reason(path: Path, exc: OperationalError) -> str:
+    message = str(getattr(exc, "orig", exc))
+    if isinstance(getattr(exc, "orig", None), sqlite3.OperationalError) and (
+        "readonly" in message or "unable to open" in message
+    ):
+        return f"library {path} cannot be opened for writing ({message}): check its permissions"
+    return f"library database {path / DB_FILE} cannot be used: {message}"
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """The given folders minus those inside another given folder."""
+    ordered = sorted(set(paths), key=len)
+    kept: list[str] = []
+    for path in ordered:
+        if not any(path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _target_for(real: str, roots: dict[int, str]) -> Target:
+    for root_id, root in roots.items():
+        if real == root:
+            return Target(root, root_id)
+        if real.startswith(root.rstrip("/") + "/"):
+            return Target(root, root_id, prefix=os.fsencode(os.path.relpath(real, root)))
+    children = [
+        (root_id, os.fsencode(os.path.relpath(root, real)))
+        for root_id, root in roots.items()
+        if root.startswith(real.rstrip("/") + "/")
+    ]
+    return Target(real, None, absorb=children)
+
+
+def _merge_targets(targets: list[Target]) -> list[Target]:
+    """Drop targets covered by another one in the same run (e.g. a folder and its subfolder)."""
+    merged: list[Target] = []
+    for t in sorted(targets, key=lambda t: (t.root_path, t.prefix)):
+        covered = any(
+            m.root_path == t.root_path
+            and (not m.prefix or t.prefix == m.prefix or t.prefix.startswith(m.prefix + b"/"))
+            for m in merged
+        )
+        if not covered:
+            merged.append(t)
+    return merged

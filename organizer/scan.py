@@ -1,0 +1,152 @@
+"""Walk roots and stat candidate image files. Standard library only; reads no file contents.
+
+Paths are handled as bytes end to end, so names that are not valid UTF-8 (or that differ
+only in Unicode normalisation) are kept exactly as the filesystem has them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset(
+    ext.encode()
+    for ext in (
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
+        ".tif", ".tiff", ".heic", ".heif",
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A candidate image: path relative to its root, size and modification time."""
+
+    relpath: bytes
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    """Something under the root that could not be taken: a broken link, an unreadable folder."""
+
+    relpath: bytes
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    """What a walk of one root (or part of it) found."""
+
+    root: Path
+    files: list[FileEntry] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    unlisted_dirs: list[bytes] = field(default_factory=list)
+
+    def covers(self, relpath: bytes, prefix: bytes = b"") -> bool:
+        """Whether this walk looked where ``relpath`` would be (so its absence means it is gone)."""
+        if prefix and not relpath.startswith(prefix):
+            return False
+        return not any(relpath.startswith(d + b"/") for d in self.unlisted_dirs)
+
+
+def is_image_name(name: bytes) -> bool:
+    """Whether a file name has one of the image extensions organizer looks at."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _inside(path: bytes, root_real: bytes) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(b"/") + b"/")
+
+
+def scan_root(
+    root: Path,
+    *,
+    start: bytes = b"",
+    exclude: Iterable[Path] = (),
+    follow_symlinks: bool = False,
+) -> ScanResult:
+    """Walk ``root`` (or its subfolder ``start``) for image files.
+
+    Hidden files and folders (name starting with '.') and the ``exclude`` folders are skipped.
+    Folder symlinks are never followed (so the walk always ends); a file symlink is taken when
+    it points inside the root, or anywhere with ``follow_symlinks``. Broken links and folders
+    that cannot be listed are reported as problems, never raised.
+    """
+    result = ScanResult(root=root)
+    root_b = os.fsencode(root)
+    root_real = os.path.realpath(root_b)
+    excluded = set()
+    for path in exclude:
+        try:
+            st = os.stat(path)
+            excluded.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    stack = [start.rstrip(b"/")]
+    while stack:
+        rel_dir = stack.pop()
+        abs_dir = os.path.join(root_b, rel_dir) if rel_dir else root_b
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            result.unlisted_dirs.append(rel_dir)
+            result.problems.append(ScanProblem(rel_dir, f"folder cannot be read: {exc.strerror}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith(b"."):
+                continue
+            rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
+            if _walk_entry(entry, rel, root_real, excluded, follow_symlinks, result):
+                subdirs.append(rel)
+        stack.extend(reversed(subdirs))
+    return result
+
+
+def _walk_entry(entry, rel, root_real, excluded, follow_symlinks, result) -> bool:
+    """Handle one directory entry; True when it is a folder to descend into."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+            return (st.st_dev, st.st_ino) not in excluded
+        if not is_image_name(entry.name):
+            return False
+        if entry.is_symlink():
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                result.problems.append(ScanProblem(rel, "broken symbolic link"))
+                return False
+            if not stat_module.S_ISREG(st.st_mode):
+                return False
+            if not follow_symlinks and not _inside(entry.path, root_real):
+                result.problems.append(
+                    ScanProblem(rel, "symbolic link to a file outside the root (not followed)")
+                )
+                return False
+        elif entry.is_file(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+        else:
+            return False
+    except OSError as exc:
+        result.problems.append(ScanProblem(rel, f"cannot stat: {exc.strerror}"))
+        return False
+    result.files.append(FileEntry(rel, st.st_size, st.st_mtime_ns))
+    return False
+
+
+def display_path(relpath: bytes) -> str:
+    """A path for people: undecodable bytes as \\xNN, control characters escaped; lossless."""
+    text = relpath.decode("utf-8", "backslashreplace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        text = "".join(
+            c if 32 <= ord(c) != 127 else c.encode("unicode_escape").decode() for c in text
+        )
+    return text

@@ -1,0 +1,1 @@
+"""The library database: ORM models, engine and migrations, and named queries."""

@@ -1,0 +1,116 @@
+"""The SQLite engine of a library: pragmas, transactions that include DDL, migrate-on-open."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+
+from organizer.errors import SchemaError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _resource_dir(name: str) -> Path:
+    """A top-level folder of the source tree, or its copy inside an installed wheel."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package.parent / name, package / f"_{name}"):
+        if candidate.is_dir():
+            return candidate
+    raise SchemaError(f"organizer is installed without its {name}/ folder: reinstall it")
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic environment and revisions live."""
+    return _resource_dir("migrations")
+
+
+def _on_connect(dbapi_connection, _record) -> None:
+    # Hand transaction control to SQLAlchemy's "begin" event below: pysqlite's own implicit
+    # BEGIN skips DDL, which would leave an interrupted migration half-applied.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA synchronous = FULL")
+    # Write-ahead logging: readers never block the writer, nor the writer readers. Persistent,
+    # so this is a no-op after the first connection; it must run outside a transaction.
+    mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    cursor.close()
+    if str(mode).lower() != "wal":
+        raise SchemaError(f"could not switch the database to WAL mode (got {mode!r})")
+
+
+def _on_begin(connection) -> None:
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_engine_for(url_or_path: str | os.PathLike[str]) -> Engine:
+    """An engine for a SQLite file (or ``sqlite:///`` URL) with organizer's pragmas.
+
+    Write transactions should use ``engine.connect().execution_options(sqlite_begin="IMMEDIATE")``
+    so that they take the write lock up front and wait (busy timeout) instead of failing.
+    """
+    url = str(url_or_path)
+    if not url.startswith("sqlite:"):
+        url = f"sqlite:///{url}"
+    engine = create_engine(url)
+    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), waiting up to
+    the busy timeout for another writer; commits on success, rolls back on any exception."""
+    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        yield conn
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None for a new database."""
+    with engine.connect() as conn:
+        has_table = conn.execute(
+            text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'")
+        ).first()
+        if not has_table:
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def head_revision() -> str:
+    """The newest revision this program knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(migrations_dir())).get_current_head()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision, all in one transaction.
+
+    Raises:
+        SchemaError: the database was written by a newer organizer.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
+    current = current_revision(engine)
+    if current == head:
+        return
+    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+        raise SchemaError(
+            f"the library was written by a newer organizer (schema {current}); upgrade organizer"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")

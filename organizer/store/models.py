@@ -1,0 +1,119 @@
+"""SQLAlchemy 2.0 ORM models: the schema of a library database.
+
+The schema itself is created and changed only by Alembic revisions in ``migrations/``; these
+classes describe it for queries. Paths are stored as the raw bytes the filesystem gave
+(``os.fsencode``) so that names that are not valid UTF-8 survive unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Root(Base):
+    """A folder the user ingested; image paths are stored relative to it."""
+
+    __tablename__ = "roots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+    last_scan_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Model(Base):
+    """The embedding model a library's vectors were made with."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    pretrained: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    config_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Image(Base):
+    """One file under a root, whatever became of it (ok, failed or missing)."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("root_id", "relpath", name="uq_images_root_relpath"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
+    relpath: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    captured_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Embedding(Base):
+    """An image's L2-normalised vector under one model, as float32 bytes."""
+
+    __tablename__ = "embeddings"
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class IngestRun(Base):
+    """One run of ``organizer ingest``: when, with what, and what it found."""
+
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    precision: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class IndexState(Base):
+    """What the vector-index cache must contain, and what the file on disk does contain.
+
+    ``generation`` is bumped by triggers whenever the set of indexed vectors can have changed;
+    the file is trusted only when its checksum and generation match this row.
+    """
+
+    __tablename__ = "index_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    file_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    file_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    file_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    index_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    built_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,84 @@
+"""Run an ingest in this process with the numpy fake embedder, for crash tests.
+
+Usage: python crash_ingest.py LIBRARY ROOT [--slow SECONDS] [--die-after-commit N] [--die-in-index-write]
+The --die-* options SIGKILL this process at a named point (test instrumentation only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import FakeEmbedder
+
+import organizer.ingest
+import organizer.library
+import organizer.vectors
+from organizer.config import Settings
+from organizer.ingest import IngestOptions
+from organizer.library import Library
+
+
+class SlowFake(FakeEmbedder):
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+
+    def embed_pixels(self, batch):
+        time.sleep(self.delay)
+        return super().embed_pixels(batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("library")
+    parser.add_argument("root")
+    parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--die-after-commit", type=int, default=0)
+    parser.add_argument("--die-in-index-write", action="store_true")
+    args = parser.parse_args()
+
+    if args.die_after_commit:
+        real = organizer.ingest.write_transaction
+        commits = {"n": 0}
+
+        from contextlib import contextmanager
+
+        @contextmanager
+        def counting(engine):
+            with real(engine) as conn:
+                yield conn
+            commits["n"] += 1
+            if commits["n"] == args.die_after_commit:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        organizer.ingest.write_transaction = counting
+
+    if args.die_in_index_write:
+
+        def dying_write(path, index):
+            data = index.to_bytes()
+            with open(str(path) + ".partial", "wb") as fh:
+                fh.write(data[: len(data) // 2])
+            with open(path, "r+b" if path.exists() else "wb") as fh:
+                fh.write(data[: len(data) // 2])  # a torn write in place: the worst case
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        organizer.vectors.write_index = dying_write
+
+    fake = SlowFake(args.slow)
+    settings = Settings(library=Path(args.library))
+    with Library.open(settings, create=True, embedder_loader=lambda s, t: fake) as lib:
+        summary = lib.ingest([args.root], options=IngestOptions(batch_size=args.batch_size))
+    print("embedded", summary.embedded, flush=True)
+
+
+if __name__ == "__main__":
+    main()

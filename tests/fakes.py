@@ -1,0 +1,76 @@
+"""Test doubles: a numpy embedder (no torch) and image generators."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from organizer.embed import ModelSpec
+from organizer.imaging import PreprocessSpec
+
+TINY_CONFIG = Path(__file__).parent / "data" / "tiny-clip.json"
+
+
+class FakeEmbedder:
+    """Deterministic vectors from pixels through a fixed random projection; counts its calls."""
+
+    def __init__(self, spec: ModelSpec | None = None, dim: int = 16, size: int = 32):
+        self.spec = spec or ModelSpec("fake", "none")
+        self.dim = dim
+        self.preprocess = PreprocessSpec((size, size), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        self.device = "cpu"
+        self.precision = "fp32"
+        rng = np.random.default_rng(0)
+        self._w = rng.standard_normal((size * size * 3, dim)).astype(np.float32)
+        self.images_embedded = 0
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        self.images_embedded += len(batch)
+        x = batch.reshape(len(batch), -1).astype(np.float32) / 255.0 - 0.5
+        v = x @ self._w
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        rng = np.random.default_rng(abs(hash(tuple(texts))) % 2**32)
+        v = rng.standard_normal((len(texts), self.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def picture(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """A distinct, asymmetric RGB picture: noise background plus coloured shapes."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        x1, y1 = x0 + int(rng.integers(8, w // 2)), y0 + int(rng.integers(8, h // 2))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.rectangle([x0, y0, x1, y1], fill=color)
+    draw.polygon([(0, 0), (w // 3, 0), (0, h // 3)], fill=(255, 0, 0))  # marks the top-left
+    return image
+
+
+def write_picture(path: Path, seed: int, fmt: str | None = None, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture(seed).save(path, format=fmt, **save)
+    return path
+
+
+def image_bytes(image: Image.Image, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def make_folder(root: Path, n: int, start_seed: int = 0, ext: str = ".jpg") -> list[Path]:
+    """``n`` distinct pictures under ``root`` (some in a subfolder)."""
+    paths = []
+    for i in range(n):
+        sub = root / ("sub" if i % 3 == 2 else "")
+        paths.append(write_picture(sub / f"img{start_seed + i:03d}{ext}", start_seed + i))
+    return paths

@@ -1,0 +1,143 @@
+"""The CLI end to end with the tiny open_clip model (random weights, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fakes import TINY_CONFIG
+
+from organizer.lock import WriterLock
+
+
+def test_ingest_json_summary_and_status(cli, photos):
+    result = cli("ingest", photos, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for key in ("new", "changed", "moved", "unchanged", "missing", "failed"):
+        assert isinstance(summary[key], int)
+    assert summary["new"] == 6 and isinstance(summary["elapsed_s"], float)
+    assert "random weights" in result.stderr  # --pretrained none is warned about
+
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    st = json.loads(result.stdout)
+    assert st["images"] == {"ok": 6, "failed": 0, "missing": 0}
+    assert st["model"]["name"] == "tiny-clip" and st["model"]["dim"] == 32
+    assert st["model"]["random_weights"] is True
+    assert st["index"]["count"] == 6 and st["index"]["in_sync"] is True
+
+    result = cli("status")
+    assert "6 ok, 0 failed, 0 missing" in result.stdout and "in sync" in result.stdout
+
+
+def test_human_summary_and_failed_listing(cli, photos):
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
+    result = cli("ingest", photos)
+    assert result.exit_code == 0
+    assert "6 new" in result.stdout and "1 failed" in result.stdout
+    assert "organizer status --failed" in result.stdout
+    result = cli("status", "--failed")
+    assert "broken.jpg:" in result.stdout
+    result = cli("status", "--failed", "--json")
+    failed = json.loads(result.stdout)["failed"]
+    assert failed[0]["path"] == "broken.jpg" and failed[0]["reason"]
+    result = cli("status", "--failed", "--absolute")
+    assert os.path.join(os.path.realpath(photos), "broken.jpg") in result.stdout
+
+
+def test_second_writer_is_refused_with_the_holder(cli, photos, tmp_path):
+    assert cli("ingest", photos).exit_code == 0
+    lock = WriterLock(tmp_path / "lib", "ingest")
+    lock.acquire()
+    try:
+        result = cli("ingest", photos)
+        assert result.exit_code == 1
+        assert f"library is busy: ingest running (pid {os.getpid()})" in result.stderr
+        assert "Traceback" not in result.output
+        # readers are not blocked by the writer
+        assert cli("status").exit_code == 0
+    finally:
+        lock.release()
+    assert cli("ingest", photos).exit_code == 0
+
+
+def test_other_model_is_refused(cli, photos):
+    assert cli("ingest", photos).exit_code == 0
+    result = cli("ingest", photos, "--model", "ViT-B-32", "--pretrained", "none")
+    assert result.exit_code == 1
+    assert "built with tiny-clip/none" in result.stderr and "cannot mix" in result.stderr
+
+
+def test_unknown_model_name_is_a_clear_error(cli, photos):
+    result = cli("ingest", photos, "--model", "ViT-B-33", "--pretrained", "none")
+    assert result.exit_code == 1
+    assert "unknown model 'ViT-B-33'" in result.stderr and "ViT-B-32" in result.stderr
+
+
+def test_unknown_weights_tag_names_the_known_ones(cli, photos):
+    result = cli("ingest", photos, "--model", "ViT-B-32-256", "--pretrained", "nonsense")
+    assert result.exit_code == 1
+    assert "datacomp_s34b_b86k" in result.stderr
+
+
+def test_unreachable_weights_stop_before_anything_is_written(cli, photos, tmp_path):
+    result = cli("ingest", photos, "--model", "ViT-B-32-256", "--pretrained", "datacomp_s34b_b86k")
+    assert result.exit_code == 1
+    err = result.stderr
+    assert "ViT-B-32-256/datacomp_s34b_b86k are not cached" in err
+    assert "--pretrained /path/to/open_clip_model.safetensors" in err
+    assert "Traceback" not in result.output
+    result = cli("status", "--json")
+    st = json.loads(result.stdout)
+    assert st["images"] == {"ok": 0, "failed": 0, "missing": 0} and st["model"] is None
+    assert st["roots"] == []
+
+
+def test_checkpoint_path_is_loaded_and_recorded(cli, photos, tmp_path):
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(TINY_CONFIG)
+    model = open_clip.create_model("tiny-clip")
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), checkpoint)
+    result = cli("ingest", photos, "--pretrained", checkpoint)
+    assert result.exit_code == 0, result.output
+    st = json.loads(cli("status", "--json").stdout)
+    assert st["model"]["pretrained"] == str(checkpoint) and len(st["model"]["weights_sha256"]) == 64
+    assert st["model"]["random_weights"] is False
+
+
+def test_missing_library_for_status(cli, tmp_path):
+    result = cli("status", "--library", tmp_path / "nowhere")
+    assert result.exit_code == 1 and "no library at" in result.stderr
+
+
+def test_bad_arguments_exit_2(cli):
+    assert cli("ingest", "--batch-size", "zero").exit_code == 2
+    assert cli("frobnicate").exit_code == 2
+
+
+def test_not_a_folder(cli, photos):
+    result = cli("ingest", photos / "img000.jpg")
+    assert result.exit_code == 1 and "not a folder" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["ingest", "--help"]])
+def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
+    assert cli("ingest", photos).exit_code == 0
+    code = (
+        "import sys; from organizer.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'faiss') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    env = {**os.environ, "ORGANIZER_LIBRARY": str(tmp_path / "lib")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+    )
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr

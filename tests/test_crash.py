@@ -1,0 +1,150 @@
+"""kill -9 at random and at named moments: a re-run completes, embeds nothing twice, loses
+nothing committed, and the index agrees with the database."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import TINY_CONFIG, FakeEmbedder, make_folder
+
+from organizer.config import Settings
+from organizer.library import Library
+from organizer.store import queries as q
+
+SCRIPT = Path(__file__).parent / "crash_ingest.py"
+N_IMAGES = 24
+RANDOM_KILLS = 30
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crash_photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("crash") / "photos"
+    make_folder(root, N_IMAGES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, crash_photos) -> dict[bytes, np.ndarray]:
+    """Vectors of a clean, uninterrupted run."""
+    fake = FakeEmbedder()
+    lib_dir = tmp_path_factory.mktemp("clean") / "lib"
+    with Library.open(
+        Settings(library=lib_dir), create=True, embedder_loader=lambda s, t: fake
+    ) as lib:
+        lib.ingest([crash_photos])
+        return _state(lib)
+
+
+def _state(lib) -> dict[bytes, np.ndarray]:
+    with lib.engine.connect() as conn:
+        model = q.library_model(conn)
+        ids, vecs = q.ok_vectors(conn, model.id, model.dim)
+        paths = dict(conn.execute(q.select(q.images.c.id, q.images.c.relpath)).all())
+    return {paths[i]: v for i, v in zip(ids.tolist(), vecs, strict=True)}
+
+
+def _run_script(lib_dir: Path, root: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(lib_dir), str(root), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _recover_and_check(lib_dir: Path, root: Path, reference: dict) -> None:
+    """Re-run to completion and assert the library equals a clean run's."""
+    committed_before = {}
+    if (lib_dir / "library.db").exists():
+        with Library.open(Settings(library=lib_dir)) as lib:
+            if lib.model() is not None:
+                committed_before = _state(lib)
+    fake = FakeEmbedder()
+    with Library.open(
+        Settings(library=lib_dir), create=True, embedder_loader=lambda s, t: fake
+    ) as lib:
+        summary = lib.ingest([root])
+        state = _state(lib)
+        # nothing committed was lost or redone; everything else was done once
+        assert fake.images_embedded == N_IMAGES - len(committed_before)
+        assert summary.new == N_IMAGES - len(committed_before)
+        assert set(state) == set(reference)
+        for path, vec in state.items():
+            np.testing.assert_allclose(vec, reference[path], atol=1e-6)
+        with lib.engine.connect() as conn:
+            assert q.status_counts(conn) == {"ok": N_IMAGES, "failed": 0, "missing": 0}
+        index = lib.vectors()
+        with lib.engine.connect() as conn:
+            model = q.library_model(conn)
+            ids, _ = q.ok_vectors(conn, model.id, model.dim)
+        assert sorted(index.ids().tolist()) == ids.tolist()
+        assert lib.status().index.in_sync
+
+
+@pytest.mark.parametrize("seed", range(RANDOM_KILLS))
+def test_kill_at_random_moment(seed, crash_photos, reference, tmp_path):
+    rng = random.Random(seed)
+    lib_dir = tmp_path / "lib"
+    proc = _run_script(lib_dir, crash_photos, "--slow", "0.05")
+    time.sleep(rng.uniform(0.2, 2.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    _recover_and_check(lib_dir, crash_photos, reference)
+
+
+@pytest.mark.parametrize("commit", [1, 2, 4, 7])
+def test_kill_right_after_a_batch_commit(commit, crash_photos, reference, tmp_path):
+    lib_dir = tmp_path / "lib"
+    proc = _run_script(lib_dir, crash_photos, "--die-after-commit", str(commit))
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    _recover_and_check(lib_dir, crash_photos, reference)
+
+
+def test_kill_during_the_index_write(crash_photos, reference, tmp_path):
+    lib_dir = tmp_path / "lib"
+    proc = _run_script(lib_dir, crash_photos, "--die-in-index-write")
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    with Library.open(Settings(library=lib_dir)) as lib:
+        assert not lib.status().index.in_sync  # the torn file is detected, never trusted
+    _recover_and_check(lib_dir, crash_photos, reference)
+
+
+def test_kill_the_real_cli(tmp_path):
+    """The real `organizer ingest` with the tiny open_clip model, killed mid-run."""
+    root = tmp_path / "photos"
+    make_folder(root, 40)
+    lib_dir = tmp_path / "lib"
+    env = {**os.environ, "ORGANIZER_LIBRARY": str(lib_dir), "ORGANIZER_MODEL": str(TINY_CONFIG),
+           "ORGANIZER_PRETRAINED": "none", "ORGANIZER_BATCH_SIZE": "2"}  # fmt: skip
+    cmd = [sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    committed = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if (lib_dir / "library.db").exists():
+            try:
+                with Library.open(Settings(library=lib_dir)) as lib:
+                    committed = sum(lib.status().images.values())
+            except Exception:
+                continue
+            if committed >= 4:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    result = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with Library.open(Settings(library=lib_dir)) as lib:
+        st = lib.status()
+        assert st.images == {"ok": 40, "failed": 0, "missing": 0}
+        assert st.index.in_sync and st.index.count == 40

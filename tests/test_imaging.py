@@ -1,0 +1,105 @@
+"""Decoding: modes, orientation, bombs, allow-list, and parity with open_clip's transform."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fakes import image_bytes, picture
+from PIL import Image
+
+from organizer.errors import ImageError
+from organizer.imaging import PreprocessSpec, decode, to_model_input
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    image, _ = decode(data)
+    assert image.mode == "RGB"
+    return np.asarray(image)
+
+
+def test_cmyk_jpeg_is_converted():
+    data = image_bytes(Image.new("CMYK", (20, 10), (0, 255, 255, 0)), "JPEG", quality=95)
+    px = _rgb(data)
+    assert px.shape == (10, 20, 3) and px[5, 5, 0] > 200 and px[5, 5, 1] < 60
+
+
+def test_16bit_png_is_scaled_not_clipped():
+    array = np.full((8, 8), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    data = image_bytes(Image.fromarray(array), "PNG")
+    px = _rgb(data)
+    assert 120 <= px[0, 0, 0] <= 135
+
+
+def test_palette_with_transparency_goes_over_white():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0] * 256)
+    image.info["transparency"] = 0
+    px = _rgb(image_bytes(image, "PNG", transparency=0))
+    assert (px == 255).all()
+
+
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [("LA", (0, 0), 255), ("LA", (10, 255), 10), ("1", 1, 255), ("L", 77, 77)],
+)
+def test_grey_modes(mode, value, expected):
+    px = _rgb(image_bytes(Image.new(mode, (4, 4), value), "PNG"))
+    assert (px == expected).all()
+
+
+def test_decompression_bomb_is_refused_without_decoding():
+    data = image_bytes(Image.new("1", (20000, 20000), 0), "PNG")
+    assert len(data) < 200_000
+    with pytest.raises(ImageError, match="decompression bomb"):
+        decode(data)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PSD", "SVG", "ICO", "PPM"])
+def test_formats_off_the_allow_list_are_refused(fmt):
+    samples = {
+        "EPS": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+        "PSD": b"8BPS\x00\x01" + b"\x00" * 40,
+        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
+        "ICO": image_bytes(Image.new("RGB", (16, 16)), "ICO"),
+        "PPM": image_bytes(Image.new("RGB", (16, 16)), "PPM"),
+    }
+    with pytest.raises(ImageError, match="not a supported image"):
+        decode(samples[fmt])
+
+
+def test_animated_gif_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    px = _rgb(buf.getvalue())
+    assert px[0, 0, 0] > 200 and px[0, 0, 1] < 50
+
+
+def test_exif_capture_time_is_read():
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[36867] = "2019:07:14 15:30:00"
+    _, info = decode(image_bytes(picture(1), "JPEG", exif=exif))
+    assert info.captured_at is not None and info.captured_at.isoformat() == "2019-07-14T15:30:00"
+
+
+def test_truncated_jpeg_fails_cleanly():
+    data = image_bytes(picture(2, (400, 300)), "JPEG")
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (64, 64), (31, 90)])
+@pytest.mark.parametrize("mode", ["shortest", "squash", "longest"])
+def test_model_input_matches_open_clip_transform(size, mode):
+    from open_clip.transform import image_transform
+
+    spec = PreprocessSpec((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize_mode=mode)
+    image = picture(5, size)
+    ours = to_model_input(image, spec).astype(np.float32) / 255.0
+    ours = (ours - 0.5) / 0.25
+    theirs = image_transform(32, is_train=False, mean=spec.mean, std=spec.std, resize_mode=mode)(
+        image
+    )
+    np.testing.assert_allclose(ours, theirs.permute(1, 2, 0).numpy(), atol=1e-4)

@@ -1,0 +1,220 @@
+"""Incremental ingest through the library API (numpy fake embedder, no torch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from fakes import picture, write_picture
+
+from organizer.config import Settings
+from organizer.errors import LibraryError
+from organizer.library import Library
+from organizer.store import queries as q
+
+
+def rows(lib):
+    with lib.engine.connect() as conn:
+        return {r.relpath.decode(): r for r in conn.execute(q.select(q.images)).all()}
+
+
+def vectors(lib):
+    with lib.engine.connect() as conn:
+        model = q.library_model(conn)
+        ids, vecs = q.ok_vectors(conn, model.id, model.dim)
+    return dict(zip(ids.tolist(), vecs, strict=True))
+
+
+def test_first_ingest_embeds_everything(fake_lib, photos):
+    s = fake_lib.ingest([photos])
+    assert (s.new, s.changed, s.moved, s.unchanged, s.missing, s.failed) == (6, 0, 0, 0, 0, 0)
+    assert fake_lib.fake.images_embedded == 6
+    r = rows(fake_lib)
+    assert set(r) == {
+        "img000.jpg",
+        "img001.jpg",
+        "sub/img002.jpg",
+        "img003.jpg",
+        "img004.jpg",
+        "sub/img005.jpg",
+    }
+    assert all(x.status == "ok" and x.width == 96 and x.height == 64 for x in r.values())
+    assert len(fake_lib.vectors()) == 6
+
+
+def test_unchanged_reingest_embeds_nothing_and_loads_no_model(settings, photos):
+    from fakes import FakeEmbedder
+
+    fake = FakeEmbedder()
+    with Library.open(
+        Settings(library=settings.library), create=True, embedder_loader=lambda s, t: fake
+    ) as lib:
+        lib.ingest([photos])
+
+    def refuse(spec, s):
+        raise AssertionError("the model must not be loaded for an unchanged re-ingest")
+
+    with Library.open(Settings(library=settings.library), embedder_loader=refuse) as lib:
+        s = lib.ingest([photos])
+        assert (s.new, s.unchanged, s.embedded) == (0, 6, 0)
+        s = lib.ingest([])  # no paths: every known root
+        assert s.unchanged == 6
+
+
+def test_edit_is_reembedded_touch_is_not(fake_lib, photos):
+    fake_lib.ingest([photos])
+    before = rows(fake_lib)
+    vec_before = vectors(fake_lib)
+    write_picture(photos / "img000.jpg", 100)  # new content, same path
+    os.utime(photos / "img001.jpg", ns=(1, 10**18))  # touched, same content
+    calls = fake_lib.fake.images_embedded
+    s = fake_lib.ingest([photos])
+    assert (s.changed, s.unchanged, s.new) == (1, 5, 0)
+    assert fake_lib.fake.images_embedded == calls + 1
+    after = rows(fake_lib)
+    assert after["img000.jpg"].id == before["img000.jpg"].id
+    assert after["img000.jpg"].content_hash != before["img000.jpg"].content_hash
+    assert not np.allclose(
+        vectors(fake_lib)[after["img000.jpg"].id], vec_before[before["img000.jpg"].id]
+    )
+    assert after["img001.jpg"].mtime_ns == 10**18
+
+
+def test_move_keeps_id_and_vector(fake_lib, photos):
+    fake_lib.ingest([photos])
+    before = rows(fake_lib)
+    vec = vectors(fake_lib)[before["img003.jpg"].id]
+    (photos / "renamed").mkdir()
+    os.rename(photos / "img003.jpg", photos / "renamed" / "holiday.jpg")
+    calls = fake_lib.fake.images_embedded
+    s = fake_lib.ingest([photos])
+    assert (s.moved, s.new, s.missing, s.embedded) == (1, 0, 0, 0)
+    assert fake_lib.fake.images_embedded == calls
+    after = rows(fake_lib)
+    assert "img003.jpg" not in after
+    assert after["renamed/holiday.jpg"].id == before["img003.jpg"].id
+    np.testing.assert_array_equal(vectors(fake_lib)[before["img003.jpg"].id], vec)
+
+
+def test_identical_content_is_embedded_once(fake_lib, tmp_path):
+    root = tmp_path / "dups"
+    write_picture(root / "a.jpg", 7)
+    shutil.copy(root / "a.jpg", root / "b.jpg")
+    shutil.copy(root / "a.jpg", root / "c.jpg")
+    s = fake_lib.ingest([root])
+    assert s.new == 3 and s.embedded == 1 and s.reused == 2
+    assert fake_lib.fake.images_embedded == 1
+    vecs = list(vectors(fake_lib).values())
+    assert len(vecs) == 3 and np.array_equal(vecs[0], vecs[1]) and np.array_equal(vecs[0], vecs[2])
+    shutil.copy(root / "a.jpg", root / "d.jpg")  # a later copy reuses the stored vector
+    s = fake_lib.ingest([root])
+    assert (s.new, s.reused, s.embedded) == (1, 1, 0)
+
+
+def test_deleted_file_becomes_missing_and_leaves_the_index(fake_lib, photos):
+    fake_lib.ingest([photos])
+    gone = rows(fake_lib)["img004.jpg"].id
+    (photos / "img004.jpg").unlink()
+    s = fake_lib.ingest([photos])
+    assert s.missing == 1
+    assert rows(fake_lib)["img004.jpg"].status == "missing"
+    index = fake_lib.vectors()
+    assert gone not in index.ids().tolist() and len(index) == 5
+    st = fake_lib.status()
+    assert st.images == {"ok": 5, "failed": 0, "missing": 1}
+    assert st.index.in_sync and st.index.count == 5
+    # it comes back: ok again, nothing embedded
+    write_picture(photos / "img004.jpg", 4)
+    s = fake_lib.ingest([photos])
+    assert rows(fake_lib)["img004.jpg"].status == "ok" and s.embedded == 0
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("text.png", b"hello, I am not a picture\n", "not a supported image"),
+        (
+            "random.jpg",
+            bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)),
+            "not a supported image",
+        ),
+        ("truncated.jpg", None, "cannot decode"),
+    ],
+)
+def test_bad_files_are_recorded_and_the_run_goes_on(fake_lib, photos, name, content, reason):
+    if content is None:
+        data = (photos / "img000.jpg").read_bytes()
+        content = data[: len(data) // 2]
+    (photos / name).write_bytes(content)
+    s = fake_lib.ingest([photos])
+    assert (s.new, s.failed) == (6, 1)
+    failures = fake_lib.failures()
+    assert [f.relpath for f in failures] == [name.encode()]
+    assert reason in failures[0].reason
+    # unchanged failures are not retried; a changed file is
+    s = fake_lib.ingest([photos])
+    assert (s.failed, s.unchanged) == (0, 7)
+    write_picture(photos / name, 50, fmt="PNG" if name.endswith(".png") else "JPEG")
+    s = fake_lib.ingest([photos])
+    assert (s.changed, s.failed) == (1, 0) and fake_lib.failures() == []
+
+
+def test_exif_rotated_image_is_embedded_upright(fake_lib, tmp_path):
+    from PIL import Image
+
+    upright = picture(3, size=(96, 64))
+    root = tmp_path / "rot"
+    root.mkdir()
+    upright.save(root / "upright.png")
+    for orientation, stored in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        upright.transpose(stored).save(root / f"o{orientation}.png", exif=exif)
+    fake_lib.ingest([root])
+    r = rows(fake_lib)
+    v = vectors(fake_lib)
+    for name in ("o6.png", "o8.png"):
+        assert (r[name].width, r[name].height) == (96, 64)
+        np.testing.assert_allclose(v[r[name].id], v[r["upright.png"].id], atol=1e-6)
+
+
+def test_nested_and_overlapping_roots(fake_lib, photos):
+    fake_lib.ingest([photos / "sub"])  # a subfolder first: becomes a root
+    assert fake_lib.status().roots == [os.path.realpath(photos / "sub")]
+    s = fake_lib.ingest([photos])  # then the parent: absorbs it, nothing re-embedded
+    assert (s.new, s.unchanged) == (4, 2)
+    assert fake_lib.status().roots == [os.path.realpath(photos)]
+    assert {"sub/img002.jpg", "sub/img005.jpg"} <= set(rows(fake_lib))
+    (photos / "sub" / "img002.jpg").unlink()
+    s = fake_lib.ingest([photos / "sub"])  # a subfolder of a root: only it is looked at
+    assert (s.missing, s.unchanged) == (1, 1)
+
+
+def test_unmounted_root_is_not_marked_missing(fake_lib, tmp_path, photos):
+    fake_lib.ingest([photos])
+    shutil.move(photos, tmp_path / "elsewhere")
+    with pytest.raises(LibraryError, match="folder not found"):
+        fake_lib.ingest([photos])
+    s = fake_lib.ingest([])  # every known root: the absent one is skipped, not emptied
+    assert s.missing == 0
+    assert fake_lib.status().images["ok"] == 6
+
+
+def test_hidden_files_and_the_library_itself_are_skipped(settings, tmp_path):
+    from fakes import FakeEmbedder
+
+    root = tmp_path / "root"
+    write_picture(root / "a.jpg", 1)
+    write_picture(root / ".hidden" / "b.jpg", 2)
+    write_picture(root / ".c.jpg", 3)
+    (root / "notes.txt").write_text("not an image")
+    fake = FakeEmbedder()
+    with Library.open(
+        Settings(library=root / "lib"), create=True, embedder_loader=lambda s, t: fake
+    ) as lib:
+        write_picture(root / "lib" / "inside.jpg", 4)
+        s = lib.ingest([root])
+        assert s.new == 1 and set(rows(lib)) == {"a.jpg"}
