@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from organizer.errors import OrganizerError
+from organizer.errors import Interrupted, OrganizerError
 
 app = typer.Typer(
     help="Organise large photo folders with CLIP: ingest, search, cluster, report.\n\n"
@@ -58,6 +58,27 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 AbsoluteOpt = Annotated[bool, typer.Option("--absolute", help="Show absolute paths.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from organizer import __version__
+
+        print(f"organizer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Organise large photo folders with CLIP: ingest, search, cluster, report.
+
+    Example: organizer ingest ~/Photos && organizer status
+    """
+
+
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -76,6 +97,9 @@ def command(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except Interrupted as exc:
+            _err(f"interrupted: {exc}")
+            raise typer.Exit(130) from None
         except OrganizerError as exc:
             _err(f"error: {exc}")
             raise typer.Exit(1) from None
@@ -156,8 +180,14 @@ def ingest(
     settings = _settings(library=library, model=model, pretrained=pretrained, device=device,
                          precision=precision, batch_size=batch_size, workers=workers)  # fmt: skip
     options = IngestOptions(retry_failed=retry_failed, follow_symlinks=follow_symlinks)
-    with _open(settings, create=True) as lib, _progress(enabled=not (quiet or as_json)) as progress:
-        summary = lib.ingest(paths or [], options=options, wait=wait, progress=progress)
+    with (
+        _open(settings, create=True) as lib,
+        _progress(enabled=not (quiet or as_json)) as progress,
+        _StopRequest() as stop,
+    ):
+        summary = lib.ingest(
+            paths or [], options=options, wait=wait, progress=progress, cancel=stop
+        )
     if as_json:
         _print_json(summary.to_dict())
         return
@@ -177,6 +207,34 @@ def ingest(
         _err(f"warning: {problem}")
     if s.failed:
         print(f"{s.failed} files could not be read: see `organizer status --failed`")
+
+
+class _StopRequest:
+    """First Ctrl-C: finish the current batch, commit, stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        _err("stopping after the current batch (Ctrl-C again to stop at once)")
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self):
+        import signal
+
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._old)
 
 
 class _progress:

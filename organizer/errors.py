@@ -47,3 +47,7 @@ class ClusterError(OrganizerError):
 
 class ReportError(OrganizerError):
     """A report cannot be produced or written."""
+
+
+class Interrupted(OrganizerError):
+    """The user asked a long run to stop; what was committed is kept."""

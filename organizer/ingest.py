@@ -18,7 +18,8 @@ import numpy as np
 from sqlalchemy import Engine
 
 from organizer.embed import Embedder
-from organizer.pipeline import Job, Prepared, prepare_all
+from organizer.errors import Interrupted
+from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
 from organizer.scan import ScanResult, scan_root
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -101,6 +102,7 @@ class IngestOptions:
     """How a run behaves (the what-to-ingest is the list of targets)."""
 
     batch_size: int = 32
+    workers: int | None = None  # decode processes; None = automatic, 0 = in this process
     retry_failed: bool = False
     follow_symlinks: bool = False
     exclude: tuple[Path, ...] = ()
@@ -160,14 +162,14 @@ class IngestRun:
         model_id: int | None,
         options: IngestOptions = IngestOptions(),
         progress: Callable[[Progress], None] | None = None,
-        prepare_stage: Callable[..., Iterator[Prepared]] = prepare_all,
+        cancel: Callable[[], bool] | None = None,
     ):
         self.engine = engine
         self.get_embedder = get_embedder
         self.model_id = model_id
         self.options = options
         self.progress = progress
-        self.prepare_stage = prepare_stage
+        self.cancel = cancel
         self.summary = IngestSummary()
         self._embedder: Embedder | None = None
         self._ops: list[tuple] = []
@@ -237,15 +239,28 @@ class IngestRun:
             for i, w in enumerate(the_plan.work)
         )
         total = len(the_plan.work)
-        for done, prepared in enumerate(
-            self.prepare_stage(jobs, self._embedder.preprocess, frozenset(skip)), start=1
-        ):
+        for done, prepared in enumerate(self._prepared(jobs, frozenset(skip)), start=1):
             self._classify(the_plan.work[prepared.key], prepared)
             if len(self._batch) >= self.options.batch_size or len(self._ops) >= 256:
                 self._flush()
             if self.progress:
                 self.progress(Progress(done, total, self.summary.embedded))
+            if self.cancel is not None and self.cancel():
+                self._flush()
+                raise Interrupted(
+                    f"stopped after {done} of {total} files; what was done is kept, run "
+                    "the same command again to finish"
+                )
         self._flush()
+
+    def _prepared(self, jobs: Iterator[Job], skip: frozenset[str]) -> Iterator[Prepared]:
+        spec = self._embedder.preprocess
+        workers = self.options.workers
+        if workers is None:
+            workers = default_workers(self._embedder.device)
+        if workers == 0:
+            return prepare_all(jobs, spec, skip)
+        return prepare_parallel(jobs, spec, skip, workers)
 
     # -- classification ------------------------------------------------------------------
 

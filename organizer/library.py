@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
-from organizer.errors import LibraryError, ModelError, ModelMismatchError
+from organizer.errors import Interrupted, LibraryError, ModelError, ModelMismatchError
 from organizer.ingest import IngestOptions, IngestRun, IngestSummary, Progress, Target
 from organizer.lock import WriterLock
 from organizer.store import queries as q
@@ -171,6 +171,7 @@ class Library:
         options: IngestOptions | None = None,
         wait: bool = False,
         progress: Callable[[Progress], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> IngestSummary:
         """Embed new and changed images under ``paths`` (all known roots when empty).
 
@@ -178,10 +179,13 @@ class Library:
             LibraryBusyError: another process is writing (unless ``wait``).
             ModelMismatchError, WeightsUnavailableError: before anything is written.
             LibraryError: a path that is not a folder.
+            Interrupted: ``cancel()`` returned True; finished batches are committed.
         """
         options = options or IngestOptions()
         if options.batch_size == 32 and self.settings.batch_size:
             options = replace(options, batch_size=self.settings.batch_size)
+        if options.workers is None and self.settings.workers is not None:
+            options = replace(options, workers=self.settings.workers)
         options = replace(options, exclude=(*options.exclude, self.path))
         lock = self.writer_lock("ingest")
         lock.acquire(wait=wait)
@@ -190,7 +194,7 @@ class Library:
             self.requested_spec()  # refuse a model mismatch before any work
             targets = self._targets(paths)
             run = IngestRun(
-                self.engine, self.embedder, model.id if model else None, options, progress
+                self.engine, self.embedder, model.id if model else None, options, progress, cancel
             )
             with write_transaction(self.engine) as conn:
                 run_id = q.start_run(conn, os.getpid())
@@ -198,6 +202,9 @@ class Library:
             try:
                 summary = run.run(targets)
                 status = "finished"
+            except Interrupted:
+                self.refresh_index()
+                raise
             finally:
                 with write_transaction(self.engine) as conn:
                     q.finish_run(conn, run_id, status, run.summary.to_dict(),

@@ -6,8 +6,10 @@ it never raises for a bad file, it returns the reason instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -110,3 +112,205 @@ def prepare_all(
     """Prepare files one after another in this process (the reference path)."""
     for job in jobs:
         yield prepare(job, spec, skip_decode)
+
+
+# -- the parallel decode stage -------------------------------------------------------------
+
+
+def _worker_main(conn, prepare_fn, spec, skip_decode, draft) -> None:
+    """A decode worker: prepare each job it is sent until it receives None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        while True:
+            job = conn.recv()
+            if job is None:
+                return
+            conn.send(prepare_fn(job, spec, skip_decode, draft))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+
+
+@dataclass
+class _Worker:
+    process: object
+    conn: object
+    job: Job | None = None
+    started: float = 0.0
+
+
+class DecodePool:
+    """Decode worker processes fed by a thread of the main process.
+
+    Results come out of :meth:`results` as they are ready (any order), through a bounded
+    queue, so memory stays flat however many files there are. A worker that crashes or
+    takes longer than ``timeout_s`` on a file is replaced and the file is reported as failed;
+    the run goes on. :meth:`close` (also on Ctrl-C) stops every worker.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        spec: PreprocessSpec | None,
+        skip_decode: frozenset[str] = frozenset(),
+        timeout_s: float = 120.0,
+        buffer: int = 64,
+        draft: bool = True,
+        prepare_fn=prepare,
+    ):
+        import multiprocessing as mp
+
+        self._ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
+        self._args = (prepare_fn, spec, frozenset(skip_decode), draft)
+        self._timeout_s = timeout_s
+        self._buffer = buffer
+        self._workers = [self._spawn() for _ in range(max(1, workers))]
+        self._thread = None
+        self._stop = False
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, *self._args), daemon=True, name="organizer-decode"
+        )
+        # Started with SIGINT blocked, so that a Ctrl-C during the worker's start-up cannot
+        # interrupt its imports; the worker ignores SIGINT, then unblocks it.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        child.close()
+        return _Worker(process, parent)
+
+    def results(self, jobs: Iterable[Job]) -> Iterator[Prepared]:
+        """Prepare every job; yields each result once, in completion order."""
+        import queue
+        import threading
+
+        out: queue.Queue = queue.Queue(maxsize=self._buffer)
+        done = object()
+        errors: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                self._run(iter(jobs), out)
+            except BaseException as exc:  # surfaced in the consumer below
+                errors.append(exc)
+            finally:
+                self._put(out, done)
+
+        self._thread = threading.Thread(target=feed, name="organizer-decode-feed", daemon=True)
+        self._thread.start()
+        while True:
+            item = out.get()
+            if item is done:
+                break
+            yield item
+        if errors:
+            raise errors[0]
+
+    def _run(self, jobs: Iterator[Job], out) -> None:
+        import time
+        from multiprocessing.connection import wait
+
+        exhausted = False
+        while not self._stop:
+            for worker in self._workers:
+                if worker.job is None and not exhausted:
+                    job = next(jobs, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    worker.conn.send(job)
+                    worker.job, worker.started = job, time.monotonic()
+            busy = [w for w in self._workers if w.job is not None]
+            if not busy and exhausted:
+                return
+            handles = {w.conn: w for w in busy} | {w.process.sentinel: w for w in busy}
+            for handle in wait(list(handles), timeout=1.0):
+                worker = handles[handle]
+                if worker.job is not None:
+                    self._collect(worker, out)
+            now = time.monotonic()
+            for worker in self._workers:
+                if worker.job is not None and now - worker.started > self._timeout_s:
+                    reason = f"decoding took longer than {self._timeout_s:.0f} s"
+                    self._put(out, self._replace(worker, reason))
+
+    def _collect(self, worker: _Worker, out) -> None:
+        try:
+            if worker.conn.poll():
+                result = worker.conn.recv()
+                worker.job = None
+                self._put(out, result)
+                return
+        except (EOFError, OSError):
+            pass
+        if not worker.process.is_alive():
+            self._put(out, self._replace(worker, "the decoder crashed on this file"))
+
+    def _put(self, out, item: object) -> None:
+        """Hand a result to the consumer, waiting while it is behind (back-pressure)."""
+        import queue
+
+        while not self._stop:
+            try:
+                out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _replace(self, worker: _Worker, reason: str) -> Prepared:
+        """Kill a crashed or stuck worker, start a fresh one; the file is recorded as failed
+        with its scanned size and mtime, so it is retried only once it changes."""
+        job = worker.job
+        worker.process.kill()
+        worker.process.join(timeout=5)
+        worker.conn.close()
+        fresh = self._spawn()
+        worker.process, worker.conn, worker.job = fresh.process, fresh.conn, None
+        return Prepared(job.key, job.size, job.mtime_ns, error=reason)
+
+    def close(self) -> None:
+        """Stop the feeding thread and every worker (idempotent)."""
+        self._stop = True
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+        for worker in self._workers:
+            worker.process.join(timeout=1)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            worker.conn.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_workers(device: str) -> int:
+    """Decode processes beside the model: half the cores on CPU (the model takes them all, and
+    decoding with draft costs a fraction of a forward pass), all but one beside a GPU."""
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    if device == "cuda":
+        return max(1, cores - 1)
+    return max(1, cores // 2)
+
+
+def prepare_parallel(
+    jobs: Iterable[Job],
+    spec: PreprocessSpec | None,
+    skip_decode: frozenset[str] | set[str] = frozenset(),
+    workers: int = 1,
+) -> Iterator[Prepared]:
+    """Prepare files in ``workers`` decode processes; results in completion order."""
+    with DecodePool(workers, spec, frozenset(skip_decode)) as pool:
+        yield from pool.results(jobs)

@@ -74,3 +74,19 @@ def make_folder(root: Path, n: int, start_seed: int = 0, ext: str = ".jpg") -> l
         sub = root / ("sub" if i % 3 == 2 else "")
         paths.append(write_picture(sub / f"img{start_seed + i:03d}{ext}", start_seed + i))
     return paths
+
+
+def misbehaving_prepare(job, spec, skip_decode, draft):
+    """A decode step that crashes on files named crash*, hangs on hang*, else works."""
+    import os
+    import signal
+    import time
+
+    from organizer.pipeline import prepare
+
+    name = os.path.basename(job.path)
+    if name.startswith(b"crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if name.startswith(b"hang"):
+        time.sleep(3600)
+    return prepare(job, spec, skip_decode, draft)

@@ -1,0 +1,130 @@
+"""Shared helpers for the benchmarks: datasets built from the real photos, timing, RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "datasets" / "openimages-100"
+DATA = Path(os.environ.get("ORGANIZER_BENCH_DATA", Path(tempfile.gettempdir()) / "organizer-bench"))
+TINY_CONFIG = ROOT / "tests" / "data" / "tiny-clip.json"
+ORGANIZER = [sys.executable, "-m", "organizer"]
+
+
+def source_photos() -> list[Path]:
+    if not PHOTOS.is_dir():
+        sys.exit(f"benchmark photos not found at {PHOTOS}")
+    return sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def variants(name: str, count: int, long_side: int, aspect: tuple[int, int] | None = None) -> Path:
+    """``count`` distinct JPEGs made from the real photos (crops, flips, re-encodes), cached."""
+    import random
+
+    from PIL import Image, ImageOps
+
+    folder = DATA / name
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    sources = source_photos()
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            variant = i // len(sources)
+            if variant % 2 == 1:
+                im = ImageOps.mirror(im)
+            if variant >= 2:
+                w, h = im.size
+                f = rng.uniform(0.8, 0.95)
+                x, y = rng.randint(0, int(w * (1 - f))), rng.randint(0, int(h * (1 - f)))
+                im = im.crop((x, y, x + int(w * f), y + int(h * f)))
+            if aspect:
+                im = ImageOps.fit(im, aspect, Image.Resampling.BICUBIC)
+            else:
+                scale = long_side / max(im.size)
+                im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
+            im.save(folder / f"{i:05d}.jpg", quality=rng.randint(85, 95))
+    done.touch()
+    return folder
+
+
+def tiny_files(name: str, count: int) -> Path:
+    """``count`` distinct small JPEGs (for stat-only and memory benchmarks), cached."""
+    import numpy as np
+    from PIL import Image
+
+    folder = DATA / name
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        sub = folder / f"{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize((64, 64)).save(
+            sub / f"{i:06d}.jpg", quality=80
+        )
+    done.touch()
+    return folder
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total / 1e6
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run a command; return (wall seconds, peak tree RSS in MB, result)."""
+    peak = [0.0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if proc.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{err}")
+    return wall, peak[0], result
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

@@ -1,0 +1,190 @@
+"""Ingest benchmark: model ceiling vs the original study's pipeline vs `organizer ingest`.
+
+    python bench/ingest.py [--quick] [--model ViT-B-32-256]
+
+Datasets are built from ../shared/datasets/openimages-100 into $ORGANIZER_BENCH_DATA
+(default /tmp/organizer-bench): (a) 1,000 distinct 1024-px JPEGs, (b) 200 12-MP JPEGs.
+Per dataset, in one run: (1) the model alone on ready tensors (batch 32, auto precision),
+(2) a straightforward pipeline like the original study's (full decode, per-image
+preprocessing, fp32, one image per forward pass; on a sample), (3) `organizer ingest` end to
+end as a whole process into an empty library; cosine of (3)'s stored vectors against (2)'s
+fp32 full-decode vectors. Then: re-ingest of 20,000 unchanged files, and peak memory of
+ingesting 5,000 vs 500 images. Weights are random (same compute as the real ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ORGANIZER, TINY_CONFIG, run_measured, table, tiny_files, variants  # noqa: E402
+
+
+def load_model(name: str, precision: str):
+    from organizer.embed import ModelSpec
+    from organizer.embed.openclip import load
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load(ModelSpec(name, "none"), precision=precision)
+
+
+def model_alone(embedder, seconds: float = 12.0) -> float:
+    h, w = embedder.preprocess.size
+    batch = np.random.default_rng(0).integers(0, 256, (32, h, w, 3), dtype=np.uint8)
+    embedder.embed_pixels(batch)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        embedder.embed_pixels(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - started)
+
+
+def straightforward(embedder_fp32, paths: list[Path]) -> tuple[float, dict[str, np.ndarray]]:
+    """Full decode, open_clip's own transform per image, fp32, one image per forward."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    cfg = open_clip.get_model_preprocess_cfg(embedder_fp32.model)
+    transform = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
+    model = embedder_fp32.model
+    vectors = {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for path in paths:
+            image = Image.open(path).convert("RGB")
+            x = transform(image).unsqueeze(0)
+            v = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
+            vectors[path.name] = v[0].numpy()
+    return len(paths) / (time.perf_counter() - started), vectors
+
+
+def organizer_ingest(folder: Path, model: str, extra: list[str] | None = None) -> tuple[float, float, dict, Path]:
+    library = Path(tempfile.mkdtemp(prefix="bench-lib-"))
+    cmd = [*ORGANIZER, "ingest", str(folder), "--library", str(library), "--model", model,
+           "--pretrained", "none", "--json", "--quiet", *(extra or [])]  # fmt: skip
+    wall, rss, result = run_measured(cmd)
+    return wall, rss, json.loads(result.stdout), library
+
+
+def stored_vectors(library: Path) -> dict[str, np.ndarray]:
+    from organizer.config import Settings
+    from organizer.library import Library
+    from organizer.store import queries as q
+
+    with Library.open(Settings(library=library)) as lib, lib.engine.connect() as conn:
+        model = q.library_model(conn)
+        ids, vecs = q.ok_vectors(conn, model.id, model.dim)
+        names = dict(conn.execute(q.select(q.images.c.id, q.images.c.relpath)).all())
+    return {os.fsdecode(names[i]): v for i, v in zip(ids.tolist(), vecs, strict=True)}
+
+
+def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_runs):
+    paths = sorted(folder.glob("*.jpg"))
+    ceiling = model_alone(embedder)
+    sample_paths = paths[:: max(1, len(paths) // sample)][:sample]
+    base_rate, reference = straightforward(embedder_fp32, sample_paths)
+    wall, rss, summary, library = organizer_ingest(folder, model)
+    ours = len(paths) / wall
+    stored = stored_vectors(library)
+    cos = np.array([float(reference[n] @ stored[n]) for n in reference])
+    rows = [[label, "(1) model alone, batch 32", embedder.precision, f"{ceiling:.1f}", "", ""],
+            [label, f"(2) original-style pipeline ({len(sample_paths)} imgs)", "fp32", f"{base_rate:.1f}", "", ""],
+            [label, f"(3) organizer ingest, {len(paths)} imgs, whole process", summary["precision"],
+             f"{ours:.1f}", f"{ours / base_rate:.1f}x", f"{100 * ours / ceiling:.0f}%"]]  # fmt: skip
+    for name, args in extra_runs:
+        w, _, s, _ = organizer_ingest(folder, model, args)
+        rows.append([label, f"(3') organizer ingest {name}", s["precision"], f"{len(paths) / w:.1f}",
+                     f"{len(paths) / w / base_rate:.1f}x", f"{100 * len(paths) / w / ceiling:.0f}%"])  # fmt: skip
+    extra = {"cos_min": cos.min(), "cos_mean": cos.mean(), "rss_mb": rss, "model_load_s": summary["model_load_s"]}
+    return rows, extra
+
+
+def bench_reingest(n: int) -> list[list[str]]:
+    folder = tiny_files(f"tiny-{n}", n)
+    library = Path(tempfile.mkdtemp(prefix="bench-lib-"))
+    base = [*ORGANIZER, "ingest", str(folder), "--library", str(library), "--model", str(TINY_CONFIG),
+            "--pretrained", "none", "--json", "--quiet"]  # fmt: skip
+    run_measured(base)
+    start_wall = min(run_measured([*ORGANIZER, "--version"])[0] for _ in range(3))
+    walls, loads = [], []
+    for _ in range(3):
+        wall, _, result = run_measured(base)
+        s = json.loads(result.stdout)
+        assert s["unchanged"] == n and s["embedded"] == 0
+        walls.append(wall)
+        loads.append(s["device"] is None and s["model_load_s"] == 0)
+    best = min(walls)
+    return [[f"re-ingest {n} unchanged files", f"{best:.2f} s wall", f"{best - start_wall:.2f} s beyond process start ({start_wall:.2f} s)",
+             "model loaded: " + ("no" if all(loads) else "YES")]]  # fmt: skip
+
+
+def bench_memory(small: int, large: int) -> list[list[str]]:
+    folder = variants(f"mem-{large}", large, 512)
+    subset = Path(tempfile.mkdtemp(prefix="bench-sub-"))
+    for p in sorted(folder.glob("*.jpg"))[:small]:
+        os.symlink(p, subset / p.name)
+    rows, peaks = [], {}
+    for n, src, extra in ((small, subset, ["--follow-symlinks"]), (large, folder, [])):
+        _, rss, summary, _ = organizer_ingest(src, str(TINY_CONFIG), extra)
+        assert summary["new"] == n, summary
+        peaks[n] = rss
+    rows.append([f"peak RSS (process tree) ingesting {small} / {large} images",
+                 f"{peaks[small]:.0f} MB / {peaks[large]:.0f} MB", f"ratio {peaks[large] / peaks[small]:.2f}", ""])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32-256")
+    parser.add_argument("--quick", action="store_true", help="small sets, for a smoke test")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--only", choices=["a", "b", "reingest", "memory"], action="append")
+    args = parser.parse_args()
+    only = set(args.only or ["a", "b", "reingest", "memory"])
+    n_a, n_b, sample = (100, 20, 10) if args.quick else (1000, 200, 100)
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus", flush=True)
+    embedder = load_model(args.model, args.precision)
+    embedder_fp32 = load_model(args.model, "fp32") if embedder.precision != "fp32" else embedder
+    rows, notes = [], []
+    if "a" in only:
+        r, e = bench_dataset("1024-px", variants(f"a-{n_a}", n_a, 1024), args.model, embedder, embedder_fp32, sample, [])
+        rows += r
+        notes.append(f"1024-px: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
+                     f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))")  # fmt: skip
+        print(table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]), flush=True)
+    if "b" in only:
+        extra = [("--workers 2", ["--workers", "2"])] if not args.quick else []
+        r, e = bench_dataset("12-MP", variants(f"b-{n_b}", n_b, 4000, aspect=(4000, 3000)), args.model, embedder, embedder_fp32, max(10, sample // 2), extra)
+        rows += r
+        notes.append(f"12-MP: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
+                     f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))")  # fmt: skip
+    print()
+    print(table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]))
+    for note in notes:
+        print("- " + note)
+    other = []
+    if "reingest" in only:
+        other += bench_reingest(2000 if args.quick else 20000)
+    if "memory" in only:
+        other += bench_memory(50, 500) if args.quick else bench_memory(500, 5000)
+    if other:
+        print()
+        print(table(other, ["measure", "figure", "detail", ""]))
+
+
+if __name__ == "__main__":
+    main()
