@@ -51,7 +51,9 @@ def variants(name: str, count: int, long_side: int, aspect: tuple[int, int] | No
                 im = ImageOps.fit(im, aspect, Image.Resampling.BICUBIC)
             else:
                 scale = long_side / max(im.size)
-                im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
+                im = im.resize(
+                    (round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC
+                )
             im.save(folder / f"{i:05d}.jpg", quality=rng.randint(85, 95))
     done.touch()
     return folder
@@ -99,7 +101,9 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1e6
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+def run_measured(
+    cmd: list[str], env: dict | None = None
+) -> tuple[float, float, subprocess.CompletedProcess]:
     """Run a command; return (wall seconds, peak tree RSS in MB, result)."""
     peak = [0.0]
     started = time.perf_counter()
@@ -126,5 +130,10 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+    def line(r):
+        return (
+            "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+        )
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ORGANIZER, TINY_CONFIG, run_measured, table, tiny_files, variants  # noqa: E402
+from common import ORGANIZER, TINY_CONFIG, run_measured, table, tiny_files, variants
 
 
 def load_model(name: str, precision: str):
+    import warnings
+
     from organizer.embed import ModelSpec
     from organizer.embed.openclip import load
-
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -57,7 +57,9 @@ def straightforward(embedder_fp32, paths: list[Path]) -> tuple[float, dict[str, 
     from PIL import Image
 
     cfg = open_clip.get_model_preprocess_cfg(embedder_fp32.model)
-    transform = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
+    transform = open_clip.image_transform(
+        cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"]
+    )
     model = embedder_fp32.model
     vectors = {}
     started = time.perf_counter()
@@ -70,7 +72,9 @@ def straightforward(embedder_fp32, paths: list[Path]) -> tuple[float, dict[str, 
     return len(paths) / (time.perf_counter() - started), vectors
 
 
-def organizer_ingest(folder: Path, model: str, extra: list[str] | None = None) -> tuple[float, float, dict, Path]:
+def organizer_ingest(
+    folder: Path, model: str, extra: list[str] | None = None
+) -> tuple[float, float, dict, Path]:
     library = Path(tempfile.mkdtemp(prefix="bench-lib-"))
     cmd = [*ORGANIZER, "ingest", str(folder), "--library", str(library), "--model", model,
            "--pretrained", "none", "--json", "--quiet", *(extra or [])]  # fmt: skip
@@ -107,7 +111,12 @@ def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_r
         w, _, s, _ = organizer_ingest(folder, model, args)
         rows.append([label, f"(3') organizer ingest {name}", s["precision"], f"{len(paths) / w:.1f}",
                      f"{len(paths) / w / base_rate:.1f}x", f"{100 * len(paths) / w / ceiling:.0f}%"])  # fmt: skip
-    extra = {"cos_min": cos.min(), "cos_mean": cos.mean(), "rss_mb": rss, "model_load_s": summary["model_load_s"]}
+    extra = {
+        "cos_min": cos.min(),
+        "cos_mean": cos.mean(),
+        "rss_mb": rss,
+        "model_load_s": summary["model_load_s"],
+    }
     return rows, extra
 
 
@@ -156,19 +165,41 @@ def main() -> None:
     n_a, n_b, sample = (100, 20, 10) if args.quick else (1000, 200, 100)
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus",
+        flush=True,
+    )
     embedder = load_model(args.model, args.precision)
     embedder_fp32 = load_model(args.model, "fp32") if embedder.precision != "fp32" else embedder
     rows, notes = [], []
     if "a" in only:
-        r, e = bench_dataset("1024-px", variants(f"a-{n_a}", n_a, 1024), args.model, embedder, embedder_fp32, sample, [])
+        r, e = bench_dataset(
+            "1024-px",
+            variants(f"a-{n_a}", n_a, 1024),
+            args.model,
+            embedder,
+            embedder_fp32,
+            sample,
+            [],
+        )
         rows += r
         notes.append(f"1024-px: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
                      f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))")  # fmt: skip
-        print(table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]), flush=True)
+        print(
+            table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]),
+            flush=True,
+        )
     if "b" in only:
         extra = [("--workers 2", ["--workers", "2"])] if not args.quick else []
-        r, e = bench_dataset("12-MP", variants(f"b-{n_b}", n_b, 4000, aspect=(4000, 3000)), args.model, embedder, embedder_fp32, max(10, sample // 2), extra)
+        r, e = bench_dataset(
+            "12-MP",
+            variants(f"b-{n_b}", n_b, 4000, aspect=(4000, 3000)),
+            args.model,
+            embedder,
+            embedder_fp32,
+            max(10, sample // 2),
+            extra,
+        )
         rows += r
         notes.append(f"12-MP: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
                      f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))")  # fmt: skip

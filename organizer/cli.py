@@ -70,7 +70,9 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Organise large photo folders with CLIP: ingest, search, cluster, report.
@@ -342,7 +344,7 @@ def _print_status(st) -> None:
     )
     index = st.index
     health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
-    rows.append(("index", f"{index.type or 'none'}, {index.count or 0} vectors, {health}"))
+    rows.append(("index", f"{index.description or 'none'}, {index.count or 0} vectors, {health}"))
     if st.last_ingest:
         last = st.last_ingest
         rows.append(
@@ -353,6 +355,119 @@ def _print_status(st) -> None:
         )
     for key, value in rows:
         print(f"{key:<7} {value}")
+
+
+KOpt = Annotated[int, typer.Option("-k", "--top", help="How many results.")]
+
+
+def _print_results(res, absolute: bool, as_json: bool) -> None:
+    if as_json:
+        _print_json({
+            "query": res.query,
+            "results": [
+                {"rank": r.rank, "path": _shown(r.root, r.relpath, absolute), "root": r.root,
+                 "score": round(r.score, 6), "image_id": r.image_id}
+                for r in res.results
+            ],
+        })  # fmt: skip
+        return
+    if not res.results:
+        print("no results")
+    for r in res.results:
+        print(f"{r.rank:>3}  {r.score:.4f}  {_shown(r.root, r.relpath, absolute)}")
+
+
+@command
+def similar(
+    photo: Annotated[Path, typer.Argument(help="An image: one in the library, or any other file.")],
+    k: KOpt = 12,
+    threshold: Annotated[
+        float | None, typer.Option(help="Only results at least this similar (cosine).")
+    ] = None,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Images most like PHOTO, best first (the photo itself is left out).
+
+    A photo the library holds answers from its stored vector, without loading the model.
+
+    Example: organizer similar ~/Photos/dog.jpg -k 5
+    """
+    with _open(_settings(library=library)) as lib:
+        res = lib.similar(photo, k=k, threshold=threshold)
+    _print_results(res, absolute, as_json)
+
+
+@command
+def search(
+    query: Annotated[
+        str | None, typer.Argument(help="What to look for, in words (or an image path).")
+    ] = None,
+    plus: Annotated[
+        list[str] | None,
+        typer.Option("--plus", help="Add a text or image to the query (repeatable)."),
+    ] = None,
+    minus: Annotated[
+        list[str] | None, typer.Option("--minus", help="Subtract a text or image (repeatable).")
+    ] = None,
+    k: KOpt = 12,
+    threshold: Annotated[
+        float | None, typer.Option(help="Only results at least this similar (cosine).")
+    ] = None,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find images by description; combine terms with --plus and --minus.
+
+    Example: organizer search "beach" --minus "people" --plus ~/Photos/sunset.jpg
+    """
+    with _open(_settings(library=library)) as lib:
+        res = lib.search(query, plus or [], minus or [], k=k, threshold=threshold)
+    _print_results(res, absolute, as_json)
+
+
+@command
+def duplicates(
+    threshold: Annotated[
+        float, typer.Option(help="Cosine similarity from which two images count as the same photo.")
+    ] = 0.96,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Groups of the same photo: identical files, re-encodes, resizes, small crops, bursts.
+
+    Each group marks the suggested keeper (largest resolution, then oldest). Nothing is deleted.
+
+    Example: organizer duplicates --threshold 0.97
+    """
+    with _open(_settings(library=library)) as lib:
+        groups = lib.duplicates(threshold)
+    if as_json:
+        _print_json({"groups": [_group_json(g, absolute) for g in groups]})
+        return
+    if not groups:
+        print("no duplicates")
+    for n, g in enumerate(groups, start=1):
+        print(f"group {n} ({len(g.members)} images)")
+        for m in g.members:
+            mark = "keep" if m.image_id == g.keep else ("same" if m.identical_to_keeper else "    ")
+            size = f"{m.width}x{m.height}" if m.width else "?"
+            print(
+                f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {_shown(m.root, m.relpath, absolute)}"
+            )
+
+
+def _group_json(group, absolute: bool) -> dict:
+    images = [
+        {"path": _shown(m.root, m.relpath, absolute), "root": m.root, "image_id": m.image_id,
+         "size": m.size, "width": m.width, "height": m.height, "identical": m.identical_to_keeper}
+        for m in group.members
+    ]  # fmt: skip
+    keep = next(i["path"] for i in images if i["image_id"] == group.keep)
+    return {"images": images, "keep": keep}
 
 
 def main() -> None:

@@ -178,12 +178,17 @@ class IngestRun:
         self._hash_to_id: dict[str, int] = {}
         self._vanished_by_hash: dict[str, q.KnownImage] = {}
         self._vanished: dict[int, q.KnownImage] = {}
-        self._targets_written = False
+        self._written: set[int] = set()
+        self._base_generation: int | None = None
 
     # -- orchestration -------------------------------------------------------------------
 
     def run(self, targets: list[Target]) -> IngestSummary:
         started = time.perf_counter()
+        with self.engine.connect() as conn:
+            state = q.index_state(conn)
+            if state.file_generation == state.generation:
+                self._base_generation = state.generation
         for target in targets:
             target.scan = scan_root(
                 Path(target.root_path), start=target.prefix, exclude=self.options.exclude,
@@ -204,6 +209,12 @@ class IngestRun:
         self._finish(the_plan, targets)
         self.summary.elapsed_s = time.perf_counter() - started
         return self.summary
+
+    def index_delta(self):
+        """What this run changed, for updating the index file instead of rebuilding it."""
+        from organizer.vectors import IndexDelta
+
+        return IndexDelta(self._base_generation, frozenset(self._written))
 
     def _load_model(self) -> None:
         started = time.perf_counter()
@@ -301,6 +312,7 @@ class IngestRun:
             for i, (work, p) in enumerate(self._batch):
                 image_id = self._store(conn, work, p)
                 q.put_vector(conn, image_id, self.model_id, vectors[i])
+                self._written.add(image_id)
                 self._hash_to_id[p.content_hash] = image_id
                 for dup_work, dup_p in self._pending_hashes.pop(p.content_hash, []):
                     self._apply(conn, ("copy", dup_work, dup_p, image_id))
@@ -359,6 +371,7 @@ class IngestRun:
             q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
         else:
             q.delete_vector(conn, work.known.id)
+            self._written.add(work.known.id)
             q.update_image(conn, work.known.id, **values)
 
     # -- the end -------------------------------------------------------------------------

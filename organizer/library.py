@@ -44,6 +44,8 @@ def load_open_clip(spec: ModelSpec, settings: Settings) -> Embedder:
 @dataclass(frozen=True)
 class IndexStatus:
     type: str | None
+    description: str | None
+    recall_at_10: float | None
     count: int | None
     in_sync: bool
     path: str
@@ -203,13 +205,13 @@ class Library:
                 summary = run.run(targets)
                 status = "finished"
             except Interrupted:
-                self.refresh_index()
+                self.refresh_index(run.index_delta())
                 raise
             finally:
                 with write_transaction(self.engine) as conn:
                     q.finish_run(conn, run_id, status, run.summary.to_dict(),
                                  run.summary.device, run.summary.precision)  # fmt: skip
-            self.refresh_index()
+            self.refresh_index(run.index_delta())
         finally:
             lock.release()
         return summary
@@ -235,42 +237,42 @@ class Library:
     def index_path(self) -> Path:
         return self.path / INDEX_FILE
 
+    @property
+    def index_cache(self):
+        from organizer.vectors import IndexCache
+
+        return IndexCache(self.engine, self.index_path)
+
     def vectors(self):
         """The vector index, read from its file when it matches the database, else rebuilt."""
-        from organizer.vectors import read_index
+        return self.index_cache.load()
 
-        with self.engine.connect() as conn:
-            state = q.index_state(conn)
-        if state.file_sha256 and state.file_generation == state.generation:
-            index = read_index(self.index_path, state.file_sha256)
-            if index is not None and len(index) == state.file_count:
-                return index
-        return self.refresh_index(force=True)
+    def refresh_index(self, delta=None) -> None:
+        """Bring the index file in step with the database (after writes, or when damaged)."""
+        self.index_cache.refresh(delta)
 
-    def refresh_index(self, force: bool = False):
-        """Rebuild the index file from the database if it is missing, stale or corrupt.
+    # -- search ----------------------------------------------------------------------------
 
-        Returns the index when it was rebuilt, None when the file was already right.
-        """
-        from organizer.vectors import VectorIndex, file_sha256, write_index
+    @property
+    def finder(self):
+        from organizer.finder import Finder
 
-        with self.engine.connect() as conn, conn.begin():
-            state = q.index_state(conn)
-            in_sync = state.file_generation == state.generation and state.file_sha256
-            if in_sync and not force and file_sha256(self.index_path) == state.file_sha256:
-                return None
-            model = q.library_model(conn)
-            if model is None:
-                return VectorIndex.build(*_empty(), dim=1)
-            ids, vectors = q.ok_vectors(conn, model.id, model.dim)
-        index = VectorIndex.build(ids, vectors, model.dim)
-        try:
-            sha = write_index(self.index_path, index)
-            with write_transaction(self.engine) as conn:
-                q.record_index_file(conn, state.generation, sha, len(index), index.kind)
-        except (OSError, OperationalError):
-            pass  # a read-only or full disk: the index works from memory this time
-        return index
+        return Finder(self)
+
+    def similar(self, photo, k: int = 12, threshold: float | None = None):
+        """Images most like ``photo`` (a library file: its stored vector, no model; any other
+        image: embedded on the fly, not added). The photo itself is not among the results."""
+        return self.finder.similar(photo, k, threshold)
+
+    def search(
+        self, query: str | None, plus=(), minus=(), k: int = 12, threshold: float | None = None
+    ):
+        """Text-to-image search; each term (query, --plus, --minus) is a text or an image path."""
+        return self.finder.search(query, plus, minus, k, threshold)
+
+    def duplicates(self, threshold: float = 0.96):
+        """Groups of identical and near-identical images, each with a suggested keeper."""
+        return self.finder.duplicates(threshold)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -278,19 +280,13 @@ class Library:
         """Roots, model, counts by status, index health, last ingest."""
         import json
 
-        from organizer.vectors import file_sha256
-
         with self.engine.connect() as conn, conn.begin():
             roots = list(q.all_roots(conn).values())
             model = q.library_model(conn)
             counts = q.status_counts(conn)
             state = q.index_state(conn)
             last = q.last_run(conn)
-        in_sync = bool(
-            state.file_sha256
-            and state.file_generation == state.generation
-            and file_sha256(self.index_path) == state.file_sha256
-        )
+        in_sync = self.index_cache.in_sync()
         model_info = None
         if model is not None:
             model_info = {
@@ -309,19 +305,16 @@ class Library:
                 "precision": last.precision,
                 "summary": json.loads(last.summary_json or "{}"),
             }
-        index = IndexStatus(state.index_type, state.file_count, in_sync, str(self.index_path))
+        index = IndexStatus(
+            state.index_type, state.index_description, state.recall_at_10, state.file_count,
+            in_sync, str(self.index_path),
+        )  # fmt: skip
         return LibraryStatus(str(self.path), roots, model_info, counts, index, last_info)
 
     def failures(self) -> list[q.Failure]:
         """Files recorded as failed, with the reason, sorted by root and path."""
         with self.engine.connect() as conn:
             return q.failures(conn)
-
-
-def _empty():
-    import numpy as np
-
-    return np.empty(0, np.int64), np.empty((0, 1), np.float32)
 
 
 def _make_library_dir(path: Path) -> None:

@@ -1,18 +1,21 @@
 """The FAISS index: a derived cache of the vectors stored in the database.
 
 Vectors are L2-normalised, so inner product is cosine similarity; FAISS ids are image ids.
+Small libraries get an exact flat index; past ``FLAT_MAX`` vectors an IVF index whose
+``nprobe`` is calibrated at build time until its recall@10 against exact search reaches
+``TARGET_RECALL`` (the measured recall is recorded).
+
 The file is written atomically (temp file, fsync, rename) and is only ever read after its
 SHA-256 matches the checksum the database recorded for it, so a truncated, bit-flipped or
-foreign file is never handed to FAISS: the caller rebuilds it from the database instead.
-
-faiss is imported only by the functions that need it, so that checking the file (status)
-stays light.
+foreign file is never handed to FAISS: it is rebuilt from the database instead. faiss is
+imported only by the code that needs it, so checking the file (status) stays light.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-INDEX_FILE = "vectors.faiss"
+FLAT_MAX = 200_000
+TARGET_RECALL = 0.97
+_CALIBRATION_QUERIES = 200
 
 
 @dataclass(frozen=True)
@@ -32,24 +37,83 @@ class Hits:
 
 
 class VectorIndex:
-    """Exact inner-product search over (image id, unit vector) pairs."""
+    """Inner-product search over (image id, unit vector) pairs; flat (exact) or IVF."""
 
-    kind = "flat"
-
-    def __init__(self, index):
+    def __init__(self, index, recall: float | None = None):
         self._index = index
+        self.recall = recall
+
+    # -- building --------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int) -> VectorIndex:
-        """A new index holding ``vectors`` (N x dim float32, unit length) under ``ids``."""
+    def build(
+        cls, ids: np.ndarray, vectors: np.ndarray, dim: int, kind: str = "auto"
+    ) -> VectorIndex:
+        """A new index holding ``vectors`` (N x dim float32, unit length) under ``ids``.
+
+        ``kind`` is "flat", "ivf", or "auto" (flat up to FLAT_MAX vectors).
+        """
         import faiss
 
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        if len(ids):
-            index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if kind == "auto":
+            kind = "flat" if len(ids) <= FLAT_MAX else "ivf"
+        if kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            if len(ids):
+                index.add_with_ids(vectors, ids)
+            return cls(index, recall=1.0)
+        nlist = max(16, int(4 * math.sqrt(len(ids))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = vectors[rng.choice(len(ids), min(len(ids), 64 * nlist), replace=False)]
+        index.train(sample)
+        index.add_with_ids(vectors, ids)
+        built = cls(index)
+        built.recall = built._calibrate(ids, vectors, rng)
+        return built
+
+    def _calibrate(self, ids: np.ndarray, vectors: np.ndarray, rng) -> float:
+        """Raise nprobe until recall@10 against exact search reaches TARGET_RECALL."""
+        import faiss
+
+        rows = rng.choice(len(vectors), min(len(vectors), _CALIBRATION_QUERIES), replace=False)
+        queries = vectors[rows]
+        _, exact = faiss.knn(queries, vectors, 10, faiss.METRIC_INNER_PRODUCT)
+        truth = ids[exact]
+        ivf = faiss.extract_index_ivf(self._index)
+        recall, nprobe = 0.0, 1
+        while True:
+            ivf.nprobe = nprobe
+            _, found = self._index.search(queries, 10)
+            recall = float(
+                np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
             )
-        return cls(index)
+            if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
+                return recall
+            nprobe = min(2 * nprobe, ivf.nlist)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _ivf(self):
+        import faiss
+
+        try:
+            return faiss.extract_index_ivf(self._index)
+        except RuntimeError:
+            return None
+
+    @property
+    def kind(self) -> str:
+        return "flat" if self._ivf() is None else "ivf"
+
+    def describe(self) -> str:
+        ivf = self._ivf()
+        if ivf is None:
+            return "flat (exact)"
+        recall = f", recall@10 {self.recall:.3f}" if self.recall is not None else ""
+        return f"ivf (nlist {ivf.nlist}, nprobe {ivf.nprobe}{recall})"
 
     @property
     def dim(self) -> int:
@@ -59,10 +123,19 @@ class VectorIndex:
         return self._index.ntotal
 
     def ids(self) -> np.ndarray:
-        """All image ids in the index, in insertion order."""
+        """All image ids in the index."""
         import faiss
 
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        ivf = self._ivf()
+        if ivf is None:
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        lists = ivf.invlists
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(ivf.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """The ``k`` nearest ids for each query vector (fewer when the index is smaller)."""
@@ -70,11 +143,42 @@ class VectorIndex:
         if k <= 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
         scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        out = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = row_ids >= 0
-            out.append(Hits(row_ids[keep], row_scores[keep]))
-        return out
+        return [Hits(i[i >= 0], s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+
+    def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, the ids and scores of every vector with similarity >= threshold."""
+        if len(self) == 0:
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        lims, scores, ids = self._index.range_search(
+            np.ascontiguousarray(queries, dtype=np.float32), float(threshold)
+        )
+        return [
+            (ids[lims[i] : lims[i + 1]], scores[lims[i] : lims[i + 1]]) for i in range(len(queries))
+        ]
+
+    # -- changing --------------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self._index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+            )
+
+    def remove(self, ids) -> None:
+        import faiss
+
+        ids = np.asarray(sorted(ids), dtype=np.int64)
+        if len(ids):
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def fits(self, size: int) -> bool:
+        """Whether this kind of index still suits a library of ``size`` vectors."""
+        ivf = self._ivf()
+        if ivf is None:
+            return size <= FLAT_MAX
+        return size > FLAT_MAX // 2 and ivf.nlist >= int(2 * math.sqrt(size))
+
+    # -- bytes -----------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         import faiss
@@ -82,10 +186,10 @@ class VectorIndex:
         return faiss.serialize_index(self._index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> VectorIndex:
+    def from_bytes(cls, data: bytes, recall: float | None = None) -> VectorIndex:
         import faiss
 
-        return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
+        return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), recall)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -97,7 +201,7 @@ def file_sha256(path: Path) -> str | None:
         return None
 
 
-def read_index(path: Path, expected_sha256: str) -> VectorIndex | None:
+def read_index(path: Path, expected_sha256: str, recall: float | None = None) -> VectorIndex | None:
     """Load the index file only if its content has the recorded checksum; else None."""
     try:
         data = path.read_bytes()
@@ -106,7 +210,7 @@ def read_index(path: Path, expected_sha256: str) -> VectorIndex | None:
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         return None
     try:
-        return VectorIndex.from_bytes(data)
+        return VectorIndex.from_bytes(data, recall)
     except RuntimeError:
         return None
 
@@ -135,3 +239,109 @@ def write_index(path: Path, index: VectorIndex) -> str:
     finally:
         os.close(dir_fd)
     return hashlib.sha256(data).hexdigest()
+
+
+# -- the cache, kept in step with the database ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexDelta:
+    """What an ingest changed: ids whose vector it wrote, and the index generation it began at."""
+
+    base_generation: int | None
+    written: frozenset[int]
+
+
+class IndexCache:
+    """The index file of one library, verified against and rebuilt from its database."""
+
+    def __init__(self, engine, path: Path):
+        self.engine = engine
+        self.path = path
+
+    def load(self) -> VectorIndex:
+        """The index from its file when checksum and generation match the database, else
+        rebuilt from the database (and saved when the folder is writable)."""
+        from organizer.store import queries as q
+
+        with self.engine.connect() as conn:
+            state = q.index_state(conn)
+        if state.file_sha256 and state.file_generation == state.generation:
+            index = read_index(self.path, state.file_sha256, state.recall_at_10)
+            if index is not None and len(index) == state.file_count:
+                return index
+        return self._rebuild()
+
+    def in_sync(self) -> bool:
+        from organizer.store import queries as q
+
+        with self.engine.connect() as conn:
+            state = q.index_state(conn)
+        return bool(
+            state.file_sha256
+            and state.file_generation == state.generation
+            and file_sha256(self.path) == state.file_sha256
+        )
+
+    def refresh(self, delta: IndexDelta | None = None) -> None:
+        """Bring the file in step after writes: apply ``delta`` to the old file when it is
+        exactly the state the writes started from, else rebuild from the database."""
+        if self.in_sync():
+            return
+        index = self._apply(delta) if delta is not None else None
+        if index is None:
+            self._rebuild()
+
+    def _apply(self, delta: IndexDelta) -> VectorIndex | None:
+        from organizer.store import queries as q
+
+        with self.engine.connect() as conn, conn.begin():
+            state = q.index_state(conn)
+            if state.file_generation != delta.base_generation or not state.file_sha256:
+                return None
+            index = read_index(self.path, state.file_sha256, state.recall_at_10)
+            if index is None:
+                return None
+            model = q.library_model(conn)
+            db_ids = set(q.ok_ids(conn, model.id).tolist())
+            have = set(index.ids().tolist())
+            remove = (have - db_ids) | (delta.written & have)
+            add = sorted((db_ids - have) | (delta.written & db_ids))
+            if not index.fits(len(db_ids)):
+                return None
+            vectors = q.vectors_of(conn, model.id, model.dim, add)
+            generation = state.generation
+        index.remove(remove)
+        index.add(np.asarray(add, dtype=np.int64), vectors)
+        if len(index) != len(db_ids):
+            return None
+        self._save(index, generation)
+        return index
+
+    def _rebuild(self) -> VectorIndex:
+        from organizer.store import queries as q
+
+        with self.engine.connect() as conn, conn.begin():
+            state = q.index_state(conn)
+            model = q.library_model(conn)
+            if model is None:
+                return VectorIndex.build(np.empty(0, np.int64), np.empty((0, 1), np.float32), 1)
+            ids, vectors = q.ok_vectors(conn, model.id, model.dim)
+        index = VectorIndex.build(ids, vectors, model.dim)
+        self._save(index, state.generation)
+        return index
+
+    def _save(self, index: VectorIndex, generation: int) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        from organizer.store import queries as q
+        from organizer.store.db import write_transaction
+
+        try:
+            sha = write_index(self.path, index)
+            with write_transaction(self.engine) as conn:
+                q.record_index_file(
+                    conn, generation, sha, len(index), index.kind, index.describe(), index.recall
+                )
+        except (OSError, OperationalError):
+            pass  # read-only folder or full disk: the index serves from memory this time

@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -117,3 +118,5 @@ class IndexState(Base):
     file_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     index_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
     built_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    recall_at_10: Mapped[float | None] = mapped_column(Float, nullable=True)
+    index_description: Mapped[str | None] = mapped_column(Text, nullable=True)

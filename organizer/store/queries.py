@@ -155,6 +155,46 @@ def mark_missing(conn: Connection, image_ids: list[int]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ImageInfoRow:
+    """What results show about an image."""
+
+    id: int
+    root: str
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    captured_at: datetime | None
+    status: str
+    content_hash: str | None
+
+
+def describe_images(conn: Connection, image_ids: list[int]) -> dict[int, ImageInfoRow]:
+    """Display metadata of the given images (any status)."""
+    out: dict[int, ImageInfoRow] = {}
+    for start in range(0, len(image_ids), 500):
+        chunk = image_ids[start : start + 500]
+        stmt = (
+            select(
+                images.c.id, roots_t.c.path, images.c.relpath, images.c.size, images.c.mtime_ns,
+                images.c.width, images.c.height, images.c.captured_at, images.c.status,
+                images.c.content_hash,
+            )
+            .join(roots_t, roots_t.c.id == images.c.root_id)
+            .where(images.c.id.in_(chunk))
+        )  # fmt: skip
+        out.update({row.id: ImageInfoRow(*row) for row in conn.execute(stmt)})
+    return out
+
+
+def find_image(conn: Connection, root_id: int, relpath: bytes):
+    """The image row at a path, or None."""
+    stmt = select(images).where(images.c.root_id == root_id, images.c.relpath == relpath)
+    return conn.execute(stmt).first()
+
+
 def status_counts(conn: Connection) -> dict[str, int]:
     counts = {OK: 0, FAILED: 0, MISSING: 0}
     stmt = select(images.c.status, func.count()).group_by(images.c.status)
@@ -223,6 +263,30 @@ def ok_vectors(conn: Connection, model_id: int, dim: int) -> tuple[np.ndarray, n
     return ids, matrix
 
 
+def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
+    """Ids of every image the index must contain, ordered."""
+    stmt = (
+        select(embeddings.c.image_id)
+        .join(images, images.c.id == embeddings.c.image_id)
+        .where(embeddings.c.model_id == model_id, images.c.status == OK)
+        .order_by(embeddings.c.image_id)
+    )
+    return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
+
+
+def vectors_of(conn: Connection, model_id: int, dim: int, image_ids: list[int]) -> np.ndarray:
+    """Vectors of the given images, in the given order."""
+    found: dict[int, bytes] = {}
+    for start in range(0, len(image_ids), 500):
+        chunk = image_ids[start : start + 500]
+        stmt = select(embeddings.c.image_id, embeddings.c.vector).where(
+            embeddings.c.model_id == model_id, embeddings.c.image_id.in_(chunk)
+        )
+        found.update(conn.execute(stmt).all())
+    blob = b"".join(found[i] for i in image_ids)
+    return np.frombuffer(blob, dtype=np.float32).reshape(len(image_ids), dim)
+
+
 # -- index state -------------------------------------------------------------------------
 
 
@@ -232,7 +296,13 @@ def index_state(conn: Connection) -> IndexState:
 
 
 def record_index_file(
-    conn: Connection, generation: int, sha256: str, count: int, kind: str
+    conn: Connection,
+    generation: int,
+    sha256: str,
+    count: int,
+    kind: str,
+    description: str,
+    recall: float | None,
 ) -> bool:
     """Record the file just written; False if the vectors changed meanwhile (file is stale)."""
     result = conn.execute(
@@ -243,6 +313,8 @@ def record_index_file(
             file_sha256=sha256,
             file_count=count,
             index_type=kind,
+            index_description=description,
+            recall_at_10=recall,
             built_at=now(),
         )
     )

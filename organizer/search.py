@@ -1,0 +1,116 @@
+"""Similar images, text search and near-duplicate groups over the vector index.
+
+Pure functions over vectors and ids; the Library resolves files, models and metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from organizer.errors import QueryError
+
+# open_clip's zero-shot classifiers wrap class names in prompts like this; a free-text query
+# ("kids on a beach") reads naturally inside it too.
+PROMPT = "a photo of {}."
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: image id and cosine similarity to the query."""
+
+    image_id: int
+    score: float
+
+
+def normalise(vector: np.ndarray) -> np.ndarray:
+    """Unit-length copy of ``vector``; a zero vector is a QueryError (the terms cancelled)."""
+    norm = float(np.linalg.norm(vector))
+    if norm < 1e-6:
+        raise QueryError("the query terms cancel each other out: nothing is left to search for")
+    return (vector / norm).astype(np.float32)
+
+
+def combine(terms: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
+    """The normalised weighted sum of unit vectors (``--plus`` weight 1, ``--minus`` weight -1)."""
+    terms = list(terms)
+    if not terms:
+        raise QueryError("empty query: give a text, an image, or --plus/--minus terms")
+    total = np.zeros_like(terms[0][0], dtype=np.float64)
+    for vector, weight in terms:
+        total += weight * vector.astype(np.float64)
+    return normalise(total)
+
+
+def rank(index, query: np.ndarray, k: int, exclude: Iterable[int] = (), threshold: float | None = None,
+         allowed=None) -> list[Hit]:  # fmt: skip
+    """The ``k`` best hits for a query vector, best first.
+
+    Args:
+        index: a VectorIndex.
+        query: unit vector.
+        k: how many hits to return.
+        exclude: image ids never to return (the query image itself).
+        threshold: drop hits below this cosine similarity.
+        allowed: optional callable(ids) -> set of ids that may be shown (e.g. status ok).
+    """
+    if k < 1:
+        raise QueryError(f"-k must be at least 1, not {k}")
+    exclude = set(exclude)
+    want = k + len(exclude)
+    while True:
+        hits = index.search(query[None, :], want)[0]
+        ids = hits.ids.tolist()
+        ok = allowed(ids) if allowed is not None else set(ids)
+        out = [
+            Hit(int(i), float(s))
+            for i, s in zip(ids, hits.scores.tolist(), strict=True)
+            if i not in exclude and i in ok and (threshold is None or s >= threshold)
+        ]
+        exhausted = len(ids) < want or (
+            threshold is not None and ids and hits.scores[-1] < threshold
+        )
+        if len(out) >= k or exhausted:
+            return out[:k]
+        want *= 2
+
+
+def duplicate_pairs(index, ids: np.ndarray, vectors: np.ndarray, threshold: float,
+                    batch: int = 4096) -> list[tuple[int, int, float]]:  # fmt: skip
+    """Pairs of distinct images whose cosine similarity is at least ``threshold``.
+
+    Uses the index's range search (exact for the flat index) or, for approximate indexes,
+    a k-nearest search filtered by the threshold.
+    """
+    pairs = []
+    for start in range(0, len(ids), batch):
+        chunk = vectors[start : start + batch]
+        for i, (found, scores) in enumerate(index.within(chunk, threshold)):
+            a = int(ids[start + i])
+            for b, s in zip(found.tolist(), scores.tolist(), strict=True):
+                if a < b:
+                    pairs.append((a, int(b), float(s)))
+    return pairs
+
+
+def groups_from_pairs(pairs: Iterable[tuple[int, int, float]]) -> list[list[int]]:
+    """Connected components (union-find) of the pair graph, largest first."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, _ in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    components: dict[int, list[int]] = {}
+    for x in parent:
+        components.setdefault(find(x), []).append(x)
+    return sorted((sorted(c) for c in components.values()), key=lambda c: (-len(c), c[0]))
