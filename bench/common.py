@@ -106,8 +106,13 @@ def run_measured(
 ) -> tuple[float, float, subprocess.CompletedProcess]:
     """Run a command; return (wall seconds, peak tree RSS in MB, result)."""
     peak = [0.0]
+    # Users' Pythons cache bytecode; this sandbox sets PYTHONDONTWRITEBYTECODE, which would make
+    # every process recompile organizer's modules and bias start-up times.
+    full_env = {
+        k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTHONDONTWRITEBYTECODE"
+    }
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     stop = threading.Event()
 
@@ -130,10 +135,10 @@ def run_measured(
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
     def line(r):
-        return (
-            "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-        )
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
     return "\n".join(
         [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
     )

@@ -470,5 +470,183 @@ def _group_json(group, absolute: bool) -> dict:
     return {"images": images, "keep": keep}
 
 
+RunOpt = Annotated[int | None, typer.Option("--run", help="Cluster run id (default: the latest).")]
+
+
+@command
+def cluster(
+    k: Annotated[
+        str, typer.Option("-k", help="Number of clusters, or 'auto' to sweep k-min..k-max.")
+    ] = "auto",
+    algorithm: Annotated[str, typer.Option(help="faiss (spherical, fast) or sklearn.")] = "faiss",
+    seed: Annotated[
+        int, typer.Option(help="Seed: the same seed and data give the same clusters.")
+    ] = 0,
+    k_min: Annotated[int, typer.Option(help="Smallest k tried by -k auto.")] = 2,
+    k_max: Annotated[int, typer.Option(help="Largest k tried by -k auto.")] = 40,
+    vocabulary: Annotated[
+        Path | None, typer.Option(help="Concepts for naming clusters (one a line).")
+    ] = None,
+    names: Annotated[
+        bool, typer.Option("--names/--no-names", help="Name clusters with the model's text tower.")
+    ] = True,
+    assign_new: Annotated[
+        bool,
+        typer.Option(
+            "--assign-new", help="Add images ingested since --run to its nearest clusters."
+        ),
+    ] = False,
+    run: RunOpt = None,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Group the library's images with K-means and name the groups.
+
+    -k auto picks the k with the best silhouette (cosine, in embedding space).
+
+    Example: organizer cluster -k auto --k-max 30
+    """
+    with _open(_settings(library=library)) as lib:
+        if assign_new:
+            summary = lib.clustering.assign_new(run)
+        else:
+            k_value: int | str = k if k == "auto" else _int_k(k)
+            summary = lib.cluster(k_value, algorithm=algorithm, seed=seed, k_min=k_min, k_max=k_max,
+                                  vocabulary=vocabulary, names=names)  # fmt: skip
+    if as_json:
+        data = summary.to_dict()
+        if assign_new:
+            data["assigned"] = summary.assigned
+        _print_json(data)
+        return
+    if assign_new:
+        print(f"assigned {summary.assigned} new images to run {summary.run_id}")
+    _print_run(summary)
+
+
+def _int_k(k: str) -> int:
+    try:
+        return int(k)
+    except ValueError:
+        raise typer.BadParameter(f"-k takes a whole number or 'auto', not {k!r}") from None
+
+
+def _print_run(summary, absolute: bool = False, top: int = 0) -> None:
+    sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
+    print(f"run {summary.run_id}: k={summary.k} ({summary.algorithm}, seed {summary.seed}), "
+          f"{summary.n_images} images, silhouette {sil}")  # fmt: skip
+    if summary.sweep:
+        best = summary.k
+        print("  k sweep (silhouette, cosine):")
+        for p in summary.sweep:
+            print(
+                f"    k={p['k']:<4} {p['silhouette']:.4f}{'  <- chosen' if p['k'] == best else ''}"
+            )
+    print(f"  {'#':>3}  {'label':<24} {'size':>6}  silhouette")
+    for c in summary.clusters:
+        csil = f"{c.silhouette:.3f}" if c.silhouette is not None else "n/a"
+        print(f"  {c.number:>3}  {(c.label or '-')[:24]:<24} {c.size:>6}  {csil}")
+        for root, relpath in c.representatives[:top]:
+            print(f"         {_shown(root, relpath, absolute)}")
+
+
+@command
+def clusters(
+    run: RunOpt = None,
+    top: Annotated[int, typer.Option(help="Representative images shown per cluster.")] = 3,
+    runs: Annotated[bool, typer.Option("--runs", help="List the stored runs instead.")] = False,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The clusters of a run: number, label, size, silhouette, most representative images.
+
+    Example: organizer clusters --top 5
+    """
+    with _open(_settings(library=library)) as lib:
+        if runs:
+            listing = lib.clustering.runs()
+            if as_json:
+                _print_json({"runs": listing})
+            for r in [] if as_json else listing:
+                print(
+                    f"run {r['run_id']}: {r['created_at']}  k={r['k']}  {r['algorithm']}  {r['n_images']} images"
+                )
+            return
+        summary = lib.clusters(run, representatives=top)
+    if as_json:
+        data = summary.to_dict()
+        for c, out in zip(summary.clusters, data["clusters"], strict=True):
+            out["representatives"] = [_shown(r, p, absolute) for r, p in c.representatives]
+        _print_json(data)
+        return
+    _print_run(summary, absolute, top)
+
+
+@command
+def export(
+    to: Annotated[
+        Path, typer.Option("--to", help="An empty folder to create the cluster folders in.")
+    ],
+    run: RunOpt = None,
+    mode: Annotated[str, typer.Option(help="symlink (default) or copy.")] = "symlink",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Write into a non-empty folder (nothing there is removed)."),
+    ] = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One folder per cluster (like 03-beach) with links to, or copies of, its images.
+
+    Your photos are never moved, changed or deleted.
+
+    Example: organizer export --to ~/Pictures/by-cluster
+    """
+    with _open(_settings(library=library)) as lib:
+        result = lib.clustering.export(run, to, mode, force)
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(result))
+        return
+    done = result.linked or result.copied
+    how = "linked" if mode == "symlink" else "copied"
+    print(
+        f"{result.folders} folders in {result.target}: {done} images {how}, {result.skipped} skipped"
+    )
+
+
+@command
+def evaluate(
+    labels: Annotated[
+        str, typer.Option(help="Where true labels come from: 'folders' (parent folder name).")
+    ] = "folders",
+    run: RunOpt = None,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a cluster run against true labels: NMI, ARI, purity, silhouette, label spread.
+
+    Example: organizer evaluate --labels folders
+    """
+    with _open(_settings(library=library)) as lib:
+        summary, ev = lib.clustering.evaluate(run, labels)
+    if as_json:
+        from dataclasses import asdict
+
+        _print_json({"run_id": summary.run_id, "k": summary.k, "silhouette": summary.silhouette,
+                     "nmi": ev.nmi, "ari": ev.ari, "purity": ev.purity,
+                     "labels": [asdict(s) for s in ev.spread]})  # fmt: skip
+        return
+    sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
+    print(f"run {summary.run_id} (k={summary.k}): NMI {ev.nmi:.3f}  ARI {ev.ari:.3f}  "
+          f"purity {ev.purity:.3f}  silhouette {sil}")  # fmt: skip
+    print(f"  {'label':<24} {'images':>6} {'clusters':>8}  main cluster (share)  entropy")
+    for s in ev.spread:
+        print(f"  {s.label[:24]:<24} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} ({s.main_share:.0%})"
+              f"{'':>9}{s.entropy_bits:.2f} bits")  # fmt: skip
+
+
 def main() -> None:
     app()

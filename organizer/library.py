@@ -17,15 +17,18 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
 from organizer.errors import Interrupted, LibraryError, ModelError, ModelMismatchError
-from organizer.ingest import IngestOptions, IngestRun, IngestSummary, Progress, Target
 from organizer.lock import WriterLock
 from organizer.store import queries as q
+
+if TYPE_CHECKING:
+    from organizer.ingest import IngestOptions, IngestSummary, Progress, Target
 from organizer.store.db import create_engine_for, migrate, write_transaction
 
 DB_FILE = "library.db"
@@ -72,6 +75,7 @@ class Library:
         self.engine = engine
         self._embedder_loader = embedder_loader
         self._embedder: Embedder | None = None
+        self._index = None  # (generation, VectorIndex) while this object lives
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -183,6 +187,8 @@ class Library:
             LibraryError: a path that is not a folder.
             Interrupted: ``cancel()`` returned True; finished batches are committed.
         """
+        from organizer.ingest import IngestOptions, IngestRun
+
         options = options or IngestOptions()
         if options.batch_size == 32 and self.settings.batch_size:
             options = replace(options, batch_size=self.settings.batch_size)
@@ -217,6 +223,8 @@ class Library:
         return summary
 
     def _targets(self, paths: list[str | Path]) -> list[Target]:
+        from organizer.ingest import Target
+
         with self.engine.connect() as conn:
             roots = q.all_roots(conn)
         if not paths:
@@ -244,8 +252,15 @@ class Library:
         return IndexCache(self.engine, self.index_path)
 
     def vectors(self):
-        """The vector index, read from its file when it matches the database, else rebuilt."""
-        return self.index_cache.load()
+        """The vector index: kept in memory while the database's vectors do not change, read
+        from its file when that matches the database, else rebuilt."""
+        with self.engine.connect() as conn:
+            generation = q.index_state(conn).generation
+        if self._index is not None and self._index[0] == generation:
+            return self._index[1]
+        index = self.index_cache.load()
+        self._index = (generation, index)
+        return index
 
     def refresh_index(self, delta=None) -> None:
         """Bring the index file in step with the database (after writes, or when damaged)."""
@@ -273,6 +288,22 @@ class Library:
     def duplicates(self, threshold: float = 0.96):
         """Groups of identical and near-identical images, each with a suggested keeper."""
         return self.finder.duplicates(threshold)
+
+    # -- clusters --------------------------------------------------------------------------
+
+    @property
+    def clustering(self):
+        from organizer.cluster_runs import Clustering
+
+        return Clustering(self)
+
+    def cluster(self, k: int | str = "auto", **options):
+        """K-means over the library's vectors, stored as a new run (see Clustering.run)."""
+        return self.clustering.run(k, **options)
+
+    def clusters(self, run_id: int | None = None, representatives: int = 5):
+        """A stored run (default: the latest) with each cluster's most representative images."""
+        return self.clustering.summary(run_id, representatives)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -346,6 +377,8 @@ def _outermost(paths: list[str]) -> list[str]:
 
 
 def _target_for(real: str, roots: dict[int, str]) -> Target:
+    from organizer.ingest import Target
+
     for root_id, root in roots.items():
         if real == root:
             return Target(root, root_id)

@@ -64,7 +64,10 @@ def main() -> None:
     if args.die_in_index_write:
 
         def dying_write(path, index):
-            data = index.to_bytes()
+            import faiss
+
+            faiss.write_index(index._index, str(path) + ".full")
+            data = Path(str(path) + ".full").read_bytes()
             with open(str(path) + ".partial", "wb") as fh:
                 fh.write(data[: len(data) // 2])
             with open(path, "r+b" if path.exists() else "wb") as fh:

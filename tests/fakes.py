@@ -34,8 +34,13 @@ class FakeEmbedder:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        rng = np.random.default_rng(abs(hash(tuple(texts))) % 2**32)
-        v = rng.standard_normal((len(texts), self.dim)).astype(np.float32)
+        import hashlib
+
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+            rows.append(np.random.default_rng(seed).standard_normal(self.dim))
+        v = np.asarray(rows, dtype=np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
@@ -90,3 +95,32 @@ def misbehaving_prepare(job, spec, skip_decode, draft):
     if name.startswith(b"hang"):
         time.sleep(3600)
     return prepare(job, spec, skip_decode, draft)
+
+
+def clustered_vectors(
+    n_clusters: int, per_cluster: int, dim: int = 16, spread: float = 0.15, seed: int = 0
+):
+    """Unit vectors around ``n_clusters`` random centres; returns (vectors, true labels, centres)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(n_clusters), per_cluster)
+    v = centres[labels] + spread * rng.standard_normal((len(labels), dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), labels, centres
+
+
+def store_vectors(lib, vectors: np.ndarray, relpaths: list[str], model=("fake", "none")) -> None:
+    """Write images + vectors straight into a library, as ingest would store them."""
+    from organizer.embed import ModelSpec
+    from organizer.store import queries as q
+    from organizer.store.db import write_transaction
+
+    with write_transaction(lib.engine) as conn:
+        found = q.library_model(conn)
+        model_id = found.id if found else q.insert_model(conn, ModelSpec(*model), vectors.shape[1])
+        roots = q.all_roots(conn)
+        root_id = next(iter(roots)) if roots else q.add_root(conn, str(lib.path.parent / "photos"))
+        for rel, v in zip(relpaths, vectors, strict=True):
+            image_id = q.insert_image(conn, root_id=root_id, relpath=rel.encode(), size=1, mtime_ns=1,
+                                      status="ok", content_hash=rel, width=10, height=10)  # fmt: skip
+            q.put_vector(conn, image_id, model_id, v)

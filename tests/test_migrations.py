@@ -68,3 +68,41 @@ def test_newer_schema_is_refused(tmp_path):
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
     with pytest.raises(SchemaError, match="newer organizer"):
         migrate(engine)
+
+
+def test_fast_head_check_agrees_with_alembic():
+    from organizer.store.db import _head_without_alembic
+
+    assert _head_without_alembic() == head_revision()
+
+
+def test_upgrade_from_each_earlier_revision_keeps_data(tmp_path):
+    """A library made by an older organizer is upgraded in place, its rows and triggers intact."""
+    from alembic import command
+    from alembic.config import Config
+
+    from organizer.store import queries as q
+    from organizer.store.db import migrations_dir, write_transaction
+
+    for old in ("0001", "0002"):
+        engine = create_engine_for(tmp_path / f"from-{old}.sqlite")
+        config = Config()
+        config.set_main_option("script_location", str(migrations_dir()))
+        with engine.connect() as conn, conn.begin():
+            config.attributes["connection"] = conn
+            command.upgrade(config, old)
+            conn.exec_driver_sql(
+                "INSERT INTO roots (id, path, added_at) VALUES (1, '/photos', '2026-01-01')"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO images (id, root_id, relpath, size, mtime_ns, status, created_at, "
+                "updated_at) VALUES (1, 1, x'612e6a7067', 1, 1, 'ok', '2026-01-01', '2026-01-01')"
+            )
+        assert current_revision(engine) == old
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        with write_transaction(engine) as conn:
+            before = q.index_state(conn).generation
+            q.mark_missing(conn, [1])  # the 0001 triggers still bump the generation
+            assert q.index_state(conn).generation == before + 1
+            assert q.known_images(conn, 1)[b"a.jpg"].status == "missing"

@@ -10,12 +10,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from organizer.errors import ModelError
-from organizer.imaging import PreprocessSpec
+
+if TYPE_CHECKING:  # imported for real only where pixels are handled (keeps `similar` light)
+    import numpy as np
+
+    from organizer.imaging import PreprocessSpec
 
 RANDOM_WEIGHTS = "none"
 

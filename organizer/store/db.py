@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,12 +91,32 @@ def head_revision() -> str:
     return ScriptDirectory(str(migrations_dir())).get_current_head()
 
 
+_REVISION = re.compile(r"^(down_)?revision\s*=\s*['\"]?([\w]+)['\"]?", re.MULTILINE)
+
+
+def _head_without_alembic() -> str | None:
+    """The head revision read straight from the revision files (a fast path for opening a
+    library that is already current; Alembic itself decides whenever there is work)."""
+    revisions, parents = set(), set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        found = dict((bool(m.group(1)), m.group(2)) for m in _REVISION.finditer(path.read_text()))
+        if False in found:
+            revisions.add(found[False])
+            if found.get(True) not in (None, "None"):
+                parents.add(found[True])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision, all in one transaction.
 
     Raises:
         SchemaError: the database was written by a newer organizer.
     """
+    current = current_revision(engine)
+    if current is not None and current == _head_without_alembic():
+        return
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory

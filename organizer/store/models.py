@@ -11,9 +11,11 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -120,3 +122,56 @@ class IndexState(Base):
     built_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     recall_at_10: Mapped[float | None] = mapped_column(Float, nullable=True)
     index_description: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ClusterRun(Base):
+    """One clustering of the library: how it was made and how good it is."""
+
+    __tablename__ = "cluster_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    algorithm: Mapped[str] = mapped_column(String(16))
+    k: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    auto: Mapped[bool] = mapped_column(Boolean)
+    params_json: Mapped[str] = mapped_column(Text)
+    silhouette: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sweep_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    vocabulary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    n_images: Mapped[int] = mapped_column(Integer)
+
+
+class Cluster(Base):
+    """A cluster of a run: numbered 1..k by decreasing size, with its centroid and name."""
+
+    __tablename__ = "clusters"
+    __table_args__ = (UniqueConstraint("run_id", "number", name="uq_clusters_run_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("cluster_runs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    silhouette: Mapped[float | None] = mapped_column(Float, nullable=True)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    label: Mapped[str | None] = mapped_column(Text, nullable=True)
+    labels_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ClusterMember(Base):
+    """An image's cluster in a run, its cosine distance to the centroid and its silhouette."""
+
+    __tablename__ = "cluster_members"
+    __table_args__ = (Index("ix_cluster_members_run_number", "run_id", "number"),)
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("cluster_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    distance: Mapped[float] = mapped_column(Float)
+    silhouette: Mapped[float | None] = mapped_column(Float, nullable=True)
+    assigned_later: Mapped[bool] = mapped_column(Boolean)

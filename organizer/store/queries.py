@@ -257,10 +257,21 @@ def ok_vectors(conn: Connection, model_id: int, dim: int) -> tuple[np.ndarray, n
         .where(embeddings.c.model_id == model_id, images.c.status == OK)
         .order_by(embeddings.c.image_id)
     )
-    rows = conn.execute(stmt).all()
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-    return ids, matrix
+    count = conn.execute(
+        select(func.count())
+        .select_from(embeddings.join(images, images.c.id == embeddings.c.image_id))
+        .where(embeddings.c.model_id == model_id, images.c.status == OK)
+    ).scalar()
+    ids = np.empty(count, dtype=np.int64)
+    matrix = np.empty((count, dim), dtype=np.float32)
+    n = 0
+    for image_id, blob in conn.execute(stmt.execution_options(yield_per=10_000)):  # streamed
+        if n == count:
+            break
+        ids[n] = image_id
+        matrix[n] = np.frombuffer(blob, dtype=np.float32)
+        n += 1
+    return ids[:n], matrix[:n]
 
 
 def ok_ids(conn: Connection, model_id: int) -> np.ndarray:

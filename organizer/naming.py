@@ -1,0 +1,130 @@
+"""Naming clusters by zero-shot CLIP over a vocabulary of everyday photo concepts.
+
+Each concept's text vector is the normalised mean of its prompt templates (as open_clip's
+zero-shot classifiers build class vectors); a cluster's label is the concept closest to its
+centroid. Concept vectors are cached in the library folder per model and vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from organizer.errors import ClusterError
+
+DEFAULT_TEMPLATES = ("a photo of {}.",)
+_ARTICLE = re.compile(r"^(a|an|the)\s+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    concepts: tuple[str, ...]
+    templates: tuple[str, ...]
+    source: str
+
+    @property
+    def sha256(self) -> str:
+        text = "\n".join(self.templates) + "\n\n" + "\n".join(self.concepts)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def default_vocabulary_path() -> Path:
+    from organizer.store.db import _resource_dir
+
+    return _resource_dir("data") / "vocabulary.txt"
+
+
+def load_vocabulary(path: Path | None = None) -> Vocabulary:
+    """Read a vocabulary file: one concept a line, ``template: ...{}...`` lines, ``#`` comments.
+
+    Raises:
+        ClusterError: the file cannot be read, has no concepts, or a template lacks ``{}``.
+    """
+    path = Path(path).expanduser() if path else default_vocabulary_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterError(
+            f"cannot read vocabulary {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    concepts, templates = [], []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.lower().startswith("template:"):
+            template = line.split(":", 1)[1].strip()
+            if "{}" not in template:
+                raise ClusterError(
+                    f"vocabulary {path}: template {template!r} has no {{}} for the concept"
+                )
+            templates.append(template)
+        elif line not in concepts:
+            concepts.append(line)
+    if not concepts:
+        raise ClusterError(f"vocabulary {path} lists no concepts (one a line)")
+    return Vocabulary(tuple(concepts), tuple(templates) or DEFAULT_TEMPLATES, str(path))
+
+
+def short_label(concept: str) -> str:
+    """'a sunset' -> 'sunset': the label without its leading article."""
+    return _ARTICLE.sub("", concept).strip()
+
+
+def concept_vectors(embedder, vocabulary: Vocabulary, cache_dir: Path | None = None) -> np.ndarray:
+    """(concepts x dim) unit vectors, from the cache file when it matches model and vocabulary."""
+    key = hashlib.sha256(f"{embedder.spec.describe()}|{vocabulary.sha256}".encode()).hexdigest()[
+        :20
+    ]
+    cache = cache_dir / f"concepts-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        try:
+            cached = np.load(cache, allow_pickle=False)
+            if cached.shape == (len(vocabulary.concepts), embedder.dim):
+                return cached
+        except (OSError, ValueError):
+            pass
+    prompts = [t.format(c) for c in vocabulary.concepts for t in vocabulary.templates]
+    texts = np.concatenate(
+        [embedder.embed_texts(prompts[i : i + 256]) for i in range(0, len(prompts), 256)]
+    )
+    means = texts.reshape(len(vocabulary.concepts), len(vocabulary.templates), -1).mean(axis=1)
+    vectors = (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
+    if cache is not None:
+        _save_atomic(cache, vectors)
+    return vectors
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".concepts-", suffix=".npy", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache only
+
+
+def name(centroids: np.ndarray, concepts: np.ndarray, vocabulary: Vocabulary,
+         top: int = 3) -> list[list[tuple[str, float]]]:  # fmt: skip
+    """For each centroid, the ``top`` concepts with their cosine scores, best first."""
+    scores = centroids @ concepts.T
+    out = []
+    for row in scores:
+        best = np.argsort(-row, kind="stable")[:top]
+        out.append([(short_label(vocabulary.concepts[i]), round(float(row[i]), 4)) for i in best])
+    return out
+
+
+def slug(label: str, limit: int = 40) -> str:
+    """A filesystem-safe folder name part: lowercase ascii letters, digits and dashes."""
+    text = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    return text[:limit].strip("-") or "cluster"
