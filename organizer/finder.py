@@ -15,7 +15,7 @@ import numpy as np
 
 from organizer import search
 from organizer.errors import QueryError
-from organizer.scan import is_image_name
+from organizer.scan import display_path, is_image_name
 from organizer.store import queries as q
 
 
@@ -90,7 +90,7 @@ class Finder:
         from organizer.pipeline import Job, prepare
 
         embedder = self.lib.embedder()
-        prepared = prepare(Job(0, os.fsencode(path), 0, 0), embedder.preprocess)
+        prepared = prepare(Job(0, os.fsencode(path), -1, -1), embedder.preprocess)
         if prepared.error:
             raise QueryError(f"cannot read {path}: {prepared.error}")
         return embedder.embed_pixels(prepared.pixels[None])[0]
@@ -130,7 +130,7 @@ class Finder:
         image_id, vector = self.image_vector(path)
         exclude = () if image_id is None else (image_id,)
         hits = search.rank(self.lib.vectors(), vector, k, exclude, threshold, allowed=self._ok)
-        return Results(str(photo), self._results(hits))
+        return Results(_shown(str(photo)), self._results(hits))
 
     def search(self, query: str | None, plus=(), minus=(), k: int = 12,
                threshold: float | None = None) -> Results:  # fmt: skip
@@ -194,3 +194,8 @@ class Finder:
             identical = m.content_hash is not None and m.content_hash == meta[keeper].content_hash
             group.members.append(Member(i, m.root, m.relpath, m.size, m.width, m.height, identical))
         return group
+
+
+def _shown(text: str) -> str:
+    """A command-line string for people: undecodable bytes (surrogates) as \\xNN."""
+    return display_path(os.fsencode(text))

@@ -92,6 +92,7 @@ def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Ima
     formats = formats or allowed_formats()
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd but readable files make Pillow chatty
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(formats))
     except UnidentifiedImageError:
@@ -153,6 +154,12 @@ def decode(
     Raises:
         ImageError: whatever the reason the bytes cannot be decoded.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Tag data larger than file": the reason is ours
+        return _decode(data, min_size, formats)
+
+
+def _decode(data: bytes, min_size, formats) -> tuple[Image.Image, ImageInfo]:
     image = open_image(data, formats)
     try:
         image.seek(0)

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from organizer.embed import Embedder
-from organizer.errors import Interrupted
+from organizer.errors import Interrupted, ModelError
 from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
 from organizer.scan import ScanResult, scan_root
 from organizer.store import queries as q
@@ -220,6 +220,14 @@ class IngestRun:
         started = time.perf_counter()
         self._embedder = self.get_embedder()
         self.summary.model_load_s = time.perf_counter() - started
+        if self.model_id is not None:
+            with self.engine.connect() as conn:
+                recorded = q.library_model(conn)
+            if recorded.dim != self._embedder.dim:
+                raise ModelError(
+                    f"the model gives {self._embedder.dim}-d vectors but this library holds "
+                    f"{recorded.dim}-d vectors of {recorded.spec.describe()}"
+                )
         self.summary.device = self._embedder.device
         self.summary.precision = self._embedder.precision
 

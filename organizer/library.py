@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
@@ -101,10 +101,17 @@ class Library:
                     f"--library / set ORGANIZER_LIBRARY"
                 )
             _make_library_dir(path)
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise LibraryError(f"library {path} cannot be read: check its permissions")
+        if not os.access(path, os.W_OK):
+            # SQLite's write-ahead log needs to write beside the database even to read it.
+            raise LibraryError(
+                f"library {path} is read-only: organizer needs to write there (check its permissions)"
+            )
         engine = create_engine_for(db_path)
         try:
             migrate(engine)
-        except OperationalError as exc:
+        except (OperationalError, DatabaseError) as exc:
             engine.dispose()
             raise LibraryError(_sqlite_reason(path, exc)) from None
         return cls(settings, engine, embedder_loader or load_open_clip)
@@ -217,7 +224,9 @@ class Library:
                 with write_transaction(self.engine) as conn:
                     q.finish_run(conn, run_id, status, run.summary.to_dict(),
                                  run.summary.device, run.summary.precision)  # fmt: skip
-            self.refresh_index(run.index_delta())
+            problem = self.refresh_index(run.index_delta())
+            if problem:
+                summary.problems.append(problem)
         finally:
             lock.release()
         return summary
@@ -262,9 +271,10 @@ class Library:
         self._index = (generation, index)
         return index
 
-    def refresh_index(self, delta=None) -> None:
-        """Bring the index file in step with the database (after writes, or when damaged)."""
-        self.index_cache.refresh(delta)
+    def refresh_index(self, delta=None) -> str | None:
+        """Bring the index file in step with the database (after writes, or when damaged);
+        returns a warning when the file could not be written."""
+        return self.index_cache.refresh(delta)
 
     # -- search ----------------------------------------------------------------------------
 
@@ -357,13 +367,15 @@ def _make_library_dir(path: Path) -> None:
         raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
 
 
-def _sqlite_reason(path: Path, exc: OperationalError) -> str:
+def _sqlite_reason(path: Path, exc: Exception) -> str:
+    from organizer.store.db import explain
+
     message = str(getattr(exc, "orig", exc))
     if isinstance(getattr(exc, "orig", None), sqlite3.OperationalError) and (
         "readonly" in message or "unable to open" in message
     ):
         return f"library {path} cannot be opened for writing ({message}): check its permissions"
-    return f"library database {path / DB_FILE} cannot be used: {message}"
+    return explain(exc, str(path / DB_FILE))
 
 
 def _outermost(paths: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ CHANGED_WHILE_READING = -1  # stored as mtime_ns so that the next run always ret
 
 @dataclass(frozen=True)
 class Job:
-    """One file to read: where it is and what the scan saw."""
+    """One file to read: where it is and what the scan saw (size -1: no scan to compare)."""
 
     key: int
     path: bytes
@@ -87,8 +87,16 @@ def prepare(
     """
     try:
         data, size, mtime_ns = read_file(job.path)
-    except ImageError as exc:
+    except ImageError as exc:  # unreadable now; cheap to try again next run
         return Prepared(job.key, job.size, CHANGED_WHILE_READING, error=str(exc))
+    if job.size >= 0 and (size, mtime_ns) != (job.size, job.mtime_ns):
+        # Replaced or still being written since the scan: record it, and look again next run.
+        return Prepared(
+            job.key,
+            size,
+            CHANGED_WHILE_READING,
+            error="file changed since the scan; it will be retried",
+        )
     result = Prepared(job.key, size, mtime_ns, content_hash=hashlib.sha256(data).hexdigest())
     if result.content_hash in skip_decode:
         return result
@@ -125,6 +133,7 @@ def _worker_main(conn, prepare_fn, spec, skip_decode, draft) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
+        conn.send(_READY)  # imports done: from now on a crash is the file's doing
         while True:
             job = conn.recv()
             if job is None:
@@ -132,6 +141,15 @@ def _worker_main(conn, prepare_fn, spec, skip_decode, draft) -> None:
             conn.send(prepare_fn(job, spec, skip_decode, draft))
     except (EOFError, OSError, KeyboardInterrupt):
         return
+
+
+_READY = "ready"
+_START_TIMEOUT_S = 120.0
+
+
+class PoolUnavailable(RuntimeError):
+    """Decode processes cannot be started here (no permission to run the interpreter, no
+    memory, ...): the caller decodes in its own process instead."""
 
 
 @dataclass
@@ -167,11 +185,17 @@ class DecodePool:
         self._args = (prepare_fn, spec, frozenset(skip_decode), draft)
         self._timeout_s = timeout_s
         self._buffer = buffer
-        self._workers = [self._spawn() for _ in range(max(1, workers))]
         self._thread = None
         self._stop = False
+        self._workers = [self._start() for _ in range(max(1, workers))]
+        try:
+            for worker in self._workers:
+                self._await_ready(worker)
+        except PoolUnavailable:
+            self.close()
+            raise
 
-    def _spawn(self) -> _Worker:
+    def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main, args=(child, *self._args), daemon=True, name="organizer-decode"
@@ -181,10 +205,26 @@ class DecodePool:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()
+        except OSError as exc:
+            raise PoolUnavailable(f"cannot start a decode process: {exc}") from None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child.close()
         return _Worker(process, parent)
+
+    @staticmethod
+    def _await_ready(worker: _Worker) -> None:
+        try:
+            if worker.conn.poll(_START_TIMEOUT_S) and worker.conn.recv() == _READY:
+                return
+        except (EOFError, OSError):
+            pass
+        raise PoolUnavailable("a decode process exited while starting")
+
+    def _spawn(self) -> _Worker:
+        worker = self._start()
+        self._await_ready(worker)
+        return worker
 
     def results(self, jobs: Iterable[Job]) -> Iterator[Prepared]:
         """Prepare every job; yields each result once, in completion order."""
@@ -225,7 +265,11 @@ class DecodePool:
                     if job is None:
                         exhausted = True
                         break
-                    worker.conn.send(job)
+                    try:
+                        worker.conn.send(job)
+                    except OSError:  # it died while idle (e.g. killed): a fresh one takes the job
+                        self._respawn(worker)
+                        worker.conn.send(job)
                     worker.job, worker.started = job, time.monotonic()
             busy = [w for w in self._workers if w.job is not None]
             if not busy and exhausted:
@@ -238,8 +282,7 @@ class DecodePool:
             now = time.monotonic()
             for worker in self._workers:
                 if worker.job is not None and now - worker.started > self._timeout_s:
-                    reason = f"decoding took longer than {self._timeout_s:.0f} s"
-                    self._put(out, self._replace(worker, reason))
+                    self._fail(worker, f"decoding took longer than {self._timeout_s:.0f} s", out)
 
     def _collect(self, worker: _Worker, out) -> None:
         try:
@@ -251,7 +294,7 @@ class DecodePool:
         except (EOFError, OSError):
             pass
         if not worker.process.is_alive():
-            self._put(out, self._replace(worker, "the decoder crashed on this file"))
+            self._fail(worker, "the decoder crashed on this file", out)
 
     def _put(self, out, item: object) -> None:
         """Hand a result to the consumer, waiting while it is behind (back-pressure)."""
@@ -264,16 +307,19 @@ class DecodePool:
             except queue.Full:
                 continue
 
-    def _replace(self, worker: _Worker, reason: str) -> Prepared:
-        """Kill a crashed or stuck worker, start a fresh one; the file is recorded as failed
-        with its scanned size and mtime, so it is retried only once it changes."""
+    def _fail(self, worker: _Worker, reason: str, out) -> None:
+        """Report the file of a crashed or stuck worker as failed (with its scanned size and
+        mtime, so it is retried only once it changes), then replace the worker."""
         job = worker.job
+        self._put(out, Prepared(job.key, job.size, job.mtime_ns, error=reason))
+        self._respawn(worker)
+
+    def _respawn(self, worker: _Worker) -> None:
         worker.process.kill()
         worker.process.join(timeout=5)
         worker.conn.close()
         fresh = self._spawn()
         worker.process, worker.conn, worker.job = fresh.process, fresh.conn, None
-        return Prepared(job.key, job.size, job.mtime_ns, error=reason)
 
     def close(self) -> None:
         """Stop the feeding thread and every worker (idempotent)."""
@@ -314,6 +360,19 @@ def prepare_parallel(
     skip_decode: frozenset[str] | set[str] = frozenset(),
     workers: int = 1,
 ) -> Iterator[Prepared]:
-    """Prepare files in ``workers`` decode processes; results in completion order."""
-    with DecodePool(workers, spec, frozenset(skip_decode)) as pool:
-        yield from pool.results(jobs)
+    """Prepare files in ``workers`` decode processes; results in completion order.
+
+    Where decode processes cannot run, files are prepared in this process instead.
+    """
+    jobs = list(jobs)
+    done: set[int] = set()
+    try:
+        with DecodePool(workers, spec, frozenset(skip_decode)) as pool:
+            for prepared in pool.results(jobs):
+                done.add(prepared.key)
+                yield prepared
+    except PoolUnavailable as exc:
+        import warnings
+
+        warnings.warn(f"decoding in the main process instead ({exc})", stacklevel=2)
+        yield from prepare_all((j for j in jobs if j.key not in done), spec, skip_decode)

@@ -265,6 +265,7 @@ class IndexCache:
     def __init__(self, engine, path: Path):
         self.engine = engine
         self.path = path
+        self.problem: str | None = None
 
     def load(self) -> VectorIndex:
         """The index from its file when checksum and generation match the database, else
@@ -290,14 +291,19 @@ class IndexCache:
             and file_sha256(self.path) == state.file_sha256
         )
 
-    def refresh(self, delta: IndexDelta | None = None) -> None:
+    def refresh(self, delta: IndexDelta | None = None) -> str | None:
         """Bring the file in step after writes: apply ``delta`` to the old file when it is
-        exactly the state the writes started from, else rebuild from the database."""
+        exactly the state the writes started from, else rebuild from the database.
+
+        Returns a warning when the file could not be written (it is rebuilt on next use).
+        """
+        self.problem = None
         if self.in_sync():
-            return
+            return None
         index = self._apply(delta) if delta is not None else None
         if index is None:
             self._rebuild()
+        return self.problem
 
     def _apply(self, delta: IndexDelta) -> VectorIndex | None:
         from organizer.store import queries as q
@@ -350,5 +356,10 @@ class IndexCache:
                 q.record_index_file(
                     conn, generation, sha, len(index), index.kind, index.describe(), index.recall
                 )
-        except (OSError, OperationalError):
-            pass  # read-only folder or full disk: the index serves from memory this time
+        except (OSError, OperationalError) as exc:
+            # Read-only folder or full disk: the index serves from memory this time, and the
+            # database still says the file is stale, so it is rebuilt on next use.
+            reason = getattr(exc, "strerror", None) or str(getattr(exc, "orig", exc))
+            self.problem = (
+                f"the vector index could not be saved ({reason}); it will be rebuilt on next use"
+            )

@@ -77,3 +77,11 @@ def real_photos() -> Path:
     if not REAL_PHOTOS.is_dir():
         pytest.skip(f"real photos not available at {REAL_PHOTOS}")
     return REAL_PHOTOS
+
+
+def pytest_terminal_summary(terminalreporter):
+    from battery import BATTERY
+
+    line = BATTERY.line()
+    if line:
+        terminalreporter.write_line(line)

@@ -59,12 +59,15 @@ def test_damaged_index_is_rebuilt_from_the_database(fake_lib, photos, tmp_path, 
         other.ingest([other_root])
     assert fake_lib.status().index.in_sync
 
-    _damage(fake_lib.index_path, how, other_dir / "vectors.faiss")
-    assert not fake_lib.status().index.in_sync
-    _assert_index_equals_db(fake_lib)  # rebuilt, never re-embedded
-    assert fake_lib.fake.images_embedded == 6
-    st = fake_lib.status()
-    assert st.index.in_sync and st.index.count == 6
+    from battery import BATTERY
+
+    with BATTERY.fault():
+        _damage(fake_lib.index_path, how, other_dir / "vectors.faiss")
+        assert not fake_lib.status().index.in_sync
+        _assert_index_equals_db(fake_lib)  # rebuilt, never re-embedded
+        assert fake_lib.fake.images_embedded == 6
+        st = fake_lib.status()
+        BATTERY.mismatch(st.index.in_sync and st.index.count == 6, "rebuilt index not in sync")
 
 
 def test_stale_index_after_database_change_is_rebuilt(fake_lib, photos):

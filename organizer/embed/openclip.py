@@ -7,6 +7,7 @@ import difflib
 import json
 import logging
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -243,7 +244,12 @@ def load(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = open_clip.create_model(spec.name, pretrained=checkpoint, **kwargs)
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        except pickle.UnpicklingError:
+            raise ModelError(
+                f"cannot load {spec.describe()}: the checkpoint is not a plain weights file "
+                "(loading it would run code, so it is refused); use a .safetensors checkpoint"
+            ) from None
+        except Exception as exc:  # open_clip and torch raise many types for a bad checkpoint
             raise ModelError(
                 f"cannot load {spec.describe()}: {str(exc).splitlines()[0][:300]}"
             ) from None

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DatabaseError, OperationalError
 
-from organizer.errors import SchemaError
+from organizer.errors import LibraryError, SchemaError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -68,9 +69,35 @@ def create_engine_for(url_or_path: str | os.PathLike[str]) -> Engine:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), waiting up to
-    the busy timeout for another writer; commits on success, rolls back on any exception."""
-    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
-        yield conn
+    the busy timeout for another writer; commits on success, rolls back on any exception.
+
+    Raises:
+        LibraryError: the database could not be written (disk full, read-only, locked, I/O).
+    """
+    try:
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+            yield conn
+    except (OperationalError, DatabaseError) as exc:
+        raise LibraryError(explain(exc, engine.url.database)) from None
+
+
+def explain(exc: Exception, where: str | None = None) -> str:
+    """One sentence for a SQLite failure, saying what the user can do."""
+    message = str(getattr(exc, "orig", exc)).strip()
+    lowered = message.lower()
+    place = f" ({where})" if where else ""
+    if "full" in lowered or "disk i/o error" in lowered:
+        return (
+            f"the disk is full, or failing, writing the library database{place} ({message}); "
+            "nothing of the failed step was saved: free some space and run it again"
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return f"the library database{place} is read-only: check the library folder's permissions"
+    if "locked" in lowered or "busy" in lowered:
+        return f"the library database{place} stayed locked by another process: try again later"
+    if "not a database" in lowered or "malformed" in lowered:
+        return f"the library database{place} is damaged ({message}): restore it from a backup"
+    return f"the library database{place} could not be used: {message}"
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -1,6 +1,7 @@
 """Run an ingest in this process with the numpy fake embedder, for crash tests.
 
-Usage: python crash_ingest.py LIBRARY ROOT [--slow SECONDS] [--die-after-commit N] [--die-in-index-write]
+Usage: python crash_ingest.py LIBRARY ROOT [--slow SECONDS] [--die-after-commit N]
+       [--die-in-index-write] [--die-in-migration]
 The --die-* options SIGKILL this process at a named point (test instrumentation only).
 """
 
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from fakes import FakeEmbedder
 
@@ -43,7 +44,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--die-after-commit", type=int, default=0)
     parser.add_argument("--die-in-index-write", action="store_true")
+    parser.add_argument("--die-in-migration", action="store_true")
     args = parser.parse_args()
+
+    if args.die_in_migration:
+        import alembic.command
+
+        real_upgrade = alembic.command.upgrade
+
+        def dying_upgrade(config, revision):
+            real_upgrade(config, revision)  # every table created, nothing committed yet
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        alembic.command.upgrade = dying_upgrade
 
     if args.die_after_commit:
         real = organizer.ingest.write_transaction

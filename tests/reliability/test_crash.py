@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from battery import BATTERY
 from fakes import TINY_CONFIG, FakeEmbedder, make_folder
 
 from organizer.config import Settings
@@ -76,47 +77,67 @@ def _recover_and_check(lib_dir: Path, root: Path, reference: dict) -> None:
         # nothing committed was lost or redone; everything else was done once
         assert fake.images_embedded == N_IMAGES - len(committed_before)
         assert summary.new == N_IMAGES - len(committed_before)
-        assert set(state) == set(reference)
+        BATTERY.mismatch(set(state) == set(reference), "re-run and clean run hold other files")
         for path, vec in state.items():
-            np.testing.assert_allclose(vec, reference[path], atol=1e-6)
+            BATTERY.mismatch(
+                np.allclose(vec, reference[path], atol=1e-6), f"vector of {path!r} differs"
+            )
         with lib.engine.connect() as conn:
             assert q.status_counts(conn) == {"ok": N_IMAGES, "failed": 0, "missing": 0}
         index = lib.vectors()
         with lib.engine.connect() as conn:
             model = q.library_model(conn)
             ids, _ = q.ok_vectors(conn, model.id, model.dim)
-        assert sorted(index.ids().tolist()) == ids.tolist()
-        assert lib.status().index.in_sync
+        BATTERY.mismatch(sorted(index.ids().tolist()) == ids.tolist(), "index ids != database")
+        BATTERY.mismatch(lib.status().index.in_sync, "index file not in sync")
 
 
 @pytest.mark.parametrize("seed", range(RANDOM_KILLS))
 def test_kill_at_random_moment(seed, crash_photos, reference, tmp_path):
     rng = random.Random(seed)
     lib_dir = tmp_path / "lib"
-    proc = _run_script(lib_dir, crash_photos, "--slow", "0.05")
-    time.sleep(rng.uniform(0.2, 2.5))
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    _recover_and_check(lib_dir, crash_photos, reference)
+    with BATTERY.fault():
+        proc = _run_script(lib_dir, crash_photos, "--slow", "0.05")
+        time.sleep(rng.uniform(0.2, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        _recover_and_check(lib_dir, crash_photos, reference)
 
 
 @pytest.mark.parametrize("commit", [1, 2, 4, 7])
 def test_kill_right_after_a_batch_commit(commit, crash_photos, reference, tmp_path):
     lib_dir = tmp_path / "lib"
-    proc = _run_script(lib_dir, crash_photos, "--die-after-commit", str(commit))
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    _recover_and_check(lib_dir, crash_photos, reference)
+    with BATTERY.fault():
+        proc = _run_script(lib_dir, crash_photos, "--die-after-commit", str(commit))
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        _recover_and_check(lib_dir, crash_photos, reference)
 
 
 def test_kill_during_the_index_write(crash_photos, reference, tmp_path):
     lib_dir = tmp_path / "lib"
-    proc = _run_script(lib_dir, crash_photos, "--die-in-index-write")
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    with Library.open(Settings(library=lib_dir)) as lib:
-        assert not lib.status().index.in_sync  # the torn file is detected, never trusted
-    _recover_and_check(lib_dir, crash_photos, reference)
+    with BATTERY.fault():
+        proc = _run_script(lib_dir, crash_photos, "--die-in-index-write")
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        with Library.open(Settings(library=lib_dir)) as lib:
+            assert not lib.status().index.in_sync  # the torn file is detected, never trusted
+        _recover_and_check(lib_dir, crash_photos, reference)
+
+
+def test_kill_during_a_schema_migration(crash_photos, reference, tmp_path):
+    """kill -9 after the migration's DDL, before its commit: the next open completes it."""
+    lib_dir = tmp_path / "lib"
+    with BATTERY.fault():
+        proc = _run_script(lib_dir, crash_photos, "--die-in-migration")
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        import sqlite3
+
+        tables = {r[0] for r in sqlite3.connect(lib_dir / "library.db").execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}  # fmt: skip
+        assert "images" not in tables  # nothing half-made was committed
+        _recover_and_check(lib_dir, crash_photos, reference)
 
 
 def test_kill_the_real_cli(tmp_path):
