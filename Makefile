@@ -32,8 +32,12 @@ endif
 test: $(VENV)/.installed-dev,demo
 	$(BIN)/pytest
 
+# Benchmarks print tables; they are slow (tens of minutes) and never part of `make test`.
 bench: $(VENV)/.installed-dev,demo
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/report.py
 
 lint: $(VENV)/.installed-dev,demo
 	$(BIN)/ruff check .

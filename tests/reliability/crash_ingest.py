@@ -92,7 +92,10 @@ def main() -> None:
     fake = SlowFake(args.slow)
     settings = Settings(library=Path(args.library))
     with Library.open(settings, create=True, embedder_loader=lambda s, t: fake) as lib:
-        summary = lib.ingest([args.root], options=IngestOptions(batch_size=args.batch_size))
+        # Decoding in this process: the crash points under test are the database and index
+        # writes, and a worker pool's start-up would only blur the timing of the kills.
+        options = IngestOptions(batch_size=args.batch_size, workers=0)
+        summary = lib.ingest([args.root], options=options)
     print("embedded", summary.embedded, flush=True)
 
 

@@ -98,7 +98,7 @@ def test_kill_at_random_moment(seed, crash_photos, reference, tmp_path):
     lib_dir = tmp_path / "lib"
     with BATTERY.fault():
         proc = _run_script(lib_dir, crash_photos, "--slow", "0.05")
-        time.sleep(rng.uniform(0.2, 2.5))
+        time.sleep(rng.uniform(0.1, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         _recover_and_check(lib_dir, crash_photos, reference)

@@ -39,12 +39,18 @@ def _status(env) -> dict:
 
 @pytest.fixture
 def ingested(tmp_path):
+    """A library of 6 images made with the tiny model (in this process: only the faults
+    themselves need a real process), and 30 more files waiting to be ingested."""
+    from organizer.config import Settings
+    from organizer.library import Library
+
     root = tmp_path / "photos"
     make_folder(root, 6)
-    env = organizer_env(tmp_path / "lib")
-    assert run_organizer(["ingest", root], env).returncode == 0
+    settings = Settings(library=tmp_path / "lib", model=str(TINY_CONFIG), pretrained="none")
+    with Library.open(settings, create=True) as library:
+        library.ingest([root])
     make_folder(root / "more", 30, start_seed=100)
-    return root, env, tmp_path / "lib"
+    return root, organizer_env(tmp_path / "lib"), tmp_path / "lib"
 
 
 def test_disk_full_while_writing_the_database(ingested):
