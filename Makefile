@@ -19,6 +19,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed-dev,demo
 
+# The main job: ingest -> cluster -> report.
 demo: $(VENV)/.installed-demo
 ifeq ($(PHOTOS),)
 	$(BIN)/python scripts/demo_photos.py $(DEMO_DIR)/photos
@@ -26,8 +27,10 @@ ifeq ($(PHOTOS),)
 else
 	$(BIN)/organizer ingest "$(PHOTOS)"
 endif
-	$(BIN)/organizer status
+	$(BIN)/organizer cluster -k auto --k-max 12
+	$(BIN)/organizer report -o $(DEMO_DIR)/report.html
 	@echo "library: $(ORGANIZER_LIBRARY)"
+	@echo "report:  $(CURDIR)/$(DEMO_DIR)/report.html (open it in a browser; it works offline)"
 
 test: $(VENV)/.installed-dev,demo
 	$(BIN)/pytest

@@ -648,5 +648,78 @@ def evaluate(
               f"{'':>9}{s.entropy_bits:.2f} bits")  # fmt: skip
 
 
+@command
+def report(
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    run: RunOpt = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Also write the static map as a PNG file.")
+    ] = None,
+    max_points: Annotated[
+        int | None, typer.Option(help="Points on the map; a seeded sample beyond (default 5000).")
+    ] = None,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a self-contained HTML report: t-SNE map, clusters, thumbnails. Opens offline.
+
+    Example: organizer report -o report.html --png map.png
+    """
+    with (
+        _open(_settings(library=library)) as lib,
+        _report_progress(not (quiet or as_json)) as progress,
+    ):
+        s = lib.report(
+            output, run, png=png, max_points=max_points, absolute=absolute, progress=progress
+        )
+    if as_json:
+        _print_json(s.to_dict())
+        return
+    run_text = (
+        f"cluster run {s.run_id} (k={s.k})"
+        if s.run_id
+        else "no cluster run yet: organizer cluster -k auto"
+    )
+    print(f"wrote {s.path} ({s.size_bytes / 1e6:.1f} MB): {s.n_images:,} images, {run_text}")
+    if s.sampled:
+        print(f"  map: a seeded sample of {s.n_points:,} of {s.n_images:,} images "
+              f"(--max-points {s.n_images} shows all)")  # fmt: skip
+    print(
+        f"  t-SNE {s.tsne_s:.1f} s ({s.backend}), thumbnails {s.thumbnails_s:.1f} s, total {s.total_s:.1f} s"
+    )
+    if s.png:
+        print(f"  map image: {s.png}")
+    if s.placeholders:
+        print(f"  {s.placeholders} images could not be shown (placeholders)")
+
+
+class _report_progress:
+    """A rich status line on stderr while the report is made (terminals only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._status = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+
+        self._status = Console(stderr=True).status("report: reading the library")
+        self._status.start()
+        return self._update
+
+    def _update(self, p) -> None:
+        self._status.update(f"report: {p.stage} {p.done}/{p.total}")
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
 def main() -> None:
     app()

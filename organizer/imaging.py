@@ -20,6 +20,12 @@ from organizer.errors import ImageError
 BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Pillow's own "this is a decompression bomb" threshold (2x its warning limit).
 MAX_PIXELS = 2 * 89_478_485
+
+# Odd but readable files make Pillow chatty ("Tag data larger than file", its bomb warning
+# below MAX_PIXELS); organizer reports what matters itself. Set once, at import: a
+# catch_warnings() per call is not thread-safe, and thumbnails are decoded in threads.
+warnings.filterwarnings("ignore", module="PIL")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 36867
 _DATETIME = 306
@@ -91,13 +97,10 @@ def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Ima
         raise ImageError("empty file")
     formats = formats or allowed_formats()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # odd but readable files make Pillow chatty
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=list(formats))
+        image = Image.open(io.BytesIO(data), formats=list(formats))
     except UnidentifiedImageError:
         raise ImageError(f"not a supported image (allowed: {', '.join(formats)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageError("image too large: looks like a decompression bomb") from None
     except Exception as exc:
         raise ImageError(f"cannot read image header: {_reason(exc)}") from None
@@ -154,12 +157,6 @@ def decode(
     Raises:
         ImageError: whatever the reason the bytes cannot be decoded.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Tag data larger than file": the reason is ours
-        return _decode(data, min_size, formats)
-
-
-def _decode(data: bytes, min_size, formats) -> tuple[Image.Image, ImageInfo]:
     image = open_image(data, formats)
     try:
         image.seek(0)

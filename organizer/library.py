@@ -315,6 +315,14 @@ class Library:
         """A stored run (default: the latest) with each cluster's most representative images."""
         return self.clustering.summary(run_id, representatives)
 
+    # -- report ----------------------------------------------------------------------------
+
+    def report(self, output: Path, run_id: int | None = None, **options):
+        """Write the self-contained HTML report (see organizer.report.write_report)."""
+        from organizer.report import write_report
+
+        return write_report(self, Path(output).expanduser(), run_id, **options)
+
     # -- status ----------------------------------------------------------------------------
 
     def status(self) -> LibraryStatus:

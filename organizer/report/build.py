@@ -1,0 +1,293 @@
+"""``organizer report``: one self-contained HTML file about a library and a cluster run.
+
+The steps: read the database (:mod:`.data`), sample and project the vectors
+(:mod:`.projection`), make thumbnails (:mod:`.thumbs`), draw the static map (:mod:`.figure`),
+render the page and write it atomically (:mod:`.render`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from organizer.errors import ReportError
+from organizer.report import data as report_data
+from organizer.report import figure, projection, render, thumbs
+from organizer.scan import display_path
+from organizer.store import queries as q
+
+# Thumbnails average about 3.3 kB in the page (112 px JPEG, base64) for real photos and at
+# most about 5.5 kB, so 5,000 points keep a report near 17 MB and under 30 MB at worst.
+DEFAULT_MAX_POINTS = 5_000
+CLOSEST, FARTHEST = 10, 5
+BACKEND_NAMES = {"opentsne": "openTSNE", "sklearn": "scikit-learn", "none": "too few points"}
+
+
+@dataclass(frozen=True)
+class ReportProgress:
+    """Where report generation is: stage is "map", "thumbnails" or "writing"."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What ``organizer report`` made."""
+
+    path: Path
+    size_bytes: int
+    n_images: int  # images with a vector (status ok)
+    n_points: int  # points on the map
+    sampled: bool  # n_points < n_images: the map shows a seeded sample
+    run_id: int | None
+    k: int | None
+    backend: str  # the t-SNE implementation: "opentsne", "sklearn", or "none" (< 5 points)
+    tsne_s: float
+    thumbnails_s: float
+    total_s: float
+    placeholders: int  # images whose thumbnail could not be made (unreadable files)
+    png: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            **{k: v for k, v in self.__dict__.items() if k not in ("path", "png")},
+            "path": str(self.path),
+            "png": str(self.png) if self.png else None,
+        }
+
+
+def write_report(
+    library,
+    output: Path,
+    run_id: int | None = None,
+    png: Path | None = None,
+    max_points: int | None = None,
+    absolute: bool = False,
+    progress: Callable[[ReportProgress], None] | None = None,
+    tsne: str = "auto",
+) -> ReportSummary:
+    """Write the HTML report of a library: overview, t-SNE map, one section per cluster.
+
+    Args:
+        library: an opened :class:`~organizer.library.Library`.
+        output: the HTML file to write (replaced atomically if it exists).
+        run_id: the cluster run to show (default: the latest; without any run the report
+            has the map and says how to cluster).
+        png: also write the static map to this PNG file.
+        max_points: the most points the map shows; beyond, a seeded sample (default 5,000).
+        absolute: show absolute paths instead of paths relative to their roots.
+        progress: called with a :class:`ReportProgress` as work advances.
+        tsne: "auto" (openTSNE when installed, else scikit-learn), "opentsne" or "sklearn".
+
+    Returns:
+        A :class:`ReportSummary`.
+
+    Raises:
+        ReportError: an empty library, an unknown run, a bad --max-points, or an output that
+            cannot be written (then no file is left half-written).
+    """
+    started = time.perf_counter()
+    tell = progress or (lambda p: None)
+    output, png = Path(output).expanduser(), Path(png).expanduser() if png else None
+    max_points = DEFAULT_MAX_POINTS if max_points is None else max_points
+    _check_request(output, png, max_points, tsne)
+    data = report_data.load(library.engine, run_id, (CLOSEST, FARTHEST))
+    seed = data.run.seed if data.run else 0
+    rows = projection.sample_rows(len(data.ids), max_points, seed)
+    tell(ReportProgress("map", 0, len(rows)))
+    # t-SNE runs on one thread (see projection.py); the thumbnails take the other cores.
+    tsne_result = _Background(projection.project, data.vectors[rows], seed, tsne)
+    thumbs_started = time.perf_counter()
+    shown = _shown_images(library.engine, data, rows, absolute, tell)
+    thumbnails_s = time.perf_counter() - thumbs_started
+    proj = tsne_result.result()
+    tell(ReportProgress("map", len(rows), len(rows)))
+    tell(ReportProgress("writing", 0, 1))
+    legend = _legend(data)
+    png_bytes = figure.map_png(proj.xy, data.numbers[rows], [(n, name, c) for n, name, c, _ in legend],
+                               _map_title(len(rows), len(data.ids)))  # fmt: skip
+    context = _context(data, rows, proj, shown, legend, png_bytes, absolute)
+    html = render.render(context).encode("utf-8")
+    render.write_atomic(output, html)
+    if png is not None:
+        render.write_atomic(png, png_bytes)
+    tell(ReportProgress("writing", 1, 1))
+    return ReportSummary(
+        output, len(html), len(data.ids), len(rows), len(rows) < len(data.ids),
+        data.run.id if data.run else None, data.run.k if data.run else None, proj.backend,
+        proj.seconds, thumbnails_s, time.perf_counter() - started,
+        sum(1 for uri, _ in shown.values() if uri == thumbs.PLACEHOLDER), png,
+    )  # fmt: skip
+
+
+class _Background:
+    """A call on a daemon thread: unlike an executor's worker, it does not hold up the exit
+    of a process whose user pressed Ctrl-C in the middle of a long t-SNE."""
+
+    def __init__(self, fn, *args):
+        self._outcome: tuple[bool, object] | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            self._outcome = (True, fn(*args))
+        except BaseException as exc:  # handed to the caller by result()
+            self._outcome = (False, exc)
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+
+def _check_request(output: Path, png: Path | None, max_points: int, tsne: str) -> None:
+    if max_points < 1:
+        raise ReportError(f"--max-points must be at least 1, not {max_points}")
+    if tsne not in projection.BACKENDS:
+        raise ReportError(
+            f"unknown t-SNE backend {tsne!r}: choose {', '.join(projection.BACKENDS)}"
+        )
+    render.check_target(output, "report")
+    if png is not None:
+        render.check_target(png, "map image")
+
+
+def _shown_images(engine, data, rows, absolute, tell) -> dict[int, tuple[str, str]]:
+    """Image id -> (thumbnail data URI, display path) of every image the page shows."""
+    wanted = [int(i) for i in data.ids[rows]]
+    if data.run:
+        for c in data.run.clusters:
+            wanted.extend(c.closest + c.farthest)
+    wanted = list(dict.fromkeys(wanted))
+    with engine.connect() as conn:
+        info = q.describe_images(conn, wanted)
+    files = []
+    for image_id in wanted:
+        row = info[image_id]
+        path = os.path.join(os.fsencode(row.root), row.relpath)
+        files.append((path, thumbs.draft_side(thumbs.SIDE, row.width, row.height)))
+    uris = thumbs.data_uris(
+        files,
+        workers=max(1, (os.cpu_count() or 1) - 1),
+        progress=lambda d, t: tell(ReportProgress("thumbnails", d, t)),
+    )
+    return {
+        image_id: (uri, _display(info[image_id], absolute))
+        for image_id, uri in zip(wanted, uris, strict=True)
+    }
+
+
+def _display(row: q.ImageInfoRow, absolute: bool) -> str:
+    text = display_path(row.relpath)
+    return os.path.join(display_path(os.fsencode(row.root)), text) if absolute else text
+
+
+def _legend(data) -> list[tuple[int, str, str, int]]:
+    """(number, name, colour, size) of each cluster; number 0 = images outside the run."""
+    clusters = data.run.clusters if data.run else []
+    colours = figure.palette(len(clusters))
+    legend = [
+        (c.number, f"{c.number} · {c.label}" if c.label else f"cluster {c.number}", colour, c.size)
+        for c, colour in zip(clusters, colours, strict=True)
+    ]
+    outside = int((data.numbers == 0).sum())
+    if outside:
+        name = "not clustered" if data.run is None else "added after this run"
+        legend.append((0, name, figure.UNCLUSTERED, outside))
+    return legend
+
+
+def _map_title(points: int, total: int) -> str:
+    if points < total:
+        return f"t-SNE map of a sample of {points:,} of {total:,} images"
+    return f"t-SNE map of {total:,} images"
+
+
+def _context(data, rows, proj, shown, legend, png_bytes, absolute) -> dict:
+    """Everything the template shows; map data goes into one escaped JSON block."""
+    point_ids = [int(i) for i in data.ids[rows]]
+    map_data = {
+        "x": np.round(proj.xy[:, 0], 4).tolist(),
+        "y": np.round(proj.xy[:, 1], 4).tolist(),
+        "c": data.numbers[rows].tolist(),
+        "p": [shown[i][1] for i in point_ids],
+        "t": [shown[i][0] for i in point_ids],
+        "clusters": [{"id": n, "name": name, "color": colour} for n, name, colour, _ in legend],
+    }
+    return {
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "overview": _overview(data, absolute),
+        "run": data.run,
+        "sweep_range": _sweep_range(data.run.sweep if data.run else None),
+        "map": {
+            "points": len(rows),
+            "total": len(data.ids),
+            "sampled": len(rows) < len(data.ids),
+            "backend": BACKEND_NAMES.get(proj.backend, proj.backend),
+            "seconds": proj.seconds,
+            "seed": data.run.seed if data.run else 0,
+            "added_later": int((data.numbers == 0).sum()) if data.run else 0,
+        },
+        "legend": [
+            {"number": n, "name": name, "colour": colour, "size": size}
+            for n, name, colour, size in legend
+        ],
+        "figure": "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii"),
+        "sections": _sections(data, legend, shown),
+        "data": render.script_json(map_data),
+    }
+
+
+def _sweep_range(sweep: list[dict] | None) -> tuple[float, float]:
+    """The scale of the k-sweep bars: from 0 (or the lowest score) to the best score."""
+    scores = [p["silhouette"] for p in sweep or []] or [1.0]
+    low, high = min(0.0, *scores), max(scores)
+    return low, high if high > low else low + 1.0
+
+
+def _overview(data, absolute: bool) -> dict:
+    spec = data.model.spec
+    weights = spec.pretrained
+    if os.sep in weights and not absolute:
+        weights = os.path.basename(weights)  # a checkpoint path says where the user keeps files
+    return {
+        "images": len(data.ids),
+        "failed": data.counts.get(q.FAILED, 0),
+        "missing": data.counts.get(q.MISSING, 0),
+        "model": spec.name,
+        "weights": weights,
+        "weights_sha256": spec.weights_sha256,
+        "random_weights": spec.is_random,
+        "dim": data.model.dim,
+    }
+
+
+def _sections(data, legend, shown) -> list[dict]:
+    if data.run is None:
+        return []
+    names = {n: (name, colour) for n, name, colour, _ in legend}
+    return [
+        {
+            "number": c.number,
+            "name": names[c.number][0],
+            "labels": c.labels[:3],
+            "size": c.size,
+            "silhouette": c.silhouette,
+            "closest": [shown[i] for i in c.closest],
+            "farthest": [shown[i] for i in c.farthest],
+        }
+        for c in data.run.clusters
+    ]

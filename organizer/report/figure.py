@@ -1,0 +1,79 @@
+"""The static map: a matplotlib scatter plot of the 2-D projection, as PNG bytes.
+
+Drawn on a bare :class:`~matplotlib.figure.Figure` with the Agg canvas, never through pyplot,
+so no global backend or figure state is touched (and no display is needed).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+# Distinct colours for the first 20 clusters (matplotlib's tab20, dark shades first); more
+# clusters get evenly spaced hues.
+_TAB20 = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)  # fmt: skip
+UNCLUSTERED = "#9a9a9a"
+LEGEND_MAX = 20
+
+
+def palette(k: int) -> list[str]:
+    """``k`` distinct colours as #rrggbb, the same in the interactive and the static map."""
+    if k <= len(_TAB20):
+        return list(_TAB20[:k])
+    import colorsys
+
+    # The golden-ratio hue walk keeps neighbouring cluster numbers apart in colour.
+    return [
+        "#{:02x}{:02x}{:02x}".format(
+            *(round(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.85))
+        )
+        for i in range(k)
+    ]
+
+
+def map_png(
+    xy: np.ndarray,
+    numbers: np.ndarray,
+    legend: list[tuple[int, str, str]],
+    title: str,
+) -> bytes:
+    """The map as a PNG (no metadata chunks).
+
+    Args:
+        xy: points in [0, 1]^2.
+        numbers: each point's cluster number (0 = not clustered).
+        legend: (number, name, colour) of every cluster, in legend order.
+        title: drawn above the plot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 7), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
+    for number, name, colour in legend:
+        rows = numbers == number
+        if rows.any():
+            # "$" would start matplotlib's math mode: a label is text, nothing else.
+            label = name.replace("$", r"\$")
+            ax.scatter(xy[rows, 0], xy[rows, 1], s=size, c=colour, label=label, linewidths=0)
+    ax.set_title(title.replace("$", r"\$"))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_aspect("equal")
+    if 1 < len(legend) <= LEGEND_MAX:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
+                  markerscale=max(1.0, 20 / size) ** 0.5)  # fmt: skip
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    # metadata=None entries drop matplotlib's Software tag (a URL) from the PNG.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
