@@ -30,13 +30,15 @@ class Partition:
 
 
 def check_k(k: int, n: int) -> None:
-    """Raise ClusterError unless 2 <= k <= n (and there are images at all)."""
+    """Raise ClusterError unless 2 <= k < n (and there are images at all)."""
     if n == 0:
         raise ClusterError("the library has no images yet: run `organizer ingest FOLDER` first")
     if k < 2:
         raise ClusterError(f"k must be at least 2, not {k}")
-    if k > n:
-        raise ClusterError(f"k={k} is larger than the number of images ({n}): choose a smaller k")
+    if k >= n:
+        raise ClusterError(
+            f"k={k} must be smaller than the number of images ({n}): choose a smaller k"
+        )
 
 
 def kmeans(x: np.ndarray, k: int, algorithm: str = "faiss", seed: int = 0, restarts: int = 5,

@@ -16,6 +16,7 @@ import numpy as np
 
 from organizer import cluster, naming
 from organizer.errors import ClusterError
+from organizer.scan import display_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -129,7 +130,10 @@ class Clustering:
     def _names(
         self, centroids: np.ndarray, vocab: naming.Vocabulary
     ) -> list[list[tuple[str, float]]]:
-        concepts = naming.concept_vectors(self.lib.embedder(), vocab, self.lib.path)
+        model = self.lib.model()  # the cache is keyed by the recorded model: no load on a hit
+        concepts = naming.concept_vectors(
+            self.lib.embedder, model.spec, model.dim, vocab, self.lib.path
+        )
         return naming.name(centroids, concepts, vocab)
 
     def _run(self, conn, run_id: int | None):
@@ -207,7 +211,9 @@ class Clustering:
         if mode not in ("symlink", "copy"):
             raise ClusterError(f"unknown export mode {mode!r}: choose symlink or copy")
         target = Path(target).expanduser()
-        if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+        if target.exists() and not target.is_dir():
+            raise ClusterError(f"{target} is a file: choose a folder to export into")
+        if target.exists() and any(target.iterdir()) and not force:
             raise ClusterError(f"{target} is not empty: choose an empty folder, or pass --force")
         summary = self.summary(run_id, representatives=0)
         with self.lib.engine.connect() as conn:
@@ -217,27 +223,35 @@ class Clustering:
             c.number: target / f"{c.number:0{width}d}-{naming.slug(c.label or 'cluster')}"
             for c in summary.clusters
         }
-        result = ExportSummary(len(folders), 0, 0, 0, str(target))
+        result = ExportSummary(0, 0, 0, 0, str(target))
         used: dict[int, set[bytes]] = {}
-        for m in members:
-            folder = os.fsencode(folders[m.number])
-            os.makedirs(folder, exist_ok=True)
-            dest = os.path.join(folder, _unique_name(m, used.setdefault(m.number, set())))
-            source = os.path.join(os.fsencode(m.root), m.relpath)
-            if os.path.lexists(dest) or not os.path.exists(source):
-                result.skipped += 1
-            elif mode == "symlink":
-                os.symlink(source, dest)
-                result.linked += 1
-            else:
-                shutil.copy2(source, dest)
-                result.copied += 1
+        try:
+            for m in members:
+                folder = os.fsencode(folders[m.number])
+                os.makedirs(folder, exist_ok=True)
+                dest = os.path.join(folder, _unique_name(m, used.setdefault(m.number, set())))
+                source = os.path.join(os.fsencode(m.root), m.relpath)
+                if os.path.lexists(dest) or not os.path.exists(source):
+                    result.skipped += 1
+                elif mode == "symlink":
+                    os.symlink(source, dest)
+                    result.linked += 1
+                else:
+                    shutil.copy2(source, dest)
+                    result.copied += 1
+        except OSError as exc:
+            raise ClusterError(
+                f"export to {target} stopped after {result.linked + result.copied} images: "
+                f"{exc.strerror or exc} (your photos are untouched)"
+            ) from None
+        result.folders = len(used)
         return result
 
     def evaluate(
         self, run_id: int | None = None, labels: str = "folders"
     ) -> tuple[RunSummary, cluster.Evaluation]:
-        """Compare a run with true labels (each image's parent folder name)."""
+        """Compare a run with true labels: each image's folder, relative to its root
+        (``2019/Beach`` and ``2020/Beach`` are different labels; files at the root are ".")."""
         if labels != "folders":
             raise ClusterError(f"unknown labels {labels!r}: only 'folders' is supported")
         summary = self.summary(run_id, representatives=0)
@@ -245,15 +259,18 @@ class Clustering:
             members = cq.members(conn, summary.run_id)
         if not members:
             raise ClusterError(f"cluster run {summary.run_id} has no images left to evaluate")
-        true = [os.fsdecode(os.path.dirname(m.relpath)) or "." for m in members]
+        true = [display_path(os.path.dirname(m.relpath)) or "." for m in members]
         predicted = np.array([m.number for m in members])
         return summary, cluster.evaluate(true, predicted)
 
 
 def _unique_name(member, used: set[bytes]) -> bytes:
+    """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it."""
     name = os.path.basename(member.relpath)
-    if name in used:
-        stem, ext = os.path.splitext(name)
-        name = stem + f"-{member.image_id}".encode() + ext
+    stem, ext = os.path.splitext(name)
+    n = 1
+    while name in used:
+        n += 1
+        name = stem + f"-{n}".encode() + ext
     used.add(name)
     return name

@@ -101,7 +101,7 @@ EmbedderProvider = Callable[[], Embedder]
 class IngestOptions:
     """How a run behaves (the what-to-ingest is the list of targets)."""
 
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the settings' batch size, else 32
     workers: int | None = None  # decode processes; None = automatic, 0 = in this process
     retry_failed: bool = False
     follow_symlinks: bool = False
@@ -175,7 +175,10 @@ class IngestRun:
         self._ops: list[tuple] = []
         self._batch: list[tuple[_Work, Prepared]] = []
         self._pending_hashes: dict[str, list[_Work]] = {}
+        # content hash -> an image whose stored vector has that content, for copies; a vector
+        # about to be replaced or removed moves to _orphans first (with its image's info)
         self._hash_to_id: dict[str, int] = {}
+        self._orphans: dict[str, tuple] = {}
         self._vanished_by_hash: dict[str, q.KnownImage] = {}
         self._vanished: dict[int, q.KnownImage] = {}
         self._written: set[int] = set()
@@ -200,6 +203,7 @@ class IngestRun:
                 if p.relpath in target.scan.unlisted_dirs
             ]
         the_plan = plan(self.engine, targets, self.options.retry_failed)
+        self._vanished = the_plan.vanished  # what is left of it at the end goes missing
         self.summary.unchanged = the_plan.unchanged
         if the_plan.work:
             self._load_model()  # before any write: unreachable weights leave the library as it was
@@ -251,7 +255,6 @@ class IngestRun:
         for k in the_plan.vanished.values():
             if k.status == q.OK and k.content_hash in self._hash_to_id:
                 self._vanished_by_hash.setdefault(k.content_hash, k)
-        self._vanished = the_plan.vanished
         skip = set(self._hash_to_id)
         jobs = (
             Job(i, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
@@ -260,7 +263,7 @@ class IngestRun:
         total = len(the_plan.work)
         for done, prepared in enumerate(self._prepared(jobs, frozenset(skip)), start=1):
             self._classify(the_plan.work[prepared.key], prepared)
-            if len(self._batch) >= self.options.batch_size or len(self._ops) >= 256:
+            if len(self._batch) >= (self.options.batch_size or 32) or len(self._ops) >= 256:
                 self._flush()
             if self.progress:
                 self.progress(Progress(done, total, self.summary.embedded))
@@ -296,8 +299,8 @@ class IngestRun:
             self._vanished.pop(source.id, None)
             self._ops.append(("move", source.id, work, p))
             self.summary.moved += 1
-        elif h in self._hash_to_id:
-            self._ops.append(("copy", work, p, self._hash_to_id[h]))
+        elif h in self._hash_to_id or h in self._orphans:
+            self._ops.append(("copy", work, p))
         elif h in self._pending_hashes:
             self._pending_hashes[h].append((work, p))
         elif p.error:
@@ -319,11 +322,10 @@ class IngestRun:
                 self._apply(conn, op)
             for i, (work, p) in enumerate(self._batch):
                 image_id = self._store(conn, work, p)
-                q.put_vector(conn, image_id, self.model_id, vectors[i])
-                self._written.add(image_id)
+                self._set_vector(conn, image_id, vectors[i])
                 self._hash_to_id[p.content_hash] = image_id
                 for dup_work, dup_p in self._pending_hashes.pop(p.content_hash, []):
-                    self._apply(conn, ("copy", dup_work, dup_p, image_id))
+                    self._apply(conn, ("copy", dup_work, dup_p))
         self._ops.clear()
         self._batch.clear()
 
@@ -339,18 +341,41 @@ class IngestRun:
                 size=p.size, mtime_ns=p.mtime_ns, status=q.OK, failure_reason=None,
             )  # fmt: skip
         elif kind == "copy":
-            _, work, p, source_id = op
-            source = q.image_row(conn, source_id)
+            _, work, p = op
+            vector, source = self._vector_for(conn, p.content_hash)
             p.info = None
             image_id = self._store(conn, work, p, source=source)
-            q.put_vector(
-                conn, image_id, self.model_id, q.get_vector(conn, source_id, self.model_id)
-            )
+            self._set_vector(conn, image_id, vector)
             self._hash_to_id.setdefault(p.content_hash, image_id)
             self.summary.reused += 1
         elif kind == "failed":
             _, work, p, reason = op
             self._store_failure(conn, work, p.size, p.mtime_ns, p.content_hash, reason)
+
+    def _vector_for(self, conn, content_hash: str) -> tuple[np.ndarray, object]:
+        """The stored vector (and image row) of some image with this content, as of now."""
+        if content_hash in self._hash_to_id:
+            source_id = self._hash_to_id[content_hash]
+            return q.get_vector(conn, source_id, self.model_id), q.image_row(conn, source_id)
+        return self._orphans[content_hash]
+
+    def _set_vector(self, conn, image_id: int, vector: np.ndarray | None) -> None:
+        """Every vector write goes through here, so the index update knows about it."""
+        if vector is None or vector.shape != (self._embedder.dim,):
+            raise RuntimeError(f"internal error: no valid vector for image {image_id}")
+        q.put_vector(conn, image_id, self.model_id, vector)
+        self._written.add(image_id)
+
+    def _release(self, conn, known: q.KnownImage | None) -> None:
+        """Before a known image's vector is replaced or removed: keep it for files of its old
+        content that this run still has to copy it to."""
+        if known is None or not known.content_hash:
+            return
+        if self._hash_to_id.get(known.content_hash) == known.id:
+            del self._hash_to_id[known.content_hash]
+            vector = q.get_vector(conn, known.id, self.model_id)
+            if vector is not None:
+                self._orphans[known.content_hash] = (vector, q.image_row(conn, known.id))
 
     def _store(self, conn, work: _Work, p: Prepared, source=None) -> int:
         info = p.info
@@ -366,6 +391,7 @@ class IngestRun:
             self.summary.new += 1
             return q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
         self.summary.changed += 1
+        self._release(conn, work.known)
         q.update_image(conn, work.known.id, **values)
         return work.known.id
 
@@ -378,6 +404,7 @@ class IngestRun:
         if work.known is None:
             q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
         else:
+            self._release(conn, work.known)
             q.delete_vector(conn, work.known.id)
             self._written.add(work.known.id)
             q.update_image(conn, work.known.id, **values)
@@ -385,7 +412,7 @@ class IngestRun:
     # -- the end -------------------------------------------------------------------------
 
     def _finish(self, the_plan: _Plan, targets: list[Target]) -> None:
-        vanished = self._vanished if the_plan.work else the_plan.vanished
+        vanished = self._vanished
         gone_ok = [k.id for k in vanished.values() if k.status == q.OK]
         gone_failed = [k.id for k in vanished.values() if k.status == q.FAILED]
         with self._write() as conn:

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class Library:
         self._embedder_loader = embedder_loader
         self._embedder: Embedder | None = None
         self._index = None  # (generation, VectorIndex) while this object lives
+        self._writing = False  # this process holds the writer lock
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -167,11 +169,19 @@ class Library:
         """The library's model (or the requested one for a new library), loaded once."""
         if self._embedder is None:
             spec = self.requested_spec()
-            if spec.weights_sha256 and sha256_file(Path(spec.pretrained)) != spec.weights_sha256:
-                raise ModelError(
-                    f"checkpoint {spec.pretrained} changed since this library was built: "
-                    "restore the original file"
-                )
+            if spec.weights_sha256:
+                try:
+                    same = sha256_file(Path(spec.pretrained)) == spec.weights_sha256
+                except OSError as exc:
+                    raise ModelError(
+                        f"checkpoint {spec.pretrained} of this library cannot be read "
+                        f"({exc.strerror}): put it back, or pass --pretrained with its new path"
+                    ) from None
+                if not same:
+                    raise ModelError(
+                        f"checkpoint {spec.pretrained} changed since this library was built: "
+                        "restore the original file"
+                    )
             self._embedder = self._embedder_loader(spec, self.settings)
         return self._embedder
 
@@ -197,13 +207,14 @@ class Library:
         from organizer.ingest import IngestOptions, IngestRun
 
         options = options or IngestOptions()
-        if options.batch_size == 32 and self.settings.batch_size:
+        if options.batch_size is None and self.settings.batch_size:
             options = replace(options, batch_size=self.settings.batch_size)
         if options.workers is None and self.settings.workers is not None:
             options = replace(options, workers=self.settings.workers)
         options = replace(options, exclude=(*options.exclude, self.path))
         lock = self.writer_lock("ingest")
         lock.acquire(wait=wait)
+        self._writing = True
         try:
             model = self.model()
             self.requested_spec()  # refuse a model mismatch before any work
@@ -213,21 +224,24 @@ class Library:
             )
             with write_transaction(self.engine) as conn:
                 run_id = q.start_run(conn, os.getpid())
-            status = "interrupted"
+            status = "failed"
             try:
                 summary = run.run(targets)
                 status = "finished"
             except Interrupted:
+                status = "interrupted"
                 self.refresh_index(run.index_delta())
                 raise
             finally:
-                with write_transaction(self.engine) as conn:
+                # Bookkeeping only: if it fails too (a full disk), the first error is the story.
+                with contextlib.suppress(LibraryError), write_transaction(self.engine) as conn:
                     q.finish_run(conn, run_id, status, run.summary.to_dict(),
                                  run.summary.device, run.summary.precision)  # fmt: skip
             problem = self.refresh_index(run.index_delta())
             if problem:
                 summary.problems.append(problem)
         finally:
+            self._writing = False
             lock.release()
         return summary
 
@@ -245,7 +259,15 @@ class Library:
                 raise LibraryError(f"folder not found: {path}")
             if not path.is_dir():
                 raise LibraryError(f"not a folder: {path} (ingest takes folders)")
-            reals.append(os.path.realpath(path))
+            real = os.path.realpath(path)
+            try:
+                real.encode("utf-8")
+            except UnicodeEncodeError:
+                raise LibraryError(
+                    f"cannot add {os.fsencode(real)!r} as a folder: its path is not valid UTF-8 "
+                    "(files with such names inside a folder are fine): ingest a parent folder"
+                ) from None
+            reals.append(real)
         return _merge_targets([_target_for(real, roots) for real in _outermost(reals)])
 
     # -- the vector index ------------------------------------------------------------------
@@ -258,7 +280,25 @@ class Library:
     def index_cache(self):
         from organizer.vectors import IndexCache
 
-        return IndexCache(self.engine, self.index_path)
+        return IndexCache(self.engine, self.index_path, self._may_write_index)
+
+    @contextlib.contextmanager
+    def _may_write_index(self):
+        """Whether this process may (re)write the index file now: yes while it holds the writer
+        lock; a reader only when no writer is running (its file would be stale at once)."""
+        if self._writing:
+            yield True
+            return
+        lock = WriterLock(self.path, "index rebuild")
+        try:
+            got = os.access(self.path, os.W_OK) and lock.try_acquire()
+        except OSError:
+            got = False
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
 
     def vectors(self):
         """The vector index: kept in memory while the database's vectors do not change, read

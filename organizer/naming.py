@@ -77,19 +77,22 @@ def short_label(concept: str) -> str:
     return _ARTICLE.sub("", concept).strip()
 
 
-def concept_vectors(embedder, vocabulary: Vocabulary, cache_dir: Path | None = None) -> np.ndarray:
-    """(concepts x dim) unit vectors, from the cache file when it matches model and vocabulary."""
-    key = hashlib.sha256(f"{embedder.spec.describe()}|{vocabulary.sha256}".encode()).hexdigest()[
-        :20
-    ]
+def concept_vectors(
+    get_embedder, spec, dim: int, vocabulary: Vocabulary, cache_dir: Path | None = None
+) -> np.ndarray:
+    """(concepts x dim) unit vectors, from the cache file when it matches model and vocabulary;
+    ``get_embedder()`` (which may load a model) is called only on a cache miss."""
+    identity = f"{spec.describe()}|{spec.weights_sha256}|{spec.config_json}|{vocabulary.sha256}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:20]
     cache = cache_dir / f"concepts-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         try:
             cached = np.load(cache, allow_pickle=False)
-            if cached.shape == (len(vocabulary.concepts), embedder.dim):
+            if cached.shape == (len(vocabulary.concepts), dim):
                 return cached
         except (OSError, ValueError):
             pass
+    embedder = get_embedder()
     prompts = [t.format(c) for c in vocabulary.concepts for t in vocabulary.templates]
     texts = np.concatenate(
         [embedder.embed_texts(prompts[i : i + 256]) for i in range(0, len(prompts), 256)]

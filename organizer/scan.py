@@ -51,7 +51,11 @@ class ScanResult:
         """Whether this walk looked where ``relpath`` would be (so its absence means it is gone)."""
         if prefix and not relpath.startswith(prefix):
             return False
-        return not any(relpath.startswith(d + b"/") for d in self.unlisted_dirs)
+        # An unlisted start folder (b"" for the root itself) covers nothing at all.
+        return not any(
+            d in (b"", prefix.rstrip(b"/")) or relpath.startswith(d + b"/")
+            for d in self.unlisted_dirs
+        )
 
 
 def is_image_name(name: bytes) -> bool:

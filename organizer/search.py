@@ -81,8 +81,8 @@ def duplicate_pairs(index, ids: np.ndarray, vectors: np.ndarray, threshold: floa
                     batch: int = 4096) -> list[tuple[int, int, float]]:  # fmt: skip
     """Pairs of distinct images whose cosine similarity is at least ``threshold``.
 
-    Uses the index's range search (exact for the flat index) or, for approximate indexes,
-    a k-nearest search filtered by the threshold.
+    Uses the index's range search: exact for the flat index, and for the IVF index limited
+    to the lists it probes (near-duplicates share a list far more often than not).
     """
     pairs = []
     for start in range(0, len(ids), batch):

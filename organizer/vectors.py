@@ -262,10 +262,13 @@ class IndexDelta:
 class IndexCache:
     """The index file of one library, verified against and rebuilt from its database."""
 
-    def __init__(self, engine, path: Path):
+    def __init__(self, engine, path: Path, may_write=None):
+        """``may_write()`` is a context manager yielding whether this process may write the
+        file now (readers must not rewrite it under a running ingest); default: always."""
         self.engine = engine
         self.path = path
         self.problem: str | None = None
+        self.may_write = may_write or (lambda: contextlib.nullcontext(True))
 
     def load(self) -> VectorIndex:
         """The index from its file when checksum and generation match the database, else
@@ -345,21 +348,24 @@ class IndexCache:
         return index
 
     def _save(self, index: VectorIndex, generation: int) -> None:
-        from sqlalchemy.exc import OperationalError
-
+        from organizer.errors import LibraryError
         from organizer.store import queries as q
         from organizer.store.db import write_transaction
 
         try:
-            sha = write_index(self.path, index)
-            with write_transaction(self.engine) as conn:
-                q.record_index_file(
-                    conn, generation, sha, len(index), index.kind, index.describe(), index.recall
-                )
-        except (OSError, OperationalError) as exc:
+            with self.may_write() as allowed:
+                if not allowed:
+                    return
+                sha = write_index(self.path, index)
+                with write_transaction(self.engine) as conn:
+                    q.record_index_file(
+                        conn, generation, sha, len(index), index.kind, index.describe(),
+                        index.recall,
+                    )  # fmt: skip
+        except (OSError, LibraryError) as exc:
             # Read-only folder or full disk: the index serves from memory this time, and the
             # database still says the file is stale, so it is rebuilt on next use.
-            reason = getattr(exc, "strerror", None) or str(getattr(exc, "orig", exc))
+            reason = getattr(exc, "strerror", None) or str(exc)
             self.problem = (
                 f"the vector index could not be saved ({reason}); it will be rebuilt on next use"
             )

@@ -140,7 +140,8 @@ def test_assign_new_puts_new_images_in_the_nearest_cluster(synthetic):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["cluster", "-k", "500", "--no-names"], "larger than the number of images"),
+        (["cluster", "-k", "500", "--no-names"], "smaller than the number of images"),
+        (["cluster", "-k", "320", "--no-names"], "smaller than the number of images"),
         (["cluster", "-k", "1", "--no-names"], "at least 2"),
         (["cluster", "-k", "3", "--algorithm", "magic", "--no-names"], "unknown algorithm"),
         (["clusters", "--run", "99"], "no cluster run 99"),
@@ -198,7 +199,9 @@ def test_real_cli_with_tiny_model_names_clusters(cli, tmp_path):
 
 def test_kmeans_rejects_bad_k():
     x = np.eye(4, dtype=np.float32)
-    with pytest.raises(ClusterError, match="larger than"):
+    with pytest.raises(ClusterError, match="smaller than"):
         kmeans(x, 5)
+    with pytest.raises(ClusterError, match="smaller than"):
+        kmeans(x, 4)
     with pytest.raises(ClusterError, match="no images"):
         kmeans(np.empty((0, 4), np.float32), 2)

@@ -218,3 +218,64 @@ def test_hidden_files_and_the_library_itself_are_skipped(settings, tmp_path):
         write_picture(root / "lib" / "inside.jpg", 4)
         s = lib.ingest([root])
         assert s.new == 1 and set(rows(lib)) == {"a.jpg"}
+
+
+def _vector_of(lib, relpath: str):
+    with lib.engine.connect() as conn:
+        model = q.library_model(conn)
+        row = next(r for r in conn.execute(q.select(q.images)) if r.relpath == relpath.encode())
+        return q.get_vector(conn, row.id, model.id)
+
+
+def test_a_file_overwritten_with_another_photo_gets_its_vector_everywhere(fake_lib, photos):
+    fake_lib.ingest([photos])
+    shutil.copy(photos / "img004.jpg", photos / "img003.jpg")  # img003 now holds img004
+    s = fake_lib.ingest([photos])
+    assert (s.changed, s.embedded, s.reused) == (1, 0, 1)
+    np.testing.assert_array_equal(_vector_of(fake_lib, "img003.jpg"), _vector_of(fake_lib, "img004.jpg"))
+    assert fake_lib.status().index.in_sync
+    index = fake_lib.vectors()  # the index file, not only the database, has the new vector
+    hit = index.search(_vector_of(fake_lib, "img004.jpg")[None], 2)[0]
+    assert sorted(hit.ids.tolist()) == sorted([rows(fake_lib)["img003.jpg"].id, rows(fake_lib)["img004.jpg"].id])
+    [group] = fake_lib.duplicates(0.999)
+    assert {m.relpath for m in group.members} == {b"img003.jpg", b"img004.jpg"}
+
+
+@pytest.mark.parametrize("what", ["edited", "broken"])
+def test_copy_of_a_photo_edited_in_the_same_run_keeps_the_original_vector(fake_lib, tmp_path, what):
+    from organizer.ingest import IngestOptions
+
+    root = tmp_path / "p"
+    write_picture(root / "a.jpg", 1)
+    write_picture(root / "c.jpg", 2)
+    fake_lib.ingest([root])
+    original = _vector_of(fake_lib, "a.jpg").copy()
+    shutil.copy(root / "a.jpg", root / "b.jpg")  # a new copy of a's original content...
+    if what == "edited":
+        write_picture(root / "a.jpg", 3)  # ...while a itself is edited (processed first)
+    else:
+        (root / "a.jpg").write_bytes(b"\xff\xd8 broken now")
+    s = fake_lib.ingest([root], options=IngestOptions(workers=0, batch_size=1))
+    np.testing.assert_array_equal(_vector_of(fake_lib, "b.jpg"), original)
+    assert s.new == 1 and s.reused == 1
+    vectors_now = fake_lib.vectors()
+    assert not np.isnan(vectors_now.search(original[None], 1)[0].scores).any()
+    if what == "edited":
+        assert not np.allclose(_vector_of(fake_lib, "a.jpg"), original)
+    else:
+        assert _vector_of(fake_lib, "a.jpg") is None and s.failed == 1
+
+
+def test_an_unreadable_root_marks_nothing_missing(fake_lib, photos, monkeypatch):
+    fake_lib.ingest([photos])
+    real_scandir = os.scandir
+
+    def deny_root(path):
+        if os.fsencode(path).rstrip(b"/") == os.fsencode(os.path.realpath(photos)):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", deny_root)
+    s = fake_lib.ingest([photos])
+    assert s.missing == 0 and any("cannot be read" in p for p in s.problems)
+    assert fake_lib.status().images == {"ok": 6, "failed": 0, "missing": 0}

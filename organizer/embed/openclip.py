@@ -4,7 +4,6 @@ reach the network (to download pretrained weights into the Hugging Face cache)."
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import pickle
@@ -259,12 +258,3 @@ def load(
     preprocess = PreprocessSpec.from_open_clip(open_clip.get_model_preprocess_cfg(model))
     tokenizer = open_clip.get_tokenizer(spec.name)
     return OpenClipEmbedder(spec, model, tokenizer, preprocess, device, precision)
-
-
-def config_dim(spec: ModelSpec) -> int:
-    """The embedding dimension from a spec's config, without building the model."""
-    if spec.config_json:
-        return int(json.loads(spec.config_json)["embed_dim"])
-    import open_clip
-
-    return int(open_clip.get_model_config(spec.name)["embed_dim"])

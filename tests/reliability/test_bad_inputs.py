@@ -255,16 +255,19 @@ def test_file_replaced_between_scan_and_read_is_retried(fake_lib, tmp_path, monk
         assert again.changed == 1 and fake_lib.failures() == []
 
 
-def test_nothing_outside_the_root_is_followed_unless_asked(tmp_path):
+def test_nothing_outside_the_root_is_followed_unless_asked(fake_lib, tmp_path):
+    from organizer.ingest import IngestOptions
+
     root = tmp_path / "photos"
     write_picture(root / "a.jpg", 1)
     outside = write_picture(tmp_path / "elsewhere" / "b.jpg", 2)
     (root / "b.jpg").symlink_to(outside)
     (root / "out-dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    env = organizer_env(tmp_path / "lib")
-    first = json.loads(run_organizer(["ingest", root, "--json"], env).stdout)
-    second = json.loads(run_organizer(["ingest", root, "--json", "--follow-symlinks"], env).stdout)
+    first = fake_lib.ingest([root])
+    reasons = [f.reason for f in fake_lib.failures()]
+    second = fake_lib.ingest([root], options=IngestOptions(follow_symlinks=True))
     with BATTERY.bad_input():
-        assert (first["new"], first["failed"]) == (1, 1)
-        assert second["changed"] == 1  # the link, now followed, is embedded
+        assert (first.new, first.failed) == (1, 1)
+        assert len(reasons) == 1 and "outside the root" in reasons[0]
+        assert second.changed == 1 and fake_lib.failures() == []  # followed when asked
     shutil.rmtree(tmp_path / "elsewhere")
