@@ -7,10 +7,7 @@ errors go to stderr. Exit codes: 0 done, 1 failed, 2 usage error.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from organizer import console as out
 from organizer.errors import Interrupted, OrganizerError
 
 app = typer.Typer(
@@ -81,38 +79,30 @@ def _main(
     """
 
 
-def _err(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    _err(f"warning: {message}")
-
-
 def command(fn):
     """Register a command that maps OrganizerError (and anything unexpected) to one line, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        warnings.showwarning = _show_warning
+        warnings.showwarning = out.show_warning
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Interrupted as exc:
-            _err(f"interrupted: {exc}")
+            out.err(f"interrupted: {exc}")
             raise typer.Exit(130) from None
         except OrganizerError as exc:
-            _err(f"error: {exc}")
+            out.err(f"error: {exc}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            _err("interrupted: work committed so far is kept; run the command again to finish")
+            out.err("interrupted: work committed so far is kept; run the command again to finish")
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get("ORGANIZER_DEBUG"):
                 traceback.print_exc()
             message = str(exc).splitlines()[0] if str(exc) else ""
-            _err(
+            out.err(
                 f"error: unexpected {type(exc).__name__}: {message} "
                 "(set ORGANIZER_DEBUG=1 for details)"
             )
@@ -131,17 +121,6 @@ def _open(settings, create: bool = False):
     from organizer.library import Library
 
     return Library.open(settings, create=create)
-
-
-def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def _shown(root: str, relpath: bytes, absolute: bool) -> str:
-    from organizer.scan import display_path
-
-    text = display_path(relpath)
-    return os.path.join(display_path(os.fsencode(root)), text) if absolute else text
 
 
 @command
@@ -184,14 +163,14 @@ def ingest(
     options = IngestOptions(retry_failed=retry_failed, follow_symlinks=follow_symlinks)
     with (
         _open(settings, create=True) as lib,
-        _progress(enabled=not (quiet or as_json)) as progress,
-        _StopRequest() as stop,
+        out.IngestProgress(enabled=not (quiet or as_json)) as progress,
+        out.StopRequest() as stop,
     ):
         summary = lib.ingest(
             paths or [], options=options, wait=wait, progress=progress, cancel=stop
         )
     if as_json:
-        _print_json(summary.to_dict())
+        out.print_json(summary.to_dict())
         return
     s = summary
     print(
@@ -206,77 +185,9 @@ def ingest(
     if s.reused:
         print(f"reused {s.reused} vectors of identical files")
     for problem in s.problems:
-        _err(f"warning: {problem}")
+        out.err(f"warning: {problem}")
     if s.failed:
         print(f"{s.failed} files could not be read: see `organizer status --failed`")
-
-
-class _StopRequest:
-    """First Ctrl-C: finish the current batch, commit, stop. Second Ctrl-C: stop at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        _err("stopping after the current batch (Ctrl-C again to stop at once)")
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def __enter__(self):
-        import signal
-
-        self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        signal.signal(signal.SIGINT, self._old)
-
-
-class _progress:
-    """A rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-        self._task = None
-        self._started = time.perf_counter()
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )  # fmt: skip
-        self._bar.start()
-        self._task = self._bar.add_task("ingest", total=None, rate="")
-        return self._update
-
-    def _update(self, p) -> None:
-        elapsed = time.perf_counter() - self._started
-        rate = f"{p.embedded / elapsed:.1f} img/s" if elapsed > 0 and p.embedded else ""
-        self._bar.update(self._task, completed=p.done, total=p.total, rate=rate)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 @command
@@ -295,86 +206,18 @@ def status(
     settings = _settings(library=library)
     with _open(settings) as lib:
         if failed:
-            _print_failures(lib.failures(), absolute, as_json)
+            out.print_failures(lib.failures(), absolute, as_json)
             return
         st = lib.status()
     if as_json:
         from dataclasses import asdict
 
-        _print_json(asdict(st))
+        out.print_json(asdict(st))
         return
-    _print_status(st)
-
-
-def _print_failures(failures, absolute: bool, as_json: bool) -> None:
-    if as_json:
-        from organizer.scan import display_path
-
-        _print_json({"failed": [
-            {"root": f.root, "path": _shown(f.root, f.relpath, absolute),
-             "path_bytes_hex": f.relpath.hex() if display_path(f.relpath) != f.relpath.decode("utf-8", "replace") else None,
-             "reason": f.reason}
-            for f in failures
-        ]})  # fmt: skip
-        return
-    if not failures:
-        print("no failed files")
-        return
-    current_root = None
-    for f in failures:
-        if f.root != current_root and not absolute:
-            print(f"{f.root}:")
-            current_root = f.root
-        indent = "" if absolute else "  "
-        print(f"{indent}{_shown(f.root, f.relpath, absolute)}: {f.reason}")
-
-
-def _print_status(st) -> None:
-    model = st.model
-    rows = [("library", st.library)]
-    if model:
-        random = "  (random weights)" if model["random_weights"] else ""
-        rows.append(("model", f"{model['name']} / {model['pretrained']}, {model['dim']}-d{random}"))
-    else:
-        rows.append(("model", "none yet (chosen at the first ingest)"))
-    rows.append(("roots", "\n        ".join(st.roots) if st.roots else "none"))
-    images = st.images
-    rows.append(
-        ("images", f"{images['ok']} ok, {images['failed']} failed, {images['missing']} missing")
-    )
-    index = st.index
-    health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
-    rows.append(("index", f"{index.description or 'none'}, {index.count or 0} vectors, {health}"))
-    if st.last_ingest:
-        last = st.last_ingest
-        rows.append(
-            (
-                "ingest",
-                f"{last['finished_at']} ({last['status']}, {last['precision']} on {last['device']})",
-            )
-        )
-    for key, value in rows:
-        print(f"{key:<7} {value}")
+    out.print_status(st)
 
 
 KOpt = Annotated[int, typer.Option("-k", "--top", help="How many results.")]
-
-
-def _print_results(res, absolute: bool, as_json: bool) -> None:
-    if as_json:
-        _print_json({
-            "query": res.query,
-            "results": [
-                {"rank": r.rank, "path": _shown(r.root, r.relpath, absolute), "root": r.root,
-                 "score": round(r.score, 6), "image_id": r.image_id}
-                for r in res.results
-            ],
-        })  # fmt: skip
-        return
-    if not res.results:
-        print("no results")
-    for r in res.results:
-        print(f"{r.rank:>3}  {r.score:.4f}  {_shown(r.root, r.relpath, absolute)}")
 
 
 @command
@@ -396,7 +239,7 @@ def similar(
     """
     with _open(_settings(library=library)) as lib:
         res = lib.similar(photo, k=k, threshold=threshold)
-    _print_results(res, absolute, as_json)
+    out.print_results(res, absolute, as_json)
 
 
 @command
@@ -425,7 +268,7 @@ def search(
     """
     with _open(_settings(library=library)) as lib:
         res = lib.search(query, plus or [], minus or [], k=k, threshold=threshold)
-    _print_results(res, absolute, as_json)
+    out.print_results(res, absolute, as_json)
 
 
 @command
@@ -446,7 +289,7 @@ def duplicates(
     with _open(_settings(library=library)) as lib:
         groups = lib.duplicates(threshold)
     if as_json:
-        _print_json({"groups": [_group_json(g, absolute) for g in groups]})
+        out.print_json({"groups": [out.group_json(g, absolute) for g in groups]})
         return
     if not groups:
         print("no duplicates")
@@ -456,18 +299,8 @@ def duplicates(
             mark = "keep" if m.image_id == g.keep else ("same" if m.identical_to_keeper else "    ")
             size = f"{m.width}x{m.height}" if m.width else "?"
             print(
-                f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {_shown(m.root, m.relpath, absolute)}"
+                f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {out.shown(m.root, m.relpath, absolute)}"
             )
-
-
-def _group_json(group, absolute: bool) -> dict:
-    images = [
-        {"path": _shown(m.root, m.relpath, absolute), "root": m.root, "image_id": m.image_id,
-         "size": m.size, "width": m.width, "height": m.height, "identical": m.identical_to_keeper}
-        for m in group.members
-    ]  # fmt: skip
-    keep = next(i["path"] for i in images if i["image_id"] == group.keep)
-    return {"images": images, "keep": keep}
 
 
 RunOpt = Annotated[int | None, typer.Option("--run", help="Cluster run id (default: the latest).")]
@@ -517,11 +350,11 @@ def cluster(
         data = summary.to_dict()
         if assign_new:
             data["assigned"] = summary.assigned
-        _print_json(data)
+        out.print_json(data)
         return
     if assign_new:
         print(f"assigned {summary.assigned} new images to run {summary.run_id}")
-    _print_run(summary)
+    out.print_run(summary)
 
 
 def _int_k(k: str) -> int:
@@ -529,25 +362,6 @@ def _int_k(k: str) -> int:
         return int(k)
     except ValueError:
         raise typer.BadParameter(f"-k takes a whole number or 'auto', not {k!r}") from None
-
-
-def _print_run(summary, absolute: bool = False, top: int = 0) -> None:
-    sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
-    print(f"run {summary.run_id}: k={summary.k} ({summary.algorithm}, seed {summary.seed}), "
-          f"{summary.n_images} images, silhouette {sil}")  # fmt: skip
-    if summary.sweep:
-        best = summary.k
-        print("  k sweep (silhouette, cosine):")
-        for p in summary.sweep:
-            print(
-                f"    k={p['k']:<4} {p['silhouette']:.4f}{'  <- chosen' if p['k'] == best else ''}"
-            )
-    print(f"  {'#':>3}  {'label':<24} {'size':>6}  silhouette")
-    for c in summary.clusters:
-        csil = f"{c.silhouette:.3f}" if c.silhouette is not None else "n/a"
-        print(f"  {c.number:>3}  {(c.label or '-')[:24]:<24} {c.size:>6}  {csil}")
-        for root, relpath in c.representatives[:top]:
-            print(f"         {_shown(root, relpath, absolute)}")
 
 
 @command
@@ -567,7 +381,7 @@ def clusters(
         if runs:
             listing = lib.clustering.runs()
             if as_json:
-                _print_json({"runs": listing})
+                out.print_json({"runs": listing})
             for r in [] if as_json else listing:
                 print(
                     f"run {r['run_id']}: {r['created_at']}  k={r['k']}  {r['algorithm']}  {r['n_images']} images"
@@ -576,11 +390,11 @@ def clusters(
         summary = lib.clusters(run, representatives=top)
     if as_json:
         data = summary.to_dict()
-        for c, out in zip(summary.clusters, data["clusters"], strict=True):
-            out["representatives"] = [_shown(r, p, absolute) for r, p in c.representatives]
-        _print_json(data)
+        for c, entry in zip(summary.clusters, data["clusters"], strict=True):
+            entry["representatives"] = [out.shown(r, p, absolute) for r, p in c.representatives]
+        out.print_json(data)
         return
-    _print_run(summary, absolute, top)
+    out.print_run(summary, absolute, top)
 
 
 @command
@@ -608,7 +422,7 @@ def export(
     if as_json:
         from dataclasses import asdict
 
-        _print_json(asdict(result))
+        out.print_json(asdict(result))
         return
     done = result.linked or result.copied
     how = "linked" if mode == "symlink" else "copied"
@@ -635,7 +449,7 @@ def evaluate(
     if as_json:
         from dataclasses import asdict
 
-        _print_json({"run_id": summary.run_id, "k": summary.k, "silhouette": summary.silhouette,
+        out.print_json({"run_id": summary.run_id, "k": summary.k, "silhouette": summary.silhouette,
                      "nmi": ev.nmi, "ari": ev.ari, "purity": ev.purity,
                      "labels": [asdict(s) for s in ev.spread]})  # fmt: skip
         return
@@ -671,13 +485,13 @@ def report(
     """
     with (
         _open(_settings(library=library)) as lib,
-        _report_progress(not (quiet or as_json)) as progress,
+        out.ReportProgress(not (quiet or as_json)) as progress,
     ):
         s = lib.report(
             output, run, png=png, max_points=max_points, absolute=absolute, progress=progress
         )
     if as_json:
-        _print_json(s.to_dict())
+        out.print_json(s.to_dict())
         return
     run_text = (
         f"cluster run {s.run_id} (k={s.k})"
@@ -695,30 +509,6 @@ def report(
         print(f"  map image: {s.png}")
     if s.placeholders:
         print(f"  {s.placeholders} images could not be shown (placeholders)")
-
-
-class _report_progress:
-    """A rich status line on stderr while the report is made (terminals only)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self._status = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-
-        self._status = Console(stderr=True).status("report: reading the library")
-        self._status.start()
-        return self._update
-
-    def _update(self, p) -> None:
-        self._status.update(f"report: {p.stage} {p.done}/{p.total}")
-
-    def __exit__(self, *exc) -> None:
-        if self._status is not None:
-            self._status.stop()
 
 
 def main() -> None:
