@@ -232,11 +232,15 @@ def test_a_file_overwritten_with_another_photo_gets_its_vector_everywhere(fake_l
     shutil.copy(photos / "img004.jpg", photos / "img003.jpg")  # img003 now holds img004
     s = fake_lib.ingest([photos])
     assert (s.changed, s.embedded, s.reused) == (1, 0, 1)
-    np.testing.assert_array_equal(_vector_of(fake_lib, "img003.jpg"), _vector_of(fake_lib, "img004.jpg"))
+    np.testing.assert_array_equal(
+        _vector_of(fake_lib, "img003.jpg"), _vector_of(fake_lib, "img004.jpg")
+    )
     assert fake_lib.status().index.in_sync
     index = fake_lib.vectors()  # the index file, not only the database, has the new vector
     hit = index.search(_vector_of(fake_lib, "img004.jpg")[None], 2)[0]
-    assert sorted(hit.ids.tolist()) == sorted([rows(fake_lib)["img003.jpg"].id, rows(fake_lib)["img004.jpg"].id])
+    assert sorted(hit.ids.tolist()) == sorted(
+        [rows(fake_lib)["img003.jpg"].id, rows(fake_lib)["img004.jpg"].id]
+    )
     [group] = fake_lib.duplicates(0.999)
     assert {m.relpath for m in group.members} == {b"img003.jpg", b"img004.jpg"}
 

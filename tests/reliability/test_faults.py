@@ -56,9 +56,12 @@ def ingested(tmp_path):
 def test_disk_full_while_writing_the_database(ingested):
     root, env, lib = ingested
     before = _status(env)
-    limit = 64 * 1024  # above the 32 KB shared-memory file, below what the new rows need
+    # Above the 32 KB shared-memory file, well below the ~100 KB of write-ahead log that
+    # 30 images in batches of 4 need: the disk "fills up" in the middle of the run.
+    limit = 48 * 1024
     with BATTERY.fault():
-        result = run_organizer(["ingest", root], env, preexec_fn=_limit_file_size(limit))
+        small_batches = {**env, "ORGANIZER_BATCH_SIZE": "4"}
+        result = run_organizer(["ingest", root], small_batches, preexec_fn=_limit_file_size(limit))
         assert result.returncode == 1, result.stdout + result.stderr
         assert "disk is full" in result.stderr and "Traceback" not in result.stderr
         assert (
