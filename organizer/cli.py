@@ -218,15 +218,16 @@ def status(
 
 
 KOpt = Annotated[int, typer.Option("-k", "--top", help="How many results.")]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Only results at least this similar (cosine).")
+]
 
 
 @command
 def similar(
     photo: Annotated[Path, typer.Argument(help="An image: one in the library, or any other file.")],
     k: KOpt = 12,
-    threshold: Annotated[
-        float | None, typer.Option(help="Only results at least this similar (cosine).")
-    ] = None,
+    threshold: ThresholdOpt = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -255,9 +256,7 @@ def search(
         list[str] | None, typer.Option("--minus", help="Subtract a text or image (repeatable).")
     ] = None,
     k: KOpt = 12,
-    threshold: Annotated[
-        float | None, typer.Option(help="Only results at least this similar (cosine).")
-    ] = None,
+    threshold: ThresholdOpt = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
