@@ -70,8 +70,13 @@ def main() -> None:
         started = time.perf_counter()
         points = sweep(xk, 2, 40)
         chosen = best_k(points)
-        rows.append([f"-k auto (2..40) on {n:,} points, true k={true_k}", f"{time.perf_counter() - started:.1f} s",
-                     f"chose k={chosen} ({'found' if chosen == true_k else 'MISSED'})"])  # fmt: skip
+        rows.append(
+            [
+                f"-k auto (2..40) on {n:,} points, true k={true_k}",
+                f"{time.perf_counter() - started:.1f} s",
+                f"chose k={chosen} ({'found' if chosen == true_k else 'MISSED'})",
+            ]
+        )
     print()
     print(table(rows, ["run", "time", "quality"]))
 

@@ -112,8 +112,9 @@ def run_measured(
         k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTHONDONTWRITEBYTECODE"
     }
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     stop = threading.Event()
 
     def sample() -> None:

@@ -76,8 +76,20 @@ def organizer_ingest(
     folder: Path, model: str, extra: list[str] | None = None
 ) -> tuple[float, float, dict, Path]:
     library = Path(tempfile.mkdtemp(prefix="bench-lib-"))
-    cmd = [*ORGANIZER, "ingest", str(folder), "--library", str(library), "--model", model,
-           "--pretrained", "none", "--json", "--quiet", *(extra or [])]  # fmt: skip
+    cmd = [
+        *ORGANIZER,
+        "ingest",
+        str(folder),
+        "--library",
+        str(library),
+        "--model",
+        model,
+        "--pretrained",
+        "none",
+        "--json",
+        "--quiet",
+        *(extra or []),
+    ]
     wall, rss, result = run_measured(cmd)
     return wall, rss, json.loads(result.stdout), library
 
@@ -103,14 +115,37 @@ def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_r
     ours = len(paths) / wall
     stored = stored_vectors(library)
     cos = np.array([float(reference[n] @ stored[n]) for n in reference])
-    rows = [[label, "(1) model alone, batch 32", embedder.precision, f"{ceiling:.1f}", "", ""],
-            [label, f"(2) original-style pipeline ({len(sample_paths)} imgs)", "fp32", f"{base_rate:.1f}", "", ""],
-            [label, f"(3) organizer ingest, {len(paths)} imgs, whole process", summary["precision"],
-             f"{ours:.1f}", f"{ours / base_rate:.1f}x", f"{100 * ours / ceiling:.0f}%"]]  # fmt: skip
+    rows = [
+        [label, "(1) model alone, batch 32", embedder.precision, f"{ceiling:.1f}", "", ""],
+        [
+            label,
+            f"(2) original-style pipeline ({len(sample_paths)} imgs)",
+            "fp32",
+            f"{base_rate:.1f}",
+            "",
+            "",
+        ],
+        [
+            label,
+            f"(3) organizer ingest, {len(paths)} imgs, whole process",
+            summary["precision"],
+            f"{ours:.1f}",
+            f"{ours / base_rate:.1f}x",
+            f"{100 * ours / ceiling:.0f}%",
+        ],
+    ]
     for name, args in extra_runs:
         w, _, s, _ = organizer_ingest(folder, model, args)
-        rows.append([label, f"(3') organizer ingest {name}", s["precision"], f"{len(paths) / w:.1f}",
-                     f"{len(paths) / w / base_rate:.1f}x", f"{100 * len(paths) / w / ceiling:.0f}%"])  # fmt: skip
+        rows.append(
+            [
+                label,
+                f"(3') organizer ingest {name}",
+                s["precision"],
+                f"{len(paths) / w:.1f}",
+                f"{len(paths) / w / base_rate:.1f}x",
+                f"{100 * len(paths) / w / ceiling:.0f}%",
+            ]
+        )
     extra = {
         "cos_min": cos.min(),
         "cos_mean": cos.mean(),
@@ -123,8 +158,19 @@ def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_r
 def bench_reingest(n: int) -> list[list[str]]:
     folder = tiny_files(f"tiny-{n}", n)
     library = Path(tempfile.mkdtemp(prefix="bench-lib-"))
-    base = [*ORGANIZER, "ingest", str(folder), "--library", str(library), "--model", str(TINY_CONFIG),
-            "--pretrained", "none", "--json", "--quiet"]  # fmt: skip
+    base = [
+        *ORGANIZER,
+        "ingest",
+        str(folder),
+        "--library",
+        str(library),
+        "--model",
+        str(TINY_CONFIG),
+        "--pretrained",
+        "none",
+        "--json",
+        "--quiet",
+    ]
     run_measured(base)
     start_wall = min(run_measured([*ORGANIZER, "--version"])[0] for _ in range(3))
     walls, loads = [], []
@@ -135,8 +181,14 @@ def bench_reingest(n: int) -> list[list[str]]:
         walls.append(wall)
         loads.append(s["device"] is None and s["model_load_s"] == 0)
     best = min(walls)
-    return [[f"re-ingest {n} unchanged files", f"{best:.2f} s wall", f"{best - start_wall:.2f} s beyond process start ({start_wall:.2f} s)",
-             "model loaded: " + ("no" if all(loads) else "YES")]]  # fmt: skip
+    return [
+        [
+            f"re-ingest {n} unchanged files",
+            f"{best:.2f} s wall",
+            f"{best - start_wall:.2f} s beyond process start ({start_wall:.2f} s)",
+            "model loaded: " + ("no" if all(loads) else "YES"),
+        ]
+    ]
 
 
 def bench_memory(small: int, large: int) -> list[list[str]]:
@@ -149,8 +201,14 @@ def bench_memory(small: int, large: int) -> list[list[str]]:
         _, rss, summary, _ = organizer_ingest(src, str(TINY_CONFIG), extra)
         assert summary["new"] == n, summary
         peaks[n] = rss
-    rows.append([f"peak RSS (process tree) ingesting {small} / {large} images",
-                 f"{peaks[small]:.0f} MB / {peaks[large]:.0f} MB", f"ratio {peaks[large] / peaks[small]:.2f}", ""])  # fmt: skip
+    rows.append(
+        [
+            f"peak RSS (process tree) ingesting {small} / {large} images",
+            f"{peaks[small]:.0f} MB / {peaks[large]:.0f} MB",
+            f"ratio {peaks[large] / peaks[small]:.2f}",
+            "",
+        ]
+    )
     return rows
 
 
@@ -183,8 +241,10 @@ def main() -> None:
             [],
         )
         rows += r
-        notes.append(f"1024-px: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
-                     f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))")  # fmt: skip
+        notes.append(
+            f"1024-px: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
+            f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))"
+        )
         print(
             table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]),
             flush=True,
@@ -201,8 +261,10 @@ def main() -> None:
             extra,
         )
         rows += r
-        notes.append(f"12-MP: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
-                     f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))")  # fmt: skip
+        notes.append(
+            f"12-MP: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
+            f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))"
+        )
     print()
     print(table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]))
     for note in notes:

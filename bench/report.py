@@ -71,11 +71,29 @@ def make_library(n: int) -> Path:
                 rel = f"{i // 1000:03d}/{i:06d}.jpg"
                 (photos / rel).parent.mkdir(parents=True, exist_ok=True)
                 picture(rng, int(labels[i])).save(photos / rel, quality=85)
-                images.append(dict(id=i + 1, root_id=root_id, relpath=rel.encode(), size=1, mtime_ns=1,
-                                   content_hash=f"{i:064d}", status="ok", width=128, height=96,
-                                   created_at=stamp, updated_at=stamp))  # fmt: skip
-                vecs.append(dict(image_id=i + 1, model_id=model_id, vector=vectors[i].tobytes(),
-                                 created_at=stamp))  # fmt: skip
+                images.append(
+                    dict(
+                        id=i + 1,
+                        root_id=root_id,
+                        relpath=rel.encode(),
+                        size=1,
+                        mtime_ns=1,
+                        content_hash=f"{i:064d}",
+                        status="ok",
+                        width=128,
+                        height=96,
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+                vecs.append(
+                    dict(
+                        image_id=i + 1,
+                        model_id=model_id,
+                        vector=vectors[i].tobytes(),
+                        created_at=stamp,
+                    )
+                )
             with write_transaction(lib.engine) as conn:
                 conn.execute(insert(q.images), images)
                 conn.execute(insert(q.embeddings), vecs)
@@ -94,8 +112,15 @@ def bench_report(n: int) -> list[str]:
     with Library.open(Settings(library=lib_dir)) as lib:
         s = write_report(lib, out)
     out.unlink()
-    return [f"{n:,}", f"{s.n_points:,}", s.backend, f"{s.tsne_s:.1f} s", f"{s.thumbnails_s:.1f} s",
-            f"{s.total_s:.1f} s", f"{s.size_bytes / 1e6:.1f} MB"]  # fmt: skip
+    return [
+        f"{n:,}",
+        f"{s.n_points:,}",
+        s.backend,
+        f"{s.tsne_s:.1f} s",
+        f"{s.thumbnails_s:.1f} s",
+        f"{s.total_s:.1f} s",
+        f"{s.size_bytes / 1e6:.1f} MB",
+    ]
 
 
 def bench_tsne(n: int, points: int) -> list[str]:
@@ -121,21 +146,42 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 50_000])
-    parser.add_argument("--full-tsne-max", type=int, default=10_000,
-                        help="t-SNE of all the vectors only up to this many (sklearn is slow)")  # fmt: skip
+    parser.add_argument(
+        "--full-tsne-max",
+        type=int,
+        default=10_000,
+        help="t-SNE of all the vectors only up to this many (sklearn is slow)",
+    )
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
         rows.append(bench_report(n))
-        print(table(rows, ["images", "map points", "t-SNE", "t-SNE time", "thumbnails",
-                           "report total", "file size"]), "\n", flush=True)  # fmt: skip
+        print(
+            table(
+                rows,
+                [
+                    "images",
+                    "map points",
+                    "t-SNE",
+                    "t-SNE time",
+                    "thumbnails",
+                    "report total",
+                    "file size",
+                ],
+            ),
+            "\n",
+            flush=True,
+        )
     tsne_rows = []
     for n in args.sizes:
         sizes = {min(n, DEFAULT_MAX_POINTS)} | ({n} if n <= args.full_tsne_max else set())
         for points in sorted(sizes):
             tsne_rows.append(bench_tsne(n, points))
-            print(table(tsne_rows, ["images", "t-SNE points", "openTSNE", "scikit-learn"]),
-                  "\n", flush=True)  # fmt: skip
+            print(
+                table(tsne_rows, ["images", "t-SNE points", "openTSNE", "scikit-learn"]),
+                "\n",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

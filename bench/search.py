@@ -71,9 +71,21 @@ def make_library(n: int) -> tuple[Path, Path]:
                     Image.new("RGB", (8, 8), (i, 0, 0)).save(photos / rel)
                     st = os.stat(photos / rel)
                     size, mtime = st.st_size, st.st_mtime_ns
-                rows.append(dict(id=i + 1, root_id=root_id, relpath=rel.encode(), size=size, mtime_ns=mtime,
-                                 content_hash=f"{i:064d}", status="ok", width=8, height=8,
-                                 created_at=stamp, updated_at=stamp))  # fmt: skip
+                rows.append(
+                    dict(
+                        id=i + 1,
+                        root_id=root_id,
+                        relpath=rel.encode(),
+                        size=size,
+                        mtime_ns=mtime,
+                        content_hash=f"{i:064d}",
+                        status="ok",
+                        width=8,
+                        height=8,
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
                 vecs.append(
                     dict(
                         image_id=i + 1,
@@ -136,8 +148,15 @@ def bench_size(n: int) -> list[str]:
         cli.append(wall)
     size_mb = (lib_dir / "vectors.faiss").stat().st_size / 1e6
     p50, p95 = np.percentile(latencies, 50), np.percentile(latencies, 95)
-    return [f"{n:,}", kind, f"{build_s:.1f} s", f"{size_mb:.0f} MB (+{max(0, rss_after - rss_before):.0f} MB RSS)",
-            f"{recall:.3f}", f"{p50:.1f} / {p95:.1f} ms", f"{statistics.median(cli):.2f} s"]  # fmt: skip
+    return [
+        f"{n:,}",
+        kind,
+        f"{build_s:.1f} s",
+        f"{size_mb:.0f} MB (+{max(0, rss_after - rss_before):.0f} MB RSS)",
+        f"{recall:.3f}",
+        f"{p50:.1f} / {p95:.1f} ms",
+        f"{statistics.median(cli):.2f} s",
+    ]
 
 
 def main() -> None:
@@ -147,8 +166,21 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         rows.append(bench_size(n))
-        print(table(rows, ["vectors", "index", "build", "index file (memory)", "recall@10",
-                           "similar p50 / p95 (library)", "similar p50 (CLI process)"]), flush=True)  # fmt: skip
+        print(
+            table(
+                rows,
+                [
+                    "vectors",
+                    "index",
+                    "build",
+                    "index file (memory)",
+                    "recall@10",
+                    "similar p50 / p95 (library)",
+                    "similar p50 (CLI process)",
+                ],
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -158,8 +158,15 @@ def ingest(
     """
     from organizer.ingest import IngestOptions
 
-    settings = _settings(library=library, model=model, pretrained=pretrained, device=device,
-                         precision=precision, batch_size=batch_size, workers=workers)  # fmt: skip
+    settings = _settings(
+        library=library,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        workers=workers,
+    )
     options = IngestOptions(retry_failed=retry_failed, follow_symlinks=follow_symlinks)
     with (
         _open(settings, create=True) as lib,
@@ -343,8 +350,15 @@ def cluster(
             summary = lib.clustering.assign_new(run)
         else:
             k_value: int | str = k if k == "auto" else _int_k(k)
-            summary = lib.cluster(k_value, algorithm=algorithm, seed=seed, k_min=k_min, k_max=k_max,
-                                  vocabulary=vocabulary, names=names)  # fmt: skip
+            summary = lib.cluster(
+                k_value,
+                algorithm=algorithm,
+                seed=seed,
+                k_min=k_min,
+                k_max=k_max,
+                vocabulary=vocabulary,
+                names=names,
+            )
     if as_json:
         data = summary.to_dict()
         if assign_new:
@@ -448,17 +462,29 @@ def evaluate(
     if as_json:
         from dataclasses import asdict
 
-        out.print_json({"run_id": summary.run_id, "k": summary.k, "silhouette": summary.silhouette,
-                     "nmi": ev.nmi, "ari": ev.ari, "purity": ev.purity,
-                     "labels": [asdict(s) for s in ev.spread]})  # fmt: skip
+        out.print_json(
+            {
+                "run_id": summary.run_id,
+                "k": summary.k,
+                "silhouette": summary.silhouette,
+                "nmi": ev.nmi,
+                "ari": ev.ari,
+                "purity": ev.purity,
+                "labels": [asdict(s) for s in ev.spread],
+            }
+        )
         return
     sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
-    print(f"run {summary.run_id} (k={summary.k}): NMI {ev.nmi:.3f}  ARI {ev.ari:.3f}  "
-          f"purity {ev.purity:.3f}  silhouette {sil}")  # fmt: skip
+    print(
+        f"run {summary.run_id} (k={summary.k}): NMI {ev.nmi:.3f}  ARI {ev.ari:.3f}  "
+        f"purity {ev.purity:.3f}  silhouette {sil}"
+    )
     print(f"  {'label':<24} {'images':>6} {'clusters':>8}  main cluster (share)  entropy")
     for s in ev.spread:
-        print(f"  {s.label[:24]:<24} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} ({s.main_share:.0%})"
-              f"{'':>9}{s.entropy_bits:.2f} bits")  # fmt: skip
+        print(
+            f"  {s.label[:24]:<24} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} ({s.main_share:.0%})"
+            f"{'':>9}{s.entropy_bits:.2f} bits"
+        )
 
 
 @command
@@ -499,8 +525,10 @@ def report(
     )
     print(f"wrote {s.path} ({s.size_bytes / 1e6:.1f} MB): {s.n_images:,} images, {run_text}")
     if s.sampled:
-        print(f"  map: a seeded sample of {s.n_points:,} of {s.n_images:,} images "
-              f"(--max-points {s.n_images} shows all)")  # fmt: skip
+        print(
+            f"  map: a seeded sample of {s.n_points:,} of {s.n_images:,} images "
+            f"(--max-points {s.n_images} shows all)"
+        )
     print(
         f"  t-SNE {s.tsne_s:.1f} s ({s.backend}), thumbnails {s.thumbnails_s:.1f} s, total {s.total_s:.1f} s"
     )

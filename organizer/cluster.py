@@ -41,8 +41,14 @@ def check_k(k: int, n: int) -> None:
         )
 
 
-def kmeans(x: np.ndarray, k: int, algorithm: str = "faiss", seed: int = 0, restarts: int = 5,
-           niter: int = 20) -> Partition:  # fmt: skip
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    algorithm: str = "faiss",
+    seed: int = 0,
+    restarts: int = 5,
+    niter: int = 20,
+) -> Partition:
     """Spherical K-means (faiss, default) or scikit-learn's KMeans on unit vectors.
 
     The same data, k, seed and algorithm give the same partition.
@@ -80,8 +86,16 @@ def _faiss_kmeans(x: np.ndarray, k: int, seed: int, restarts: int, niter: int) -
         init, _ = kmeans_plusplus(sample, k, random_state=seed + restart)
         # Each iteration trains on at most 256 points per centroid (faiss's default): at 100k
         # x 512 and k=100 that is 40x faster than all points, at the same NMI (bench/cluster.py).
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=True, seed=seed + restart,
-                          verbose=False, max_points_per_centroid=256, min_points_per_centroid=1)  # fmt: skip
+        km = faiss.Kmeans(
+            x.shape[1],
+            k,
+            niter=niter,
+            spherical=True,
+            seed=seed + restart,
+            verbose=False,
+            max_points_per_centroid=256,
+            min_points_per_centroid=1,
+        )
         km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
         if km.obj[-1] > best_obj:
             best, best_obj = km.centroids.copy(), km.obj[-1]
@@ -118,8 +132,9 @@ class Silhouettes:
     per_cluster: dict[int, float]
 
 
-def silhouettes(x: np.ndarray, labels: np.ndarray, sample: int = SILHOUETTE_SAMPLE,
-                seed: int = 0) -> Silhouettes:  # fmt: skip
+def silhouettes(
+    x: np.ndarray, labels: np.ndarray, sample: int = SILHOUETTE_SAMPLE, seed: int = 0
+) -> Silhouettes:
     """Cosine silhouettes, exact up to ``sample`` images, else on a seeded sample of that size."""
     from sklearn.metrics import silhouette_samples
 
@@ -141,8 +156,14 @@ class SweepPoint:
     silhouette: float
 
 
-def sweep(x: np.ndarray, k_min: int, k_max: int, algorithm: str = "faiss", seed: int = 0,
-          sample: int = SWEEP_SAMPLE) -> list[SweepPoint]:  # fmt: skip
+def sweep(
+    x: np.ndarray,
+    k_min: int,
+    k_max: int,
+    algorithm: str = "faiss",
+    seed: int = 0,
+    sample: int = SWEEP_SAMPLE,
+) -> list[SweepPoint]:
     """Silhouette (cosine, embedding space) of K-means for each k in [k_min, k_max].
 
     K-means runs on the same seeded sample of at most ``sample`` images that the silhouette
@@ -211,10 +232,16 @@ def evaluate(true: list[str], predicted: np.ndarray) -> Evaluation:
     for label in sorted(set(true)):
         clusters, counts = np.unique(predicted[true_arr == label], return_counts=True)
         share = counts / counts.sum()
-        spread.append(LabelSpread(
-            label, int(counts.sum()), len(clusters), int(clusters[counts.argmax()]),
-            float(share.max()), float(-(share * np.log2(share)).sum()),
-        ))  # fmt: skip
+        spread.append(
+            LabelSpread(
+                label,
+                int(counts.sum()),
+                len(clusters),
+                int(clusters[counts.argmax()]),
+                float(share.max()),
+                float(-(share * np.log2(share)).sum()),
+            )
+        )
     return Evaluation(
         float(normalized_mutual_info_score(true_arr, predicted)),
         float(adjusted_rand_score(true_arr, predicted)),

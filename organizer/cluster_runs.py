@@ -47,15 +47,25 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         return {
-            "run_id": self.run_id, "k": self.k, "algorithm": self.algorithm, "seed": self.seed,
-            "silhouette": self.silhouette, "n_images": self.n_images, "created_at": self.created_at,
+            "run_id": self.run_id,
+            "k": self.k,
+            "algorithm": self.algorithm,
+            "seed": self.seed,
+            "silhouette": self.silhouette,
+            "n_images": self.n_images,
+            "created_at": self.created_at,
             "sweep": self.sweep,
             "clusters": [
-                {"id": c.number, "label": c.label, "size": c.size, "silhouette": c.silhouette,
-                 "labels": [{"label": lab, "score": s} for lab, s in c.labels]}
+                {
+                    "id": c.number,
+                    "label": c.label,
+                    "size": c.size,
+                    "silhouette": c.silhouette,
+                    "labels": [{"label": lab, "score": s} for lab, s in c.labels],
+                }
                 for c in self.clusters
             ],
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -83,8 +93,16 @@ class Clustering:
             ids, vectors = q.ok_vectors(conn, model.id, model.dim)
         return model, ids, vectors
 
-    def run(self, k: int | str = "auto", algorithm: str = "faiss", seed: int = 0, k_min: int = 2,
-            k_max: int = 40, vocabulary: Path | None = None, names: bool = True) -> RunSummary:  # fmt: skip
+    def run(
+        self,
+        k: int | str = "auto",
+        algorithm: str = "faiss",
+        seed: int = 0,
+        k_min: int = 2,
+        k_max: int = 40,
+        vocabulary: Path | None = None,
+        names: bool = True,
+    ) -> RunSummary:
         """Cluster the library's vectors and store the run (see ``organizer cluster``)."""
         if algorithm not in cluster.ALGORITHMS:
             raise ClusterError(
@@ -109,22 +127,49 @@ class Clustering:
         }
         with write_transaction(self.lib.engine) as conn:
             run_id = cq.insert_run(
-                conn, model_id=model.id, algorithm=algorithm, k=part.k, seed=seed, auto=points is not None,
-                params_json=json.dumps(params), silhouette=sil.mean, n_images=len(ids),
+                conn,
+                model_id=model.id,
+                algorithm=algorithm,
+                k=part.k,
+                seed=seed,
+                auto=points is not None,
+                params_json=json.dumps(params),
+                silhouette=sil.mean,
+                n_images=len(ids),
                 sweep_json=json.dumps([p.__dict__ for p in points]) if points else None,
                 vocabulary=f"{vocab.source} sha256:{vocab.sha256[:16]}" if vocab else None,
-            )  # fmt: skip
-            cq.insert_clusters(conn, run_id, [
-                {"number": c + 1, "size": int((part.labels == c).sum()), "silhouette": sil.per_cluster.get(c),
-                 "centroid": part.centroids[c].tobytes(), "label": labels[c][0][0] if labels[c] else None,
-                 "labels_json": json.dumps(labels[c])}
-                for c in range(part.k)
-            ])  # fmt: skip
-            cq.insert_members(conn, run_id, [
-                {"image_id": int(i), "number": int(c) + 1, "distance": float(d),
-                 "silhouette": None if np.isnan(s) else float(s), "assigned_later": False}
-                for i, c, d, s in zip(ids, part.labels, part.distances, sil.per_image, strict=True)
-            ])  # fmt: skip
+            )
+            cq.insert_clusters(
+                conn,
+                run_id,
+                [
+                    {
+                        "number": c + 1,
+                        "size": int((part.labels == c).sum()),
+                        "silhouette": sil.per_cluster.get(c),
+                        "centroid": part.centroids[c].tobytes(),
+                        "label": labels[c][0][0] if labels[c] else None,
+                        "labels_json": json.dumps(labels[c]),
+                    }
+                    for c in range(part.k)
+                ],
+            )
+            cq.insert_members(
+                conn,
+                run_id,
+                [
+                    {
+                        "image_id": int(i),
+                        "number": int(c) + 1,
+                        "distance": float(d),
+                        "silhouette": None if np.isnan(s) else float(s),
+                        "assigned_later": False,
+                    }
+                    for i, c, d, s in zip(
+                        ids, part.labels, part.distances, sil.per_image, strict=True
+                    )
+                ],
+            )
         return self.summary(run_id)
 
     def _names(
@@ -141,8 +186,9 @@ class Clustering:
         if found is None:
             raise ClusterError(
                 "no cluster runs yet: run `organizer cluster -k auto` first"
-                if run_id is None else f"no cluster run {run_id}: `organizer clusters --runs` lists them"
-            )  # fmt: skip
+                if run_id is None
+                else f"no cluster run {run_id}: `organizer clusters --runs` lists them"
+            )
         return found
 
     def summary(self, run_id: int | None = None, representatives: int = 5) -> RunSummary:
@@ -166,18 +212,31 @@ class Clustering:
             for c in infos
         ]
         return RunSummary(
-            found.id, found.k, found.algorithm, found.seed, found.silhouette, found.n_images,
-            found.created_at.isoformat() + "Z", clusters,
+            found.id,
+            found.k,
+            found.algorithm,
+            found.seed,
+            found.silhouette,
+            found.n_images,
+            found.created_at.isoformat() + "Z",
+            clusters,
             json.loads(found.sweep_json) if found.sweep_json else None,
-        )  # fmt: skip
+        )
 
     def runs(self) -> list[dict]:
         with self.lib.engine.connect() as conn:
             return [
-                {"run_id": r.id, "created_at": r.created_at.isoformat() + "Z", "k": r.k,
-                 "algorithm": r.algorithm, "auto": r.auto, "silhouette": r.silhouette, "n_images": r.n_images}
+                {
+                    "run_id": r.id,
+                    "created_at": r.created_at.isoformat() + "Z",
+                    "k": r.k,
+                    "algorithm": r.algorithm,
+                    "auto": r.auto,
+                    "silhouette": r.silhouette,
+                    "n_images": r.n_images,
+                }
                 for r in cq.all_runs(conn)
-            ]  # fmt: skip
+            ]
 
     def assign_new(self, run_id: int | None = None) -> RunSummary:
         """Put images ingested after a run into its nearest clusters, without re-clustering."""
@@ -191,11 +250,20 @@ class Clustering:
             centroids = np.stack([c.centroid for c in infos])
             labels, similarity = cluster.assign(x[new], centroids)
             with write_transaction(self.lib.engine) as conn:
-                cq.insert_members(conn, found.id, [
-                    {"image_id": int(i), "number": infos[c].number, "distance": float(1 - s),
-                     "silhouette": None, "assigned_later": True}
-                    for i, c, s in zip(ids[new], labels, similarity, strict=True)
-                ])  # fmt: skip
+                cq.insert_members(
+                    conn,
+                    found.id,
+                    [
+                        {
+                            "image_id": int(i),
+                            "number": infos[c].number,
+                            "distance": float(1 - s),
+                            "silhouette": None,
+                            "assigned_later": True,
+                        }
+                        for i, c, s in zip(ids[new], labels, similarity, strict=True)
+                    ],
+                )
         summary = self.summary(found.id)
         summary.assigned = int(new.sum())
         return summary

@@ -80,10 +80,14 @@ class IngestProgress:
         )
 
         self._bar = Progress(
-            TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )  # fmt: skip
+            TextColumn("ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self._bar.start()
         self._task = self._bar.add_task("ingest", total=None, rate="")
         return self._update
@@ -102,12 +106,21 @@ def print_failures(failures, absolute: bool, as_json: bool) -> None:
     if as_json:
         from organizer.scan import display_path
 
-        print_json({"failed": [
-            {"root": f.root, "path": shown(f.root, f.relpath, absolute),
-             "path_bytes_hex": f.relpath.hex() if display_path(f.relpath) != f.relpath.decode("utf-8", "replace") else None,
-             "reason": f.reason}
-            for f in failures
-        ]})  # fmt: skip
+        print_json(
+            {
+                "failed": [
+                    {
+                        "root": f.root,
+                        "path": shown(f.root, f.relpath, absolute),
+                        "path_bytes_hex": f.relpath.hex()
+                        if display_path(f.relpath) != f.relpath.decode("utf-8", "replace")
+                        else None,
+                        "reason": f.reason,
+                    }
+                    for f in failures
+                ]
+            }
+        )
         return
     if not failures:
         print("no failed files")
@@ -151,14 +164,21 @@ def print_status(st) -> None:
 
 def print_results(res, absolute: bool, as_json: bool) -> None:
     if as_json:
-        print_json({
-            "query": res.query,
-            "results": [
-                {"rank": r.rank, "path": shown(r.root, r.relpath, absolute), "root": r.root,
-                 "score": round(r.score, 6), "image_id": r.image_id}
-                for r in res.results
-            ],
-        })  # fmt: skip
+        print_json(
+            {
+                "query": res.query,
+                "results": [
+                    {
+                        "rank": r.rank,
+                        "path": shown(r.root, r.relpath, absolute),
+                        "root": r.root,
+                        "score": round(r.score, 6),
+                        "image_id": r.image_id,
+                    }
+                    for r in res.results
+                ],
+            }
+        )
         return
     if not res.results:
         print("no results")
@@ -168,18 +188,27 @@ def print_results(res, absolute: bool, as_json: bool) -> None:
 
 def group_json(group, absolute: bool) -> dict:
     images = [
-        {"path": shown(m.root, m.relpath, absolute), "root": m.root, "image_id": m.image_id,
-         "size": m.size, "width": m.width, "height": m.height, "identical": m.identical_to_keeper}
+        {
+            "path": shown(m.root, m.relpath, absolute),
+            "root": m.root,
+            "image_id": m.image_id,
+            "size": m.size,
+            "width": m.width,
+            "height": m.height,
+            "identical": m.identical_to_keeper,
+        }
         for m in group.members
-    ]  # fmt: skip
+    ]
     keep = next(i["path"] for i in images if i["image_id"] == group.keep)
     return {"images": images, "keep": keep}
 
 
 def print_run(summary, absolute: bool = False, top: int = 0) -> None:
     sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
-    print(f"run {summary.run_id}: k={summary.k} ({summary.algorithm}, seed {summary.seed}), "
-          f"{summary.n_images} images, silhouette {sil}")  # fmt: skip
+    print(
+        f"run {summary.run_id}: k={summary.k} ({summary.algorithm}, seed {summary.seed}), "
+        f"{summary.n_images} images, silhouette {sil}"
+    )
     if summary.sweep:
         best = summary.k
         print("  k sweep (silhouette, cosine):")

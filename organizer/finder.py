@@ -132,8 +132,9 @@ class Finder:
         hits = search.rank(self.lib.vectors(), vector, k, exclude, threshold, allowed=self._ok)
         return Results(_shown(str(photo)), self._results(hits))
 
-    def search(self, query: str | None, plus=(), minus=(), k: int = 12,
-               threshold: float | None = None) -> Results:  # fmt: skip
+    def search(
+        self, query: str | None, plus=(), minus=(), k: int = 12, threshold: float | None = None
+    ) -> Results:
         for term in [*([query] if query is not None else []), *plus, *minus]:
             self.check_term(term)  # every bad term is reported before the model is loaded
         terms = []

@@ -194,9 +194,11 @@ class IngestRun:
                 self._base_generation = state.generation
         for target in targets:
             target.scan = scan_root(
-                Path(target.root_path), start=target.prefix, exclude=self.options.exclude,
+                Path(target.root_path),
+                start=target.prefix,
+                exclude=self.options.exclude,
                 follow_symlinks=self.options.follow_symlinks,
-            )  # fmt: skip
+            )
             self.summary.problems += [
                 f"{target.root_path}/{os.fsdecode(p.relpath)}: {p.reason}"
                 for p in target.scan.problems
@@ -337,9 +339,15 @@ class IngestRun:
         elif kind == "move":
             _, image_id, work, p = op
             q.update_image(
-                conn, image_id, root_id=work.target.root_id, relpath=work.relpath,
-                size=p.size, mtime_ns=p.mtime_ns, status=q.OK, failure_reason=None,
-            )  # fmt: skip
+                conn,
+                image_id,
+                root_id=work.target.root_id,
+                relpath=work.relpath,
+                size=p.size,
+                mtime_ns=p.mtime_ns,
+                status=q.OK,
+                failure_reason=None,
+            )
         elif kind == "copy":
             _, work, p = op
             vector, source = self._vector_for(conn, p.content_hash)
@@ -380,13 +388,16 @@ class IngestRun:
     def _store(self, conn, work: _Work, p: Prepared, source=None) -> int:
         info = p.info
         values = dict(
-            size=p.size, mtime_ns=p.mtime_ns, content_hash=p.content_hash, status=q.OK,
+            size=p.size,
+            mtime_ns=p.mtime_ns,
+            content_hash=p.content_hash,
+            status=q.OK,
             failure_reason=None,
             width=info.width if info else source.width,
             height=info.height if info else source.height,
             format=info.format if info else source.format,
             captured_at=info.captured_at if info else source.captured_at,
-        )  # fmt: skip
+        )
         if work.known is None:
             self.summary.new += 1
             return q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
@@ -398,9 +409,12 @@ class IngestRun:
     def _store_failure(self, conn, work: _Work, size, mtime_ns, content_hash, reason) -> None:
         self.summary.failed += 1
         values = dict(
-            size=size, mtime_ns=mtime_ns, content_hash=content_hash, status=q.FAILED,
+            size=size,
+            mtime_ns=mtime_ns,
+            content_hash=content_hash,
+            status=q.FAILED,
             failure_reason=reason,
-        )  # fmt: skip
+        )
         if work.known is None:
             q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
         else:

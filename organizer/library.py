@@ -153,8 +153,11 @@ class Library:
             return recorded.spec
         base = recorded.spec if s.model is None else request_spec(s.model, "none")
         if s.pretrained is None:
-            spec = replace(base, pretrained=recorded.spec.pretrained,
-                           weights_sha256=recorded.spec.weights_sha256)  # fmt: skip
+            spec = replace(
+                base,
+                pretrained=recorded.spec.pretrained,
+                weights_sha256=recorded.spec.weights_sha256,
+            )
         else:
             spec = replace(request_spec(base.name, s.pretrained), config_json=base.config_json)
         if not recorded.spec.same_model(spec):
@@ -235,8 +238,14 @@ class Library:
             finally:
                 # Bookkeeping only: if it fails too (a full disk), the first error is the story.
                 with contextlib.suppress(LibraryError), write_transaction(self.engine) as conn:
-                    q.finish_run(conn, run_id, status, run.summary.to_dict(),
-                                 run.summary.device, run.summary.precision)  # fmt: skip
+                    q.finish_run(
+                        conn,
+                        run_id,
+                        status,
+                        run.summary.to_dict(),
+                        run.summary.device,
+                        run.summary.precision,
+                    )
             problem = self.refresh_index(run.index_delta())
             if problem:
                 summary.problems.append(problem)
@@ -376,9 +385,13 @@ class Library:
                 "summary": json.loads(last.summary_json or "{}"),
             }
         index = IndexStatus(
-            state.index_type, state.index_description, state.recall_at_10, state.file_count,
-            in_sync, str(self.index_path),
-        )  # fmt: skip
+            state.index_type,
+            state.index_description,
+            state.recall_at_10,
+            state.file_count,
+            in_sync,
+            str(self.index_path),
+        )
         return LibraryStatus(str(self.path), roots, model_info, counts, index, last_info)
 
     def failures(self) -> list[q.Failure]:

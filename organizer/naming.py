@@ -116,8 +116,9 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
         pass  # a cache only
 
 
-def name(centroids: np.ndarray, concepts: np.ndarray, vocabulary: Vocabulary,
-         top: int = 3) -> list[list[tuple[str, float]]]:  # fmt: skip
+def name(
+    centroids: np.ndarray, concepts: np.ndarray, vocabulary: Vocabulary, top: int = 3
+) -> list[list[tuple[str, float]]]:
     """For each centroid, the ``top`` concepts with their cosine scores, best first."""
     scores = centroids @ concepts.T
     out = []

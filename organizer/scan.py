@@ -15,10 +15,21 @@ from pathlib import Path
 IMAGE_EXTENSIONS = frozenset(
     ext.encode()
     for ext in (
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
-        ".tif", ".tiff", ".heic", ".heif",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
     )
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

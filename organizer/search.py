@@ -44,8 +44,14 @@ def combine(terms: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
     return normalise(total)
 
 
-def rank(index, query: np.ndarray, k: int, exclude: Iterable[int] = (), threshold: float | None = None,
-         allowed=None) -> list[Hit]:  # fmt: skip
+def rank(
+    index,
+    query: np.ndarray,
+    k: int,
+    exclude: Iterable[int] = (),
+    threshold: float | None = None,
+    allowed=None,
+) -> list[Hit]:
     """The ``k`` best hits for a query vector, best first.
 
     Args:
@@ -77,8 +83,9 @@ def rank(index, query: np.ndarray, k: int, exclude: Iterable[int] = (), threshol
         want *= 2
 
 
-def duplicate_pairs(index, ids: np.ndarray, vectors: np.ndarray, threshold: float,
-                    batch: int = 4096) -> list[tuple[int, int, float]]:  # fmt: skip
+def duplicate_pairs(
+    index, ids: np.ndarray, vectors: np.ndarray, threshold: float, batch: int = 4096
+) -> list[tuple[int, int, float]]:
     """Pairs of distinct images whose cosine similarity is at least ``threshold``.
 
     Uses the index's range search: exact for the flat index, and for the IVF index limited

@@ -359,9 +359,14 @@ class IndexCache:
                 sha = write_index(self.path, index)
                 with write_transaction(self.engine) as conn:
                     q.record_index_file(
-                        conn, generation, sha, len(index), index.kind, index.describe(),
+                        conn,
+                        generation,
+                        sha,
+                        len(index),
+                        index.kind,
+                        index.describe(),
                         index.recall,
-                    )  # fmt: skip
+                    )
         except (OSError, LibraryError) as exc:
             # Read-only folder or full disk: the index serves from memory this time, and the
             # database still says the file is stale, so it is rebuilt on next use.

@@ -121,6 +121,15 @@ def store_vectors(lib, vectors: np.ndarray, relpaths: list[str], model=("fake", 
         roots = q.all_roots(conn)
         root_id = next(iter(roots)) if roots else q.add_root(conn, str(lib.path.parent / "photos"))
         for rel, v in zip(relpaths, vectors, strict=True):
-            image_id = q.insert_image(conn, root_id=root_id, relpath=rel.encode(), size=1, mtime_ns=1,
-                                      status="ok", content_hash=rel, width=10, height=10)  # fmt: skip
+            image_id = q.insert_image(
+                conn,
+                root_id=root_id,
+                relpath=rel.encode(),
+                size=1,
+                mtime_ns=1,
+                status="ok",
+                content_hash=rel,
+                width=10,
+                height=10,
+            )
             q.put_vector(conn, image_id, model_id, v)

@@ -11,8 +11,11 @@ from organizer.errors import OrganizerError
 
 
 def test_cli_beats_env_beats_default(tmp_path):
-    env = {"ORGANIZER_LIBRARY": str(tmp_path / "env-lib"), "ORGANIZER_MODEL": "ViT-B-16",
-           "ORGANIZER_BATCH_SIZE": "8"}  # fmt: skip
+    env = {
+        "ORGANIZER_LIBRARY": str(tmp_path / "env-lib"),
+        "ORGANIZER_MODEL": "ViT-B-16",
+        "ORGANIZER_BATCH_SIZE": "8",
+    }
     s = resolve_settings(env=env)
     assert s.library == tmp_path / "env-lib" and s.model == "ViT-B-16" and s.batch_size == 8
     s = resolve_settings(env=env, library=Path("cli-lib"), model=None)
@@ -21,12 +24,15 @@ def test_cli_beats_env_beats_default(tmp_path):
     assert s.model is None and s.library.name == "library" and DEFAULT_MODEL == "ViT-B-32-256"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"ORGANIZER_BATCH_SIZE": "many"}, "not a whole number"),
-    ({"ORGANIZER_DEVICE": "tpu"}, "unknown device"),
-    ({"ORGANIZER_PRECISION": "int4"}, "unknown precision"),
-    ({"ORGANIZER_BATCH_SIZE": "0"}, "at least 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ORGANIZER_BATCH_SIZE": "many"}, "not a whole number"),
+        ({"ORGANIZER_DEVICE": "tpu"}, "unknown device"),
+        ({"ORGANIZER_PRECISION": "int4"}, "unknown precision"),
+        ({"ORGANIZER_BATCH_SIZE": "0"}, "at least 1"),
+    ],
+)
 def test_bad_values_are_one_line_errors(env, message):
     with pytest.raises(OrganizerError, match=message):
         resolve_settings(env=env)

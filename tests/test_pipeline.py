@@ -68,8 +68,13 @@ def test_fast_path_matches_the_reference_path(tmp_path, precision):
     for i in range(6):  # large enough for draft decoding to kick in
         write_picture(root / f"b{i}.jpg", 200 + i)
         Image.open(root / f"b{i}.jpg").resize((1600, 1200)).save(root / f"b{i}.jpg", quality=92)
-    settings = Settings(library=tmp_path / "lib", model=str(TINY_CONFIG), pretrained="none",
-                        precision=precision, batch_size=4)  # fmt: skip
+    settings = Settings(
+        library=tmp_path / "lib",
+        model=str(TINY_CONFIG),
+        pretrained="none",
+        precision=precision,
+        batch_size=4,
+    )
     with Library.open(settings, create=True) as lib:
         lib.ingest([root])
         ids, vecs = _db_vectors(lib)
@@ -122,10 +127,15 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_library_consistent(tmp_path):
     root = tmp_path / "photos"
     make_folder(root, 60)
     marker = f"ORGANIZER_TEST_MARK={uuid.uuid4()}"
-    env = {**os.environ, "ORGANIZER_LIBRARY": str(tmp_path / "lib"),
-           "ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none",
-           "ORGANIZER_BATCH_SIZE": "2", "ORGANIZER_WORKERS": "2",
-           marker.split("=")[0]: marker.split("=")[1]}  # fmt: skip
+    env = {
+        **os.environ,
+        "ORGANIZER_LIBRARY": str(tmp_path / "lib"),
+        "ORGANIZER_MODEL": str(TINY_CONFIG),
+        "ORGANIZER_PRETRAINED": "none",
+        "ORGANIZER_BATCH_SIZE": "2",
+        "ORGANIZER_WORKERS": "2",
+        marker.split("=")[0]: marker.split("=")[1],
+    }
     cmd = [sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "lib" / "library.db"
@@ -144,8 +154,14 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_library_consistent(tmp_path):
 
     summary = json.loads(result.stdout)
     assert summary["new"] + _committed_before(summary) == 60
-    status = json.loads(subprocess.run([sys.executable, "-m", "organizer", "status", "--json"],
-                                       env=env, capture_output=True, text=True).stdout)  # fmt: skip
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "organizer", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert status["images"]["ok"] == 60 and status["index"]["in_sync"]
 
 

@@ -130,8 +130,11 @@ def test_hostile_names_are_escaped(fake_lib, tmp_path, where):
         from organizer.store.db import write_transaction
 
         with write_transaction(fake_lib.engine) as conn:
-            conn.execute(update(clusters_t).where(clusters_t.c.run_id == run.run_id)
-                         .values(label="</style><script>alert(1)</script>$x^"))  # fmt: skip
+            conn.execute(
+                update(clusters_t)
+                .where(clusters_t.c.run_id == run.run_id)
+                .values(label="</style><script>alert(1)</script>$x^")
+            )
     page, html, _ = report(fake_lib, tmp_path)
     for raw in ["<img src=x", "</script>.jpg", "</style><script>"]:
         assert raw not in html

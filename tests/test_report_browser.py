@@ -18,9 +18,14 @@ from organizer.report import write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 HIT_RADIUS = 12  # px: how near the pointer a point must be to be picked (map_script.html)
 
 
@@ -33,9 +38,12 @@ def browser_page(tmp_path):
     log: dict[str, list] = {"console": [], "errors": [], "requests": [], "dialogs": []}
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
             viewport={"width": 1200, "height": 900},
-        )  # fmt: skip
+        )
         page = context.pages[0] if context.pages else context.new_page()
         page.on("console", lambda m: log["console"].append((m.type, m.text)))
         page.on("pageerror", lambda e: log["errors"].append(str(e)))

@@ -29,8 +29,13 @@ def test_symlink_loop_broken_link_and_outside_link(tmp_path):
 def test_non_utf8_and_odd_names_are_kept_as_bytes(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    names = [b"caf\xe9.jpg", "café.jpg".encode(), "cafe\u0301.jpg".encode(), b"new\nline.jpg",
-             b"x" * 251 + b".jpg"]  # fmt: skip
+    names = [
+        b"caf\xe9.jpg",
+        "café.jpg".encode(),
+        "cafe\u0301.jpg".encode(),
+        b"new\nline.jpg",
+        b"x" * 251 + b".jpg",
+    ]
     for name in names:
         write_picture(root / os.fsdecode(name), 3)
     found = sorted(f.relpath for f in scan_root(root).files)

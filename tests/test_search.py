@@ -186,8 +186,15 @@ def test_approximate_index_for_large_libraries(fake_lib, tmp_path, monkeypatch):
     with fake_lib.engine.begin() as conn:  # 600 extra clustered vectors, as ingest would store
         model = q.library_model(conn)
         for i in range(600):
-            image_id = q.insert_image(conn, root_id=1, relpath=f"v{i}.jpg".encode(), size=1, mtime_ns=1,
-                                      status="ok", content_hash=f"h{i}")  # fmt: skip
+            image_id = q.insert_image(
+                conn,
+                root_id=1,
+                relpath=f"v{i}.jpg".encode(),
+                size=1,
+                mtime_ns=1,
+                status="ok",
+                content_hash=f"h{i}",
+            )
             v = centers[i % 8] + 0.3 * rng.standard_normal(16)
             q.put_vector(conn, image_id, model.id, v / np.linalg.norm(v))
     index = fake_lib.vectors()

@@ -114,8 +114,12 @@ def write_report(
     tell(ReportProgress("map", len(rows), len(rows)))
     tell(ReportProgress("writing", 0, 1))
     legend = _legend(data)
-    png_bytes = figure.map_png(proj.xy, data.numbers[rows], [(n, name, c) for n, name, c, _ in legend],
-                               _map_title(len(rows), len(data.ids)))  # fmt: skip
+    png_bytes = figure.map_png(
+        proj.xy,
+        data.numbers[rows],
+        [(n, name, c) for n, name, c, _ in legend],
+        _map_title(len(rows), len(data.ids)),
+    )
     context = _context(data, rows, proj, shown, legend, png_bytes, absolute)
     html = render.render(context).encode("utf-8")
     render.write_atomic(output, html)
@@ -123,11 +127,20 @@ def write_report(
         render.write_atomic(png, png_bytes)
     tell(ReportProgress("writing", 1, 1))
     return ReportSummary(
-        output, len(html), len(data.ids), len(rows), len(rows) < len(data.ids),
-        data.run.id if data.run else None, data.run.k if data.run else None, proj.backend,
-        proj.seconds, thumbnails_s, time.perf_counter() - started,
-        sum(1 for uri, _ in shown.values() if uri == thumbs.PLACEHOLDER), png,
-    )  # fmt: skip
+        output,
+        len(html),
+        len(data.ids),
+        len(rows),
+        len(rows) < len(data.ids),
+        data.run.id if data.run else None,
+        data.run.k if data.run else None,
+        proj.backend,
+        proj.seconds,
+        thumbnails_s,
+        time.perf_counter() - started,
+        sum(1 for uri, _ in shown.values() if uri == thumbs.PLACEHOLDER),
+        png,
+    )
 
 
 class _Background:

@@ -102,7 +102,14 @@ def _run_info(conn: Connection, found, ids: np.ndarray, gallery: tuple[int, int]
         )
     sweep = json.loads(found.sweep_json) if found.sweep_json else None
     run = RunInfo(
-        found.id, found.k, found.algorithm, found.seed, found.silhouette, found.n_images,
-        found.created_at.isoformat(timespec="seconds") + "Z", sweep, clusters,
-    )  # fmt: skip
+        found.id,
+        found.k,
+        found.algorithm,
+        found.seed,
+        found.silhouette,
+        found.n_images,
+        found.created_at.isoformat(timespec="seconds") + "Z",
+        sweep,
+        clusters,
+    )
     return run, numbers

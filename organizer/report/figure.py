@@ -13,10 +13,27 @@ import numpy as np
 # Distinct colours for the first 20 clusters (matplotlib's tab20, dark shades first); more
 # clusters get evenly spaced hues.
 _TAB20 = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-)  # fmt: skip
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
+)
 UNCLUSTERED = "#9a9a9a"
 LEGEND_MAX = 20
 
@@ -70,8 +87,13 @@ def map_png(
     ax.set_ylim(-0.03, 1.03)
     ax.set_aspect("equal")
     if 1 < len(legend) <= LEGEND_MAX:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
-                  markerscale=max(1.0, 20 / size) ** 0.5)  # fmt: skip
+        ax.legend(
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize=8,
+            frameon=False,
+            markerscale=max(1.0, 20 / size) ** 0.5,
+        )
     fig.tight_layout()
     buffer = io.BytesIO()
     # metadata=None entries drop matplotlib's Software tag (a URL) from the PNG.

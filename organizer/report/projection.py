@@ -101,9 +101,13 @@ def _sklearn(x: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
 
     tsne = TSNE(
-        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-        random_state=seed, n_jobs=1,
-    )  # fmt: skip
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        learning_rate="auto",
+        random_state=seed,
+        n_jobs=1,
+    )
     return tsne.fit_transform(x).astype(np.float64)
 
 

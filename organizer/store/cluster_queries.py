@@ -90,14 +90,19 @@ def members(conn: Connection, run_id: int, number: int | None = None) -> list[Me
     images, roots = q.images, q.roots_t
     stmt = (
         select(
-            members_t.c.image_id, members_t.c.number, members_t.c.distance, members_t.c.silhouette,
-            members_t.c.assigned_later, roots.c.path, images.c.relpath,
+            members_t.c.image_id,
+            members_t.c.number,
+            members_t.c.distance,
+            members_t.c.silhouette,
+            members_t.c.assigned_later,
+            roots.c.path,
+            images.c.relpath,
         )
         .join(images, images.c.id == members_t.c.image_id)
         .join(roots, roots.c.id == images.c.root_id)
         .where(members_t.c.run_id == run_id, images.c.status == q.OK)
         .order_by(members_t.c.number, members_t.c.distance, members_t.c.image_id)
-    )  # fmt: skip
+    )
     if number is not None:
         stmt = stmt.where(members_t.c.number == number)
     return [MemberRow(*r) for r in conn.execute(stmt)]

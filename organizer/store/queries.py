@@ -108,9 +108,13 @@ def touch_root(conn: Connection, root_id: int) -> None:
 def known_images(conn: Connection, root_id: int, prefix: bytes = b"") -> dict[bytes, KnownImage]:
     """Images recorded under a root (optionally only under the subfolder ``prefix``)."""
     stmt = select(
-        images.c.id, images.c.relpath, images.c.size, images.c.mtime_ns, images.c.status,
+        images.c.id,
+        images.c.relpath,
+        images.c.size,
+        images.c.mtime_ns,
+        images.c.status,
         images.c.content_hash,
-    ).where(images.c.root_id == root_id)  # fmt: skip
+    ).where(images.c.root_id == root_id)
     if prefix:
         stmt = stmt.where(func.substr(images.c.relpath, 1, len(prefix) + 1) == prefix + b"/")
     return {row.relpath: KnownImage(*row) for row in conn.execute(stmt)}
@@ -178,13 +182,20 @@ def describe_images(conn: Connection, image_ids: list[int]) -> dict[int, ImageIn
         chunk = image_ids[start : start + 500]
         stmt = (
             select(
-                images.c.id, roots_t.c.path, images.c.relpath, images.c.size, images.c.mtime_ns,
-                images.c.width, images.c.height, images.c.captured_at, images.c.status,
+                images.c.id,
+                roots_t.c.path,
+                images.c.relpath,
+                images.c.size,
+                images.c.mtime_ns,
+                images.c.width,
+                images.c.height,
+                images.c.captured_at,
+                images.c.status,
                 images.c.content_hash,
             )
             .join(roots_t, roots_t.c.id == images.c.root_id)
             .where(images.c.id.in_(chunk))
-        )  # fmt: skip
+        )
         out.update({row.id: ImageInfoRow(*row) for row in conn.execute(stmt)})
     return out
 

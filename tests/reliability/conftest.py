@@ -18,8 +18,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def organizer_env(library: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORGANIZER_")}
-    env.update(ORGANIZER_LIBRARY=str(library), ORGANIZER_MODEL=str(TINY_CONFIG),
-               ORGANIZER_PRETRAINED="none", ORGANIZER_OFFLINE="1", HF_HUB_OFFLINE="1")  # fmt: skip
+    env.update(
+        ORGANIZER_LIBRARY=str(library),
+        ORGANIZER_MODEL=str(TINY_CONFIG),
+        ORGANIZER_PRETRAINED="none",
+        ORGANIZER_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+    )
     env.update(extra)
     return env
 
@@ -29,8 +34,9 @@ def run_organizer(args, env, user: str | None = None, preexec_fn=None, timeout: 
     cmd = [sys.executable, "-m", "organizer", *map(str, args)]
     if user == "nobody" and os.geteuid() == 0:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *cmd]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=preexec_fn)  # fmt: skip
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn
+    )
 
 
 @pytest.fixture

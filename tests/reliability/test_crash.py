@@ -57,8 +57,10 @@ def _state(lib) -> dict[bytes, np.ndarray]:
 def _run_script(lib_dir: Path, root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), str(lib_dir), str(root), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _recover_and_check(lib_dir: Path, root: Path, reference: dict) -> None:
@@ -134,8 +136,12 @@ def test_kill_during_a_schema_migration(crash_photos, reference, tmp_path):
         assert proc.returncode == -signal.SIGKILL
         import sqlite3
 
-        tables = {r[0] for r in sqlite3.connect(lib_dir / "library.db").execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}  # fmt: skip
+        tables = {
+            r[0]
+            for r in sqlite3.connect(lib_dir / "library.db").execute(
+                "SELECT name FROM sqlite_master WHERE type='table'"
+            )
+        }
         assert "images" not in tables  # nothing half-made was committed
         _recover_and_check(lib_dir, crash_photos, reference)
 
@@ -145,8 +151,13 @@ def test_kill_the_real_cli(tmp_path):
     root = tmp_path / "photos"
     make_folder(root, 40)
     lib_dir = tmp_path / "lib"
-    env = {**os.environ, "ORGANIZER_LIBRARY": str(lib_dir), "ORGANIZER_MODEL": str(TINY_CONFIG),
-           "ORGANIZER_PRETRAINED": "none", "ORGANIZER_BATCH_SIZE": "2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "ORGANIZER_LIBRARY": str(lib_dir),
+        "ORGANIZER_MODEL": str(TINY_CONFIG),
+        "ORGANIZER_PRETRAINED": "none",
+        "ORGANIZER_BATCH_SIZE": "2",
+    }
     cmd = [sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60

@@ -122,8 +122,13 @@ def test_second_ingest_is_refused_and_readers_work(tmp_path):
     make_folder(root, 80)
     lib = tmp_path / "lib"
     env = organizer_env(lib, ORGANIZER_BATCH_SIZE="2")
-    first = subprocess.Popen([sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with BATTERY.fault():
         deadline = time.time() + 120
         while time.time() < deadline:
