@@ -110,7 +110,7 @@ def bench_report(n: int) -> list[str]:
     lib_dir = make_library(n)
     out = Path(tempfile.mkdtemp(prefix="bench-report-")) / "report.html"
     with Library.open(Settings(library=lib_dir)) as lib:
-        s = write_report(lib, out)
+        s = write_report(lib.engine, out)
     out.unlink()
     return [
         f"{n:,}",

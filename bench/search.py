@@ -126,11 +126,11 @@ def bench_size(n: int) -> list[str]:
             [len(set(h.ids) & set(ids[e])) / 10 for h, e in zip(hits, exact, strict=True)]
         )
         del vectors
-        lib.similar(photos / "0000000.jpg", k=12)  # warm: index loaded from its file
+        lib.similar(photos / "0000000.jpg", limit=12)  # warm: index loaded from its file
         latencies = []
         for i in range(100):
             t = time.perf_counter()
-            lib.similar(photos / f"{i % QUERY_FILES:07d}.jpg", k=12)
+            lib.similar(photos / f"{i % QUERY_FILES:07d}.jpg", limit=12)
             latencies.append((time.perf_counter() - t) * 1e3)
         kind = lib.status().index.description
     cli = []

@@ -1,13 +1,15 @@
 """The `organizer` command: parse options -> Settings -> one library call -> print.
 
 Data goes to stdout (a table, or one JSON document with --json); progress, warnings and
-errors go to stderr. Exit codes: 0 done, 1 failed, 2 usage error.
+errors go to stderr. Exit codes: 0 done; 1 failed; 2 usage error (checked while the
+options are parsed, before anything runs); 130 interrupted (what was committed is kept).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -15,17 +17,69 @@ from typing import Annotated
 
 import typer
 
+from organizer import __version__
 from organizer import console as out
+from organizer.cluster import Algorithm
+from organizer.cluster_runs import ExportMode, KSpec, LabelSource
+from organizer.config import Device, Precision, resolve_settings
 from organizer.errors import Interrupted, OrganizerError
+from organizer.ingest import IngestOptions
+from organizer.library import Library
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors as one line on stderr and exit 2 (typer would draw a framed panel)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except typer.Abort:
+            out.err("interrupted")
+            code = EXIT_INTERRUPTED
+        except typer.TyperException as exc:  # typer's click errors: usage and parameters
+            code = _report_click_error(exc)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report_click_error(exc: typer.TyperException) -> int:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help())
+        return EXIT_USAGE
+    code = getattr(exc, "exit_code", EXIT_FAILED)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None and code == EXIT_USAGE else ""
+    out.err(f"error: {message}{hint}")
+    return code
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Organise large photo folders with CLIP: ingest, search, cluster, report.\n\n"
+    "Exit codes: 0 done, 1 failed, 2 usage error, 130 interrupted (work done so far is kept).\n\n"
     "Example: organizer ingest ~/Photos && organizer status",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+cluster_app = typer.Typer(
+    cls=typer.core.TyperGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(cluster_app, name="cluster")
+
+# -- shared options ---------------------------------------------------------------------------
 
 LibraryOpt = Annotated[
     Path | None,
@@ -47,19 +101,88 @@ PretrainedOpt = Annotated[
         help="Weights: tag, checkpoint path, or 'none' [env ORGANIZER_PRETRAINED; default datacomp_s34b_b86k]."
     ),
 ]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu or cuda [env ORGANIZER_DEVICE].")]
+DeviceOpt = Annotated[
+    Device | None, typer.Option(help="Where the model runs [env ORGANIZER_DEVICE].")
+]
 PrecisionOpt = Annotated[
-    str | None, typer.Option(help="auto, fp32, bf16 or fp16 [env ORGANIZER_PRECISION].")
+    Precision | None, typer.Option(help="Model precision [env ORGANIZER_PRECISION].")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AbsoluteOpt = Annotated[bool, typer.Option("--absolute", help="Show absolute paths.")]
+LimitOpt = Annotated[int, typer.Option("-n", "--limit", min=1, help="How many results.")]
+# The spellings of an earlier organizer, kept working but no longer shown.
+OldLimitOpt = Annotated[int | None, typer.Option("-k", "--top", min=1, hidden=True)]
+RunOpt = Annotated[int | None, typer.Option("--run", help="Cluster run id (default: the latest).")]
+
+
+def _similarity(value: str) -> float:
+    """A cosine similarity threshold: a number in (0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number") from None
+    if not 0 < number <= 1:
+        raise typer.BadParameter(f"{value} is not in (0, 1]: 1 means identical")
+    return number
+
+
+def _k(value: str) -> KSpec:
+    """A cluster count: a whole number of at least 2, or 'auto'."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        k = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"takes a whole number or 'auto', not {value!r}") from None
+    if k < 2:
+        raise typer.BadParameter(f"{k} clusters make no grouping: give 2 or more, or 'auto'")
+    return k
+
+
+def _handled(fn):
+    """Map OrganizerError (and anything unexpected) to one line on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = out.show_warning
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Interrupted as exc:
+            out.err(f"interrupted: {exc}")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OrganizerError as exc:
+            out.err(f"error: {exc}")
+            raise typer.Exit(EXIT_FAILED) from None
+        except KeyboardInterrupt:
+            out.err("interrupted: work committed so far is kept; run the command again to finish")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if os.environ.get("ORGANIZER_DEBUG"):
+                traceback.print_exc()
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            out.err(
+                f"error: unexpected {type(exc).__name__}: {message} "
+                "(set ORGANIZER_DEBUG=1 for details)"
+            )
+            raise typer.Exit(EXIT_FAILED) from None
+
+    return wrapper
+
+
+def command(fn):
+    """Register a top-level command with organizer's error handling."""
+    return app.command()(_handled(fn))
+
+
+def _open(library: Path | None, create: bool = False, **settings: object) -> Library:
+    return Library.open(resolve_settings(library=library, **settings), create=create)
 
 
 def _version(value: bool) -> None:
     if value:
-        from organizer import __version__
-
         print(f"organizer {__version__}")
         raise typer.Exit()
 
@@ -75,52 +198,13 @@ def _main(
 ) -> None:
     """Organise large photo folders with CLIP: ingest, search, cluster, report.
 
+    Exit codes: 0 done, 1 failed, 2 usage error, 130 interrupted (work done so far is kept).
+
     Example: organizer ingest ~/Photos && organizer status
     """
 
 
-def command(fn):
-    """Register a command that maps OrganizerError (and anything unexpected) to one line, exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        warnings.showwarning = out.show_warning
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Interrupted as exc:
-            out.err(f"interrupted: {exc}")
-            raise typer.Exit(130) from None
-        except OrganizerError as exc:
-            out.err(f"error: {exc}")
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            out.err("interrupted: work committed so far is kept; run the command again to finish")
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            if os.environ.get("ORGANIZER_DEBUG"):
-                traceback.print_exc()
-            message = str(exc).splitlines()[0] if str(exc) else ""
-            out.err(
-                f"error: unexpected {type(exc).__name__}: {message} "
-                "(set ORGANIZER_DEBUG=1 for details)"
-            )
-            raise typer.Exit(1) from None
-
-    return app.command()(wrapper)
-
-
-def _settings(**cli):
-    from organizer.config import resolve_settings
-
-    return resolve_settings(**cli)
-
-
-def _open(settings, create: bool = False):
-    from organizer.library import Library
-
-    return Library.open(settings, create=create)
+# -- ingest and status ------------------------------------------------------------------------
 
 
 @command
@@ -134,10 +218,11 @@ def ingest(
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Images per model batch [env ORGANIZER_BATCH_SIZE].")
+        int | None,
+        typer.Option(min=1, help="Images per model batch [env ORGANIZER_BATCH_SIZE]."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Decode worker processes [env ORGANIZER_WORKERS].")
+        int | None, typer.Option(min=0, help="Decode worker processes [env ORGANIZER_WORKERS].")
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for a busy library instead of failing.")
@@ -156,21 +241,19 @@ def ingest(
 
     Example: organizer ingest ~/Photos ~/Phone
     """
-    from organizer.ingest import IngestOptions
-
-    settings = _settings(
-        library=library,
-        model=model,
-        pretrained=pretrained,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        workers=workers,
-    )
     options = IngestOptions(retry_failed=retry_failed, follow_symlinks=follow_symlinks)
     with (
-        _open(settings, create=True) as lib,
-        out.IngestProgress(enabled=not (quiet or as_json)) as progress,
+        _open(
+            library,
+            create=True,
+            model=model,
+            pretrained=pretrained,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+        ) as lib,
+        out.IngestProgressBar(enabled=not (quiet or as_json)) as progress,
         out.StopRequest() as stop,
     ):
         summary = lib.ingest(
@@ -179,22 +262,7 @@ def ingest(
     if as_json:
         out.print_json(summary.to_dict())
         return
-    s = summary
-    print(
-        f"ingested in {s.elapsed_s:.1f} s: {s.new} new, {s.changed} changed, {s.moved} moved, "
-        f"{s.unchanged} unchanged, {s.missing} missing, {s.failed} failed"
-    )
-    if s.embedded:
-        print(
-            f"embedded {s.embedded} images ({s.precision} on {s.device}, "
-            f"{s.images_per_s:.1f} images/s after {s.model_load_s:.1f} s loading the model)"
-        )
-    if s.reused:
-        print(f"reused {s.reused} vectors of identical files")
-    for problem in s.problems:
-        out.err(f"warning: {problem}")
-    if s.failed:
-        print(f"{s.failed} files could not be read: see `organizer status --failed`")
+    out.print_ingest(summary)
 
 
 @command
@@ -210,30 +278,35 @@ def status(
 
     Example: organizer status --failed
     """
-    settings = _settings(library=library)
-    with _open(settings) as lib:
+    with _open(library) as lib:
         if failed:
-            out.print_failures(lib.failures(), absolute, as_json)
-            return
-        st = lib.status()
-    if as_json:
-        from dataclasses import asdict
+            failures = lib.failures()
+        else:
+            st = lib.status()
+    if failed:
+        if as_json:
+            out.print_json({"failed": [f.to_dict(absolute) for f in failures]})
+        else:
+            out.print_failures(failures, absolute)
+    elif as_json:
+        out.print_json(st.to_dict())
+    else:
+        out.print_status(st)
 
-        out.print_json(asdict(st))
-        return
-    out.print_status(st)
 
+# -- search -----------------------------------------------------------------------------------
 
-KOpt = Annotated[int, typer.Option("-k", "--top", help="How many results.")]
 ThresholdOpt = Annotated[
-    float | None, typer.Option(help="Only results at least this similar (cosine).")
+    float | None,
+    typer.Option(parser=_similarity, help="Only results at least this similar (cosine, (0, 1])."),
 ]
 
 
 @command
 def similar(
     photo: Annotated[Path, typer.Argument(help="An image: one in the library, or any other file.")],
-    k: KOpt = 12,
+    limit: LimitOpt = 12,
+    old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
@@ -243,10 +316,10 @@ def similar(
 
     A photo the library holds answers from its stored vector, without loading the model.
 
-    Example: organizer similar ~/Photos/dog.jpg -k 5
+    Example: organizer similar ~/Photos/dog.jpg -n 5
     """
-    with _open(_settings(library=library)) as lib:
-        res = lib.similar(photo, k=k, threshold=threshold)
+    with _open(library) as lib:
+        res = lib.similar(photo, limit=old_limit or limit, threshold=threshold)
     out.print_results(res, absolute, as_json)
 
 
@@ -262,7 +335,8 @@ def search(
     minus: Annotated[
         list[str] | None, typer.Option("--minus", help="Subtract a text or image (repeatable).")
     ] = None,
-    k: KOpt = 12,
+    limit: LimitOpt = 12,
+    old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
@@ -272,15 +346,21 @@ def search(
 
     Example: organizer search "beach" --minus "people" --plus ~/Photos/sunset.jpg
     """
-    with _open(_settings(library=library)) as lib:
-        res = lib.search(query, plus or [], minus or [], k=k, threshold=threshold)
+    with _open(library) as lib:
+        res = lib.search(
+            query, plus or [], minus or [], limit=old_limit or limit, threshold=threshold
+        )
     out.print_results(res, absolute, as_json)
 
 
 @command
 def duplicates(
     threshold: Annotated[
-        float, typer.Option(help="Cosine similarity from which two images count as the same photo.")
+        float,
+        typer.Option(
+            parser=_similarity,
+            help="Cosine similarity from which two images count as the same photo, (0, 1].",
+        ),
     ] = 0.96,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
@@ -292,122 +372,143 @@ def duplicates(
 
     Example: organizer duplicates --threshold 0.97
     """
-    with _open(_settings(library=library)) as lib:
+    with _open(library) as lib:
         groups = lib.duplicates(threshold)
     if as_json:
-        out.print_json({"groups": [out.group_json(g, absolute) for g in groups]})
-        return
-    if not groups:
-        print("no duplicates")
-    for n, g in enumerate(groups, start=1):
-        print(f"group {n} ({len(g.members)} images)")
-        for m in g.members:
-            mark = "keep" if m.image_id == g.keep else ("same" if m.identical_to_keeper else "    ")
-            size = f"{m.width}x{m.height}" if m.width else "?"
-            print(
-                f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {out.shown(m.root, m.relpath, absolute)}"
-            )
+        out.print_json({"groups": [g.to_dict(absolute) for g in groups]})
+    else:
+        out.print_duplicates(groups, absolute)
 
 
-RunOpt = Annotated[int | None, typer.Option("--run", help="Cluster run id (default: the latest).")]
+# -- clusters ---------------------------------------------------------------------------------
 
 
-@command
+@cluster_app.callback(invoke_without_command=True)
+@_handled
 def cluster(
+    ctx: typer.Context,
     k: Annotated[
-        str, typer.Option("-k", help="Number of clusters, or 'auto' to sweep k-min..k-max.")
+        str,
+        typer.Option(
+            "-k",
+            parser=_k,
+            metavar="K|auto",
+            help="Number of clusters (2 or more), or 'auto' to sweep k-min..k-max.",
+        ),
     ] = "auto",
-    algorithm: Annotated[str, typer.Option(help="faiss (spherical, fast) or sklearn.")] = "faiss",
+    algorithm: Annotated[Algorithm, typer.Option(help="K-means implementation.")] = (
+        Algorithm.FAISS
+    ),
     seed: Annotated[
         int, typer.Option(help="Seed: the same seed and data give the same clusters.")
     ] = 0,
-    k_min: Annotated[int, typer.Option(help="Smallest k tried by -k auto.")] = 2,
-    k_max: Annotated[int, typer.Option(help="Largest k tried by -k auto.")] = 40,
+    k_min: Annotated[int, typer.Option(min=2, help="Smallest k tried by -k auto.")] = 2,
+    k_max: Annotated[int, typer.Option(min=2, help="Largest k tried by -k auto.")] = 40,
     vocabulary: Annotated[
         Path | None, typer.Option(help="Concepts for naming clusters (one a line).")
     ] = None,
     names: Annotated[
         bool, typer.Option("--names/--no-names", help="Name clusters with the model's text tower.")
     ] = True,
-    assign_new: Annotated[
-        bool,
-        typer.Option(
-            "--assign-new", help="Add images ingested since --run to its nearest clusters."
-        ),
-    ] = False,
-    run: RunOpt = None,
+    assign_new: Annotated[bool, typer.Option("--assign-new", hidden=True)] = False,
+    run: Annotated[int | None, typer.Option("--run", hidden=True)] = None,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Group the library's images with K-means and name the groups.
 
     -k auto picks the k with the best silhouette (cosine, in embedding space).
+    `organizer cluster assign` adds images ingested later to a run's nearest clusters.
 
     Example: organizer cluster -k auto --k-max 30
     """
-    with _open(_settings(library=library)) as lib:
-        if assign_new:
-            summary = lib.clustering.assign_new(run)
-        else:
-            k_value: int | str = k if k == "auto" else _int_k(k)
-            summary = lib.cluster(
-                k_value,
-                algorithm=algorithm,
-                seed=seed,
-                k_min=k_min,
-                k_max=k_max,
-                vocabulary=vocabulary,
-                names=names,
-            )
-    if as_json:
-        data = summary.to_dict()
-        if assign_new:
-            data["assigned"] = summary.assigned
-        out.print_json(data)
+    if ctx.invoked_subcommand is not None:
         return
-    if assign_new:
-        print(f"assigned {summary.assigned} new images to run {summary.run_id}")
-    out.print_run(summary)
+    if assign_new:  # the spelling of an earlier organizer
+        _assign(run, library, as_json)
+        return
+    with _open(library) as lib:
+        summary = lib.cluster(
+            k,
+            algorithm=algorithm,
+            seed=seed,
+            k_min=k_min,
+            k_max=k_max,
+            vocabulary=vocabulary,
+            names=names,
+        )
+    if as_json:
+        out.print_json(summary.to_dict())
+    else:
+        out.print_run(summary)
 
 
-def _int_k(k: str) -> int:
-    try:
-        return int(k)
-    except ValueError:
-        raise typer.BadParameter(f"-k takes a whole number or 'auto', not {k!r}") from None
+@cluster_app.command("assign")
+@_handled
+def cluster_assign(
+    run: RunOpt = None, library: LibraryOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Add images ingested since a run to its nearest clusters, without re-clustering.
+
+    Example: organizer cluster assign --run 3
+    """
+    _assign(run, library, as_json)
+
+
+def _assign(run: int | None, library: Path | None, as_json: bool) -> None:
+    with _open(library) as lib:
+        result = lib.assign_new(run)
+    if as_json:
+        out.print_json(result.to_dict())
+        return
+    print(f"assigned {result.assigned} new images to run {result.summary.run.id}")
+    out.print_run(result.summary)
 
 
 @command
 def clusters(
     run: RunOpt = None,
-    top: Annotated[int, typer.Option(help="Representative images shown per cluster.")] = 3,
-    runs: Annotated[bool, typer.Option("--runs", help="List the stored runs instead.")] = False,
+    limit: Annotated[
+        int, typer.Option("-n", "--limit", min=0, help="Representative images per cluster.")
+    ] = 3,
+    old_limit: Annotated[int | None, typer.Option("--top", min=0, hidden=True)] = None,
+    list_runs: Annotated[bool, typer.Option("--runs", hidden=True)] = False,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The clusters of a run: number, label, size, silhouette, most representative images.
 
-    Example: organizer clusters --top 5
+    Example: organizer clusters -n 5
     """
-    with _open(_settings(library=library)) as lib:
-        if runs:
-            listing = lib.clustering.runs()
-            if as_json:
-                out.print_json({"runs": listing})
-            for r in [] if as_json else listing:
-                print(
-                    f"run {r['run_id']}: {r['created_at']}  k={r['k']}  {r['algorithm']}  {r['n_images']} images"
-                )
-            return
-        summary = lib.clusters(run, representatives=top)
-    if as_json:
-        data = summary.to_dict()
-        for c, entry in zip(summary.clusters, data["clusters"], strict=True):
-            entry["representatives"] = [out.shown(r, p, absolute) for r, p in c.representatives]
-        out.print_json(data)
+    if list_runs:  # the spelling of an earlier organizer
+        _runs(library, as_json)
         return
-    out.print_run(summary, absolute, top)
+    limit = limit if old_limit is None else old_limit
+    with _open(library) as lib:
+        summary = lib.clusters(run)
+    if as_json:
+        out.print_json(summary.to_dict(representatives=limit, absolute=absolute))
+    else:
+        out.print_run(summary, absolute, limit)
+
+
+@command
+def runs(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """The stored cluster runs, oldest first.
+
+    Example: organizer runs
+    """
+    _runs(library, as_json)
+
+
+def _runs(library: Path | None, as_json: bool) -> None:
+    with _open(library) as lib:
+        listing = lib.runs()
+    if as_json:
+        out.print_json({"runs": [r.to_dict() for r in listing]})
+    else:
+        out.print_runs(listing)
 
 
 @command
@@ -416,7 +517,9 @@ def export(
         Path, typer.Option("--to", help="An empty folder to create the cluster folders in.")
     ],
     run: RunOpt = None,
-    mode: Annotated[str, typer.Option(help="symlink (default) or copy.")] = "symlink",
+    mode: Annotated[ExportMode, typer.Option(help="Link to the images, or copy them.")] = (
+        ExportMode.SYMLINK
+    ),
     force: Annotated[
         bool,
         typer.Option("--force", help="Write into a non-empty folder (nothing there is removed)."),
@@ -430,15 +533,13 @@ def export(
 
     Example: organizer export --to ~/Pictures/by-cluster
     """
-    with _open(_settings(library=library)) as lib:
-        result = lib.clustering.export(run, to, mode, force)
+    with _open(library) as lib:
+        result = lib.export(run, to, mode, force)
     if as_json:
-        from dataclasses import asdict
-
-        out.print_json(asdict(result))
+        out.print_json(result.to_dict())
         return
     done = result.linked or result.copied
-    how = "linked" if mode == "symlink" else "copied"
+    how = "linked" if mode == ExportMode.SYMLINK else "copied"
     print(
         f"{result.folders} folders in {result.target}: {done} images {how}, {result.skipped} skipped"
     )
@@ -447,8 +548,9 @@ def export(
 @command
 def evaluate(
     labels: Annotated[
-        str, typer.Option(help="Where true labels come from: 'folders' (parent folder name).")
-    ] = "folders",
+        LabelSource,
+        typer.Option(help="Where true labels come from: each image's folder below its root."),
+    ] = LabelSource.FOLDERS,
     run: RunOpt = None,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -457,34 +559,12 @@ def evaluate(
 
     Example: organizer evaluate --labels folders
     """
-    with _open(_settings(library=library)) as lib:
-        summary, ev = lib.clustering.evaluate(run, labels)
+    with _open(library) as lib:
+        result = lib.clustering.evaluate(run, labels)
     if as_json:
-        from dataclasses import asdict
-
-        out.print_json(
-            {
-                "run_id": summary.run_id,
-                "k": summary.k,
-                "silhouette": summary.silhouette,
-                "nmi": ev.nmi,
-                "ari": ev.ari,
-                "purity": ev.purity,
-                "labels": [asdict(s) for s in ev.spread],
-            }
-        )
-        return
-    sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
-    print(
-        f"run {summary.run_id} (k={summary.k}): NMI {ev.nmi:.3f}  ARI {ev.ari:.3f}  "
-        f"purity {ev.purity:.3f}  silhouette {sil}"
-    )
-    print(f"  {'label':<24} {'images':>6} {'clusters':>8}  main cluster (share)  entropy")
-    for s in ev.spread:
-        print(
-            f"  {s.label[:24]:<24} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} ({s.main_share:.0%})"
-            f"{'':>9}{s.entropy_bits:.2f} bits"
-        )
+        out.print_json(result.to_dict())
+    else:
+        out.print_evaluation(result)
 
 
 @command
@@ -497,7 +577,8 @@ def report(
         Path | None, typer.Option(help="Also write the static map as a PNG file.")
     ] = None,
     max_points: Annotated[
-        int | None, typer.Option(help="Points on the map; a seeded sample beyond (default 5000).")
+        int | None,
+        typer.Option(min=1, help="Points on the map; a seeded sample beyond (default 5000)."),
     ] = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
@@ -509,33 +590,16 @@ def report(
     Example: organizer report -o report.html --png map.png
     """
     with (
-        _open(_settings(library=library)) as lib,
-        out.ReportProgress(not (quiet or as_json)) as progress,
+        _open(library) as lib,
+        out.ReportStatusLine(not (quiet or as_json)) as progress,
     ):
-        s = lib.report(
+        summary = lib.report(
             output, run, png=png, max_points=max_points, absolute=absolute, progress=progress
         )
     if as_json:
-        out.print_json(s.to_dict())
-        return
-    run_text = (
-        f"cluster run {s.run_id} (k={s.k})"
-        if s.run_id
-        else "no cluster run yet: organizer cluster -k auto"
-    )
-    print(f"wrote {s.path} ({s.size_bytes / 1e6:.1f} MB): {s.n_images:,} images, {run_text}")
-    if s.sampled:
-        print(
-            f"  map: a seeded sample of {s.n_points:,} of {s.n_images:,} images "
-            f"(--max-points {s.n_images} shows all)"
-        )
-    print(
-        f"  t-SNE {s.tsne_s:.1f} s ({s.backend}), thumbnails {s.thumbnails_s:.1f} s, total {s.total_s:.1f} s"
-    )
-    if s.png:
-        print(f"  map image: {s.png}")
-    if s.placeholders:
-        print(f"  {s.placeholders} images could not be shown (placeholders)")
+        out.print_json(summary.to_dict())
+    else:
+        out.print_report(summary)
 
 
 def main() -> None:

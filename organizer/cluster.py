@@ -5,13 +5,20 @@ Pure functions of numpy arrays; persistence and naming live elsewhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from organizer.errors import ClusterError
 
-ALGORITHMS = ("faiss", "sklearn")
+
+class Algorithm(StrEnum):
+    FAISS = "faiss"  # spherical K-means, fast
+    SKLEARN = "sklearn"  # scikit-learn's KMeans on unit vectors
+
+
+ALGORITHMS = tuple(a.value for a in Algorithm)
 SILHOUETTE_SAMPLE = 10_000
 SWEEP_SAMPLE = 5_000
 
@@ -200,8 +207,10 @@ def best_k(points: list[SweepPoint]) -> int:
     return max(points, key=lambda p: (round(p.silhouette, 4), -p.k)).k
 
 
-@dataclass
+@dataclass(frozen=True)
 class LabelSpread:
+    """How one true label is spread over the clusters."""
+
     label: str
     size: int
     clusters: int
@@ -209,8 +218,11 @@ class LabelSpread:
     main_share: float
     entropy_bits: float
 
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-@dataclass
+
+@dataclass(frozen=True)
 class Evaluation:
     nmi: float
     ari: float

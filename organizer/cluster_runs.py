@@ -1,7 +1,8 @@
 """Cluster runs of a library: make, name, store, list, extend, export and evaluate them.
 
-The orchestration between :class:`~organizer.library.Library` (vectors, model, database) and
-the pure algorithms of :mod:`organizer.cluster` and :mod:`organizer.naming`.
+The orchestration between the store, the model (for naming) and the pure algorithms of
+:mod:`organizer.cluster` and :mod:`organizer.naming`. Every read of a run goes through one
+record, :class:`~organizer.store.records.ClusterRunSummary`, read once per call.
 """
 
 from __future__ import annotations
@@ -9,66 +10,55 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from sqlalchemy import Connection, Engine
 
 from organizer import cluster, naming
+from organizer.embed import Embedder
 from organizer.errors import ClusterError
 from organizer.scan import display_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
+from organizer.store.records import (
+    ClusterRecord,
+    ClusterRunRecord,
+    ClusterRunSummary,
+    LibraryModel,
+    MemberRecord,
+)
+
+KSpec = int | Literal["auto"]
+EmbedderProvider = Callable[[], Embedder]
 
 
-@dataclass
-class ClusterSummary:
-    number: int
-    label: str | None
-    labels: list[tuple[str, float]]
-    size: int
-    silhouette: float | None
-    representatives: list[tuple[str, bytes]] = field(default_factory=list)
+class ExportMode(StrEnum):
+    SYMLINK = "symlink"
+    COPY = "copy"
 
 
-@dataclass
-class RunSummary:
-    run_id: int
-    k: int
-    algorithm: str
-    seed: int
-    silhouette: float | None
-    n_images: int
-    created_at: str
-    clusters: list[ClusterSummary]
-    sweep: list[dict] | None = None
-    assigned: int = 0
+class LabelSource(StrEnum):
+    FOLDERS = "folders"  # each image's folder, relative to its root
+
+
+@dataclass(frozen=True)
+class AssignResult:
+    """A run after images ingested since were put in their nearest clusters."""
+
+    summary: ClusterRunSummary
+    assigned: int
 
     def to_dict(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "k": self.k,
-            "algorithm": self.algorithm,
-            "seed": self.seed,
-            "silhouette": self.silhouette,
-            "n_images": self.n_images,
-            "created_at": self.created_at,
-            "sweep": self.sweep,
-            "clusters": [
-                {
-                    "id": c.number,
-                    "label": c.label,
-                    "size": c.size,
-                    "silhouette": c.silhouette,
-                    "labels": [{"label": lab, "score": s} for lab, s in c.labels],
-                }
-                for c in self.clusters
-            ],
-        }
+        return {**self.summary.to_dict(), "assigned": self.assigned}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportSummary:
     folders: int
     linked: int
@@ -76,15 +66,42 @@ class ExportSummary:
     skipped: int
     target: str
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """A run scored against true labels."""
+
+    run: ClusterRunRecord
+    evaluation: cluster.Evaluation
+
+    def to_dict(self) -> dict:
+        ev = self.evaluation
+        return {
+            "run_id": self.run.id,
+            "k": self.run.k,
+            "silhouette": self.run.silhouette,
+            "nmi": ev.nmi,
+            "ari": ev.ari,
+            "purity": ev.purity,
+            "labels": [s.to_dict() for s in ev.spread],
+        }
+
 
 class Clustering:
-    """Cluster operations over an opened library."""
+    """Cluster operations over a library's store and model."""
 
-    def __init__(self, library):
-        self.lib = library
+    def __init__(self, engine: Engine, embedder: EmbedderProvider, cache_dir: Path | None):
+        """``embedder()`` loads the model, only when cluster names are not cached yet;
+        ``cache_dir`` keeps the cached concept vectors (None: no cache)."""
+        self.engine = engine
+        self.embedder = embedder
+        self.cache_dir = cache_dir
 
-    def _vectors(self) -> tuple[q.LibraryModel, np.ndarray, np.ndarray]:
-        with self.lib.engine.connect() as conn:
+    def _vectors(self) -> tuple[LibraryModel, np.ndarray, np.ndarray]:
+        with self.engine.connect() as conn, conn.begin():
             model = q.library_model(conn)
             if model is None:
                 raise ClusterError(
@@ -95,14 +112,14 @@ class Clustering:
 
     def run(
         self,
-        k: int | str = "auto",
-        algorithm: str = "faiss",
+        k: KSpec = "auto",
+        algorithm: str = cluster.Algorithm.FAISS,
         seed: int = 0,
         k_min: int = 2,
         k_max: int = 40,
         vocabulary: Path | None = None,
         names: bool = True,
-    ) -> RunSummary:
+    ) -> ClusterRunSummary:
         """Cluster the library's vectors and store the run (see ``organizer cluster``)."""
         if algorithm not in cluster.ALGORITHMS:
             raise ClusterError(
@@ -115,224 +132,228 @@ class Clustering:
             cluster.check_k(2, len(x))
             points = cluster.sweep(x, k_min, k_max, algorithm, seed)
             k = cluster.best_k(points)
-        k = int(k)
-        part = cluster.kmeans(x, k, algorithm, seed)
+        part = cluster.kmeans(x, int(k), algorithm, seed)
         sil = cluster.silhouettes(x, part.labels, seed=seed)
-        labels = self._names(part.centroids, vocab) if vocab else [[] for _ in range(part.k)]
+        labels = self._names(model, part.centroids, vocab) if vocab else [[]] * part.k
+        run = ClusterRunRecord(
+            id=0,  # given by the database below
+            created_at=q.now(),
+            algorithm=str(algorithm),
+            k=part.k,
+            seed=seed,
+            auto=points is not None,
+            silhouette=_float_or_none(sil.mean),
+            n_images=len(ids),
+            sweep=tuple({"k": p.k, "silhouette": p.silhouette} for p in points) if points else None,
+        )
         params = {
             "k_min": k_min,
             "k_max": k_max,
             "restarts": 5,
             "silhouette_sample": cluster.SILHOUETTE_SAMPLE,
         }
-        with write_transaction(self.lib.engine) as conn:
-            run_id = cq.insert_run(
-                conn,
-                model_id=model.id,
-                algorithm=algorithm,
-                k=part.k,
-                seed=seed,
-                auto=points is not None,
-                params_json=json.dumps(params),
-                silhouette=sil.mean,
-                n_images=len(ids),
-                sweep_json=json.dumps([p.__dict__ for p in points]) if points else None,
-                vocabulary=f"{vocab.source} sha256:{vocab.sha256[:16]}" if vocab else None,
+        with write_transaction(self.engine) as conn:
+            run_id = self._insert(conn, model, run, params, vocab)
+            self._insert_clusters(conn, run_id, part, sil, labels)
+            cq.insert_members(conn, run_id, _member_rows(ids, part, sil))
+            # The new run's clusters are known here; only the members' paths are read.
+            members = cq.members(conn, run_id)
+        clusters = tuple(
+            ClusterRecord(
+                c + 1,
+                labels[c][0][0] if labels[c] else None,
+                tuple(labels[c]),
+                _float_or_none(sil.per_cluster.get(c)),
+                part.centroids[c],
+                tuple(members.get(c + 1, ())),
             )
-            cq.insert_clusters(
-                conn,
-                run_id,
-                [
-                    {
-                        "number": c + 1,
-                        "size": int((part.labels == c).sum()),
-                        "silhouette": sil.per_cluster.get(c),
-                        "centroid": part.centroids[c].tobytes(),
-                        "label": labels[c][0][0] if labels[c] else None,
-                        "labels_json": json.dumps(labels[c]),
-                    }
-                    for c in range(part.k)
-                ],
-            )
-            cq.insert_members(
-                conn,
-                run_id,
-                [
-                    {
-                        "image_id": int(i),
-                        "number": int(c) + 1,
-                        "distance": float(d),
-                        "silhouette": None if np.isnan(s) else float(s),
-                        "assigned_later": False,
-                    }
-                    for i, c, d, s in zip(
-                        ids, part.labels, part.distances, sil.per_image, strict=True
-                    )
-                ],
-            )
-        return self.summary(run_id)
+            for c in range(part.k)
+        )
+        return ClusterRunSummary(replace(run, id=run_id), clusters)
+
+    @staticmethod
+    def _insert(
+        conn: Connection,
+        model: LibraryModel,
+        run: ClusterRunRecord,
+        params: dict,
+        vocab: naming.Vocabulary | None,
+    ) -> int:
+        return cq.insert_run(
+            conn,
+            run.created_at,
+            model_id=model.id,
+            algorithm=run.algorithm,
+            k=run.k,
+            seed=run.seed,
+            auto=run.auto,
+            params_json=json.dumps(params),
+            silhouette=run.silhouette,
+            n_images=run.n_images,
+            sweep_json=json.dumps(list(run.sweep)) if run.sweep else None,
+            vocabulary=f"{vocab.source} sha256:{vocab.sha256[:16]}" if vocab else None,
+        )
+
+    @staticmethod
+    def _insert_clusters(conn: Connection, run_id: int, part, sil, labels) -> None:
+        cq.insert_clusters(
+            conn,
+            run_id,
+            [
+                {
+                    "number": c + 1,
+                    "size": int((part.labels == c).sum()),
+                    "silhouette": sil.per_cluster.get(c),
+                    "centroid": part.centroids[c].tobytes(),
+                    "label": labels[c][0][0] if labels[c] else None,
+                    "labels_json": json.dumps(labels[c]),
+                }
+                for c in range(part.k)
+            ],
+        )
 
     def _names(
-        self, centroids: np.ndarray, vocab: naming.Vocabulary
+        self, model: LibraryModel, centroids: np.ndarray, vocab: naming.Vocabulary
     ) -> list[list[tuple[str, float]]]:
-        model = self.lib.model()  # the cache is keyed by the recorded model: no load on a hit
+        # The cache is keyed by the recorded model: no model is loaded on a hit.
         concepts = naming.concept_vectors(
-            self.lib.embedder, model.spec, model.dim, vocab, self.lib.path
+            self.embedder, model.spec, model.dim, vocab, self.cache_dir
         )
         return naming.name(centroids, concepts, vocab)
 
-    def _run(self, conn, run_id: int | None):
-        found = cq.run(conn, run_id)
-        if found is None:
-            raise ClusterError(
-                "no cluster runs yet: run `organizer cluster -k auto` first"
-                if run_id is None
-                else f"no cluster run {run_id}: `organizer clusters --runs` lists them"
-            )
-        return found
+    def summary(self, run_id: int | None = None) -> ClusterRunSummary:
+        """A stored run (default: the latest) with its clusters and their members."""
+        with self.engine.connect() as conn, conn.begin():
+            return cq.summary(conn, _find_run(conn, run_id))
 
-    def summary(self, run_id: int | None = None, representatives: int = 5) -> RunSummary:
-        """A stored run with each cluster's most representative images (closest to centroid)."""
-        with self.lib.engine.connect() as conn:
-            found = self._run(conn, run_id)
-            infos = cq.clusters(conn, found.id)
-            members = cq.members(conn, found.id)
-        by_number: dict[int, list] = {}
-        for m in members:
-            by_number.setdefault(m.number, []).append(m)
-        clusters = [
-            ClusterSummary(
-                c.number,
-                c.label,
-                c.labels,
-                len(by_number.get(c.number, [])),
-                c.silhouette,
-                [(m.root, m.relpath) for m in by_number.get(c.number, [])[:representatives]],
-            )
-            for c in infos
-        ]
-        return RunSummary(
-            found.id,
-            found.k,
-            found.algorithm,
-            found.seed,
-            found.silhouette,
-            found.n_images,
-            found.created_at.isoformat() + "Z",
-            clusters,
-            json.loads(found.sweep_json) if found.sweep_json else None,
-        )
+    def runs(self) -> list[ClusterRunRecord]:
+        """Every stored run, oldest first."""
+        with self.engine.connect() as conn:
+            return cq.all_runs(conn)
 
-    def runs(self) -> list[dict]:
-        with self.lib.engine.connect() as conn:
-            return [
-                {
-                    "run_id": r.id,
-                    "created_at": r.created_at.isoformat() + "Z",
-                    "k": r.k,
-                    "algorithm": r.algorithm,
-                    "auto": r.auto,
-                    "silhouette": r.silhouette,
-                    "n_images": r.n_images,
-                }
-                for r in cq.all_runs(conn)
-            ]
-
-    def assign_new(self, run_id: int | None = None) -> RunSummary:
+    def assign_new(self, run_id: int | None = None) -> AssignResult:
         """Put images ingested after a run into its nearest clusters, without re-clustering."""
         _model, ids, x = self._vectors()
-        with self.lib.engine.connect() as conn:
-            found = self._run(conn, run_id)
-            infos = cq.clusters(conn, found.id)
+        with self.engine.connect() as conn, conn.begin():
+            found = _find_run(conn, run_id)
+            numbers, centroids = cq.centroids(conn, found.id)
             known = cq.member_ids(conn, found.id)
         new = np.array([i not in known for i in ids.tolist()], dtype=bool)
-        if new.any():
-            centroids = np.stack([c.centroid for c in infos])
-            labels, similarity = cluster.assign(x[new], centroids)
-            with write_transaction(self.lib.engine) as conn:
-                cq.insert_members(
-                    conn,
-                    found.id,
-                    [
-                        {
-                            "image_id": int(i),
-                            "number": infos[c].number,
-                            "distance": float(1 - s),
-                            "silhouette": None,
-                            "assigned_later": True,
-                        }
-                        for i, c, s in zip(ids[new], labels, similarity, strict=True)
-                    ],
-                )
-        summary = self.summary(found.id)
-        summary.assigned = int(new.sum())
-        return summary
+        labels, similarity = cluster.assign(x[new], centroids)
+        with write_transaction(self.engine) as conn:
+            cq.insert_members(
+                conn,
+                found.id,
+                [
+                    {
+                        "image_id": int(i),
+                        "number": numbers[c],
+                        "distance": float(1 - s),
+                        "silhouette": None,
+                        "assigned_later": True,
+                    }
+                    for i, c, s in zip(ids[new], labels, similarity, strict=True)
+                ],
+            )
+            after = cq.summary(conn, found)
+        return AssignResult(after, int(new.sum()))
 
     def export(
-        self, run_id: int | None, target: Path, mode: str = "symlink", force: bool = False
+        self,
+        run_id: int | None,
+        target: Path,
+        mode: str = ExportMode.SYMLINK,
+        force: bool = False,
     ) -> ExportSummary:
         """One folder per cluster ('03-beach') of links to (or copies of) its images.
 
         Never moves, changes or deletes a source file; refuses a non-empty target unless
         ``force`` (then existing entries are left as they are).
         """
-        if mode not in ("symlink", "copy"):
+        if mode not in tuple(ExportMode):
             raise ClusterError(f"unknown export mode {mode!r}: choose symlink or copy")
         target = Path(target).expanduser()
         if target.exists() and not target.is_dir():
             raise ClusterError(f"{target} is a file: choose a folder to export into")
         if target.exists() and any(target.iterdir()) and not force:
             raise ClusterError(f"{target} is not empty: choose an empty folder, or pass --force")
-        summary = self.summary(run_id, representatives=0)
-        with self.lib.engine.connect() as conn:
-            members = cq.members(conn, summary.run_id)
-        width = max(2, len(str(summary.k)))
-        folders = {
-            c.number: target / f"{c.number:0{width}d}-{naming.slug(c.label or 'cluster')}"
-            for c in summary.clusters
-        }
-        result = ExportSummary(0, 0, 0, 0, str(target))
+        run = self.summary(run_id)
+        width = max(2, len(str(run.run.k)))
+        counts = {"linked": 0, "copied": 0, "skipped": 0}
         used: dict[int, set[bytes]] = {}
         try:
-            for m in members:
-                folder = os.fsencode(folders[m.number])
-                os.makedirs(folder, exist_ok=True)
-                dest = os.path.join(folder, _unique_name(m, used.setdefault(m.number, set())))
-                source = os.path.join(os.fsencode(m.root), m.relpath)
-                if os.path.lexists(dest) or not os.path.exists(source):
-                    result.skipped += 1
-                elif mode == "symlink":
-                    os.symlink(source, dest)
-                    result.linked += 1
-                else:
-                    shutil.copy2(source, dest)
-                    result.copied += 1
+            for c in run.clusters:
+                folder = os.fsencode(
+                    target / f"{c.number:0{width}d}-{naming.slug(c.label or 'cluster')}"
+                )
+                for m in c.members:
+                    os.makedirs(folder, exist_ok=True)
+                    name = _unique_name(m, used.setdefault(c.number, set()))
+                    counts[_export_one(m, os.path.join(folder, name), mode)] += 1
         except OSError as exc:
             raise ClusterError(
-                f"export to {target} stopped after {result.linked + result.copied} images: "
-                f"{exc.strerror or exc} (your photos are untouched)"
+                f"export to {target} stopped after {counts['linked'] + counts['copied']} "
+                f"images: {exc.strerror or exc} (your photos are untouched)"
             ) from None
-        result.folders = len(used)
-        return result
+        return ExportSummary(len(used), **counts, target=str(target))
 
     def evaluate(
-        self, run_id: int | None = None, labels: str = "folders"
-    ) -> tuple[RunSummary, cluster.Evaluation]:
+        self, run_id: int | None = None, labels: str = LabelSource.FOLDERS
+    ) -> RunEvaluation:
         """Compare a run with true labels: each image's folder, relative to its root
         (``2019/Beach`` and ``2020/Beach`` are different labels; files at the root are ".")."""
-        if labels != "folders":
+        if labels != LabelSource.FOLDERS:
             raise ClusterError(f"unknown labels {labels!r}: only 'folders' is supported")
-        summary = self.summary(run_id, representatives=0)
-        with self.lib.engine.connect() as conn:
-            members = cq.members(conn, summary.run_id)
+        run = self.summary(run_id)
+        members = run.members
         if not members:
-            raise ClusterError(f"cluster run {summary.run_id} has no images left to evaluate")
-        true = [display_path(os.path.dirname(m.relpath)) or "." for m in members]
-        predicted = np.array([m.number for m in members])
-        return summary, cluster.evaluate(true, predicted)
+            raise ClusterError(f"cluster run {run.run.id} has no images left to evaluate")
+        true = [display_path(os.path.dirname(m.relpath)) or "." for _, m in members]
+        predicted = np.array([number for number, _ in members])
+        return RunEvaluation(run.run, cluster.evaluate(true, predicted))
 
 
-def _unique_name(member, used: set[bytes]) -> bytes:
+def _find_run(conn: Connection, run_id: int | None) -> ClusterRunRecord:
+    found = cq.run(conn, run_id)
+    if found is None:
+        raise ClusterError(
+            "no cluster runs yet: run `organizer cluster -k auto` first"
+            if run_id is None
+            else f"no cluster run {run_id}: `organizer runs` lists them"
+        )
+    return found
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _member_rows(ids: np.ndarray, part: cluster.Partition, sil: cluster.Silhouettes) -> list[dict]:
+    return [
+        {
+            "image_id": int(i),
+            "number": int(c) + 1,
+            "distance": float(d),
+            "silhouette": None if np.isnan(s) else float(s),
+            "assigned_later": False,
+        }
+        for i, c, d, s in zip(ids, part.labels, part.distances, sil.per_image, strict=True)
+    ]
+
+
+def _export_one(member: MemberRecord, dest: bytes, mode: str) -> str:
+    """Link or copy one image; which of the export's counts it adds to."""
+    source = os.path.join(os.fsencode(member.root), member.relpath)
+    if os.path.lexists(dest) or not os.path.exists(source):
+        return "skipped"
+    if mode == ExportMode.SYMLINK:
+        os.symlink(source, dest)
+        return "linked"
+    shutil.copy2(source, dest)
+    return "copied"
+
+
+def _unique_name(member: MemberRecord, used: set[bytes]) -> bytes:
     """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it."""
     name = os.path.basename(member.relpath)
     stem, ext = os.path.splitext(name)

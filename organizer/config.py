@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
+
+import platformdirs
 
 from organizer.errors import OrganizerError
 
@@ -12,14 +15,26 @@ DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 ENV_PREFIX = "ORGANIZER_"
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+class Device(StrEnum):
+    AUTO = "auto"  # CUDA when there is a GPU, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # the fastest that keeps the vectors right on this machine
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+DEVICES = tuple(d.value for d in Device)
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 def default_library_dir() -> Path:
     """The per-user library directory (e.g. ~/.local/share/organizer/library on Linux)."""
-    import platformdirs
-
     return platformdirs.user_data_path("organizer", appauthor=False) / "library"
 
 

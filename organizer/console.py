@@ -6,9 +6,11 @@ Data goes to stdout (a table, or one JSON document); progress, warnings and erro
 from __future__ import annotations
 
 import json
-import os
+import signal
 import sys
 import time
+
+from organizer.scan import shown_path
 
 
 def err(message: str) -> None:
@@ -20,14 +22,8 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-def shown(root: str, relpath: bytes, absolute: bool) -> str:
-    from organizer.scan import display_path
-
-    text = display_path(relpath)
-    return os.path.join(display_path(os.fsencode(root)), text) if absolute else text
+    """One JSON document: the ``to_dict()`` of a result (anything else is a bug, not a str)."""
+    print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 class StopRequest:
@@ -47,18 +43,14 @@ class StopRequest:
         return self.requested
 
     def __enter__(self):
-        import signal
-
         self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
         signal.signal(signal.SIGINT, self._old)
 
 
-class IngestProgress:
+class IngestProgressBar:
     """A rich progress bar on stderr when it is a terminal; a no-op callback otherwise."""
 
     def __init__(self, enabled: bool):
@@ -102,26 +94,25 @@ class IngestProgress:
             self._bar.stop()
 
 
-def print_failures(failures, absolute: bool, as_json: bool) -> None:
-    if as_json:
-        from organizer.scan import display_path
-
-        print_json(
-            {
-                "failed": [
-                    {
-                        "root": f.root,
-                        "path": shown(f.root, f.relpath, absolute),
-                        "path_bytes_hex": f.relpath.hex()
-                        if display_path(f.relpath) != f.relpath.decode("utf-8", "replace")
-                        else None,
-                        "reason": f.reason,
-                    }
-                    for f in failures
-                ]
-            }
+def print_ingest(s) -> None:
+    print(
+        f"ingested in {s.elapsed_s:.1f} s: {s.new} new, {s.changed} changed, {s.moved} moved, "
+        f"{s.unchanged} unchanged, {s.missing} missing, {s.failed} failed"
+    )
+    if s.embedded:
+        print(
+            f"embedded {s.embedded} images ({s.precision} on {s.device}, "
+            f"{s.images_per_s:.1f} images/s after {s.model_load_s:.1f} s loading the model)"
         )
-        return
+    if s.reused:
+        print(f"reused {s.reused} vectors of identical files")
+    for problem in s.problems:
+        err(f"warning: {problem}")
+    if s.failed:
+        print(f"{s.failed} files could not be read: see `organizer status --failed`")
+
+
+def print_failures(failures, absolute: bool) -> None:
     if not failures:
         print("no failed files")
         return
@@ -131,15 +122,17 @@ def print_failures(failures, absolute: bool, as_json: bool) -> None:
             print(f"{f.root}:")
             current_root = f.root
         indent = "" if absolute else "  "
-        print(f"{indent}{shown(f.root, f.relpath, absolute)}: {f.reason}")
+        print(f"{indent}{shown_path(f.root, f.relpath, absolute)}: {f.reason}")
 
 
 def print_status(st) -> None:
     model = st.model
     rows = [("library", st.library)]
     if model:
-        random = "  (random weights)" if model["random_weights"] else ""
-        rows.append(("model", f"{model['name']} / {model['pretrained']}, {model['dim']}-d{random}"))
+        random = "  (random weights)" if model.spec.is_random else ""
+        rows.append(
+            ("model", f"{model.spec.name} / {model.spec.pretrained}, {model.dim}-d{random}")
+        )
     else:
         rows.append(("model", "none yet (chosen at the first ingest)"))
     rows.append(("roots", "\n        ".join(st.roots) if st.roots else "none"))
@@ -151,7 +144,7 @@ def print_status(st) -> None:
     health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
     rows.append(("index", f"{index.description or 'none'}, {index.count or 0} vectors, {health}"))
     if st.last_ingest:
-        last = st.last_ingest
+        last = st.last_ingest.to_dict()
         rows.append(
             (
                 "ingest",
@@ -164,67 +157,91 @@ def print_status(st) -> None:
 
 def print_results(res, absolute: bool, as_json: bool) -> None:
     if as_json:
-        print_json(
-            {
-                "query": res.query,
-                "results": [
-                    {
-                        "rank": r.rank,
-                        "path": shown(r.root, r.relpath, absolute),
-                        "root": r.root,
-                        "score": round(r.score, 6),
-                        "image_id": r.image_id,
-                    }
-                    for r in res.results
-                ],
-            }
-        )
+        print_json(res.to_dict(absolute))
         return
     if not res.results:
         print("no results")
     for r in res.results:
-        print(f"{r.rank:>3}  {r.score:.4f}  {shown(r.root, r.relpath, absolute)}")
+        print(f"{r.rank:>3}  {r.score:.4f}  {shown_path(r.root, r.relpath, absolute)}")
 
 
-def group_json(group, absolute: bool) -> dict:
-    images = [
-        {
-            "path": shown(m.root, m.relpath, absolute),
-            "root": m.root,
-            "image_id": m.image_id,
-            "size": m.size,
-            "width": m.width,
-            "height": m.height,
-            "identical": m.identical_to_keeper,
-        }
-        for m in group.members
-    ]
-    keep = next(i["path"] for i in images if i["image_id"] == group.keep)
-    return {"images": images, "keep": keep}
+def print_duplicates(groups, absolute: bool) -> None:
+    if not groups:
+        print("no duplicates")
+    for n, g in enumerate(groups, start=1):
+        print(f"group {n} ({len(g.members)} images)")
+        for m in g.members:
+            mark = "keep" if m.image_id == g.keep else ("same" if m.identical_to_keeper else "    ")
+            size = f"{m.width}x{m.height}" if m.width else "?"
+            path = shown_path(m.root, m.relpath, absolute)
+            print(f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {path}")
 
 
 def print_run(summary, absolute: bool = False, top: int = 0) -> None:
-    sil = f"{summary.silhouette:.3f}" if summary.silhouette is not None else "n/a"
+    run = summary.run
+    sil = f"{run.silhouette:.3f}" if run.silhouette is not None else "n/a"
     print(
-        f"run {summary.run_id}: k={summary.k} ({summary.algorithm}, seed {summary.seed}), "
-        f"{summary.n_images} images, silhouette {sil}"
+        f"run {run.id}: k={run.k} ({run.algorithm}, seed {run.seed}), "
+        f"{run.n_images} images, silhouette {sil}"
     )
-    if summary.sweep:
-        best = summary.k
+    if run.sweep:
         print("  k sweep (silhouette, cosine):")
-        for p in summary.sweep:
-            print(
-                f"    k={p['k']:<4} {p['silhouette']:.4f}{'  <- chosen' if p['k'] == best else ''}"
-            )
+        for p in run.sweep:
+            chosen = "  <- chosen" if p["k"] == run.k else ""
+            print(f"    k={p['k']:<4} {p['silhouette']:.4f}{chosen}")
     print(f"  {'#':>3}  {'label':<24} {'size':>6}  silhouette")
     for c in summary.clusters:
         csil = f"{c.silhouette:.3f}" if c.silhouette is not None else "n/a"
         print(f"  {c.number:>3}  {(c.label or '-')[:24]:<24} {c.size:>6}  {csil}")
-        for root, relpath in c.representatives[:top]:
-            print(f"         {shown(root, relpath, absolute)}")
+        for m in c.members[:top]:
+            print(f"         {shown_path(m.root, m.relpath, absolute)}")
 
 
-class ReportProgress:
+def print_runs(runs) -> None:
+    if not runs:
+        print("no cluster runs yet: organizer cluster -k auto")
+    for r in runs:
+        created = r.to_dict()["created_at"]
+        print(f"run {r.id}: {created}  k={r.k}  {r.algorithm}  {r.n_images} images")
+
+
+def print_evaluation(result) -> None:
+    run, ev = result.run, result.evaluation
+    sil = f"{run.silhouette:.3f}" if run.silhouette is not None else "n/a"
+    print(
+        f"run {run.id} (k={run.k}): NMI {ev.nmi:.3f}  ARI {ev.ari:.3f}  "
+        f"purity {ev.purity:.3f}  silhouette {sil}"
+    )
+    print(f"  {'label':<24} {'images':>6} {'clusters':>8}  main cluster (share)  entropy")
+    for s in ev.spread:
+        print(
+            f"  {s.label[:24]:<24} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} ({s.main_share:.0%})"
+            f"{'':>9}{s.entropy_bits:.2f} bits"
+        )
+
+
+def print_report(s) -> None:
+    run_text = (
+        f"cluster run {s.run_id} (k={s.k})"
+        if s.run_id
+        else "no cluster run yet: organizer cluster -k auto"
+    )
+    print(f"wrote {s.path} ({s.size_bytes / 1e6:.1f} MB): {s.n_images:,} images, {run_text}")
+    if s.sampled:
+        print(
+            f"  map: a seeded sample of {s.n_points:,} of {s.n_images:,} images "
+            f"(--max-points {s.n_images} shows all)"
+        )
+    print(
+        f"  t-SNE {s.tsne_s:.1f} s ({s.backend}), thumbnails {s.thumbnails_s:.1f} s, total {s.total_s:.1f} s"
+    )
+    if s.png:
+        print(f"  map image: {s.png}")
+    if s.placeholders:
+        print(f"  {s.placeholders} images could not be shown (placeholders)")
+
+
+class ReportStatusLine:
     """A rich status line on stderr while the report is made (terminals only)."""
 
     def __init__(self, enabled: bool):

@@ -1,22 +1,30 @@
 """The search side of a library: similar images, text queries, near-duplicate groups.
 
-A thin layer between :class:`~organizer.library.Library` (files, model, database) and the
-pure ranking in :mod:`organizer.search`.
+A thin layer between the store (metadata, stored vectors), the vector index and the model,
+each handed in by the caller, and the pure ranking in :mod:`organizer.search`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import Engine
 
 from organizer import search
+from organizer.embed import Embedder
 from organizer.errors import QueryError
-from organizer.scan import display_path, is_image_name
+from organizer.pipeline import Job, prepare
+from organizer.scan import display_path, is_image_name, shown_path
 from organizer.store import queries as q
+from organizer.store.records import ImageRecord, ImageStatus
+from organizer.vectors import VectorIndex
+
+IndexProvider = Callable[[], VectorIndex]
+EmbedderProvider = Callable[[], Embedder]
 
 
 @dataclass(frozen=True)
@@ -29,15 +37,29 @@ class Result:
     root: str
     relpath: bytes
 
+    def to_dict(self, absolute: bool = False) -> dict:
+        return {
+            "rank": self.rank,
+            "path": shown_path(self.root, self.relpath, absolute),
+            "root": self.root,
+            "score": round(self.score, 6),
+            "image_id": self.image_id,
+        }
+
 
 @dataclass(frozen=True)
 class Results:
     query: str
     results: list[Result]
 
+    def to_dict(self, absolute: bool = False) -> dict:
+        return {"query": self.query, "results": [r.to_dict(absolute) for r in self.results]}
+
 
 @dataclass(frozen=True)
 class Member:
+    """An image of a duplicate group."""
+
     image_id: int
     root: str
     relpath: bytes
@@ -46,18 +68,40 @@ class Member:
     height: int | None
     identical_to_keeper: bool
 
+    def to_dict(self, absolute: bool = False) -> dict:
+        return {
+            "path": shown_path(self.root, self.relpath, absolute),
+            "root": self.root,
+            "image_id": self.image_id,
+            "size": self.size,
+            "width": self.width,
+            "height": self.height,
+            "identical": self.identical_to_keeper,
+        }
 
-@dataclass
+
+@dataclass(frozen=True)
 class DuplicateGroup:
+    """The same photo several times; ``keep`` is the suggested keeper's image id."""
+
     keep: int
     members: list[Member] = field(default_factory=list)
 
+    def to_dict(self, absolute: bool = False) -> dict:
+        images = [m.to_dict(absolute) for m in self.members]
+        keep = next(i["path"] for i in images if i["image_id"] == self.keep)
+        return {"images": images, "keep": keep}
+
 
 class Finder:
-    """Search operations over an opened library."""
+    """Search operations over a library's store, vector index and model."""
 
-    def __init__(self, library):
-        self.lib = library
+    def __init__(self, engine: Engine, index: IndexProvider, embedder: EmbedderProvider):
+        """``index()`` gives the current vector index and ``embedder()`` the model (loaded
+        only when a query needs it: a file outside the library, or a text)."""
+        self.engine = engine
+        self.index = index
+        self.embedder = embedder
 
     # -- query vectors ---------------------------------------------------------------------
 
@@ -68,28 +112,25 @@ class Finder:
             st = os.stat(real)
         except OSError:
             return None
-        with self.lib.engine.connect() as conn:
-            roots = q.all_roots(conn)
-            for root_id, root in roots.items():
+        with self.engine.connect() as conn:
+            for root_id, root in q.all_roots(conn).items():
                 if not real.startswith(root.rstrip("/") + "/"):
                     continue
-                row = q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
+                found = q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
                 if (
-                    row is None
-                    or row.status != q.OK
-                    or (row.size, row.mtime_ns) != (st.st_size, st.st_mtime_ns)
+                    found is None
+                    or found.status != ImageStatus.OK
+                    or (found.size, found.mtime_ns) != (st.st_size, st.st_mtime_ns)
                 ):
                     return None
                 model = q.library_model(conn)
-                vector = q.get_vector(conn, row.id, model.id)
-                return None if vector is None else (row.id, vector)
+                vector = q.get_vector(conn, found.id, model.id)
+                return None if vector is None else (found.id, vector)
         return None
 
     def embed_file(self, path: Path) -> np.ndarray:
         """Embed an image file with the library's model (it is not added to the library)."""
-        from organizer.pipeline import Job, prepare
-
-        embedder = self.lib.embedder()
+        embedder = self.embedder()
         prepared = prepare(Job(0, os.fsencode(path), -1, -1), embedder.preprocess)
         if prepared.error:
             raise QueryError(f"cannot read {path}: {prepared.error}")
@@ -119,21 +160,27 @@ class Finder:
         path = self.check_term(term)
         if path is not None:
             return self.image_vector(path)[1]
-        return self.lib.embedder().embed_texts([search.PROMPT.format(term.strip())])[0]
+        return self.embedder().embed_texts([search.PROMPT.format(term.strip())])[0]
 
     # -- the three searches ----------------------------------------------------------------
 
-    def similar(self, photo: str | Path, k: int = 12, threshold: float | None = None) -> Results:
+    def similar(
+        self, photo: str | Path, limit: int = 12, threshold: float | None = None
+    ) -> Results:
         path = Path(photo).expanduser()
         if not path.is_file():
             raise QueryError(f"image not found: {photo}")
         image_id, vector = self.image_vector(path)
         exclude = () if image_id is None else (image_id,)
-        hits = search.rank(self.lib.vectors(), vector, k, exclude, threshold, allowed=self._ok)
-        return Results(_shown(str(photo)), self._results(hits))
+        return Results(_shown(str(photo)), self._ranked(vector, limit, exclude, threshold))
 
     def search(
-        self, query: str | None, plus=(), minus=(), k: int = 12, threshold: float | None = None
+        self,
+        query: str | None,
+        plus: Sequence[str] = (),
+        minus: Sequence[str] = (),
+        limit: int = 12,
+        threshold: float | None = None,
     ) -> Results:
         for term in [*([query] if query is not None else []), *plus, *minus]:
             self.check_term(term)  # every bad term is reported before the model is loaded
@@ -143,58 +190,69 @@ class Finder:
         terms += [(self.term_vector(t), 1.0) for t in plus]
         terms += [(self.term_vector(t), -1.0) for t in minus]
         vector = search.combine(terms)
-        hits = search.rank(self.lib.vectors(), vector, k, (), threshold, allowed=self._ok)
         described = " ".join(
             [query or "", *(f"+{t}" for t in plus), *(f"-{t}" for t in minus)]
         ).strip()
-        return Results(described, self._results(hits))
+        return Results(described, self._ranked(vector, limit, (), threshold))
 
     def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
         if not 0 < threshold <= 1:
             raise QueryError(f"--threshold must be in (0, 1], not {threshold}")
-        index = self.lib.vectors()
-        with self.lib.engine.connect() as conn:
+        index = self.index()
+        with self.engine.connect() as conn, conn.begin():
             model = q.library_model(conn)
             if model is None:
                 return []
-            ids, vectors = q.ok_vectors(conn, model.id, model.dim)
-        pairs = search.duplicate_pairs(index, ids, vectors, threshold)
-        groups = search.groups_from_pairs(pairs)
-        with self.lib.engine.connect() as conn:
-            meta = q.describe_images(conn, [i for g in groups for i in g])
-        return [self._group(g, meta) for g in groups]
+            # The query vectors stream from the database: memory stays flat in its size.
+            batches = q.iter_ok_vectors(conn, model.id, model.dim)
+            pairs = search.duplicate_pairs(index, batches, threshold)
+            groups = search.groups_from_pairs(pairs)
+            records = q.describe_images(conn, [i for g in groups for i in g])
+        return [_group(g, records) for g in groups]
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _ok(self, ids: list[int]) -> set[int]:
-        with self.lib.engine.connect() as conn:
-            meta = q.describe_images(conn, ids)
-        return {i for i, m in meta.items() if m.status == q.OK}
+    def _ranked(
+        self,
+        vector: np.ndarray,
+        limit: int,
+        exclude: Sequence[int],
+        threshold: float | None,
+    ) -> list[Result]:
+        """The best ``limit`` ok images for a query vector; each candidate is read once."""
+        records: dict[int, ImageRecord] = {}
 
-    def _results(self, hits: list[search.Hit]) -> list[Result]:
-        with self.lib.engine.connect() as conn:
-            meta = q.describe_images(conn, [h.image_id for h in hits])
+        def shown_ok(ids: list[int]) -> set[int]:
+            unseen = [i for i in ids if i not in records]
+            if unseen:
+                with self.engine.connect() as conn:
+                    records.update(q.describe_images(conn, unseen))
+            return {i for i in ids if i in records and records[i].status == ImageStatus.OK}
+
+        hits = search.rank(self.index(), vector, limit, exclude, threshold, allowed=shown_ok)
         return [
-            Result(rank, h.image_id, h.score, meta[h.image_id].root, meta[h.image_id].relpath)
+            Result(rank, h.image_id, h.score, records[h.image_id].root, records[h.image_id].relpath)
             for rank, h in enumerate(hits, start=1)
         ]
 
-    @staticmethod
-    def _group(ids: list[int], meta: dict[int, q.ImageInfoRow]) -> DuplicateGroup:
-        def age(m: q.ImageInfoRow) -> float:
-            when = m.captured_at or datetime.fromtimestamp(m.mtime_ns / 1e9)
-            return when.timestamp()
 
-        def pixels(m: q.ImageInfoRow) -> int:
-            return (m.width or 0) * (m.height or 0)
-
-        keeper = min(ids, key=lambda i: (-pixels(meta[i]), age(meta[i]), i))
-        group = DuplicateGroup(keep=keeper)
-        for i in sorted(ids, key=lambda i: (i != keeper, meta[i].root, meta[i].relpath)):
-            m = meta[i]
-            identical = m.content_hash is not None and m.content_hash == meta[keeper].content_hash
-            group.members.append(Member(i, m.root, m.relpath, m.size, m.width, m.height, identical))
-        return group
+def _group(ids: list[int], records: dict[int, ImageRecord]) -> DuplicateGroup:
+    """A group with its keeper: the largest resolution, then the oldest, then the first id."""
+    keeper = min(ids, key=lambda i: (-records[i].pixels, records[i].taken, i))
+    keeper_hash = records[keeper].content_hash
+    members = [
+        Member(
+            i,
+            records[i].root,
+            records[i].relpath,
+            records[i].size,
+            records[i].width,
+            records[i].height,
+            keeper_hash is not None and records[i].content_hash == keeper_hash,
+        )
+        for i in sorted(ids, key=lambda i: (i != keeper, records[i].root, records[i].relpath))
+    ]
+    return DuplicateGroup(keeper, members)
 
 
 def _shown(text: str) -> str:

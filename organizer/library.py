@@ -15,22 +15,34 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
+from organizer.cluster_runs import AssignResult, Clustering, ExportSummary, KSpec
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
 from organizer.errors import Interrupted, LibraryError, ModelError, ModelMismatchError
+from organizer.finder import DuplicateGroup, Finder, Results
+from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
 from organizer.lock import WriterLock
+from organizer.report import ReportProgress, ReportSummary, write_report
+from organizer.roots import targets_for
+from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
-
-if TYPE_CHECKING:
-    from organizer.ingest import IngestOptions, IngestSummary, Progress, Target
-from organizer.store.db import create_engine_for, migrate, write_transaction
+from organizer.store.db import create_engine_for, explain, migrate, write_transaction
+from organizer.store.records import (
+    ClusterRunRecord,
+    ClusterRunSummary,
+    Failure,
+    IngestRunRecord,
+    LibraryModel,
+    RunStatus,
+)
+from organizer.vectors import IndexCache, IndexDelta, VectorIndex
 
 DB_FILE = "library.db"
 INDEX_FILE = "vectors.faiss"
@@ -54,6 +66,16 @@ class IndexStatus:
     in_sync: bool
     path: str
 
+    def to_dict(self) -> dict:
+        return {
+            "type": self.type,
+            "description": self.description,
+            "recall_at_10": self.recall_at_10,
+            "count": self.count,
+            "in_sync": self.in_sync,
+            "path": self.path,
+        }
+
 
 @dataclass(frozen=True)
 class LibraryStatus:
@@ -61,22 +83,36 @@ class LibraryStatus:
 
     library: str
     roots: list[str]
-    model: dict | None
+    model: LibraryModel | None
     images: dict[str, int]
     index: IndexStatus
-    last_ingest: dict | None
+    last_ingest: IngestRunRecord | None
+
+    def to_dict(self) -> dict:
+        return {
+            "library": self.library,
+            "roots": self.roots,
+            "model": self.model.to_dict() if self.model else None,
+            "images": self.images,
+            "index": self.index.to_dict(),
+            "last_ingest": self.last_ingest.to_dict() if self.last_ingest else None,
+        }
 
 
 class Library:
-    """An opened library. Use :meth:`open`; close it (or use ``with``) when done."""
+    """An opened library. Use :meth:`open`; close it (or use ``with``) when done.
 
-    def __init__(self, settings: Settings, engine, embedder_loader: EmbedderLoader):
+    The facade: it owns the engine, the writer lock, the model and the index cache, and hands
+    each part only what that part uses (:class:`Finder`, :class:`Clustering`, the report).
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, embedder_loader: EmbedderLoader):
         self.settings = settings
         self.path = settings.library
         self.engine = engine
         self._embedder_loader = embedder_loader
         self._embedder: Embedder | None = None
-        self._index = None  # (generation, VectorIndex) while this object lives
+        self._index: tuple[int, VectorIndex] | None = None  # (generation, index) while open
         self._writing = False  # this process holds the writer lock
 
     # -- opening ---------------------------------------------------------------------------
@@ -90,6 +126,9 @@ class Library:
         embedder_loader: EmbedderLoader | None = None,
     ) -> Library:
         """Open (and with ``create``, make) the library directory; migrate its schema.
+
+        ``embedder_loader`` makes the model when a command first needs it (default: open_clip);
+        tests pass one that returns a fake.
 
         Raises:
             LibraryError: no library there (and not ``create``), or the folder is unusable.
@@ -135,7 +174,8 @@ class Library:
 
     # -- model -----------------------------------------------------------------------------
 
-    def model(self) -> q.LibraryModel | None:
+    def model(self) -> LibraryModel | None:
+        """The model this library's vectors were made with (None before the first ingest)."""
         with self.engine.connect() as conn:
             return q.library_model(conn)
 
@@ -173,18 +213,7 @@ class Library:
         if self._embedder is None:
             spec = self.requested_spec()
             if spec.weights_sha256:
-                try:
-                    same = sha256_file(Path(spec.pretrained)) == spec.weights_sha256
-                except OSError as exc:
-                    raise ModelError(
-                        f"checkpoint {spec.pretrained} of this library cannot be read "
-                        f"({exc.strerror}): put it back, or pass --pretrained with its new path"
-                    ) from None
-                if not same:
-                    raise ModelError(
-                        f"checkpoint {spec.pretrained} changed since this library was built: "
-                        "restore the original file"
-                    )
+                _check_checkpoint(spec)
             self._embedder = self._embedder_loader(spec, self.settings)
         return self._embedder
 
@@ -192,7 +221,7 @@ class Library:
 
     def ingest(
         self,
-        paths: list[str | Path],
+        paths: Sequence[str | Path],
         *,
         options: IngestOptions | None = None,
         wait: bool = False,
@@ -207,58 +236,63 @@ class Library:
             LibraryError: a path that is not a folder.
             Interrupted: ``cancel()`` returned True; finished batches are committed.
         """
-        from organizer.ingest import IngestOptions, IngestRun
+        options = self._ingest_options(options or IngestOptions())
+        with self._writer("ingest", wait):
+            model = self.model()
+            self.requested_spec()  # refuse a model mismatch before any work
+            targets = self._targets(paths)
+            ingestor = Ingestor(
+                self.engine,
+                self.embedder,
+                model.id if model else None,
+                options,
+                progress,
+                cancel,
+            )
+            with write_transaction(self.engine) as conn:
+                run_id = q.start_run(conn, os.getpid())
+            status = RunStatus.FAILED
+            try:
+                summary = ingestor.run(targets)
+                status = RunStatus.FINISHED
+            except Interrupted:
+                status = RunStatus.INTERRUPTED
+                self.refresh_index(ingestor.index_delta())
+                raise
+            finally:
+                self._finish_run(run_id, status, ingestor.summary)
+            problem = self.refresh_index(ingestor.index_delta())
+            if problem:
+                summary.problems.append(problem)
+        return summary
 
-        options = options or IngestOptions()
+    def _ingest_options(self, options: IngestOptions) -> IngestOptions:
+        """Fill the options' gaps from the settings; never walk into the library itself."""
         if options.batch_size is None and self.settings.batch_size:
             options = replace(options, batch_size=self.settings.batch_size)
         if options.workers is None and self.settings.workers is not None:
             options = replace(options, workers=self.settings.workers)
-        options = replace(options, exclude=(*options.exclude, self.path))
-        lock = self.writer_lock("ingest")
+        return replace(options, exclude=(*options.exclude, self.path))
+
+    @contextlib.contextmanager
+    def _writer(self, purpose: str, wait: bool) -> Iterator[None]:
+        lock = self.writer_lock(purpose)
         lock.acquire(wait=wait)
         self._writing = True
         try:
-            model = self.model()
-            self.requested_spec()  # refuse a model mismatch before any work
-            targets = self._targets(paths)
-            run = IngestRun(
-                self.engine, self.embedder, model.id if model else None, options, progress, cancel
-            )
-            with write_transaction(self.engine) as conn:
-                run_id = q.start_run(conn, os.getpid())
-            status = "failed"
-            try:
-                summary = run.run(targets)
-                status = "finished"
-            except Interrupted:
-                status = "interrupted"
-                self.refresh_index(run.index_delta())
-                raise
-            finally:
-                # Bookkeeping only: if it fails too (a full disk), the first error is the story.
-                with contextlib.suppress(LibraryError), write_transaction(self.engine) as conn:
-                    q.finish_run(
-                        conn,
-                        run_id,
-                        status,
-                        run.summary.to_dict(),
-                        run.summary.device,
-                        run.summary.precision,
-                    )
-            problem = self.refresh_index(run.index_delta())
-            if problem:
-                summary.problems.append(problem)
+            yield
         finally:
             self._writing = False
             lock.release()
-        return summary
 
-    def _targets(self, paths: list[str | Path]) -> list[Target]:
-        from organizer.roots import targets_for
+    def _finish_run(self, run_id: int, status: RunStatus, summary: IngestSummary) -> None:
+        # Bookkeeping only: if it fails too (a full disk), the first error is the story.
+        with contextlib.suppress(LibraryError), write_transaction(self.engine) as conn:
+            q.finish_run(conn, run_id, status, summary.to_dict(), summary.device, summary.precision)
 
+    def _targets(self, paths: Sequence[str | Path]) -> list[Target]:
         with self.engine.connect() as conn:
-            return targets_for(paths, q.all_roots(conn))
+            return targets_for(list(paths), q.all_roots(conn))
 
     # -- the vector index ------------------------------------------------------------------
 
@@ -267,13 +301,11 @@ class Library:
         return self.path / INDEX_FILE
 
     @property
-    def index_cache(self):
-        from organizer.vectors import IndexCache
-
+    def index_cache(self) -> IndexCache:
         return IndexCache(self.engine, self.index_path, self._may_write_index)
 
     @contextlib.contextmanager
-    def _may_write_index(self):
+    def _may_write_index(self) -> Iterator[bool]:
         """Whether this process may (re)write the index file now: yes while it holds the writer
         lock; a reader only when no writer is running (its file would be stale at once)."""
         if self._writing:
@@ -290,7 +322,7 @@ class Library:
             if got:
                 lock.release()
 
-    def vectors(self):
+    def vectors(self) -> VectorIndex:
         """The vector index: kept in memory while the database's vectors do not change, read
         from its file when that matches the database, else rebuilt."""
         with self.engine.connect() as conn:
@@ -301,7 +333,7 @@ class Library:
         self._index = (generation, index)
         return index
 
-    def refresh_index(self, delta=None) -> str | None:
+    def refresh_index(self, delta: IndexDelta | None = None) -> str | None:
         """Bring the index file in step with the database (after writes, or when damaged);
         returns a warning when the file could not be written."""
         return self.index_cache.refresh(delta)
@@ -309,95 +341,114 @@ class Library:
     # -- search ----------------------------------------------------------------------------
 
     @property
-    def finder(self):
-        from organizer.finder import Finder
+    def finder(self) -> Finder:
+        return Finder(self.engine, self.vectors, self.embedder)
 
-        return Finder(self)
-
-    def similar(self, photo, k: int = 12, threshold: float | None = None):
+    def similar(
+        self, photo: str | Path, limit: int = 12, threshold: float | None = None
+    ) -> Results:
         """Images most like ``photo`` (a library file: its stored vector, no model; any other
         image: embedded on the fly, not added). The photo itself is not among the results."""
-        return self.finder.similar(photo, k, threshold)
+        return self.finder.similar(photo, limit, threshold)
 
     def search(
-        self, query: str | None, plus=(), minus=(), k: int = 12, threshold: float | None = None
-    ):
+        self,
+        query: str | None,
+        plus: Sequence[str] = (),
+        minus: Sequence[str] = (),
+        limit: int = 12,
+        threshold: float | None = None,
+    ) -> Results:
         """Text-to-image search; each term (query, --plus, --minus) is a text or an image path."""
-        return self.finder.search(query, plus, minus, k, threshold)
+        return self.finder.search(query, plus, minus, limit, threshold)
 
-    def duplicates(self, threshold: float = 0.96):
+    def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
         """Groups of identical and near-identical images, each with a suggested keeper."""
         return self.finder.duplicates(threshold)
 
     # -- clusters --------------------------------------------------------------------------
 
     @property
-    def clustering(self):
-        from organizer.cluster_runs import Clustering
+    def clustering(self) -> Clustering:
+        return Clustering(self.engine, self.embedder, self.path)
 
-        return Clustering(self)
-
-    def cluster(self, k: int | str = "auto", **options):
+    def cluster(self, k: KSpec = "auto", **options: object) -> ClusterRunSummary:
         """K-means over the library's vectors, stored as a new run (see Clustering.run)."""
         return self.clustering.run(k, **options)
 
-    def clusters(self, run_id: int | None = None, representatives: int = 5):
-        """A stored run (default: the latest) with each cluster's most representative images."""
-        return self.clustering.summary(run_id, representatives)
+    def clusters(self, run_id: int | None = None) -> ClusterRunSummary:
+        """A stored run (default: the latest) with its clusters and their members."""
+        return self.clustering.summary(run_id)
+
+    def runs(self) -> list[ClusterRunRecord]:
+        """Every stored cluster run, oldest first."""
+        with self.engine.connect() as conn:
+            return cq.all_runs(conn)
+
+    def assign_new(self, run_id: int | None = None) -> AssignResult:
+        """Put images ingested after a run into its nearest clusters (see Clustering)."""
+        return self.clustering.assign_new(run_id)
+
+    def export(
+        self, run_id: int | None, target: Path, mode: str = "symlink", force: bool = False
+    ) -> ExportSummary:
+        """One folder per cluster of links to (or copies of) its images (see Clustering)."""
+        return self.clustering.export(run_id, target, mode, force)
 
     # -- report ----------------------------------------------------------------------------
 
-    def report(self, output: Path, run_id: int | None = None, **options):
+    def report(
+        self,
+        output: Path,
+        run_id: int | None = None,
+        progress: Callable[[ReportProgress], None] | None = None,
+        **options: object,
+    ) -> ReportSummary:
         """Write the self-contained HTML report (see organizer.report.write_report)."""
-        from organizer.report import write_report
-
-        return write_report(self, Path(output).expanduser(), run_id, **options)
+        return write_report(
+            self.engine, Path(output).expanduser(), run_id, progress=progress, **options
+        )
 
     # -- status ----------------------------------------------------------------------------
 
     def status(self) -> LibraryStatus:
         """Roots, model, counts by status, index health, last ingest."""
-        import json
-
         with self.engine.connect() as conn, conn.begin():
             roots = list(q.all_roots(conn).values())
             model = q.library_model(conn)
             counts = q.status_counts(conn)
             state = q.index_state(conn)
             last = q.last_run(conn)
-        in_sync = self.index_cache.in_sync()
-        model_info = None
-        if model is not None:
-            model_info = {
-                "name": model.spec.name,
-                "pretrained": model.spec.pretrained,
-                "weights_sha256": model.spec.weights_sha256,
-                "dim": model.dim,
-                "random_weights": model.spec.is_random,
-            }
-        last_info = None
-        if last is not None:
-            last_info = {
-                "finished_at": last.finished_at.isoformat() + "Z",
-                "status": last.status,
-                "device": last.device,
-                "precision": last.precision,
-                "summary": json.loads(last.summary_json or "{}"),
-            }
         index = IndexStatus(
             state.index_type,
             state.index_description,
             state.recall_at_10,
             state.file_count,
-            in_sync,
+            self.index_cache.in_sync(),
             str(self.index_path),
         )
-        return LibraryStatus(str(self.path), roots, model_info, counts, index, last_info)
+        return LibraryStatus(str(self.path), roots, model, counts, index, last)
 
-    def failures(self) -> list[q.Failure]:
+    def failures(self) -> list[Failure]:
         """Files recorded as failed, with the reason, sorted by root and path."""
         with self.engine.connect() as conn:
             return q.failures(conn)
+
+
+def _check_checkpoint(spec: ModelSpec) -> None:
+    """The library's checkpoint file must still be the one its vectors were made with."""
+    try:
+        same = sha256_file(Path(spec.pretrained)) == spec.weights_sha256
+    except OSError as exc:
+        raise ModelError(
+            f"checkpoint {spec.pretrained} of this library cannot be read "
+            f"({exc.strerror}): put it back, or pass --pretrained with its new path"
+        ) from None
+    if not same:
+        raise ModelError(
+            f"checkpoint {spec.pretrained} changed since this library was built: "
+            "restore the original file"
+        )
 
 
 def _make_library_dir(path: Path) -> None:
@@ -410,8 +461,6 @@ def _make_library_dir(path: Path) -> None:
 
 
 def _sqlite_reason(path: Path, exc: Exception) -> str:
-    from organizer.store.db import explain
-
     message = str(getattr(exc, "orig", exc))
     if isinstance(getattr(exc, "orig", None), sqlite3.OperationalError) and (
         "readonly" in message or "unable to open" in message

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from organizer.errors import ClusterError
+from organizer.resources import vocabulary_path
 
 DEFAULT_TEMPLATES = ("a photo of {}.",)
 _ARTICLE = re.compile(r"^(a|an|the)\s+", re.IGNORECASE)
@@ -34,19 +35,13 @@ class Vocabulary:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def default_vocabulary_path() -> Path:
-    from organizer.store.db import _resource_dir
-
-    return _resource_dir("data") / "vocabulary.txt"
-
-
 def load_vocabulary(path: Path | None = None) -> Vocabulary:
     """Read a vocabulary file: one concept a line, ``template: ...{}...`` lines, ``#`` comments.
 
     Raises:
         ClusterError: the file cannot be read, has no concepts, or a template lacks ``{}``.
     """
-    path = Path(path).expanduser() if path else default_vocabulary_path()
+    path = Path(path).expanduser() if path else vocabulary_path()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing as mp
 import os
+import queue
 import signal
+import threading
+import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import numpy as np
 
@@ -179,7 +185,6 @@ class DecodePool:
         draft: bool = True,
         prepare_fn=prepare,
     ):
-        import multiprocessing as mp
 
         self._ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
         self._args = (prepare_fn, spec, frozenset(skip_decode), draft)
@@ -228,8 +233,6 @@ class DecodePool:
 
     def results(self, jobs: Iterable[Job]) -> Iterator[Prepared]:
         """Prepare every job; yields each result once, in completion order."""
-        import queue
-        import threading
 
         out: queue.Queue = queue.Queue(maxsize=self._buffer)
         done = object()
@@ -254,8 +257,6 @@ class DecodePool:
             raise errors[0]
 
     def _run(self, jobs: Iterator[Job], out) -> None:
-        import time
-        from multiprocessing.connection import wait
 
         exhausted = False
         while not self._stop:
@@ -298,7 +299,6 @@ class DecodePool:
 
     def _put(self, out, item: object) -> None:
         """Hand a result to the consumer, waiting while it is behind (back-pressure)."""
-        import queue
 
         while not self._stop:
             try:
@@ -372,7 +372,5 @@ def prepare_parallel(
                 done.add(prepared.key)
                 yield prepared
     except PoolUnavailable as exc:
-        import warnings
-
         warnings.warn(f"decoding in the main process instead ({exc})", stacklevel=2)
         yield from prepare_all((j for j in jobs if j.key not in done), spec, skip_decode)

@@ -165,3 +165,9 @@ def display_path(relpath: bytes) -> str:
             c if 32 <= ord(c) != 127 else c.encode("unicode_escape").decode() for c in text
         )
     return text
+
+
+def shown_path(root: str, relpath: bytes, absolute: bool = False) -> str:
+    """How results show a file: relative to its root, or with ``absolute`` the whole path."""
+    text = display_path(relpath)
+    return os.path.join(display_path(os.fsencode(root)), text) if absolute else text

@@ -84,18 +84,17 @@ def rank(
 
 
 def duplicate_pairs(
-    index, ids: np.ndarray, vectors: np.ndarray, threshold: float, batch: int = 4096
+    index, batches: Iterable[tuple[np.ndarray, np.ndarray]], threshold: float
 ) -> list[tuple[int, int, float]]:
     """Pairs of distinct images whose cosine similarity is at least ``threshold``.
 
-    Uses the index's range search: exact for the flat index, and for the IVF index limited
-    to the lists it probes (near-duplicates share a list far more often than not).
+    ``batches`` yields (ids, vectors) of every image to pair up, a batch at a time. Uses the
+    index's range search: exact for the flat index, and for the IVF index limited to the
+    lists it probes (near-duplicates share a list far more often than not).
     """
     pairs = []
-    for start in range(0, len(ids), batch):
-        chunk = vectors[start : start + batch]
-        for i, (found, scores) in enumerate(index.within(chunk, threshold)):
-            a = int(ids[start + i])
+    for ids, vectors in batches:
+        for a, (found, scores) in zip(ids.tolist(), index.within(vectors, threshold), strict=True):
             for b, s in zip(found.tolist(), scores.tolist(), strict=True):
                 if a < b:
                     pairs.append((a, int(b), float(s)))

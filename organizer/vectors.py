@@ -20,10 +20,17 @@ import hashlib
 import math
 import os
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import Engine
+
+from organizer.errors import LibraryError
+from organizer.store import queries as q
+from organizer.store.db import write_transaction
 
 FLAT_MAX = 50_000
 TARGET_RECALL = 0.97
@@ -262,7 +269,12 @@ class IndexDelta:
 class IndexCache:
     """The index file of one library, verified against and rebuilt from its database."""
 
-    def __init__(self, engine, path: Path, may_write=None):
+    def __init__(
+        self,
+        engine: Engine,
+        path: Path,
+        may_write: Callable[[], AbstractContextManager[bool]] | None = None,
+    ):
         """``may_write()`` is a context manager yielding whether this process may write the
         file now (readers must not rewrite it under a running ingest); default: always."""
         self.engine = engine
@@ -273,19 +285,15 @@ class IndexCache:
     def load(self) -> VectorIndex:
         """The index from its file when checksum and generation match the database, else
         rebuilt from the database (and saved when the folder is writable)."""
-        from organizer.store import queries as q
-
         with self.engine.connect() as conn:
             state = q.index_state(conn)
-        if state.file_sha256 and state.file_generation == state.generation:
+        if state.file_current:
             index = read_index(self.path, state.file_sha256, state.recall_at_10, mmap=True)
             if index is not None and len(index) == state.file_count:
                 return index
         return self._rebuild()
 
     def in_sync(self) -> bool:
-        from organizer.store import queries as q
-
         with self.engine.connect() as conn:
             state = q.index_state(conn)
         return bool(
@@ -309,8 +317,6 @@ class IndexCache:
         return self.problem
 
     def _apply(self, delta: IndexDelta) -> VectorIndex | None:
-        from organizer.store import queries as q
-
         with self.engine.connect() as conn, conn.begin():
             state = q.index_state(conn)
             if state.file_generation != delta.base_generation or not state.file_sha256:
@@ -335,8 +341,6 @@ class IndexCache:
         return index
 
     def _rebuild(self) -> VectorIndex:
-        from organizer.store import queries as q
-
         with self.engine.connect() as conn, conn.begin():
             state = q.index_state(conn)
             model = q.library_model(conn)
@@ -348,9 +352,6 @@ class IndexCache:
         return index
 
     def _save(self, index: VectorIndex, generation: int) -> None:
-        from organizer.errors import LibraryError
-        from organizer.store import queries as q
-        from organizer.store.db import write_transaction
 
         try:
             with self.may_write() as allowed:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fakes import TINY_CONFIG, FakeEmbedder, make_folder
-
 from organizer.config import Settings
 from organizer.library import Library
+from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
 
 REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "openimages-100"
 
@@ -43,12 +39,16 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
-def fake_lib(settings):
-    """A library whose embedder is the numpy FakeEmbedder (no torch); ``lib.fake`` counts calls."""
-    fake = FakeEmbedder()
+def fake() -> FakeEmbedder:
+    """The numpy FakeEmbedder behind ``fake_lib``; it counts its calls."""
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def fake_lib(settings, fake):
+    """A library whose embedder is the ``fake`` fixture (numpy, no torch)."""
     fake_settings = Settings(library=settings.library)
     lib = Library.open(fake_settings, create=True, embedder_loader=lambda spec, s: fake)
-    lib.fake = fake
     yield lib
     lib.close()
 
@@ -80,7 +80,7 @@ def real_photos() -> Path:
 
 
 def pytest_terminal_summary(terminalreporter):
-    from battery import BATTERY
+    from tests.battery import BATTERY
 
     line = BATTERY.line()
     if line:

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from fakes import TINY_CONFIG
 
 from organizer.lock import WriterLock
+from tests.fakes import TINY_CONFIG
 
 
 def test_ingest_json_summary_and_status(cli, photos):
@@ -141,3 +141,62 @@ def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
     )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cluster", "-k", "0"],
+        ["cluster", "-k", "1"],
+        ["cluster", "-k", "abc"],
+        ["cluster", "--algorithm", "magic"],
+        ["cluster", "--k-min", "1"],
+        ["duplicates", "--threshold", "1.5"],
+        ["duplicates", "--threshold", "0"],
+        ["similar", "photo.jpg", "-n", "0"],
+        ["search", "a dog", "--limit", "-3"],
+        ["clusters", "-n", "-1"],
+        ["export", "--to", "out", "--mode", "hardlinkz"],
+        ["evaluate", "--labels", "astrology"],
+        ["ingest", "--precision", "fp8"],
+        ["ingest", "--device", "tpu"],
+        ["ingest", "--batch-size", "0"],
+        ["ingest", "--workers", "-1"],
+        ["report", "--max-points", "0"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_before_anything_runs(cli, tmp_path, args):
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "--help" in lines[0]
+    assert not (tmp_path / "lib").exists()  # refused at parse time: no library was made
+
+
+def test_old_spellings_still_work(cli, photos):
+    """-k/--top of similar and search, clusters --top/--runs and cluster --assign-new."""
+    assert cli("ingest", photos).exit_code == 0
+    photo = photos / "img000.jpg"
+    new = json.loads(cli("similar", photo, "-n", "2", "--json").stdout)
+    old = json.loads(cli("similar", photo, "-k", "2", "--json").stdout)
+    assert old == new and len(new["results"]) == 2
+    assert len(json.loads(cli("search", "x", "--top", "3", "--json").stdout)["results"]) == 3
+    assert cli("cluster", "-k", "2", "--no-names").exit_code == 0
+    runs = json.loads(cli("runs", "--json").stdout)
+    assert json.loads(cli("clusters", "--runs", "--json").stdout) == runs
+    top = json.loads(cli("clusters", "--top", "1", "--json").stdout)
+    assert all(len(c["representatives"]) == 1 for c in top["clusters"])
+    assign = json.loads(cli("cluster", "--assign-new", "--json").stdout)
+    assert assign == json.loads(cli("cluster", "assign", "--json").stdout)
+    assert assign["assigned"] == 0
+    for command in (["similar", "--help"], ["clusters", "--help"], ["cluster", "--help"]):
+        shown = cli(*command).stdout
+        assert "--top" not in shown and "--assign-new" not in shown and "--runs" not in shown
+
+
+def test_no_arguments_shows_the_help(cli):
+    result = cli()
+    assert result.exit_code == 2 and "Usage: " in result.stdout and "ingest" in result.stdout

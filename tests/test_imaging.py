@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from fakes import image_bytes, picture
 from PIL import Image
 
 from organizer.errors import ImageError
 from organizer.imaging import PreprocessSpec, decode, to_model_input
+from tests.fakes import image_bytes, picture
 
 
 def _rgb(data: bytes) -> np.ndarray:

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
-from fakes import make_folder
 
 from organizer.store import queries as q
+from tests.fakes import make_folder
 
 
 def _db_vectors(lib):
@@ -42,30 +42,29 @@ def _damage(path, how, other):
 
 
 @pytest.mark.parametrize("how", ["deleted", "truncated", "bit-flipped", "foreign", "empty"])
-def test_damaged_index_is_rebuilt_from_the_database(fake_lib, photos, tmp_path, how):
-    from fakes import FakeEmbedder
-
+def test_damaged_index_is_rebuilt_from_the_database(fake_lib, fake, photos, tmp_path, how):
     from organizer.config import Settings
     from organizer.library import Library
+    from tests.fakes import FakeEmbedder
 
     fake_lib.ingest([photos])
     other_root = tmp_path / "other"
     make_folder(other_root, 3, start_seed=50)
     other_dir = tmp_path / "other-lib"
-    fake = FakeEmbedder()
+    other_fake = FakeEmbedder()
     with Library.open(
-        Settings(library=other_dir), create=True, embedder_loader=lambda s, t: fake
+        Settings(library=other_dir), create=True, embedder_loader=lambda s, t: other_fake
     ) as other:
         other.ingest([other_root])
     assert fake_lib.status().index.in_sync
 
-    from battery import BATTERY
+    from tests.battery import BATTERY
 
     with BATTERY.fault():
         _damage(fake_lib.index_path, how, other_dir / "vectors.faiss")
         assert not fake_lib.status().index.in_sync
         _assert_index_equals_db(fake_lib)  # rebuilt, never re-embedded
-        assert fake_lib.fake.images_embedded == 6
+        assert fake.images_embedded == 6
         st = fake_lib.status()
         BATTERY.mismatch(st.index.in_sync and st.index.count == 6, "rebuilt index not in sync")
 

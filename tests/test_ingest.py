@@ -7,12 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
-from fakes import picture, write_picture
 
 from organizer.config import Settings
 from organizer.errors import LibraryError
 from organizer.library import Library
 from organizer.store import queries as q
+from tests.fakes import picture, write_picture
 
 
 def rows(lib):
@@ -27,10 +27,10 @@ def vectors(lib):
     return dict(zip(ids.tolist(), vecs, strict=True))
 
 
-def test_first_ingest_embeds_everything(fake_lib, photos):
+def test_first_ingest_embeds_everything(fake_lib, fake, photos):
     s = fake_lib.ingest([photos])
     assert (s.new, s.changed, s.moved, s.unchanged, s.missing, s.failed) == (6, 0, 0, 0, 0, 0)
-    assert fake_lib.fake.images_embedded == 6
+    assert fake.images_embedded == 6
     r = rows(fake_lib)
     assert set(r) == {
         "img000.jpg",
@@ -45,7 +45,7 @@ def test_first_ingest_embeds_everything(fake_lib, photos):
 
 
 def test_unchanged_reingest_embeds_nothing_and_loads_no_model(settings, photos):
-    from fakes import FakeEmbedder
+    from tests.fakes import FakeEmbedder
 
     fake = FakeEmbedder()
     with Library.open(
@@ -63,16 +63,16 @@ def test_unchanged_reingest_embeds_nothing_and_loads_no_model(settings, photos):
         assert s.unchanged == 6
 
 
-def test_edit_is_reembedded_touch_is_not(fake_lib, photos):
+def test_edit_is_reembedded_touch_is_not(fake_lib, fake, photos):
     fake_lib.ingest([photos])
     before = rows(fake_lib)
     vec_before = vectors(fake_lib)
     write_picture(photos / "img000.jpg", 100)  # new content, same path
     os.utime(photos / "img001.jpg", ns=(1, 10**18))  # touched, same content
-    calls = fake_lib.fake.images_embedded
+    calls = fake.images_embedded
     s = fake_lib.ingest([photos])
     assert (s.changed, s.unchanged, s.new) == (1, 5, 0)
-    assert fake_lib.fake.images_embedded == calls + 1
+    assert fake.images_embedded == calls + 1
     after = rows(fake_lib)
     assert after["img000.jpg"].id == before["img000.jpg"].id
     assert after["img000.jpg"].content_hash != before["img000.jpg"].content_hash
@@ -82,30 +82,30 @@ def test_edit_is_reembedded_touch_is_not(fake_lib, photos):
     assert after["img001.jpg"].mtime_ns == 10**18
 
 
-def test_move_keeps_id_and_vector(fake_lib, photos):
+def test_move_keeps_id_and_vector(fake_lib, fake, photos):
     fake_lib.ingest([photos])
     before = rows(fake_lib)
     vec = vectors(fake_lib)[before["img003.jpg"].id]
     (photos / "renamed").mkdir()
     os.rename(photos / "img003.jpg", photos / "renamed" / "holiday.jpg")
-    calls = fake_lib.fake.images_embedded
+    calls = fake.images_embedded
     s = fake_lib.ingest([photos])
     assert (s.moved, s.new, s.missing, s.embedded) == (1, 0, 0, 0)
-    assert fake_lib.fake.images_embedded == calls
+    assert fake.images_embedded == calls
     after = rows(fake_lib)
     assert "img003.jpg" not in after
     assert after["renamed/holiday.jpg"].id == before["img003.jpg"].id
     np.testing.assert_array_equal(vectors(fake_lib)[before["img003.jpg"].id], vec)
 
 
-def test_identical_content_is_embedded_once(fake_lib, tmp_path):
+def test_identical_content_is_embedded_once(fake_lib, fake, tmp_path):
     root = tmp_path / "dups"
     write_picture(root / "a.jpg", 7)
     shutil.copy(root / "a.jpg", root / "b.jpg")
     shutil.copy(root / "a.jpg", root / "c.jpg")
     s = fake_lib.ingest([root])
     assert s.new == 3 and s.embedded == 1 and s.reused == 2
-    assert fake_lib.fake.images_embedded == 1
+    assert fake.images_embedded == 1
     vecs = list(vectors(fake_lib).values())
     assert len(vecs) == 3 and np.array_equal(vecs[0], vecs[1]) and np.array_equal(vecs[0], vecs[2])
     shutil.copy(root / "a.jpg", root / "d.jpg")  # a later copy reuses the stored vector
@@ -204,7 +204,7 @@ def test_unmounted_root_is_not_marked_missing(fake_lib, tmp_path, photos):
 
 
 def test_hidden_files_and_the_library_itself_are_skipped(settings, tmp_path):
-    from fakes import FakeEmbedder
+    from tests.fakes import FakeEmbedder
 
     root = tmp_path / "root"
     write_picture(root / "a.jpg", 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -81,10 +82,11 @@ def test_upgrade_from_each_earlier_revision_keeps_data(tmp_path):
     from alembic import command
     from alembic.config import Config
 
+    from organizer.resources import migrations_dir
     from organizer.store import queries as q
-    from organizer.store.db import migrations_dir, write_transaction
+    from organizer.store.db import write_transaction
 
-    for old in ("0001", "0002"):
+    for old in ("0001", "0002", "0003"):
         engine = create_engine_for(tmp_path / f"from-{old}.sqlite")
         config = Config()
         config.set_main_option("script_location", str(migrations_dir()))
@@ -106,3 +108,55 @@ def test_upgrade_from_each_earlier_revision_keeps_data(tmp_path):
             q.mark_missing(conn, [1])  # the 0001 triggers still bump the generation
             assert q.index_state(conn).generation == before + 1
             assert q.known_images(conn, 1)[b"a.jpg"].status == "missing"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO images (root_id, relpath, size, mtime_ns, status, created_at, updated_at) "
+        "VALUES (1, x'62', 1, 1, 'deleted', '2026-01-01', '2026-01-01')",
+        "UPDATE images SET status = 'OK'",
+        "INSERT INTO ingest_runs (started_at, pid, status) VALUES ('2026-01-01', 1, 'done')",
+        "UPDATE ingest_runs SET status = 'crashed'",
+    ],
+)
+def test_unknown_statuses_are_refused(tmp_path, statement):
+    """Revision 0004: the status columns take only the statuses organizer knows."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = create_engine_for(tmp_path / "db.sqlite")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO roots (id, path, added_at) VALUES (1, '/p', '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO images (root_id, relpath, size, mtime_ns, status, created_at, "
+            "updated_at) VALUES (1, x'61', 1, 1, 'ok', '2026-01-01', '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO ingest_runs (started_at, pid, status) VALUES ('2026-01-01', 1, 'running')"
+        )
+    with pytest.raises(IntegrityError, match="CHECK constraint failed"), engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+
+
+def test_every_status_the_code_writes_is_accepted(tmp_path):
+    from organizer.store.records import ImageStatus, RunStatus
+
+    engine = create_engine_for(tmp_path / "db.sqlite")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO roots (id, path, added_at) VALUES (1, '/p', '2026-01-01')"
+        )
+        for n, status in enumerate(ImageStatus):
+            conn.exec_driver_sql(
+                "INSERT INTO images (root_id, relpath, size, mtime_ns, status, created_at, "
+                f"updated_at) VALUES (1, x'6{n}', 1, 1, '{status}', '2026-01-01', '2026-01-01')"
+            )
+        for status in RunStatus:
+            conn.exec_driver_sql(
+                "INSERT INTO ingest_runs (started_at, pid, status) "
+                f"VALUES ('2026-01-01', 1, '{status}')"
+            )

@@ -12,10 +12,10 @@ import uuid
 
 import numpy as np
 import pytest
-from fakes import TINY_CONFIG, make_folder, misbehaving_prepare, write_picture
 
 from organizer.imaging import PreprocessSpec
 from organizer.pipeline import DecodePool, Job, prepare
+from tests.fakes import TINY_CONFIG, make_folder, misbehaving_prepare, write_picture
 
 
 def _jobs(paths):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import clustered_vectors, store_vectors, write_picture
 from PIL import Image
 
 from organizer.errors import ReportError
@@ -21,6 +20,7 @@ from organizer.report import projection as proj
 from organizer.report import write_report
 from organizer.report.render import script_json
 from organizer.report.thumbs import PLACEHOLDER, SIDE
+from tests.fakes import clustered_vectors, store_vectors, write_picture
 
 HOSTILE = ["<img src=x onerror=alert(1)>.jpg", "</script>.jpg", "a\"quote'&amp;.jpg"]
 
@@ -81,28 +81,30 @@ class Page(HTMLParser):
 def report(lib, tmp_path: Path, **options) -> tuple[Page, str, object]:
     out = tmp_path / "out" / "report.html"
     out.parent.mkdir(exist_ok=True)
-    summary = write_report(lib, out, **options)
+    summary = write_report(lib.engine, out, **options)
     html = out.read_text(encoding="utf-8")
     return Page(html), html, summary
 
 
+CLUSTERED_NAMES = [f"{folder}/img{i:02d}.jpg" for folder in ("beach", "city") for i in range(6)]
+
+
 @pytest.fixture
 def clustered_lib(fake_lib):
-    names = [f"{folder}/img{i:02d}.jpg" for folder in ("beach", "city") for i in range(6)]
-    make_library(fake_lib, names)
+    """``fake_lib`` holding CLUSTERED_NAMES, clustered with k=2."""
+    make_library(fake_lib, CLUSTERED_NAMES)
     fake_lib.cluster(2, names=False)
-    fake_lib.names = names
     return fake_lib
 
 
 def test_report_structure(clustered_lib, tmp_path):
     clustered_lib.cluster("auto", k_min=2, k_max=3, names=False)
     page, html, summary = report(clustered_lib, tmp_path)
-    n = len(clustered_lib.names)
+    n = len(CLUSTERED_NAMES)
     assert summary.n_images == summary.n_points == n and not summary.sampled
     assert summary.size_bytes == len(html.encode()) and summary.placeholders == 0
     assert len(page.data["x"]) == len(page.data["y"]) == len(page.data["c"]) == n
-    assert sorted(page.data["p"]) == sorted(clustered_lib.names)
+    assert sorted(page.data["p"]) == sorted(CLUSTERED_NAMES)
     assert all(0 <= v <= 1 for v in page.data["x"] + page.data["y"])
     k = summary.k
     assert k == 2 and len(page.sections()) == k and len(page.find("button")) == k
@@ -132,7 +134,7 @@ def test_hostile_names_are_escaped(fake_lib, tmp_path, where):
         with write_transaction(fake_lib.engine) as conn:
             conn.execute(
                 update(clusters_t)
-                .where(clusters_t.c.run_id == run.run_id)
+                .where(clusters_t.c.run_id == run.run.id)
                 .values(label="</style><script>alert(1)</script>$x^")
             )
     page, html, _ = report(fake_lib, tmp_path)
@@ -230,13 +232,13 @@ def test_bad_requests_are_clear_errors(clustered_lib, tmp_path, options, message
     if "png" in options:
         options["png"] = tmp_path / options["png"]
     with pytest.raises(ReportError, match=message):
-        write_report(clustered_lib, output, **options)
+        write_report(clustered_lib.engine, output, **options)
     assert not (tmp_path / "report.html").exists()
 
 
 def test_empty_library_is_a_clear_error(fake_lib, tmp_path):
     with pytest.raises(ReportError, match="no images yet"):
-        write_report(fake_lib, tmp_path / "report.html")
+        write_report(fake_lib.engine, tmp_path / "report.html")
 
 
 def test_a_full_disk_leaves_no_half_written_file(clustered_lib, tmp_path, monkeypatch):
@@ -250,7 +252,7 @@ def test_a_full_disk_leaves_no_half_written_file(clustered_lib, tmp_path, monkey
 
     monkeypatch.setattr(render.os, "fsync", full)
     with pytest.raises(ReportError, match="disk is full"):
-        write_report(clustered_lib, out)
+        write_report(clustered_lib.engine, out)
     assert out.read_text() == "the previous report"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".report.html")]
 
@@ -316,8 +318,8 @@ def test_images_added_after_the_run_are_marked_with_the_remedy(clustered_lib, tm
     extra, _, _ = clustered_vectors(1, 3, seed=5)
     store_vectors(clustered_lib, extra, ["new/a.jpg", "new/b.jpg", "new/c.jpg"])
     page, html, summary = report(clustered_lib, tmp_path)
-    assert summary.n_points == len(clustered_lib.names) + 3
+    assert summary.n_points == len(CLUSTERED_NAMES) + 3
     assert (
         page.data["c"].count(0) == 3 and page.data["clusters"][-1]["name"] == "added after this run"
     )
-    assert f"organizer cluster --assign-new --run {summary.run_id}" in html
+    assert f"organizer cluster assign --run {summary.run_id}" in html

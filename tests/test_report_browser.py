@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_report import HOSTILE, make_library
 
 from organizer.report import write_report
+from tests.test_report import HOSTILE, make_library
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -76,7 +76,7 @@ def test_report_in_chromium(fake_lib, tmp_path, browser_page):
     make_library(fake_lib, names, clusters=3)
     fake_lib.cluster(3, names=False)
     out = tmp_path / "report.html"
-    write_report(fake_lib, out)
+    write_report(fake_lib.engine, out)
 
     page.goto(out.as_uri())
     page.wait_for_load_state("load")

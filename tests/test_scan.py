@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from fakes import write_picture
-
 from organizer.scan import display_path, scan_root
+from tests.fakes import write_picture
 
 
 def test_symlink_loop_broken_link_and_outside_link(tmp_path):

@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from fakes import make_folder, picture, write_picture
 
 from organizer.errors import QueryError
 from organizer.search import combine
 from organizer.store import queries as q
+from tests.fakes import make_folder, picture, write_picture
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_similar_equals_brute_force_ranking(searchable):
     ids, vecs, names = _stored(lib)
     for query_row in (0, 5, 9):
         query_id = ids[query_row]
-        res = lib.similar(root / os.fsdecode(names[query_id]), k=5)
+        res = lib.similar(root / os.fsdecode(names[query_id]), limit=5)
         scores = vecs @ vecs[query_row]
         order = [i for i in np.argsort(-scores, kind="stable") if ids[i] != query_id][:5]
         assert [r.image_id for r in res.results] == [int(ids[i]) for i in order]
@@ -50,7 +50,7 @@ def test_similar_equals_brute_force_ranking(searchable):
 
 def test_copy_is_the_top_similar_result_and_a_duplicate(searchable):
     lib, root = searchable
-    res = lib.similar(root / "img000.jpg", k=3)
+    res = lib.similar(root / "img000.jpg", limit=3)
     assert res.results[0].relpath == b"copy-of-0.jpg" and res.results[0].score > 0.96
     groups = lib.duplicates(0.96)
     assert len(groups) == 1
@@ -76,7 +76,7 @@ def test_missing_files_never_appear(searchable):
     lib, root = searchable
     (root / "copy-of-0.jpg").unlink()
     lib.ingest([root])
-    res = lib.similar(root / "img000.jpg", k=20)
+    res = lib.similar(root / "img000.jpg", limit=20)
     assert b"copy-of-0.jpg" not in [r.relpath for r in res.results]
     assert lib.duplicates(0.96) == []
 
@@ -86,16 +86,16 @@ def test_external_image_is_embedded_not_added(searchable, tmp_path):
     outside = tmp_path / "outside.jpg"
     picture(3).resize((80, 54)).save(outside)
     before = lib.status().images
-    res = lib.similar(outside, k=1)
+    res = lib.similar(outside, limit=1)
     assert res.results[0].relpath == b"img003.jpg"
     assert lib.status().images == before
 
 
 def test_text_search_combines_terms(searchable):
     lib, root = searchable
-    res = lib.search("a red square", k=4)
+    res = lib.search("a red square", limit=4)
     assert len(res.results) == 4
-    res = lib.search(None, plus=[str(root / "img000.jpg")], k=2)
+    res = lib.search(None, plus=[str(root / "img000.jpg")], limit=2)
     assert {r.relpath for r in res.results} == {b"img000.jpg", b"copy-of-0.jpg"}
 
 
@@ -119,7 +119,6 @@ def test_combine_is_the_normalised_weighted_sum():
             ["search", "beach", "--plus", "nowhere/sunset.jpg"],
             "image not found: nowhere/sunset.jpg",
         ),
-        (["duplicates", "--threshold", "1.5"], "--threshold"),
     ],
 )
 def test_bad_queries_are_one_line_errors(searchable, cli, tmp_path, args, message):

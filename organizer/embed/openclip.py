@@ -7,9 +7,11 @@ import difflib
 import logging
 import os
 import pickle
+import socket
 import tempfile
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -105,7 +107,6 @@ def _cached_checkpoint(cfg: dict, cache_dir: str | None) -> str | None:
 
 
 def _download_host(cfg: dict) -> str:
-    from urllib.parse import urlparse
 
     if cfg.get("hf_hub"):
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -115,7 +116,6 @@ def _download_host(cfg: dict) -> str:
 
 def _reachable(host: str, timeout_s: float = 3.0) -> bool:
     """One quick connection attempt, so that an offline machine fails in seconds, not minutes."""
-    import socket
 
     try:
         with socket.create_connection((host, 443), timeout=timeout_s):

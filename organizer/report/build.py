@@ -17,12 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import Engine
 
 from organizer.errors import ReportError
 from organizer.report import data as report_data
 from organizer.report import figure, projection, render, thumbs
-from organizer.scan import display_path
+from organizer.report.data import ReportData
+from organizer.scan import shown_path
 from organizer.store import queries as q
+from organizer.store.records import ClusterRecord, ImageStatus, iso_utc
 
 # Thumbnails average about 3.3 kB in the page (112 px JPEG, base64) for real photos and at
 # most about 5.5 kB, so 5,000 points keep a report near 17 MB and under 30 MB at worst.
@@ -67,7 +70,7 @@ class ReportSummary:
 
 
 def write_report(
-    library,
+    engine: Engine,
     output: Path,
     run_id: int | None = None,
     png: Path | None = None,
@@ -79,7 +82,7 @@ def write_report(
     """Write the HTML report of a library: overview, t-SNE map, one section per cluster.
 
     Args:
-        library: an opened :class:`~organizer.library.Library`.
+        engine: the library database's engine.
         output: the HTML file to write (replaced atomically if it exists).
         run_id: the cluster run to show (default: the latest; without any run the report
             has the map and says how to cluster).
@@ -101,14 +104,14 @@ def write_report(
     output, png = Path(output).expanduser(), Path(png).expanduser() if png else None
     max_points = DEFAULT_MAX_POINTS if max_points is None else max_points
     _check_request(output, png, max_points, tsne)
-    data = report_data.load(library.engine, run_id, (CLOSEST, FARTHEST))
-    seed = data.run.seed if data.run else 0
+    data = report_data.load(engine, run_id)
+    seed = data.run.run.seed if data.run else 0
     rows = projection.sample_rows(len(data.ids), max_points, seed)
     tell(ReportProgress("map", 0, len(rows)))
     # t-SNE runs on one thread (see projection.py); the thumbnails take the other cores.
     tsne_result = _Background(projection.project, data.vectors[rows], seed, tsne)
     thumbs_started = time.perf_counter()
-    shown = _shown_images(library.engine, data, rows, absolute, tell)
+    shown = _shown_images(engine, data, rows, absolute, tell)
     thumbnails_s = time.perf_counter() - thumbs_started
     proj = tsne_result.result()
     tell(ReportProgress("map", len(rows), len(rows)))
@@ -132,8 +135,8 @@ def write_report(
         len(data.ids),
         len(rows),
         len(rows) < len(data.ids),
-        data.run.id if data.run else None,
-        data.run.k if data.run else None,
+        data.run.run.id if data.run else None,
+        data.run.run.k if data.run else None,
         proj.backend,
         proj.seconds,
         thumbnails_s,
@@ -183,29 +186,34 @@ def _shown_images(engine, data, rows, absolute, tell) -> dict[int, tuple[str, st
     wanted = [int(i) for i in data.ids[rows]]
     if data.run:
         for c in data.run.clusters:
-            wanted.extend(c.closest + c.farthest)
+            wanted.extend(_closest(c) + _farthest(c))
     wanted = list(dict.fromkeys(wanted))
     with engine.connect() as conn:
         info = q.describe_images(conn, wanted)
     files = []
     for image_id in wanted:
-        row = info[image_id]
-        path = os.path.join(os.fsencode(row.root), row.relpath)
-        files.append((path, thumbs.draft_side(thumbs.SIDE, row.width, row.height)))
+        record = info[image_id]
+        files.append((record.path, thumbs.draft_side(thumbs.SIDE, record.width, record.height)))
     uris = thumbs.data_uris(
         files,
         workers=max(1, (os.cpu_count() or 1) - 1),
         progress=lambda d, t: tell(ReportProgress("thumbnails", d, t)),
     )
     return {
-        image_id: (uri, _display(info[image_id], absolute))
+        image_id: (uri, shown_path(info[image_id].root, info[image_id].relpath, absolute))
         for image_id, uri in zip(wanted, uris, strict=True)
     }
 
 
-def _display(row: q.ImageInfoRow, absolute: bool) -> str:
-    text = display_path(row.relpath)
-    return os.path.join(display_path(os.fsencode(row.root)), text) if absolute else text
+def _closest(c: ClusterRecord) -> list[int]:
+    """The cluster's most representative images: closest to the centroid first."""
+    return [m.image_id for m in c.members[:CLOSEST]]
+
+
+def _farthest(c: ClusterRecord) -> list[int]:
+    """Its outliers, farthest first; never one of the representatives (small clusters)."""
+    rest = c.members[len(_closest(c)) :]
+    return [m.image_id for m in reversed(rest)][:FARTHEST]
 
 
 def _legend(data) -> list[tuple[int, str, str, int]]:
@@ -243,15 +251,15 @@ def _context(data, rows, proj, shown, legend, png_bytes, absolute) -> dict:
     return {
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "overview": _overview(data, absolute),
-        "run": data.run,
-        "sweep_range": _sweep_range(data.run.sweep if data.run else None),
+        "run": _run_context(data),
+        "sweep_range": _sweep_range(data.run.run.sweep if data.run else None),
         "map": {
             "points": len(rows),
             "total": len(data.ids),
             "sampled": len(rows) < len(data.ids),
             "backend": BACKEND_NAMES.get(proj.backend, proj.backend),
             "seconds": proj.seconds,
-            "seed": data.run.seed if data.run else 0,
+            "seed": data.run.run.seed if data.run else 0,
             "added_later": int((data.numbers == 0).sum()) if data.run else 0,
         },
         "legend": [
@@ -264,7 +272,23 @@ def _context(data, rows, proj, shown, legend, png_bytes, absolute) -> dict:
     }
 
 
-def _sweep_range(sweep: list[dict] | None) -> tuple[float, float]:
+def _run_context(data: ReportData) -> dict | None:
+    if data.run is None:
+        return None
+    run = data.run.run
+    return {
+        "id": run.id,
+        "created_at": iso_utc(run.created_at, timespec="seconds"),
+        "k": run.k,
+        "algorithm": run.algorithm,
+        "seed": run.seed,
+        "n_images": run.n_images,
+        "silhouette": run.silhouette,
+        "sweep": run.sweep,
+    }
+
+
+def _sweep_range(sweep: tuple[dict, ...] | None) -> tuple[float, float]:
     """The scale of the k-sweep bars: from 0 (or the lowest score) to the best score."""
     scores = [p["silhouette"] for p in sweep or []] or [1.0]
     low, high = min(0.0, *scores), max(scores)
@@ -278,8 +302,8 @@ def _overview(data, absolute: bool) -> dict:
         weights = os.path.basename(weights)  # a checkpoint path says where the user keeps files
     return {
         "images": len(data.ids),
-        "failed": data.counts.get(q.FAILED, 0),
-        "missing": data.counts.get(q.MISSING, 0),
+        "failed": data.counts.get(ImageStatus.FAILED, 0),
+        "missing": data.counts.get(ImageStatus.MISSING, 0),
         "model": spec.name,
         "weights": weights,
         "weights_sha256": spec.weights_sha256,
@@ -299,8 +323,8 @@ def _sections(data, legend, shown) -> list[dict]:
             "labels": c.labels[:3],
             "size": c.size,
             "silhouette": c.silhouette,
-            "closest": [shown[i] for i in c.closest],
-            "farthest": [shown[i] for i in c.farthest],
+            "closest": [shown[i] for i in _closest(c)],
+            "farthest": [shown[i] for i in _farthest(c)],
         }
         for c in data.run.clusters
     ]

@@ -3,64 +3,35 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Connection
+from sqlalchemy import Engine
 
 from organizer.errors import ReportError
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
+from organizer.store.records import ClusterRunSummary, LibraryModel
 
 
 @dataclass(frozen=True)
-class ClusterInfo:
-    """One cluster of the run the report shows."""
-
-    number: int
-    label: str | None
-    labels: list[tuple[str, float]]
-    size: int
-    silhouette: float | None
-    closest: list[int]  # image ids, closest to the centroid first
-    farthest: list[int]  # image ids, farthest from the centroid first
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """The cluster run the report shows."""
-
-    id: int
-    k: int
-    algorithm: str
-    seed: int
-    silhouette: float | None
-    n_images: int
-    created_at: str
-    sweep: list[dict] | None
-    clusters: list[ClusterInfo]
-
-
-@dataclass
 class ReportData:
     """Everything the report needs from the database (paths of the shown images are read later)."""
 
-    model: q.LibraryModel
+    model: LibraryModel
     counts: dict[str, int]
     ids: np.ndarray  # ok images with a vector, ordered by id
     vectors: np.ndarray
     numbers: np.ndarray  # cluster number of each image in ``ids``; 0 = not in the run
-    run: RunInfo | None
+    run: ClusterRunSummary | None
 
 
-def load(engine, run_id: int | None, gallery: tuple[int, int]) -> ReportData:
-    """Read the model, counts, vectors and (if any) a cluster run with its galleries.
+def load(engine: Engine, run_id: int | None) -> ReportData:
+    """Read the model, counts, vectors and (if any) a cluster run with its members.
 
     Args:
         engine: the library's SQLAlchemy engine.
         run_id: the cluster run to show; None for the latest (or none when there is none).
-        gallery: how many (closest, farthest) images each cluster section shows.
 
     Raises:
         ReportError: an empty library, or no cluster run ``run_id``.
@@ -72,44 +43,19 @@ def load(engine, run_id: int | None, gallery: tuple[int, int]) -> ReportData:
             raise ReportError("the library has no images yet: run `organizer ingest FOLDER` first")
         found = cq.run(conn, run_id)
         if found is None and run_id is not None:
-            raise ReportError(f"no cluster run {run_id}: `organizer clusters --runs` lists them")
-        run, numbers = (None, np.zeros(len(ids), dtype=np.int64))
-        if found is not None:
-            run, numbers = _run_info(conn, found, ids, gallery)
-        return ReportData(model, q.status_counts(conn), ids, vectors, numbers, run)
+            raise ReportError(f"no cluster run {run_id}: `organizer runs` lists them")
+        run = cq.summary(conn, found) if found is not None else None
+        counts = q.status_counts(conn)
+    return ReportData(model, counts, ids, vectors, _numbers(ids, run), run)
 
 
-def _run_info(conn: Connection, found, ids: np.ndarray, gallery: tuple[int, int]):
-    members = cq.members(conn, found.id)  # ordered by cluster, then distance to the centroid
-    by_number: dict[int, list[int]] = {}
-    for m in members:
-        by_number.setdefault(m.number, []).append(m.image_id)
-    position = {int(i): row for row, i in enumerate(ids.tolist())}
+def _numbers(ids: np.ndarray, run: ClusterRunSummary | None) -> np.ndarray:
     numbers = np.zeros(len(ids), dtype=np.int64)
-    for m in members:
-        row = position.get(m.image_id)
+    if run is None:
+        return numbers
+    position = {int(i): row for row, i in enumerate(ids.tolist())}
+    for number, member in run.members:
+        row = position.get(member.image_id)
         if row is not None:
-            numbers[row] = m.number
-    n_close, n_far = gallery
-    clusters = []
-    for c in cq.clusters(conn, found.id):
-        ordered = by_number.get(c.number, [])
-        closest = ordered[:n_close]
-        # Outliers exclude the representatives, so a small cluster does not show an image twice.
-        farthest = [i for i in reversed(ordered[len(closest) :])][:n_far]
-        clusters.append(
-            ClusterInfo(c.number, c.label, c.labels, len(ordered), c.silhouette, closest, farthest)
-        )
-    sweep = json.loads(found.sweep_json) if found.sweep_json else None
-    run = RunInfo(
-        found.id,
-        found.k,
-        found.algorithm,
-        found.seed,
-        found.silhouette,
-        found.n_images,
-        found.created_at.isoformat(timespec="seconds") + "Z",
-        sweep,
-        clusters,
-    )
-    return run, numbers
+            numbers[row] = number
+    return numbers

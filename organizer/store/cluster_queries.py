@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import Connection, insert, select
 
 from organizer.store import queries as q
 from organizer.store.models import Cluster, ClusterMember, ClusterRun
+from organizer.store.records import (
+    ClusterRecord,
+    ClusterRunRecord,
+    ClusterRunSummary,
+    ImageStatus,
+    MemberRecord,
+)
 
-runs_t = ClusterRun.__table__
+cluster_runs_t = ClusterRun.__table__
 clusters_t = Cluster.__table__
 members_t = ClusterMember.__table__
 
-
-@dataclass(frozen=True)
-class ClusterInfo:
-    number: int
-    size: int
-    silhouette: float | None
-    label: str | None
-    labels: list[tuple[str, float]]
-    centroid: np.ndarray
+MEMBER_INSERT_BATCH = 5000
 
 
-def insert_run(conn: Connection, **values) -> int:
-    return conn.execute(insert(runs_t).values(created_at=q.now(), **values)).inserted_primary_key[0]
+def insert_run(conn: Connection, created_at: datetime, **values: object) -> int:
+    stmt = insert(cluster_runs_t).values(created_at=created_at, **values)
+    return conn.execute(stmt).inserted_primary_key[0]
 
 
 def insert_clusters(conn: Connection, run_id: int, rows: list[dict]) -> None:
@@ -35,63 +35,44 @@ def insert_clusters(conn: Connection, run_id: int, rows: list[dict]) -> None:
 
 
 def insert_members(conn: Connection, run_id: int, rows: list[dict]) -> None:
-    for start in range(0, len(rows), 5000):
-        conn.execute(
-            insert(members_t), [{"run_id": run_id, **r} for r in rows[start : start + 5000]]
-        )
+    for chunk in q.chunked(rows, MEMBER_INSERT_BATCH):
+        conn.execute(insert(members_t), [{"run_id": run_id, **r} for r in chunk])
 
 
-def run(conn: Connection, run_id: int | None) -> ClusterRun | None:
+def _run_record(row) -> ClusterRunRecord:
+    return ClusterRunRecord(
+        row.id,
+        row.created_at,
+        row.algorithm,
+        row.k,
+        row.seed,
+        bool(row.auto),
+        row.silhouette,
+        row.n_images,
+        tuple(json.loads(row.sweep_json)) if row.sweep_json else None,
+    )
+
+
+def run(conn: Connection, run_id: int | None) -> ClusterRunRecord | None:
     """A run by id, or the latest one when ``run_id`` is None."""
-    stmt = select(runs_t)
-    stmt = (
-        stmt.where(runs_t.c.id == run_id)
-        if run_id is not None
-        else stmt.order_by(runs_t.c.id.desc())
-    )
-    row = conn.execute(stmt.limit(1)).first()
-    return None if row is None else ClusterRun(**row._asdict())
+    t = cluster_runs_t
+    stmt = select(t).where(t.c.id == run_id) if run_id is not None else select(t)
+    row = conn.execute(stmt.order_by(t.c.id.desc()).limit(1)).first()
+    return None if row is None else _run_record(row)
 
 
-def all_runs(conn: Connection) -> list[ClusterRun]:
-    return [ClusterRun(**r._asdict()) for r in conn.execute(select(runs_t).order_by(runs_t.c.id))]
+def all_runs(conn: Connection) -> list[ClusterRunRecord]:
+    t = cluster_runs_t
+    return [_run_record(r) for r in conn.execute(select(t).order_by(t.c.id))]
 
 
-def clusters(conn: Connection, run_id: int) -> list[ClusterInfo]:
-    rows = conn.execute(
-        select(clusters_t).where(clusters_t.c.run_id == run_id).order_by(clusters_t.c.number)
-    )
-    return [
-        ClusterInfo(
-            r.number,
-            r.size,
-            r.silhouette,
-            r.label,
-            [tuple(x) for x in json.loads(r.labels_json or "[]")],
-            np.frombuffer(r.centroid, dtype=np.float32),
-        )
-        for r in rows
-    ]
-
-
-@dataclass(frozen=True)
-class MemberRow:
-    image_id: int
-    number: int
-    distance: float
-    silhouette: float | None
-    assigned_later: bool
-    root: str
-    relpath: bytes
-
-
-def members(conn: Connection, run_id: int, number: int | None = None) -> list[MemberRow]:
-    """Members of a run (or of one cluster) whose images are still ok, closest first."""
+def members(conn: Connection, run_id: int) -> dict[int, list[MemberRecord]]:
+    """Members of a run whose images are still ok, by cluster number, closest first."""
     images, roots = q.images, q.roots_t
     stmt = (
         select(
-            members_t.c.image_id,
             members_t.c.number,
+            members_t.c.image_id,
             members_t.c.distance,
             members_t.c.silhouette,
             members_t.c.assigned_later,
@@ -100,15 +81,46 @@ def members(conn: Connection, run_id: int, number: int | None = None) -> list[Me
         )
         .join(images, images.c.id == members_t.c.image_id)
         .join(roots, roots.c.id == images.c.root_id)
-        .where(members_t.c.run_id == run_id, images.c.status == q.OK)
+        .where(members_t.c.run_id == run_id, images.c.status == ImageStatus.OK)
         .order_by(members_t.c.number, members_t.c.distance, members_t.c.image_id)
     )
-    if number is not None:
-        stmt = stmt.where(members_t.c.number == number)
-    return [MemberRow(*r) for r in conn.execute(stmt)]
+    out: dict[int, list[MemberRecord]] = {}
+    for number, *fields in conn.execute(stmt):
+        out.setdefault(number, []).append(MemberRecord(*fields))
+    return out
+
+
+def summary(conn: Connection, found: ClusterRunRecord) -> ClusterRunSummary:
+    """A run with its clusters and their members, read in the caller's transaction."""
+    by_number = members(conn, found.id)
+    rows = conn.execute(
+        select(clusters_t).where(clusters_t.c.run_id == found.id).order_by(clusters_t.c.number)
+    )
+    clusters = tuple(
+        ClusterRecord(
+            r.number,
+            r.label,
+            tuple(tuple(x) for x in json.loads(r.labels_json or "[]")),
+            r.silhouette,
+            np.frombuffer(r.centroid, dtype=np.float32),
+            tuple(by_number.get(r.number, ())),
+        )
+        for r in rows
+    )
+    return ClusterRunSummary(found, clusters)
+
+
+def centroids(conn: Connection, run_id: int) -> tuple[list[int], np.ndarray]:
+    """The numbers and centroids (k x dim) of a run's clusters."""
+    rows = conn.execute(
+        select(clusters_t.c.number, clusters_t.c.centroid)
+        .where(clusters_t.c.run_id == run_id)
+        .order_by(clusters_t.c.number)
+    ).all()
+    return [r.number for r in rows], np.stack([np.frombuffer(r.centroid, np.float32) for r in rows])
 
 
 def member_ids(conn: Connection, run_id: int) -> set[int]:
-    return set(
-        conn.execute(select(members_t.c.image_id).where(members_t.c.run_id == run_id)).scalars()
-    )
+    """Every image ever put in the run, whatever its status now."""
+    stmt = select(members_t.c.image_id).where(members_t.c.run_id == run_id)
+    return set(conn.execute(stmt).scalars())

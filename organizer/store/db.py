@@ -6,28 +6,14 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from organizer.errors import LibraryError, SchemaError
+from organizer.resources import migrations_dir
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-def _resource_dir(name: str) -> Path:
-    """A top-level folder of the source tree, or its copy inside an installed wheel."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package.parent / name, package / f"_{name}"):
-        if candidate.is_dir():
-            return candidate
-    raise SchemaError(f"organizer is installed without its {name}/ folder: reinstall it")
-
-
-def migrations_dir() -> Path:
-    """Where the Alembic environment and revisions live."""
-    return _resource_dir("migrations")
 
 
 def _on_connect(dbapi_connection, _record) -> None:

@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -58,7 +59,11 @@ class Image(Base):
     """One file under a root, whatever became of it (ok, failed or missing)."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("root_id", "relpath", name="uq_images_root_relpath"),)
+    __table_args__ = (
+        UniqueConstraint("root_id", "relpath", name="uq_images_root_relpath"),
+        # On SQLite enforced by triggers (revision 0004 says why), elsewhere a real CHECK.
+        CheckConstraint("status IN ('ok', 'failed', 'missing')", name="ck_images_status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
@@ -93,6 +98,12 @@ class IngestRun(Base):
     """One run of ``organizer ingest``: when, with what, and what it found."""
 
     __tablename__ = "ingest_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('running', 'finished', 'failed', 'interrupted')",
+            name="ck_ingest_runs_status",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
@@ -107,7 +118,8 @@ class IngestRun(Base):
 class IndexState(Base):
     """What the vector-index cache must contain, and what the file on disk does contain.
 
-    ``generation`` is bumped by triggers whenever the set of indexed vectors can have changed;
+    Read through :class:`organizer.store.records.IndexStateRecord`. ``generation`` is bumped by
+    triggers whenever the set of indexed vectors can have changed;
     the file is trusted only when its checksum and generation match this row.
     """
 

@@ -4,47 +4,48 @@ caller's transaction; none commits. Core statements, because ingest moves many r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from organizer.embed import ModelSpec
 from organizer.store.models import Embedding, Image, IndexState, IngestRun, Model, Root
+from organizer.store.records import (
+    Failure,
+    ImageRecord,
+    ImageStatus,
+    IndexStateRecord,
+    IngestRunRecord,
+    KnownImage,
+    LibraryModel,
+    RunStatus,
+)
 
 images = Image.__table__
 embeddings = Embedding.__table__
 roots_t = Root.__table__
 models_t = Model.__table__
-runs_t = IngestRun.__table__
+ingest_runs_t = IngestRun.__table__
 state_t = IndexState.__table__
 
-OK, FAILED, MISSING = "ok", "failed", "missing"
+# SQLite allows 999 bound parameters per statement in older builds: id lists go in chunks.
+CHUNK = 500
+T = TypeVar("T")
+
+
+def chunked(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def now() -> datetime:
     """UTC now, naive (SQLite stores no zone); every timestamp in the database is UTC."""
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True)
-class KnownImage:
-    """The part of an image row that ingest compares against a scan."""
-
-    id: int
-    relpath: bytes
-    size: int
-    mtime_ns: int
-    status: str
-    content_hash: str | None
-
-
-@dataclass(frozen=True)
-class LibraryModel:
-    id: int
-    spec: ModelSpec
-    dim: int
 
 
 # -- model -------------------------------------------------------------------------------
@@ -117,7 +118,13 @@ def known_images(conn: Connection, root_id: int, prefix: bytes = b"") -> dict[by
     ).where(images.c.root_id == root_id)
     if prefix:
         stmt = stmt.where(func.substr(images.c.relpath, 1, len(prefix) + 1) == prefix + b"/")
-    return {row.relpath: KnownImage(*row) for row in conn.execute(stmt)}
+    return {row.relpath: _known(row) for row in conn.execute(stmt)}
+
+
+def _known(row) -> KnownImage:
+    return KnownImage(
+        row.id, row.relpath, row.size, row.mtime_ns, ImageStatus(row.status), row.content_hash
+    )
 
 
 def embedded_hashes(conn: Connection, model_id: int) -> dict[str, int]:
@@ -141,91 +148,84 @@ def update_image(conn: Connection, image_id: int, **values: object) -> None:
     conn.execute(update(images).where(images.c.id == image_id).values(updated_at=now(), **values))
 
 
-def image_row(conn: Connection, image_id: int):
-    return conn.execute(select(images).where(images.c.id == image_id)).one()
-
-
 def delete_images(conn: Connection, image_ids: list[int]) -> None:
-    for start in range(0, len(image_ids), 500):
-        conn.execute(delete(images).where(images.c.id.in_(image_ids[start : start + 500])))
+    for chunk in chunked(image_ids):
+        conn.execute(delete(images).where(images.c.id.in_(chunk)))
 
 
 def mark_missing(conn: Connection, image_ids: list[int]) -> None:
     stamp = now()
-    for start in range(0, len(image_ids), 500):
-        chunk = image_ids[start : start + 500]
+    for chunk in chunked(image_ids):
         conn.execute(
-            update(images).where(images.c.id.in_(chunk)).values(status=MISSING, updated_at=stamp)
+            update(images)
+            .where(images.c.id.in_(chunk))
+            .values(status=ImageStatus.MISSING, updated_at=stamp)
         )
 
 
-@dataclass(frozen=True)
-class ImageInfoRow:
-    """What results show about an image."""
+_IMAGE_RECORD_COLUMNS = (
+    images.c.id,
+    roots_t.c.path,
+    images.c.relpath,
+    images.c.size,
+    images.c.mtime_ns,
+    images.c.width,
+    images.c.height,
+    images.c.format,
+    images.c.captured_at,
+    images.c.status,
+    images.c.content_hash,
+)
 
-    id: int
-    root: str
-    relpath: bytes
-    size: int
-    mtime_ns: int
-    width: int | None
-    height: int | None
-    captured_at: datetime | None
-    status: str
-    content_hash: str | None
+
+def _image_record(row) -> ImageRecord:
+    *head, status, content_hash = row
+    return ImageRecord(*head, ImageStatus(status), content_hash)
 
 
-def describe_images(conn: Connection, image_ids: list[int]) -> dict[int, ImageInfoRow]:
-    """Display metadata of the given images (any status)."""
-    out: dict[int, ImageInfoRow] = {}
-    for start in range(0, len(image_ids), 500):
-        chunk = image_ids[start : start + 500]
+def describe_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
+    """The records of the given images (any status), by id."""
+    out: dict[int, ImageRecord] = {}
+    for chunk in chunked(list(image_ids)):
         stmt = (
-            select(
-                images.c.id,
-                roots_t.c.path,
-                images.c.relpath,
-                images.c.size,
-                images.c.mtime_ns,
-                images.c.width,
-                images.c.height,
-                images.c.captured_at,
-                images.c.status,
-                images.c.content_hash,
-            )
+            select(*_IMAGE_RECORD_COLUMNS)
             .join(roots_t, roots_t.c.id == images.c.root_id)
             .where(images.c.id.in_(chunk))
         )
-        out.update({row.id: ImageInfoRow(*row) for row in conn.execute(stmt)})
+        out.update({row.id: _image_record(row) for row in conn.execute(stmt)})
     return out
 
 
-def find_image(conn: Connection, root_id: int, relpath: bytes):
-    """The image row at a path, or None."""
-    stmt = select(images).where(images.c.root_id == root_id, images.c.relpath == relpath)
-    return conn.execute(stmt).first()
+def describe_image(conn: Connection, image_id: int) -> ImageRecord:
+    return describe_images(conn, [image_id])[image_id]
+
+
+def find_image(conn: Connection, root_id: int, relpath: bytes) -> KnownImage | None:
+    """The image at a path, or None."""
+    stmt = select(
+        images.c.id,
+        images.c.relpath,
+        images.c.size,
+        images.c.mtime_ns,
+        images.c.status,
+        images.c.content_hash,
+    ).where(images.c.root_id == root_id, images.c.relpath == relpath)
+    row = conn.execute(stmt).first()
+    return None if row is None else _known(row)
 
 
 def status_counts(conn: Connection) -> dict[str, int]:
-    counts = {OK: 0, FAILED: 0, MISSING: 0}
+    counts = {str(status): 0 for status in ImageStatus}
     stmt = select(images.c.status, func.count()).group_by(images.c.status)
     counts.update(dict(conn.execute(stmt).all()))
     return counts
-
-
-@dataclass(frozen=True)
-class Failure:
-    root: str
-    relpath: bytes
-    reason: str
-    updated_at: datetime
 
 
 def failures(conn: Connection) -> list[Failure]:
     stmt = (
         select(roots_t.c.path, images.c.relpath, images.c.failure_reason, images.c.updated_at)
         .join(roots_t, roots_t.c.id == images.c.root_id)
-        .where(images.c.status == FAILED)
+        .where(images.c.status == ImageStatus.FAILED)
         .order_by(roots_t.c.path, images.c.relpath)
     )
     return [Failure(*row) for row in conn.execute(stmt)]
@@ -235,8 +235,6 @@ def failures(conn: Connection) -> list[Failure]:
 
 
 def put_vector(conn: Connection, image_id: int, model_id: int, vector: np.ndarray) -> None:
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
     blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
     stmt = sqlite_insert(embeddings).values(
         image_id=image_id, model_id=model_id, vector=blob, created_at=now()
@@ -260,28 +258,42 @@ def delete_vector(conn: Connection, image_id: int) -> None:
     conn.execute(delete(embeddings).where(embeddings.c.image_id == image_id))
 
 
-def ok_vectors(conn: Connection, model_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and vectors of every image the index must contain (status ok), ordered by id."""
-    stmt = (
+def _ok_vectors_query(model_id: int):
+    return (
         select(embeddings.c.image_id, embeddings.c.vector)
         .join(images, images.c.id == embeddings.c.image_id)
-        .where(embeddings.c.model_id == model_id, images.c.status == OK)
+        .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
         .order_by(embeddings.c.image_id)
     )
+
+
+def iter_ok_vectors(
+    conn: Connection, model_id: int, dim: int, batch: int = 4096
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of the images the index must contain, ``batch`` at a time, by id:
+    memory stays flat in the size of the library."""
+    rows = conn.execute(_ok_vectors_query(model_id).execution_options(yield_per=batch))
+    for part in rows.partitions(batch):
+        ids = np.fromiter((image_id for image_id, _ in part), dtype=np.int64, count=len(part))
+        blob = b"".join(vector for _, vector in part)
+        yield ids, np.frombuffer(blob, dtype=np.float32).reshape(len(part), dim)
+
+
+def ok_vectors(conn: Connection, model_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and vectors of every image the index must contain (status ok), ordered by id."""
     count = conn.execute(
         select(func.count())
         .select_from(embeddings.join(images, images.c.id == embeddings.c.image_id))
-        .where(embeddings.c.model_id == model_id, images.c.status == OK)
+        .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
     ).scalar()
     ids = np.empty(count, dtype=np.int64)
     matrix = np.empty((count, dim), dtype=np.float32)
     n = 0
-    for image_id, blob in conn.execute(stmt.execution_options(yield_per=10_000)):  # streamed
-        if n == count:
-            break
-        ids[n] = image_id
-        matrix[n] = np.frombuffer(blob, dtype=np.float32)
-        n += 1
+    for part_ids, part in iter_ok_vectors(conn, model_id, dim):
+        take = min(len(part_ids), count - n)
+        ids[n : n + take] = part_ids[:take]
+        matrix[n : n + take] = part[:take]
+        n += take
     return ids[:n], matrix[:n]
 
 
@@ -290,7 +302,7 @@ def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
     stmt = (
         select(embeddings.c.image_id)
         .join(images, images.c.id == embeddings.c.image_id)
-        .where(embeddings.c.model_id == model_id, images.c.status == OK)
+        .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
         .order_by(embeddings.c.image_id)
     )
     return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
@@ -299,8 +311,7 @@ def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
 def vectors_of(conn: Connection, model_id: int, dim: int, image_ids: list[int]) -> np.ndarray:
     """Vectors of the given images, in the given order."""
     found: dict[int, bytes] = {}
-    for start in range(0, len(image_ids), 500):
-        chunk = image_ids[start : start + 500]
+    for chunk in chunked(image_ids):
         stmt = select(embeddings.c.image_id, embeddings.c.vector).where(
             embeddings.c.model_id == model_id, embeddings.c.image_id.in_(chunk)
         )
@@ -312,9 +323,18 @@ def vectors_of(conn: Connection, model_id: int, dim: int, image_ids: list[int]) 
 # -- index state -------------------------------------------------------------------------
 
 
-def index_state(conn: Connection) -> IndexState:
+def index_state(conn: Connection) -> IndexStateRecord:
     row = conn.execute(select(state_t).where(state_t.c.id == 1)).one()
-    return IndexState(**row._asdict())
+    return IndexStateRecord(
+        row.generation,
+        row.file_generation,
+        row.file_sha256,
+        row.file_count,
+        row.index_type,
+        row.built_at,
+        row.recall_at_10,
+        row.index_description,
+    )
 
 
 def record_index_file(
@@ -347,21 +367,21 @@ def record_index_file(
 
 
 def start_run(conn: Connection, pid: int) -> int:
-    stmt = insert(runs_t).values(started_at=now(), pid=pid, status="running")
+    stmt = insert(ingest_runs_t).values(started_at=now(), pid=pid, status=RunStatus.RUNNING)
     return conn.execute(stmt).inserted_primary_key[0]
 
 
 def finish_run(
     conn: Connection,
     run_id: int,
-    status: str,
+    status: RunStatus,
     summary: dict,
     device: str | None,
     precision: str | None,
 ) -> None:
     conn.execute(
-        update(runs_t)
-        .where(runs_t.c.id == run_id)
+        update(ingest_runs_t)
+        .where(ingest_runs_t.c.id == run_id)
         .values(
             finished_at=now(),
             status=status,
@@ -372,11 +392,21 @@ def finish_run(
     )
 
 
-def last_run(conn: Connection) -> IngestRun | None:
+def last_run(conn: Connection) -> IngestRunRecord | None:
+    """The latest ingest run that finished (whichever way)."""
+    t = ingest_runs_t
     row = conn.execute(
-        select(runs_t)
-        .where(runs_t.c.finished_at.is_not(None))
-        .order_by(runs_t.c.id.desc())
-        .limit(1)
+        select(t).where(t.c.finished_at.is_not(None)).order_by(t.c.id.desc()).limit(1)
     ).first()
-    return None if row is None else IngestRun(**row._asdict())
+    if row is None:
+        return None
+    return IngestRunRecord(
+        row.id,
+        row.started_at,
+        row.finished_at,
+        row.pid,
+        RunStatus(row.status),
+        row.device,
+        row.precision,
+        json.loads(row.summary_json or "{}"),
+    )

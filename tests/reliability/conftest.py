@@ -11,9 +11,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fakes import TINY_CONFIG
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.fakes import TINY_CONFIG
 
 
 def organizer_env(library: Path, **extra: str) -> dict[str, str]:

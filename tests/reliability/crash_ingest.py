@@ -1,7 +1,8 @@
 """Run an ingest in this process with the numpy fake embedder, for crash tests.
 
-Usage: python crash_ingest.py LIBRARY ROOT [--slow SECONDS] [--die-after-commit N]
-       [--die-in-index-write] [--die-in-migration]
+Usage, from the repository root:
+    python -m tests.reliability.crash_ingest LIBRARY ROOT [--slow SECONDS]
+        [--die-after-commit N] [--die-in-index-write] [--die-in-migration]
 The --die-* options SIGKILL this process at a named point (test instrumentation only).
 """
 
@@ -10,20 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-from fakes import FakeEmbedder
-
-import organizer.ingest
+import organizer.ingest.writer
 import organizer.library
 import organizer.vectors
 from organizer.config import Settings
 from organizer.ingest import IngestOptions
 from organizer.library import Library
+from tests.fakes import FakeEmbedder
 
 
 class SlowFake(FakeEmbedder):
@@ -59,7 +56,7 @@ def main() -> None:
         alembic.command.upgrade = dying_upgrade
 
     if args.die_after_commit:
-        real = organizer.ingest.write_transaction
+        real = organizer.ingest.writer.write_transaction
         commits = {"n": 0}
 
         from contextlib import contextmanager
@@ -72,7 +69,7 @@ def main() -> None:
             if commits["n"] == args.die_after_commit:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        organizer.ingest.write_transaction = counting
+        organizer.ingest.writer.write_transaction = counting
 
     if args.die_in_index_write:
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from battery import BATTERY
-from conftest import assert_consistent, organizer_env, run_organizer
-from fakes import image_bytes, picture, write_picture
 from PIL import Image
+
+from tests.battery import BATTERY
+from tests.fakes import image_bytes, picture, write_picture
+from tests.reliability.conftest import assert_consistent, organizer_env, run_organizer
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +230,7 @@ def test_unreadable_file_and_folder_are_recorded(shared_tmp):
 
 
 def test_file_replaced_between_scan_and_read_is_retried(fake_lib, tmp_path, monkeypatch):
-    import organizer.ingest as ingest_mod
+    import organizer.ingest.run as ingest_mod
     from organizer.ingest import IngestOptions
 
     root = tmp_path / "photos"

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from battery import BATTERY
-from fakes import TINY_CONFIG, FakeEmbedder, make_folder
 
 from organizer.config import Settings
 from organizer.library import Library
 from organizer.store import queries as q
+from tests.battery import BATTERY
+from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
 
-SCRIPT = Path(__file__).parent / "crash_ingest.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT_MODULE = "tests.reliability.crash_ingest"  # run with -m from the repository root
 N_IMAGES = 24
 RANDOM_KILLS = 30
 
@@ -56,7 +57,8 @@ def _state(lib) -> dict[bytes, np.ndarray]:
 
 def _run_script(lib_dir: Path, root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(lib_dir), str(root), *extra],
+        [sys.executable, "-m", SCRIPT_MODULE, str(lib_dir), str(root), *extra],
+        cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

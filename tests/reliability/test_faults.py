@@ -13,9 +13,10 @@ import sys
 import time
 
 import pytest
-from battery import BATTERY
-from conftest import assert_consistent, organizer_env, run_organizer
-from fakes import TINY_CONFIG, make_folder
+
+from tests.battery import BATTERY
+from tests.fakes import TINY_CONFIG, make_folder
+from tests.reliability.conftest import assert_consistent, organizer_env, run_organizer
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,14 @@ import time
 
 import numpy as np
 import pytest
-from battery import BATTERY
-from fakes import picture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from organizer.errors import ImageError
 from organizer.imaging import PreprocessSpec, decode, to_model_input
+from tests.battery import BATTERY
+from tests.fakes import picture
 
 SPEC = PreprocessSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
 

@@ -1,0 +1,109 @@
+"""Planning an ingest: compare each folder's scan with what the store knows (reads only).
+
+The plan says which files need reading, which are unchanged, which came back, which
+vanished, and which could not be listed; :mod:`.run` carries it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Engine
+
+from organizer.scan import ScanResult
+from organizer.store import queries as q
+from organizer.store.records import ImageStatus, KnownImage
+
+
+@dataclass
+class Target:
+    """A folder to walk: an existing root (``root_id``) or a new one, maybe only a subfolder.
+
+    ``scan`` is filled in by the walk; a new root gets its ``root_id`` when it is first
+    written, and the roots it ``absorb``\\ s are merged into it then.
+    """
+
+    root_path: str
+    root_id: int | None = None
+    prefix: bytes = b""
+    absorb: list[tuple[int, bytes]] = field(default_factory=list)
+    scan: ScanResult | None = None
+
+
+@dataclass(frozen=True)
+class FileWork:
+    """A file that must be read: new, changed, or failed before and retried."""
+
+    target: Target
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    known: KnownImage | None
+
+
+@dataclass(frozen=True)
+class Unlistable:
+    """A file or folder the walk found but could not look at, and why."""
+
+    target: Target
+    relpath: bytes
+    reason: str
+    known: KnownImage | None
+
+
+@dataclass
+class Plan:
+    work: list[FileWork] = field(default_factory=list)
+    unchanged: int = 0
+    restore: list[int] = field(default_factory=list)  # missing images back, unchanged
+    vanished: dict[int, KnownImage] = field(default_factory=dict)
+    unlistable: list[Unlistable] = field(default_factory=list)
+
+
+def plan(engine: Engine, targets: list[Target], retry_failed: bool) -> Plan:
+    """Compare each target's scan with the images recorded under it (reads only)."""
+    result = Plan()
+    with engine.connect() as conn:
+        for target in targets:
+            _plan_target(result, target, _known_for(conn, target), retry_failed)
+    return result
+
+
+def _plan_target(
+    result: Plan, target: Target, known: dict[bytes, KnownImage], retry_failed: bool
+) -> None:
+    seen = set()
+    for entry in target.scan.files:
+        seen.add(entry.relpath)
+        k = known.get(entry.relpath)
+        same_stat = k is not None and (k.size, k.mtime_ns) == (entry.size, entry.mtime_ns)
+        if same_stat and k.status == ImageStatus.OK:
+            result.unchanged += 1
+        elif same_stat and k.status == ImageStatus.MISSING and k.content_hash:
+            result.restore.append(k.id)
+        elif same_stat and k.status == ImageStatus.FAILED and not retry_failed:
+            result.unchanged += 1
+        else:
+            result.work.append(FileWork(target, entry.relpath, entry.size, entry.mtime_ns, k))
+    listed = set(target.scan.unlisted_dirs)
+    broken = {p.relpath: p.reason for p in target.scan.problems if p.relpath not in listed}
+    for relpath, k in known.items():
+        if relpath in seen or relpath in broken:
+            continue
+        if target.scan.covers(relpath, target.prefix) and k.status != ImageStatus.MISSING:
+            result.vanished[k.id] = k
+    for relpath, reason in broken.items():
+        k = known.get(relpath)
+        if k is not None and k.status == ImageStatus.FAILED:
+            result.unchanged += 1
+        else:
+            result.unlistable.append(Unlistable(target, relpath, reason, k))
+
+
+def _known_for(conn: Connection, target: Target) -> dict[bytes, KnownImage]:
+    known = q.known_images(conn, target.root_id, target.prefix) if target.root_id else {}
+    for child_id, child_prefix in target.absorb:
+        for relpath, k in q.known_images(conn, child_id).items():
+            joined = child_prefix + b"/" + relpath
+            known[joined] = KnownImage(k.id, joined, k.size, k.mtime_ns, k.status, k.content_hash)
+    return known

@@ -1,0 +1,208 @@
+"""Running an ingest: walk, plan, decode and embed what is new, hand the writes to the writer.
+
+The run is crash-safe by construction: every batch is one transaction holding image rows
+and their vectors together (:mod:`.writer`), so after a kill the next run sees committed
+files as unchanged and redoes only the rest. Files that vanished are marked missing only at
+the end, and only where the walk actually looked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine
+
+from organizer.embed import Embedder
+from organizer.errors import Interrupted, ModelError
+from organizer.ingest.plan import FileWork, Plan, Target, plan
+from organizer.ingest.summary import IngestSummary, Progress
+from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
+from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
+from organizer.scan import scan_root
+from organizer.store import queries as q
+from organizer.store.records import ImageStatus, KnownImage
+from organizer.vectors import IndexDelta
+
+# Ops (stat updates, copies, failures) are flushed at least this often, with or without a
+# model batch, so that a long run of unchanged files still commits steadily.
+MAX_PENDING_OPS = 256
+DEFAULT_BATCH_SIZE = 32
+
+
+EmbedderProvider = Callable[[], Embedder]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How a run behaves (the what-to-ingest is the list of targets)."""
+
+    batch_size: int | None = None  # None: the settings' batch size, else 32
+    workers: int | None = None  # decode processes; None = automatic, 0 = in this process
+    retry_failed: bool = False
+    follow_symlinks: bool = False
+    exclude: tuple[Path, ...] = ()
+
+
+class Ingestor:
+    """One ingest over some targets. Construct, then call :meth:`run` once."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        get_embedder: EmbedderProvider,
+        model_id: int | None,
+        options: IngestOptions = IngestOptions(),
+        progress: Callable[[Progress], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ):
+        self.engine = engine
+        self.get_embedder = get_embedder
+        self.model_id = model_id
+        self.options = options
+        self.progress = progress
+        self.cancel = cancel
+        self.summary = IngestSummary()
+        self.writer = BatchWriter(engine, model_id, self.summary)
+        self._embedder: Embedder | None = None
+        self._ops: list[Op] = []
+        self._batch: list[tuple[FileWork, Prepared]] = []
+        # content hash -> later files of that content, copied once the first is embedded
+        self._waiting: dict[str, list[Copy]] = {}
+        self._vanished_by_hash: dict[str, KnownImage] = {}
+        self._vanished: dict[int, KnownImage] = {}
+        self._base_generation: int | None = None
+
+    # -- orchestration -------------------------------------------------------------------
+
+    def run(self, targets: list[Target]) -> IngestSummary:
+        started = time.perf_counter()
+        with self.engine.connect() as conn:
+            state = q.index_state(conn)
+        if state.file_generation == state.generation:
+            self._base_generation = state.generation
+        self._scan(targets)
+        the_plan = plan(self.engine, targets, self.options.retry_failed)
+        self._vanished = the_plan.vanished  # what is left of it at the end goes missing
+        self.summary.unchanged = the_plan.unchanged
+        if the_plan.work:
+            self._load_model()  # before any write: unreachable weights leave the library as it was
+        self.writer.prepare_targets(targets, self._embedder)
+        if the_plan.work:
+            self._process(the_plan)
+        self.writer.finish(
+            the_plan.unlistable, the_plan.restore, list(self._vanished.values()), targets
+        )
+        self.summary.elapsed_s = time.perf_counter() - started
+        return self.summary
+
+    def index_delta(self) -> IndexDelta:
+        """What this run changed, for updating the index file instead of rebuilding it."""
+        return IndexDelta(self._base_generation, frozenset(self.writer.written))
+
+    def _scan(self, targets: list[Target]) -> None:
+        for target in targets:
+            target.scan = scan_root(
+                Path(target.root_path),
+                start=target.prefix,
+                exclude=self.options.exclude,
+                follow_symlinks=self.options.follow_symlinks,
+            )
+            self.summary.problems += [
+                f"{target.root_path}/{os.fsdecode(p.relpath)}: {p.reason}"
+                for p in target.scan.problems
+                if p.relpath in target.scan.unlisted_dirs
+            ]
+
+    def _load_model(self) -> None:
+        started = time.perf_counter()
+        self._embedder = self.get_embedder()
+        self.summary.model_load_s = time.perf_counter() - started
+        if self.model_id is not None:
+            with self.engine.connect() as conn:
+                recorded = q.library_model(conn)
+            if recorded.dim != self._embedder.dim:
+                raise ModelError(
+                    f"the model gives {self._embedder.dim}-d vectors but this library holds "
+                    f"{recorded.dim}-d vectors of {recorded.spec.describe()}"
+                )
+        self.summary.device = self._embedder.device
+        self.summary.precision = self._embedder.precision
+
+    def _process(self, the_plan: Plan) -> None:
+        for k in the_plan.vanished.values():
+            if k.status == ImageStatus.OK and self.writer.has_vector_for(k.content_hash):
+                self._vanished_by_hash.setdefault(k.content_hash, k)
+        jobs = (
+            Job(i, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
+            for i, w in enumerate(the_plan.work)
+        )
+        total = len(the_plan.work)
+        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        for done, prepared in enumerate(self._prepared(jobs), start=1):
+            self._classify(the_plan.work[prepared.key], prepared)
+            if len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS:
+                self._flush()
+            if self.progress:
+                self.progress(Progress(done, total, self.summary.embedded))
+            if self.cancel is not None and self.cancel():
+                self._flush()
+                raise Interrupted(
+                    f"stopped after {done} of {total} files; what was done is kept, run "
+                    "the same command again to finish"
+                )
+        self._flush()
+
+    def _prepared(self, jobs: Iterator[Job]) -> Iterator[Prepared]:
+        spec = self._embedder.preprocess
+        skip = self.writer.known_hashes()
+        workers = self.options.workers
+        if workers is None:
+            workers = default_workers(self._embedder.device)
+        if workers == 0:
+            return prepare_all(jobs, spec, skip)
+        return prepare_parallel(jobs, spec, skip, workers)
+
+    # -- deciding what each file needs -----------------------------------------------------
+
+    def _classify(self, work: FileWork, p: Prepared) -> None:
+        h = p.content_hash
+        known = work.known
+        if h is None:
+            self._ops.append(Fail(work, p))
+        elif known and known.status == ImageStatus.OK and known.content_hash == h:
+            self._ops.append(Touch(known.id, p.size, p.mtime_ns))
+            self.summary.unchanged += 1
+        elif known is None and h in self._vanished_by_hash:
+            source = self._vanished_by_hash.pop(h)
+            self._vanished.pop(source.id, None)
+            self._ops.append(Move(source.id, work, p))
+            self.summary.moved += 1
+        elif self.writer.has_vector_for(h):
+            self._ops.append(Copy(work, p))
+        elif h in self._waiting:
+            self._waiting[h].append(Copy(work, p))
+        elif p.error:
+            self._ops.append(Fail(work, p))
+        else:
+            self._batch.append((work, p))
+            self._waiting[h] = []
+
+    def _flush(self) -> None:
+        """Embed the batch, then write the pending ops, each embedded file, and the files
+        that were waiting for its vector, in one transaction."""
+        ops = self._ops
+        if self._batch:
+            pixels = np.stack([p.pixels for _, p in self._batch])
+            vectors = self._embedder.embed_pixels(pixels)
+            self.summary.embedded += len(self._batch)
+            for (work, p), vector in zip(self._batch, vectors, strict=True):
+                ops.append(Embed(work, p, vector))
+                ops.extend(self._waiting.pop(p.content_hash, []))
+        self.writer.write(ops)
+        self._ops = []
+        self._batch = []

@@ -1,0 +1,45 @@
+"""What an ingest run reports: progress as it goes, and a summary at the end."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class IngestSummary:
+    """What a run did, by file. ``embedded`` counts model passes, ``reused`` copied vectors."""
+
+    new: int = 0
+    changed: int = 0
+    moved: int = 0
+    unchanged: int = 0
+    missing: int = 0
+    failed: int = 0
+    embedded: int = 0
+    reused: int = 0
+    elapsed_s: float = 0.0
+    model_load_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    device: str | None = None
+    precision: str | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        data["model_load_s"] = round(self.model_load_s, 3)
+        return data
+
+    @property
+    def images_per_s(self) -> float:
+        """Embedding throughput, model loading excluded."""
+        busy = self.elapsed_s - self.model_load_s
+        return self.embedded / busy if self.embedded and busy > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every file: ``done`` of ``total`` files to read, ``embedded`` so far."""
+
+    done: int
+    total: int
+    embedded: int

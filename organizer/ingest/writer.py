@@ -1,0 +1,270 @@
+"""The one writer of an ingest: applies what the run decided, a batch per transaction.
+
+Each batch is one transaction holding image rows and their vectors together, so after a
+kill the next run sees committed files as unchanged and redoes only the rest. Every vector
+write goes through :meth:`BatchWriter._set_vector`, so the index update knows the exact ids.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import Connection, Engine
+
+from organizer.ingest.plan import FileWork, Target, Unlistable
+from organizer.ingest.summary import IngestSummary
+from organizer.pipeline import Prepared
+from organizer.store import queries as q
+from organizer.store.db import write_transaction
+from organizer.store.records import ImageRecord, ImageStatus, KnownImage
+
+if TYPE_CHECKING:
+    from organizer.embed import Embedder
+    from organizer.imaging import ImageInfo
+
+
+# -- what a batch does: one frozen record per kind of write --------------------------------
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Same content as recorded, new size or modification time: update the stat only."""
+
+    image_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """A file that vanished turned up at a new path: the image (id, vector) moves with it."""
+
+    image_id: int
+    work: FileWork
+    prepared: Prepared
+
+
+@dataclass(frozen=True)
+class Embed:
+    """A file embedded in this batch, with its vector."""
+
+    work: FileWork
+    prepared: Prepared
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A file whose content another image already has a vector for: the vector is copied."""
+
+    work: FileWork
+    prepared: Prepared
+
+
+@dataclass(frozen=True)
+class Fail:
+    """A file that could not be read or decoded: recorded with the reason, retried on change."""
+
+    work: FileWork
+    prepared: Prepared
+
+
+Op = Touch | Move | Embed | Copy | Fail
+
+
+@dataclass(frozen=True)
+class _VectorSource:
+    """A stored vector that is about to be replaced, kept for files still to be copied."""
+
+    vector: np.ndarray
+    image: ImageRecord
+
+
+class BatchWriter:
+    """Writes the decisions of one ingest run; counts what it wrote into ``summary``."""
+
+    def __init__(self, engine: Engine, model_id: int | None, summary: IngestSummary):
+        self.engine = engine
+        self.model_id = model_id
+        self.summary = summary
+        self.written: set[int] = set()  # images whose vector this run wrote or removed
+        # content hash -> an image whose stored vector has that content, for copies
+        self._hash_to_id: dict[str, int] = {}
+        self._released: dict[str, _VectorSource] = {}
+        self._dim: int | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def prepare_targets(self, targets: list[Target], embedder: Embedder | None) -> None:
+        """Record the model (first ingest) and the new roots; merge roots a target absorbs."""
+        with write_transaction(self.engine) as conn:
+            if self.model_id is None and embedder is not None:
+                self.model_id = q.insert_model(conn, embedder.spec, embedder.dim)
+            for target in targets:
+                if target.root_id is None:
+                    target.root_id = q.add_root(conn, target.root_path)
+                for child_id, child_prefix in target.absorb:
+                    q.absorb_root(conn, target.root_id, child_id, child_prefix)
+                target.absorb = []
+        if embedder is not None:
+            self._dim = embedder.dim
+            with self.engine.connect() as conn:
+                self._hash_to_id = q.embedded_hashes(conn, self.model_id)
+
+    def known_hashes(self) -> frozenset[str]:
+        """Contents that already have a stored vector (their files need no decoding)."""
+        return frozenset(self._hash_to_id)
+
+    def has_vector_for(self, content_hash: str) -> bool:
+        """Whether some image's stored vector has this content (so a file can copy it)."""
+        return content_hash in self._hash_to_id or content_hash in self._released
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def write(self, ops: list[Op]) -> None:
+        """Apply ``ops`` in order, in one transaction."""
+        if not ops:
+            return
+        with write_transaction(self.engine) as conn:
+            for op in ops:
+                self._apply(conn, op)
+
+    def _apply(self, conn: Connection, op: Op) -> None:
+        match op:
+            case Touch(image_id, size, mtime_ns):
+                q.update_image(conn, image_id, size=size, mtime_ns=mtime_ns)
+            case Move(image_id, work, p):
+                q.update_image(
+                    conn,
+                    image_id,
+                    root_id=work.target.root_id,
+                    relpath=work.relpath,
+                    size=p.size,
+                    mtime_ns=p.mtime_ns,
+                    status=ImageStatus.OK,
+                    failure_reason=None,
+                )
+            case Embed(work, p, vector):
+                image_id = self._store(conn, work, p, p.info)
+                self._set_vector(conn, image_id, vector)
+                self._hash_to_id[p.content_hash] = image_id
+            case Copy(work, p):
+                source = self._source(conn, p.content_hash)
+                image_id = self._store(conn, work, p, source.image)
+                self._set_vector(conn, image_id, source.vector)
+                self._hash_to_id.setdefault(p.content_hash, image_id)
+                self.summary.reused += 1
+            case Fail(work, p):
+                self._store_failure(conn, work, p.size, p.mtime_ns, p.content_hash, p.error)
+
+    def _source(self, conn: Connection, content_hash: str) -> _VectorSource:
+        """The stored vector (and image) of some image with this content, as of now."""
+        if content_hash in self._hash_to_id:
+            source_id = self._hash_to_id[content_hash]
+            vector = q.get_vector(conn, source_id, self.model_id)
+            return _VectorSource(vector, q.describe_image(conn, source_id))
+        return self._released[content_hash]
+
+    def _set_vector(self, conn: Connection, image_id: int, vector: np.ndarray | None) -> None:
+        if vector is None or vector.shape != (self._dim,):
+            raise RuntimeError(f"internal error: no valid vector for image {image_id}")
+        q.put_vector(conn, image_id, self.model_id, vector)
+        self.written.add(image_id)
+
+    def _release(self, conn: Connection, known: KnownImage | None) -> None:
+        """Before a known image's vector is replaced or removed: keep it for files of its old
+        content that this run still has to copy it to."""
+        if known is None or not known.content_hash:
+            return
+        if self._hash_to_id.get(known.content_hash) == known.id:
+            del self._hash_to_id[known.content_hash]
+            vector = q.get_vector(conn, known.id, self.model_id)
+            if vector is not None:
+                image = q.describe_image(conn, known.id)
+                self._released[known.content_hash] = _VectorSource(vector, image)
+
+    def _store(
+        self, conn: Connection, work: FileWork, p: Prepared, facts: ImageInfo | ImageRecord
+    ) -> int:
+        values = dict(
+            size=p.size,
+            mtime_ns=p.mtime_ns,
+            content_hash=p.content_hash,
+            status=ImageStatus.OK,
+            failure_reason=None,
+            width=facts.width,
+            height=facts.height,
+            format=facts.format,
+            captured_at=facts.captured_at,
+        )
+        if work.known is None:
+            self.summary.new += 1
+            return q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
+        self.summary.changed += 1
+        self._release(conn, work.known)
+        q.update_image(conn, work.known.id, **values)
+        return work.known.id
+
+    def _store_failure(
+        self,
+        conn: Connection,
+        work: FileWork | Unlistable,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        reason: str,
+    ) -> None:
+        self.summary.failed += 1
+        values = dict(
+            size=size,
+            mtime_ns=mtime_ns,
+            content_hash=content_hash,
+            status=ImageStatus.FAILED,
+            failure_reason=reason,
+        )
+        if work.known is None:
+            q.insert_image(conn, root_id=work.target.root_id, relpath=work.relpath, **values)
+        else:
+            self._release(conn, work.known)
+            q.delete_vector(conn, work.known.id)
+            self.written.add(work.known.id)
+            q.update_image(conn, work.known.id, **values)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def finish(
+        self,
+        unlistable: list[Unlistable],
+        restore: list[int],
+        vanished: list[KnownImage],
+        targets: list[Target],
+    ) -> None:
+        """Record what could not be listed, bring back unchanged returns, and mark what
+        vanished: ok images go missing (their vector kept), failed ones are forgotten."""
+        gone_ok = [k.id for k in vanished if k.status == ImageStatus.OK]
+        gone_failed = [k.id for k in vanished if k.status == ImageStatus.FAILED]
+        with write_transaction(self.engine) as conn:
+            for item in unlistable:
+                size, mtime_ns = _lstat(
+                    os.path.join(os.fsencode(item.target.root_path), item.relpath)
+                )
+                self._store_failure(conn, item, size, mtime_ns, None, item.reason)
+            for image_id in restore:
+                q.update_image(conn, image_id, status=ImageStatus.OK)
+            q.mark_missing(conn, gone_ok)
+            q.delete_images(conn, gone_failed)
+            for target in targets:
+                q.touch_root(conn, target.root_id)
+        self.summary.unchanged += len(restore)
+        self.summary.missing = len(gone_ok)
+
+
+def _lstat(path: bytes) -> tuple[int, int]:
+    try:
+        st = os.lstat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return 0, 0

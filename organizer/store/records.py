@@ -1,0 +1,274 @@
+"""The read model of a library: one frozen record type per concept, and the status enums.
+
+Named queries (:mod:`.queries`, :mod:`.cluster_queries`) return these, never ORM objects or
+SQLAlchemy rows, so that callers above the store see plain values. Records that commands
+print have one ``to_dict()``: the shape of their ``--json`` document.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+
+from organizer.embed import ModelSpec
+from organizer.scan import display_path, shown_path
+
+
+class ImageStatus(StrEnum):
+    """What became of a file under a root (a CHECK constraint keeps the column to these)."""
+
+    OK = "ok"  # decoded and embedded: it has a vector and is searchable
+    FAILED = "failed"  # could not be read or decoded; the reason is recorded
+    MISSING = "missing"  # gone from a folder that was scanned; its vector is kept for a move
+
+
+class RunStatus(StrEnum):
+    """How an ingest run ended (``running`` while it goes on)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+def iso_utc(when: datetime | None, timespec: str = "auto") -> str | None:
+    """A naive UTC timestamp of the database as ISO 8601 with a Z."""
+    return None if when is None else when.isoformat(timespec=timespec) + "Z"
+
+
+# -- images and models ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LibraryModel:
+    """The model a library's vectors were made with."""
+
+    id: int
+    spec: ModelSpec
+    dim: int
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.spec.name,
+            "pretrained": self.spec.pretrained,
+            "weights_sha256": self.spec.weights_sha256,
+            "dim": self.dim,
+            "random_weights": self.spec.is_random,
+        }
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    """The part of an image row that ingest compares against a scan."""
+
+    id: int
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    status: ImageStatus
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image as results show it (any status), with what its file was found to be."""
+
+    id: int
+    root: str
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    format: str | None
+    captured_at: datetime | None
+    status: ImageStatus
+    content_hash: str | None
+
+    @property
+    def path(self) -> bytes:
+        """The absolute path, as the filesystem's bytes."""
+        return os.path.join(os.fsencode(self.root), self.relpath)
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+    @property
+    def taken(self) -> float:
+        """When the photo was taken (EXIF), else its modification time, as a timestamp."""
+        when = self.captured_at or datetime.fromtimestamp(self.mtime_ns / 1e9)
+        return when.timestamp()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file recorded as failed, and why."""
+
+    root: str
+    relpath: bytes
+    reason: str
+    updated_at: datetime
+
+    def to_dict(self, absolute: bool = False) -> dict:
+        undecodable = display_path(self.relpath) != self.relpath.decode("utf-8", "replace")
+        return {
+            "root": self.root,
+            "path": shown_path(self.root, self.relpath, absolute),
+            "path_bytes_hex": self.relpath.hex() if undecodable else None,
+            "reason": self.reason,
+        }
+
+
+# -- runs and the index -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestRunRecord:
+    """One ``organizer ingest`` as the database remembers it."""
+
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    pid: int
+    status: RunStatus
+    device: str | None
+    precision: str | None
+    summary: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "finished_at": iso_utc(self.finished_at),
+            "status": str(self.status),
+            "device": self.device,
+            "precision": self.precision,
+            "summary": self.summary,
+        }
+
+
+@dataclass(frozen=True)
+class IndexStateRecord:
+    """What the vector-index cache must contain (``generation``) and what its file holds."""
+
+    generation: int
+    file_generation: int | None
+    file_sha256: str | None
+    file_count: int | None
+    index_type: str | None
+    built_at: datetime | None
+    recall_at_10: float | None
+    index_description: str | None
+
+    @property
+    def file_current(self) -> bool:
+        """Whether the recorded file was built from the vectors the database holds now."""
+        return bool(self.file_sha256) and self.file_generation == self.generation
+
+
+# -- cluster runs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """An image of a cluster, with its cosine distance to the centroid."""
+
+    image_id: int
+    distance: float
+    silhouette: float | None
+    assigned_later: bool
+    root: str
+    relpath: bytes
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """A cluster of a run: its name, quality, centroid, and its images still in the library
+    (closest to the centroid first)."""
+
+    number: int
+    label: str | None
+    labels: tuple[tuple[str, float], ...]
+    silhouette: float | None
+    centroid: np.ndarray
+    members: tuple[MemberRecord, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.number,
+            "label": self.label,
+            "size": self.size,
+            "silhouette": self.silhouette,
+            "labels": [{"label": label, "score": score} for label, score in self.labels],
+        }
+
+
+@dataclass(frozen=True)
+class ClusterRunRecord:
+    """How a clustering was made and how good it is (without its clusters)."""
+
+    id: int
+    created_at: datetime
+    algorithm: str
+    k: int
+    seed: int
+    auto: bool
+    silhouette: float | None
+    n_images: int
+    sweep: tuple[dict, ...] | None
+
+    def to_dict(self) -> dict:
+        return {
+            "run_id": self.id,
+            "created_at": iso_utc(self.created_at),
+            "k": self.k,
+            "algorithm": self.algorithm,
+            "auto": self.auto,
+            "silhouette": self.silhouette,
+            "n_images": self.n_images,
+        }
+
+
+@dataclass(frozen=True)
+class ClusterRunSummary:
+    """A stored cluster run with its clusters and their members: what ``cluster``,
+    ``clusters``, ``export``, ``evaluate`` and the report all read."""
+
+    run: ClusterRunRecord
+    clusters: tuple[ClusterRecord, ...]
+
+    @property
+    def members(self) -> list[tuple[int, MemberRecord]]:
+        """(cluster number, member) of every image in the run, cluster by cluster."""
+        return [(c.number, m) for c in self.clusters for m in c.members]
+
+    def to_dict(self, representatives: int | None = None, absolute: bool = False) -> dict:
+        """The run's JSON document; with ``representatives``, each cluster lists that many of
+        its images closest to the centroid."""
+        run = self.run
+        clusters = []
+        for c in self.clusters:
+            entry = c.to_dict()
+            if representatives is not None:
+                entry["representatives"] = [
+                    shown_path(m.root, m.relpath, absolute) for m in c.members[:representatives]
+                ]
+            clusters.append(entry)
+        return {
+            "run_id": run.id,
+            "k": run.k,
+            "algorithm": run.algorithm,
+            "seed": run.seed,
+            "silhouette": run.silhouette,
+            "n_images": run.n_images,
+            "created_at": iso_utc(run.created_at),
+            "sweep": list(run.sweep) if run.sweep is not None else None,
+            "clusters": clusters,
+        }
