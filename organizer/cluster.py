@@ -6,17 +6,11 @@ Pure functions of numpy arrays; persistence and naming live elsewhere.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 
 import numpy as np
 
+from organizer.choices import Algorithm
 from organizer.errors import ClusterError
-
-
-class Algorithm(StrEnum):
-    FAISS = "faiss"  # spherical K-means, fast
-    SKLEARN = "sklearn"  # scikit-learn's KMeans on unit vectors
-
 
 ALGORITHMS = tuple(a.value for a in Algorithm)
 SILHOUETTE_SAMPLE = 10_000

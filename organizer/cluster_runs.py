@@ -12,14 +12,13 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from sqlalchemy import Connection, Engine
 
 from organizer import cluster, naming
+from organizer.choices import Algorithm, ExportMode, KSpec, LabelSource
 from organizer.embed import Embedder
 from organizer.errors import ClusterError
 from organizer.scan import display_path
@@ -34,17 +33,7 @@ from organizer.store.records import (
     MemberRecord,
 )
 
-KSpec = int | Literal["auto"]
 EmbedderProvider = Callable[[], Embedder]
-
-
-class ExportMode(StrEnum):
-    SYMLINK = "symlink"
-    COPY = "copy"
-
-
-class LabelSource(StrEnum):
-    FOLDERS = "folders"  # each image's folder, relative to its root
 
 
 @dataclass(frozen=True)
@@ -113,7 +102,7 @@ class Clustering:
     def run(
         self,
         k: KSpec = "auto",
-        algorithm: str = cluster.Algorithm.FAISS,
+        algorithm: str = Algorithm.FAISS,
         seed: int = 0,
         k_min: int = 2,
         k_max: int = 40,

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
-from enum import StrEnum
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import platformdirs
 
+from organizer.choices import Device, Precision, is_url
 from organizer.errors import OrganizerError
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 ENV_PREFIX = "ORGANIZER_"
-
-
-class Device(StrEnum):
-    AUTO = "auto"  # CUDA when there is a GPU, else the CPU
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-class Precision(StrEnum):
-    AUTO = "auto"  # the fastest that keeps the vectors right on this machine
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
 
 
 DEVICES = tuple(d.value for d in Device)
@@ -42,11 +29,13 @@ def default_library_dir() -> Path:
 class Settings:
     """Everything a command needs to know besides its own arguments.
 
+    ``library`` is a folder, or a database URL (``postgresql://user@host/db``) kept as the
+    text the user gave, so it is left out of the repr: it may hold a password.
     ``model`` and ``pretrained`` are ``None`` when the user chose nothing: the library's
     recorded model is used then, or the defaults for a new library.
     """
 
-    library: Path
+    library: Path | str = field(repr=False)
     model: str | None = None
     pretrained: str | None = None
     device: str = "auto"
@@ -84,7 +73,7 @@ def _from_env(name: str, kind: type, env: dict[str, str]) -> object | None:
                 f"{ENV_PREFIX}{name.upper()}={raw!r} is not a whole number"
             ) from None
     if kind is Path:
-        return Path(raw).expanduser()
+        return raw if is_url(raw) else Path(raw).expanduser()
     return raw
 
 
@@ -116,5 +105,7 @@ def resolve_settings(env: dict[str, str] | None = None, **cli: object) -> Settin
             values[f.name] = value
     if "library" not in values:
         values["library"] = default_library_dir()
-    values["library"] = Path(values["library"]).expanduser()  # type: ignore[arg-type]
+    library = values["library"]
+    if not is_url(library):
+        values["library"] = Path(library).expanduser()  # type: ignore[arg-type]
     return Settings(**values)  # type: ignore[arg-type]

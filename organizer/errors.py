@@ -51,3 +51,7 @@ class ReportError(OrganizerError):
 
 class Interrupted(OrganizerError):
     """The user asked a long run to stop; what was committed is kept."""
+
+
+class LibraryURLError(LibraryError):
+    """A --library value that is a URL organizer cannot use (a usage error)."""

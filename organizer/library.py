@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
-
-from organizer.cluster_runs import AssignResult, Clustering, ExportSummary, KSpec
+from organizer.choices import KSpec
+from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
 from organizer.errors import Interrupted, LibraryError, ModelError, ModelMismatchError
 from organizer.finder import DuplicateGroup, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
-from organizer.lock import WriterLock
+from organizer.location import Home, Lock, open_home
 from organizer.report import ReportProgress, ReportSummary, write_report
 from organizer.roots import targets_for
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
-from organizer.store.db import create_engine_for, explain, migrate, write_transaction
+from organizer.store.db import write_transaction
 from organizer.store.records import (
     ClusterRunRecord,
     ClusterRunSummary,
@@ -43,9 +40,6 @@ from organizer.store.records import (
     RunStatus,
 )
 from organizer.vectors import IndexCache, IndexDelta, VectorIndex
-
-DB_FILE = "library.db"
-INDEX_FILE = "vectors.faiss"
 
 EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
 
@@ -106,10 +100,11 @@ class Library:
     each part only what that part uses (:class:`Finder`, :class:`Clustering`, the report).
     """
 
-    def __init__(self, settings: Settings, engine: Engine, embedder_loader: EmbedderLoader):
+    def __init__(self, settings: Settings, home: Home, embedder_loader: EmbedderLoader):
         self.settings = settings
-        self.path = settings.library
-        self.engine = engine
+        self.home = home
+        self.path = home.path  # the folder; for a catalogue on a server, its URL sans password
+        self.engine = home.engine
         self._embedder_loader = embedder_loader
         self._embedder: Embedder | None = None
         self._index: tuple[int, VectorIndex] | None = None  # (generation, index) while open
@@ -125,37 +120,18 @@ class Library:
         create: bool = False,
         embedder_loader: EmbedderLoader | None = None,
     ) -> Library:
-        """Open (and with ``create``, make) the library directory; migrate its schema.
+        """Open (and with ``create``, make) the library; migrate its schema.
 
-        ``embedder_loader`` makes the model when a command first needs it (default: open_clip);
-        tests pass one that returns a fake.
+        ``settings.library`` is a folder, or a database URL (a shared catalogue on
+        PostgreSQL). ``embedder_loader`` makes the model when a command first needs it
+        (default: open_clip); tests pass one that returns a fake.
 
         Raises:
-            LibraryError: no library there (and not ``create``), or the folder is unusable.
+            LibraryError: no library there (and not ``create``), the folder is unusable, or
+                the database server cannot be used (the message never shows a password).
         """
-        path = settings.library
-        db_path = path / DB_FILE
-        if not db_path.exists():
-            if not create:
-                raise LibraryError(
-                    f"no library at {path}: run `organizer ingest FOLDER` first, or pass "
-                    f"--library / set ORGANIZER_LIBRARY"
-                )
-            _make_library_dir(path)
-        if not os.access(path, os.R_OK | os.X_OK):
-            raise LibraryError(f"library {path} cannot be read: check its permissions")
-        if not os.access(path, os.W_OK):
-            # SQLite's write-ahead log needs to write beside the database even to read it.
-            raise LibraryError(
-                f"library {path} is read-only: organizer needs to write there (check its permissions)"
-            )
-        engine = create_engine_for(db_path)
-        try:
-            migrate(engine)
-        except (OperationalError, DatabaseError) as exc:
-            engine.dispose()
-            raise LibraryError(_sqlite_reason(path, exc)) from None
-        return cls(settings, engine, embedder_loader or load_open_clip)
+        home = open_home(settings.library, create)
+        return cls(settings, home, embedder_loader or load_open_clip)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -166,11 +142,9 @@ class Library:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def writer_lock(self, purpose: str) -> WriterLock:
+    def writer_lock(self, purpose: str) -> Lock:
         """The library's writer lock (not yet taken)."""
-        if not os.access(self.path, os.W_OK):
-            raise LibraryError(f"library {self.path} is read-only: organizer needs to write there")
-        return WriterLock(self.path, purpose)
+        return self.home.writer_lock(purpose)
 
     # -- model -----------------------------------------------------------------------------
 
@@ -238,6 +212,7 @@ class Library:
         """
         options = self._ingest_options(options or IngestOptions())
         with self._writer("ingest", wait):
+            base = self.index_cache.base_generation()  # what the file holds as the run starts
             model = self.model()
             self.requested_spec()  # refuse a model mismatch before any work
             targets = self._targets(paths)
@@ -257,11 +232,11 @@ class Library:
                 status = RunStatus.FINISHED
             except Interrupted:
                 status = RunStatus.INTERRUPTED
-                self.refresh_index(ingestor.index_delta())
+                self.refresh_index(IndexDelta(base, ingestor.written))
                 raise
             finally:
                 self._finish_run(run_id, status, ingestor.summary)
-            problem = self.refresh_index(ingestor.index_delta())
+            problem = self.refresh_index(IndexDelta(base, ingestor.written))
             if problem:
                 summary.problems.append(problem)
         return summary
@@ -272,7 +247,7 @@ class Library:
             options = replace(options, batch_size=self.settings.batch_size)
         if options.workers is None and self.settings.workers is not None:
             options = replace(options, workers=self.settings.workers)
-        return replace(options, exclude=(*options.exclude, self.path))
+        return replace(options, exclude=(*options.exclude, *self.home.exclude))
 
     @contextlib.contextmanager
     def _writer(self, purpose: str, wait: bool) -> Iterator[None]:
@@ -298,35 +273,22 @@ class Library:
 
     @property
     def index_path(self) -> Path:
-        return self.path / INDEX_FILE
+        return self.home.index_path
 
     @property
     def index_cache(self) -> IndexCache:
-        return IndexCache(self.engine, self.index_path, self._may_write_index)
-
-    @contextlib.contextmanager
-    def _may_write_index(self) -> Iterator[bool]:
-        """Whether this process may (re)write the index file now: yes while it holds the writer
-        lock; a reader only when no writer is running (its file would be stale at once)."""
-        if self._writing:
-            yield True
-            return
-        lock = WriterLock(self.path, "index rebuild")
-        try:
-            got = os.access(self.path, os.W_OK) and lock.try_acquire()
-        except OSError:
-            got = False
-        try:
-            yield got
-        finally:
-            if got:
-                lock.release()
+        return IndexCache(
+            self.engine,
+            self.home.index_path,
+            self.home.file_record(),
+            lambda: self.home.may_write_index(self._writing),
+        )
 
     def vectors(self) -> VectorIndex:
         """The vector index: kept in memory while the database's vectors do not change, read
         from its file when that matches the database, else rebuilt."""
         with self.engine.connect() as conn:
-            generation = q.index_state(conn).generation
+            generation = q.index_generation(conn)
         if self._index is not None and self._index[0] == generation:
             return self._index[1]
         index = self.index_cache.load()
@@ -370,7 +332,7 @@ class Library:
 
     @property
     def clustering(self) -> Clustering:
-        return Clustering(self.engine, self.embedder, self.path)
+        return Clustering(self.engine, self.embedder, self.home.cache_dir)
 
     def cluster(self, k: KSpec = "auto", **options: object) -> ClusterRunSummary:
         """K-means over the library's vectors, stored as a new run (see Clustering.run)."""
@@ -417,17 +379,18 @@ class Library:
             roots = list(q.all_roots(conn).values())
             model = q.library_model(conn)
             counts = q.status_counts(conn)
-            state = q.index_state(conn)
             last = q.last_run(conn)
+        cache = self.index_cache
+        file = cache.file()
         index = IndexStatus(
-            state.index_type,
-            state.index_description,
-            state.recall_at_10,
-            state.file_count,
-            self.index_cache.in_sync(),
+            file.kind if file else None,
+            file.description if file else None,
+            file.recall_at_10 if file else None,
+            file.count if file else None,
+            cache.in_sync(),
             str(self.index_path),
         )
-        return LibraryStatus(str(self.path), roots, model, counts, index, last)
+        return LibraryStatus(self.home.name, roots, model, counts, index, last)
 
     def failures(self) -> list[Failure]:
         """Files recorded as failed, with the reason, sorted by root and path."""
@@ -449,21 +412,3 @@ def _check_checkpoint(spec: ModelSpec) -> None:
             f"checkpoint {spec.pretrained} changed since this library was built: "
             "restore the original file"
         )
-
-
-def _make_library_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path / DB_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-    except OSError as exc:
-        raise LibraryError(f"cannot create library at {path}: {exc.strerror}") from None
-
-
-def _sqlite_reason(path: Path, exc: Exception) -> str:
-    message = str(getattr(exc, "orig", exc))
-    if isinstance(getattr(exc, "orig", None), sqlite3.OperationalError) and (
-        "readonly" in message or "unable to open" in message
-    ):
-        return f"library {path} cannot be opened for writing ({message}): check its permissions"
-    return explain(exc, str(path / DB_FILE))

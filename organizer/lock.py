@@ -1,8 +1,12 @@
 """The writer lock of a library: one writing process at a time, readers never wait.
 
-An advisory ``flock`` on ``LIBRARY/lock``: the kernel drops it when the holder exits, even on
-``kill -9``, so a crash never leaves a library locked. The holder writes its pid and command
-into the file so that a refused process can say who is busy.
+A folder library: an advisory ``flock`` on ``LIBRARY/lock``. The kernel drops it when the
+holder exits, even on ``kill -9``, so a crash never leaves a library locked. The holder
+writes its pid and command into the file so that a refused process can say who is busy.
+
+A library on PostgreSQL: a session-level advisory lock, held on a connection of its own.
+The server drops it when that connection ends (the holder exited, or its machine went
+away); the holder names itself in ``application_name`` for the refused process to read.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import time
 from pathlib import Path
+
+from sqlalchemy import Connection, Engine, text
 
 from organizer.errors import LibraryBusyError
 
@@ -77,6 +84,87 @@ class WriterLock:
         return self._fd is not None
 
     def __enter__(self) -> WriterLock:
+        if not self.held:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# Advisory locks are per database: one fixed key ("organize" in ASCII) is the writer lock.
+ADVISORY_KEY = 0x6F7267616E697A65
+_HOLDER = text(
+    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :high AND l.objid = :low"
+)
+
+
+class AdvisoryLock:
+    """The writer lock of a library on PostgreSQL; the same interface as :class:`WriterLock`."""
+
+    def __init__(self, engine: Engine, purpose: str):
+        self.engine = engine
+        self.purpose = purpose
+        self._conn: Connection | None = None
+
+    def holder(self) -> str:
+        """Who holds the lock ('ingest running (pid 123 on host)')."""
+        key = ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF
+        params = {"high": key >> 32, "low": key & 0xFFFFFFFF}
+        try:
+            with self.engine.connect() as conn:
+                names = conn.execute(_HOLDER, params).scalars().all()
+        except Exception:  # only for a message: never mask the busy library itself
+            names = []
+        for name in names:
+            if name and name.startswith("organizer "):
+                return name.removeprefix("organizer ")
+        return "another organizer process"
+
+    def acquire(self, wait: bool = False, poll_s: float = 0.2) -> None:
+        """Take the lock, or raise LibraryBusyError at once (``wait=False``) naming the holder."""
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            label = (
+                f"organizer {self.purpose} running (pid {os.getpid()} on {socket.gethostname()})"
+            )
+            conn.execute(text("SELECT set_config('application_name', :v, false)"), {"v": label})
+            while not conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}
+            ).scalar():
+                if not wait:
+                    raise LibraryBusyError(
+                        f"library is busy: {self.holder()}; try again later or pass --wait"
+                    )
+                time.sleep(poll_s)
+        except BaseException:
+            conn.invalidate()  # a connection that may hold the lock never goes back to the pool
+            conn.close()
+            raise
+        self._conn = conn
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; never waits, never raises for a busy library."""
+        try:
+            self.acquire(wait=False)
+        except LibraryBusyError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        # Closing the session is what releases the lock for sure, whatever state it is in.
+        conn.invalidate()
+        conn.close()
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    def __enter__(self) -> AdvisoryLock:
         if not self.held:
             self.acquire()
         return self

@@ -17,24 +17,81 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from organizer.errors import LibraryError
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
+from organizer.store.records import IndexFileRecord
 
 FLAT_MAX = 50_000
 TARGET_RECALL = 0.97
 _CALIBRATION_QUERIES = 200
+
+
+Batch = tuple[np.ndarray, np.ndarray]  # (ids, vectors) of some images
+_BATCH = 16_384
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _i64(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _pick_rows(
+    batches: Iterable[Batch], count: int, dim: int, wanted: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The vectors (and ids) at the given row positions of a stream, in the order asked."""
+    out = []
+    for rows in wanted:
+        out.append((np.empty((len(rows), dim), np.float32), np.empty(len(rows), np.int64)))
+    orders = [np.argsort(rows) for rows in wanted]
+    sorted_rows = [rows[order] for rows, order in zip(wanted, orders, strict=True)]
+    offset = 0
+    for ids, vectors in batches:
+        end = offset + len(ids)
+        for (vecs, picked_ids), rows, order in zip(out, sorted_rows, orders, strict=True):
+            lo, hi = np.searchsorted(rows, [offset, end])
+            take = order[lo:hi]
+            vecs[take] = vectors[rows[lo:hi] - offset]
+            picked_ids[take] = ids[rows[lo:hi] - offset]
+        offset = end
+    if offset != count:
+        raise RuntimeError(f"internal error: the vectors changed while read ({offset} != {count})")
+    return out
+
+
+class _TopK:
+    """Exact top-k (inner product) of a few queries over a stream of batches."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries = queries
+        self.k = k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.ids = np.empty((len(queries), 0), np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        scores = np.concatenate([self.scores, self.queries @ vectors.T], axis=1)
+        all_ids = np.concatenate(
+            [self.ids, np.broadcast_to(ids, (len(self.queries), len(ids)))], axis=1
+        )
+        keep = min(self.k, scores.shape[1])
+        best = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        self.scores = np.take_along_axis(scores, best, axis=1)
+        self.ids = np.take_along_axis(all_ids, best, axis=1)
 
 
 @dataclass(frozen=True)
@@ -62,19 +119,36 @@ class VectorIndex:
 
         ``kind`` is "flat", "ivf", or "auto" (flat up to FLAT_MAX vectors).
         """
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+        def batches() -> Iterator[Batch]:
+            for start in range(0, len(ids), _BATCH):
+                yield ids[start : start + _BATCH], vectors[start : start + _BATCH]
+
+        return cls.build_from(batches, len(ids), dim, kind)
+
+    @classmethod
+    def build_from(
+        cls, batches: Callable[[], Iterable[Batch]], count: int, dim: int, kind: str = "auto"
+    ) -> VectorIndex:
+        """A new index from a stream of (ids, vectors) batches of ``count`` vectors in all.
+
+        ``batches()`` is called once per pass (twice for IVF: a training sample and the
+        calibration queries are drawn in the first, everything is added in the second), so
+        memory holds the index being built and a training sample, never all the vectors.
+        """
         import faiss
 
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
         if kind == "auto":
-            kind = "flat" if len(ids) <= FLAT_MAX else "ivf"
+            kind = "flat" if count <= FLAT_MAX else "ivf"
         if kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-            if len(ids):
-                index.add_with_ids(vectors, ids)
+            for ids, vectors in batches():
+                index.add_with_ids(_f32(vectors), _i64(ids))
             return cls(index, recall=1.0)
         # ~4 sqrt(N) lists, and at least the 39 training points per list faiss asks for.
-        nlist = max(1, min(int(4 * math.sqrt(len(ids))), len(ids) // 39))
+        nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
         index = faiss.IndexIVFScalarQuantizer(
             faiss.IndexFlatIP(dim),
             dim,
@@ -83,21 +157,24 @@ class VectorIndex:
             faiss.METRIC_INNER_PRODUCT,
         )
         rng = np.random.default_rng(0)
-        sample = vectors[rng.choice(len(ids), min(len(ids), 40 * nlist), replace=False)]
-        index.train(sample)
-        index.add_with_ids(vectors, ids)
+        train_rows = rng.choice(count, min(count, 40 * nlist), replace=False)
+        query_rows = rng.choice(count, min(count, _CALIBRATION_QUERIES), replace=False)
+        (train, _), (queries, _) = _pick_rows(batches(), count, dim, [train_rows, query_rows])
+        index.train(train)
+        del train
+        exact = _TopK(queries, 10)
+        for ids, vectors in batches():
+            vectors = _f32(vectors)
+            index.add_with_ids(vectors, _i64(ids))
+            exact.update(_i64(ids), vectors)
         built = cls(index)
-        built.recall = built._calibrate(ids, vectors, rng)
+        built.recall = built._calibrate(queries, exact.ids)
         return built
 
-    def _calibrate(self, ids: np.ndarray, vectors: np.ndarray, rng) -> float:
+    def _calibrate(self, queries: np.ndarray, truth: np.ndarray) -> float:
         """Raise nprobe until recall@10 against exact search reaches TARGET_RECALL."""
         import faiss
 
-        rows = rng.choice(len(vectors), min(len(vectors), _CALIBRATION_QUERIES), replace=False)
-        queries = vectors[rows]
-        _, exact = faiss.knn(queries, vectors, 10, faiss.METRIC_INNER_PRODUCT)
-        truth = ids[exact]
         ivf = faiss.extract_index_ivf(self._index)
         recall, nprobe = 0.0, 1
         while True:
@@ -266,6 +343,56 @@ class IndexDelta:
     written: frozenset[int]
 
 
+class DatabaseFileRecord:
+    """A folder library: the index file's record lives in the database, beside the counter."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def read(self, conn: Connection) -> IndexFileRecord | None:
+        return q.index_file(conn)
+
+    def write(self, file: IndexFileRecord) -> bool:
+        """Record the file; False when the vectors changed since it was built (it is stale)."""
+        with write_transaction(self.engine) as conn:
+            return q.record_index_file(conn, file)
+
+
+class SidecarFileRecord:
+    """A shared catalogue: each machine's cached file describes itself in a JSON file beside
+    it, so that machines never invalidate each other's caches through the database."""
+
+    def __init__(self, engine: Engine, path: Path):
+        self.engine = engine
+        self.path = path
+
+    def read(self, conn: Connection | None = None) -> IndexFileRecord | None:
+        try:
+            return IndexFileRecord(**json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, file: IndexFileRecord) -> bool:
+        with self.engine.connect() as conn:
+            if q.index_generation(conn) != file.generation:
+                return False
+        fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(file.to_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return True
+
+
+FileRecord = DatabaseFileRecord | SidecarFileRecord
+
+
 class IndexCache:
     """The index file of one library, verified against and rebuilt from its database."""
 
@@ -273,33 +400,47 @@ class IndexCache:
         self,
         engine: Engine,
         path: Path,
+        record: FileRecord | None = None,
         may_write: Callable[[], AbstractContextManager[bool]] | None = None,
     ):
-        """``may_write()`` is a context manager yielding whether this process may write the
-        file now (readers must not rewrite it under a running ingest); default: always."""
+        """``record`` keeps what the file holds (default: in the database); ``may_write()`` is a
+        context manager yielding whether this process may write the file now (readers must
+        not rewrite it under a running ingest); default: always."""
         self.engine = engine
         self.path = path
+        self.record = record or DatabaseFileRecord(engine)
         self.problem: str | None = None
         self.may_write = may_write or (lambda: contextlib.nullcontext(True))
+
+    def _state(self) -> tuple[int, IndexFileRecord | None]:
+        with self.engine.connect() as conn, conn.begin():
+            return q.index_generation(conn), self.record.read(conn)
+
+    def file(self) -> IndexFileRecord | None:
+        """What the index file holds, as recorded when it was written (None: no file yet)."""
+        return self._state()[1]
+
+    def base_generation(self) -> int | None:
+        """The generation the file is current at, if it is current now (writes start here)."""
+        generation, file = self._state()
+        return generation if file is not None and file.generation == generation else None
 
     def load(self) -> VectorIndex:
         """The index from its file when checksum and generation match the database, else
         rebuilt from the database (and saved when the folder is writable)."""
-        with self.engine.connect() as conn:
-            state = q.index_state(conn)
-        if state.file_current:
-            index = read_index(self.path, state.file_sha256, state.recall_at_10, mmap=True)
-            if index is not None and len(index) == state.file_count:
+        generation, file = self._state()
+        if file is not None and file.generation == generation:
+            index = read_index(self.path, file.sha256, file.recall_at_10, mmap=True)
+            if index is not None and len(index) == file.count:
                 return index
         return self._rebuild()
 
     def in_sync(self) -> bool:
-        with self.engine.connect() as conn:
-            state = q.index_state(conn)
-        return bool(
-            state.file_sha256
-            and state.file_generation == state.generation
-            and file_sha256(self.path) == state.file_sha256
+        generation, file = self._state()
+        return (
+            file is not None
+            and file.generation == generation
+            and file_sha256(self.path) == file.sha256
         )
 
     def refresh(self, delta: IndexDelta | None = None) -> str | None:
@@ -318,10 +459,10 @@ class IndexCache:
 
     def _apply(self, delta: IndexDelta) -> VectorIndex | None:
         with self.engine.connect() as conn, conn.begin():
-            state = q.index_state(conn)
-            if state.file_generation != delta.base_generation or not state.file_sha256:
+            file = self.record.read(conn)
+            if file is None or file.generation != delta.base_generation:
                 return None
-            index = read_index(self.path, state.file_sha256, state.recall_at_10)
+            index = read_index(self.path, file.sha256, file.recall_at_10)
             if index is None:
                 return None
             model = q.library_model(conn)
@@ -332,7 +473,7 @@ class IndexCache:
             if not index.fits(len(db_ids)):
                 return None
             vectors = q.vectors_of(conn, model.id, model.dim, add)
-            generation = state.generation
+            generation = q.index_generation(conn)
         index.remove(remove)
         index.add(np.asarray(add, dtype=np.int64), vectors)
         if len(index) != len(db_ids):
@@ -341,36 +482,35 @@ class IndexCache:
         return index
 
     def _rebuild(self) -> VectorIndex:
+        """Build from the database, streaming its vectors in one read transaction (one
+        snapshot for every pass), so memory holds the index, not the vectors too."""
         with self.engine.connect() as conn, conn.begin():
-            state = q.index_state(conn)
+            generation = q.index_generation(conn)
             model = q.library_model(conn)
             if model is None:
                 return VectorIndex.build(np.empty(0, np.int64), np.empty((0, 1), np.float32), 1)
-            ids, vectors = q.ok_vectors(conn, model.id, model.dim)
-        index = VectorIndex.build(ids, vectors, model.dim)
-        self._save(index, state.generation)
+            index = VectorIndex.build_from(
+                lambda: q.iter_ok_vectors(conn, model.id, model.dim),
+                q.count_ok_vectors(conn, model.id),
+                model.dim,
+            )
+        self._save(index, generation)
         return index
 
     def _save(self, index: VectorIndex, generation: int) -> None:
-
         try:
             with self.may_write() as allowed:
                 if not allowed:
                     return
                 sha = write_index(self.path, index)
-                with write_transaction(self.engine) as conn:
-                    q.record_index_file(
-                        conn,
-                        generation,
-                        sha,
-                        len(index),
-                        index.kind,
-                        index.describe(),
-                        index.recall,
+                self.record.write(
+                    IndexFileRecord(
+                        generation, sha, len(index), index.kind, index.describe(), index.recall
                     )
+                )
         except (OSError, LibraryError) as exc:
             # Read-only folder or full disk: the index serves from memory this time, and the
-            # database still says the file is stale, so it is rebuilt on next use.
+            # record still says the file is stale, so it is rebuilt on next use.
             reason = getattr(exc, "strerror", None) or str(exc)
             self.problem = (
                 f"the vector index could not be saved ({reason}); it will be rebuilt on next use"

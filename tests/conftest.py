@@ -11,19 +11,63 @@ from typer.testing import CliRunner
 from organizer.config import Settings
 from organizer.library import Library
 from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
+from tests.pg import PgServer
 
 REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "openimages-100"
 
 
 @pytest.fixture(autouse=True)
 def _no_network_no_env(monkeypatch, tmp_path):
-    """No test reaches the network, and no ORGANIZER_* variable of the developer leaks in."""
+    """No test reaches the network, and no ORGANIZER_* variable of the developer leaks in;
+    caches (a catalogue's index, Hugging Face's) stay in the test's own folder."""
     for key in list(os.environ):
         if key.startswith("ORGANIZER_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("ORGANIZER_OFFLINE", "1")
+
+
+# -- the two homes of a library: a folder (SQLite) and a PostgreSQL server ------------------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_backends")
+    if both and not metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """Where the test's library lives: "sqlite" unless the test runs on both."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server for the session (unix socket only)."""
+    try:
+        server = PgServer()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}: CI must run the PostgreSQL tests (.ci/run installs it)")
+        pytest.skip(f"{exc}: install Debian's postgresql to run these tests")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def library(backend, tmp_path, request) -> Path | str:
+    """The test's library: a folder, or a fresh database on the session's server."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_server").new_database()
+    return tmp_path / "lib"
 
 
 @pytest.fixture
@@ -34,8 +78,8 @@ def photos(tmp_path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(library=tmp_path / "lib", model=str(TINY_CONFIG), pretrained="none")
+def settings(library) -> Settings:
+    return Settings(library=library, model=str(TINY_CONFIG), pretrained="none")
 
 
 @pytest.fixture
@@ -54,13 +98,13 @@ def fake_lib(settings, fake):
 
 
 @pytest.fixture
-def cli(tmp_path):
-    """Run the organizer CLI in-process with the tiny model and a temporary library."""
+def cli(library):
+    """Run the organizer CLI in-process with the tiny model and the test's library."""
     from organizer.cli import app
 
     runner = CliRunner()
     env = {
-        "ORGANIZER_LIBRARY": str(tmp_path / "lib"),
+        "ORGANIZER_LIBRARY": str(library),
         "ORGANIZER_MODEL": str(TINY_CONFIG),
         "ORGANIZER_PRETRAINED": "none",
         "ORGANIZER_OFFLINE": "1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,14 @@ def clustered_vectors(
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), labels, centres
 
 
+def photos_root(lib) -> Path:
+    """Where a test library's photos go: beside its folder, or for a library on a server
+    beside the test's cache folder (conftest puts both in the test's tmp_path)."""
+    if isinstance(lib.path, Path):
+        return lib.path.parent / "photos"
+    return Path(os.environ["XDG_CACHE_HOME"]).parent / "photos"
+
+
 def store_vectors(lib, vectors: np.ndarray, relpaths: list[str], model=("fake", "none")) -> None:
     """Write images + vectors straight into a library, as ingest would store them."""
     from organizer.embed import ModelSpec
@@ -119,7 +128,7 @@ def store_vectors(lib, vectors: np.ndarray, relpaths: list[str], model=("fake", 
         found = q.library_model(conn)
         model_id = found.id if found else q.insert_model(conn, ModelSpec(*model), vectors.shape[1])
         roots = q.all_roots(conn)
-        root_id = next(iter(roots)) if roots else q.add_root(conn, str(lib.path.parent / "photos"))
+        root_id = next(iter(roots)) if roots else q.add_root(conn, str(photos_root(lib)))
         for rel, v in zip(relpaths, vectors, strict=True):
             image_id = q.insert_image(
                 conn,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from organizer.lock import WriterLock
+from organizer.config import Settings
+from organizer.library import Library
 from tests.fakes import TINY_CONFIG
 
 
@@ -49,19 +51,23 @@ def test_human_summary_and_failed_listing(cli, photos):
     assert os.path.join(os.path.realpath(photos), "broken.jpg") in result.stdout
 
 
-def test_second_writer_is_refused_with_the_holder(cli, photos, tmp_path):
+@pytest.mark.both_backends
+def test_second_writer_is_refused_with_the_holder(cli, photos, library, backend):
     assert cli("ingest", photos).exit_code == 0
-    lock = WriterLock(tmp_path / "lib", "ingest")
+    holder = Library.open(Settings(library=library))
+    lock = holder.writer_lock("ingest")
     lock.acquire()
     try:
         result = cli("ingest", photos)
         assert result.exit_code == 1
-        assert f"library is busy: ingest running (pid {os.getpid()})" in result.stderr
+        where = f" on {socket.gethostname()}" if backend == "postgresql" else ""
+        assert f"library is busy: ingest running (pid {os.getpid()}{where})" in result.stderr
         assert "Traceback" not in result.output
         # readers are not blocked by the writer
         assert cli("status").exit_code == 0
     finally:
         lock.release()
+        holder.close()
     assert cli("ingest", photos).exit_code == 0
 
 
@@ -154,6 +160,8 @@ def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
         ["duplicates", "--threshold", "1.5"],
         ["duplicates", "--threshold", "0"],
         ["similar", "photo.jpg", "-n", "0"],
+        ["similar", "photo.jpg", "--threshold", "1.01"],
+        ["search", "a dog", "--threshold", "-2"],
         ["search", "a dog", "--limit", "-3"],
         ["clusters", "-n", "-1"],
         ["export", "--to", "out", "--mode", "hardlinkz"],
@@ -197,6 +205,14 @@ def test_old_spellings_still_work(cli, photos):
         assert "--top" not in shown and "--assign-new" not in shown and "--runs" not in shown
 
 
-def test_no_arguments_shows_the_help(cli):
+def test_no_arguments_shows_the_help_once(cli):
     result = cli()
-    assert result.exit_code == 2 and "Usage: " in result.stdout and "ingest" in result.stdout
+    assert result.exit_code == 2 and "ingest" in result.stdout
+    assert result.output.count("Usage: ") == 1
+
+
+def test_result_thresholds_take_any_cosine(cli, photos):
+    """Text scores are small and --minus terms can make them negative: 0 and below are valid."""
+    assert cli("ingest", photos).exit_code == 0
+    assert cli("search", "a dog", "--threshold", "-0.5").exit_code == 0
+    assert cli("similar", photos / "img000.jpg", "--threshold", "0").exit_code == 0

@@ -12,6 +12,8 @@ from organizer.cluster import kmeans
 from organizer.errors import ClusterError
 from tests.fakes import FakeEmbedder, clustered_vectors, make_folder, store_vectors
 
+pytestmark = pytest.mark.both_backends
+
 
 def _store_topics(lib) -> np.ndarray:
     """Store 8 well-separated clusters of 40 vectors, in folders topic0..topic7; returns the
@@ -98,8 +100,8 @@ def test_names_come_from_the_vocabulary_file(settings, tmp_path):
             folder = next(label for label, number in spread.items() if number == c.number)
             assert c.label == f"concept {folder.removeprefix('topic')}"
             assert len(c.labels) == 3 and c.labels[0][1] >= c.labels[1][1]
-        concepts = next(p.name for p in synthetic.path.glob("concepts-*.npy"))
-        assert (synthetic.path / concepts).exists()
+        concepts = next(p.name for p in synthetic.home.cache_dir.glob("concepts-*.npy"))
+        assert (synthetic.home.cache_dir / concepts).exists()
 
 
 def test_runs_persist_and_list(synthetic, settings):
@@ -108,7 +110,7 @@ def test_runs_persist_and_list(synthetic, settings):
 
     first = synthetic.cluster(4, names=False)
     second = synthetic.cluster(8, names=False)
-    with Library.open(Settings(library=synthetic.path)) as again:
+    with Library.open(Settings(library=synthetic.settings.library)) as again:
         runs = again.clustering.runs()
         assert [r.id for r in runs] == [first.run.id, second.run.id]
         assert again.clusters().run.id == second.run.id  # the latest by default
@@ -163,7 +165,9 @@ def test_assign_new_puts_new_images_in_the_nearest_cluster(synthetic):
 )
 def test_bad_requests_are_one_line_errors(synthetic, cli, args, message):
     """Runtime failures: exit 1 (bad values of options are usage errors: see test_cli)."""
-    result = cli(*args, "--library", synthetic.path, ORGANIZER_MODEL="", ORGANIZER_PRETRAINED="")
+    result = cli(
+        *args, "--library", synthetic.settings.library, ORGANIZER_MODEL="", ORGANIZER_PRETRAINED=""
+    )
     assert result.exit_code == 1, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -177,22 +181,32 @@ def test_empty_library_is_a_clear_error(cli, tmp_path):
 
 def test_cli_cluster_json_and_listing(synthetic, cli, tmp_path):
     env = {"ORGANIZER_MODEL": "", "ORGANIZER_PRETRAINED": ""}
-    result = cli("cluster", "-k", "8", "--no-names", "--json", "--library", synthetic.path, **env)
+    result = cli(
+        "cluster", "-k", "8", "--no-names", "--json", "--library", synthetic.settings.library, **env
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert {"run_id", "k", "silhouette", "clusters"} <= set(data) and data["k"] == 8
     assert set(data["clusters"][0]) >= {"id", "label", "size", "silhouette"}
     listing = json.loads(
-        cli("clusters", "--json", "-n", "2", "--library", synthetic.path, **env).stdout
+        cli("clusters", "--json", "-n", "2", "--library", synthetic.settings.library, **env).stdout
     )
     assert (
         listing["run_id"] == data["run_id"] and len(listing["clusters"][0]["representatives"]) == 2
     )
     ev = json.loads(
-        cli("evaluate", "--labels", "folders", "--json", "--library", synthetic.path, **env).stdout
+        cli(
+            "evaluate",
+            "--labels",
+            "folders",
+            "--json",
+            "--library",
+            synthetic.settings.library,
+            **env,
+        ).stdout
     )
     assert ev["nmi"] >= 0.95
-    text = cli("clusters", "--library", synthetic.path, **env).stdout
+    text = cli("clusters", "--library", synthetic.settings.library, **env).stdout
     assert "run 1: k=8" in text
 
 

@@ -10,6 +10,8 @@ import pytest
 from organizer.store import queries as q
 from tests.fakes import make_folder
 
+pytestmark = pytest.mark.both_backends
+
 
 def _db_vectors(lib):
     with lib.engine.connect() as conn:

@@ -14,6 +14,8 @@ from organizer.library import Library
 from organizer.store import queries as q
 from tests.fakes import picture, write_picture
 
+pytestmark = pytest.mark.both_backends
+
 
 def rows(lib):
     with lib.engine.connect() as conn:

@@ -21,6 +21,8 @@ import organizer.library
 from organizer.cli import app
 from tests.fakes import FakeEmbedder, make_folder, write_picture
 
+pytestmark = pytest.mark.both_backends
+
 
 class Matches:
     """Equal to any value of ``kind`` (and, for strings, matching ``pattern``)."""

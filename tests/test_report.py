@@ -20,7 +20,9 @@ from organizer.report import projection as proj
 from organizer.report import write_report
 from organizer.report.render import script_json
 from organizer.report.thumbs import PLACEHOLDER, SIDE
-from tests.fakes import clustered_vectors, store_vectors, write_picture
+from tests.fakes import clustered_vectors, photos_root, store_vectors, write_picture
+
+pytestmark = pytest.mark.both_backends
 
 HOSTILE = ["<img src=x onerror=alert(1)>.jpg", "</script>.jpg", "a\"quote'&amp;.jpg"]
 
@@ -32,7 +34,7 @@ def make_library(lib, names: list[str], clusters: int = 2, files: bool = True) -
     vectors, _, _ = clustered_vectors(clusters, per, seed=1)
     order = np.arange(clusters * per).reshape(clusters, per).T.ravel()[: len(names)]
     store_vectors(lib, vectors[order], names)
-    root = lib.path.parent / "photos"
+    root = photos_root(lib)
     for seed, name in enumerate(names if files else []):
         write_picture(root / name, seed)
     return root
@@ -174,7 +176,7 @@ def test_beyond_max_points_a_seeded_sample_and_the_report_says_so(fake_lib, tmp_
 
 
 def test_absolute_paths_only_when_asked(clustered_lib, tmp_path):
-    root = str(clustered_lib.path.parent / "photos")
+    root = str(photos_root(clustered_lib))
     page, _, _ = report(clustered_lib, tmp_path, absolute=True)
     assert all(p.startswith(root + "/") for p in page.data["p"])
     _, html, _ = report(clustered_lib, tmp_path)
@@ -264,12 +266,12 @@ def test_script_json_cannot_end_its_script_element():
     assert json.loads(text) == value
 
 
-@pytest.mark.parametrize("backend", ["opentsne", "sklearn"])
-def test_projection_is_seeded_and_deterministic(backend):
-    pytest.importorskip("openTSNE") if backend == "opentsne" else None
+@pytest.mark.parametrize("tsne", ["opentsne", "sklearn"])
+def test_projection_is_seeded_and_deterministic(tsne):
+    pytest.importorskip("openTSNE") if tsne == "opentsne" else None
     x, _, _ = clustered_vectors(3, 20, dim=64)
-    a, b = proj.project(x, seed=1, backend=backend), proj.project(x, seed=1, backend=backend)
-    assert a.backend == backend and np.array_equal(a.xy, b.xy)
+    a, b = proj.project(x, seed=1, backend=tsne), proj.project(x, seed=1, backend=tsne)
+    assert a.backend == tsne and np.array_equal(a.xy, b.xy)
     assert a.xy.shape == (60, 2) and a.xy.min() >= 0 and a.xy.max() <= 1
 
 

@@ -16,6 +16,8 @@ from organizer.search import combine
 from organizer.store import queries as q
 from tests.fakes import make_folder, picture, write_picture
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 def searchable(fake_lib, tmp_path):
@@ -123,7 +125,9 @@ def test_combine_is_the_normalised_weighted_sum():
 )
 def test_bad_queries_are_one_line_errors(searchable, cli, tmp_path, args, message):
     lib, _ = searchable
-    result = cli(*args, "--library", lib.path, ORGANIZER_MODEL="", ORGANIZER_PRETRAINED="")
+    result = cli(
+        *args, "--library", lib.settings.library, ORGANIZER_MODEL="", ORGANIZER_PRETRAINED=""
+    )
     assert result.exit_code == 1, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
@@ -132,18 +136,20 @@ def test_bad_queries_are_one_line_errors(searchable, cli, tmp_path, args, messag
 def test_json_shapes(searchable, cli):
     lib, root = searchable
     out = json.loads(
-        cli("similar", root / "img000.jpg", "-k", "2", "--json", "--library", lib.path).stdout
+        cli(
+            "similar", root / "img000.jpg", "-k", "2", "--json", "--library", lib.settings.library
+        ).stdout
     )
     assert out["query"] == str(root / "img000.jpg")
     assert [sorted(r) for r in out["results"]] == [
         ["image_id", "path", "rank", "root", "score"]
     ] * 2
     assert out["results"][0]["path"] == "copy-of-0.jpg"
-    dup = json.loads(cli("duplicates", "--json", "--library", lib.path).stdout)
+    dup = json.loads(cli("duplicates", "--json", "--library", lib.settings.library).stdout)
     assert dup["groups"][0]["keep"] == "img000.jpg"
     assert {i["path"] for i in dup["groups"][0]["images"]} == {"img000.jpg", "copy-of-0.jpg"}
     text = cli(
-        "similar", root / "img000.jpg", "-k", "1", "--absolute", "--library", lib.path
+        "similar", root / "img000.jpg", "-k", "1", "--absolute", "--library", lib.settings.library
     ).stdout
     assert os.path.join(os.path.realpath(root), "copy-of-0.jpg") in text
 
@@ -155,7 +161,7 @@ def test_similar_on_an_indexed_image_does_not_import_torch(searchable):
         "try:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "print('TORCH', 'torch' in sys.modules)\n"
     )
-    args = ["similar", str(root / "img000.jpg"), "--library", str(lib.path)]
+    args = ["similar", str(root / "img000.jpg"), "--library", str(lib.settings.library)]
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert "copy-of-0.jpg" in out.stdout and "TORCH False" in out.stdout, out.stdout + out.stderr
 

@@ -13,6 +13,10 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+# Row ids: INTEGER on SQLite (there only an INTEGER PRIMARY KEY is the fast rowid), BIGINT
+# elsewhere, for catalogues of more than two billion rows.
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 # Every change to the set of indexed vectors bumps index_state.generation in the same
 # transaction, so a vector-index file built at an older generation is known to be stale.
 _BUMP = "UPDATE index_state SET generation = generation + 1 WHERE id = 1;"
@@ -25,19 +29,38 @@ _TRIGGERS = {
     ),
     "trg_images_delete": f"AFTER DELETE ON images BEGIN {_BUMP} END",
 }
+# PostgreSQL: the same bumps from one plpgsql function. Vector writes bump once per statement
+# (a batch of rows, not each row); a status change only when the status really changes.
+_PG_FUNCTION = (
+    "CREATE FUNCTION organizer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN {_BUMP} RETURN NULL; END $$"
+)
+_PG_TRIGGERS = {
+    "trg_embeddings_change": (
+        "AFTER INSERT OR UPDATE OR DELETE ON embeddings FOR EACH STATEMENT "
+        "EXECUTE FUNCTION organizer_bump_generation()"
+    ),
+    "trg_images_status": (
+        "AFTER UPDATE OF status ON images FOR EACH ROW "
+        "WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION organizer_bump_generation()"
+    ),
+    "trg_images_delete": (
+        "AFTER DELETE ON images FOR EACH STATEMENT EXECUTE FUNCTION organizer_bump_generation()"
+    ),
+}
 
 
 def upgrade() -> None:
     op.create_table(
         "roots",
-        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("id", ID, primary_key=True),
         sa.Column("path", sa.Text, nullable=False, unique=True),
         sa.Column("added_at", sa.DateTime, nullable=False),
         sa.Column("last_scan_at", sa.DateTime, nullable=True),
     )
     op.create_table(
         "models",
-        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("id", ID, primary_key=True),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("pretrained", sa.Text, nullable=False),
         sa.Column("weights_sha256", sa.String(64), nullable=True),
@@ -47,10 +70,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "images",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column(
-            "root_id", sa.Integer, sa.ForeignKey("roots.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("id", ID, primary_key=True),
+        sa.Column("root_id", ID, sa.ForeignKey("roots.id", ondelete="CASCADE"), nullable=False),
         sa.Column("relpath", sa.LargeBinary, nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("mtime_ns", sa.BigInteger, nullable=False),
@@ -72,17 +93,17 @@ def upgrade() -> None:
         "embeddings",
         sa.Column(
             "image_id",
-            sa.Integer,
+            ID,
             sa.ForeignKey("images.id", ondelete="CASCADE"),
             primary_key=True,
         ),
-        sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), primary_key=True),
+        sa.Column("model_id", ID, sa.ForeignKey("models.id"), primary_key=True),
         sa.Column("vector", sa.LargeBinary, nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
     )
     op.create_table(
         "ingest_runs",
-        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("id", ID, primary_key=True),
         sa.Column("started_at", sa.DateTime, nullable=False),
         sa.Column("finished_at", sa.DateTime, nullable=True),
         sa.Column("pid", sa.Integer, nullable=False),
@@ -93,21 +114,29 @@ def upgrade() -> None:
     )
     index_state = op.create_table(
         "index_state",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("generation", sa.Integer, nullable=False),
-        sa.Column("file_generation", sa.Integer, nullable=True),
+        sa.Column("id", ID, primary_key=True),
+        sa.Column("generation", ID, nullable=False),
+        sa.Column("file_generation", ID, nullable=True),
         sa.Column("file_sha256", sa.String(64), nullable=True),
-        sa.Column("file_count", sa.Integer, nullable=True),
+        sa.Column("file_count", ID, nullable=True),
         sa.Column("index_type", sa.String(32), nullable=True),
         sa.Column("built_at", sa.DateTime, nullable=True),
     )
     op.bulk_insert(index_state, [{"id": 1, "generation": 0}])
-    for name, body in _TRIGGERS.items():
-        op.execute(f"CREATE TRIGGER {name} {body}")
+    if op.get_bind().dialect.name == "sqlite":
+        for name, body in _TRIGGERS.items():
+            op.execute(f"CREATE TRIGGER {name} {body}")
+    else:
+        op.execute(_PG_FUNCTION)
+        for name, body in _PG_TRIGGERS.items():
+            op.execute(f"CREATE TRIGGER {name} {body}")
 
 
 def downgrade() -> None:
-    for name in _TRIGGERS:
-        op.execute(f"DROP TRIGGER IF EXISTS {name}")
+    if op.get_bind().dialect.name == "sqlite":
+        for name in _TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+    else:
+        op.execute("DROP FUNCTION IF EXISTS organizer_bump_generation() CASCADE")
     for table in ("index_state", "ingest_runs", "embeddings", "images", "models", "roots"):
         op.drop_table(table)

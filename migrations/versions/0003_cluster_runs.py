@@ -8,6 +8,9 @@ Create Date: 2026-11-26
 import sqlalchemy as sa
 from alembic import op
 
+# Row ids: INTEGER on SQLite (the fast rowid), BIGINT elsewhere (see 0001).
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -17,9 +20,9 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "cluster_runs",
-        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("id", ID, primary_key=True),
         sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
+        sa.Column("model_id", ID, sa.ForeignKey("models.id"), nullable=False),
         sa.Column("algorithm", sa.String(16), nullable=False),
         sa.Column("k", sa.Integer, nullable=False),
         sa.Column("seed", sa.Integer, nullable=False),
@@ -32,10 +35,10 @@ def upgrade() -> None:
     )
     op.create_table(
         "clusters",
-        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("id", ID, primary_key=True),
         sa.Column(
             "run_id",
-            sa.Integer,
+            ID,
             sa.ForeignKey("cluster_runs.id", ondelete="CASCADE"),
             nullable=False,
         ),
@@ -51,13 +54,11 @@ def upgrade() -> None:
         "cluster_members",
         sa.Column(
             "run_id",
-            sa.Integer,
+            ID,
             sa.ForeignKey("cluster_runs.id", ondelete="CASCADE"),
             primary_key=True,
         ),
-        sa.Column(
-            "image_id", sa.Integer, sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
-        ),
+        sa.Column("image_id", ID, sa.ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("distance", sa.Float, nullable=False),
         sa.Column("silhouette", sa.Float, nullable=True),

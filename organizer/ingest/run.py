@@ -26,7 +26,6 @@ from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prep
 from organizer.scan import scan_root
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage
-from organizer.vectors import IndexDelta
 
 # Ops (stat updates, copies, failures) are flushed at least this often, with or without a
 # model batch, so that a long run of unchanged files still commits steadily.
@@ -75,16 +74,11 @@ class Ingestor:
         self._waiting: dict[str, list[Copy]] = {}
         self._vanished_by_hash: dict[str, KnownImage] = {}
         self._vanished: dict[int, KnownImage] = {}
-        self._base_generation: int | None = None
 
     # -- orchestration -------------------------------------------------------------------
 
     def run(self, targets: list[Target]) -> IngestSummary:
         started = time.perf_counter()
-        with self.engine.connect() as conn:
-            state = q.index_state(conn)
-        if state.file_generation == state.generation:
-            self._base_generation = state.generation
         self._scan(targets)
         the_plan = plan(self.engine, targets, self.options.retry_failed)
         self._vanished = the_plan.vanished  # what is left of it at the end goes missing
@@ -100,9 +94,10 @@ class Ingestor:
         self.summary.elapsed_s = time.perf_counter() - started
         return self.summary
 
-    def index_delta(self) -> IndexDelta:
-        """What this run changed, for updating the index file instead of rebuilding it."""
-        return IndexDelta(self._base_generation, frozenset(self.writer.written))
+    @property
+    def written(self) -> frozenset[int]:
+        """Images whose vector this run wrote or removed (so far)."""
+        return frozenset(self.writer.written)
 
     def _scan(self, targets: list[Target]) -> None:
         for target in targets:

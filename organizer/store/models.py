@@ -25,6 +25,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Row ids: INTEGER on SQLite (only an INTEGER PRIMARY KEY is the fast rowid), BIGINT on
+# PostgreSQL, for catalogues of more than two billion rows.
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
 
 class Base(DeclarativeBase):
     pass
@@ -35,7 +39,7 @@ class Root(Base):
 
     __tablename__ = "roots"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
     added_at: Mapped[datetime] = mapped_column(DateTime)
     last_scan_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -46,7 +50,7 @@ class Model(Base):
 
     __tablename__ = "models"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     pretrained: Mapped[str] = mapped_column(Text)
     weights_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -65,7 +69,7 @@ class Image(Base):
         CheckConstraint("status IN ('ok', 'failed', 'missing')", name="ck_images_status"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
     relpath: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -105,7 +109,7 @@ class IngestRun(Base):
         ),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     pid: Mapped[int] = mapped_column(Integer)
@@ -125,11 +129,11 @@ class IndexState(Base):
 
     __tablename__ = "index_state"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    generation: Mapped[int] = mapped_column(Integer)
-    file_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    generation: Mapped[int] = mapped_column(ID)
+    file_generation: Mapped[int | None] = mapped_column(ID, nullable=True)
     file_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    file_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    file_count: Mapped[int | None] = mapped_column(ID, nullable=True)
     index_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
     built_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     recall_at_10: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -141,7 +145,7 @@ class ClusterRun(Base):
 
     __tablename__ = "cluster_runs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     algorithm: Mapped[str] = mapped_column(String(16))
@@ -161,7 +165,7 @@ class Cluster(Base):
     __tablename__ = "clusters"
     __table_args__ = (UniqueConstraint("run_id", "number", name="uq_clusters_run_number"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("cluster_runs.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(Integer)
@@ -187,3 +191,13 @@ class ClusterMember(Base):
     distance: Mapped[float] = mapped_column(Float)
     silhouette: Mapped[float | None] = mapped_column(Float, nullable=True)
     assigned_later: Mapped[bool] = mapped_column(Boolean)
+
+
+class Catalogue(Base):
+    """The library's identity: a UUID made once (it names each machine's index cache)."""
+
+    __tablename__ = "catalogue"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime)

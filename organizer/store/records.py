@@ -151,22 +151,26 @@ class IngestRunRecord:
 
 
 @dataclass(frozen=True)
-class IndexStateRecord:
-    """What the vector-index cache must contain (``generation``) and what its file holds."""
+class IndexFileRecord:
+    """What a written vector-index file holds: built from the vectors of ``generation`` (the
+    database's counter of changes to the indexed set), with this checksum and count."""
 
     generation: int
-    file_generation: int | None
-    file_sha256: str | None
-    file_count: int | None
-    index_type: str | None
-    built_at: datetime | None
+    sha256: str
+    count: int
+    kind: str
+    description: str
     recall_at_10: float | None
-    index_description: str | None
 
-    @property
-    def file_current(self) -> bool:
-        """Whether the recorded file was built from the vectors the database holds now."""
-        return bool(self.file_sha256) and self.file_generation == self.generation
+    def to_dict(self) -> dict:
+        return {
+            "generation": self.generation,
+            "sha256": self.sha256,
+            "count": self.count,
+            "kind": self.kind,
+            "description": self.description,
+            "recall_at_10": self.recall_at_10,
+        }
 
 
 # -- cluster runs -----------------------------------------------------------------------------

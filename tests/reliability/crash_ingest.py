@@ -17,6 +17,7 @@ from pathlib import Path
 import organizer.ingest.writer
 import organizer.library
 import organizer.vectors
+from organizer.choices import is_url
 from organizer.config import Settings
 from organizer.ingest import IngestOptions
 from organizer.library import Library
@@ -87,7 +88,7 @@ def main() -> None:
         organizer.vectors.write_index = dying_write
 
     fake = SlowFake(args.slow)
-    settings = Settings(library=Path(args.library))
+    settings = Settings(library=args.library if is_url(args.library) else Path(args.library))
     with Library.open(settings, create=True, embedder_loader=lambda s, t: fake) as lib:
         # Decoding in this process: the crash points under test are the database and index
         # writes, and a worker pool's start-up would only blur the timing of the kills.

@@ -3,6 +3,7 @@ nothing committed, and the index agrees with the database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import inspect
 
+from organizer.choices import is_url
 from organizer.config import Settings
+from organizer.errors import LibraryError
 from organizer.library import Library
 from organizer.store import queries as q
+from organizer.store.db import create_engine_for
 from tests.battery import BATTERY
 from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
 
@@ -25,7 +30,7 @@ SCRIPT_MODULE = "tests.reliability.crash_ingest"  # run with -m from the reposit
 N_IMAGES = 24
 RANDOM_KILLS = 30
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_backends]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,16 @@ def _state(lib) -> dict[bytes, np.ndarray]:
     return {paths[i]: v for i, v in zip(ids.tolist(), vecs, strict=True)}
 
 
-def _run_script(lib_dir: Path, root: Path, *extra: str) -> subprocess.Popen:
+def _tables(library: Path | str) -> set[str]:
+    """The tables of a library's database, without opening (and so migrating) it."""
+    engine = create_engine_for(library if is_url(library) else Path(library) / "library.db")
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _run_script(lib_dir: Path | str, root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", SCRIPT_MODULE, str(lib_dir), str(root), *extra],
         cwd=REPO_ROOT,
@@ -65,13 +79,12 @@ def _run_script(lib_dir: Path, root: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def _recover_and_check(lib_dir: Path, root: Path, reference: dict) -> None:
+def _recover_and_check(lib_dir: Path | str, root: Path, reference: dict) -> None:
     """Re-run to completion and assert the library equals a clean run's."""
     committed_before = {}
-    if (lib_dir / "library.db").exists():
-        with Library.open(Settings(library=lib_dir)) as lib:
-            if lib.model() is not None:
-                committed_before = _state(lib)
+    with contextlib.suppress(LibraryError), Library.open(Settings(library=lib_dir)) as lib:
+        if lib.model() is not None:
+            committed_before = _state(lib)
     fake = FakeEmbedder()
     with Library.open(
         Settings(library=lib_dir), create=True, embedder_loader=lambda s, t: fake
@@ -97,9 +110,9 @@ def _recover_and_check(lib_dir: Path, root: Path, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("seed", range(RANDOM_KILLS))
-def test_kill_at_random_moment(seed, crash_photos, reference, tmp_path):
+def test_kill_at_random_moment(seed, crash_photos, reference, library):
     rng = random.Random(seed)
-    lib_dir = tmp_path / "lib"
+    lib_dir = library
     with BATTERY.fault():
         proc = _run_script(lib_dir, crash_photos, "--slow", "0.05")
         time.sleep(rng.uniform(0.1, 2.0))
@@ -109,8 +122,8 @@ def test_kill_at_random_moment(seed, crash_photos, reference, tmp_path):
 
 
 @pytest.mark.parametrize("commit", [1, 2, 4, 7])
-def test_kill_right_after_a_batch_commit(commit, crash_photos, reference, tmp_path):
-    lib_dir = tmp_path / "lib"
+def test_kill_right_after_a_batch_commit(commit, crash_photos, reference, library):
+    lib_dir = library
     with BATTERY.fault():
         proc = _run_script(lib_dir, crash_photos, "--die-after-commit", str(commit))
         proc.communicate()
@@ -118,8 +131,8 @@ def test_kill_right_after_a_batch_commit(commit, crash_photos, reference, tmp_pa
         _recover_and_check(lib_dir, crash_photos, reference)
 
 
-def test_kill_during_the_index_write(crash_photos, reference, tmp_path):
-    lib_dir = tmp_path / "lib"
+def test_kill_during_the_index_write(crash_photos, reference, library):
+    lib_dir = library
     with BATTERY.fault():
         proc = _run_script(lib_dir, crash_photos, "--die-in-index-write")
         proc.communicate()
@@ -129,30 +142,22 @@ def test_kill_during_the_index_write(crash_photos, reference, tmp_path):
         _recover_and_check(lib_dir, crash_photos, reference)
 
 
-def test_kill_during_a_schema_migration(crash_photos, reference, tmp_path):
+def test_kill_during_a_schema_migration(crash_photos, reference, library):
     """kill -9 after the migration's DDL, before its commit: the next open completes it."""
-    lib_dir = tmp_path / "lib"
+    lib_dir = library
     with BATTERY.fault():
         proc = _run_script(lib_dir, crash_photos, "--die-in-migration")
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
-        import sqlite3
-
-        tables = {
-            r[0]
-            for r in sqlite3.connect(lib_dir / "library.db").execute(
-                "SELECT name FROM sqlite_master WHERE type='table'"
-            )
-        }
-        assert "images" not in tables  # nothing half-made was committed
+        assert "images" not in _tables(lib_dir)  # nothing half-made was committed
         _recover_and_check(lib_dir, crash_photos, reference)
 
 
-def test_kill_the_real_cli(tmp_path):
+def test_kill_the_real_cli(tmp_path, library):
     """The real `organizer ingest` with the tiny open_clip model, killed mid-run."""
     root = tmp_path / "photos"
     make_folder(root, 40)
-    lib_dir = tmp_path / "lib"
+    lib_dir = library
     env = {
         **os.environ,
         "ORGANIZER_LIBRARY": str(lib_dir),
@@ -166,14 +171,13 @@ def test_kill_the_real_cli(tmp_path):
     committed = 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-        if (lib_dir / "library.db").exists():
-            try:
-                with Library.open(Settings(library=lib_dir)) as lib:
-                    committed = sum(lib.status().images.values())
-            except Exception:
-                continue
-            if committed >= 4:
-                break
+        try:
+            with Library.open(Settings(library=lib_dir)) as lib:
+                committed = sum(lib.status().images.values())
+        except Exception:
+            continue
+        if committed >= 4:
+            break
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     result = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True)

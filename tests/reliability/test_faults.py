@@ -118,10 +118,27 @@ def test_read_only_library_is_a_clear_error_at_start(shared_tmp):
     lib.chmod(0o700)
 
 
-def test_second_ingest_is_refused_and_readers_work(tmp_path):
+def _ingest_running(library) -> bool:
+    """Whether an ingest has started (it records its run right after taking the lock)."""
+    from organizer.config import Settings
+    from organizer.library import Library
+
+    try:
+        with Library.open(Settings(library=library)) as lib, lib.engine.connect() as conn:
+            return bool(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM ingest_runs WHERE status = 'running'"
+                ).scalar()
+            )
+    except Exception:  # not created yet
+        return False
+
+
+@pytest.mark.both_backends
+def test_second_ingest_is_refused_and_readers_work(tmp_path, library):
     root = tmp_path / "photos"
     make_folder(root, 80)
-    lib = tmp_path / "lib"
+    lib = library
     env = organizer_env(lib, ORGANIZER_BATCH_SIZE="2")
     first = subprocess.Popen(
         [sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"],
@@ -132,13 +149,11 @@ def test_second_ingest_is_refused_and_readers_work(tmp_path):
     )
     with BATTERY.fault():
         deadline = time.time() + 120
-        while time.time() < deadline:
-            if (lib / "lock").exists() and (lib / "lock").read_text().strip():
-                break
+        while time.time() < deadline and not _ingest_running(lib):
             time.sleep(0.05)
         second = run_organizer(["ingest", root], env)
         assert second.returncode == 1
-        assert f"library is busy: ingest running (pid {first.pid})" in second.stderr
+        assert f"library is busy: ingest running (pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
         reader = run_organizer(["status", "--json"], env)  # never blocked by the writer
         assert reader.returncode == 0, reader.stderr

@@ -1,0 +1,49 @@
+"""The closed sets of values users choose from, for options and settings alike.
+
+Standard library only: the command line imports these to check its options before it
+loads anything heavy (`organizer --help` stays quick).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+# A cluster count: a whole number, or "auto" to choose it by silhouette.
+KSpec = int | Literal["auto"]
+
+
+class Device(StrEnum):
+    AUTO = "auto"  # CUDA when there is a GPU, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # the fastest that keeps the vectors right on this machine
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Algorithm(StrEnum):
+    """K-means implementations."""
+
+    FAISS = "faiss"  # spherical K-means, fast
+    SKLEARN = "sklearn"  # scikit-learn's KMeans on unit vectors
+
+
+class ExportMode(StrEnum):
+    SYMLINK = "symlink"
+    COPY = "copy"
+
+
+class LabelSource(StrEnum):
+    """Where ``evaluate`` takes true labels from."""
+
+    FOLDERS = "folders"  # each image's folder, relative to its root
+
+
+def is_url(value: object) -> bool:
+    """Whether a --library value is a database URL rather than a folder."""
+    return isinstance(value, str) and "://" in value

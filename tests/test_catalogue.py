@@ -1,0 +1,181 @@
+"""A library on PostgreSQL: what only a shared catalogue has (the rest of the suite runs the
+same tests on a folder library and on PostgreSQL: see the both_backends marker)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from organizer.config import Settings
+from organizer.errors import LibraryError, SchemaError
+from organizer.library import Library
+from organizer.store import queries as q
+from tests.fakes import FakeEmbedder, make_folder
+from tests.pg import PASSWORD, PASSWORD_USER
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def server(pg_server):
+    return pg_server
+
+
+def test_status_and_errors_never_show_the_password(server, cli, photos, tmp_path):
+    url = server.new_database(owner=PASSWORD_USER)
+    assert PASSWORD in url
+    ingested = cli("ingest", photos, "--json", "--library", url)
+    assert ingested.exit_code == 0, ingested.output
+    status = cli("status", "--json", "--library", url)
+    assert status.exit_code == 0 and PASSWORD not in status.output
+    assert json.loads(status.stdout)["library"].startswith(
+        f"postgresql+psycopg://{PASSWORD_USER}:***@"
+    )
+    text = cli("status", "--library", url)
+    assert PASSWORD not in text.output and "***" in text.stdout
+    wrong = url.replace(PASSWORD, "not-" + PASSWORD)
+    result = cli("status", "--library", wrong)
+    assert result.exit_code == 1 and PASSWORD not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "password authentication failed" in lines[0]
+    assert lines[0].startswith("error: cannot use the library database lib")
+    assert str(server.socket_dir) in lines[0]  # names the host (here a socket folder)
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda url: url.replace("@/lib", "@/nosuch"), 'database "nosuch'),
+        (lambda url: url.split("?")[0] + "?host=/nonexistent", "No such file or directory"),
+    ],
+    ids=["missing database", "no server"],
+)
+def test_unusable_server_is_one_line_exit_1(server, cli, change, reason):
+    url = change(server.new_database())
+    result = cli("status", "--library", url)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and reason in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://bob:hunter2@db.example/photos", "postgresql://bob:hunter2@db.example/"]
+)
+def test_unusable_url_is_a_usage_error(cli, url):
+    result = cli("status", "--library", url)
+    assert result.exit_code == 2
+    assert "hunter2" not in result.output and len(result.stderr.splitlines()) == 1
+
+
+def test_an_empty_database_is_not_a_library_until_ingest(server, cli, photos):
+    url = server.new_database()
+    result = cli("status", "--library", url)
+    assert result.exit_code == 1 and "no library in the database" in result.stderr
+    assert cli("ingest", photos, "--library", url).exit_code == 0
+    assert cli("status", "--library", url).exit_code == 0
+
+
+def test_a_newer_schema_is_refused(server):
+    url = server.new_database()
+    with Library.open(Settings(library=url), create=True) as lib, lib.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
+    with pytest.raises(SchemaError, match="newer organizer"):
+        Library.open(Settings(library=url))
+
+
+def test_each_machine_keeps_its_own_index_cache(server, tmp_path, monkeypatch, photos):
+    """Two machines (two cache folders) on one catalogue never invalidate each other's file."""
+    url = server.new_database()
+    fake = FakeEmbedder()
+    caches = {}
+    for machine in ("a", "b"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / machine))
+        with Library.open(
+            Settings(library=url), create=True, embedder_loader=lambda s, t: fake
+        ) as lib:
+            if machine == "a":
+                lib.ingest([photos])
+            assert len(lib.vectors()) == 6 and lib.status().index.in_sync
+            caches[machine] = lib.index_path
+            uuid = lib.home.cache_dir.name
+    assert caches["a"] != caches["b"] and caches["a"].parent.name == uuid
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
+    with Library.open(Settings(library=url)) as lib:
+        assert lib.status().index.in_sync  # b's build did not make a's file stale
+
+
+def test_a_writer_and_readers_see_consistent_snapshots(server, tmp_path):
+    """While one process ingests in batches, readers in another always see whole batches:
+    every ok image has its vector, and the index never holds what the database does not."""
+    url = server.new_database()
+    root = tmp_path / "photos"
+    make_folder(root, 48)
+    script = [sys.executable, "-m", "tests.reliability.crash_ingest", url, str(root)]
+    writer = subprocess.Popen(
+        [*script, "--slow", "0.1", "--batch-size", "4"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen, reads = set(), 0
+    try:
+        deadline = time.time() + 120
+        while writer.poll() is None and time.time() < deadline:
+            try:
+                lib = Library.open(Settings(library=url))
+            except LibraryError:
+                time.sleep(0.05)  # the writer has not made the schema yet
+                continue
+            with lib:
+                with lib.engine.connect() as conn, conn.begin():
+                    counts = q.status_counts(conn)
+                    model = q.library_model(conn)
+                    ids = q.ok_vectors(conn, model.id, model.dim)[0] if model else []
+                assert counts["ok"] == len(ids) and counts["ok"] % 4 == 0, counts
+                if model is not None:
+                    index = lib.vectors()
+                    with lib.engine.connect() as conn:
+                        now_ok = set(q.ok_ids(conn, model.id).tolist())
+                    assert set(index.ids().tolist()) <= now_ok
+                seen.add(counts["ok"])
+                reads += 1
+    finally:
+        out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert "embedded 48" in out
+    assert reads >= 3 and len(seen) >= 2, (reads, seen)  # the reads overlapped the writes
+
+
+@pytest.mark.both_backends
+def test_bulk_insert_gives_ids_in_order_and_bumps_the_generation(library):
+    """The store's bulk path (COPY on PostgreSQL) writes what row-by-row writes would."""
+    import numpy as np
+
+    from organizer.embed import ModelSpec
+    from organizer.store.db import write_transaction
+
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    with Library.open(Settings(library=library), create=True) as lib:
+        with write_transaction(lib.engine) as conn:
+            model_id = q.insert_model(conn, ModelSpec("bulk", "none"), 8)
+            root_id = q.add_root(conn, "/photos")
+            before = q.index_generation(conn)
+        rows = [
+            {"root_id": root_id, "relpath": f"{i}.jpg".encode(), "size": i, "mtime_ns": i}
+            for i in range(300)
+        ]
+        with write_transaction(lib.engine) as conn:
+            ids = q.insert_embedded(conn, model_id, rows, vectors)
+        with lib.engine.connect() as conn:
+            assert q.index_generation(conn) > before
+            got_ids, got = q.ok_vectors(conn, model_id, 8)
+            known = q.known_images(conn, root_id)
+        assert got_ids.tolist() == sorted(ids) and np.array_equal(got[np.argsort(ids)], vectors)
+        assert [known[f"{i}.jpg".encode()].id for i in range(300)] == ids
+        assert len(lib.vectors()) == 300
