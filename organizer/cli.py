@@ -29,6 +29,7 @@ from organizer.choices import (
     is_url,
 )
 from organizer.config import resolve_settings
+from organizer.console import plural
 from organizer.errors import Interrupted, LibraryURLError, OrganizerError
 
 # The library (SQLAlchemy, numpy, Pillow: 0.4 s of imports) is loaded by the commands that
@@ -87,6 +88,11 @@ cluster_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cluster_app, name="cluster")
+roots_app = typer.Typer(
+    cls=typer.core.TyperGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(roots_app, name="roots")
 
 
 def _library(value: str) -> Path | str:
@@ -137,6 +143,12 @@ PrecisionOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AbsoluteOpt = Annotated[bool, typer.Option("--absolute", help="Show absolute paths.")]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-offline", help="Also show images under roots that are absent now (unplugged)."
+    ),
+]
 LimitOpt = Annotated[int, typer.Option("-n", "--limit", min=1, help="How many results.")]
 # The spellings of an earlier organizer, kept working but no longer shown.
 OldLimitOpt = Annotated[int | None, typer.Option("-k", "--top", min=1, hidden=True)]
@@ -314,6 +326,10 @@ def status(
     failed: Annotated[
         bool, typer.Option("--failed", help="List the files that could not be read, and why.")
     ] = False,
+    skipped: Annotated[
+        bool,
+        typer.Option("--skipped", help="List the files ingest leaves out (not images, exports)."),
+    ] = False,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -324,9 +340,16 @@ def status(
     with _open(library) as lib:
         if failed:
             failures = lib.failures()
+        elif skipped:
+            left_out = lib.skipped()
         else:
             st = lib.status()
-    if failed:
+    if skipped and not failed:
+        if as_json:
+            out.print_json(left_out.to_dict(absolute))
+        else:
+            out.print_skipped(left_out, absolute)
+    elif failed:
         if as_json:
             out.print_json({"failed": [f.to_dict(absolute) for f in failures]})
         else:
@@ -351,6 +374,7 @@ def similar(
     limit: LimitOpt = 12,
     old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
+    include_offline: OfflineOpt = False,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -362,7 +386,9 @@ def similar(
     Example: organizer similar ~/Photos/dog.jpg -n 5
     """
     with _open(library) as lib:
-        res = lib.similar(photo, limit=old_limit or limit, threshold=threshold)
+        res = lib.similar(
+            photo, limit=old_limit or limit, threshold=threshold, include_offline=include_offline
+        )
     out.print_results(res, absolute, as_json)
 
 
@@ -381,6 +407,7 @@ def search(
     limit: LimitOpt = 12,
     old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
+    include_offline: OfflineOpt = False,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -391,7 +418,12 @@ def search(
     """
     with _open(library) as lib:
         res = lib.search(
-            query, plus or [], minus or [], limit=old_limit or limit, threshold=threshold
+            query,
+            plus or [],
+            minus or [],
+            limit=old_limit or limit,
+            threshold=threshold,
+            include_offline=include_offline,
         )
     out.print_results(res, absolute, as_json)
 
@@ -405,6 +437,7 @@ def duplicates(
             help="Cosine similarity from which two images count as the same photo, (0, 1].",
         ),
     ] = 0.96,
+    include_offline: OfflineOpt = False,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -416,7 +449,7 @@ def duplicates(
     Example: organizer duplicates --threshold 0.97
     """
     with _open(library) as lib:
-        groups = lib.duplicates(threshold)
+        groups = lib.duplicates(threshold, include_offline=include_offline)
     if as_json:
         out.print_json({"groups": [g.to_dict(absolute) for g in groups]})
     else:
@@ -455,6 +488,7 @@ def cluster(
     ] = True,
     assign_new: Annotated[bool, typer.Option("--assign-new", hidden=True)] = False,
     run: Annotated[int | None, typer.Option("--run", hidden=True)] = None,
+    include_offline: OfflineOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -479,6 +513,7 @@ def cluster(
             k_max=k_max,
             vocabulary=vocabulary,
             names=names,
+            include_offline=include_offline,
         )
     if as_json:
         out.print_json(summary.to_dict())
@@ -578,9 +613,13 @@ def export(
     """
     with _open(library) as lib:
         result = lib.export(run, to, mode, force)
+    for warning in result.warnings:
+        out.err(f"warning: {warning}")
     if as_json:
         out.print_json(result.to_dict())
         return
+    if result.replaced:
+        print(f"replaced the previous export there ({plural(result.replaced, 'entry', 'entries')})")
     done = result.linked or result.copied
     how = "linked" if mode == ExportMode.SYMLINK else "copied"
     print(
@@ -623,6 +662,7 @@ def report(
         int | None,
         typer.Option(min=1, help="Points on the map; a seeded sample beyond (default 5000)."),
     ] = None,
+    include_offline: OfflineOpt = False,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     quiet: QuietOpt = False,
@@ -637,12 +677,88 @@ def report(
         out.ReportStatusLine(not (quiet or as_json)) as progress,
     ):
         summary = lib.report(
-            output, run, png=png, max_points=max_points, absolute=absolute, progress=progress
+            output,
+            run,
+            png=png,
+            max_points=max_points,
+            absolute=absolute,
+            progress=progress,
+            include_offline=include_offline,
         )
     if as_json:
         out.print_json(summary.to_dict())
     else:
         out.print_report(summary)
+
+
+# -- roots ------------------------------------------------------------------------------------
+
+
+@roots_app.callback(invoke_without_command=True)
+@_handled
+def roots(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """The folders the library holds: present or absent (unplugged, renamed), image counts.
+
+    `organizer roots move OLD NEW` follows a renamed or remounted folder;
+    `organizer roots remove PATH` forgets one. Neither touches your files.
+
+    Example: organizer roots
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with _open(library) as lib:
+        listing = lib.roots()
+    if as_json:
+        out.print_json({"roots": [r.to_dict() for r in listing]})
+    else:
+        out.print_roots(listing)
+
+
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Say what would change; change nothing.")
+]
+
+
+@roots_app.command("remove")
+@_handled
+def roots_remove(
+    path: Annotated[str, typer.Argument(help="A root, as `organizer roots` lists it.")],
+    dry_run: DryRunOpt = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget a root and every image, vector and cluster membership recorded under it.
+
+    Your files are never touched. Example: organizer roots remove /media/old-drive/photos
+    """
+    with _open(library) as lib:
+        change = lib.remove_root(path, dry_run=dry_run)
+    if as_json:
+        out.print_json(change.to_dict())
+    else:
+        out.print_root_change(change)
+
+
+@roots_app.command("move")
+@_handled
+def roots_move(
+    old: Annotated[str, typer.Argument(help="The root as the library knows it.")],
+    new: Annotated[Path, typer.Argument(help="The folder its files are in now.")],
+    dry_run: DryRunOpt = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point a root at the folder its files moved to; ids, vectors and clusters are kept.
+
+    A sample of the files is checked first (sizes, and the content of a few).
+    Example: organizer roots move ~/photos ~/photos-2024
+    """
+    with _open(library) as lib:
+        change = lib.move_root(old, new, dry_run=dry_run)
+    if as_json:
+        out.print_json(change.to_dict())
+    else:
+        out.print_root_change(change)
 
 
 def main() -> None:

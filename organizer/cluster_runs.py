@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from organizer import cluster, naming
 from organizer.choices import Algorithm, ExportMode, KSpec, LabelSource
 from organizer.embed import Embedder
 from organizer.errors import ClusterError
+from organizer.export import ExportSummary, export_run
 from organizer.scan import display_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
@@ -30,7 +30,6 @@ from organizer.store.records import (
     ClusterRunRecord,
     ClusterRunSummary,
     LibraryModel,
-    MemberRecord,
 )
 
 EmbedderProvider = Callable[[], Embedder]
@@ -45,18 +44,6 @@ class AssignResult:
 
     def to_dict(self) -> dict:
         return {**self.summary.to_dict(), "assigned": self.assigned}
-
-
-@dataclass(frozen=True)
-class ExportSummary:
-    folders: int
-    linked: int
-    copied: int
-    skipped: int
-    target: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -82,12 +69,20 @@ class RunEvaluation:
 class Clustering:
     """Cluster operations over a library's store and model."""
 
-    def __init__(self, engine: Engine, embedder: EmbedderProvider, cache_dir: Path | None):
+    def __init__(
+        self,
+        engine: Engine,
+        embedder: EmbedderProvider,
+        cache_dir: Path | None,
+        roots: Sequence[int] | None = None,
+    ):
         """``embedder()`` loads the model, only when cluster names are not cached yet;
-        ``cache_dir`` keeps the cached concept vectors (None: no cache)."""
+        ``cache_dir`` keeps the cached concept vectors (None: no cache); new runs cluster
+        the images under ``roots`` only, when given (the present ones)."""
         self.engine = engine
         self.embedder = embedder
         self.cache_dir = cache_dir
+        self.roots = roots
 
     def _vectors(self) -> tuple[LibraryModel, np.ndarray, np.ndarray]:
         with self.engine.connect() as conn, conn.begin():
@@ -96,7 +91,7 @@ class Clustering:
                 raise ClusterError(
                     "the library has no images yet: run `organizer ingest FOLDER` first"
                 )
-            ids, vectors = q.ok_vectors(conn, model.id, model.dim)
+            ids, vectors = q.ok_vectors(conn, model.id, model.dim, self.roots)
         return model, ids, vectors
 
     def run(
@@ -254,37 +249,8 @@ class Clustering:
         mode: str = ExportMode.SYMLINK,
         force: bool = False,
     ) -> ExportSummary:
-        """One folder per cluster ('03-beach') of links to (or copies of) its images.
-
-        Never moves, changes or deletes a source file; refuses a non-empty target unless
-        ``force`` (then existing entries are left as they are).
-        """
-        if mode not in tuple(ExportMode):
-            raise ClusterError(f"unknown export mode {mode!r}: choose symlink or copy")
-        target = Path(target).expanduser()
-        if target.exists() and not target.is_dir():
-            raise ClusterError(f"{target} is a file: choose a folder to export into")
-        if target.exists() and any(target.iterdir()) and not force:
-            raise ClusterError(f"{target} is not empty: choose an empty folder, or pass --force")
-        run = self.summary(run_id)
-        width = max(2, len(str(run.run.k)))
-        counts = {"linked": 0, "copied": 0, "skipped": 0}
-        used: dict[int, set[bytes]] = {}
-        try:
-            for c in run.clusters:
-                folder = os.fsencode(
-                    target / f"{c.number:0{width}d}-{naming.slug(c.label or 'cluster')}"
-                )
-                for m in c.members:
-                    os.makedirs(folder, exist_ok=True)
-                    name = _unique_name(m, used.setdefault(c.number, set()))
-                    counts[_export_one(m, os.path.join(folder, name), mode)] += 1
-        except OSError as exc:
-            raise ClusterError(
-                f"export to {target} stopped after {counts['linked'] + counts['copied']} "
-                f"images: {exc.strerror or exc} (your photos are untouched)"
-            ) from None
-        return ExportSummary(len(used), **counts, target=str(target))
+        """One folder per cluster of links to (or copies of) its images (see export_run)."""
+        return export_run(self.summary(run_id), target, mode, force)
 
     def evaluate(
         self, run_id: int | None = None, labels: str = LabelSource.FOLDERS
@@ -328,27 +294,3 @@ def _member_rows(ids: np.ndarray, part: cluster.Partition, sil: cluster.Silhouet
         }
         for i, c, d, s in zip(ids, part.labels, part.distances, sil.per_image, strict=True)
     ]
-
-
-def _export_one(member: MemberRecord, dest: bytes, mode: str) -> str:
-    """Link or copy one image; which of the export's counts it adds to."""
-    source = os.path.join(os.fsencode(member.root), member.relpath)
-    if os.path.lexists(dest) or not os.path.exists(source):
-        return "skipped"
-    if mode == ExportMode.SYMLINK:
-        os.symlink(source, dest)
-        return "linked"
-    shutil.copy2(source, dest)
-    return "copied"
-
-
-def _unique_name(member: MemberRecord, used: set[bytes]) -> bytes:
-    """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it."""
-    name = os.path.basename(member.relpath)
-    stem, ext = os.path.splitext(name)
-    n = 1
-    while name in used:
-        n += 1
-        name = stem + f"-{n}".encode() + ext
-    used.add(name)
-    return name

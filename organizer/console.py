@@ -102,20 +102,42 @@ class IngestProgressBar:
 
 def print_ingest(s) -> None:
     print(
-        f"ingested in {s.elapsed_s:.1f} s: {s.new} new, {s.changed} changed, {s.moved} moved, "
-        f"{s.unchanged} unchanged, {s.missing} missing, {s.failed} failed"
+        f"ingested in {s.elapsed_s:.1f} s: {s.new:,} new, {s.changed:,} changed, "
+        f"{s.moved:,} moved, {s.unchanged:,} unchanged, {s.missing:,} missing, "
+        f"{s.failed:,} failed"
     )
     if s.embedded:
         print(
-            f"embedded {s.embedded} images ({s.precision} on {s.device}, "
+            f"embedded {plural(s.embedded, 'image')} ({s.precision} on {s.device}, "
             f"{s.images_per_s:.1f} images/s after {s.model_load_s:.1f} s loading the model)"
         )
     if s.reused:
-        print(f"reused {s.reused} vectors of identical files")
+        print(f"reused {plural(s.reused, 'vector')} of identical files")
+    if s.skipped:
+        kinds = ", ".join(
+            f"{ext} {n:,}" for ext, n in sorted(s.skipped.items(), key=lambda x: -x[1])
+        )
+        print(
+            f"skipped {plural(sum(s.skipped.values()), 'file')} that are not images ({kinds}): "
+            "see `organizer status --skipped`"
+        )
+    for folder in s.export_folders:
+        print(f"skipped {folder}: an organizer export (links to images already here)")
     for problem in s.problems:
         err(f"warning: {problem}")
     if s.failed:
-        print(f"{s.failed} files could not be read: see `organizer status --failed`")
+        print(f"{plural(s.failed, 'file')} could not be read: see `organizer status --failed`")
+
+
+def print_skipped(left_out, absolute: bool) -> None:
+    if not left_out.files and not left_out.export_folders:
+        print("ingest leaves nothing out")
+    for kind, n in left_out.by_type().items():
+        print(f"{plural(n, kind + ' file')}")
+    for root, relpath in left_out.files:
+        print(f"  {shown_path(root, relpath, absolute)}")
+    for folder in left_out.export_folders:
+        print(f"export folder (skipped): {folder}")
 
 
 def print_failures(failures, absolute: bool) -> None:
@@ -141,7 +163,8 @@ def print_status(st) -> None:
         )
     else:
         rows.append(("model", "none yet (chosen at the first ingest)"))
-    rows.append(("roots", "\n        ".join(st.roots) if st.roots else "none"))
+    shown = [f"{r}  (absent)" if r in st.absent_roots else r for r in st.roots]
+    rows.append(("roots", "\n        ".join(shown) if shown else "none"))
     images = st.images
     rows.append(
         ("images", f"{images['ok']} ok, {images['failed']} failed, {images['missing']} missing")
@@ -167,6 +190,11 @@ def print_results(res, absolute: bool, as_json: bool) -> None:
         return
     if not res.results:
         print("no results")
+    # The same relative path under two roots would read as one file twice: show whole paths.
+    roots_of: dict[bytes, set[str]] = {}
+    for r in res.results:
+        roots_of.setdefault(r.relpath, set()).add(r.root)
+    absolute = absolute or any(len(roots) > 1 for roots in roots_of.values())
     for r in res.results:
         print(f"{r.rank:>3}  {r.score:.4f}  {shown_path(r.root, r.relpath, absolute)}")
 
@@ -201,6 +229,44 @@ def print_run(summary, absolute: bool = False, top: int = 0) -> None:
         print(f"  {c.number:>3}  {(c.label or '-')[:24]:<24} {c.size:>6}  {csil}")
         for m in c.members[:top]:
             print(f"         {shown_path(m.root, m.relpath, absolute)}")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files'."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+def print_roots(roots) -> None:
+    if not roots:
+        print("no roots yet: organizer ingest FOLDER")
+    for r in roots:
+        images = r.record.images
+        state = "present" if r.present else "ABSENT "
+        print(
+            f"{state}  {r.record.path}  ({plural(images['ok'], 'image')}, "
+            f"{images['failed']} failed, {images['missing']} missing)"
+        )
+    absent = [r.record.path for r in roots if not r.present]
+    if absent:
+        print(
+            "absent roots are left out of similar, search, duplicates, cluster and report "
+            "(--include-offline keeps them); `organizer roots move OLD NEW` follows a moved one"
+        )
+
+
+def print_root_change(change) -> None:
+    would = "would " if change.dry_run else ""
+    if change.action == "remove":
+        print(
+            f"{would}forget {change.path} and its {plural(change.images, 'image')} "
+            "(no file is touched)"
+        )
+    else:
+        checked = change.check
+        print(
+            f"{would}move {change.path} -> {change.new_path} ({plural(change.images, 'image')}"
+            f" kept; {checked.same_size} of {checked.checked} sampled files found)"
+        )
 
 
 def print_runs(runs) -> None:

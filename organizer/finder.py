@@ -96,12 +96,20 @@ class DuplicateGroup:
 class Finder:
     """Search operations over a library's store, vector index and model."""
 
-    def __init__(self, engine: Engine, index: IndexProvider, embedder: EmbedderProvider):
+    def __init__(
+        self,
+        engine: Engine,
+        index: IndexProvider,
+        embedder: EmbedderProvider,
+        hidden_roots: frozenset[str] = frozenset(),
+    ):
         """``index()`` gives the current vector index and ``embedder()`` the model (loaded
-        only when a query needs it: a file outside the library, or a text)."""
+        only when a query needs it: a file outside the library, or a text). Images under
+        ``hidden_roots`` (absent folders) are never in the results."""
         self.engine = engine
         self.index = index
         self.embedder = embedder
+        self.hidden_roots = hidden_roots
 
     # -- query vectors ---------------------------------------------------------------------
 
@@ -208,7 +216,11 @@ class Finder:
             pairs = search.duplicate_pairs(index, batches, threshold)
             groups = search.groups_from_pairs(pairs)
             records = q.describe_images(conn, [i for g in groups for i in g])
-        return [_group(g, records) for g in groups]
+        shown = [[i for i in g if self._visible(records[i])] for g in groups]
+        return [_group(g, records) for g in shown if len(g) > 1]
+
+    def _visible(self, record: ImageRecord) -> bool:
+        return record.status == ImageStatus.OK and record.root not in self.hidden_roots
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -227,7 +239,7 @@ class Finder:
             if unseen:
                 with self.engine.connect() as conn:
                     records.update(q.describe_images(conn, unseen))
-            return {i for i in ids if i in records and records[i].status == ImageStatus.OK}
+            return {i for i in ids if i in records and self._visible(records[i])}
 
         hits = search.rank(self.index(), vector, limit, exclude, threshold, allowed=shown_ok)
         return [

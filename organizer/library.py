@@ -27,7 +27,15 @@ from organizer.finder import DuplicateGroup, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
 from organizer.location import Home, Lock, open_home
 from organizer.report import ReportProgress, ReportSummary, write_report
-from organizer.roots import targets_for
+from organizer.roots import (
+    MOVE_SAMPLE,
+    RootChange,
+    RootStatus,
+    check_move,
+    find_root,
+    targets_for,
+)
+from organizer.scan import extension, scan_root, shown_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -77,6 +85,7 @@ class LibraryStatus:
 
     library: str
     roots: list[str]
+    absent_roots: list[str]  # roots whose folder is not there now (an unplugged drive)
     model: LibraryModel | None
     images: dict[str, int]
     index: IndexStatus
@@ -86,10 +95,39 @@ class LibraryStatus:
         return {
             "library": self.library,
             "roots": self.roots,
+            "absent_roots": self.absent_roots,
             "model": self.model.to_dict() if self.model else None,
             "images": self.images,
             "index": self.index.to_dict(),
             "last_ingest": self.last_ingest.to_dict() if self.last_ingest else None,
+        }
+
+
+@dataclass(frozen=True)
+class SkippedFiles:
+    """What ingest leaves out: files that are not images, and organizer export folders."""
+
+    files: list[tuple[str, bytes]]  # (root, relative path)
+    export_folders: list[str]
+
+    def by_type(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, relpath in self.files:
+            counts[extension(relpath)] = counts.get(extension(relpath), 0) + 1
+        return dict(sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+
+    def to_dict(self, absolute: bool = False) -> dict:
+        return {
+            "by_type": self.by_type(),
+            "files": [
+                {
+                    "root": root,
+                    "path": shown_path(root, relpath, absolute),
+                    "type": extension(relpath),
+                }
+                for root, relpath in self.files
+            ],
+            "export_folders": self.export_folders,
         }
 
 
@@ -267,7 +305,114 @@ class Library:
 
     def _targets(self, paths: Sequence[str | Path]) -> list[Target]:
         with self.engine.connect() as conn:
-            return targets_for(list(paths), q.all_roots(conn))
+            roots = q.all_roots(conn)
+            targets = targets_for(list(paths), roots)
+            absent = {i: p for i, p in roots.items() if not Path(p).is_dir()}
+            samples = {i: q.sample_images(conn, i, MOVE_SAMPLE) for i in absent}
+        for target in targets:
+            if target.root_id is not None:
+                continue
+            for root_id, old in absent.items():
+                if check_move(samples[root_id], target.root_path).matches:
+                    raise LibraryError(
+                        f"{target.root_path} holds the files of {old}, which is absent: "
+                        f"run `organizer roots move {old} {target.root_path}` to point the "
+                        "library there (ids, vectors and clusters kept), or `organizer roots "
+                        f"remove {old}` first to start afresh"
+                    )
+        return targets
+
+    # -- roots -----------------------------------------------------------------------------
+
+    def roots(self) -> list[RootStatus]:
+        """Every root: is its folder there now, and its images by status."""
+        with self.engine.connect() as conn:
+            records = q.root_records(conn)
+        return [RootStatus(r, Path(r.path).is_dir()) for r in records]
+
+    def _root(self, path: str | Path) -> RootStatus:
+        found = find_root(path, {r.record.id: r.record.path for r in self.roots()})
+        if found is None:
+            raise LibraryError(
+                f"{path} is not a root of this library: `organizer roots` lists them"
+            )
+        return next(r for r in self.roots() if r.record.id == found)
+
+    def remove_root(self, path: str | Path, dry_run: bool = False) -> RootChange:
+        """Forget a root and everything recorded under it (never touches its files).
+
+        Raises:
+            LibraryError: ``path`` is not a root; LibraryBusyError: another writer is busy.
+        """
+        root = self._root(path)
+        change = RootChange(
+            "remove", root.record.path, None, sum(root.record.images.values()), dry_run
+        )
+        if dry_run:
+            return change
+        with self._writer("roots remove", wait=False):
+            with write_transaction(self.engine) as conn:
+                q.delete_root(conn, root.record.id)
+            self.refresh_index()
+        return change
+
+    def move_root(self, old: str | Path, new: str | Path, dry_run: bool = False) -> RootChange:
+        """Point a root at the folder its files moved to (a rename, a new mount point);
+        image ids, vectors and clusters are kept. A sample of the files is checked first
+        (sizes, and SHA-256 of a few).
+
+        Raises:
+            LibraryError: ``old`` is not a root, ``new`` is not a folder, is (or overlaps)
+                another root, or does not hold the root's files.
+        """
+        root = self._root(old)
+        target = Path(new).expanduser()
+        if not target.is_dir():
+            raise LibraryError(f"not a folder: {new}")
+        real = os.path.realpath(target)
+        for other in self.roots():
+            p = other.record.path
+            if other.record.id != root.record.id and (
+                p == real
+                or p.startswith(real.rstrip("/") + "/")
+                or real.startswith(p.rstrip("/") + "/")
+            ):
+                raise LibraryError(
+                    f"{real} overlaps the root {p} of this library: `organizer roots remove {p}` "
+                    "first if its images are the same as these"
+                )
+        with self.engine.connect() as conn:
+            sample = q.sample_images(conn, root.record.id, MOVE_SAMPLE)
+        check = check_move(sample, real)
+        if sample and not check.matches:
+            raise LibraryError(
+                f"{real} does not hold the files of {root.record.path}: of {check.checked} "
+                f"sampled files, {check.same_size} were found with the same size and "
+                f"{check.same_hash} of {check.hashed} with the same content; nothing changed"
+            )
+        change = RootChange(
+            "move", root.record.path, real, sum(root.record.images.values()), dry_run, check
+        )
+        if dry_run:
+            return change
+        with self._writer("roots move", wait=False), write_transaction(self.engine) as conn:
+            q.move_root(conn, root.record.id, real)
+        return change
+
+    def _shown_roots(self, include_offline: bool) -> dict[int, str] | None:
+        """The roots whose images queries show: None (all) when every root is present or
+        ``include_offline``; else the present ones."""
+        with self.engine.connect() as conn:
+            roots = q.all_roots(conn)
+        present = {i: p for i, p in roots.items() if Path(p).is_dir()}
+        return None if include_offline or len(present) == len(roots) else present
+
+    def _hidden_roots(self, include_offline: bool) -> frozenset[str]:
+        with self.engine.connect() as conn:
+            roots = q.all_roots(conn)
+        if include_offline:
+            return frozenset()
+        return frozenset(p for p in roots.values() if not Path(p).is_dir())
 
     # -- the vector index ------------------------------------------------------------------
 
@@ -302,16 +447,20 @@ class Library:
 
     # -- search ----------------------------------------------------------------------------
 
-    @property
-    def finder(self) -> Finder:
-        return Finder(self.engine, self.vectors, self.embedder)
+    def finder(self, include_offline: bool = False) -> Finder:
+        """Search over the library; images under absent roots are left out unless asked."""
+        return Finder(self.engine, self.vectors, self.embedder, self._hidden_roots(include_offline))
 
     def similar(
-        self, photo: str | Path, limit: int = 12, threshold: float | None = None
+        self,
+        photo: str | Path,
+        limit: int = 12,
+        threshold: float | None = None,
+        include_offline: bool = False,
     ) -> Results:
         """Images most like ``photo`` (a library file: its stored vector, no model; any other
         image: embedded on the fly, not added). The photo itself is not among the results."""
-        return self.finder.similar(photo, limit, threshold)
+        return self.finder(include_offline).similar(photo, limit, threshold)
 
     def search(
         self,
@@ -320,13 +469,16 @@ class Library:
         minus: Sequence[str] = (),
         limit: int = 12,
         threshold: float | None = None,
+        include_offline: bool = False,
     ) -> Results:
         """Text-to-image search; each term (query, --plus, --minus) is a text or an image path."""
-        return self.finder.search(query, plus, minus, limit, threshold)
+        return self.finder(include_offline).search(query, plus, minus, limit, threshold)
 
-    def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
+    def duplicates(
+        self, threshold: float = 0.96, include_offline: bool = False
+    ) -> list[DuplicateGroup]:
         """Groups of identical and near-identical images, each with a suggested keeper."""
-        return self.finder.duplicates(threshold)
+        return self.finder(include_offline).duplicates(threshold)
 
     # -- clusters --------------------------------------------------------------------------
 
@@ -334,9 +486,16 @@ class Library:
     def clustering(self) -> Clustering:
         return Clustering(self.engine, self.embedder, self.home.cache_dir)
 
-    def cluster(self, k: KSpec = "auto", **options: object) -> ClusterRunSummary:
-        """K-means over the library's vectors, stored as a new run (see Clustering.run)."""
-        return self.clustering.run(k, **options)
+    def cluster(
+        self, k: KSpec = "auto", include_offline: bool = False, **options: object
+    ) -> ClusterRunSummary:
+        """K-means over the library's vectors (not those under absent roots, unless
+        ``include_offline``), stored as a new run (see Clustering.run)."""
+        roots = self._shown_roots(include_offline)
+        clustering = Clustering(
+            self.engine, self.embedder, self.home.cache_dir, None if roots is None else list(roots)
+        )
+        return clustering.run(k, **options)
 
     def clusters(self, run_id: int | None = None) -> ClusterRunSummary:
         """A stored run (default: the latest) with its clusters and their members."""
@@ -354,8 +513,18 @@ class Library:
     def export(
         self, run_id: int | None, target: Path, mode: str = "symlink", force: bool = False
     ) -> ExportSummary:
-        """One folder per cluster of links to (or copies of) its images (see Clustering)."""
-        return self.clustering.export(run_id, target, mode, force)
+        """One folder per cluster of links to (or copies of) its images (see export_run);
+        warns when the folder is inside a root (ingest skips it: it is marked)."""
+        summary = self.clustering.export(run_id, target, mode, force)
+        real = os.path.realpath(Path(target).expanduser())
+        inside = [r.record.path for r in self.roots() if _within(real, r.record.path)]
+        if inside:
+            warning = (
+                f"{real} is inside the root {inside[0]}: ingest skips it (it is marked as an "
+                "export), but a folder outside your photos is tidier"
+            )
+            summary = replace(summary, warnings=[*summary.warnings, warning])
+        return summary
 
     # -- report ----------------------------------------------------------------------------
 
@@ -364,11 +533,19 @@ class Library:
         output: Path,
         run_id: int | None = None,
         progress: Callable[[ReportProgress], None] | None = None,
+        include_offline: bool = False,
         **options: object,
     ) -> ReportSummary:
-        """Write the self-contained HTML report (see organizer.report.write_report)."""
+        """Write the self-contained HTML report (see organizer.report.write_report); images
+        under absent roots are left out unless ``include_offline``."""
+        roots = self._shown_roots(include_offline)
         return write_report(
-            self.engine, Path(output).expanduser(), run_id, progress=progress, **options
+            self.engine,
+            Path(output).expanduser(),
+            run_id,
+            progress=progress,
+            roots=None if roots is None else list(roots),
+            **options,
         )
 
     # -- status ----------------------------------------------------------------------------
@@ -390,7 +567,21 @@ class Library:
             cache.in_sync(),
             str(self.index_path),
         )
-        return LibraryStatus(self.home.name, roots, model, counts, index, last)
+        absent = [p for p in roots if not Path(p).is_dir()]
+        return LibraryStatus(self.home.name, roots, absent, model, counts, index, last)
+
+    def skipped(self) -> SkippedFiles:
+        """What ingest leaves out under the present roots, found by walking them now: files
+        that are not images (by type), and organizer export folders."""
+        files: list[tuple[str, bytes]] = []
+        exports: list[str] = []
+        for root in self.roots():
+            if not root.present:
+                continue
+            scan = scan_root(Path(root.record.path), exclude=self.home.exclude)
+            files += [(root.record.path, relpath) for relpath in scan.skipped]
+            exports += [os.path.join(root.record.path, os.fsdecode(d)) for d in scan.export_dirs]
+        return SkippedFiles(files, exports)
 
     def failures(self) -> list[Failure]:
         """Files recorded as failed, with the reason, sorted by root and path."""
@@ -412,3 +603,7 @@ def _check_checkpoint(spec: ModelSpec) -> None:
             f"checkpoint {spec.pretrained} changed since this library was built: "
             "restore the original file"
         )
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")

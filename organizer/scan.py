@@ -32,6 +32,12 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
+# A folder holding this file is an organizer export (links to images already in a library):
+# the walk skips it, so exporting into a root never adds every photo a second time.
+EXPORT_MARKER = ".organizer-export"
+_EXPORT_MARKER_B = EXPORT_MARKER.encode()
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """A candidate image: path relative to its root, size and modification time."""
@@ -57,6 +63,8 @@ class ScanResult:
     files: list[FileEntry] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     unlisted_dirs: list[bytes] = field(default_factory=list)
+    export_dirs: list[bytes] = field(default_factory=list)  # organizer exports, not walked
+    skipped: list[bytes] = field(default_factory=list)  # files that are not images, by path
 
     def covers(self, relpath: bytes, prefix: bytes = b"") -> bool:
         """Whether this walk looked where ``relpath`` would be (so its absence means it is gone)."""
@@ -88,7 +96,9 @@ def scan_root(
 ) -> ScanResult:
     """Walk ``root`` (or its subfolder ``start``) for image files.
 
-    Hidden files and folders (name starting with '.') and the ``exclude`` folders are skipped.
+    Hidden files and folders (name starting with '.') and the ``exclude`` folders are skipped,
+    and so are folders holding an organizer export (listed in ``export_dirs``); files that
+    are not images are listed in ``skipped``.
     Folder symlinks are never followed (so the walk always ends); a file symlink is taken when
     it points inside the root, or anywhere with ``follow_symlinks``. Broken links and folders
     that cannot be listed are reported as problems, never raised.
@@ -114,6 +124,9 @@ def scan_root(
             result.unlisted_dirs.append(rel_dir)
             result.problems.append(ScanProblem(rel_dir, f"folder cannot be read: {exc.strerror}"))
             continue
+        if any(e.name == _EXPORT_MARKER_B for e in entries):
+            result.export_dirs.append(rel_dir)
+            continue
         subdirs = []
         for entry in entries:
             if entry.name.startswith(b"."):
@@ -132,6 +145,7 @@ def _walk_entry(entry, rel, root_real, excluded, follow_symlinks, result) -> boo
             st = entry.stat(follow_symlinks=False)
             return (st.st_dev, st.st_ino) not in excluded
         if not is_image_name(entry.name):
+            result.skipped.append(rel)
             return False
         if entry.is_symlink():
             try:
@@ -155,6 +169,12 @@ def _walk_entry(entry, rel, root_real, excluded, follow_symlinks, result) -> boo
         return False
     result.files.append(FileEntry(rel, st.st_size, st.st_mtime_ns))
     return False
+
+
+def extension(relpath: bytes) -> str:
+    """'.txt' of 'notes/a.TXT' (lower case), or '(none)'."""
+    ext = os.path.splitext(os.path.basename(relpath))[1].lower()
+    return os.fsdecode(ext) if ext else "(none)"
 
 
 def display_path(relpath: bytes) -> str:

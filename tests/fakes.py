@@ -128,6 +128,8 @@ def store_vectors(lib, vectors: np.ndarray, relpaths: list[str], model=("fake", 
         found = q.library_model(conn)
         model_id = found.id if found else q.insert_model(conn, ModelSpec(*model), vectors.shape[1])
         roots = q.all_roots(conn)
+        if not roots:
+            photos_root(lib).mkdir(parents=True, exist_ok=True)  # a present root, as on disk
         root_id = next(iter(roots)) if roots else q.add_root(conn, str(photos_root(lib)))
         for rel, v in zip(relpaths, vectors, strict=True):
             image_id = q.insert_image(

@@ -127,7 +127,7 @@ def test_export_links_and_copies_touch_no_source(fake_lib, tmp_path):
     result = fake_lib.clustering.export(summary.run.id, target)
     assert result.linked == 6 and result.folders == 2
     folders = sorted(p.name for p in target.iterdir())
-    assert folders == ["01-cluster", "02-cluster"]
+    assert folders == [".organizer-export", "01-cluster", "02-cluster"]
     links = list(target.rglob("*.jpg"))
     assert len(links) == 6 and all(
         p.is_symlink() and p.resolve().parent in (root, root / "sub") for p in links
@@ -139,8 +139,10 @@ def test_export_links_and_copies_touch_no_source(fake_lib, tmp_path):
         p.is_symlink() for p in (tmp_path / "copies").rglob("*.jpg")
     )
     assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*.jpg")}
+    (target / "mine.txt").write_text("the user's own file")
     again = fake_lib.clustering.export(summary.run.id, target, force=True)
-    assert again.skipped == 6 and again.linked == 0
+    assert (again.replaced, again.linked, again.skipped) == (6, 6, 0)  # replaced, not doubled
+    assert (target / "mine.txt").read_text() == "the user's own file"
 
 
 def test_assign_new_puts_new_images_in_the_nearest_cluster(synthetic):

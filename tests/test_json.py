@@ -77,6 +77,8 @@ def summary(**counts: int) -> dict:
         "elapsed_s": FLOAT,
         "model_load_s": FLOAT,
         "problems": [],
+        "skipped": {},
+        "export_folders": [],
         "device": "cpu" if counts.get("embedded") else None,
         "precision": "fp32" if counts.get("embedded") else None,
     }
@@ -94,6 +96,7 @@ def test_ingest_and_status(library, run_json, tmp_path):
     assert run_json("status", "--json") == {
         "library": str(tmp_path / "lib"),
         "roots": [str(library)],
+        "absent_roots": [],
         "model": {
             "name": "ViT-B-32-256",
             "pretrained": "datacomp_s34b_b86k",
@@ -240,6 +243,8 @@ def test_export_evaluate_report(library, run_json, tmp_path):
         "copied": 0,
         "skipped": 0,
         "target": str(tmp_path / "out"),
+        "replaced": 0,
+        "warnings": [],
     }
     assert run_json("evaluate", "--json") == {
         "run_id": 1,

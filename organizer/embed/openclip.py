@@ -184,6 +184,8 @@ class OpenClipEmbedder:
 
     @torch.inference_mode()
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        if not batch.flags.writeable:  # a decoded image's pixels (np.asarray of Pillow's):
+            batch = batch.copy()  # torch warns on read-only arrays; the copy is one image
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         x = x.permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self._dtype)

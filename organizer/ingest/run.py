@@ -23,7 +23,7 @@ from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
 from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
-from organizer.scan import scan_root
+from organizer.scan import extension, scan_root
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage
 
@@ -111,6 +111,13 @@ class Ingestor:
                 f"{target.root_path}/{os.fsdecode(p.relpath)}: {p.reason}"
                 for p in target.scan.problems
                 if p.relpath in target.scan.unlisted_dirs
+            ]
+            for relpath in target.scan.skipped:
+                kind = extension(relpath)
+                self.summary.skipped[kind] = self.summary.skipped.get(kind, 0) + 1
+            self.summary.export_folders += [
+                os.path.join(target.root_path, os.fsdecode(d)) if d else target.root_path
+                for d in target.scan.export_dirs
             ]
 
     def _load_model(self) -> None:

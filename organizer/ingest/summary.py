@@ -20,6 +20,8 @@ class IngestSummary:
     elapsed_s: float = 0.0
     model_load_s: float = 0.0
     problems: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # files that are not images, by type
+    export_folders: list[str] = field(default_factory=list)  # organizer exports, not walked
     device: str | None = None
     precision: str | None = None
 

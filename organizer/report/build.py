@@ -11,7 +11,7 @@ import base64
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +78,7 @@ def write_report(
     absolute: bool = False,
     progress: Callable[[ReportProgress], None] | None = None,
     tsne: str = "auto",
+    roots: Sequence[int] | None = None,
 ) -> ReportSummary:
     """Write the HTML report of a library: overview, t-SNE map, one section per cluster.
 
@@ -91,6 +92,7 @@ def write_report(
         absolute: show absolute paths instead of paths relative to their roots.
         progress: called with a :class:`ReportProgress` as work advances.
         tsne: "auto" (openTSNE when installed, else scikit-learn), "opentsne" or "sklearn".
+        roots: show only the images under these roots (None: all).
 
     Returns:
         A :class:`ReportSummary`.
@@ -104,7 +106,7 @@ def write_report(
     output, png = Path(output).expanduser(), Path(png).expanduser() if png else None
     max_points = DEFAULT_MAX_POINTS if max_points is None else max_points
     _check_request(output, png, max_points, tsne)
-    data = report_data.load(engine, run_id)
+    data = report_data.load(engine, run_id, roots)
     seed = data.run.run.seed if data.run else 0
     rows = projection.sample_rows(len(data.ids), max_points, seed)
     tell(ReportProgress("map", 0, len(rows)))

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sqlalchemy import Engine
@@ -26,19 +27,20 @@ class ReportData:
     run: ClusterRunSummary | None
 
 
-def load(engine: Engine, run_id: int | None) -> ReportData:
+def load(engine: Engine, run_id: int | None, roots: Sequence[int] | None = None) -> ReportData:
     """Read the model, counts, vectors and (if any) a cluster run with its members.
 
     Args:
         engine: the library's SQLAlchemy engine.
         run_id: the cluster run to show; None for the latest (or none when there is none).
+        roots: show only the images under these roots (None: all).
 
     Raises:
         ReportError: an empty library, or no cluster run ``run_id``.
     """
     with engine.connect() as conn, conn.begin():
         model = q.library_model(conn)
-        ids, vectors = q.ok_vectors(conn, model.id, model.dim) if model else (None, None)
+        ids, vectors = q.ok_vectors(conn, model.id, model.dim, roots) if model else (None, None)
         if model is None or len(ids) == 0:
             raise ReportError("the library has no images yet: run `organizer ingest FOLDER` first")
         found = cq.run(conn, run_id)
@@ -46,7 +48,17 @@ def load(engine: Engine, run_id: int | None) -> ReportData:
             raise ReportError(f"no cluster run {run_id}: `organizer runs` lists them")
         run = cq.summary(conn, found) if found is not None else None
         counts = q.status_counts(conn)
+    if run is not None and roots is not None:
+        run = _only(run, set(ids.tolist()))
     return ReportData(model, counts, ids, vectors, _numbers(ids, run), run)
+
+
+def _only(run: ClusterRunSummary, ids: set[int]) -> ClusterRunSummary:
+    """The run with only the members among ``ids`` (the images the report shows)."""
+    clusters = tuple(
+        replace(c, members=tuple(m for m in c.members if m.image_id in ids)) for c in run.clusters
+    )
+    return replace(run, clusters=clusters)
 
 
 def _numbers(ids: np.ndarray, run: ClusterRunSummary | None) -> np.ndarray:

@@ -33,6 +33,7 @@ from organizer.store.records import (
     IngestRunRecord,
     KnownImage,
     LibraryModel,
+    RootRecord,
     RunStatus,
 )
 
@@ -114,6 +115,59 @@ def absorb_root(conn: Connection, parent_id: int, child_id: int, prefix: bytes) 
             .values(root_id=parent_id, relpath=prefix + b"/" + relpath)
         )
     conn.execute(delete(roots_t).where(roots_t.c.id == child_id))
+
+
+def root_records(conn: Connection) -> list[RootRecord]:
+    """Every root with its images counted by status, oldest first."""
+    counts: dict[int, dict[str, int]] = {}
+    stmt = select(images.c.root_id, images.c.status, func.count()).group_by(
+        images.c.root_id, images.c.status
+    )
+    for root_id, status, n in conn.execute(stmt):
+        counts.setdefault(root_id, {str(s): 0 for s in ImageStatus})[status] = n
+    rows = conn.execute(select(roots_t).order_by(roots_t.c.id))
+    return [
+        RootRecord(
+            r.id,
+            r.path,
+            r.added_at,
+            r.last_scan_at,
+            counts.get(r.id, {str(s): 0 for s in ImageStatus}),
+        )
+        for r in rows
+    ]
+
+
+def delete_root(conn: Connection, root_id: int) -> None:
+    """Forget a root: its images, their vectors and cluster memberships go with it."""
+    conn.execute(delete(roots_t).where(roots_t.c.id == root_id))
+
+
+def move_root(conn: Connection, root_id: int, path: str) -> None:
+    conn.execute(update(roots_t).where(roots_t.c.id == root_id).values(path=path))
+
+
+def sample_images(conn: Connection, root_id: int, n: int) -> list[KnownImage]:
+    """Up to ``n`` ok images of a root, spread over it (every k-th by path)."""
+    count = conn.execute(
+        select(func.count()).where(images.c.root_id == root_id, images.c.status == ImageStatus.OK)
+    ).scalar_one()
+    if count == 0:
+        return []
+    step = max(1, count // n)
+    stmt = (
+        select(
+            images.c.id,
+            images.c.relpath,
+            images.c.size,
+            images.c.mtime_ns,
+            images.c.status,
+            images.c.content_hash,
+        )
+        .where(images.c.root_id == root_id, images.c.status == ImageStatus.OK)
+        .order_by(images.c.relpath)
+    )
+    return [_known(row) for i, row in enumerate(conn.execute(stmt)) if i % step == 0][:n]
 
 
 def touch_root(conn: Connection, root_id: int) -> None:
@@ -350,48 +404,59 @@ def delete_vector(conn: Connection, image_id: int) -> None:
     conn.execute(delete(embeddings).where(embeddings.c.image_id == image_id))
 
 
-def _ok_vectors_query(model_id: int):
-    return (
+def _ok_vectors_query(model_id: int, roots: Sequence[int] | None = None):
+    stmt = (
         select(embeddings.c.image_id, embeddings.c.vector)
         .join(images, images.c.id == embeddings.c.image_id)
         .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
         .order_by(embeddings.c.image_id)
     )
+    return stmt if roots is None else stmt.where(images.c.root_id.in_(list(roots)))
 
 
 def iter_ok_vectors(
-    conn: Connection, model_id: int, dim: int, batch: int = 4096
+    conn: Connection,
+    model_id: int,
+    dim: int,
+    batch: int = 4096,
+    roots: Sequence[int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) of the images the index must contain, ``batch`` at a time, by id:
-    memory stays flat in the size of the library."""
+    """(ids, vectors) of the images the index must contain (only those under ``roots`` when
+    given), ``batch`` at a time, by id: memory stays flat in the size of the library."""
     if conn.dialect.name == "postgresql":
         # A streamed query runs as a cursor, which PostgreSQL plans for the first rows
         # (cursor_tuple_fraction 0.1): a nested loop 45x slower than the hash join it
         # picks for a whole read (measured on 40k rows).
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-    rows = conn.execute(_ok_vectors_query(model_id).execution_options(yield_per=batch))
+    rows = conn.execute(_ok_vectors_query(model_id, roots).execution_options(yield_per=batch))
     for part in rows.partitions(batch):
         ids = np.fromiter((image_id for image_id, _ in part), dtype=np.int64, count=len(part))
         blob = b"".join(vector for _, vector in part)
         yield ids, np.frombuffer(blob, dtype=np.float32).reshape(len(part), dim)
 
 
-def count_ok_vectors(conn: Connection, model_id: int) -> int:
-    """How many vectors the index must contain."""
-    return conn.execute(
+def count_ok_vectors(conn: Connection, model_id: int, roots: Sequence[int] | None = None) -> int:
+    """How many vectors the index must contain (under ``roots`` when given)."""
+    stmt = (
         select(func.count())
         .select_from(embeddings.join(images, images.c.id == embeddings.c.image_id))
         .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
-    ).scalar_one()
+    )
+    if roots is not None:
+        stmt = stmt.where(images.c.root_id.in_(list(roots)))
+    return conn.execute(stmt).scalar_one()
 
 
-def ok_vectors(conn: Connection, model_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and vectors of every image the index must contain (status ok), ordered by id."""
-    count = count_ok_vectors(conn, model_id)
+def ok_vectors(
+    conn: Connection, model_id: int, dim: int, roots: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and vectors of every image the index must contain (status ok), ordered by id;
+    with ``roots``, only the images under those roots."""
+    count = count_ok_vectors(conn, model_id, roots)
     ids = np.empty(count, dtype=np.int64)
     matrix = np.empty((count, dim), dtype=np.float32)
     n = 0
-    for part_ids, part in iter_ok_vectors(conn, model_id, dim):
+    for part_ids, part in iter_ok_vectors(conn, model_id, dim, roots=roots):
         take = min(len(part_ids), count - n)
         ids[n : n + take] = part_ids[:take]
         matrix[n : n + take] = part[:take]

@@ -62,6 +62,17 @@ class LibraryModel:
 
 
 @dataclass(frozen=True)
+class RootRecord:
+    """A folder the user ingested, with its images counted by status."""
+
+    id: int
+    path: str
+    added_at: datetime
+    last_scan_at: datetime | None
+    images: dict[str, int]
+
+
+@dataclass(frozen=True)
 class KnownImage:
     """The part of an image row that ingest compares against a scan."""
 
