@@ -6,21 +6,18 @@ Data goes to stdout (a table, or one JSON document); progress, warnings and erro
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sys
 import time
 
+from organizer.redact import hide_passwords
 from organizer.scan import shown_path
-
-# user:password@ in a URL; organizer's own messages never hold one, but an unexpected
-# error's text might quote the URL it was given.
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def err(message: str) -> None:
-    """A line on stderr; a password in a URL is never shown."""
-    print(_PASSWORD_IN_URL.sub(r"\1***@", message), file=sys.stderr)
+    """A line on stderr. Organizer's own messages never hold a password, but an unexpected
+    error's text might quote the URL it was given: passwords in URLs are never shown."""
+    print(hide_passwords(message), file=sys.stderr)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

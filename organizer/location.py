@@ -10,6 +10,7 @@ the index file goes, a writer lock, and the folders ingest must never walk into.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -140,13 +141,20 @@ class ServerHome:
             migrate(engine)
             with engine.connect() as conn:
                 catalogue = q.catalogue_uuid(conn)
+                # A copy of the database (CREATE DATABASE ... TEMPLATE, a restored backup)
+                # keeps the UUID but not the database's oid: it must not share the cache.
+                database = conn.exec_driver_sql(
+                    "SELECT oid FROM pg_database WHERE datname = current_database()"
+                ).scalar_one()
         except (OperationalError, DatabaseError, InterfaceError) as exc:
             engine.dispose()
             raise LibraryError(explain(exc, engine)) from None
         except LibraryError:
             engine.dispose()
             raise
-        cache_dir = platformdirs.user_cache_path("organizer", appauthor=False) / catalogue
+        where = f"{url.host or url.query.get('host')}:{url.port}/{database}"
+        key = f"{catalogue}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+        cache_dir = platformdirs.user_cache_path("organizer", appauthor=False) / key
         try:
             cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from organizer.config import Settings
 from organizer.errors import LibraryError, SchemaError
@@ -103,7 +104,7 @@ def test_each_machine_keeps_its_own_index_cache(server, tmp_path, monkeypatch, p
             assert len(lib.vectors()) == 6 and lib.status().index.in_sync
             caches[machine] = lib.index_path
             uuid = lib.home.cache_dir.name
-    assert caches["a"] != caches["b"] and caches["a"].parent.name == uuid
+    assert caches["a"] != caches["b"] and caches["a"].parent.name.startswith(uuid)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
     with Library.open(Settings(library=url)) as lib:
         assert lib.status().index.in_sync  # b's build did not make a's file stale
@@ -179,3 +180,55 @@ def test_bulk_insert_gives_ids_in_order_and_bumps_the_generation(library):
         assert got_ids.tolist() == sorted(ids) and np.array_equal(got[np.argsort(ids)], vectors)
         assert [known[f"{i}.jpg".encode()].id for i in range(300)] == ids
         assert len(lib.vectors()) == 300
+
+
+def test_a_new_catalogue_opened_by_three_processes_at_once(server, tmp_path):
+    """Migrations take an advisory lock; those that waited see the finished schema."""
+    url = server.new_database()
+    code = (
+        "import sys, time\n"
+        "from organizer.store.db import create_engine_for, migrate\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "migrate(create_engine_for(sys.argv[1]))\n"
+        "print('ok')\n"
+    )
+    start = str(time.time() + 2.0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url, start],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outcomes
+
+
+def test_a_copied_catalogue_does_not_share_the_cache(server, photos):
+    """CREATE DATABASE ... TEMPLATE (or a restored backup) keeps the catalogue's UUID."""
+    url = server.new_database()
+    fake = FakeEmbedder()
+    with Library.open(Settings(library=url), create=True, embedder_loader=lambda s, t: fake) as a:
+        a.ingest([photos])
+        a.vectors()
+        first = a.index_path
+    name = make_url(url).database
+    server.admin(f"CREATE DATABASE copied TEMPLATE {name}")
+    copy = url.replace(f"/{name}?", "/copied?")
+    with Library.open(Settings(library=copy)) as b:
+        assert b.home.cache_dir.name.split("-")[:5] == first.parent.name.split("-")[:5]
+        assert b.index_path != first
+
+
+def test_a_password_in_the_query_is_never_shown(server, cli, photos):
+    url = server.new_database(owner=PASSWORD_USER).replace(f":{PASSWORD}@", "@")
+    url += f"&password={PASSWORD}"
+    assert cli("ingest", photos, "--library", url).exit_code == 0
+    for args in (["status"], ["status", "--json"]):
+        result = cli(*args, "--library", url)
+        assert result.exit_code == 0 and PASSWORD not in result.output
+    bad = cli("status", "--library", f"postgresql://u@h?password={PASSWORD}")
+    assert bad.exit_code == 2 and PASSWORD not in bad.output

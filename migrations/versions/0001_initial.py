@@ -29,11 +29,15 @@ _TRIGGERS = {
     ),
     "trg_images_delete": f"AFTER DELETE ON images BEGIN {_BUMP} END",
 }
-# PostgreSQL: the same bumps from one plpgsql function. Vector writes bump once per statement
-# (a batch of rows, not each row); a status change only when the status really changes.
-_PG_FUNCTION = (
+# PostgreSQL: the same bumps, once per statement, never per row: each bump writes a new
+# version of the one index_state row, and thousands of them in one transaction (marking a
+# lost folder missing) made every next update walk the chain (100k rows: 96 s, now 1 s).
+_PG_FUNCTIONS = (
     "CREATE FUNCTION organizer_bump_generation() RETURNS trigger LANGUAGE plpgsql AS "
-    f"$$ BEGIN {_BUMP} RETURN NULL; END $$"
+    f"$$ BEGIN {_BUMP} RETURN NULL; END $$",
+    "CREATE FUNCTION organizer_bump_on_status() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF EXISTS (SELECT 1 FROM old_rows o JOIN new_rows n ON n.id = o.id "
+    f"WHERE o.status IS DISTINCT FROM n.status) THEN {_BUMP} END IF; RETURN NULL; END $$",
 )
 _PG_TRIGGERS = {
     "trg_embeddings_change": (
@@ -41,8 +45,8 @@ _PG_TRIGGERS = {
         "EXECUTE FUNCTION organizer_bump_generation()"
     ),
     "trg_images_status": (
-        "AFTER UPDATE OF status ON images FOR EACH ROW "
-        "WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION organizer_bump_generation()"
+        "AFTER UPDATE ON images REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION organizer_bump_on_status()"
     ),
     "trg_images_delete": (
         "AFTER DELETE ON images FOR EACH STATEMENT EXECUTE FUNCTION organizer_bump_generation()"
@@ -127,7 +131,8 @@ def upgrade() -> None:
         for name, body in _TRIGGERS.items():
             op.execute(f"CREATE TRIGGER {name} {body}")
     else:
-        op.execute(_PG_FUNCTION)
+        for function in _PG_FUNCTIONS:
+            op.execute(function)
         for name, body in _PG_TRIGGERS.items():
             op.execute(f"CREATE TRIGGER {name} {body}")
 
@@ -138,5 +143,6 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
     else:
         op.execute("DROP FUNCTION IF EXISTS organizer_bump_generation() CASCADE")
+        op.execute("DROP FUNCTION IF EXISTS organizer_bump_on_status() CASCADE")
     for table in ("index_state", "ingest_runs", "embeddings", "images", "models", "roots"):
         op.drop_table(table)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, Operati
 
 from organizer.choices import is_url
 from organizer.errors import LibraryError, LibraryURLError, SchemaError
+from organizer.redact import hide_passwords
 from organizer.resources import migrations_dir
 
 BUSY_TIMEOUT_MS = 30_000
@@ -51,13 +52,15 @@ def library_url(value: str) -> URL:
 
 
 def redact(url: str | URL) -> str:
-    """A URL fit to show: its password replaced by ***."""
+    """A URL fit to show: its password (in either place libpq takes it) replaced by ***."""
     if isinstance(url, str):
         try:
             url = make_url(url)
         except ArgumentError:
-            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return url.render_as_string(hide_password=True)
+            return hide_passwords(url)
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return hide_passwords(url.render_as_string(hide_password=True))
 
 
 def describe(url: URL) -> str:
@@ -102,9 +105,17 @@ def create_engine_for(url_or_path: str | os.PathLike[str] | URL) -> Engine:
             # REPEATABLE READ: every read transaction sees one snapshot, as on SQLite, so
             # a reader never mixes the batches a writer commits meanwhile. Writers do not
             # conflict: one at a time holds the advisory lock.
+            # TCP keepalives: a writer whose machine vanished without closing its connection
+            # loses its advisory lock in about a minute, not the kernel's default two hours.
             return create_engine(
                 url,
-                connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+                connect_args={
+                    "connect_timeout": CONNECT_TIMEOUT_S,
+                    "keepalives": 1,
+                    "keepalives_idle": 30,
+                    "keepalives_interval": 10,
+                    "keepalives_count": 3,
+                },
                 isolation_level="REPEATABLE READ",
                 pool_size=2,
                 max_overflow=8,
@@ -126,10 +137,19 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         LibraryError: the database could not be written (disk full, read-only, locked, I/O).
     """
     try:
-        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+        with _writing(engine) as conn, conn.begin():
             yield conn
     except (OperationalError, DatabaseError, InterfaceError) as exc:
         raise LibraryError(explain(exc, engine)) from None
+
+
+def _writing(engine: Engine) -> Connection:
+    """A connection for writes: BEGIN IMMEDIATE on SQLite; READ COMMITTED on PostgreSQL, so
+    that a write next to another (a cluster run beside an ingest) never fails to serialise:
+    reads keep REPEATABLE READ snapshots, writers need only see what is committed."""
+    if engine.dialect.name == "postgresql":
+        return engine.connect().execution_options(isolation_level="READ COMMITTED")
+    return engine.connect().execution_options(sqlite_begin="IMMEDIATE")
 
 
 def explain(exc: Exception, where: str | Engine | None = None) -> str:
@@ -243,7 +263,7 @@ def migrate(engine: Engine) -> None:
         )
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+    with _writing(engine) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
             if current_revision_in(conn) == head:
