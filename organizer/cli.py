@@ -115,7 +115,6 @@ LibraryOpt = Annotated[
     typer.Option(
         "--library",
         "-L",
-        envvar="ORGANIZER_LIBRARY",
         parser=_library,
         metavar="FOLDER|URL",
         help="Library folder, or a PostgreSQL URL (postgresql://USER@HOST/DB) for a shared "
@@ -204,12 +203,20 @@ def _handled(fn):
         except Interrupted as exc:
             out.err(f"interrupted: {exc}")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except LibraryURLError as exc:  # from ORGANIZER_LIBRARY: the option checks its own
+            out.err(f"error: ORGANIZER_LIBRARY: {exc}")
+            raise typer.Exit(EXIT_USAGE) from None
         except OrganizerError as exc:
             out.err(f"error: {exc}")
             raise typer.Exit(EXIT_FAILED) from None
         except KeyboardInterrupt:
             out.err("interrupted: work committed so far is kept; run the command again to finish")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # `organizer ... | head`: the reader has gone; stop quietly, as cat does.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except Exception as exc:
             if os.environ.get("ORGANIZER_DEBUG"):
                 traceback.print_exc()
@@ -231,6 +238,7 @@ def command(fn):
 def _open(library: Path | str | None, create: bool = False, **settings: object) -> Library:
     from organizer.library import Library
 
+    library = library if library is not None else _GLOBAL["library"]
     return Library.open(resolve_settings(library=library, **settings), create=create)
 
 
@@ -238,6 +246,10 @@ def _version(value: bool) -> None:
     if value:
         print(f"organizer {__version__}")
         raise typer.Exit()
+
+
+# `organizer -L LIB COMMAND ...`: the library given before the command, for every command.
+_GLOBAL = {"library": None}
 
 
 @app.callback()
@@ -248,6 +260,7 @@ def _main(
             "--version", callback=_version, is_eager=True, help="Show the version and exit."
         ),
     ] = False,
+    library: LibraryOpt = None,
 ) -> None:
     """Organise large photo folders with CLIP: ingest, search, cluster, report.
 
@@ -255,6 +268,7 @@ def _main(
 
     Example: organizer ingest ~/Photos && organizer status
     """
+    _GLOBAL["library"] = library
 
 
 # -- ingest and status ------------------------------------------------------------------------
@@ -283,6 +297,14 @@ def ingest(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")
     ] = False,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            "--rehash",
+            help="Read every file again, even with its size and time unchanged (slow: "
+            "catches an edit that kept both).",
+        ),
+    ] = False,
     follow_symlinks: Annotated[
         bool,
         typer.Option("--follow-symlinks", help="Follow file links that point outside the root."),
@@ -296,7 +318,9 @@ def ingest(
     """
     from organizer.ingest import IngestOptions
 
-    options = IngestOptions(retry_failed=retry_failed, follow_symlinks=follow_symlinks)
+    options = IngestOptions(
+        retry_failed=retry_failed, rehash=rehash, follow_symlinks=follow_symlinks
+    )
     with (
         _open(
             library,

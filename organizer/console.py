@@ -170,15 +170,27 @@ def print_status(st) -> None:
     health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
     rows.append(("index", f"{index.description or 'none'}, {index.count or 0} vectors, {health}"))
     if st.last_ingest:
-        last = st.last_ingest.to_dict()
-        rows.append(
-            (
-                "ingest",
-                f"{last['finished_at']} ({last['status']}, {last['precision']} on {last['device']})",
-            )
-        )
+        rows.append(("ingest", _last_ingest(st.last_ingest)))
     for key, value in rows:
         print(f"{key:<7} {value}")
+
+
+def _last_ingest(run) -> str:
+    """How the latest ingest went, in words."""
+    data, summary = run.to_dict(), run.summary
+    if run.status == "running":
+        done, total = summary.get("done"), summary.get("total")
+        progress = f": {done:,} of {total:,} files read" if total else ""
+        embedded = summary.get("embedded")
+        embedded = f", {plural(embedded, 'image')} embedded" if embedded else ""
+        return f"running since {data['started_at']} (pid {run.pid}){progress}{embedded}"
+    if run.status == "interrupted" and run.finished_at is None:
+        return (
+            f"interrupted: started {data['started_at']} (pid {run.pid}), the process was "
+            "stopped; what it committed is kept: run `organizer ingest` to finish"
+        )
+    how = f"{run.precision} on {run.device}" if run.device else "nothing to embed"
+    return f"{data['finished_at']} ({run.status}, {how})"
 
 
 def print_results(res, absolute: bool, as_json: bool) -> None:

@@ -18,7 +18,7 @@ from organizer import search
 from organizer.embed import Embedder
 from organizer.errors import QueryError
 from organizer.pipeline import Job, prepare
-from organizer.scan import display_path, is_image_name, shown_path
+from organizer.scan import display_path, exact_path, is_image_name, shown_path
 from organizer.store import queries as q
 from organizer.store.records import ImageRecord, ImageStatus
 from organizer.vectors import VectorIndex
@@ -41,6 +41,7 @@ class Result:
         return {
             "rank": self.rank,
             "path": shown_path(self.root, self.relpath, absolute),
+            **exact_path(self.root, self.relpath),
             "root": self.root,
             "score": round(self.score, 6),
             "image_id": self.image_id,
@@ -71,6 +72,7 @@ class Member:
     def to_dict(self, absolute: bool = False) -> dict:
         return {
             "path": shown_path(self.root, self.relpath, absolute),
+            **exact_path(self.root, self.relpath),
             "root": self.root,
             "image_id": self.image_id,
             "size": self.size,
@@ -176,6 +178,8 @@ class Finder:
         self, photo: str | Path, limit: int = 12, threshold: float | None = None
     ) -> Results:
         path = Path(photo).expanduser()
+        if path.is_dir():
+            raise QueryError(f"{photo} is a folder: similar takes one image file")
         if not path.is_file():
             raise QueryError(f"image not found: {photo}")
         image_id, vector = self.image_vector(path)

@@ -35,7 +35,7 @@ from organizer.roots import (
     find_root,
     targets_for,
 )
-from organizer.scan import extension, scan_root, shown_path
+from organizer.scan import exact_path, extension, scan_root, shown_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -123,6 +123,7 @@ class SkippedFiles:
                 {
                     "root": root,
                     "path": shown_path(root, relpath, absolute),
+                    **exact_path(root, relpath),
                     "type": extension(relpath),
                 }
                 for root, relpath in self.files
@@ -254,6 +255,8 @@ class Library:
             model = self.model()
             self.requested_spec()  # refuse a model mismatch before any work
             targets = self._targets(paths)
+            with write_transaction(self.engine) as conn:
+                run_id = q.start_run(conn, os.getpid())
             ingestor = Ingestor(
                 self.engine,
                 self.embedder,
@@ -261,9 +264,8 @@ class Library:
                 options,
                 progress,
                 cancel,
+                run_id,
             )
-            with write_transaction(self.engine) as conn:
-                run_id = q.start_run(conn, os.getpid())
             status = RunStatus.FAILED
             try:
                 summary = ingestor.run(targets)
@@ -567,8 +569,22 @@ class Library:
             cache.in_sync(),
             str(self.index_path),
         )
+        if last is not None and last.status == RunStatus.RUNNING and not self._writer_alive():
+            # Left running by a process that was killed: the next ingest records it so too.
+            last = replace(last, status=RunStatus.INTERRUPTED)
         absent = [p for p in roots if not Path(p).is_dir()]
         return LibraryStatus(self.home.name, roots, absent, model, counts, index, last)
+
+    def _writer_alive(self) -> bool:
+        """Whether a process holds the writer lock now (an ingest is running)."""
+        try:
+            lock = self.home.writer_lock("status")
+            got = lock.try_acquire()
+        except (OSError, LibraryError):
+            return True  # cannot tell (a read-only library): say what the database says
+        if got:
+            lock.release()
+        return not got
 
     def skipped(self) -> SkippedFiles:
         """What ingest leaves out under the present roots, found by walking them now: files

@@ -114,12 +114,29 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 def name(
     centroids: np.ndarray, concepts: np.ndarray, vocabulary: Vocabulary, top: int = 3
 ) -> list[list[tuple[str, float]]]:
-    """For each centroid, the ``top`` concepts with their cosine scores, best first."""
+    """For each centroid, its name and ``top - 1`` alternatives, with their cosine scores.
+
+    No two clusters share a name: names are an assignment over the cluster x concept score
+    matrix (the pairing with the highest total score), so similar clusters get the
+    best distinct concepts instead of all taking the same one. The alternatives are each
+    cluster's next best concepts. With more clusters than concepts, names repeat.
+    """
+    from scipy.optimize import linear_sum_assignment
+
     scores = centroids @ concepts.T
+    chosen = scores.argmax(axis=1)
+    if len(centroids) <= len(vocabulary.concepts):
+        rows, cols = linear_sum_assignment(-scores)
+        chosen[rows] = cols
     out = []
-    for row in scores:
-        best = np.argsort(-row, kind="stable")[:top]
-        out.append([(short_label(vocabulary.concepts[i]), round(float(row[i]), 4)) for i in best])
+    for row, name in zip(scores, chosen, strict=True):
+        others = [i for i in np.argsort(-row, kind="stable") if i != name][: top - 1]
+        out.append(
+            [
+                (short_label(vocabulary.concepts[i]), round(float(row[i]), 4))
+                for i in [name, *others]
+            ]
+        )
     return out
 
 

@@ -6,6 +6,7 @@ only in Unicode normalisation) are kept exactly as the filesystem has them.
 
 from __future__ import annotations
 
+import base64
 import os
 import stat as stat_module
 from collections.abc import Iterable
@@ -185,6 +186,16 @@ def display_path(relpath: bytes) -> str:
             c if 32 <= ord(c) != 127 else c.encode("unicode_escape").decode() for c in text
         )
     return text
+
+
+def exact_path(root: str, relpath: bytes) -> dict[str, str]:
+    """For JSON: ``{"path_b64": ...}``, the exact bytes of the absolute path, when the path
+    is not valid UTF-8 (its shown form escapes bytes, so a script could not open it)."""
+    try:
+        relpath.decode("utf-8")
+        return {}
+    except UnicodeDecodeError:
+        return {"path_b64": base64.b64encode(os.path.join(os.fsencode(root), relpath)).decode()}
 
 
 def shown_path(root: str, relpath: bytes, absolute: bool = False) -> str:

@@ -68,9 +68,9 @@ def test_unusable_server_is_one_line_exit_1(server, cli, change, reason):
     "url", ["mysql://bob:hunter2@db.example/photos", "postgresql://bob:hunter2@db.example/"]
 )
 def test_unusable_url_is_a_usage_error(cli, url):
-    result = cli("status", "--library", url)
-    assert result.exit_code == 2
-    assert "hunter2" not in result.output and len(result.stderr.splitlines()) == 1
+    for result in (cli("status", "--library", url), cli("status", ORGANIZER_LIBRARY=url)):
+        assert result.exit_code == 2
+        assert "hunter2" not in result.output and len(result.stderr.splitlines()) == 1
 
 
 def test_an_empty_database_is_not_a_library_until_ingest(server, cli, photos):

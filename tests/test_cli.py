@@ -7,12 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from organizer.config import Settings
 from organizer.library import Library
-from tests.fakes import TINY_CONFIG
+from tests.fakes import TINY_CONFIG, write_picture
 
 
 def test_ingest_json_summary_and_status(cli, photos):
@@ -216,3 +217,49 @@ def test_result_thresholds_take_any_cosine(cli, photos):
     assert cli("ingest", photos).exit_code == 0
     assert cli("search", "a dog", "--threshold", "-0.5").exit_code == 0
     assert cli("similar", photos / "img000.jpg", "--threshold", "0").exit_code == 0
+
+
+def test_json_gives_the_exact_bytes_of_a_name_that_is_not_utf8(cli, tmp_path):
+    import base64
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    odd = os.path.join(os.fsencode(root), b"caf\xe9.jpg")
+    write_picture(Path(os.fsdecode(odd)), 1)
+    write_picture(root / "plain.jpg", 2)
+    assert cli("ingest", root).exit_code == 0
+    found = json.loads(cli("search", "a cat", "--json").stdout)["results"]
+    by_path = {r["path"]: r for r in found}
+    assert "path_b64" not in by_path["plain.jpg"]
+    exact = by_path["caf\\xe9.jpg"]["path_b64"]
+    assert base64.b64decode(exact) == odd and os.path.exists(base64.b64decode(exact))
+
+
+def test_output_into_a_closed_pipe_ends_quietly(cli, tmp_path, photos):
+    assert cli("ingest", photos).exit_code == 0
+    for i in range(3000):
+        (photos / f"note{i:04d}.txt").write_text("x")
+    env = {**os.environ, "ORGANIZER_LIBRARY": str(tmp_path / "lib")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "organizer", "status", "--skipped", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.read(100)
+    proc.stdout.close()  # as `| head -c 100` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b"", err
+
+
+def test_the_library_may_come_before_the_command(cli, photos, tmp_path):
+    other = tmp_path / "other-lib"
+    assert cli("-L", other, "ingest", photos).exit_code == 0
+    assert json.loads(cli("-L", other, "status", "--json").stdout)["library"] == str(other)
+    assert cli("-L", other, "cluster", "-k", "2", "--no-names").exit_code == 0
+
+
+def test_similar_on_a_folder_says_so(cli, photos):
+    assert cli("ingest", photos).exit_code == 0
+    result = cli("similar", photos)
+    assert result.exit_code == 1 and "is a folder" in result.stderr

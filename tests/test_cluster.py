@@ -235,3 +235,20 @@ def test_kmeans_rejects_bad_k():
         kmeans(x, 4)
     with pytest.raises(ClusterError, match="no images"):
         kmeans(np.empty((0, 4), np.float32), 2)
+
+
+def test_no_two_clusters_share_a_name():
+    """Four clusters that all lean towards one concept still get four names."""
+    from organizer.naming import Vocabulary, name
+
+    rng = np.random.default_rng(0)
+    concepts = rng.standard_normal((6, 16)).astype(np.float32)
+    concepts /= np.linalg.norm(concepts, axis=1, keepdims=True)
+    centroids = concepts[0] + 0.3 * rng.standard_normal((4, 16)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    vocab = Vocabulary(tuple(f"concept {i}" for i in range(6)), ("{}",), "test")
+    naive = (centroids @ concepts.T).argmax(axis=1)
+    assert len(set(naive.tolist())) < 4  # the case this is about
+    labels = name(centroids, concepts, vocab)
+    assert len({row[0][0] for row in labels}) == 4
+    assert all(len(row) == 3 and len({label for label, _ in row}) == 3 for row in labels)

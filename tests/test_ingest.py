@@ -285,3 +285,21 @@ def test_an_unreadable_root_marks_nothing_missing(fake_lib, photos, monkeypatch)
     s = fake_lib.ingest([photos])
     assert s.missing == 0 and any("cannot be read" in p for p in s.problems)
     assert fake_lib.status().images == {"ok": 6, "failed": 0, "missing": 0}
+
+
+def test_rehash_catches_an_edit_that_kept_size_and_time(fake_lib, fake, photos):
+    from organizer.ingest import IngestOptions
+
+    fake_lib.ingest([photos])
+    target = photos / "img001.jpg"
+    other = write_picture(photos.parent / "other.jpg", 99)
+    st = target.stat()
+    data = bytearray(other.read_bytes()[: st.st_size].ljust(st.st_size, b"\0"))
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same time
+    assert fake_lib.ingest([photos]).changed == 0  # documented: not noticed by default
+    again = fake_lib.ingest([photos], options=IngestOptions(rehash=True))
+    assert again.changed + again.failed == 1 and again.unchanged == 5
+    assert (
+        fake_lib.ingest([photos], options=IngestOptions(rehash=True)).unchanged == 6 - again.failed
+    )

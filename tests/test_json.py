@@ -114,8 +114,10 @@ def test_ingest_and_status(library, run_json, tmp_path):
             "path": str(tmp_path / "lib" / "vectors.faiss"),
         },
         "last_ingest": {
+            "started_at": TIMESTAMP,
             "finished_at": TIMESTAMP,
             "status": "finished",
+            "pid": SIZE,
             "device": None,
             "precision": None,
             "summary": summary(unchanged=8),

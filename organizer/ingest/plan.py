@@ -60,24 +60,32 @@ class Plan:
     unlistable: list[Unlistable] = field(default_factory=list)
 
 
-def plan(engine: Engine, targets: list[Target], retry_failed: bool) -> Plan:
-    """Compare each target's scan with the images recorded under it (reads only)."""
+def plan(engine: Engine, targets: list[Target], retry_failed: bool, rehash: bool = False) -> Plan:
+    """Compare each target's scan with the images recorded under it (reads only).
+
+    A file whose size and modification time are as recorded is taken as unchanged, unless
+    ``rehash``: then it is read and hashed again (an edit that kept both is caught).
+    """
     result = Plan()
     with engine.connect() as conn:
         for target in targets:
-            _plan_target(result, target, _known_for(conn, target), retry_failed)
+            _plan_target(result, target, _known_for(conn, target), retry_failed, rehash)
     return result
 
 
 def _plan_target(
-    result: Plan, target: Target, known: dict[bytes, KnownImage], retry_failed: bool
+    result: Plan,
+    target: Target,
+    known: dict[bytes, KnownImage],
+    retry_failed: bool,
+    rehash: bool,
 ) -> None:
     seen = set()
     for entry in target.scan.files:
         seen.add(entry.relpath)
         k = known.get(entry.relpath)
         same_stat = k is not None and (k.size, k.mtime_ns) == (entry.size, entry.mtime_ns)
-        if same_stat and k.status == ImageStatus.OK:
+        if same_stat and k.status == ImageStatus.OK and not rehash:
             result.unchanged += 1
         elif same_stat and k.status == ImageStatus.MISSING and k.content_hash:
             result.restore.append(k.id)

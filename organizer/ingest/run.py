@@ -43,6 +43,7 @@ class IngestOptions:
     batch_size: int | None = None  # None: the settings' batch size, else 32
     workers: int | None = None  # decode processes; None = automatic, 0 = in this process
     retry_failed: bool = False
+    rehash: bool = False  # read and hash files whose size and time are unchanged too
     follow_symlinks: bool = False
     exclude: tuple[Path, ...] = ()
 
@@ -58,6 +59,7 @@ class Ingestor:
         options: IngestOptions = IngestOptions(),
         progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
+        run_id: int | None = None,
     ):
         self.engine = engine
         self.get_embedder = get_embedder
@@ -66,7 +68,8 @@ class Ingestor:
         self.progress = progress
         self.cancel = cancel
         self.summary = IngestSummary()
-        self.writer = BatchWriter(engine, model_id, self.summary)
+        self.writer = BatchWriter(engine, model_id, self.summary, run_id)
+        self._done, self._total = 0, 0
         self._embedder: Embedder | None = None
         self._ops: list[Op] = []
         self._batch: list[tuple[FileWork, Prepared]] = []
@@ -80,7 +83,7 @@ class Ingestor:
     def run(self, targets: list[Target]) -> IngestSummary:
         started = time.perf_counter()
         self._scan(targets)
-        the_plan = plan(self.engine, targets, self.options.retry_failed)
+        the_plan = plan(self.engine, targets, self.options.retry_failed, self.options.rehash)
         self._vanished = the_plan.vanished  # what is left of it at the end goes missing
         self.summary.unchanged = the_plan.unchanged
         if the_plan.work:
@@ -145,7 +148,9 @@ class Ingestor:
         )
         total = len(the_plan.work)
         batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        self._total = total
         for done, prepared in enumerate(self._prepared(jobs), start=1):
+            self._done = done
             self._classify(the_plan.work[prepared.key], prepared)
             if len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS:
                 self._flush()
@@ -205,6 +210,6 @@ class Ingestor:
             for (work, p), vector in zip(self._batch, vectors, strict=True):
                 ops.append(Embed(work, p, vector))
                 ops.extend(self._waiting.pop(p.content_hash, []))
-        self.writer.write(ops)
+        self.writer.write(ops, {"done": self._done, "total": self._total})
         self._ops = []
         self._batch = []

@@ -86,10 +86,18 @@ class _VectorSource:
 class BatchWriter:
     """Writes the decisions of one ingest run; counts what it wrote into ``summary``."""
 
-    def __init__(self, engine: Engine, model_id: int | None, summary: IngestSummary):
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: int | None,
+        summary: IngestSummary,
+        run_id: int | None = None,
+    ):
+        """``run_id``: the ingest run to record progress on, with each batch."""
         self.engine = engine
         self.model_id = model_id
         self.summary = summary
+        self.run_id = run_id
         self.written: set[int] = set()  # images whose vector this run wrote or removed
         # content hash -> an image whose stored vector has that content, for copies
         self._hash_to_id: dict[str, int] = {}
@@ -124,13 +132,15 @@ class BatchWriter:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def write(self, ops: list[Op]) -> None:
-        """Apply ``ops`` in order, in one transaction."""
+    def write(self, ops: list[Op], progress: dict | None = None) -> None:
+        """Apply ``ops`` in order, in one transaction (with the run's ``progress``)."""
         if not ops:
             return
         with write_transaction(self.engine) as conn:
             for op in ops:
                 self._apply(conn, op)
+            if self.run_id is not None and progress is not None:
+                q.run_progress(conn, self.run_id, {**self.summary.to_dict(), **progress})
 
     def _apply(self, conn: Connection, op: Op) -> None:
         match op:

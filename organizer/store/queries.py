@@ -532,8 +532,22 @@ def record_index_file(conn: Connection, file: IndexFileRecord) -> bool:
 
 
 def start_run(conn: Connection, pid: int) -> int:
-    stmt = insert(ingest_runs_t).values(started_at=now(), pid=pid, status=RunStatus.RUNNING)
+    """Record a new run; runs left ``running`` by a process that died become interrupted
+    (the caller holds the writer lock, so no other run is alive)."""
+    t = ingest_runs_t
+    conn.execute(
+        update(t)
+        .where(t.c.status == RunStatus.RUNNING)
+        .values(status=RunStatus.INTERRUPTED, finished_at=now())
+    )
+    stmt = insert(t).values(started_at=now(), pid=pid, status=RunStatus.RUNNING)
     return conn.execute(stmt).inserted_primary_key[0]
+
+
+def run_progress(conn: Connection, run_id: int, summary: dict) -> None:
+    """A running ingest's counts so far (written with each batch it commits)."""
+    t = ingest_runs_t
+    conn.execute(update(t).where(t.c.id == run_id).values(summary_json=json.dumps(summary)))
 
 
 def finish_run(
@@ -558,11 +572,9 @@ def finish_run(
 
 
 def last_run(conn: Connection) -> IngestRunRecord | None:
-    """The latest ingest run that finished (whichever way)."""
+    """The latest ingest run: finished (whichever way), or running."""
     t = ingest_runs_t
-    row = conn.execute(
-        select(t).where(t.c.finished_at.is_not(None)).order_by(t.c.id.desc()).limit(1)
-    ).first()
+    row = conn.execute(select(t).order_by(t.c.id.desc()).limit(1)).first()
     if row is None:
         return None
     return IngestRunRecord(

@@ -15,7 +15,7 @@ from enum import StrEnum
 import numpy as np
 
 from organizer.embed import ModelSpec
-from organizer.scan import display_path, shown_path
+from organizer.scan import display_path, exact_path, shown_path
 
 
 class ImageStatus(StrEnum):
@@ -130,6 +130,7 @@ class Failure:
         return {
             "root": self.root,
             "path": shown_path(self.root, self.relpath, absolute),
+            **exact_path(self.root, self.relpath),
             "path_bytes_hex": self.relpath.hex() if undecodable else None,
             "reason": self.reason,
         }
@@ -153,8 +154,10 @@ class IngestRunRecord:
 
     def to_dict(self) -> dict:
         return {
+            "started_at": iso_utc(self.started_at),
             "finished_at": iso_utc(self.finished_at),
             "status": str(self.status),
+            "pid": self.pid,
             "device": self.device,
             "precision": self.precision,
             "summary": self.summary,

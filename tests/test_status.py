@@ -1,0 +1,66 @@
+"""`organizer status` tells the truth about ingest runs: running, interrupted, finished."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import make_folder
+
+pytestmark = pytest.mark.both_backends
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _status(cli) -> dict:
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["last_ingest"]
+
+
+def test_a_run_that_embedded_nothing_says_so(cli, photos):
+    assert cli("ingest", photos).exit_code == 0
+    assert cli("ingest", photos).exit_code == 0  # everything unchanged
+    text = cli("status").stdout
+    assert "nothing to embed" in text and "None" not in text
+
+
+def test_running_then_killed_then_finished(cli, library, tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 40)
+    script = [sys.executable, "-m", "tests.reliability.crash_ingest", str(library), str(root)]
+    writer = subprocess.Popen(
+        [*script, "--slow", "0.2", "--batch-size", "2"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 60
+        seen = None
+        while time.time() < deadline:
+            result = cli("status", "--json")
+            if result.exit_code == 0:
+                last = json.loads(result.stdout)["last_ingest"]
+                if last and last["status"] == "running" and last["summary"].get("done"):
+                    seen = last
+                    break
+            time.sleep(0.1)
+        assert seen is not None and seen["pid"] == writer.pid
+        text = cli("status").stdout
+        assert "running since" in text and f"(pid {writer.pid})" in text and "of 40 files" in text
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.communicate()
+    killed = _status(cli)
+    assert killed["status"] == "interrupted" and killed["pid"] == writer.pid
+    assert (
+        "interrupted" in cli("status").stdout and "run `organizer ingest`" in cli("status").stdout
+    )
+    subprocess.run(script, cwd=REPO_ROOT, check=True, capture_output=True)  # finishes the rest
+    assert _status(cli)["status"] == "finished"
