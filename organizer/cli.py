@@ -528,7 +528,10 @@ def cluster(
     if assign_new:  # the spelling of an earlier organizer
         _assign(run, library, as_json)
         return
-    with _open(library) as lib:
+    with (
+        _open(library) as lib,
+        out.StatusLine("cluster", not as_json) as progress,
+    ):
         summary = lib.cluster(
             k,
             algorithm=algorithm,
@@ -538,6 +541,7 @@ def cluster(
             vocabulary=vocabulary,
             names=names,
             include_offline=include_offline,
+            progress=progress,
         )
     if as_json:
         out.print_json(summary.to_dict())
@@ -698,7 +702,7 @@ def report(
     """
     with (
         _open(library) as lib,
-        out.ReportStatusLine(not (quiet or as_json)) as progress,
+        out.StatusLine("report", not (quiet or as_json)) as progress,
     ):
         summary = lib.report(
             output,

@@ -5,6 +5,7 @@ Pure functions of numpy arrays; persistence and naming live elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -164,6 +165,7 @@ def sweep(
     algorithm: str = "faiss",
     seed: int = 0,
     sample: int = SWEEP_SAMPLE,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[SweepPoint]:
     """Silhouette (cosine, embedding space) of K-means for each k in [k_min, k_max].
 
@@ -186,6 +188,8 @@ def sweep(
     np.fill_diagonal(distance, 0.0)
     points = []
     for k in range(k_min, k_max + 1):
+        if progress:
+            progress(k - k_min, k_max - k_min + 1)
         labels = kmeans(sub, k, algorithm, seed).labels
         score = (
             silhouette_score(distance, labels, metric="precomputed")

@@ -36,6 +36,15 @@ EmbedderProvider = Callable[[], Embedder]
 
 
 @dataclass(frozen=True)
+class ClusterProgress:
+    """Where a clustering is: the step, and how far into it (``done`` of ``total``)."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class AssignResult:
     """A run after images ingested since were put in their nearest clusters."""
 
@@ -103,8 +112,11 @@ class Clustering:
         k_max: int = 40,
         vocabulary: Path | None = None,
         names: bool = True,
+        progress: Callable[[ClusterProgress], None] | None = None,
     ) -> ClusterRunSummary:
-        """Cluster the library's vectors and store the run (see ``organizer cluster``)."""
+        """Cluster the library's vectors and store the run (see ``organizer cluster``);
+        ``progress`` hears of each step (sweep, K-means, silhouettes, naming)."""
+        tell = progress or (lambda p: None)
         if algorithm not in cluster.ALGORITHMS:
             raise ClusterError(
                 f"unknown algorithm {algorithm!r}: choose {' or '.join(cluster.ALGORITHMS)}"
@@ -114,11 +126,20 @@ class Clustering:
         points = None
         if k == "auto":
             cluster.check_k(2, len(x))
-            points = cluster.sweep(x, k_min, k_max, algorithm, seed)
+            points = cluster.sweep(
+                x,
+                k_min,
+                k_max,
+                algorithm,
+                seed,
+                progress=lambda d, t: tell(ClusterProgress("trying k", d, t)),
+            )
             k = cluster.best_k(points)
+        tell(ClusterProgress(f"K-means, k={k}", 0, 1))
         part = cluster.kmeans(x, int(k), algorithm, seed)
+        tell(ClusterProgress("silhouettes", 0, 1))
         sil = cluster.silhouettes(x, part.labels, seed=seed)
-        labels = self._names(model, part.centroids, vocab) if vocab else [[]] * part.k
+        labels = self._names(model, part.centroids, vocab, tell) if vocab else [[]] * part.k
         run = ClusterRunRecord(
             id=0,  # given by the database below
             created_at=q.now(),
@@ -197,11 +218,20 @@ class Clustering:
         )
 
     def _names(
-        self, model: LibraryModel, centroids: np.ndarray, vocab: naming.Vocabulary
+        self,
+        model: LibraryModel,
+        centroids: np.ndarray,
+        vocab: naming.Vocabulary,
+        tell: Callable[[ClusterProgress], None],
     ) -> list[list[tuple[str, float]]]:
         # The cache is keyed by the recorded model: no model is loaded on a hit.
         concepts = naming.concept_vectors(
-            self.embedder, model.spec, model.dim, vocab, self.cache_dir
+            self.embedder,
+            model.spec,
+            model.dim,
+            vocab,
+            self.cache_dir,
+            progress=lambda d, t: tell(ClusterProgress("naming: embedding the vocabulary", d, t)),
         )
         return naming.name(centroids, concepts, vocab)
 

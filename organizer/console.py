@@ -114,9 +114,10 @@ def print_ingest(s) -> None:
         kinds = ", ".join(
             f"{ext} {n:,}" for ext, n in sorted(s.skipped.items(), key=lambda x: -x[1])
         )
+        n = sum(s.skipped.values())
+        what = "is not an image" if n == 1 else "are not images"
         print(
-            f"skipped {plural(sum(s.skipped.values()), 'file')} that are not images ({kinds}): "
-            "see `organizer status --skipped`"
+            f"skipped {plural(n, 'file')} that {what} ({kinds}): see `organizer status --skipped`"
         )
     for folder in s.export_folders:
         print(f"skipped {folder}: an organizer export (links to images already here)")
@@ -322,10 +323,13 @@ def print_report(s) -> None:
         print(f"  {s.placeholders} images could not be shown (placeholders)")
 
 
-class ReportStatusLine:
-    """A rich status line on stderr while the report is made (terminals only)."""
+class StatusLine:
+    """A rich status line on stderr while a long step runs (terminals only): ``label: stage
+    done/total`` from progress records with those three fields."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, label: str, enabled: bool, first: str = "reading the library"):
+        self.label = label
+        self.first = first
         self.enabled = enabled and sys.stderr.isatty()
         self._status = None
 
@@ -334,12 +338,13 @@ class ReportStatusLine:
             return None
         from rich.console import Console
 
-        self._status = Console(stderr=True).status("report: reading the library")
+        self._status = Console(stderr=True).status(f"{self.label}: {self.first}")
         self._status.start()
         return self._update
 
     def _update(self, p) -> None:
-        self._status.update(f"report: {p.stage} {p.done}/{p.total}")
+        count = f" {p.done:,}/{p.total:,}" if p.total > 1 else ""
+        self._status.update(f"{self.label}: {p.stage}{count}")
 
     def __exit__(self, *exc) -> None:
         if self._status is not None:

@@ -17,7 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from organizer.errors import ImageError
 
-BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# JPEG2000 (OpenJPEG) and PPM (Pillow's name for all of Netpbm) ship in Pillow's wheels.
+BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "JPEG2000", "PPM")
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 # Pillow's own "this is a decompression bomb" threshold (2x its warning limit).
 MAX_PIXELS = 2 * 89_478_485
 
@@ -99,6 +101,10 @@ def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Ima
     try:
         image = Image.open(io.BytesIO(data), formats=list(formats))
     except UnidentifiedImageError:
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and "HEIF" not in formats:
+            raise ImageError(
+                "HEIC/HEIF image: install its support with pip install 'organizer[heic]'"
+            ) from None
         raise ImageError(f"not a supported image (allowed: {', '.join(formats)})") from None
     except Image.DecompressionBombError:
         raise ImageError("image too large: looks like a decompression bomb") from None
@@ -140,7 +146,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode(
-    data: bytes, min_size: tuple[int, int] | None = None, formats: tuple[str, ...] | None = None
+    data: bytes,
+    min_size: tuple[int, int] | None = None,
+    formats: tuple[str, ...] | None = None,
+    raw: bool = False,
 ) -> tuple[Image.Image, ImageInfo]:
     """Decode the first frame of image bytes to an upright RGB image.
 
@@ -149,6 +158,7 @@ def decode(
         min_size: when given, JPEGs are decoded at the smallest DCT scale that keeps both
             sides at least this large (``Image.draft``), which is several times faster.
         formats: allow-list override (tests).
+        raw: the bytes are a camera RAW file (by its name): decoded with rawpy.
 
     Returns:
         The RGB image (EXIF orientation applied) and the info to record; width and height
@@ -157,6 +167,8 @@ def decode(
     Raises:
         ImageError: whatever the reason the bytes cannot be decoded.
     """
+    if raw:
+        return decode_raw(data, min_size)
     image = open_image(data, formats)
     try:
         image.seek(0)
@@ -176,6 +188,56 @@ def decode(
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return image, ImageInfo(width, height, fmt, captured_at)
+
+
+def decode_raw(
+    data: bytes, min_size: tuple[int, int] | None = None
+) -> tuple[Image.Image, ImageInfo]:
+    """A camera RAW file as an upright RGB image: its embedded preview when that is at least
+    ``min_size`` (as photo tools show RAW files; much faster), else the developed sensor data.
+
+    Raises:
+        ImageError: rawpy is not installed, or the file cannot be read.
+    """
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageError(
+            "camera RAW file: install its support with pip install 'organizer[raw]'"
+        ) from None
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            sizes = raw.sizes
+            width, height = (
+                (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
+            )
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"image too large ({width}x{height})")
+            image, captured_at = _raw_preview(raw, rawpy, min_size)
+            if image is None:
+                image = Image.fromarray(raw.postprocess(use_camera_wb=True, output_bps=8))
+    except ImageError:
+        raise
+    except Exception as exc:  # rawpy's LibRawError family, or a bad embedded preview
+        raise ImageError(f"cannot decode camera RAW: {_reason(exc)}") from None
+    return to_rgb(image), ImageInfo(width, height, "RAW", captured_at)
+
+
+def _raw_preview(raw, rawpy, min_size) -> tuple[Image.Image | None, datetime | None]:
+    try:
+        thumb = raw.extract_thumb()
+    except rawpy.LibRawError:
+        return None, None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        preview = open_image(thumb.data, ("JPEG",))
+        captured_at = _capture_time(preview)
+        preview = ImageOps.exif_transpose(preview) or preview
+    elif thumb.format == rawpy.ThumbFormat.BITMAP:
+        preview, captured_at = Image.fromarray(thumb.data), None
+    else:
+        return None, None
+    wanted = min(min_size) if min_size else 0
+    return (preview, captured_at) if min(preview.size) >= wanted else (None, None)
 
 
 def _resize_dims(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int]:

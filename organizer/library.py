@@ -260,7 +260,7 @@ class Library:
             ingestor = Ingestor(
                 self.engine,
                 self.embedder,
-                model.id if model else None,
+                model,
                 options,
                 progress,
                 cancel,
@@ -287,6 +287,7 @@ class Library:
             options = replace(options, batch_size=self.settings.batch_size)
         if options.workers is None and self.settings.workers is not None:
             options = replace(options, workers=self.settings.workers)
+        options = replace(options, device=str(self.settings.device))
         return replace(options, exclude=(*options.exclude, *self.home.exclude))
 
     @contextlib.contextmanager

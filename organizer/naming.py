@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from organizer.errors import ClusterError
 from organizer.resources import vocabulary_path
 
 DEFAULT_TEMPLATES = ("a photo of {}.",)
+_TEXT_BATCH = 256
 _ARTICLE = re.compile(r"^(a|an|the)\s+", re.IGNORECASE)
 
 
@@ -73,7 +75,12 @@ def short_label(concept: str) -> str:
 
 
 def concept_vectors(
-    get_embedder, spec, dim: int, vocabulary: Vocabulary, cache_dir: Path | None = None
+    get_embedder,
+    spec,
+    dim: int,
+    vocabulary: Vocabulary,
+    cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """(concepts x dim) unit vectors, from the cache file when it matches model and vocabulary;
     ``get_embedder()`` (which may load a model) is called only on a cache miss."""
@@ -89,9 +96,12 @@ def concept_vectors(
             pass
     embedder = get_embedder()
     prompts = [t.format(c) for c in vocabulary.concepts for t in vocabulary.templates]
-    texts = np.concatenate(
-        [embedder.embed_texts(prompts[i : i + 256]) for i in range(0, len(prompts), 256)]
-    )
+    parts = []
+    for start in range(0, len(prompts), _TEXT_BATCH):
+        if progress:
+            progress(start, len(prompts))
+        parts.append(embedder.embed_texts(prompts[start : start + _TEXT_BATCH]))
+    texts = np.concatenate(parts)
     means = texts.reshape(len(vocabulary.concepts), len(vocabulary.templates), -1).mean(axis=1)
     vectors = (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(
         np.float32

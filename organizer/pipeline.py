@@ -23,6 +23,7 @@ import numpy as np
 
 from organizer.errors import ImageError
 from organizer.imaging import ImageInfo, PreprocessSpec, decode, to_model_input
+from organizer.scan import is_raw_name
 
 CHANGED_WHILE_READING = -1  # stored as mtime_ns so that the next run always retries the file
 
@@ -111,7 +112,7 @@ def prepare(
         # model's input, so the final bicubic resize still anti-aliases: cosine to a full
         # decode >= 0.9999 on real photos, while a 12-MP photo decodes ~4x faster.
         min_size = (2 * spec.size[1], 2 * spec.size[0]) if (spec is not None and draft) else None
-        image, result.info = decode(data, min_size=min_size)
+        image, result.info = decode(data, min_size=min_size, raw=is_raw_name(job.path))
         if spec is not None:
             result.pixels = to_model_input(image, spec)
     except ImageError as exc:

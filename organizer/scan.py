@@ -29,8 +29,47 @@ IMAGE_EXTENSIONS = frozenset(
         ".tiff",
         ".heic",
         ".heif",
+        ".jp2",  # JPEG 2000
+        ".j2k",
+        ".j2c",
+        ".jpf",
+        ".jpx",
+        ".pnm",  # Netpbm
+        ".pbm",
+        ".pgm",
+        ".ppm",
     )
 )
+# Camera RAW: decoded through rawpy (the organizer[raw] extra), its embedded preview first.
+RAW_EXTENSIONS = frozenset(
+    ext.encode()
+    for ext in (
+        ".dng",
+        ".arw",
+        ".srf",
+        ".sr2",
+        ".cr2",
+        ".cr3",
+        ".crw",
+        ".nef",
+        ".nrw",
+        ".orf",
+        ".rw2",
+        ".raf",
+        ".pef",
+        ".srw",
+        ".rwl",
+        ".3fr",
+        ".erf",
+        ".kdc",
+        ".mrw",
+        ".x3f",
+        ".iiq",
+        ".mos",
+        ".raw",
+    )
+)
+IMAGE_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS
 
 
 # A folder holding this file is an organizer export (links to images already in a library):
@@ -81,6 +120,11 @@ class ScanResult:
 def is_image_name(name: bytes) -> bool:
     """Whether a file name has one of the image extensions organizer looks at."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_raw_name(name: bytes) -> bool:
+    """Whether a file name is a camera RAW file's."""
+    return os.path.splitext(name)[1].lower() in RAW_EXTENSIONS
 
 
 def _inside(path: bytes, root_real: bytes) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from organizer.cluster import kmeans
 from organizer.errors import ClusterError
-from tests.fakes import FakeEmbedder, clustered_vectors, make_folder, store_vectors
+from tests.fakes import TINY_CONFIG, FakeEmbedder, clustered_vectors, make_folder, store_vectors
 
 pytestmark = pytest.mark.both_backends
 
@@ -252,3 +252,39 @@ def test_no_two_clusters_share_a_name():
     labels = name(centroids, concepts, vocab)
     assert len({row[0][0] for row in labels}) == 4
     assert all(len(row) == 3 and len({label for label, _ in row}) == 3 for row in labels)
+
+
+def test_long_steps_show_progress_on_a_terminal(cli, tmp_path, library):
+    """On a terminal, stderr says what clustering is doing (sweep, K-means, naming)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    root = tmp_path / "photos"
+    make_folder(root, 10)
+    assert cli("ingest", root).exit_code == 0
+    main, child = pty.openpty()
+    env = {**os.environ, "ORGANIZER_LIBRARY": str(library), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "organizer", "cluster", "-k", "auto", "--k-max", "4"],
+        env={**env, "ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none"},
+        stdout=subprocess.PIPE,
+        stderr=child,
+    )
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait(timeout=120)
+    os.close(main)
+    assert proc.returncode == 0
+    text = shown.decode(errors="replace")
+    assert "cluster: trying k" in text and "naming: embedding the vocabulary" in text
+    assert b"run 1:" in proc.stdout.read()  # the result itself stays on stdout

@@ -303,3 +303,31 @@ def test_rehash_catches_an_edit_that_kept_size_and_time(fake_lib, fake, photos):
     assert (
         fake_lib.ingest([photos], options=IngestOptions(rehash=True)).unchanged == 6 - again.failed
     )
+
+
+def test_the_model_is_loaded_only_when_a_file_needs_embedding(settings, fake, photos, tmp_path):
+    """A copy of an ingested folder reuses every vector: the model is never loaded."""
+    import shutil
+
+    from organizer.config import Settings
+    from organizer.library import Library
+
+    loads = []
+
+    def loader(spec, s):
+        loads.append(spec)
+        return fake
+
+    with Library.open(
+        Settings(library=settings.library), create=True, embedder_loader=loader
+    ) as lib:
+        lib.ingest([photos])
+    assert len(loads) == 1
+    copy = tmp_path / "copy"
+    shutil.copytree(photos, copy)
+    with Library.open(Settings(library=settings.library), embedder_loader=loader) as lib:
+        summary = lib.ingest([copy])
+        assert (summary.new, summary.reused, summary.embedded) == (6, 6, 0)
+        assert loads == [loads[0]] and summary.model_load_s == 0
+        write_picture(copy / "new.jpg", 77)
+        assert lib.ingest([copy]).embedded == 1 and len(loads) == 2

@@ -86,7 +86,7 @@ def test_upgrade_from_each_earlier_revision_keeps_data(tmp_path):
     from organizer.store import queries as q
     from organizer.store.db import write_transaction
 
-    for old in ("0001", "0002", "0003"):
+    for old in ("0001", "0002", "0003", "0004", "0005"):
         engine = create_engine_for(tmp_path / f"from-{old}.sqlite")
         config = Config()
         config.set_main_option("script_location", str(migrations_dir()))

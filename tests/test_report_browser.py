@@ -110,7 +110,7 @@ def test_report_in_chromium(fake_lib, tmp_path, browser_page):
     page.mouse.move(points[i]["x"], points[i]["y"])
     assert page.locator("#tip").is_hidden()
 
-    captions = page.eval_on_selector_all("figcaption", "els => els.map(e => e.textContent)")
+    captions = page.eval_on_selector_all("figcaption", "els => els.map(e => e.title)")
     assert set(HOSTILE) <= set(captions), "hostile names are shown as plain text"
     broken = page.evaluate(
         "Array.from(document.images).filter(im => im.src && !im.naturalWidth).length"

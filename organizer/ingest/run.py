@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ from sqlalchemy import Engine
 
 from organizer.embed import Embedder
 from organizer.errors import Interrupted, ModelError
+from organizer.imaging import PreprocessSpec
 from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
 from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
 from organizer.scan import extension, scan_root
 from organizer.store import queries as q
-from organizer.store.records import ImageStatus, KnownImage
+from organizer.store.records import ImageStatus, KnownImage, LibraryModel
 
 # Ops (stat updates, copies, failures) are flushed at least this often, with or without a
 # model batch, so that a long run of unchanged files still commits steadily.
@@ -42,6 +43,7 @@ class IngestOptions:
 
     batch_size: int | None = None  # None: the settings' batch size, else 32
     workers: int | None = None  # decode processes; None = automatic, 0 = in this process
+    device: str = "auto"  # where the model will run (decode workers leave it room)
     retry_failed: bool = False
     rehash: bool = False  # read and hash files whose size and time are unchanged too
     follow_symlinks: bool = False
@@ -55,7 +57,7 @@ class Ingestor:
         self,
         engine: Engine,
         get_embedder: EmbedderProvider,
-        model_id: int | None,
+        model: LibraryModel | None,
         options: IngestOptions = IngestOptions(),
         progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
@@ -63,14 +65,18 @@ class Ingestor:
     ):
         self.engine = engine
         self.get_embedder = get_embedder
-        self.model_id = model_id
+        self.model = model
+        self.model_id = model.id if model else None
         self.options = options
         self.progress = progress
         self.cancel = cancel
         self.summary = IngestSummary()
-        self.writer = BatchWriter(engine, model_id, self.summary, run_id)
+        self.writer = BatchWriter(engine, self.model_id, self.summary, run_id)
         self._done, self._total = 0, 0
         self._embedder: Embedder | None = None
+        # The model's input, as the library recorded it: files can be decoded before (and
+        # without) loading the model, which only embedding needs.
+        self._preprocess = spec_from_dict(model.preprocess) if model and model.preprocess else None
         self._ops: list[Op] = []
         self._batch: list[tuple[FileWork, Prepared]] = []
         # content hash -> later files of that content, copied once the first is embedded
@@ -86,9 +92,14 @@ class Ingestor:
         the_plan = plan(self.engine, targets, self.options.retry_failed, self.options.rehash)
         self._vanished = the_plan.vanished  # what is left of it at the end goes missing
         self.summary.unchanged = the_plan.unchanged
-        if the_plan.work:
-            self._load_model()  # before any write: unreachable weights leave the library as it was
-        self.writer.prepare_targets(targets, self._embedder)
+        if the_plan.work and self._preprocess is None:
+            # A new library: its model is recorded before anything else is written, so
+            # unreachable weights leave the library as it was.
+            self._load_model()
+        dim = self._embedder.dim if self._embedder else self.model.dim if self.model else None
+        self.writer.prepare_targets(
+            targets, self._embedder, dim, asdict(self._preprocess) if self._preprocess else None
+        )
         if the_plan.work:
             self._process(the_plan)
         self.writer.finish(
@@ -127,6 +138,10 @@ class Ingestor:
         started = time.perf_counter()
         self._embedder = self.get_embedder()
         self.summary.model_load_s = time.perf_counter() - started
+        if self._preprocess is None:
+            self._preprocess = self._embedder.preprocess
+            if self.model_id is not None:  # made before the input was recorded: record it
+                self.writer.record_preprocess(asdict(self._preprocess))
         if self.model_id is not None:
             with self.engine.connect() as conn:
                 recorded = q.library_model(conn)
@@ -165,11 +180,12 @@ class Ingestor:
         self._flush()
 
     def _prepared(self, jobs: Iterator[Job]) -> Iterator[Prepared]:
-        spec = self._embedder.preprocess
+        spec = self._preprocess
         skip = self.writer.known_hashes()
         workers = self.options.workers
         if workers is None:
-            workers = default_workers(self._embedder.device)
+            device = self._embedder.device if self._embedder else _expected_device(self.options)
+            workers = default_workers(device)
         if workers == 0:
             return prepare_all(jobs, spec, skip)
         return prepare_parallel(jobs, spec, skip, workers)
@@ -203,6 +219,8 @@ class Ingestor:
         """Embed the batch, then write the pending ops, each embedded file, and the files
         that were waiting for its vector, in one transaction."""
         ops = self._ops
+        if self._batch and self._embedder is None:
+            self._load_model()  # the first file that needs embedding
         if self._batch:
             pixels = np.stack([p.pixels for _, p in self._batch])
             vectors = self._embedder.embed_pixels(pixels)
@@ -213,3 +231,15 @@ class Ingestor:
         self.writer.write(ops, {"done": self._done, "total": self._total})
         self._ops = []
         self._batch = []
+
+
+def spec_from_dict(data: dict) -> PreprocessSpec:
+    """A PreprocessSpec from its recorded JSON form (lists back to tuples)."""
+    return PreprocessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _expected_device(options: IngestOptions) -> str:
+    """Where the model will run, before it is loaded (for sizing the decode pool)."""
+    if options.device != "auto":
+        return options.device
+    return "cuda" if os.path.exists("/proc/driver/nvidia/version") else "cpu"

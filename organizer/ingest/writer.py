@@ -106,21 +106,31 @@ class BatchWriter:
 
     # -- set-up ----------------------------------------------------------------------------
 
-    def prepare_targets(self, targets: list[Target], embedder: Embedder | None) -> None:
+    def prepare_targets(
+        self,
+        targets: list[Target],
+        embedder: Embedder | None,
+        dim: int | None,
+        preprocess: dict | None,
+    ) -> None:
         """Record the model (first ingest) and the new roots; merge roots a target absorbs."""
         with write_transaction(self.engine) as conn:
             if self.model_id is None and embedder is not None:
-                self.model_id = q.insert_model(conn, embedder.spec, embedder.dim)
+                self.model_id = q.insert_model(conn, embedder.spec, embedder.dim, preprocess)
             for target in targets:
                 if target.root_id is None:
                     target.root_id = q.add_root(conn, target.root_path)
                 for child_id, child_prefix in target.absorb:
                     q.absorb_root(conn, target.root_id, child_id, child_prefix)
                 target.absorb = []
-        if embedder is not None:
-            self._dim = embedder.dim
+        self._dim = dim
+        if self.model_id is not None:
             with self.engine.connect() as conn:
                 self._hash_to_id = q.embedded_hashes(conn, self.model_id)
+
+    def record_preprocess(self, preprocess: dict) -> None:
+        with write_transaction(self.engine) as conn:
+            q.record_preprocess(conn, self.model_id, preprocess)
 
     def known_hashes(self) -> frozenset[str]:
         """Contents that already have a stored vector (their files need no decoding)."""

@@ -70,7 +70,13 @@ def map_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 7), dpi=100)
+    # The axes fit the points (aspect kept): the figure takes the shape of the map.
+    low = xy.min(axis=0) if len(xy) else np.zeros(2)
+    high = xy.max(axis=0) if len(xy) else np.ones(2)
+    span = np.maximum(high - low, 1e-6)
+    margin = 0.03 * span.max()
+    height = float(np.clip(7.5 * span[1] / span[0], 3.0, 9.0))
+    fig = Figure(figsize=(7.5, height), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
@@ -83,9 +89,9 @@ def map_png(
     ax.set_title(title.replace("$", r"\$"))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_aspect("equal")
+    ax.set_xlim(low[0] - margin, high[0] + margin)
+    ax.set_ylim(low[1] - margin, high[1] + margin)
+    ax.set_aspect("equal", adjustable="datalim")
     if 1 < len(legend) <= LEGEND_MAX:
         ax.legend(
             loc="center left",
@@ -97,5 +103,6 @@ def map_png(
     fig.tight_layout()
     buffer = io.BytesIO()
     # metadata=None entries drop matplotlib's Software tag (a URL) from the PNG.
-    fig.savefig(buffer, format="png", metadata={"Software": None})
+    # bbox_inches="tight": the legend beside the axes is part of the image, never clipped.
+    fig.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
     return buffer.getvalue()

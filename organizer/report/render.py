@@ -45,7 +45,17 @@ def _environment():
     )
     env.filters["num"] = lambda n: f"{n:,}"
     env.filters["score"] = lambda x: "n/a" if x is None else f"{x:.3f}"
+    env.filters["middle"] = middle
     return env
+
+
+def middle(text: str, limit: int = 17) -> str:
+    """A long file name shortened in the middle (``IMG_2019…_0042.jpg``): its start and its
+    end, where names differ, stay readable under a thumbnail. The full name goes in a title."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 2
+    return text[: limit - 1 - tail] + "\u2026" + text[-tail:]
 
 
 def _sha256(text: str) -> str:

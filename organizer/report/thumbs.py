@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from organizer.imaging import decode, thumbnail
+from organizer.scan import is_raw_name
 
 SIDE = 112
 QUALITY = 70
@@ -57,7 +58,7 @@ def data_uri(path: bytes, side: int = SIDE, min_side: int | None = None) -> str:
         if os.path.getsize(path) > MAX_FILE_BYTES:
             return PLACEHOLDER
         with open(path, "rb") as fh:
-            image, _info = decode(fh.read(), min_size=(min_side, min_side))
+            image, _info = decode(fh.read(), min_size=(min_side, min_side), raw=is_raw_name(path))
         small = thumbnail(image, side)
     except Exception:  # unreadable, undecodable (ImageError), or a decoder bug on an odd
         return PLACEHOLDER  # file: one image must never cost the whole report

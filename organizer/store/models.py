@@ -57,6 +57,7 @@ class Model(Base):
     dim: Mapped[int] = mapped_column(Integer)
     config_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    preprocess_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Image(Base):

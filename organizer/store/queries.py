@@ -75,10 +75,13 @@ def library_model(conn: Connection) -> LibraryModel | None:
     if row is None:
         return None
     spec = ModelSpec(row.name, row.pretrained, row.weights_sha256, row.config_json)
-    return LibraryModel(row.id, spec, row.dim)
+    preprocess = json.loads(row.preprocess_json) if row.preprocess_json else None
+    return LibraryModel(row.id, spec, row.dim, preprocess)
 
 
-def insert_model(conn: Connection, spec: ModelSpec, dim: int) -> int:
+def insert_model(
+    conn: Connection, spec: ModelSpec, dim: int, preprocess: dict | None = None
+) -> int:
     values = dict(
         name=spec.name,
         pretrained=spec.pretrained,
@@ -86,8 +89,18 @@ def insert_model(conn: Connection, spec: ModelSpec, dim: int) -> int:
         config_json=spec.config_json,
         dim=dim,
         created_at=now(),
+        preprocess_json=json.dumps(preprocess) if preprocess else None,
     )
     return conn.execute(insert(models_t).values(**values)).inserted_primary_key[0]
+
+
+def record_preprocess(conn: Connection, model_id: int, preprocess: dict) -> None:
+    """Record a model's input preprocessing (libraries made before it was recorded)."""
+    conn.execute(
+        update(models_t)
+        .where(models_t.c.id == model_id, models_t.c.preprocess_json.is_(None))
+        .values(preprocess_json=json.dumps(preprocess))
+    )
 
 
 # -- roots -------------------------------------------------------------------------------

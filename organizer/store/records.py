@@ -50,6 +50,7 @@ class LibraryModel:
     id: int
     spec: ModelSpec
     dim: int
+    preprocess: dict | None = None  # the model's input: size, mean, std... (PreprocessSpec)
 
     def to_dict(self) -> dict:
         return {

@@ -1,0 +1,93 @@
+"""The formats organizer takes besides the common ones: JPEG 2000, Netpbm, camera RAW (with
+the organizer[raw] extra), and a clear word for HEIC without its extra."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from organizer.errors import ImageError
+from organizer.imaging import decode
+from tests.fakes import picture
+
+
+def make_dng() -> bytes:
+    """A small valid DNG: a Bayer (RGGB) mosaic with the tags LibRaw needs."""
+    tifffile = pytest.importorskip("tifffile")
+    h, w = 64, 96
+    cfa = np.zeros((h, w), np.uint16)
+    cfa[0::2, 0::2], cfa[1::2, 1::2] = 3000, 500  # red and blue sites
+    cfa[0::2, 1::2] = cfa[1::2, 0::2] = 1500  # green sites
+    tags = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50708, "s", 0, "organizer test camera", True),  # UniqueCameraModel
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: RGGB
+        (50714, "H", 1, (0,), True),  # BlackLevel
+        (50717, "H", 1, (4095,), True),  # WhiteLevel
+        (50721, "2i", 9, [1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1], True),
+        (50728, "2I", 3, [1, 1, 1, 1, 1, 1], True),  # AsShotNeutral
+    ]
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, cfa, photometric=32803, extratags=tags, metadata=None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG2000", ".jp2"), ("PPM", ".ppm")])
+def test_jpeg2000_and_netpbm_decode(fmt, ext):
+    buf = io.BytesIO()
+    picture(1).save(buf, format=fmt)
+    image, info = decode(buf.getvalue())
+    assert image.mode == "RGB" and image.size == (96, 64) and info.format == fmt
+
+
+def test_raw_decodes_with_the_extra():
+    pytest.importorskip("rawpy")
+    image, info = decode(make_dng(), raw=True)
+    assert image.mode == "RGB" and image.size == (96, 64)
+    assert (info.width, info.height, info.format) == (96, 64, "RAW")
+
+
+def test_raw_without_the_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rawpy", None)  # as if not installed
+    with pytest.raises(ImageError, match=r"pip install 'organizer\[raw\]'"):
+        decode(b"any bytes", raw=True)
+
+
+def test_a_damaged_raw_is_an_image_error():
+    pytest.importorskip("rawpy")
+    with pytest.raises(ImageError, match="cannot decode camera RAW"):
+        decode(make_dng()[:300], raw=True)
+
+
+def test_heic_without_the_extra_names_it():
+    pytest.importorskip("PIL")
+    if "pillow_heif" in sys.modules or _has("pillow_heif"):
+        pytest.skip("pillow-heif is installed here")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    with pytest.raises(ImageError, match=r"pip install 'organizer\[heic\]'"):
+        decode(heic)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_the_cli_ingests_every_format(cli, tmp_path):
+    pytest.importorskip("rawpy")
+    root = tmp_path / "photos"
+    root.mkdir()
+    picture(1).save(root / "a.jp2")
+    picture(2).save(root / "b.ppm")
+    picture(3).convert("L").save(root / "c.pgm")
+    (root / "d.dng").write_bytes(make_dng())
+    result = cli("ingest", root, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["new"], summary["failed"]) == (4, 0), summary
