@@ -25,7 +25,37 @@ from organizer.errors import LibraryBusyError
 LOCK_FILE = "lock"
 
 
-class WriterLock:
+class _Lock:
+    """What both locks share: take it if free, hold it in a ``with`` block."""
+
+    def acquire(self, wait: bool = False, poll_s: float = 0.2) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def held(self) -> bool:
+        raise NotImplementedError
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; never waits, never raises for a busy library."""
+        try:
+            self.acquire(wait=False)
+        except LibraryBusyError:
+            return False
+        return True
+
+    def __enter__(self):
+        if not self.held:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class WriterLock(_Lock):
     """Exclusive lock on a library directory. Use as a context manager or acquire/release."""
 
     def __init__(self, library_dir: Path, purpose: str):
@@ -62,14 +92,6 @@ class WriterLock:
             raise
         self._fd = fd
 
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; never waits, never raises for a busy library."""
-        try:
-            self.acquire(wait=False)
-        except LibraryBusyError:
-            return False
-        return True
-
     def release(self) -> None:
         if self._fd is None:
             return
@@ -83,14 +105,6 @@ class WriterLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> WriterLock:
-        if not self.held:
-            self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 # Advisory locks are per database: one fixed key ("organize" in ASCII) is the writer lock.
 ADVISORY_KEY = 0x6F7267616E697A65
@@ -100,7 +114,7 @@ _HOLDER = text(
 )
 
 
-class AdvisoryLock:
+class AdvisoryLock(_Lock):
     """The writer lock of a library on PostgreSQL; the same interface as :class:`WriterLock`."""
 
     def __init__(self, engine: Engine, purpose: str):
@@ -144,14 +158,6 @@ class AdvisoryLock:
             raise
         self._conn = conn
 
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; never waits, never raises for a busy library."""
-        try:
-            self.acquire(wait=False)
-        except LibraryBusyError:
-            return False
-        return True
-
     def release(self) -> None:
         if self._conn is None:
             return
@@ -163,11 +169,3 @@ class AdvisoryLock:
     @property
     def held(self) -> bool:
         return self._conn is not None
-
-    def __enter__(self) -> AdvisoryLock:
-        if not self.held:
-            self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

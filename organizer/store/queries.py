@@ -190,16 +190,19 @@ def touch_root(conn: Connection, root_id: int) -> None:
 # -- images ------------------------------------------------------------------------------
 
 
+_KNOWN_COLUMNS = (
+    images.c.id,
+    images.c.relpath,
+    images.c.size,
+    images.c.mtime_ns,
+    images.c.status,
+    images.c.content_hash,
+)
+
+
 def known_images(conn: Connection, root_id: int, prefix: bytes = b"") -> dict[bytes, KnownImage]:
     """Images recorded under a root (optionally only under the subfolder ``prefix``)."""
-    stmt = select(
-        images.c.id,
-        images.c.relpath,
-        images.c.size,
-        images.c.mtime_ns,
-        images.c.status,
-        images.c.content_hash,
-    ).where(images.c.root_id == root_id)
+    stmt = select(*_KNOWN_COLUMNS).where(images.c.root_id == root_id)
     if prefix:
         stmt = stmt.where(func.substr(images.c.relpath, 1, len(prefix) + 1) == prefix + b"/")
     return {row.relpath: _known(row) for row in conn.execute(stmt)}
@@ -360,14 +363,7 @@ def describe_image(conn: Connection, image_id: int) -> ImageRecord:
 
 def find_image(conn: Connection, root_id: int, relpath: bytes) -> KnownImage | None:
     """The image at a path, or None."""
-    stmt = select(
-        images.c.id,
-        images.c.relpath,
-        images.c.size,
-        images.c.mtime_ns,
-        images.c.status,
-        images.c.content_hash,
-    ).where(images.c.root_id == root_id, images.c.relpath == relpath)
+    stmt = select(*_KNOWN_COLUMNS).where(images.c.root_id == root_id, images.c.relpath == relpath)
     row = conn.execute(stmt).first()
     return None if row is None else _known(row)
 
