@@ -44,6 +44,7 @@ class _OneLineErrors(typer.core.TyperGroup):
     """Usage errors as one line on stderr and exit 2 (typer would draw a framed panel)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _GLOBAL.update(library=None, json=False)
         try:
             code = super().main(
                 args=args,
@@ -248,8 +249,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-# `organizer -L LIB COMMAND ...`: the library given before the command, for every command.
-_GLOBAL = {"library": None}
+# `organizer -L LIB COMMAND ...` (or `organizer roots -L LIB move ...`): options given before
+# the command, for it. Reset at every invocation.
+_GLOBAL: dict[str, object] = {"library": None, "json": False}
+
+
+def _hand_down(library: Path | str | None, as_json: bool) -> None:
+    if library is not None:
+        _GLOBAL["library"] = library
+    _GLOBAL["json"] = _GLOBAL["json"] or as_json
 
 
 @app.callback()
@@ -268,7 +276,7 @@ def _main(
 
     Example: organizer ingest ~/Photos && organizer status
     """
-    _GLOBAL["library"] = library
+    _hand_down(library, False)
 
 
 # -- ingest and status ------------------------------------------------------------------------
@@ -524,6 +532,7 @@ def cluster(
     Example: organizer cluster -k auto --k-max 30
     """
     if ctx.invoked_subcommand is not None:
+        _hand_down(library, as_json)  # `organizer roots -L LIB move ...` means LIB
         return
     if assign_new:  # the spelling of an earlier organizer
         _assign(run, library, as_json)
@@ -562,6 +571,7 @@ def cluster_assign(
 
 
 def _assign(run: int | None, library: Path | str | None, as_json: bool) -> None:
+    as_json = as_json or bool(_GLOBAL["json"])
     with _open(library) as lib:
         result = lib.assign_new(run)
     if as_json:
@@ -733,6 +743,7 @@ def roots(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = Fal
     Example: organizer roots
     """
     if ctx.invoked_subcommand is not None:
+        _hand_down(library, as_json)  # `organizer roots -L LIB move ...` means LIB
         return
     with _open(library) as lib:
         listing = lib.roots()
@@ -761,7 +772,7 @@ def roots_remove(
     """
     with _open(library) as lib:
         change = lib.remove_root(path, dry_run=dry_run)
-    if as_json:
+    if as_json or _GLOBAL["json"]:
         out.print_json(change.to_dict())
     else:
         out.print_root_change(change)
@@ -783,7 +794,7 @@ def roots_move(
     """
     with _open(library) as lib:
         change = lib.move_root(old, new, dry_run=dry_run)
-    if as_json:
+    if as_json or _GLOBAL["json"]:
         out.print_json(change.to_dict())
     else:
         out.print_root_change(change)

@@ -213,7 +213,7 @@ def decode_raw(
             )
             if width * height > MAX_PIXELS:
                 raise ImageError(f"image too large ({width}x{height})")
-            image, captured_at = _raw_preview(raw, rawpy, min_size)
+            image, captured_at = _raw_preview(raw, rawpy, min_size, sizes.flip)
             if image is None:
                 image = Image.fromarray(raw.postprocess(use_camera_wb=True, output_bps=8))
     except ImageError:
@@ -223,19 +223,32 @@ def decode_raw(
     return to_rgb(image), ImageInfo(width, height, "RAW", captured_at)
 
 
-def _raw_preview(raw, rawpy, min_size) -> tuple[Image.Image | None, datetime | None]:
+# LibRaw's orientation codes (sizes.flip) as the turn that makes the picture upright.
+_FLIPS = {
+    3: Image.Transpose.ROTATE_180,
+    5: Image.Transpose.ROTATE_90,
+    6: Image.Transpose.ROTATE_270,
+}
+
+
+def _raw_preview(raw, rawpy, min_size, flip: int) -> tuple[Image.Image | None, datetime | None]:
     try:
         thumb = raw.extract_thumb()
     except rawpy.LibRawError:
         return None, None
+    oriented = False
     if thumb.format == rawpy.ThumbFormat.JPEG:
         preview = open_image(thumb.data, ("JPEG",))
         captured_at = _capture_time(preview)
+        oriented = preview.getexif().get(0x0112, 1) != 1
         preview = ImageOps.exif_transpose(preview) or preview
     elif thumb.format == rawpy.ThumbFormat.BITMAP:
         preview, captured_at = Image.fromarray(thumb.data), None
     else:
         return None, None
+    if not oriented and flip in _FLIPS:
+        # Previews come as the sensor sees them: the RAW's orientation turns them upright.
+        preview = preview.transpose(_FLIPS[flip])
     wanted = min(min_size) if min_size else 0
     return (preview, captured_at) if min(preview.size) >= wanted else (None, None)
 

@@ -22,10 +22,16 @@ from organizer.choices import KSpec
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
-from organizer.errors import Interrupted, LibraryError, ModelError, ModelMismatchError
+from organizer.errors import (
+    ClusterError,
+    Interrupted,
+    LibraryError,
+    ModelError,
+    ModelMismatchError,
+)
 from organizer.finder import DuplicateGroup, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
-from organizer.location import Home, Lock, open_home
+from organizer.location import FolderHome, Home, Lock, open_home
 from organizer.report import ReportProgress, ReportSummary, write_report
 from organizer.roots import (
     MOVE_SAMPLE,
@@ -257,17 +263,12 @@ class Library:
             targets = self._targets(paths)
             with write_transaction(self.engine) as conn:
                 run_id = q.start_run(conn, os.getpid())
-            ingestor = Ingestor(
-                self.engine,
-                self.embedder,
-                model,
-                options,
-                progress,
-                cancel,
-                run_id,
-            )
             status = RunStatus.FAILED
+            ingestor = None
             try:
+                ingestor = Ingestor(
+                    self.engine, self.embedder, model, options, progress, cancel, run_id
+                )
                 summary = ingestor.run(targets)
                 status = RunStatus.FINISHED
             except Interrupted:
@@ -275,7 +276,7 @@ class Library:
                 self.refresh_index(IndexDelta(base, ingestor.written))
                 raise
             finally:
-                self._finish_run(run_id, status, ingestor.summary)
+                self._finish_run(run_id, status, ingestor.summary if ingestor else IngestSummary())
             problem = self.refresh_index(IndexDelta(base, ingestor.written))
             if problem:
                 summary.problems.append(problem)
@@ -517,10 +518,21 @@ class Library:
         self, run_id: int | None, target: Path, mode: str = "symlink", force: bool = False
     ) -> ExportSummary:
         """One folder per cluster of links to (or copies of) its images (see export_run);
-        warns when the folder is inside a root (ingest skips it: it is marked)."""
-        summary = self.clustering.export(run_id, target, mode, force)
+        warns when the folder is inside a root (ingest skips it: it is marked).
+
+        Raises:
+            ClusterError: the folder holds photos of the library (marked, ingest would skip
+                them and they would drop out of the library).
+        """
         real = os.path.realpath(Path(target).expanduser())
         inside = [r.record.path for r in self.roots() if _within(real, r.record.path)]
+        held = self._photos_under(real)
+        if held:
+            raise ClusterError(
+                f"{real} holds {held:,} photos of this library: export into a folder of its own "
+                "(ingest skips export folders, so these photos would drop out of the library)"
+            )
+        summary = self.clustering.export(run_id, target, mode, force)
         if inside:
             warning = (
                 f"{real} is inside the root {inside[0]}: ingest skips it (it is marked as an "
@@ -570,22 +582,44 @@ class Library:
             cache.in_sync(),
             str(self.index_path),
         )
-        if last is not None and last.status == RunStatus.RUNNING and not self._writer_alive():
+        if (
+            last is not None
+            and last.status == RunStatus.RUNNING
+            and not self._writer_alive(last.pid)
+        ):
             # Left running by a process that was killed: the next ingest records it so too.
             last = replace(last, status=RunStatus.INTERRUPTED)
         absent = [p for p in roots if not Path(p).is_dir()]
         return LibraryStatus(self.home.name, roots, absent, model, counts, index, last)
 
-    def _writer_alive(self) -> bool:
-        """Whether a process holds the writer lock now (an ingest is running)."""
-        try:
-            lock = self.home.writer_lock("status")
-            got = lock.try_acquire()
-        except (OSError, LibraryError):
-            return True  # cannot tell (a read-only library): say what the database says
+    def _writer_alive(self, pid: int) -> bool:
+        """Whether the ingest run by ``pid`` is still alive. A folder library's writers run on
+        this machine: ask the kernel. On a server, whether anyone holds the writer lock."""
+        if isinstance(self.home, FolderHome):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True  # alive, another user's
+            return True
+        lock = self.home.writer_lock("status")
+        got = lock.try_acquire()
         if got:
             lock.release()
         return not got
+
+    def _photos_under(self, folder: str) -> int:
+        """How many images the library holds at or below ``folder``."""
+        held = 0
+        with self.engine.connect() as conn:
+            for root_id, root in q.all_roots(conn).items():
+                if _within(folder, root):
+                    prefix = os.fsencode(os.path.relpath(folder, root)) if folder != root else b""
+                    held += len(q.known_images(conn, root_id, prefix if prefix != b"." else b""))
+                elif _within(root, folder):
+                    held += len(q.known_images(conn, root_id))
+        return held
 
     def skipped(self) -> SkippedFiles:
         """What ingest leaves out under the present roots, found by walking them now: files

@@ -66,7 +66,6 @@ RAW_EXTENSIONS = frozenset(
         ".x3f",
         ".iiq",
         ".mos",
-        ".raw",
     )
 )
 IMAGE_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS
@@ -151,6 +150,9 @@ def scan_root(
     result = ScanResult(root=root)
     root_b = os.fsencode(root)
     root_real = os.path.realpath(root_b)
+    if _inside_an_export(os.path.join(root_b, start) if start else root_b):
+        result.export_dirs.append(start.rstrip(b"/"))
+        return result
     excluded = set()
     for path in exclude:
         try:
@@ -181,6 +183,18 @@ def scan_root(
                 subdirs.append(rel)
         stack.extend(reversed(subdirs))
     return result
+
+
+def _inside_an_export(folder: bytes) -> bool:
+    """Whether ``folder`` or a folder above it is an organizer export (marked)."""
+    path = os.path.realpath(folder)
+    while True:
+        if os.path.exists(os.path.join(path, _EXPORT_MARKER_B)):
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
 
 
 def _walk_entry(entry, rel, root_real, excluded, follow_symlinks, result) -> bool:

@@ -91,3 +91,28 @@ def test_the_cli_ingests_every_format(cli, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["new"], summary["failed"]) == (4, 0), summary
+
+
+@pytest.mark.parametrize("flip, size", [(0, (96, 64)), (3, (96, 64)), (5, (64, 96)), (6, (64, 96))])
+def test_a_raw_preview_is_turned_upright(flip, size):
+    """LibRaw hands previews over as the sensor saw them; the RAW's orientation turns them."""
+    from types import SimpleNamespace
+
+    from organizer.imaging import _raw_preview
+
+    preview = np.zeros((64, 96, 3), np.uint8)
+    preview[0, 0] = 255  # a marker in the sensor's top-left corner
+    fake_rawpy = SimpleNamespace(
+        LibRawError=RuntimeError, ThumbFormat=SimpleNamespace(JPEG="jpeg", BITMAP="bitmap")
+    )
+    fake_raw = SimpleNamespace(extract_thumb=lambda: SimpleNamespace(format="bitmap", data=preview))
+    image, _ = _raw_preview(fake_raw, fake_rawpy, None, flip)
+    assert image.size == size
+    corner = {0: (0, 0), 3: (95, 63), 5: (0, 95), 6: (63, 0)}[flip]
+    assert image.getpixel(corner)[0] == 255
+
+
+def test_a_disk_image_named_raw_is_not_taken_for_a_photo():
+    from organizer.scan import is_image_name
+
+    assert not is_image_name(b"vm-disk.raw") and is_image_name(b"IMG_0001.CR2")

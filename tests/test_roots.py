@@ -154,3 +154,44 @@ def test_files_that_are_not_images_are_counted_and_listed(cli, tmp_path):
     listed = js(cli("status", "--skipped", "--json"))
     assert listed["by_type"] == {"(none)": 1, ".mp4": 1, ".txt": 1}
     assert sorted(f["path"] for f in listed["files"]) == ["README", "notes.txt", "sub/clip.MP4"]
+
+
+def test_options_given_to_the_roots_group_reach_its_commands(cli, tmp_path, library):
+    photos = tmp_path / "photos"
+    make_folder(photos, 2)
+    assert cli("ingest", photos).exit_code == 0
+    other = tmp_path / "other-lib"  # ORGANIZER_LIBRARY would name this one
+    change = cli("roots", "-L", library, "--json", "remove", photos, ORGANIZER_LIBRARY=str(other))
+    assert change.exit_code == 0, change.output
+    assert json.loads(change.stdout)["path"] == str(photos)
+    assert js(cli("roots", "--json"))["roots"] == [] and not other.exists()
+
+
+def test_an_export_never_goes_into_a_folder_of_library_photos(cli, tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos / "2023", 3)
+    make_folder(photos / "2024", 3, start_seed=10)
+    assert cli("ingest", photos).exit_code == 0
+    assert cli("cluster", "-k", "2", "--no-names").exit_code == 0
+    for target in (photos / "2023", photos):
+        refused = cli("export", "--to", target, "--force")
+        assert (
+            refused.exit_code == 1
+            and "holds" in refused.stderr
+            and "photos of this library" in refused.stderr
+        )
+        assert not (target / ".organizer-export").exists()
+    assert js(cli("ingest", "--json"))["missing"] == 0
+
+
+def test_a_subfolder_of_an_export_is_not_ingested_either(cli, tmp_path):
+    photos = tmp_path / "photos"
+    make_folder(photos, 4)
+    assert cli("ingest", photos).exit_code == 0
+    assert cli("cluster", "-k", "2", "--no-names").exit_code == 0
+    assert cli("export", "--to", photos / "by-topic").exit_code == 0
+    inner = next(p for p in (photos / "by-topic").iterdir() if p.is_dir())
+    summary = js(cli("ingest", inner, "--json"))
+    assert (summary["new"], summary["reused"]) == (0, 0)
+    assert summary["export_folders"] == [str(inner)]
+    assert js(cli("ingest", "--json"))["missing"] == 0
