@@ -91,7 +91,7 @@ def map_png(
     ax.set_yticks([])
     ax.set_xlim(low[0] - margin, high[0] + margin)
     ax.set_ylim(low[1] - margin, high[1] + margin)
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     if 1 < len(legend) <= LEGEND_MAX:
         ax.legend(
             loc="center left",
