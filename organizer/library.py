@@ -311,7 +311,8 @@ class Library:
         with self.engine.connect() as conn:
             roots = q.all_roots(conn)
             targets = targets_for(list(paths), roots)
-            absent = {i: p for i, p in roots.items() if not Path(p).is_dir()}
+            new = any(t.root_id is None for t in targets)  # only a new root can be a moved one
+            absent = {i: p for i, p in roots.items() if new and not Path(p).is_dir()}
             samples = {i: q.sample_images(conn, i, MOVE_SAMPLE) for i in absent}
         for target in targets:
             if target.root_id is not None:
@@ -335,12 +336,13 @@ class Library:
         return [RootStatus(r, Path(r.path).is_dir()) for r in records]
 
     def _root(self, path: str | Path) -> RootStatus:
-        found = find_root(path, {r.record.id: r.record.path for r in self.roots()})
+        roots = {r.record.id: r for r in self.roots()}
+        found = find_root(path, {i: r.record.path for i, r in roots.items()})
         if found is None:
             raise LibraryError(
                 f"{path} is not a root of this library: `organizer roots` lists them"
             )
-        return next(r for r in self.roots() if r.record.id == found)
+        return roots[found]
 
     def remove_root(self, path: str | Path, dry_run: bool = False) -> RootChange:
         """Forget a root and everything recorded under it (never touches its files).
@@ -403,20 +405,23 @@ class Library:
             q.move_root(conn, root.record.id, real)
         return change
 
-    def _shown_roots(self, include_offline: bool) -> dict[int, str] | None:
-        """The roots whose images queries show: None (all) when every root is present or
-        ``include_offline``; else the present ones."""
+    def _absent_roots(self, include_offline: bool) -> tuple[dict[int, str], dict[int, str]]:
+        """(every root, the absent ones) by id; none counts as absent with
+        ``include_offline``, and then the database is not even asked."""
+        if include_offline:
+            return {}, {}
         with self.engine.connect() as conn:
             roots = q.all_roots(conn)
-        present = {i: p for i, p in roots.items() if Path(p).is_dir()}
-        return None if include_offline or len(present) == len(roots) else present
+        return roots, {i: p for i, p in roots.items() if not Path(p).is_dir()}
+
+    def _shown_roots(self, include_offline: bool) -> list[int] | None:
+        """Ids of the roots whose images cluster and report show: None means all."""
+        roots, absent = self._absent_roots(include_offline)
+        return [i for i in roots if i not in absent] if absent else None
 
     def _hidden_roots(self, include_offline: bool) -> frozenset[str]:
-        with self.engine.connect() as conn:
-            roots = q.all_roots(conn)
-        if include_offline:
-            return frozenset()
-        return frozenset(p for p in roots.values() if not Path(p).is_dir())
+        """Paths of the roots whose images searches leave out."""
+        return frozenset(self._absent_roots(include_offline)[1].values())
 
     # -- the vector index ------------------------------------------------------------------
 
@@ -495,9 +500,8 @@ class Library:
     ) -> ClusterRunSummary:
         """K-means over the library's vectors (not those under absent roots, unless
         ``include_offline``), stored as a new run (see Clustering.run)."""
-        roots = self._shown_roots(include_offline)
         clustering = Clustering(
-            self.engine, self.embedder, self.home.cache_dir, None if roots is None else list(roots)
+            self.engine, self.embedder, self.home.cache_dir, self._shown_roots(include_offline)
         )
         return clustering.run(k, **options)
 
@@ -553,13 +557,12 @@ class Library:
     ) -> ReportSummary:
         """Write the self-contained HTML report (see organizer.report.write_report); images
         under absent roots are left out unless ``include_offline``."""
-        roots = self._shown_roots(include_offline)
         return write_report(
             self.engine,
             Path(output).expanduser(),
             run_id,
             progress=progress,
-            roots=None if roots is None else list(roots),
+            roots=self._shown_roots(include_offline),
             **options,
         )
 
