@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -123,6 +124,9 @@ class Clustering:
             )
         vocab = naming.load_vocabulary(vocabulary) if names else None
         model, ids, x = self._vectors()
+        # The concept vectors do not depend on the clusters: on a first run, load the model and
+        # embed the vocabulary while the K-means sweep runs.
+        concepts = _Background(lambda: self._concepts(model, vocab)) if vocab else None
         points = None
         if k == "auto":
             cluster.check_k(2, len(x))
@@ -139,7 +143,11 @@ class Clustering:
         part = cluster.kmeans(x, int(k), algorithm, seed)
         tell(ClusterProgress("silhouettes", 0, 1))
         sil = cluster.silhouettes(x, part.labels, seed=seed)
-        labels = self._names(model, part.centroids, vocab, tell) if vocab else [[]] * part.k
+        labels = [[]] * part.k
+        if concepts is not None:
+            waiting = not concepts.done()
+            tell(ClusterProgress("naming: embedding the vocabulary" if waiting else "naming", 0, 1))
+            labels = naming.name(part.centroids, concepts.result(), vocab)
         run = ClusterRunRecord(
             id=0,  # given by the database below
             created_at=q.now(),
@@ -217,23 +225,9 @@ class Clustering:
             ],
         )
 
-    def _names(
-        self,
-        model: LibraryModel,
-        centroids: np.ndarray,
-        vocab: naming.Vocabulary,
-        tell: Callable[[ClusterProgress], None],
-    ) -> list[list[tuple[str, float]]]:
+    def _concepts(self, model: LibraryModel, vocab: naming.Vocabulary) -> np.ndarray:
         # The cache is keyed by the recorded model: no model is loaded on a hit.
-        concepts = naming.concept_vectors(
-            self.embedder,
-            model.spec,
-            model.dim,
-            vocab,
-            self.cache_dir,
-            progress=lambda d, t: tell(ClusterProgress("naming: embedding the vocabulary", d, t)),
-        )
-        return naming.name(centroids, concepts, vocab)
+        return naming.concept_vectors(self.embedder, model.spec, model.dim, vocab, self.cache_dir)
 
     def summary(self, run_id: int | None = None) -> ClusterRunSummary:
         """A stored run (default: the latest) with its clusters and their members."""
@@ -324,3 +318,31 @@ def _member_rows(ids: np.ndarray, part: cluster.Partition, sil: cluster.Silhouet
         }
         for i, c, d, s in zip(ids, part.labels, part.distances, sil.per_image, strict=True)
     ]
+
+
+class _Background:
+    """Runs ``fn`` in a daemon thread (an interrupt never waits for it); ``result()`` waits
+    and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], np.ndarray]):
+        self._fn = fn
+        self._value: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="organizer-concepts", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> np.ndarray:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value

@@ -96,12 +96,14 @@ def concept_vectors(
             pass
     embedder = get_embedder()
     prompts = [t.format(c) for c in vocabulary.concepts for t in vocabulary.templates]
-    parts = []
+    # Batches of similar length: the embedder cuts each batch after its longest prompt.
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    texts = np.empty((len(prompts), dim), dtype=np.float32)
     for start in range(0, len(prompts), _TEXT_BATCH):
         if progress:
             progress(start, len(prompts))
-        parts.append(embedder.embed_texts(prompts[start : start + _TEXT_BATCH]))
-    texts = np.concatenate(parts)
+        rows = order[start : start + _TEXT_BATCH]
+        texts[rows] = embedder.embed_texts([prompts[i] for i in rows])
     means = texts.reshape(len(vocabulary.concepts), len(vocabulary.templates), -1).mean(axis=1)
     vectors = (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(
         np.float32
