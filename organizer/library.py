@@ -231,7 +231,7 @@ class Library:
         """The library's model (or the requested one for a new library), loaded once."""
         if self._embedder is None:
             spec = self.requested_spec()
-            if spec.weights_sha256:
+            if spec.is_checkpoint_path and spec.weights_sha256:
                 _check_checkpoint(spec)
             self._embedder = self._embedder_loader(spec, self.settings)
         return self._embedder

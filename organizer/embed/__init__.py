@@ -33,7 +33,8 @@ class ModelSpec:
     ``name`` is an open_clip model name (for a custom config, its file stem; the config's text
     is kept in ``config_json`` so the library does not depend on the file staying put).
     ``pretrained`` is a weights tag, a checkpoint path, or ``"none"`` for random weights;
-    ``weights_sha256`` identifies a checkpoint file.
+    ``weights_sha256`` identifies the checkpoint file's content (for a tag, the file it resolved
+    to when the library was made).
     """
 
     name: str
@@ -52,9 +53,14 @@ class ModelSpec:
         """Whether vectors of ``other`` can be mixed with vectors of this spec."""
         if self.name != other.name or (self.config_json or None) != (other.config_json or None):
             return False
-        if self.weights_sha256 or other.weights_sha256:
+        if self.weights_sha256 and other.weights_sha256:
             return self.weights_sha256 == other.weights_sha256
         return self.pretrained == other.pretrained
+
+    @property
+    def is_checkpoint_path(self) -> bool:
+        """``pretrained`` names a checkpoint file (not a tag nor random weights)."""
+        return not self.is_random and looks_like_path(self.pretrained)
 
 
 def sha256_file(path: Path) -> str:
@@ -87,7 +93,7 @@ def request_spec(model: str, pretrained: str) -> ModelSpec:
             )
         name, config_json = path.stem, json.dumps(config, sort_keys=True)
     weights_sha256 = None
-    if pretrained != RANDOM_WEIGHTS and _looks_like_path(pretrained):
+    if pretrained != RANDOM_WEIGHTS and looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ModelError(
@@ -99,7 +105,7 @@ def request_spec(model: str, pretrained: str) -> ModelSpec:
     return ModelSpec(name, pretrained, weights_sha256, config_json)
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return (
         "/" in value
         or "\\" in value

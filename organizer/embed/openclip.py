@@ -10,13 +10,14 @@ import pickle
 import socket
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from organizer.embed import ModelSpec, RandomWeightsWarning
+from organizer.embed import ModelSpec, RandomWeightsWarning, sha256_file
 from organizer.errors import ModelError, WeightsUnavailableError
 from organizer.imaging import PreprocessSpec
 
@@ -114,6 +115,25 @@ def _download_host(cfg: dict) -> str:
     return urlparse(cfg.get("url", "")).hostname or "huggingface.co"
 
 
+def _hub_offline() -> bool:
+    """Hugging Face's own switch for no network, honoured as ORGANIZER_OFFLINE is."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _checked_tag_weights(spec: ModelSpec, checkpoint: str) -> ModelSpec:
+    """The spec with the content hash of the file its tag resolved to. A library records it
+    with its first vectors; later loads refuse a file with other content (a new revision in
+    the cache would silently mix vectors of two models)."""
+    digest = sha256_file(Path(checkpoint))
+    if spec.weights_sha256 and digest != spec.weights_sha256:
+        raise ModelError(
+            f"the weights cached for {spec.describe()} ({checkpoint}) are not the ones this "
+            f"library was built with (sha256 {spec.weights_sha256[:12]}…, found "
+            f"{digest[:12]}…): restore that file, or use another --library"
+        )
+    return replace(spec, weights_sha256=digest)
+
+
 def _reachable(host: str, timeout_s: float = 3.0) -> bool:
     """One quick connection attempt, so that an offline machine fails in seconds, not minutes."""
 
@@ -128,7 +148,7 @@ def _weights_path(spec: ModelSpec, offline: bool, cache_dir: str | None) -> tupl
     """Resolve ``spec.pretrained`` to a checkpoint file, downloading it when allowed."""
     import open_clip
 
-    if spec.weights_sha256:
+    if spec.is_checkpoint_path:
         return spec.pretrained, {}
     cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
     if not cfg:
@@ -139,8 +159,9 @@ def _weights_path(spec: ModelSpec, offline: bool, cache_dir: str | None) -> tupl
             f"--pretrained PATH to a checkpoint, or --pretrained none for random weights"
         )
     path = _cached_checkpoint(cfg, cache_dir)
+    offline = offline or _hub_offline()
     remedy = f"weights for {spec.describe()} are not cached" + (
-        " and downloads are off (ORGANIZER_OFFLINE)" if offline else ""
+        " and downloads are off (ORGANIZER_OFFLINE or HF_HUB_OFFLINE)" if offline else ""
     )
     if path is None and not offline:
         host = _download_host(cfg)
@@ -194,9 +215,66 @@ class OpenClipEmbedder:
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        tokens = self.tokenizer(texts).to(self.device)
-        features = self.model.encode_text(tokens).float()
-        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+        """Texts -> unit vectors, in batches of similar length, each cut after its longest
+        prompt's end token (see :func:`_pooled_length`): padding costs nothing."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self.tokenizer(texts)
+        lengths = _pooled_length(self.model, tokens)
+        order = torch.argsort(lengths) if lengths is not None else torch.arange(len(texts))
+        out = torch.empty((len(texts), self.dim), dtype=torch.float32)
+        for start in range(0, len(texts), _TEXT_BATCH):
+            rows = order[start : start + _TEXT_BATCH]
+            batch = tokens[rows]
+            if lengths is not None:
+                batch = batch[:, : int(lengths[rows].max())]
+            features = _encode_text(self.model, batch.to(self.device)).float()
+            out[rows] = torch.nn.functional.normalize(features, dim=-1).cpu()
+        return out.numpy()
+
+
+_TEXT_BATCH = 64
+
+
+def _pooled_length(model, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Per prompt, how many leading tokens decide its pooled feature; None when all do.
+
+    The classic ``CLIP`` text tower is causal and pooled at the end token (``argmax``/``eos``),
+    so no position sees the padding after it: cutting the padding leaves the end token's
+    features unchanged. Other towers (bidirectional, class-token pooled, or open_clip's
+    ``TextTransformer``, which does not cut its mask to the input) keep the full length.
+    """
+    from open_clip.model import CLIP
+
+    if type(model) is not CLIP or getattr(model, "attn_mask", None) is None:
+        return None
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1) + 1
+    eos = getattr(model, "text_eos_id", None)
+    if model.text_pool_type == "eos" and eos is not None:
+        return (tokens == eos).int().argmax(dim=-1) + 1
+    return None
+
+
+def _encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` for token rows that may be shorter than the context length: the
+    classic ``CLIP`` class adds its full position embedding and mask, so its steps are repeated
+    here with both cut to the input's length (a test pins it to ``encode_text``)."""
+    from open_clip.model import CLIP
+    from open_clip.transformer import text_global_pool
+
+    n = tokens.shape[1]
+    if type(model) is not CLIP or n == model.positional_embedding.shape[0]:
+        return model.encode_text(tokens)
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, getattr(model, "text_eos_id", None))
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x if model.text_projection is None else x @ model.text_projection
 
 
 def _has_tensor(model, name: str) -> bool:
@@ -235,6 +313,8 @@ def load(
         checkpoint, cfg = None, {}
     else:
         checkpoint, cfg = _weights_path(spec, offline, cache_dir)
+        if not spec.is_checkpoint_path:
+            spec = _checked_tag_weights(spec, checkpoint)
         kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg}
         kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,169 @@
+"""The open_clip embedder: short text batches give the model's own vectors, and the real
+weights path (a tag resolved in the Hugging Face cache) works offline, end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fakes import TINY_CONFIG, make_folder
+
+TEXTS = [
+    "a photo of a dog.",
+    "x",
+    "",
+    "a photo of a small red car parked by the sea at night, seen from far away.",
+    "a photo of a cat.",
+]
+
+
+def _reference(model, tokenizer, texts):
+    import torch
+
+    with torch.inference_mode():
+        features = model.encode_text(tokenizer(texts)).float()
+    return torch.nn.functional.normalize(features, dim=-1).numpy()
+
+
+def test_text_cut_after_the_end_token_gives_the_full_length_vectors():
+    """The classic CLIP text tower is causal: cutting each batch after its longest prompt's
+    end token leaves the pooled features as they are (prompts longer than the context too)."""
+    import open_clip
+
+    from organizer.embed import RandomWeightsWarning, openclip, request_spec
+
+    with pytest.warns(RandomWeightsWarning):
+        embedder = openclip.load(request_spec(str(TINY_CONFIG), "none"), "cpu", "fp32")
+    tokens = embedder.tokenizer(TEXTS)
+    lengths = openclip._pooled_length(embedder.model, tokens)
+    assert lengths is not None and int(lengths.max()) == tokens.shape[1]  # the long one is cut
+    assert int(lengths.min()) == 2  # "" is start + end
+    texts = TEXTS * 30  # more than one batch
+    got = embedder.embed_texts(texts)
+    want = _reference(embedder.model, embedder.tokenizer, texts)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert float((got * want).sum(axis=1).min()) >= 0.99999
+    assert embedder.embed_texts([]).shape == (0, embedder.dim)
+    assert isinstance(embedder.model, open_clip.model.CLIP)
+
+
+def test_other_text_towers_keep_the_full_length():
+    import open_clip
+    import torch
+
+    from organizer.embed import openclip
+
+    open_clip.add_model_config(TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model("tiny-clip", force_custom_text=True).eval()
+    tokenizer = open_clip.get_tokenizer("tiny-clip")
+    assert openclip._pooled_length(model, tokenizer(TEXTS)) is None
+    embedder = openclip.OpenClipEmbedder.__new__(openclip.OpenClipEmbedder)
+    embedder.model, embedder.tokenizer, embedder.device, embedder.dim = model, tokenizer, "cpu", 32
+    got = embedder.embed_texts(TEXTS)
+    want = _reference(model, tokenizer, TEXTS)
+    assert float((got * want).sum(axis=1).min()) >= 0.99999
+
+
+# -- the real weights path, offline -----------------------------------------------------------
+
+# What open_clip resolves the default model's tag to: the real repository and file name.
+HUB_REPO = "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K"
+HUB_FILE = "open_clip_model.safetensors"
+
+
+def _fake_hub_cache(hf_home: Path) -> Path:
+    """A Hugging Face cache holding seeded random weights of ViT-B-32-256 where the hub client
+    would have put the downloaded checkpoint (blob named by its hash, snapshot link, ref)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = open_clip.get_pretrained_cfg("ViT-B-32-256", "datacomp_s34b_b86k")
+    assert cfg["hf_hub"].rstrip("/") == HUB_REPO  # what this test fakes is what open_clip reads
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        model = open_clip.create_model("ViT-B-32-256")
+    repo = hf_home / "hub" / f"models--{HUB_REPO.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True)
+    tmp = repo / "blobs" / "incoming"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    blob = tmp.rename(repo / "blobs" / digest)
+    commit = "0" * 40
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / HUB_FILE).symlink_to(os.path.relpath(blob, snapshot))
+    return blob
+
+
+def _organizer(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "organizer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_pretrained_tag_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
+    """`--pretrained TAG` resolves through the Hugging Face cache with HF_HUB_OFFLINE=1 alone
+    (no ORGANIZER_OFFLINE, no network): the library records the tag and the file's hash, a
+    changed file is refused, a damaged or missing one is a one-line error."""
+    monkeypatch.delenv("ORGANIZER_OFFLINE")
+    hf_home = Path(os.environ["HF_HOME"])
+    blob = _fake_hub_cache(hf_home)
+    digest = blob.name
+    photos = tmp_path / "photos"
+    make_folder(photos, 3)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    lib = tmp_path / "lib"
+    done = _organizer("-L", str(lib), "ingest", str(photos), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["embedded"] == 3
+    status = json.loads(_organizer("-L", str(lib), "status", "--json", env=env).stdout)
+    model = status["model"]
+    assert (model["name"], model["pretrained"]) == ("ViT-B-32-256", "datacomp_s34b_b86k")
+    assert model["weights_sha256"] == digest
+    assert "random" not in done.stderr
+
+    # The same tag asked for again is the same model; a search loads it from the cache.
+    asked = {**env, "ORGANIZER_PRETRAINED": "datacomp_s34b_b86k"}
+    found = _organizer("-L", str(lib), "search", "a dog", "--json", env=asked)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)["results"]) == 3
+
+    # Other content under the same name (a new revision, a damaged file): refused, one line.
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1000:] = bytes(1000)
+    blob.write_bytes(bytes(data))
+    changed = _organizer("-L", str(lib), "search", "a dog", env=env)
+    assert changed.returncode == 1
+    assert changed.stderr.strip().count("\n") == 0, changed.stderr
+    assert "not the ones this library was built with" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+    blob.write_bytes(b"not a safetensors file" * 10)
+    damaged = _organizer("-L", str(tmp_path / "lib2"), "ingest", str(photos), env=env)
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+    assert "error: cannot load ViT-B-32-256/datacomp_s34b_b86k" in damaged.stderr
+
+    blob.unlink()
+    missing = _organizer("-L", str(tmp_path / "lib3"), "ingest", str(photos), env=env)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "are not cached and downloads are off" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0, missing.stderr
