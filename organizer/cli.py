@@ -800,5 +800,56 @@ def roots_move(
         out.print_root_change(change)
 
 
+def _token(value: str | None) -> str | None:
+    from organizer.serve import MIN_TOKEN
+
+    if value is not None and (len(value) < MIN_TOKEN or not value.isprintable() or " " in value):
+        raise typer.BadParameter(
+            f"use at least {MIN_TOKEN} printable characters without spaces, e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe())'`"
+        )
+    return value
+
+
+@command
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            parser=_token,
+            envvar="ORGANIZER_TOKEN",
+            show_envvar=True,
+            help="Every request must carry it (Bearer header, or the cookie the printed "
+            "link sets).",
+        ),
+    ] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the app in the default browser.")
+    ] = False,
+    library: LibraryOpt = None,
+) -> None:
+    """Browse, search and review the library in a local web app (read-only).
+
+    Example: organizer serve --open
+    """
+    from organizer.serve import serve as run_server
+    from organizer.serve.guard import is_loopback
+
+    if not is_loopback(host) and token is None:
+        out.err(
+            f"error: --host {host} lets other machines in: give --token too (or "
+            "ORGANIZER_TOKEN), or keep the default 127.0.0.1"
+        )
+        raise typer.Exit(EXIT_USAGE)
+    with _open(library) as lib:
+        run_server(lib, host, port, token, open_browser, announce=out.err)
+
+
 def main() -> None:
     app()

@@ -170,7 +170,13 @@ class Finder:
         path = self.check_term(term)
         if path is not None:
             return self.image_vector(path)[1]
-        return self.embedder().embed_texts([search.PROMPT.format(term.strip())])[0]
+        return self.text_vector(term)
+
+    def text_vector(self, text: str) -> np.ndarray:
+        """A text query's vector (in open_clip's prompt); never read as a file path."""
+        if not text.strip():
+            raise QueryError("empty query: give a text or an image path")
+        return self.embedder().embed_texts([search.PROMPT.format(text.strip())])[0]
 
     # -- the three searches ----------------------------------------------------------------
 
@@ -184,7 +190,7 @@ class Finder:
             raise QueryError(f"image not found: {photo}")
         image_id, vector = self.image_vector(path)
         exclude = () if image_id is None else (image_id,)
-        return Results(_shown(str(photo)), self._ranked(vector, limit, exclude, threshold))
+        return Results(_shown(str(photo)), self.ranked(vector, limit, exclude, threshold))
 
     def search(
         self,
@@ -205,7 +211,7 @@ class Finder:
         described = " ".join(
             [query or "", *(f"+{t}" for t in plus), *(f"-{t}" for t in minus)]
         ).strip()
-        return Results(described, self._ranked(vector, limit, (), threshold))
+        return Results(described, self.ranked(vector, limit, (), threshold))
 
     def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
         if not 0 < threshold <= 1:
@@ -228,14 +234,15 @@ class Finder:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _ranked(
+    def ranked(
         self,
         vector: np.ndarray,
         limit: int,
         exclude: Sequence[int],
         threshold: float | None,
     ) -> list[Result]:
-        """The best ``limit`` ok images for a query vector; each candidate is read once."""
+        """The best ``limit`` ok, shown images for a query vector, leaving out ``exclude``;
+        each candidate is read once."""
         records: dict[int, ImageRecord] = {}
 
         def shown_ok(ids: list[int]) -> set[int]:

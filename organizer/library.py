@@ -419,7 +419,7 @@ class Library:
         roots, absent = self._absent_roots(include_offline)
         return [i for i in roots if i not in absent] if absent else None
 
-    def _hidden_roots(self, include_offline: bool) -> frozenset[str]:
+    def hidden_roots(self, include_offline: bool = False) -> frozenset[str]:
         """Paths of the roots whose images searches leave out."""
         return frozenset(self._absent_roots(include_offline)[1].values())
 
@@ -458,7 +458,7 @@ class Library:
 
     def finder(self, include_offline: bool = False) -> Finder:
         """Search over the library; images under absent roots are left out unless asked."""
-        return Finder(self.engine, self.vectors, self.embedder, self._hidden_roots(include_offline))
+        return Finder(self.engine, self.vectors, self.embedder, self.hidden_roots(include_offline))
 
     def similar(
         self,
@@ -595,17 +595,21 @@ class Library:
         absent = [p for p in roots if not Path(p).is_dir()]
         return LibraryStatus(self.home.name, roots, absent, model, counts, index, last)
 
+    def ingest_running(self) -> bool:
+        """Whether an ingest is writing now, as far as a reader can tell without touching the
+        writer lock (taking it, even for an instant, could turn an ingest away as busy): the
+        latest run is recorded running and, on a folder library, its process is alive."""
+        with self.engine.connect() as conn:
+            last = q.last_run(conn)
+        if last is None or last.status != RunStatus.RUNNING:
+            return False
+        return not isinstance(self.home, FolderHome) or _pid_alive(last.pid)
+
     def _writer_alive(self, pid: int) -> bool:
         """Whether the ingest run by ``pid`` is still alive. A folder library's writers run on
         this machine: ask the kernel. On a server, whether anyone holds the writer lock."""
         if isinstance(self.home, FolderHome):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True  # alive, another user's
-            return True
+            return _pid_alive(pid)
         lock = self.home.writer_lock("status")
         got = lock.try_acquire()
         if got:
@@ -641,6 +645,16 @@ class Library:
         """Files recorded as failed, with the reason, sorted by root and path."""
         with self.engine.connect() as conn:
             return q.failures(conn)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def _check_checkpoint(spec: ModelSpec) -> None:

@@ -124,3 +124,20 @@ def member_ids(conn: Connection, run_id: int) -> set[int]:
     """Every image ever put in the run, whatever its status now."""
     stmt = select(members_t.c.image_id).where(members_t.c.run_id == run_id)
     return set(conn.execute(stmt).scalars())
+
+
+def cluster_of(conn: Connection, image_id: int) -> tuple[int, int, str | None] | None:
+    """(run id, cluster number, label) of an image in the latest run that holds it."""
+    stmt = (
+        select(members_t.c.run_id, members_t.c.number, clusters_t.c.label)
+        .join(
+            clusters_t,
+            (clusters_t.c.run_id == members_t.c.run_id)
+            & (clusters_t.c.number == members_t.c.number),
+        )
+        .where(members_t.c.image_id == image_id)
+        .order_by(members_t.c.run_id.desc())
+        .limit(1)
+    )
+    row = conn.execute(stmt).first()
+    return None if row is None else (row.run_id, row.number, row.label)

@@ -1,0 +1,88 @@
+"""``organizer serve``: a local web app over a library (search, images, clusters, duplicates,
+status) and its JSON API. Needs the ``serve`` extra (Starlette, uvicorn, python-multipart)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import webbrowser
+from collections.abc import Callable
+
+from organizer.errors import OrganizerError
+
+MIN_TOKEN = 12
+
+
+class ServeError(OrganizerError):
+    """The server cannot start (its extra is missing, the address is taken)."""
+
+
+def check_installed() -> None:
+    try:
+        import multipart  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ServeError(
+            "organizer serve needs its extra: pip install 'organizer[serve]'"
+        ) from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free one), or a one-line error."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    lib,
+    host: str,
+    port: int,
+    token: str | None,
+    open_browser: bool,
+    announce: Callable[[str], None],
+) -> None:
+    """Serve ``lib`` until interrupted; ``announce`` hears the address to open."""
+    check_installed()
+    import uvicorn
+
+    from organizer.serve.app import create_app
+    from organizer.serve.service import Service
+
+    service = Service(lib)
+    sock = listen(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
+    config = uvicorn.Config(
+        create_app(service, host, token),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=_warm, args=(service, announce), daemon=True).start()
+    announce(f"serving {lib.home.name} at {url}  (Ctrl-C stops)")
+    if open_browser:
+        webbrowser.open(url)
+    server.run(sockets=[sock])
+
+
+def _warm(service, announce: Callable[[str], None]) -> None:
+    """Load the index and the model before the first query needs them."""
+    try:
+        service.warm_up()
+    except OrganizerError as exc:
+        announce(f"warning: {exc}")
+    except Exception as exc:
+        announce(f"warning: could not load the model yet: {type(exc).__name__}: {exc}")

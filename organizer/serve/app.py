@@ -1,0 +1,284 @@
+"""The web app's routes: HTML pages (Jinja2, autoescaped) and the JSON API they use.
+
+The API answers in the CLI's ``--json`` shapes. Images are addressed by id only, and only
+ok images under a present root are served (see :meth:`Service.image`); nothing here writes
+to disk but the thumbnail cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import mimetypes
+import os
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from organizer.errors import OrganizerError, QueryError
+from organizer.scan import display_path
+from organizer.serve.guard import Guard
+from organizer.serve.service import NotFound, Service
+
+HERE = Path(__file__).resolve().parent
+MAX_UPLOAD = 64 * 1024 * 1024
+MAX_RESULTS = 500
+PAGE = 24
+
+
+def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = None) -> Guard:
+    """The ASGI app over an opened library, behind the :class:`Guard`."""
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    env.filters["shown"] = lambda b: display_path(b if isinstance(b, bytes) else os.fsencode(b))
+    env.filters["abspath"] = lambda m: display_path(os.path.join(os.fsencode(m.root), m.relpath))
+
+    def page(name: str, request: Request, **context) -> HTMLResponse:
+        html = env.get_template(name).render(
+            library=service.lib.home.name, path=request.url.path, **context
+        )
+        return HTMLResponse(html)
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def search_page(request: Request) -> HTMLResponse:
+        return page("search.html", request, q=request.query_params.get("q", ""), n=PAGE)
+
+    def image_page(request: Request) -> HTMLResponse:
+        info = service.image_page(_id(request))
+        modified = datetime.fromtimestamp(info.record.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
+        return page("image.html", request, info=info, record=info.record, modified=modified)
+
+    def clusters_page(request: Request) -> HTMLResponse:
+        runs = service.runs()
+        run_id = _int(request.query_params.get("run"), None)
+        summary = service.run(run_id) if runs else None
+        return page("clusters.html", request, runs=runs, summary=summary, gallery=12)
+
+    def cluster_page(request: Request) -> HTMLResponse:
+        summary = service.run(int(request.path_params["run"]))
+        number = int(request.path_params["number"])
+        found = next((c for c in summary.clusters if c.number == number), None)
+        if found is None:
+            raise NotFound(number)
+        return page("cluster.html", request, summary=summary, cluster=found)
+
+    def duplicates_page(request: Request) -> HTMLResponse:
+        return page("duplicates.html", request, groups=service.duplicates())
+
+    def status_page(request: Request) -> HTMLResponse:
+        return page(
+            "status.html", request, status=service.lib.status(), failures=service.failures()
+        )
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def api_search(request: Request) -> JSONResponse:
+        text = request.query_params.get("q", "")
+        limit, offset = _paging(request)
+        return JSONResponse(service.search_text(text, limit, offset).to_dict())
+
+    async def api_search_image(request: Request) -> JSONResponse:
+        length = _int(request.headers.get("content-length"), 0)
+        if length > MAX_UPLOAD:
+            raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            async with request.form(max_files=1, max_fields=4) as form:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise QueryError("send the picture in a form field named 'image'")
+                data = await upload.read(MAX_UPLOAD + 1)
+                name = upload.filename or "uploaded image"
+        else:
+            data = b""
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > MAX_UPLOAD:
+                    break
+            name = "uploaded image" + (mimetypes.guess_extension(kind.split(";")[0]) or "")
+        if len(data) > MAX_UPLOAD:
+            raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB")
+        if not data:
+            raise QueryError("no image was sent")
+        limit, offset = _paging(request)
+        res = await run_in_threadpool(service.search_image, data, name, limit, offset)
+        return JSONResponse(res.to_dict())
+
+    def api_similar(request: Request) -> JSONResponse:
+        limit, offset = _paging(request)
+        return JSONResponse(service.similar_to(_id(request), limit, offset).to_dict())
+
+    def api_clusters(request: Request) -> JSONResponse:
+        summary = service.run(_int(request.query_params.get("run"), None))
+        shown = _int(request.query_params.get("n"), 5)
+        data = summary.to_dict(representatives=shown)
+        for entry, c in zip(data["clusters"], summary.clusters, strict=True):
+            entry["representative_ids"] = [m.image_id for m in c.members[:shown]]
+        return JSONResponse(data)
+
+    def api_map(request: Request) -> JSONResponse:
+        return JSONResponse(service.map_points(_int(request.query_params.get("run"), None)))
+
+    def api_duplicates(request: Request) -> JSONResponse:
+        groups = service.duplicates()
+        return JSONResponse({"groups": [g.to_dict() for g in groups]})
+
+    def api_status(request: Request) -> JSONResponse:
+        return JSONResponse(service.lib.status().to_dict())
+
+    # -- files -----------------------------------------------------------------------------
+
+    def thumb(request: Request) -> Response:
+        path = service.thumb(_id(request), request.query_params.get("size", "s"))
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"cache-control": "private, max-age=86400"}
+        )
+
+    def image_file(request: Request) -> Response:
+        real = service.file_path(_id(request))
+        kind = mimetypes.guess_type(real)[0] or "application/octet-stream"
+        if not kind.startswith("image/") or kind == "image/svg+xml":
+            kind = "application/octet-stream"  # never a document the browser would run
+        return FileResponse(
+            real,
+            media_type=kind,
+            headers={"cache-control": "private, max-age=3600"},
+            content_disposition_type="inline",
+            filename=os.path.basename(real),
+        )
+
+    routes = [
+        Route("/", _safe(search_page)),
+        Route("/view/{image_id:int}", _safe(image_page)),
+        Route("/clusters", _safe(clusters_page)),
+        Route("/clusters/{run:int}/{number:int}", _safe(cluster_page)),
+        Route("/duplicates", _safe(duplicates_page)),
+        Route("/status", _safe(status_page)),
+        Route("/api/search", _safe(api_search), methods=["GET"]),
+        Route("/api/search", _safe(api_search_image), methods=["POST"]),
+        Route("/api/similar/{image_id:int}", _safe(api_similar)),
+        Route("/api/clusters", _safe(api_clusters)),
+        Route("/api/map", _safe(api_map)),
+        Route("/api/duplicates", _safe(api_duplicates)),
+        Route("/api/status", _safe(api_status)),
+        Route("/thumb/{image_id:int}", _safe(thumb)),
+        Route("/image/{image_id:int}", _safe(image_file)),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            NotFound: _not_found,
+            QueryError: _bad_request,
+            OrganizerError: _failed,
+            HTTPException: _http_error,
+            Unexpected: _unexpected,
+        },
+    )
+    return Guard(app, bound, token)
+
+
+class Unexpected(Exception):
+    """A bug met while answering: one line in the server's output and a 500, no traceback
+    (ORGANIZER_DEBUG=1 prints it)."""
+
+
+_KNOWN = (NotFound, OrganizerError, HTTPException)
+
+
+def _safe(endpoint):
+    """The endpoint, with any unexpected error turned into :class:`Unexpected`."""
+
+    def report(exc: Exception) -> Unexpected:
+        if os.environ.get("ORGANIZER_DEBUG"):
+            traceback.print_exception(exc)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
+        return Unexpected(f"unexpected {type(exc).__name__}")
+
+    if inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        async def guarded_async(request: Request):
+            try:
+                return await endpoint(request)
+            except _KNOWN:
+                raise
+            except Exception as exc:
+                raise report(exc) from None
+
+        return guarded_async
+
+    @functools.wraps(endpoint)
+    def guarded(request: Request):
+        try:
+            return endpoint(request)
+        except _KNOWN:
+            raise
+        except Exception as exc:
+            raise report(exc) from None
+
+    return guarded
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return _error(request, 500, f"{exc} (the server's output says more)")
+
+
+def _id(request: Request) -> int:
+    return int(request.path_params["image_id"])
+
+
+def _int(value: str | None, default):
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        raise QueryError(f"not a whole number: {value!r}") from None
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    limit = _int(request.query_params.get("n"), 12)
+    offset = _int(request.query_params.get("offset"), 0)
+    if not 1 <= limit <= MAX_RESULTS or not 0 <= offset <= 10 * MAX_RESULTS:
+        raise QueryError(f"n must be 1..{MAX_RESULTS} and offset 0..{10 * MAX_RESULTS}")
+    return limit, offset
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"error": message}, status_code=status)
+    return Response(message + "\n", status_code=status, media_type="text/plain; charset=utf-8")
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(request, 404, "not found")
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return _error(request, 400, str(exc))
+
+
+async def _failed(request: Request, exc: Exception) -> Response:
+    return _error(request, 503, str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(request, exc.status_code, exc.detail or "error")

@@ -1,0 +1,146 @@
+"""The server's front door, an ASGI middleware in front of every route.
+
+- ``Host`` must name the server (DNS rebinding: a page of another site that resolves its own
+  name to 127.0.0.1 would otherwise read the library): else 400.
+- With a token, every request carries ``Authorization: Bearer TOKEN`` or the cookie that
+  opening ``/?token=TOKEN`` once sets (the link printed at start): else 401.
+- A POST from a page of another origin is refused (403).
+- Every response carries a Content-Security-Policy (scripts and styles from the server only,
+  nothing inline) and headers against sniffing, framing and leaking the URL as a referrer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+COOKIE = "organizer_session"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+def is_loopback(host: str) -> bool:
+    return host.strip("[]") in LOOPBACK_NAMES or host.startswith("127.")
+
+
+def host_name(header: str) -> str:
+    """The name of a Host header, without its port: ``[::1]:8765`` -> ``::1``."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class Guard:
+    """See the module's docstring. ``bound`` is the host the server listens on."""
+
+    def __init__(self, app: ASGIApp, bound: str, token: str | None):
+        self.app = app
+        self.token = token
+        self.any_host = bound in WILDCARD_HOSTS
+        self.hosts = set(LOOPBACK_NAMES) | {bound.strip("[]").lower()}
+        self.session = _session_value(token) if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if not self.any_host and host_name(host) not in self.hosts:
+            await _plain(send, 400, "unknown Host: open the address organizer serve printed")
+            return
+        if scope["method"] == "POST" and not _same_origin(headers.get(b"origin"), host):
+            await _plain(send, 403, "cross-origin request refused")
+            return
+        if self.token is not None and not self._allowed(scope, headers):
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            if scope["method"] == "GET" and hmac.compare_digest(
+                query.get("token", "").encode(), self.token.encode()
+            ):
+                await self._set_cookie_and_redirect(scope, query, send)
+                return
+            await _plain(send, 401, "a token is needed: open the link organizer serve printed")
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+    def _allowed(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        assert self.token is not None and self.session is not None
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if auth.startswith("Bearer ") and hmac.compare_digest(
+            auth[7:].strip().encode(), self.token.encode()
+        ):
+            return True
+        for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE and hmac.compare_digest(value.encode(), self.session.encode()):
+                return True
+        return False
+
+    async def _set_cookie_and_redirect(self, scope: Scope, query: dict, send: Send) -> None:
+        """The printed link's token becomes an HttpOnly, same-site cookie; the address bar
+        (and the history) keeps the page without the token."""
+        rest = urlencode({k: v for k, v in query.items() if k != "token"})
+        location = scope["path"] + (f"?{rest}" if rest else "")
+        cookie = f"{COOKIE}={self.session}; Path=/; HttpOnly; SameSite=Strict"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", location.encode("latin-1", "replace")),
+                    (b"set-cookie", cookie.encode()),
+                    (b"content-length", b"0"),
+                    *SECURITY_HEADERS,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _session_value(token: str) -> str:
+    """The cookie's value: derived from the token, so the cookie jar never holds the token."""
+    return hmac.new(token.encode(), b"organizer-session", hashlib.sha256).hexdigest()
+
+
+def _same_origin(origin: bytes | None, host: str) -> bool:
+    if origin is None:
+        return True  # not sent by a browser's cross-site form or fetch
+    value = origin.decode("latin-1").lower()
+    return value in (f"http://{host}", f"https://{host}")
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = (text + "\n").encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

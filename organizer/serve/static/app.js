@@ -1,0 +1,255 @@
+// organizer serve: search (text, or a dropped/pasted/chosen picture), the cluster map, and
+// copying duplicate lists. Served from the server itself (no CDN); the page's CSP allows no
+// inline script. Every file name is put in the page as text, never as HTML.
+"use strict";
+
+(function () {
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      if (k === "text") { node.textContent = attrs[k]; } else { node.setAttribute(k, attrs[k]); }
+    });
+    (children || []).forEach(function (c) { node.appendChild(c); });
+    return node;
+  }
+
+  function card(r) {
+    return el("a", { class: "card", href: "/view/" + r.image_id, title: r.path }, [
+      el("img", { src: "/thumb/" + r.image_id, alt: "", loading: "lazy" }),
+      el("span", { class: "meta" }, [
+        el("span", { class: "score", text: r.score.toFixed(3) }),
+        el("span", { class: "name", text: r.path }),
+      ]),
+    ]);
+  }
+
+  // -- search ------------------------------------------------------------------------------
+  function setUpSearch() {
+    var form = document.getElementById("search");
+    if (!form) { return; }
+    var input = document.getElementById("q");
+    var results = document.getElementById("results");
+    var message = document.getElementById("message");
+    var more = document.getElementById("more");
+    var page = parseInt(results.getAttribute("data-page"), 10) || 24;
+    var current = null;  // {kind: "text", q} or {kind: "image", blob, name}
+    var shown = 0;
+
+    function say(text) { message.textContent = text; }
+
+    function request(offset) {
+      var params = "n=" + page + "&offset=" + offset;
+      if (current.kind === "text") {
+        return fetch("/api/search?q=" + encodeURIComponent(current.q) + "&" + params);
+      }
+      var body = new FormData();
+      body.append("image", current.blob, current.name);
+      return fetch("/api/search?" + params, { method: "POST", body: body });
+    }
+
+    function run(offset) {
+      if (!offset) { results.replaceChildren(); shown = 0; }
+      more.hidden = true;
+      say(offset ? "Loading more…" : "Searching…");
+      var started = performance.now();
+      request(offset).then(function (response) {
+        return response.json().then(function (data) { return { ok: response.ok, data: data }; });
+      }).then(function (answer) {
+        if (!answer.ok) { say(answer.data.error || "The search failed."); return; }
+        answer.data.results.forEach(function (r) { results.appendChild(card(r)); });
+        shown += answer.data.results.length;
+        var ms = Math.round(performance.now() - started);
+        say(shown ? shown + " results for " + answer.data.query + " (" + ms + " ms)"
+          : "Nothing found for " + answer.data.query + ".");
+        more.hidden = answer.data.results.length < page;
+      }).catch(function () { say("The server cannot be reached."); });
+    }
+
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var q = input.value.trim();
+      if (!q) { say("Type what you look for."); return; }
+      current = { kind: "text", q: q };
+      history.replaceState(null, "", "/?q=" + encodeURIComponent(q));
+      run(0);
+    });
+    more.addEventListener("click", function () { if (current) { run(shown); } });
+
+    function byPicture(file) {
+      if (!file || !/^image\//.test(file.type || "image/")) { say("That is not a picture."); return; }
+      current = { kind: "image", blob: file, name: file.name || "pasted image" };
+      input.value = "";
+      history.replaceState(null, "", "/");
+      run(0);
+    }
+    document.getElementById("image").addEventListener("change", function (event) {
+      byPicture(event.target.files[0]);
+    });
+    document.addEventListener("dragover", function (event) {
+      event.preventDefault(); document.body.classList.add("dropping");
+    });
+    document.addEventListener("dragleave", function () { document.body.classList.remove("dropping"); });
+    document.addEventListener("drop", function (event) {
+      event.preventDefault(); document.body.classList.remove("dropping");
+      if (event.dataTransfer.files.length) { byPicture(event.dataTransfer.files[0]); }
+    });
+    document.addEventListener("paste", function (event) {
+      var items = (event.clipboardData || {}).files || [];
+      if (items.length) { event.preventDefault(); byPicture(items[0]); }
+    });
+    if (input.value.trim()) { form.requestSubmit(); }
+  }
+
+  // -- the cluster map ---------------------------------------------------------------------
+  var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"];
+  var HIT = 10;  // px
+
+  function setUpMap() {
+    var canvas = document.getElementById("map");
+    if (!canvas) { return; }
+    var tip = document.getElementById("map-tip");
+    var message = document.getElementById("map-message");
+    var ctx = canvas.getContext("2d");
+    var points = [], labels = {}, thumbs = {};
+    var view = { scale: 1, x: 0, y: 0 };  // screen = (p * size * scale) + offset
+    var drag = null, hovered = -1, width = 0, height = 0, size = 0;
+
+    function resize() {
+      var ratio = window.devicePixelRatio || 1;
+      width = canvas.clientWidth; height = canvas.clientHeight;
+      canvas.width = Math.round(width * ratio); canvas.height = Math.round(height * ratio);
+      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+      size = Math.min(width, height) - 2 * HIT;
+      draw();
+    }
+    function screen(p) {  // world (the map at scale 1, in CSS px) -> the canvas
+      var left = (width - size) / 2, top = (height - size) / 2;
+      return [(left + p[1] * size) * view.scale + view.x, (top + (1 - p[2]) * size) * view.scale + view.y];
+    }
+    function thumb(id) {
+      if (!thumbs[id]) {
+        var image = new Image();
+        image.onload = function () { draw(); };
+        image.src = "/thumb/" + id;
+        thumbs[id] = image;
+      }
+      return thumbs[id];
+    }
+    function draw() {
+      ctx.clearRect(0, 0, width, height);
+      var side = Math.min(96, 6 * view.scale), showPictures = view.scale >= 4, drawn = 0;
+      points.forEach(function (p, i) {
+        var s = screen(p);
+        if (s[0] < -side || s[1] < -side || s[0] > width + side || s[1] > height + side) { return; }
+        if (showPictures && drawn < 400) {
+          var image = thumb(p[0]);
+          drawn += 1;
+          if (image.complete && image.naturalWidth) {
+            ctx.drawImage(image, s[0] - side / 2, s[1] - side / 2, side, side);
+            ctx.strokeStyle = PALETTE[(p[3] - 1) % PALETTE.length];
+            ctx.lineWidth = 2;
+            ctx.strokeRect(s[0] - side / 2, s[1] - side / 2, side, side);
+            return;
+          }
+        }
+        ctx.fillStyle = PALETTE[(p[3] - 1) % PALETTE.length];
+        ctx.beginPath();
+        ctx.arc(s[0], s[1], i === hovered ? 6 : 3.5, 0, 2 * Math.PI);
+        ctx.fill();
+      });
+    }
+    function nearest(x, y) {
+      var best = -1, bestD = HIT * HIT;
+      var radius = view.scale >= 4 ? Math.max(HIT, Math.min(96, 6 * view.scale) / 2) : HIT;
+      bestD = radius * radius;
+      points.forEach(function (p, i) {
+        var s = screen(p), d = (s[0] - x) * (s[0] - x) + (s[1] - y) * (s[1] - y);
+        if (d <= bestD) { best = i; bestD = d; }
+      });
+      return best;
+    }
+    function show(i, x, y) {
+      hovered = i;
+      if (i < 0) { tip.hidden = true; draw(); return; }
+      var p = points[i];
+      tip.querySelector("img").src = "/thumb/" + p[0];
+      tip.querySelector("span").textContent = p[3] + " · " + (labels[p[3]] || "unnamed");
+      tip.hidden = false;
+      tip.style.left = Math.min(x + 14, width - 190) + "px";
+      tip.style.top = Math.min(y + 14, height - 200) + "px";
+      draw();
+    }
+    function local(event) {
+      var r = canvas.getBoundingClientRect();
+      return [event.clientX - r.left, event.clientY - r.top];
+    }
+    canvas.addEventListener("wheel", function (event) {
+      event.preventDefault();
+      var at = local(event), factor = event.deltaY < 0 ? 1.25 : 0.8;
+      var scale = Math.max(1, Math.min(64, view.scale * factor));
+      // the world point under the pointer stays under it
+      view.x = at[0] - (at[0] - view.x) * (scale / view.scale);
+      view.y = at[1] - (at[1] - view.y) * (scale / view.scale);
+      view.scale = scale;
+      if (scale === 1) { view.x = 0; view.y = 0; }
+      draw();
+    }, { passive: false });
+    canvas.addEventListener("pointerdown", function (event) {
+      drag = { at: local(event), x: view.x, y: view.y, moved: false };
+      canvas.setPointerCapture(event.pointerId);
+    });
+    canvas.addEventListener("pointermove", function (event) {
+      var at = local(event);
+      if (drag) {
+        var dx = at[0] - drag.at[0], dy = at[1] - drag.at[1];
+        if (Math.abs(dx) + Math.abs(dy) > 3) { drag.moved = true; canvas.classList.add("panning"); }
+        view.x = drag.x + dx; view.y = drag.y + dy;
+        draw();
+        return;
+      }
+      show(nearest(at[0], at[1]), at[0], at[1]);
+    });
+    canvas.addEventListener("pointerup", function (event) {
+      var wasDrag = drag && drag.moved;
+      drag = null; canvas.classList.remove("panning");
+      if (!wasDrag) {
+        var at = local(event), i = nearest(at[0], at[1]);
+        if (i >= 0) { window.location.href = "/view/" + points[i][0]; }
+      }
+    });
+    canvas.addEventListener("pointerleave", function () { if (!drag) { show(-1); } });
+    window.addEventListener("resize", resize);
+
+    fetch("/api/map?run=" + encodeURIComponent(canvas.getAttribute("data-run")))
+      .then(function (response) { return response.json(); })
+      .then(function (data) {
+        if (data.error) { message.textContent = data.error; return; }
+        points = data.points;
+        data.clusters.forEach(function (c) { labels[c.number] = c.label; });
+        message.textContent = points.length + " images · scroll to zoom, drag to pan, " +
+          "zoom in to see the pictures, click one to open it";
+        resize();
+      })
+      .catch(function () { message.textContent = "The map could not be loaded."; });
+    resize();
+  }
+
+  // -- duplicates: copy the others' paths ---------------------------------------------------
+  function setUpCopy() {
+    document.querySelectorAll("button.copy").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var text = button.getAttribute("data-paths");
+        navigator.clipboard.writeText(text).then(function () {
+          button.textContent = "Copied " + text.split("\n").length + " paths";
+        }, function () { button.textContent = "Copying is not allowed here"; });
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    setUpSearch();
+    setUpMap();
+    setUpCopy();
+  });
+})();

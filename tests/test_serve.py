@@ -1,0 +1,435 @@
+"""`organizer serve`: a real server process per module (the tiny model), its JSON API, its
+files, and its front door (Host check, token, origin, CSP, paths that lead out)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from PIL import Image
+
+from tests.fakes import TINY_CONFIG, make_folder, write_picture
+
+pytest.importorskip("starlette", reason="the serve extra is not installed")
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"
+TOKEN = "correct-horse-battery-staple"
+ENV = {"ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none"}
+
+
+def _organizer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "organizer", *args],
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Server:
+    """``organizer serve --port 0`` in a child process; the address is read from its output."""
+
+    def __init__(self, library: Path, *extra: str):
+        self.log = library.parent / f"serve-{uuid.uuid4().hex[:6]}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "organizer", "-L", str(library), "serve", "--port", "0", *extra],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "w"),  # noqa: SIM115 - the child owns it
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = self.log.read_text()
+            if "serving " in text:
+                url = text.split(" at ", 1)[1].split()[0]
+                self.port = int(url.split(":")[2].split("/")[0])
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server stopped: {text}")
+            time.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    def request(self, method: str, path: str, body=None, headers=None, host=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        sent = {"Host": host or f"127.0.0.1:{self.port}", **(headers or {})}
+        conn.request(method, path, body=body, headers=sent)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def json(self, path: str, **kw):
+        status, _, data = self.get(path, **kw)
+        assert status == 200, (path, status, data)
+        return json.loads(data)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A library of 9 pictures (one hostile name, one with GPS in its EXIF, one that will
+    become a symlink out of the root), clustered, served without a token."""
+    base = tmp_path_factory.mktemp("serve")
+    photos = base / "photos"
+    make_folder(photos, 6)
+    write_picture(photos / HOSTILE_NAME, 50)
+    exif = Image.Exif()
+    exif[0x010E] = "private description"
+    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0)}  # GPS latitude
+    write_picture(photos / "gps.jpg", 51, exif=exif.tobytes())
+    write_picture(photos / "leaks.jpg", 52)
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes((photos / "leaks.jpg").read_bytes())
+    library = base / "lib"
+    done = _organizer("-L", str(library), "ingest", str(photos), "--json")
+    assert done.returncode == 0, done.stderr
+    assert _organizer("-L", str(library), "cluster", "-k", "2").returncode == 0
+    server = Server(library)
+    yield {"server": server, "photos": photos, "library": library, "base": base}
+    log = server.stop()
+    assert "Traceback" not in log, log
+
+
+def _ids(server) -> dict[str, int]:
+    found = server.json("/api/search?q=photo&n=50")
+    return {Path(r["path"]).name: r["image_id"] for r in found["results"]}
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+
+def test_search_answers_in_the_cli_shape(site):
+    server = site["server"]
+    found = server.json("/api/search?q=a+red+square&n=4")
+    assert found["query"] == "a red square"
+    assert len(found["results"]) == 4
+    first = found["results"][0]
+    assert {"path", "score", "image_id", "rank", "root"} <= set(first)
+    more = server.json("/api/search?q=a+red+square&n=4&offset=4")
+    assert [r["rank"] for r in more["results"]] == [5, 6, 7, 8]
+    assert not {r["image_id"] for r in more["results"]} & {r["image_id"] for r in found["results"]}
+    minus = server.json("/api/search?q=red+-blue+%2Bgreen&n=3")
+    assert minus["query"] == "red -blue +green" and len(minus["results"]) == 3
+
+
+def test_search_terms_are_texts_never_paths(site):
+    """A term naming a file on the server is embedded as words: the server reads no path a
+    client gives it (the CLI would read it as a picture)."""
+    server = site["server"]
+    secret = site["base"] / "outside" / "secret.jpg"
+    status, _, data = server.get(f"/api/search?q={quote(str(secret))}&n=3")
+    assert status == 200 and len(json.loads(data)["results"]) == 3
+
+
+def test_bad_queries_are_one_line_400s(site):
+    server = site["server"]
+    for path in (
+        "/api/search?q=",
+        "/api/search?q=-people",
+        "/api/search?q=x&n=0",
+        "/api/search?q=x&n=abc",
+        "/api/search?q=x&n=100000",
+    ):
+        status, headers, data = server.get(path)
+        assert status == 400, path
+        assert headers["content-type"].startswith("application/json")
+        assert "\n" not in json.loads(data)["error"]
+
+
+def test_search_by_uploaded_picture(site):
+    server = site["server"]
+    picture = (site["photos"] / "img000.jpg").read_bytes()
+    boundary = "organizer-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + picture
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _, data = server.request(
+        "POST",
+        "/api/search?n=3",
+        body=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 200, data
+    found = json.loads(data)
+    assert Path(found["results"][0]["path"]).name == "img000.jpg"
+    assert found["results"][0]["score"] > 0.999
+    # A raw body works too (scripts: curl --data-binary @photo.jpg)
+    status, _, data = server.request(
+        "POST", "/api/search?n=2", body=picture, headers={"Content-Type": "image/jpeg"}
+    )
+    assert status == 200 and Path(json.loads(data)["results"][0]["path"]).name == "img000.jpg"
+    # Not a picture: a one-line 400, not a crash
+    status, _, data = server.request(
+        "POST", "/api/search", body=b"hello", headers={"Content-Type": "image/jpeg"}
+    )
+    assert status == 400 and "cannot read" in json.loads(data)["error"]
+
+
+def test_similar_leaves_the_image_out(site):
+    server = site["server"]
+    ids = _ids(server)
+    found = server.json(f"/api/similar/{ids['img001.jpg']}?n=5")
+    assert found["query"] == "img001.jpg"
+    assert ids["img001.jpg"] not in [r["image_id"] for r in found["results"]]
+    assert len(found["results"]) == 5
+
+
+def test_clusters_duplicates_and_status_are_the_cli_documents(site):
+    server = site["server"]
+    library = site["library"]
+    clusters = server.json("/api/clusters")
+    cli = json.loads(_organizer("-L", str(library), "clusters", "--json").stdout)
+    assert {k: v for k, v in clusters.items() if k != "clusters"} == {
+        k: v for k, v in cli.items() if k != "clusters"
+    }
+    assert [c["size"] for c in clusters["clusters"]] == [c["size"] for c in cli["clusters"]]
+    assert all(len(c["representative_ids"]) <= 5 for c in clusters["clusters"])
+    status = server.json("/api/status")
+    cli_status = json.loads(_organizer("-L", str(library), "status", "--json").stdout)
+    assert status["images"] == cli_status["images"] and status["roots"] == cli_status["roots"]
+    groups = server.json("/api/duplicates")
+    assert set(groups) == {"groups"}
+    map_data = server.json("/api/map")
+    assert len(map_data["points"]) == 9
+    assert all(0 <= p[1] <= 1 and 0 <= p[2] <= 1 for p in map_data["points"])
+
+
+def test_thumbnails_are_small_cached_jpegs_without_metadata(site):
+    server = site["server"]
+    ids = _ids(server)
+    status, headers, data = server.get(f"/thumb/{ids['gps.jpg']}")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    thumb = Image.open(io.BytesIO(data))
+    assert max(thumb.size) <= 256
+    assert not thumb.getexif() and "icc_profile" not in thumb.info
+    cached = list((site["library"] / "thumbs").rglob(f"{ids['gps.jpg']}-*.jpg"))
+    assert len(cached) == 1
+    status, _, large = server.get(f"/thumb/{ids['gps.jpg']}?size=l")
+    assert status == 200 and max(Image.open(io.BytesIO(large)).size) <= 1280
+    assert server.get(f"/thumb/{ids['gps.jpg']}?size=xxl")[0] == 404
+
+
+def test_originals_are_served_as_they_are(site):
+    server = site["server"]
+    ids = _ids(server)
+    status, headers, data = server.get(f"/image/{ids['img002.jpg']}")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    assert data == next(site["photos"].rglob("img002.jpg")).read_bytes()
+
+
+# -- what is never served ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/image/999999",
+        "/thumb/999999",
+        "/view/999999",
+        "/api/similar/999999",
+        "/image/../../etc/passwd",
+        "/image/..%2F..%2Fetc%2Fpasswd",
+        "/thumb/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/image//etc/passwd",
+        "/image/%2Fetc%2Fpasswd",
+        "/static/../../../../etc/passwd",
+        "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/image/-1",
+    ],
+)
+def test_unknown_ids_and_traversals_are_404(site, path):
+    status, _, data = site["server"].get(path)
+    assert status == 404, (path, status)
+    assert b"root:" not in data
+
+
+def test_a_symlink_leading_out_of_its_root_is_not_followed(site):
+    server = site["server"]
+    ids = _ids(server)
+    leaks = site["photos"] / "leaks.jpg"
+    assert server.get(f"/image/{ids['leaks.jpg']}")[0] == 200
+    leaks.unlink()
+    leaks.symlink_to(site["base"] / "outside" / "secret.jpg")
+    try:
+        assert server.get(f"/image/{ids['leaks.jpg']}")[0] == 404
+        assert server.get(f"/thumb/{ids['leaks.jpg']}?size=l")[0] == 404
+    finally:
+        leaks.unlink()
+        shutil.copy(site["base"] / "outside" / "secret.jpg", leaks)
+
+
+def test_failed_and_missing_files_are_not_served(site, tmp_path):
+    photos = tmp_path / "p"
+    make_folder(photos, 3)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    library = tmp_path / "lib"
+    assert _organizer("-L", str(library), "ingest", str(photos)).returncode == 0
+    server = Server(library)
+    try:
+        ids = {
+            Path(r["path"]).name: r["image_id"]
+            for r in server.json("/api/search?q=x&n=9")["results"]
+        }
+        assert "broken.jpg" not in ids and len(ids) == 3
+        # broken.jpg has the next id: known to the library, failed, so never served
+        assert server.get(f"/image/{max(ids.values()) + 1}")[0] == 404
+        status, _, page = server.get("/status")
+        assert status == 200 and b"broken.jpg" in page
+    finally:
+        server.stop()
+
+
+def test_hostile_file_names_render_inert(site):
+    server = site["server"]
+    ids = _ids(server)
+    for path in (f"/view/{ids[HOSTILE_NAME]}", "/clusters", "/duplicates", "/status"):
+        status, _, page = server.get(path)
+        assert status == 200, path
+        assert b"<img src=x onerror" not in page, path
+    status, _, page = server.get(f"/view/{ids[HOSTILE_NAME]}")
+    assert b"&lt;img src=x onerror=alert(1)&gt;.jpg" in page
+
+
+def test_every_response_has_the_security_headers(site):
+    server = site["server"]
+    for path in ("/", "/clusters", "/api/status", "/static/app.js", "/image/999999"):
+        _, headers, _ = server.get(path)
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "default-src 'none'" in csp, path
+        assert "unsafe-inline" not in csp
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+    _, _, page = server.get("/")
+    assert b"<script>" not in page and b"onclick" not in page  # nothing inline to allow
+
+
+def test_a_foreign_host_header_is_refused(site):
+    """DNS rebinding: a page of evil.example resolving its name to 127.0.0.1."""
+    server = site["server"]
+    assert server.get("/api/status", host="evil.example")[0] == 400
+    assert server.get("/api/status", host=f"evil.example:{server.port}")[0] == 400
+    assert server.get("/api/status", host=f"localhost:{server.port}")[0] == 200
+
+
+def test_a_post_from_another_origin_is_refused(site):
+    server = site["server"]
+    status, _, _ = server.request(
+        "POST", "/api/search", body=b"x", headers={"Origin": "http://evil.example"}
+    )
+    assert status == 403
+
+
+def test_serving_changes_nothing_on_disk_but_thumbnails(site):
+    server = site["server"]
+
+    def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+        return {
+            str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in folder.rglob("*")
+            if "thumbs" not in p.parts
+        }
+
+    photos, library = snapshot(site["photos"]), snapshot(site["library"])
+    ids = _ids(server)
+    for path in (
+        "/",
+        "/clusters",
+        "/duplicates",
+        "/status",
+        f"/view/{ids['img003.jpg']}",
+        f"/thumb/{ids['img004.jpg']}",
+        f"/image/{ids['img004.jpg']}",
+        "/api/map",
+    ):
+        assert server.get(path)[0] == 200, path
+    assert snapshot(site["photos"]) == photos
+    assert snapshot(site["library"]) == library
+
+
+def test_new_images_appear_after_an_ingest(site, tmp_path):
+    photos = tmp_path / "p"
+    make_folder(photos, 3)
+    library = tmp_path / "lib"
+    assert _organizer("-L", str(library), "ingest", str(photos)).returncode == 0
+    server = Server(library)
+    try:
+        assert server.json("/api/status")["images"]["ok"] == 3
+        make_folder(photos, 2, start_seed=40)
+        assert _organizer("-L", str(library), "ingest").returncode == 0
+        assert server.json("/api/status")["images"]["ok"] == 5
+        found = server.json("/api/search?q=x&n=10")["results"]
+        assert len(found) == 5
+    finally:
+        server.stop()
+
+
+# -- the token ----------------------------------------------------------------------------------
+
+
+def test_with_a_token_every_request_needs_it(site):
+    server = Server(site["library"], "--token", TOKEN)
+    try:
+        assert server.get("/api/status")[0] == 401
+        assert server.get("/thumb/1")[0] == 401
+        assert (
+            server.get("/api/status", headers={"Authorization": "Bearer wrong-token-xx"})[0] == 401
+        )
+        ok = server.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok[0] == 200
+        # The printed link sets an HttpOnly cookie and drops the token from the address.
+        status, headers, _ = server.get(f"/clusters?token={TOKEN}")
+        assert status == 303 and headers["location"] == "/clusters"
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        session = cookie.split(";")[0]
+        assert server.get("/api/status", headers={"Cookie": session})[0] == 200
+        assert server.get("/api/status?token=wrong-token-xx")[0] == 401
+    finally:
+        log = server.stop()
+    assert f"?token={TOKEN}" in log  # the link to open, printed once
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0"], "give --token too"),
+        (["--host", "192.168.1.10"], "give --token too"),
+        (["--token", "short"], "at least 12"),
+        (["--port", "70000"], "65535"),
+    ],
+)
+def test_unsafe_or_bad_options_are_usage_errors(site, args, message):
+    done = _organizer("-L", str(site["library"]), "serve", *args, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1
+    assert "short" not in done.stderr or "--token" not in args  # a token is never echoed
+
+
+def test_a_taken_port_is_a_one_line_error(site):
+    done = _organizer("-L", str(site["library"]), "serve", "--port", str(site["server"].port))
+    assert done.returncode == 1
+    assert "cannot listen on 127.0.0.1" in done.stderr and done.stderr.count("\n") == 1
