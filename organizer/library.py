@@ -270,6 +270,11 @@ class Library:
                     self.engine, self.embedder, model, options, progress, cancel, run_id
                 )
                 summary = ingestor.run(targets)
+                # The index first, then the run is recorded finished: a reader (a server)
+                # that waits for the ingest to end then finds the index file in step.
+                problem = self.refresh_index(IndexDelta(base, ingestor.written))
+                if problem:
+                    summary.problems.append(problem)
                 status = RunStatus.FINISHED
             except Interrupted:
                 status = RunStatus.INTERRUPTED
@@ -277,9 +282,6 @@ class Library:
                 raise
             finally:
                 self._finish_run(run_id, status, ingestor.summary if ingestor else IngestSummary())
-            problem = self.refresh_index(IndexDelta(base, ingestor.written))
-            if problem:
-                summary.problems.append(problem)
         return summary
 
     def _ingest_options(self, options: IngestOptions) -> IngestOptions:

@@ -381,8 +381,11 @@ def test_new_images_appear_after_an_ingest(site, tmp_path):
         make_folder(photos, 2, start_seed=40)
         assert _organizer("-L", str(library), "ingest").returncode == 0
         assert server.json("/api/status")["images"]["ok"] == 5
-        found = server.json("/api/search?q=x&n=10")["results"]
-        assert len(found) == 5
+        # The new index is loaded in the background, swapped in when ready.
+        deadline = time.monotonic() + 30
+        while len(server.json("/api/search?q=x&n=10")["results"]) < 5:
+            assert time.monotonic() < deadline, "the new images never appeared"
+            time.sleep(0.2)
     finally:
         server.stop()
 

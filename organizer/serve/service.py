@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -60,7 +61,8 @@ class Service:
     def __init__(self, lib: Library):
         self.lib = lib
         self._lock = threading.RLock()  # guards the model's loading and the index swap
-        self._live: tuple[int, VectorIndex] | None = None
+        self._live: tuple[int, VectorIndex] | None = None  # (generation, index)
+        self._loading = False  # a newer index is being loaded in the background
         self._cache: dict[tuple, object] = {}  # per-generation results (duplicates, maps)
         self.thumbs = lib.home.cache_dir / "thumbs"
 
@@ -81,17 +83,34 @@ class Service:
             return q.index_generation(conn)
 
     def index(self) -> VectorIndex:
-        """The index of the database's current state, or, while an ingest is writing, of the
-        state before it (its images appear when it is done)."""
+        """The index of the last state the server has loaded. When the database has moved
+        on and no ingest is writing, the new state is loaded in the background and swapped
+        in when ready: no request waits for an index to be read or rebuilt (but the first)."""
         with self._lock:
             generation = self.generation()
-            stale = self._live is not None and self._live[0] != generation
-            if stale and self.lib.ingest_running():
-                return self._live[1]
-            if self._live is None or self._live[0] != generation:
+            if self._live is None:
                 self._live = (generation, self.lib.vectors())
-                self._cache.clear()
+            elif (
+                self._live[0] != generation
+                and not self._loading
+                and not self.lib.ingest_running()
+            ):
+                self._loading = True
+                threading.Thread(
+                    target=self._reload, args=(generation,), name="organizer-index", daemon=True
+                ).start()
             return self._live[1]
+
+    def _reload(self, generation: int) -> None:
+        try:
+            index = self.lib.vectors()
+            with self._lock:
+                self._live = (generation, index)
+                self._cache.clear()
+        except Exception as exc:  # noqa: BLE001 - the old index keeps serving; say why
+            print(f"warning: could not load the new index: {exc}", file=sys.stderr)
+        finally:
+            self._loading = False
 
     def finder(self) -> Finder:
         return Finder(self.lib.engine, self.index, self.embedder, self.lib.hidden_roots())

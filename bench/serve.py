@@ -1,0 +1,277 @@
+"""Web app benchmark: `organizer serve` over a 100k-image library, default model.
+
+    python bench/serve.py [--n 100000] [--seconds 30] [--clients 20]
+
+The library holds the 100 real photos (ingested with ViT-B-32-256, seeded random weights:
+the same compute as real ones) plus N-100 synthetic images with clustered 512-d vectors
+(their files do not exist; only the real ones are thumbnailed). The server runs as users
+run it; requests go over HTTP from this process. Printed: the CPU, then
+
+- /api/search p50/p95 over distinct texts (text encoding included), /api/similar p50/p95,
+  a cached /thumb p50/p95, each after warm-up, one client;
+- N clients for S seconds on a mix (search 20 %, similar 40 %, thumbnails 40 %): requests/s,
+  errors, p50/p95, and the server's resident memory before, after and its growth in the
+  second half of the run (flat memory: the second half grows by ~0);
+- the same mix while `organizer ingest` adds 300 photos to the library: errors, the slowest
+  request, and whether the new images are searchable once the ingest is done.
+
+Cached in $ORGANIZER_BENCH_DATA (default /tmp/organizer-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from catalogue import cpu, vectors  # noqa: E402 (bench/ is not a package)
+from common import DATA, ORGANIZER, PHOTOS, table, tree_rss_mb, variants  # noqa: E402
+
+WORDS = (
+    "dog cat beach sunset mountain city street car bicycle child wedding food cake flower "
+    "tree snow boat train concert party kitchen garden bird horse bridge night market "
+    "church portrait museum forest river lake desert airplane stadium office"
+).split()
+BULK = 5_000
+
+
+def make_library(n: int) -> Path:
+    """The real photos, ingested, plus synthetic images up to ``n``; cached by ``n``."""
+    library = DATA / f"serve-{n}"
+    if (library / "ready").exists():
+        return library
+    subprocess.run(["rm", "-rf", str(library)], check=True)
+    env_args = ["--pretrained", "none"]
+    done = subprocess.run(
+        [*ORGANIZER, "-L", str(library), "ingest", str(PHOTOS), *env_args, "-q"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(done.stderr)
+    from organizer.config import Settings
+    from organizer.library import Library
+    from organizer.store import queries as q
+    from organizer.store.db import write_transaction
+
+    synthetic = DATA / "serve-synthetic-root"
+    synthetic.mkdir(parents=True, exist_ok=True)  # present, so its images are searched
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2000, 512)).astype(np.float32)
+    with Library.open(Settings(library=library)) as lib:
+        with lib.engine.connect() as conn:
+            model = q.library_model(conn)
+        with write_transaction(lib.engine) as conn:
+            root_id = q.add_root(conn, str(synthetic))
+        total = n - 100
+        for start in range(0, total, BULK):
+            m = min(BULK, total - start)
+            rows = [
+                {
+                    "root_id": root_id,
+                    "relpath": f"{i // 1000:04d}/{i:08d}.jpg".encode(),
+                    "size": 2_000_000 + i,
+                    "mtime_ns": 1_700_000_000_000_000_000 + i,
+                    "content_hash": f"{i:064x}",
+                    "width": 4000,
+                    "height": 3000,
+                    "format": "JPEG",
+                }
+                for i in range(start, start + m)
+            ]
+            with write_transaction(lib.engine) as conn:
+                q.insert_embedded(conn, model.id, rows, vectors(rng, centres, m))
+        lib.refresh_index()
+        print(f"library: {n} images, index {lib.vectors().describe()}", flush=True)
+    (library / "ready").touch()
+    return library
+
+
+class Server:
+    def __init__(self, library: Path):
+        self.log = library.parent / "serve-bench.log"
+        self.proc = subprocess.Popen(
+            [*ORGANIZER, "-L", str(library), "serve", "--port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "w"),  # noqa: SIM115 - the child owns it
+        )
+        deadline = time.monotonic() + 120
+        while "serving " not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the server did not start: {self.log.read_text()}")
+            time.sleep(0.1)
+        url = self.log.read_text().split(" at ", 1)[1].split()[0]
+        self.port = int(url.split(":")[2].split("/")[0])
+
+    def rss_mb(self) -> float:
+        return tree_rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class Client:
+    """One keep-alive HTTP connection."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def get(self, path: str) -> tuple[int, bytes, float]:
+        started = time.perf_counter()
+        try:
+            self.conn.request("GET", path)
+            response = self.conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            return 0, b"", time.perf_counter() - started
+        return response.status, data, time.perf_counter() - started
+
+
+def percentiles(times: list[float]) -> tuple[str, str]:
+    ms = sorted(t * 1000 for t in times)
+    return f"{statistics.median(ms):.1f}", f"{ms[int(0.95 * (len(ms) - 1))]:.1f}"
+
+
+def query(rng: random.Random) -> str:
+    return quote(" ".join(rng.sample(WORDS, rng.choice((1, 2, 3)))))
+
+
+def single(port: int, real_ids: list[int], all_ids: list[int]) -> list[list[str]]:
+    client, rng = Client(port), random.Random(1)
+    for _ in range(5):  # warm-up: the model's first passes
+        client.get(f"/api/search?q={query(rng)}&n=12")
+    rows = []
+    searches = [client.get(f"/api/search?q={query(rng)}+{i}&n=12") for i in range(60)]
+    similars = [client.get(f"/api/similar/{rng.choice(all_ids)}?n=12") for _ in range(200)]
+    for i in real_ids:
+        client.get(f"/thumb/{i}")  # made once, cached after
+    thumbs = [client.get(f"/thumb/{rng.choice(real_ids)}") for _ in range(300)]
+    for name, results in (("/api/search", searches), ("/api/similar", similars),
+                          ("/thumb (cached)", thumbs)):
+        bad = sum(1 for s, _, _ in results if s != 200)
+        rows.append([name, str(len(results)), *percentiles([t for _, _, t in results]), str(bad)])
+    return rows
+
+
+def mix(port: int, clients: int, seconds: float, real_ids, all_ids, server) -> dict:
+    stop = time.monotonic() + seconds
+    times: list[float] = []
+    errors: list[int] = []
+    rss: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        client, rng = Client(port), random.Random(seed)
+        while time.monotonic() < stop:
+            roll = rng.random()
+            if roll < 0.2:
+                path = f"/api/search?q={query(rng)}&n=24"
+            elif roll < 0.6:
+                path = f"/api/similar/{rng.choice(all_ids)}?n=24"
+            else:
+                path = f"/thumb/{rng.choice(real_ids)}"
+            status, _, took = client.get(path)
+            with lock:
+                times.append(took)
+                if status != 200:
+                    errors.append(status)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        rss.append((time.monotonic() - started, server.rss_mb()))
+        time.sleep(0.5)
+    wall = time.monotonic() - started
+    half = [m for t, m in rss if t >= seconds / 2]
+    p50, p95 = percentiles(times)
+    return {
+        "requests": len(times),
+        "per_s": len(times) / wall,
+        "errors": len(errors),
+        "p50": p50,
+        "p95": p95,
+        "max_ms": max(times) * 1000,
+        "rss_start": rss[0][1],
+        "rss_end": rss[-1][1],
+        "second_half_growth": (half[-1] - half[0]) if len(half) > 1 else 0.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--clients", type=int, default=20)
+    args = ap.parse_args()
+    print(cpu(), flush=True)
+    library = make_library(args.n)
+    server = Server(library)
+    try:
+        client = Client(server.port)
+        while client.get("/api/search?q=warm&n=1")[0] != 200:
+            time.sleep(0.5)
+        status = json.loads(client.get("/api/status")[1])
+        print(f"serving {status['images']['ok']} images, index: {status['index']['description']}")
+        found = json.loads(client.get("/api/search?q=photo&n=500")[1])["results"]
+        real_ids = sorted({r["image_id"] for r in found if "openimages" in r["root"]})
+        real_ids = real_ids or list(range(1, 101))
+        all_ids = list(range(1, args.n + 1))
+        rows = single(server.port, real_ids, all_ids)
+        print(table(rows, ["endpoint (1 client)", "requests", "p50 ms", "p95 ms", "errors"]))
+
+        load = mix(server.port, args.clients, args.seconds, real_ids, all_ids, server)
+        print(
+            f"\n{args.clients} clients, {args.seconds:.0f} s: {load['requests']} requests "
+            f"({load['per_s']:.0f}/s), {load['errors']} errors, p50 {load['p50']} ms, p95 "
+            f"{load['p95']} ms; server RSS {load['rss_start']:.0f} -> {load['rss_end']:.0f} MB "
+            f"(second half: {load['second_half_growth']:+.0f} MB)"
+        )
+
+        new = variants("serve-extra", 300, 1024)
+        ingest = subprocess.Popen(
+            [*ORGANIZER, "-L", str(library), "ingest", str(new), "-q"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started = time.monotonic()
+        during = {"requests": 0, "errors": 0, "max_ms": 0.0}
+        while ingest.poll() is None:
+            part = mix(server.port, 4, 5, real_ids, all_ids, server)
+            during["requests"] += part["requests"]
+            during["errors"] += part["errors"]
+            during["max_ms"] = max(during["max_ms"], part["max_ms"])
+        ingest_s = time.monotonic() - started
+        if ingest.returncode != 0:
+            sys.exit(f"the ingest failed: {ingest.stderr.read()}")
+        after = json.loads(Client(server.port).get("/api/status")[1])["images"]["ok"]
+        print(
+            f"\nwhile an ingest of 300 photos ran ({ingest_s:.0f} s): {during['requests']} "
+            f"requests, {during['errors']} errors, slowest {during['max_ms']:.0f} ms; after it, "
+            f"the server holds {after} images ({after - status['images']['ok']:+d})"
+        )
+    finally:
+        server.stop()
+        if "new" in locals():  # the next run adds them again
+            subprocess.run(
+                [*ORGANIZER, "-L", str(library), "roots", "remove", str(new)], capture_output=True
+            )
+
+
+if __name__ == "__main__":
+    main()
