@@ -35,14 +35,48 @@ from urllib.parse import quote
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from catalogue import cpu, vectors  # noqa: E402 (bench/ is not a package)
-from common import DATA, ORGANIZER, PHOTOS, table, tree_rss_mb, variants  # noqa: E402
+from catalogue import cpu, vectors
+from common import DATA, ORGANIZER, PHOTOS, table, tree_rss_mb, variants
 
-WORDS = (
-    "dog cat beach sunset mountain city street car bicycle child wedding food cake flower "
-    "tree snow boat train concert party kitchen garden bird horse bridge night market "
-    "church portrait museum forest river lake desert airplane stadium office"
-).split()
+WORDS = [
+    "dog",
+    "cat",
+    "beach",
+    "sunset",
+    "mountain",
+    "city",
+    "street",
+    "car",
+    "bicycle",
+    "child",
+    "wedding",
+    "food",
+    "cake",
+    "flower",
+    "tree",
+    "snow",
+    "boat",
+    "train",
+    "concert",
+    "party",
+    "kitchen",
+    "garden",
+    "bird",
+    "horse",
+    "bridge",
+    "night",
+    "market",
+    "church",
+    "portrait",
+    "museum",
+    "forest",
+    "river",
+    "lake",
+    "desert",
+    "airplane",
+    "stadium",
+    "office",
+]
 BULK = 5_000
 
 
@@ -159,8 +193,11 @@ def single(port: int, real_ids: list[int], all_ids: list[int]) -> list[list[str]
     for i in real_ids:
         client.get(f"/thumb/{i}")  # made once, cached after
     thumbs = [client.get(f"/thumb/{rng.choice(real_ids)}") for _ in range(300)]
-    for name, results in (("/api/search", searches), ("/api/similar", similars),
-                          ("/thumb (cached)", thumbs)):
+    for name, results in (
+        ("/api/search", searches),
+        ("/api/similar", similars),
+        ("/thumb (cached)", thumbs),
+    ):
         bad = sum(1 for s, _, _ in results if s != 200)
         rows.append([name, str(len(results)), *percentiles([t for _, _, t in results]), str(bad)])
     return rows

@@ -801,12 +801,12 @@ def roots_move(
 
 
 def _token(value: str | None) -> str | None:
-    from organizer.serve import MIN_TOKEN
+    from organizer.serve import MIN_TOKEN, TOKEN_CHARACTERS
 
-    if value is not None and (len(value) < MIN_TOKEN or not value.isprintable() or " " in value):
+    if value is not None and (len(value) < MIN_TOKEN or not set(value) <= TOKEN_CHARACTERS):
         raise typer.BadParameter(
-            f"use at least {MIN_TOKEN} printable characters without spaces, e.g. the output of "
-            "`python -c 'import secrets; print(secrets.token_urlsafe())'`"
+            f"use at least {MIN_TOKEN} letters, digits, '-', '_', '.' or '~', e.g. the output "
+            "of `python -c 'import secrets; print(secrets.token_urlsafe())'`"
         )
     return value
 

@@ -174,9 +174,13 @@ class Finder:
 
     def text_vector(self, text: str) -> np.ndarray:
         """A text query's vector (in open_clip's prompt); never read as a file path."""
-        if not text.strip():
+        return self.text_vectors([text])[0]
+
+    def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts' vectors in one pass of the model (each in open_clip's prompt)."""
+        if any(not t.strip() for t in texts):
             raise QueryError("empty query: give a text or an image path")
-        return self.embedder().embed_texts([search.PROMPT.format(text.strip())])[0]
+        return self.embedder().embed_texts([search.PROMPT.format(t.strip()) for t in texts])
 
     # -- the three searches ----------------------------------------------------------------
 

@@ -440,14 +440,18 @@ class Library:
             lambda: self.home.may_write_index(self._writing),
         )
 
-    def vectors(self) -> VectorIndex:
+    def vectors(self, save: bool = True) -> VectorIndex:
         """The vector index: kept in memory while the database's vectors do not change, read
-        from its file when that matches the database, else rebuilt."""
+        from its file when that matches the database, else rebuilt (and, with ``save``,
+        written back when no writer runs; a server never writes it)."""
         with self.engine.connect() as conn:
             generation = q.index_generation(conn)
         if self._index is not None and self._index[0] == generation:
             return self._index[1]
-        index = self.index_cache.load()
+        cache = self.index_cache
+        if not save:
+            cache.may_write = lambda: contextlib.nullcontext(False)
+        index = cache.load()
         self._index = (generation, index)
         return index
 
@@ -605,18 +609,14 @@ class Library:
             last = q.last_run(conn)
         if last is None or last.status != RunStatus.RUNNING:
             return False
-        return not isinstance(self.home, FolderHome) or _pid_alive(last.pid)
+        return self._writer_alive(last.pid)
 
     def _writer_alive(self, pid: int) -> bool:
         """Whether the ingest run by ``pid`` is still alive. A folder library's writers run on
         this machine: ask the kernel. On a server, whether anyone holds the writer lock."""
         if isinstance(self.home, FolderHome):
             return _pid_alive(pid)
-        lock = self.home.writer_lock("status")
-        got = lock.try_acquire()
-        if got:
-            lock.release()
-        return not got
+        return self.home.writer_lock("status").taken()
 
     def _photos_under(self, folder: str) -> int:
         """How many images the library holds at or below ``folder``."""

@@ -136,6 +136,14 @@ class AdvisoryLock(_Lock):
                 return name.removeprefix("organizer ")
         return "another organizer process"
 
+    def taken(self) -> bool:
+        """Whether some session holds the lock now, asked without trying to take it (a try,
+        even for an instant, could turn a starting ingest away as busy)."""
+        key = ADVISORY_KEY & 0xFFFFFFFFFFFFFFFF
+        params = {"high": key >> 32, "low": key & 0xFFFFFFFF}
+        with self.engine.connect() as conn:
+            return bool(conn.execute(_HOLDER, params).first())
+
     def acquire(self, wait: bool = False, poll_s: float = 0.2) -> None:
         """Take the lock, or raise LibraryBusyError at once (``wait=False``) naming the holder."""
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")

@@ -85,8 +85,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A library of 9 pictures (one hostile name, one with GPS in its EXIF, one that will
-    become a symlink out of the root), clustered, served without a token."""
+    """A library of 10 pictures (one hostile name, one not UTF-8, one with GPS in its EXIF,
+    one that will become a symlink out of the root), clustered, served without a token."""
     base = tmp_path_factory.mktemp("serve")
     photos = base / "photos"
     make_folder(photos, 6)
@@ -96,6 +96,7 @@ def site(tmp_path_factory):
     exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0)}  # GPS latitude
     write_picture(photos / "gps.jpg", 51, exif=exif.tobytes())
     write_picture(photos / "leaks.jpg", 52)
+    write_picture(photos / os.fsdecode(b"odd-\xff\xfe.jpg"), 53)  # not UTF-8
     outside = base / "outside"
     outside.mkdir()
     (outside / "secret.jpg").write_bytes((photos / "leaks.jpg").read_bytes())
@@ -148,6 +149,11 @@ def test_bad_queries_are_one_line_400s(site):
         "/api/search?q=x&n=0",
         "/api/search?q=x&n=abc",
         "/api/search?q=x&n=100000",
+        "/api/search?q=" + quote(" ".join(["+ab"] * 40)),
+        "/api/search?q=" + "a" * 2000,
+        "/api/clusters?n=-1",
+        "/api/clusters?n=100000000",
+        "/api/clusters?run=99999999999999999999",
     ):
         status, headers, data = server.get(path)
         assert status == 400, path
@@ -182,11 +188,49 @@ def test_search_by_uploaded_picture(site):
         "POST", "/api/search?n=2", body=picture, headers={"Content-Type": "image/jpeg"}
     )
     assert status == 200 and Path(json.loads(data)["results"][0]["path"]).name == "img000.jpg"
-    # Not a picture: a one-line 400, not a crash
+    # Not a picture: a one-line 400 that names no server path, not a crash
     status, _, data = server.request(
         "POST", "/api/search", body=b"hello", headers={"Content-Type": "image/jpeg"}
     )
-    assert status == 400 and "cannot read" in json.loads(data)["error"]
+    error = json.loads(data)["error"]
+    assert status == 400 and "not a picture" in error and "/tmp" not in error
+    # The bytes decide the decoder, not the name the client sends (no RAW decoder here)
+    named = body.replace(b'filename="q.jpg"', b'filename="q.nef"')
+    status, _, data = server.request(
+        "POST",
+        "/api/search?n=1",
+        body=named,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 200 and Path(json.loads(data)["results"][0]["path"]).name == "img000.jpg"
+
+
+def test_uploads_are_capped_however_they_are_sent(site):
+    """A chunked body has no Content-Length to check first: it is counted as it comes."""
+    server = site["server"]
+    chunk = bytes(1 << 20)
+
+    def chunks():
+        for _ in range(70):  # 70 MB, over the 64 MB cap
+            yield chunk
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request(
+        "POST",
+        "/api/search",
+        body=chunks(),
+        headers={"Content-Type": "image/jpeg", "Host": f"127.0.0.1:{server.port}"},
+        encode_chunked=True,
+    )
+    assert conn.getresponse().status == 413
+    conn.close()
+    status, _, _ = server.request(
+        "POST",
+        "/api/search",
+        body=b"x",
+        headers={"Content-Type": "image/jpeg", "Content-Length": str(100 << 20)},
+    )
+    assert status == 413
 
 
 def test_similar_leaves_the_image_out(site):
@@ -214,7 +258,7 @@ def test_clusters_duplicates_and_status_are_the_cli_documents(site):
     groups = server.json("/api/duplicates")
     assert set(groups) == {"groups"}
     map_data = server.json("/api/map")
-    assert len(map_data["points"]) == 9
+    assert len(map_data["points"]) == 10
     assert all(0 <= p[1] <= 1 and 0 <= p[2] <= 1 for p in map_data["points"])
 
 
@@ -239,6 +283,11 @@ def test_originals_are_served_as_they_are(site):
     status, headers, data = server.get(f"/image/{ids['img002.jpg']}")
     assert status == 200 and headers["content-type"] == "image/jpeg"
     assert data == next(site["photos"].rglob("img002.jpg")).read_bytes()
+    odd = next(i for name, i in ids.items() if name.startswith("odd-"))
+    status, _, data = server.get(f"/image/{odd}")  # a name that is not UTF-8
+    assert status == 200
+    assert data == (site["photos"] / os.fsdecode(b"odd-\xff\xfe.jpg")).read_bytes()
+    assert server.get(f"/view/{odd}")[0] == 200
 
 
 # -- what is never served ----------------------------------------------------------------------
@@ -259,6 +308,11 @@ def test_originals_are_served_as_they_are(site):
         "/static/../../../../etc/passwd",
         "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
         "/image/-1",
+        "/image/0",
+        "/image/99999999999999999999",
+        "/view/99999999999999999999",
+        "/api/similar/99999999999999999999",
+        "/clusters/99999999999999999999/1",
     ],
 )
 def test_unknown_ids_and_traversals_are_404(site, path):
@@ -370,6 +424,22 @@ def test_serving_changes_nothing_on_disk_but_thumbnails(site):
     assert snapshot(site["library"]) == library
 
 
+def test_the_server_never_writes_the_index(tmp_path):
+    """A missing index file is rebuilt in memory: the server writes nothing but thumbnails
+    (and never takes the writer lock, which could turn an ingest away)."""
+    photos = tmp_path / "p"
+    make_folder(photos, 3)
+    library = tmp_path / "lib"
+    assert _organizer("-L", str(library), "ingest", str(photos)).returncode == 0
+    (library / "vectors.faiss").unlink()
+    server = Server(library)
+    try:
+        assert len(server.json("/api/search?q=x&n=10")["results"]) == 3
+        assert not (library / "vectors.faiss").exists()
+    finally:
+        server.stop()
+
+
 def test_new_images_appear_after_an_ingest(site, tmp_path):
     photos = tmp_path / "p"
     make_folder(photos, 3)
@@ -408,6 +478,12 @@ def test_with_a_token_every_request_needs_it(site):
         assert status == 303 and headers["location"] == "/clusters"
         cookie = headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        assert cookie.startswith(f"organizer_session_{server.port}=")  # one name per port
+        # The redirect stays on this server, whatever path the link names
+        for path in ("//evil.example/", "/%0d%0aX:%20y"):
+            status, headers, _ = server.get(f"{path}?token={TOKEN}")
+            assert status == 303 and not headers["location"].startswith("//")
+            assert "\r" not in headers["location"] and "\n" not in headers["location"]
         session = cookie.split(";")[0]
         assert server.get("/api/status", headers={"Cookie": session})[0] == 200
         assert server.get("/api/status?token=wrong-token-xx")[0] == 401
@@ -422,6 +498,8 @@ def test_with_a_token_every_request_needs_it(site):
         (["--host", "0.0.0.0"], "give --token too"),
         (["--host", "192.168.1.10"], "give --token too"),
         (["--token", "short"], "at least 12"),
+        (["--token", "abc+def&x=1#yz%41"], "at least 12"),
+        (["--host", "127.0.0.1.nip.io"], "give --token too"),
         (["--port", "70000"], "65535"),
     ],
 )

@@ -32,7 +32,7 @@ def test_the_app_in_a_browser(site, browser_page):  # noqa: F811 - fixtures
     page.press("#q", "Enter")
     page.wait_for_selector("#results .card img")
     cards = page.locator("#results .card")
-    assert cards.count() == 9
+    assert cards.count() == 10
     first = page.locator("#results .card img").first
     first.scroll_into_view_if_needed()
     page.wait_for_timeout(300)
@@ -44,7 +44,7 @@ def test_the_app_in_a_browser(site, browser_page):  # noqa: F811 - fixtures
     page.wait_for_selector("#picture")
     assert _loaded(page.locator("#picture"))
     similar = page.locator("#similar .card")
-    assert similar.count() == 8  # the others
+    assert similar.count() == 9  # the others
     similar.first.click()
     page.wait_for_selector("#picture")
     assert "/view/" in page.url

@@ -17,6 +17,14 @@ pytestmark = pytest.mark.both_backends
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _ingest_running(library) -> bool:
+    from organizer.config import Settings
+    from organizer.library import Library
+
+    with Library.open(Settings(library=library)) as lib:
+        return lib.ingest_running()
+
+
 def _status(cli) -> dict:
     result = cli("status", "--json")
     assert result.exit_code == 0, result.output
@@ -54,9 +62,11 @@ def test_running_then_killed_then_finished(cli, library, tmp_path):
         assert seen is not None and seen["pid"] == writer.pid
         text = cli("status").stdout
         assert "running since" in text and f"(pid {writer.pid})" in text and "of 40 files" in text
+        assert _ingest_running(library)  # what a server asks, without touching the lock
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.communicate()
+    assert not _ingest_running(library)  # killed: a server must not wait for it forever
     killed = _status(cli)
     assert killed["status"] == "interrupted" and killed["pid"] == writer.pid
     assert (

@@ -4,13 +4,17 @@ status) and its JSON API. Needs the ``serve`` extra (Starlette, uvicorn, python-
 from __future__ import annotations
 
 import socket
+import string
 import threading
 import webbrowser
 from collections.abc import Callable
+from urllib.parse import quote
 
 from organizer.errors import OrganizerError
 
 MIN_TOKEN = 12
+# URL-safe: the token travels in the printed link and in a Bearer header as it is.
+TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~")
 
 
 class ServeError(OrganizerError):
@@ -65,9 +69,9 @@ def serve(
     sock = listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
+    url = f"http://{shown}:{bound}/" + (f"?token={quote(token, safe='')}" if token else "")
     config = uvicorn.Config(
-        create_app(service, host, token),
+        create_app(service, host, token, bound),
         log_level="warning",
         access_log=False,
         lifespan="off",

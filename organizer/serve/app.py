@@ -36,7 +36,9 @@ MAX_RESULTS = 500
 PAGE = 24
 
 
-def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = None) -> Guard:
+def create_app(
+    service: Service, bound: str = "127.0.0.1", token: str | None = None, port: int = 0
+) -> Guard:
     """The ASGI app over an opened library, behind the :class:`Guard`."""
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -68,7 +70,7 @@ def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = N
         return page("clusters.html", request, runs=runs, summary=summary, gallery=12)
 
     def cluster_page(request: Request) -> HTMLResponse:
-        summary = service.run(int(request.path_params["run"]))
+        summary = service.run(_id(request, "run"))
         number = int(request.path_params["number"])
         found = next((c for c in summary.clusters if c.number == number), None)
         if found is None:
@@ -91,26 +93,21 @@ def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = N
         return JSONResponse(service.search_text(text, limit, offset).to_dict())
 
     async def api_search_image(request: Request) -> JSONResponse:
-        length = _int(request.headers.get("content-length"), 0)
-        if length > MAX_UPLOAD:
-            raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB")
+        body = await _body(request)  # whatever the transfer encoding, at most MAX_UPLOAD
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=4) as form:
+
+            async def replay() -> dict:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async with Request(request.scope, replay).form(max_files=1, max_fields=4) as form:
                 upload = form.get("image")
                 if upload is None or isinstance(upload, str):
                     raise QueryError("send the picture in a form field named 'image'")
-                data = await upload.read(MAX_UPLOAD + 1)
+                data = await upload.read()
                 name = upload.filename or "uploaded image"
         else:
-            data = b""
-            async for chunk in request.stream():
-                data += chunk
-                if len(data) > MAX_UPLOAD:
-                    break
-            name = "uploaded image" + (mimetypes.guess_extension(kind.split(";")[0]) or "")
-        if len(data) > MAX_UPLOAD:
-            raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB")
+            data, name = body, "uploaded image"
         if not data:
             raise QueryError("no image was sent")
         limit, offset = _paging(request)
@@ -124,6 +121,8 @@ def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = N
     def api_clusters(request: Request) -> JSONResponse:
         summary = service.run(_int(request.query_params.get("run"), None))
         shown = _int(request.query_params.get("n"), 5)
+        if not 0 <= shown <= MAX_RESULTS:
+            raise QueryError(f"n must be 0..{MAX_RESULTS}")
         data = summary.to_dict(representatives=shown)
         for entry, c in zip(data["clusters"], summary.clusters, strict=True):
             entry["representative_ids"] = [m.image_id for m in c.members[:shown]]
@@ -153,11 +152,7 @@ def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = N
         if not kind.startswith("image/") or kind == "image/svg+xml":
             kind = "application/octet-stream"  # never a document the browser would run
         return FileResponse(
-            real,
-            media_type=kind,
-            headers={"cache-control": "private, max-age=3600"},
-            content_disposition_type="inline",
-            filename=os.path.basename(real),
+            real, media_type=kind, headers={"cache-control": "private, max-age=3600"}
         )
 
     routes = [
@@ -188,7 +183,7 @@ def create_app(service: Service, bound: str = "127.0.0.1", token: str | None = N
             Unexpected: _unexpected,
         },
     )
-    return Guard(app, bound, token)
+    return Guard(app, bound, token, port)
 
 
 class Unexpected(Exception):
@@ -238,15 +233,38 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error(request, 500, f"{exc} (the server's output says more)")
 
 
-def _id(request: Request) -> int:
-    return int(request.path_params["image_id"])
+MAX_ID = 2**63 - 1
+
+
+def _id(request: Request, name: str = "image_id") -> int:
+    """An id in the path: one the database could hold, else 404."""
+    number = int(request.path_params[name])
+    if not 1 <= number <= MAX_ID:
+        raise NotFound(number)
+    return number
 
 
 def _int(value: str | None, default):
     try:
-        return int(value) if value is not None else default
+        number = int(value) if value is not None else default
     except ValueError:
-        raise QueryError(f"not a whole number: {value!r}") from None
+        raise QueryError(f"not a whole number: {value[:40]!r}") from None
+    if number is not None and abs(number) > MAX_ID:
+        raise QueryError("that number is out of range")
+    return number
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, refused (413) past MAX_UPLOAD however it is sent (a chunked body
+    has no Content-Length to check first)."""
+    if _int(request.headers.get("content-length"), 0) > MAX_UPLOAD:
+        raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB, please")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_UPLOAD:
+            raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB, please")
+    return bytes(body)
 
 
 def _paging(request: Request) -> tuple[int, int]:

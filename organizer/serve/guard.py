@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,7 +36,14 @@ SECURITY_HEADERS = [
 
 
 def is_loopback(host: str) -> bool:
-    return host.strip("[]") in LOOPBACK_NAMES or host.startswith("127.")
+    """``localhost`` or a loopback address literal (not a name that merely starts "127.")."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def host_name(header: str) -> str:
@@ -48,9 +56,11 @@ def host_name(header: str) -> str:
 class Guard:
     """See the module's docstring. ``bound`` is the host the server listens on."""
 
-    def __init__(self, app: ASGIApp, bound: str, token: str | None):
+    def __init__(self, app: ASGIApp, bound: str, token: str | None, port: int = 0):
         self.app = app
         self.token = token
+        # Cookies ignore ports: one name per port, so two servers on a host keep theirs.
+        self.cookie = f"{COOKIE}_{port}"
         self.any_host = bound in WILDCARD_HOSTS
         self.hosts = set(LOOPBACK_NAMES) | {bound.strip("[]").lower()}
         self.session = _session_value(token) if token else None
@@ -93,7 +103,7 @@ class Guard:
             return True
         for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE and hmac.compare_digest(value.encode(), self.session.encode()):
+            if name == self.cookie and hmac.compare_digest(value.encode(), self.session.encode()):
                 return True
         return False
 
@@ -101,8 +111,13 @@ class Guard:
         """The printed link's token becomes an HttpOnly, same-site cookie; the address bar
         (and the history) keeps the page without the token."""
         rest = urlencode({k: v for k, v in query.items() if k != "token"})
-        location = scope["path"] + (f"?{rest}" if rest else "")
-        cookie = f"{COOKIE}={self.session}; Path=/; HttpOnly; SameSite=Strict"
+        # The path as sent (still percent-encoded), and only a path of this server: no
+        # "//other.host", no control characters.
+        path = scope.get("raw_path", b"/").decode("latin-1")
+        if not path.startswith("/") or path.startswith("//") or not path.isprintable():
+            path = "/"
+        location = path + (f"?{rest}" if rest else "")
+        cookie = f"{self.cookie}={self.session}; Path=/; HttpOnly; SameSite=Strict"
         await send(
             {
                 "type": "http.response.start",

@@ -27,6 +27,7 @@ from organizer.errors import ClusterError, ImageError, QueryError
 from organizer.finder import DuplicateGroup, Finder, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
+from organizer.pipeline import Job, prepare
 from organizer.report import projection
 from organizer.scan import is_raw_name
 from organizer.store import cluster_queries as cq
@@ -39,6 +40,8 @@ THUMB_QUALITY = 82
 MAX_SOURCE_BYTES = 512 * 1024 * 1024
 MAP_POINTS = 5_000
 NEAR_DUPLICATE = 0.96
+MAX_TERMS = 16
+MAX_QUERY_CHARS = 1000
 
 
 class NotFound(LookupError):
@@ -89,11 +92,9 @@ class Service:
         with self._lock:
             generation = self.generation()
             if self._live is None:
-                self._live = (generation, self.lib.vectors())
+                self._live = (generation, self.lib.vectors(save=False))
             elif (
-                self._live[0] != generation
-                and not self._loading
-                and not self.lib.ingest_running()
+                self._live[0] != generation and not self._loading and not self.lib.ingest_running()
             ):
                 self._loading = True
                 threading.Thread(
@@ -103,11 +104,11 @@ class Service:
 
     def _reload(self, generation: int) -> None:
         try:
-            index = self.lib.vectors()
+            index = self.lib.vectors(save=False)
             with self._lock:
                 self._live = (generation, index)
                 self._cache.clear()
-        except Exception as exc:  # noqa: BLE001 - the old index keeps serving; say why
+        except Exception as exc:  # the old index keeps serving; say why
             print(f"warning: could not load the new index: {exc}", file=sys.stderr)
         finally:
             self._loading = False
@@ -122,21 +123,28 @@ class Service:
         Every term is a text: the server never reads a path a client names."""
         query, plus, minus = parse_query(text)
         finder = self.finder()
-        terms = [(finder.text_vector(query), 1.0)] if query else []
-        terms += [(finder.text_vector(t), 1.0) for t in plus]
-        terms += [(finder.text_vector(t), -1.0) for t in minus]
-        hits = finder.ranked(search.combine(terms), limit + offset, (), None)
+        texts = [*([query] if query else []), *plus, *minus]
+        weights = [*([1.0] if query else []), *([1.0] * len(plus)), *([-1.0] * len(minus))]
+        vectors = finder.text_vectors(texts)
+        hits = finder.ranked(
+            search.combine(list(zip(vectors, weights, strict=True))), limit + offset, (), None
+        )
         return Results(" ".join(text.split()), _page(hits, offset))
 
     def search_image(self, data: bytes, name: str, limit: int, offset: int = 0) -> Results:
-        """Images like an uploaded picture (embedded, not added to the library)."""
-        suffix = Path(name).suffix.lower() if Path(name).suffix.isascii() else ""
-        with tempfile.NamedTemporaryFile(prefix="organizer-query-", suffix=suffix[:10]) as fh:
+        """Images like an uploaded picture (embedded, not added to the library). The bytes
+        alone decide how it is decoded (no camera-RAW decoder for a name ending in .nef)."""
+        embedder = self.embedder()
+        with tempfile.NamedTemporaryFile(prefix="organizer-query-") as fh:
             fh.write(data)
             fh.flush()
-            finder = self.finder()
-            vector = finder.embed_file(Path(fh.name))
-        hits = finder.ranked(vector, limit + offset, (), None)
+            prepared = prepare(Job(0, os.fsencode(fh.name), -1, -1), embedder.preprocess)
+        if prepared.error:
+            raise QueryError(
+                f"the uploaded file is not a picture organizer reads ({prepared.error})"
+            )
+        vector = embedder.embed_pixels(prepared.pixels[None])[0]
+        hits = self.finder().ranked(vector, limit + offset, (), None)
         return Results(name or "uploaded image", _page(hits, offset))
 
     def similar_to(self, image_id: int, limit: int, offset: int = 0) -> Results:
@@ -146,15 +154,17 @@ class Service:
         return Results(_display(record), _page(hits, offset))
 
     def duplicates(self, threshold: float = NEAR_DUPLICATE) -> list[DuplicateGroup]:
-        key = ("duplicates", threshold)
-        index = self.index()  # (re)reads the generation, and clears the cache on a change
+        """Duplicate groups of the index served now, computed once per index."""
+        index = self.index()
         with self._lock:
+            key = ("duplicates", threshold, self._live[0] if self._live else None)
             cached = self._cache.get(key)
         if cached is None:
             finder = Finder(self.lib.engine, lambda: index, self.embedder, self.lib.hidden_roots())
             cached = finder.duplicates(threshold)
             with self._lock:
-                self._cache[key] = cached
+                if self._live is not None and self._live[1] is index:  # not swapped meanwhile
+                    self._cache[key] = cached
         return cached  # type: ignore[return-value]
 
     def image_page(self, image_id: int, limit: int = 12) -> ImagePage:
@@ -291,6 +301,10 @@ def parse_query(text: str) -> tuple[str | None, list[str], list[str]]:
     query = " ".join(words) or None
     if query is None and not plus:
         raise QueryError("empty query: type what to look for")
+    if len(text) > MAX_QUERY_CHARS or len(plus) + len(minus) + 1 > MAX_TERMS:
+        raise QueryError(
+            f"a query of at most {MAX_QUERY_CHARS} characters and {MAX_TERMS} terms, please"
+        )
     return query, plus, minus
 
 
