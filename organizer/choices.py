@@ -19,6 +19,11 @@ class Device(StrEnum):
     CUDA = "cuda"
 
 
+class Engine(StrEnum):
+    LOCAL = "local"  # this machine: decode processes beside the model
+    RAY = "ray"  # a Ray cluster: decode tasks and embedding actors on every machine
+
+
 class Precision(StrEnum):
     AUTO = "auto"  # the fastest that keeps the vectors right on this machine
     FP32 = "fp32"

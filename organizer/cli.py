@@ -22,6 +22,7 @@ from organizer import console as out
 from organizer.choices import (
     Algorithm,
     Device,
+    Engine,
     ExportMode,
     KSpec,
     LabelSource,
@@ -297,8 +298,30 @@ def ingest(
         typer.Option(min=1, help="Images per model batch [env ORGANIZER_BATCH_SIZE]."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Decode worker processes [env ORGANIZER_WORKERS].")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Decode worker processes; with --engine ray, embedding actors (default: one "
+            "per GPU, else one per machine) [env ORGANIZER_WORKERS].",
+        ),
     ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="Where to decode and embed: this machine, or a Ray cluster "
+            "(pip install 'organizer[ray]')."
+        ),
+    ] = Engine.LOCAL,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|ray://HOST:10001",
+            help="The Ray cluster to join (default: RAY_ADDRESS, else a local one for this run).",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option(min=0, help="GPUs per embedding actor with --engine ray (e.g. 1).")
+    ] = 0.0,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for a busy library instead of failing.")
     ] = False,
@@ -324,10 +347,16 @@ def ingest(
 
     Example: organizer ingest ~/Photos ~/Phone
     """
-    from organizer.ingest import IngestOptions
+    from organizer.ingest import IngestOptions, RayOptions
 
+    if engine == Engine.LOCAL and (ray_address or gpus_per_worker):
+        out.err("error: --ray-address and --gpus-per-worker go with --engine ray")
+        raise typer.Exit(EXIT_USAGE)
+    ray = None
+    if engine == Engine.RAY:
+        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
     options = IngestOptions(
-        retry_failed=retry_failed, rehash=rehash, follow_symlinks=follow_symlinks
+        retry_failed=retry_failed, rehash=rehash, follow_symlinks=follow_symlinks, ray=ray
     )
     with (
         _open(

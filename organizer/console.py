@@ -103,7 +103,12 @@ def print_ingest(s) -> None:
         f"{s.moved:,} moved, {s.unchanged:,} unchanged, {s.missing:,} missing, "
         f"{s.failed:,} failed"
     )
-    if s.embedded:
+    if s.embedded and s.engine == "ray":
+        print(
+            f"embedded {plural(s.embedded, 'image')} on Ray ({s.precision} on {s.device}, "
+            f"{s.embedded / max(s.elapsed_s, 1e-9):.1f} images/s overall)"
+        )
+    elif s.embedded:
         print(
             f"embedded {plural(s.embedded, 'image')} ({s.precision} on {s.device}, "
             f"{s.images_per_s:.1f} images/s after {s.model_load_s:.1f} s loading the model)"

@@ -21,7 +21,7 @@ from pathlib import Path
 from organizer.choices import KSpec
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
-from organizer.embed import Embedder, ModelSpec, request_spec, sha256_file
+from organizer.embed import Embedder, ModelShape, ModelSpec, request_spec, sha256_file
 from organizer.errors import (
     ClusterError,
     Interrupted,
@@ -236,6 +236,19 @@ class Library:
             self._embedder = self._embedder_loader(spec, self.settings)
         return self._embedder
 
+    def model_shape(self) -> ModelShape:
+        """The model's spec, vector size and input without loading its weights (when the
+        model is open_clip's; another loader's embedder is loaded)."""
+        if self._embedder is None and self._embedder_loader is load_open_clip:
+            from organizer.embed import openclip
+
+            spec = self.requested_spec()
+            if spec.is_checkpoint_path and spec.weights_sha256:
+                _check_checkpoint(spec)
+            return openclip.describe(spec, self.settings.offline)
+        embedder = self.embedder()
+        return ModelShape(embedder.spec, embedder.dim, embedder.preprocess)
+
     # -- ingest ----------------------------------------------------------------------------
 
     def ingest(
@@ -267,7 +280,14 @@ class Library:
             ingestor = None
             try:
                 ingestor = Ingestor(
-                    self.engine, self.embedder, model, options, progress, cancel, run_id
+                    self.engine,
+                    self.embedder,
+                    model,
+                    options,
+                    progress,
+                    cancel,
+                    run_id,
+                    describe=self.model_shape,
                 )
                 summary = ingestor.run(targets)
                 # The index first, then the run is recorded finished: a reader (a server)
@@ -291,6 +311,10 @@ class Library:
         if options.workers is None and self.settings.workers is not None:
             options = replace(options, workers=self.settings.workers)
         options = replace(options, device=str(self.settings.device))
+        if options.ray is not None:  # the actors load the model as this process would
+            s = self.settings
+            ray = replace(options.ray, device=str(s.device), precision=str(s.precision))
+            options = replace(options, ray=replace(ray, offline=s.offline))
         return replace(options, exclude=(*options.exclude, *self.home.exclude))
 
     @contextlib.contextmanager

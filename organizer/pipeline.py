@@ -49,6 +49,7 @@ class Prepared:
     info: ImageInfo | None = None
     pixels: np.ndarray | None = None
     error: str | None = None
+    vector: np.ndarray | None = None  # embedded already (by a Ray actor)
 
 
 def read_file(path: bytes) -> tuple[bytes, int, int]:

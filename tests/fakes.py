@@ -144,3 +144,13 @@ def store_vectors(lib, vectors: np.ndarray, relpaths: list[str], model=("fake", 
                 height=10,
             )
             q.put_vector(conn, image_id, model_id, v)
+
+
+def slow_prepare(job, spec, skip_decode, draft):
+    """The real decode step, 50 ms slower per file (to act in the middle of a run)."""
+    import time
+
+    from organizer.pipeline import prepare
+
+    time.sleep(0.05)
+    return prepare(job, spec, skip_decode, draft)

@@ -113,6 +113,16 @@ def looks_like_path(value: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a library records about its model, known without loading its weights: the spec
+    (with the checkpoint's hash), the vector size and the input the model expects."""
+
+    spec: ModelSpec
+    dim: int
+    preprocess: PreprocessSpec
+
+
 class Embedder(Protocol):
     """What ingest and search need from a model."""
 

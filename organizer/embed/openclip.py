@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from organizer.embed import ModelSpec, RandomWeightsWarning, sha256_file
+from organizer.embed import ModelShape, ModelSpec, RandomWeightsWarning, sha256_file
 from organizer.errors import ModelError, WeightsUnavailableError
 from organizer.imaging import PreprocessSpec
 
@@ -279,6 +279,52 @@ def _encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
 
 def _has_tensor(model, name: str) -> bool:
     return isinstance(getattr(model, name, None), torch.Tensor)
+
+
+def describe(spec: ModelSpec, offline: bool = False, cache_dir: str | None = None) -> ModelShape:
+    """The model's vector size and input, from its architecture built on PyTorch's meta
+    device (no memory, no initialisation: ~0.05 s instead of a load). A tag's checkpoint is
+    found (and hashed) as :func:`load` would, but not read.
+
+    Raises:
+        ModelError, WeightsUnavailableError: as :func:`load`.
+    """
+    import open_clip
+
+    _register_config(spec)
+    kwargs: dict = {"device": "meta"}
+    if spec.is_random:
+        warnings.warn(
+            f"{spec.name} runs with random weights (--pretrained none): vectors are "
+            "consistent but meaningless; use this only for tests and benchmarks",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+    else:
+        checkpoint, cfg = _weights_path(spec, offline, cache_dir)
+        if not spec.is_checkpoint_path:
+            spec = _checked_tag_weights(spec, checkpoint)
+        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg}
+        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+    try:
+        logging.disable(logging.WARNING)
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = open_clip.create_model(spec.name, pretrained=None, **kwargs)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot build {spec.describe()}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    finally:
+        logging.disable(logging.NOTSET)
+    preprocess = PreprocessSpec.from_open_clip(open_clip.get_model_preprocess_cfg(model))
+    if _has_tensor(model, "text_projection"):
+        dim = int(model.text_projection.shape[1])
+    else:  # a projection layer or none: run the image tower on a meta probe
+        with torch.device("meta"):
+            probe = torch.zeros((1, 3, *preprocess.size))
+            dim = int(model.encode_image(probe).shape[-1])
+    return ModelShape(spec, dim, preprocess)
 
 
 def load(

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine
 
-from organizer.embed import Embedder
+from organizer.embed import Embedder, ModelShape
 from organizer.errors import Interrupted, ModelError
 from organizer.imaging import PreprocessSpec
+from organizer.ingest import distributed
+from organizer.ingest.distributed import RayOptions
 from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
@@ -48,6 +50,11 @@ class IngestOptions:
     rehash: bool = False  # read and hash files whose size and time are unchanged too
     follow_symlinks: bool = False
     exclude: tuple[Path, ...] = ()
+    ray: RayOptions | None = None  # decode and embed on a Ray cluster (--engine ray)
+
+    @property
+    def engine(self) -> str:
+        return "ray" if self.ray is not None else "local"
 
 
 class Ingestor:
@@ -62,9 +69,14 @@ class Ingestor:
         progress: Callable[[Progress], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         run_id: int | None = None,
+        describe: Callable[[], ModelShape] | None = None,
     ):
+        """``describe()`` gives the model's shape without its weights: a new library on
+        Ray records its model from it (the actors load the model, this process need not)."""
         self.engine = engine
         self.get_embedder = get_embedder
+        self.describe = describe
+        self._shape: ModelShape | None = None
         self.model = model
         self.model_id = model.id if model else None
         self.options = options
@@ -95,10 +107,19 @@ class Ingestor:
         if the_plan.work and self._preprocess is None:
             # A new library: its model is recorded before anything else is written, so
             # unreachable weights leave the library as it was.
-            self._load_model()
-        dim = self._embedder.dim if self._embedder else self.model.dim if self.model else None
+            if self.options.ray is not None and self.describe is not None:
+                self._shape = self.describe()
+                self._preprocess = self._shape.preprocess
+            else:
+                self._load_model()
+        known = self._embedder or self._shape
+        dim = known.dim if known else self.model.dim if self.model else None
+        self.summary.engine = self.options.engine
+        if the_plan.work and self.options.ray is not None:
+            distributed.connect(self.options.ray.address)
+            distributed.check_paths(sorted({w.target.root_path for w in the_plan.work}))
         self.writer.prepare_targets(
-            targets, self._embedder, dim, asdict(self._preprocess) if self._preprocess else None
+            targets, known, dim, asdict(self._preprocess) if self._preprocess else None
         )
         if the_plan.work:
             self._process(the_plan)
@@ -182,6 +203,10 @@ class Ingestor:
     def _prepared(self, jobs: Iterator[Job]) -> Iterator[Prepared]:
         spec = self._preprocess
         skip = self.writer.known_hashes()
+        if self.options.ray is not None:
+            known = self._embedder or self._shape
+            model = known.spec if known else self.model.spec
+            return self._on_ray(jobs, spec, frozenset(skip), model)
         workers = self.options.workers
         if workers is None:
             device = self._embedder.device if self._embedder else _expected_device(self.options)
@@ -189,6 +214,15 @@ class Ingestor:
         if workers == 0:
             return prepare_all(jobs, spec, skip)
         return prepare_parallel(jobs, spec, skip, workers)
+
+    def _on_ray(self, jobs, spec, skip, model) -> Iterator[Prepared]:
+        seen: dict = {}
+        for prepared in distributed.prepare_on_ray(
+            list(jobs), spec, skip, model, self.options.ray, distributed.DECODE, seen
+        ):
+            if seen:
+                self.summary.device, self.summary.precision = seen["device"], seen["precision"]
+            yield prepared
 
     # -- deciding what each file needs -----------------------------------------------------
 
@@ -219,11 +253,14 @@ class Ingestor:
         """Embed the batch, then write the pending ops, each embedded file, and the files
         that were waiting for its vector, in one transaction."""
         ops = self._ops
-        if self._batch and self._embedder is None:
+        todo = [p for _, p in self._batch if p.vector is None]  # not embedded by Ray already
+        if todo and self._embedder is None:
             self._load_model()  # the first file that needs embedding
         if self._batch:
-            pixels = np.stack([p.pixels for _, p in self._batch])
-            vectors = self._embedder.embed_pixels(pixels)
+            made = iter(
+                self._embedder.embed_pixels(np.stack([p.pixels for p in todo])) if todo else ()
+            )
+            vectors = [p.vector if p.vector is not None else next(made) for _, p in self._batch]
             self.summary.embedded += len(self._batch)
             for (work, p), vector in zip(self._batch, vectors, strict=True):
                 ops.append(Embed(work, p, vector))

@@ -22,7 +22,7 @@ from organizer.store.db import write_transaction
 from organizer.store.records import ImageRecord, ImageStatus, KnownImage
 
 if TYPE_CHECKING:
-    from organizer.embed import Embedder
+    from organizer.embed import Embedder, ModelShape
     from organizer.imaging import ImageInfo
 
 
@@ -109,7 +109,7 @@ class BatchWriter:
     def prepare_targets(
         self,
         targets: list[Target],
-        embedder: Embedder | None,
+        embedder: Embedder | ModelShape | None,
         dim: int | None,
         preprocess: dict | None,
     ) -> None:

@@ -1,0 +1,322 @@
+"""The Ray engine of ingest: files are decoded in Ray tasks and embedded by a pool of Ray
+actors (the model loaded once per actor), on every machine of a Ray cluster.
+
+Only the files the plan says need reading travel: the scan, the plan and the one writer stay
+in this process (:mod:`.run`), so hash reuse, moves, copies and failures behave exactly as
+with the local engine. Results stream back as they are made. The functions that run on the
+workers are organizer's own: :func:`organizer.pipeline.prepare` and the open_clip embedder.
+
+Faults: Ray retries a task or an actor that dies. A block whose task keeps dying (a file
+that crashes the decoder) is given up by Ray Data; its files are then prepared here, in the
+local engine's crash-isolating decode pool, so such a file is recorded as failed, as locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from organizer.embed import ModelSpec
+from organizer.errors import LibraryError
+from organizer.imaging import ImageInfo, PreprocessSpec
+from organizer.pipeline import DecodePool, Job, PoolUnavailable, Prepared, prepare
+
+# The Ray minor version the tests run; `organizer[ray]` pins it.
+RAY_VERSION = "2.60"
+# What decodes a file on the workers (a module attribute, so tests can hand in a decoder that
+# crashes on purpose; it travels to the workers by reference).
+DECODE: Callable[..., Prepared] = prepare
+DECODE_BATCH = 8  # files per decode task: a file that crashes its task costs a re-run of 8
+EMBED_BATCH = 32
+DECODE_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray engine runs."""
+
+    address: str | None = None  # "auto", "ray://host:10001"; None: RAY_ADDRESS or a local one
+    workers: int | None = None  # embedding actors; None: one per GPU, else one per machine
+    gpus_per_worker: float = 0.0
+    device: str = "auto"
+    precision: str = "auto"
+    offline: bool = False
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (or start a local one), quietly.
+
+    Raises:
+        LibraryError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise LibraryError("--engine ray needs its extra: pip install 'organizer[ray]'") from None
+    if ray.is_initialized():
+        return
+    if not os.environ.get("ORGANIZER_DEBUG"):
+        # Ray's own chatter (INFO lines, notices about its defaults) is not the user's news;
+        # organizer reports what matters as one line. ORGANIZER_DEBUG=1 shows it all.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    kwargs: dict = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False  # a local cluster for this run only
+    try:
+        with warnings.catch_warnings(), _quiet_stderr():
+            warnings.simplefilter("ignore")
+            ray.init(address=address, **kwargs)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError, grpc errors...
+        where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LibraryError(f"cannot start or reach Ray ({where}): {first[:200]}") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Ray's core prints a line to the process's stderr (file descriptor 2) as it starts,
+    whatever its log level; hide it unless ORGANIZER_DEBUG is set."""
+    if os.environ.get("ORGANIZER_DEBUG"):
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def check_paths(roots: Sequence[str]) -> None:
+    """Every live machine of the cluster must see every root at the same path.
+
+    Raises:
+        LibraryError: naming the first machine and path that fail.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_unreadable)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(list(roots))
+        for n in nodes
+    ]
+    for node, ref in zip(nodes, refs, strict=True):
+        problem = ray.get(ref, timeout=120)
+        if problem:
+            raise LibraryError(
+                f"Ray worker {node.get('NodeManagerAddress', node['NodeID'])} cannot read "
+                f"{problem}: every worker must see the photos at the same path"
+            )
+
+
+def _unreadable(roots: list[str]) -> str | None:
+    for root in roots:
+        try:
+            os.listdir(root)
+        except OSError as exc:
+            return f"{root} ({exc.strerror})"
+    return None
+
+
+def default_workers() -> int:
+    """One embedding actor per GPU of the cluster, else one per machine."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return gpus or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+
+
+def prepare_on_ray(
+    jobs: Sequence[Job],
+    spec: PreprocessSpec,
+    skip_decode: frozenset[str],
+    model: ModelSpec,
+    options: RayOptions,
+    prepare_fn: Callable[..., Prepared] = prepare,
+    seen_model: dict | None = None,
+) -> Iterator[Prepared]:
+    """Prepared files, each with its ``vector`` when it was embedded; completion order.
+
+    Files whose decode task Ray gave up on are prepared here afterwards (no vector: the
+    caller embeds them). ``seen_model`` is filled with the actors' device and precision.
+    """
+    import ray
+    import ray.data
+
+    jobs = list(jobs)
+    if not jobs:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = -1  # a block that keeps failing is skipped: redone below
+    workers = options.workers or default_workers()
+    items = [{"key": j.key, "path": j.path, "size": j.size, "mtime_ns": j.mtime_ns} for j in jobs]
+    skip_ref = ray.put(frozenset(skip_decode))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Ray's notices about its own deprecations
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / DECODE_BATCH))
+        ds = ds.map_batches(
+            _decode_batch,
+            batch_size=DECODE_BATCH,
+            batch_format="numpy",
+            fn_kwargs={"spec": spec, "skip_ref": skip_ref, "prepare_fn": prepare_fn},
+            num_cpus=1,
+            # Ray Data retries a task forever by default. A task whose worker dies is retried
+            # twice (a lost machine); a block that still fails holds a file that crashes the
+            # decoder: it is given up and redone here. (This remote argument is deprecated for
+            # Ray 2.64; the [ray] extra pins 2.60.)
+            max_retries=DECODE_RETRIES,
+        )
+        ds = ds.map_batches(
+            _Embedder,
+            batch_size=EMBED_BATCH,
+            batch_format="numpy",
+            fn_constructor_kwargs={"model": model, "options": options},
+            compute=ray.data.ActorPoolStrategy(size=workers),  # restarted when one dies
+            num_gpus=options.gpus_per_worker or None,
+            num_cpus=0 if options.gpus_per_worker else 1,
+        )
+    seen: set[int] = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        if seen_model is not None and len(batch["key"]):
+            seen_model.update(device=str(batch["device"][0]), precision=str(batch["precision"][0]))
+        for row in _rows(batch):
+            seen.add(row.key)
+            yield row
+    left = [j for j in jobs if j.key not in seen]
+    if left:  # their decode task kept dying: the local pool isolates the file that does it
+        yield from _locally(left, spec, skip_decode, prepare_fn)
+
+
+def _locally(
+    jobs: list[Job], spec: PreprocessSpec, skip: frozenset[str], prepare_fn
+) -> Iterator[Prepared]:
+    """Files prepared in a decode process of this machine, one at a time, so that a file
+    that crashes the decoder is recorded as failed without taking the others along."""
+    try:
+        with DecodePool(1, spec, skip, prepare_fn=prepare_fn) as pool:
+            yield from pool.results(jobs)
+    except PoolUnavailable:
+        for job in jobs:
+            yield prepare_fn(job, spec, skip, True)
+
+
+# -- what runs on the workers -------------------------------------------------------------------
+
+_SKIP: dict[str, frozenset[str]] = {}  # per worker process: the known hashes, fetched once
+
+
+def _decode_batch(batch: dict, spec: PreprocessSpec, skip_ref, prepare_fn) -> dict:
+    import ray
+
+    key = skip_ref.hex()
+    if key not in _SKIP:
+        _SKIP.clear()
+        _SKIP[key] = ray.get(skip_ref)
+    skip = _SKIP[key]
+    n = len(batch["key"])
+    h, w = spec.size
+    out = {
+        "key": np.asarray(batch["key"], dtype=np.int64),
+        "size": np.zeros(n, dtype=np.int64),
+        "mtime_ns": np.zeros(n, dtype=np.int64),
+        "content_hash": np.empty(n, dtype=object),
+        "width": np.zeros(n, dtype=np.int64),
+        "height": np.zeros(n, dtype=np.int64),
+        "format": np.empty(n, dtype=object),
+        "captured_at": np.empty(n, dtype=object),
+        "error": np.empty(n, dtype=object),
+        "has_info": np.zeros(n, dtype=bool),
+        "has_pixels": np.zeros(n, dtype=bool),
+        "pixels": np.zeros((n, h, w, 3), dtype=np.uint8),
+    }
+    for i in range(n):
+        path = batch["path"][i]
+        job = Job(
+            int(batch["key"][i]), bytes(path), int(batch["size"][i]), int(batch["mtime_ns"][i])
+        )
+        p = prepare_fn(job, spec, skip, True)
+        out["size"][i], out["mtime_ns"][i] = p.size, p.mtime_ns
+        out["content_hash"][i] = p.content_hash or ""
+        out["error"][i] = p.error or ""
+        if p.info is not None:
+            out["has_info"][i] = True
+            out["width"][i], out["height"][i] = p.info.width, p.info.height
+            out["format"][i] = p.info.format
+            out["captured_at"][i] = p.info.captured_at.isoformat() if p.info.captured_at else ""
+        else:
+            out["format"][i] = out["captured_at"][i] = ""
+        if p.pixels is not None:
+            out["has_pixels"][i] = True
+            out["pixels"][i] = p.pixels
+    return out
+
+
+class _Embedder:
+    """A Ray actor holding the model; CUDA fp16 when given a GPU, the CPU rules otherwise."""
+
+    def __init__(self, model: ModelSpec, options: RayOptions):
+        import torch
+
+        from organizer.embed import openclip
+
+        if not options.gpus_per_worker:
+            # Ray pins a 1-CPU actor to one thread; the model, like the local engine's,
+            # shares the machine's cores with the decode tasks beside it.
+            torch.set_num_threads(os.cpu_count() or 1)
+        device = options.device if options.gpus_per_worker or options.device != "auto" else "cpu"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.embedder = openclip.load(model, device, options.precision, options.offline)
+
+    def __call__(self, batch: dict) -> dict:
+        has = batch["has_pixels"]
+        vectors = np.zeros((len(has), self.embedder.dim), dtype=np.float32)
+        if has.any():
+            vectors[has] = self.embedder.embed_pixels(batch["pixels"][has])
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out["vector"] = vectors
+        out["device"] = np.full(len(has), self.embedder.device, dtype=object)
+        out["precision"] = np.full(len(has), self.embedder.precision, dtype=object)
+        return out
+
+
+def _rows(batch: dict) -> Iterator[Prepared]:
+    for i in range(len(batch["key"])):
+        info = None
+        if batch["has_info"][i]:
+            taken = batch["captured_at"][i]
+            info = ImageInfo(
+                int(batch["width"][i]),
+                int(batch["height"][i]),
+                str(batch["format"][i]),
+                datetime.fromisoformat(taken) if taken else None,
+            )
+        yield Prepared(
+            int(batch["key"][i]),
+            int(batch["size"][i]),
+            int(batch["mtime_ns"][i]),
+            content_hash=str(batch["content_hash"][i]) or None,
+            info=info,
+            error=str(batch["error"][i]) or None,
+            vector=batch["vector"][i].copy() if batch["has_pixels"][i] else None,
+        )

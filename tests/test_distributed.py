@@ -1,0 +1,228 @@
+"""The Ray engine of ingest on a local Ray cluster (2 CPUs, small object store, no
+dashboard): the same rows, statuses, failure reasons, hashes and vectors as the local
+engine; a re-run embeds nothing; a killed actor or a file that crashes the decoder loses
+nothing and doubles nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from organizer.config import Settings
+from organizer.ingest import IngestOptions, RayOptions
+from organizer.library import Library
+from organizer.store import queries as q
+from tests.fakes import TINY_CONFIG, make_folder, slow_prepare, write_picture
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # as organizer's own ray.init
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    ray.init(
+        num_cpus=2,
+        object_store_memory=150 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        # the workers import the decoders tests hand in (tests.fakes)
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
+    yield
+    ray.shutdown()
+
+
+def _settings(library: Path) -> Settings:
+    return Settings(
+        library=library, model=str(TINY_CONFIG), pretrained="none", precision="fp32", workers=1
+    )
+
+
+def _ingest(library: Path, paths, engine: str, **kw):
+    options = IngestOptions(ray=RayOptions(workers=1) if engine == "ray" else None)
+    with Library.open(_settings(library), create=True) as lib:
+        return lib.ingest([str(p) for p in paths], options=options, **kw)
+
+
+def _rows(library: Path) -> dict[str, tuple]:
+    """Every image by path: status, failure reason, hash, size, dimensions, and its vector."""
+    with Library.open(_settings(library)) as lib, lib.engine.connect() as conn:
+        model = q.library_model(conn)
+        rows = conn.execute(
+            q.select(
+                q.images.c.id,
+                q.images.c.relpath,
+                q.images.c.status,
+                q.images.c.failure_reason,
+                q.images.c.content_hash,
+                q.images.c.size,
+                q.images.c.width,
+                q.images.c.height,
+            )
+        ).all()
+        out = {}
+        for r in rows:
+            vector = q.get_vector(conn, r.id, model.id)
+            out[r.relpath.decode()] = (
+                r.status,
+                r.failure_reason,
+                r.content_hash,
+                r.size,
+                r.width,
+                r.height,
+                vector,
+            )
+    return out
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for path in a:
+        assert a[path][:-1] == b[path][:-1], path
+        va, vb = a[path][-1], b[path][-1]
+        assert (va is None) == (vb is None), path
+        if va is not None:
+            assert float(va @ vb) >= 0.99999, path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """200 files: 180 distinct pictures, 8 broken ones, 12 copies under other names."""
+    root = tmp_path_factory.mktemp("ray") / "photos"
+    paths = make_folder(root, 180)
+    for i in range(8):
+        (root / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(50 + i))
+    (root / "copies").mkdir()
+    for i in range(12):
+        shutil.copy(paths[i * 7], root / "copies" / f"copy{i}.jpg")
+    return root
+
+
+def test_ray_and_local_engines_write_the_same_library(photos, tmp_path):
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    a = _ingest(local, [photos], "local")
+    b = _ingest(distributed, [photos], "ray")
+    assert b.engine == "ray" and a.engine == "local"
+    assert (a.new, a.failed, a.embedded, a.reused) == (b.new, b.failed, b.embedded, b.reused)
+    assert (b.new, b.failed, b.embedded, b.reused) == (192, 8, 180, 12)
+    _same(_rows(local), _rows(distributed))
+
+    # Renames, new files, a deletion: moves and copies behave the same; then nothing is left.
+    for name in ("img000.jpg", "img001.jpg", "sub/img002.jpg"):
+        (photos / name).rename(photos / f"renamed-{Path(name).name}")
+    make_folder(photos / "new", 3, start_seed=500)
+    (photos / "img003.jpg").unlink()
+    try:
+        a = _ingest(local, [photos], "local")
+        b = _ingest(distributed, [photos], "ray")
+        assert (a.new, a.moved, a.missing, a.embedded) == (b.new, b.moved, b.missing, b.embedded)
+        assert (b.moved, b.new, b.missing, b.embedded) == (3, 3, 1, 3)
+        _same(_rows(local), _rows(distributed))
+        again = _ingest(distributed, [photos], "ray")
+        assert (again.embedded, again.new, again.unchanged) == (0, 0, b.unchanged + b.new + b.moved)
+    finally:
+        for name in ("img000.jpg", "img001.jpg", "sub/img002.jpg"):
+            (photos / f"renamed-{Path(name).name}").rename(photos / name)
+        shutil.rmtree(photos / "new")
+        write_picture(photos / "img003.jpg", 3)
+
+
+def _actor_pids() -> list[int]:
+    """Processes of Ray's embedding actors (their title names the class)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if b"_Embedder" in fh.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_actor_loses_nothing_and_doubles_nothing(photos, tmp_path, monkeypatch):
+    from organizer.ingest import distributed
+
+    monkeypatch.setattr(distributed, "DECODE", slow_prepare)
+    reference = tmp_path / "local"
+    _ingest(reference, [photos], "local")
+    library = tmp_path / "ray"
+    seen = []
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = _ingest(library, [photos], "ray", progress=seen.append)
+        except BaseException as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not (seen and seen[-1].done >= 40 and _actor_pids()):
+        assert time.monotonic() < deadline and thread.is_alive(), result
+        time.sleep(0.1)
+    killed, at = _actor_pids(), seen[-1].done
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in result, result
+    assert killed and at < 150  # it was killed mid-run
+    summary = result["summary"]
+    assert (summary.new, summary.failed) == (192, 8)
+    _same(_rows(reference), _rows(library))
+
+
+def test_a_file_that_crashes_the_decoder_is_recorded_failed(tmp_path, monkeypatch):
+    from organizer.ingest import distributed
+    from tests.fakes import misbehaving_prepare
+
+    monkeypatch.setattr(distributed, "DECODE", misbehaving_prepare)
+    root = tmp_path / "photos"
+    make_folder(root, 20)
+    write_picture(root / "crash-me.jpg", 99)
+    summary = _ingest(tmp_path / "lib", [root], "ray")
+    assert (summary.new, summary.failed, summary.embedded) == (20, 1, 20)
+    rows = _rows(tmp_path / "lib")
+    assert rows["crash-me.jpg"][:2] == ("failed", "the decoder crashed on this file")
+    assert all(r[0] == "ok" for p, r in rows.items() if p != "crash-me.jpg")
+
+
+def test_every_worker_must_see_the_photos(tmp_path):
+    from organizer.errors import LibraryError
+    from organizer.ingest import distributed
+
+    with pytest.raises(LibraryError) as caught:
+        distributed.check_paths([str(tmp_path), str(tmp_path / "not-here")])
+    message = str(caught.value)
+    assert "Ray worker" in message and str(tmp_path / "not-here") in message
+    assert "same path" in message and "\n" not in message
+
+
+def test_the_command_line(tmp_path):
+    """`--engine ray` in the summary; Ray's options without it are a usage error."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from organizer.cli import app
+
+    root = tmp_path / "photos"
+    make_folder(root, 4)
+    env = {"ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none"}
+    args = ["-L", str(tmp_path / "lib"), "ingest", str(root)]
+    result = CliRunner().invoke(app, [*args, "--engine", "ray", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["engine"] == "ray" and summary["embedded"] == 4
+    result = CliRunner().invoke(app, [*args, "--ray-address", "auto"], env=env)
+    assert result.exit_code == 2 and "go with --engine ray" in result.stderr
