@@ -11,8 +11,9 @@ images/s (embedded / wall), the driver process's own CPU seconds per image (on R
 driver only scans, plans and writes), and ray / local (target >= 0.80).
 
 The scaling model: with M machines each embedding at the rate one machine reaches on Ray,
-ingest runs at min(M x that rate, 1 / driver CPU per image): the driver's single writer is
-the serial part. (bench/catalogue.py measures the writer alone: ~17,000 rows/s on
+ingest runs at min(M x that rate, 1 / the driver's CPU per extra image): the driver's
+single writer is the serial part (measured from a run of N and one of N/4 images, so that
+start-up and imports cancel out). (bench/catalogue.py measures the writer alone: ~17,000 rows/s on
 PostgreSQL, more on SQLite.)
 """
 
@@ -78,6 +79,8 @@ def main() -> None:
     )
     try:
         results["ray (running cluster)"] = run(folder, "ray", args.model, ("--ray-address", "auto"))
+        small = variants(f"a-{args.n // 4}", args.n // 4, 1024)
+        quarter = run(small, "ray", args.model, ("--ray-address", "auto"))
     finally:
         subprocess.run([*ray, "stop", "--force"], capture_output=True)
     rows = []
@@ -105,7 +108,14 @@ def main() -> None:
         print(f"{name} / local: {ratio:.2f} (target >= 0.80)")
     steady = results["ray (running cluster)"]
     per_machine = steady["rate"]
-    per_image = steady["driver_cpu"] / max(steady["summary"]["embedded"], 1)
+    # The driver's CPU per image at the margin (start-up and imports cancel out): the
+    # serial part of a cluster ingest.
+    extra = steady["summary"]["embedded"] - quarter["summary"]["embedded"]
+    per_image = (steady["driver_cpu"] - quarter["driver_cpu"]) / max(extra, 1)
+    print(
+        f"driver CPU per extra image (runs of {steady['summary']['embedded']} and "
+        f"{quarter['summary']['embedded']} images): {per_image * 1000:.2f} ms"
+    )
     cap = 1 / per_image if per_image > 0 else float("inf")
     print(
         f"scaling model: M machines like this one ~ min(M x {per_machine:.1f}, {cap:.0f}) img/s "

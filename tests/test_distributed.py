@@ -182,6 +182,55 @@ def test_a_killed_actor_loses_nothing_and_doubles_nothing(photos, tmp_path, monk
     _same(_rows(reference), _rows(library))
 
 
+def test_a_killed_driver_keeps_what_it_committed(photos, tmp_path):
+    """kill -9 of the process that writes: the committed batches stay, and a re-run embeds
+    only the rest (nothing twice), ending with the local engine's library."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    reference = tmp_path / "local"
+    _ingest(reference, [photos], "local")
+    library = tmp_path / "ray"
+    address = ray.get_runtime_context().gcs_address
+    env = {
+        **os.environ,
+        "ORGANIZER_MODEL": str(TINY_CONFIG),
+        "ORGANIZER_PRETRAINED": "none",
+        "ORGANIZER_PRECISION": "fp32",
+        "ORGANIZER_BATCH_SIZE": "2",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [sys.executable, "-m", "organizer", "-L", str(library), "ingest", str(photos)]
+    driver = subprocess.Popen(
+        [*cmd, "--engine", "ray", "--ray-address", address, "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    committed = 0
+    deadline = time.monotonic() + 120
+    while committed < 10:
+        assert driver.poll() is None and time.monotonic() < deadline, "it ended too soon"
+        try:
+            with sqlite3.connect(f"file:{library / 'library.db'}?mode=ro", uri=True) as db:
+                committed = db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+        except sqlite3.Error:
+            pass
+        time.sleep(0.02)
+    driver.kill()
+    driver.wait()
+    with sqlite3.connect(f"file:{library / 'library.db'}?mode=ro", uri=True) as db:
+        kept = db.execute(
+            "SELECT count(DISTINCT i.content_hash) FROM images i "
+            "JOIN embeddings e ON e.image_id = i.id"
+        ).fetchone()[0]
+    assert 0 < kept < 180
+    after = _ingest(library, [photos], "ray")
+    assert after.embedded == 180 - kept  # the rest, and nothing twice
+    _same(_rows(reference), _rows(library))
+
+
 def test_a_file_that_crashes_the_decoder_is_recorded_failed(tmp_path, monkeypatch):
     from organizer.ingest import distributed
     from tests.fakes import misbehaving_prepare
