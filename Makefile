@@ -41,6 +41,8 @@ bench: $(VENV)/.installed-dev,demo
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/report.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/distributed.py
 
 lint: $(VENV)/.installed-dev,demo
 	$(BIN)/ruff check .
