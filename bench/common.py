@@ -102,7 +102,7 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def run_measured(
-    cmd: list[str], env: dict | None = None
+    cmd: list[str], env: dict | None = None, cwd: Path | None = None
 ) -> tuple[float, float, subprocess.CompletedProcess]:
     """Run a command; return (wall seconds, peak tree RSS in MB, result)."""
     peak = [0.0]
@@ -113,7 +113,7 @@ def run_measured(
     }
     started = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     stop = threading.Event()
 

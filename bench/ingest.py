@@ -1,6 +1,6 @@
 """Ingest benchmark: model ceiling vs the original study's pipeline vs `organizer ingest`.
 
-    python bench/ingest.py [--quick] [--model ViT-B-32-256]
+    python bench/ingest.py [--quick] [--model ViT-B-32-256] [--rclip /work/rclip-venv/bin/rclip]
 
 Datasets are built from ../shared/datasets/openimages-100 into $ORGANIZER_BENCH_DATA
 (default /tmp/organizer-bench): (a) 1,000 distinct 1024-px JPEGs, (b) 200 12-MP JPEGs.
@@ -10,6 +10,13 @@ preprocessing, fp32, one image per forward pass; on a sample), (3) `organizer in
 end as a whole process into an empty library; cosine of (3)'s stored vectors against (2)'s
 fp32 full-decode vectors. Then: re-ingest of 20,000 unchanged files, and peak memory of
 ingesting 5,000 vs 500 images. Weights are random (same compute as the real ones).
+
+With --rclip PATH (or $ORGANIZER_BENCH_RCLIP), an rclip 4 executable, e.g. from a Python 3.12
+venv with `pip install rclip`: (4) rclip indexing the same folder as a whole process, with
+the same seeded weights exported to its ONNX layout by bench/rclip_model.py (cached in
+$ORGANIZER_BENCH_DATA/rclip-model), a fresh data directory per run and no network; cosine of
+its stored vectors against (2)'s. rclip has no index-only command: each run also answers one
+query, the folder's first image (one more forward pass of the loaded model).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +33,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ORGANIZER, TINY_CONFIG, run_measured, table, tiny_files, variants
+from common import DATA, ORGANIZER, TINY_CONFIG, run_measured, table, tiny_files, variants
+
+SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def load_model(name: str, precision: str):
@@ -106,7 +126,83 @@ def stored_vectors(library: Path) -> dict[str, np.ndarray]:
     return {os.fsdecode(names[i]): v for i, v in zip(ids.tolist(), vecs, strict=True)}
 
 
-def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_runs):
+def cpu_description() -> str:
+    """The CPU's model name and which of the flags that decide inference speed it has."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    have = [f for f in SIMD_FLAGS if f in flags]
+    missing = [f for f in SIMD_FLAGS if f not in flags]
+    return f"{name}; flags: {' '.join(have) or '-'} (not: {' '.join(missing) or '-'})"
+
+
+def rclip_version(rclip: str) -> str:
+    return run_measured([rclip, "--version"])[2].stdout.strip()
+
+
+def rclip_index(rclip: str, folder: Path, model_dir: Path) -> tuple[float, float, dict]:
+    """rclip indexing ``folder`` as a whole process into a fresh data directory (an empty
+    database, links to the exported model), answering one query; and the vectors it stored."""
+    from rclip_model import link_datadir
+
+    datadir = link_datadir(model_dir)
+    query = str(sorted(folder.glob("*.jpg"))[0].resolve())
+    env = {"RCLIP_DATADIR": str(datadir), "HF_HUB_OFFLINE": "1"}
+    wall, rss, _ = run_measured([rclip, "--top", "1", query], env=env, cwd=folder)
+    vectors = rclip_vectors(datadir / "db.sqlite3")
+    shutil.rmtree(datadir)
+    return wall, rss, vectors
+
+
+def rclip_vectors(database: Path) -> dict[str, np.ndarray]:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(database)) as conn:
+        rows = conn.execute("SELECT filepath, vector FROM images WHERE deleted IS NULL").fetchall()
+    return {Path(f).name: np.frombuffer(v, np.float32) for f, v in rows}
+
+
+def cosines(reference: dict, vectors: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine of each reference vector with the same image's and with the other images'."""
+    names = sorted(reference)
+    sims = np.stack([reference[n] for n in names]) @ np.stack([vectors[n] for n in names]).T
+    return np.diag(sims), sims[~np.eye(len(names), dtype=bool)]
+
+
+def rclip_row(label, folder, paths, rclip, base_rate, ceiling, reference):
+    executable, model_dir, version = rclip
+    wall, rss, vectors = rclip_index(executable, folder, model_dir)
+    if len(vectors) != len(paths):
+        sys.exit(f"rclip indexed {len(vectors)} of the {len(paths)} images in {folder}")
+    rate = len(paths) / wall
+    same, other = cosines(reference, vectors)
+    row = [
+        label,
+        f"(4) {version}, {len(paths)} imgs, whole process",
+        "fp32 (ONNX)",
+        f"{rate:.1f}",
+        f"{rate / base_rate:.1f}x",
+        f"{100 * rate / ceiling:.0f}%",
+    ]
+    note = (
+        f"{label}: {version} vs the fp32 full-decode reference, same image: cosine min "
+        f"{same.min():.5f}, mean {same.mean():.5f} (different images: mean {other.mean():.3f}); "
+        f"peak RSS {rss:.0f} MB; wall {wall:.1f} s, one image query included"
+    )
+    return row, note
+
+
+def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_runs, rclip=None):
     paths = sorted(folder.glob("*.jpg"))
     ceiling = model_alone(embedder)
     sample_paths = paths[:: max(1, len(paths) // sample)][:sample]
@@ -146,7 +242,12 @@ def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_r
                 f"{100 * len(paths) / w / ceiling:.0f}%",
             ]
         )
+    rclip_note = None
+    if rclip:
+        row, rclip_note = rclip_row(label, folder, paths, rclip, base_rate, ceiling, reference)
+        rows.append(row)
     extra = {
+        "rclip_note": rclip_note,
         "cos_min": cos.min(),
         "cos_mean": cos.mean(),
         "rss_mb": rss,
@@ -212,13 +313,32 @@ def bench_memory(small: int, large: int) -> list[list[str]]:
     return rows
 
 
+def prepare_rclip(executable: str, embedder_fp32) -> tuple[str, Path, str]:
+    """The executable, the exported seeded model it will run, and its version."""
+    from rclip_model import ensure
+
+    version = rclip_version(executable)
+    cpu_model = embedder_fp32 if embedder_fp32.device == "cpu" else None
+    model_dir = ensure(DATA / "rclip-model", cpu_model)
+    print(f"{version} ({executable}), seeded model in {model_dir}", flush=True)
+    return executable, model_dir, version
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32-256")
     parser.add_argument("--quick", action="store_true", help="small sets, for a smoke test")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--only", choices=["a", "b", "reingest", "memory"], action="append")
+    parser.add_argument(
+        "--rclip",
+        metavar="PATH",
+        default=os.environ.get("ORGANIZER_BENCH_RCLIP") or None,
+        help="an rclip 4 executable to time on the same photos (or $ORGANIZER_BENCH_RCLIP)",
+    )
     args = parser.parse_args()
+    if args.rclip and args.model != "ViT-B-32-256":
+        parser.error("--rclip runs ViT-B-32-256 only: leave --model out")
     only = set(args.only or ["a", "b", "reingest", "memory"])
     n_a, n_b, sample = (100, 20, 10) if args.quick else (1000, 200, 100)
     import torch
@@ -227,8 +347,10 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus",
         flush=True,
     )
+    print(f"cpu: {cpu_description()}", flush=True)
     embedder = load_model(args.model, args.precision)
     embedder_fp32 = load_model(args.model, "fp32") if embedder.precision != "fp32" else embedder
+    rclip = prepare_rclip(args.rclip, embedder_fp32) if args.rclip and only & {"a", "b"} else None
     rows, notes = [], []
     if "a" in only:
         r, e = bench_dataset(
@@ -239,12 +361,14 @@ def main() -> None:
             embedder_fp32,
             sample,
             [],
+            rclip,
         )
         rows += r
         notes.append(
             f"1024-px: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
             f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))"
         )
+        notes += [e["rclip_note"]] if rclip else []
         print(
             table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]),
             flush=True,
@@ -259,12 +383,14 @@ def main() -> None:
             embedder_fp32,
             max(10, sample // 2),
             extra,
+            rclip,
         )
         rows += r
         notes.append(
             f"12-MP: cosine fast vs fp32 full-decode reference: min {e['cos_min']:.5f}, mean {e['cos_mean']:.5f}; "
             f"peak RSS {e['rss_mb']:.0f} MB; model load {e['model_load_s']:.1f} s (inside (3))"
         )
+        notes += [e["rclip_note"]] if rclip else []
     print()
     print(table(rows, ["set", "pipeline", "precision", "images/s", "vs (2)", "of (1)"]))
     for note in notes:
