@@ -269,6 +269,10 @@ class Library:
             Interrupted: ``cancel()`` returned True; finished batches are committed.
         """
         options = self._ingest_options(options or IngestOptions())
+        if options.ray is not None:  # the workers load it; it must still be the library's
+            spec = self.requested_spec()
+            if spec.is_checkpoint_path and spec.weights_sha256:
+                _check_checkpoint(spec)
         with self._writer("ingest", wait):
             base = self.index_cache.base_generation()  # what the file holds as the run starts
             model = self.model()

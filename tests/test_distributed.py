@@ -249,12 +249,97 @@ def test_a_file_that_crashes_the_decoder_is_recorded_failed(tmp_path, monkeypatc
 def test_every_worker_must_see_the_photos(tmp_path):
     from organizer.errors import LibraryError
     from organizer.ingest import distributed
+    from organizer.pipeline import Job
 
     with pytest.raises(LibraryError) as caught:
         distributed.check_paths([str(tmp_path), str(tmp_path / "not-here")])
     message = str(caught.value)
     assert "Ray worker" in message and str(tmp_path / "not-here") in message
     assert "same path" in message and "\n" not in message
+    # A root that is there but holds other files (an empty mount point): the sample says so
+    picture = write_picture(tmp_path / "a.jpg", 1)
+    st = picture.stat()
+    assert distributed.check_nodes(
+        [str(tmp_path)], [Job(0, bytes(picture), st.st_size, st.st_mtime_ns)]
+    ) in (True, False)
+    for job in (
+        Job(0, bytes(tmp_path / "gone.jpg"), 1, 1),
+        Job(0, bytes(picture), st.st_size + 1, st.st_mtime_ns),
+    ):
+        with pytest.raises(LibraryError, match="same path"):
+            distributed.check_nodes([str(tmp_path)], [job])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"gpus_per_worker": 1.0}, "GPUs"),
+        ({"workers": 2}, "use --workers 1"),
+        ({"precision": "fp16"}, "fp16 is slow"),
+        ({"device": "cuda"}, "give --gpus-per-worker"),
+    ],
+)
+def test_what_cannot_run_is_refused_before_anything_is_written(tmp_path, options, message):
+    """Ray Data would wait forever for actors it cannot place; a CPU cannot run fp16."""
+    from dataclasses import replace
+
+    from organizer.errors import OrganizerError
+
+    root = tmp_path / "photos"
+    make_folder(root, 2)
+    settings = _settings(tmp_path / "lib")  # device and precision come from the settings
+    settings = replace(
+        settings, **{k: v for k, v in options.items() if k in ("precision", "device")}
+    )
+    options = {k: v for k, v in options.items() if k not in ("precision", "device")}
+    started = time.monotonic()
+    with (
+        Library.open(settings, create=True) as lib,
+        pytest.raises(OrganizerError, match=message),
+    ):
+        lib.ingest([str(root)], options=IngestOptions(ray=RayOptions(**options)))
+    assert time.monotonic() - started < 60
+    with Library.open(_settings(tmp_path / "lib")) as lib:
+        assert lib.model() is None and lib.roots() == []  # nothing recorded
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "nowhere", "ray://127.0.0.1:1"])
+def test_an_unreachable_cluster_is_one_line_in_seconds(address):
+    from organizer.errors import LibraryError
+    from organizer.ingest import distributed
+
+    started = time.monotonic()
+    with pytest.raises(LibraryError) as caught:
+        distributed._check_reachable(address)
+    assert time.monotonic() - started < 10 and "\n" not in str(caught.value)
+
+
+def test_a_changed_checkpoint_is_refused_on_ray_too(tmp_path):
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from organizer.errors import ModelError
+
+    open_clip.add_model_config(TINY_CONFIG)
+    checkpoint = tmp_path / "tiny.safetensors"
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = open_clip.create_model("tiny-clip")
+        if seed == 1:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    root = tmp_path / "photos"
+    make_folder(root, 2)
+    settings = Settings(
+        library=tmp_path / "lib", model=str(TINY_CONFIG), pretrained=str(checkpoint), workers=1
+    )
+    with Library.open(settings, create=True) as lib:
+        lib.ingest([str(root)])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    make_folder(root, 2, start_seed=10)
+    with Library.open(Settings(library=tmp_path / "lib", workers=1)) as lib:
+        with pytest.raises(ModelError, match="changed since this library was built"):
+            lib.ingest([str(root)], options=IngestOptions(ray=RayOptions()))
 
 
 def test_the_command_line(tmp_path):

@@ -292,7 +292,8 @@ def describe(spec: ModelSpec, offline: bool = False, cache_dir: str | None = Non
     import open_clip
 
     _register_config(spec)
-    kwargs: dict = {"device": "meta"}
+    # No tower weights of another library (an HF text model's) are fetched for a shape.
+    kwargs: dict = {"device": "meta", "pretrained_text": False}
     if spec.is_random:
         warnings.warn(
             f"{spec.name} runs with random weights (--pretrained none): vectors are "

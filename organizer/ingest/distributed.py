@@ -17,15 +17,17 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
-from organizer.embed import ModelSpec
-from organizer.errors import LibraryError
+from organizer.embed import ModelSpec, sha256_file
+from organizer.errors import LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
 from organizer.pipeline import DecodePool, Job, PoolUnavailable, Prepared, prepare
 
@@ -69,6 +71,7 @@ def connect(address: str | None) -> None:
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         logging.getLogger("ray").setLevel(logging.ERROR)
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     kwargs: dict = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a local cluster for this run only
@@ -80,6 +83,22 @@ def connect(address: str | None) -> None:
         where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LibraryError(f"cannot start or reach Ray ({where}): {first[:200]}") from None
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must accept a connection within seconds:
+    Ray's own connect retries in silence for minutes and ignores Ctrl-C."""
+    if not address or address in ("auto", "local"):
+        return
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise LibraryError(f"--ray-address {address}: give auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise LibraryError(f"cannot reach the Ray cluster at {address}: {reason}") from None
 
 
 @contextlib.contextmanager
@@ -100,8 +119,10 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def check_paths(roots: Sequence[str]) -> None:
-    """Every live machine of the cluster must see every root at the same path.
+def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> bool:
+    """Every live machine of the cluster must see every root, and a sample of the files to
+    read, at the same path with the same size and time; returns whether every machine has
+    bf16 matrix units (so that the whole cluster embeds at one precision).
 
     Raises:
         LibraryError: naming the first machine and path that fail.
@@ -109,38 +130,103 @@ def check_paths(roots: Sequence[str]) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0, max_retries=0)(_unreadable)
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    wanted = [(j.path, j.size, j.mtime_ns) for j in samples]
     refs = [
         probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(list(roots))
+        ).remote(list(roots), wanted)
         for n in nodes
     ]
+    bf16 = True
     for node, ref in zip(nodes, refs, strict=True):
-        problem = ray.get(ref, timeout=120)
+        problem, has_bf16 = ray.get(ref, timeout=120)
         if problem:
             raise LibraryError(
                 f"Ray worker {node.get('NodeManagerAddress', node['NodeID'])} cannot read "
                 f"{problem}: every worker must see the photos at the same path"
             )
+        bf16 = bf16 and has_bf16
+    return bf16
 
 
-def _unreadable(roots: list[str]) -> str | None:
+def check_paths(roots: Sequence[str]) -> None:
+    """:func:`check_nodes` for the roots alone."""
+    check_nodes(roots)
+
+
+def _probe_node(roots: list[str], samples: list[tuple[bytes, int, int]]):
+    from organizer.embed.openclip import cpu_has_bf16
+
     for root in roots:
         try:
             os.listdir(root)
         except OSError as exc:
-            return f"{root} ({exc.strerror})"
-    return None
+            return f"{root} ({exc.strerror})", False
+    for path, size, mtime_ns in samples:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return f"{os.fsdecode(path)} ({exc.strerror})", False
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            return f"{os.fsdecode(path)} (another file there: a different mount?)", False
+    return None, cpu_has_bf16()
 
 
-def default_workers() -> int:
-    """One embedding actor per GPU of the cluster, else one per machine."""
+def settle_model(options: RayOptions, all_bf16: bool) -> RayOptions:
+    """One device and one precision for every actor of the run (each machine choosing for
+    itself could mix bf16 and fp32 vectors in one library): CUDA when actors get GPUs, else
+    the CPU; precision auto is fp16 on CUDA, bf16 when every machine has bf16 units, else
+    fp32.
+
+    Raises:
+        ModelError: a device or precision that cannot work so.
+    """
+    device = "cuda" if options.gpus_per_worker else "cpu"
+    if options.device not in ("auto", device):
+        hint = (
+            "give --gpus-per-worker" if options.device == "cuda" else "leave --gpus-per-worker out"
+        )
+        raise ModelError(f"--device {options.device} with --engine ray: {hint}")
+    precision = options.precision
+    if precision == "auto":
+        precision = "fp16" if device == "cuda" else "bf16" if all_bf16 else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ModelError("fp16 is slow and inaccurate on CPUs: use --precision bf16 or fp32")
+    return replace(options, device=device, precision=precision)
+
+
+def plan_workers(options: RayOptions) -> int:
+    """How many embedding actors, checked against what the cluster has: Ray Data would wait
+    forever for actors it cannot place.
+
+    Raises:
+        LibraryError: the actors (and one CPU for decoding) do not fit in the cluster.
+    """
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    return gpus or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    machines = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+    per_gpu = options.gpus_per_worker
+    if per_gpu:
+        workers = options.workers or int(gpus // per_gpu)
+        if workers < 1 or workers * per_gpu > gpus:
+            raise LibraryError(
+                f"the Ray cluster has {gpus:g} GPUs: not enough for "
+                f"{max(workers, 1)} worker(s) of --gpus-per-worker {per_gpu:g}"
+            )
+        if cpus < 1:
+            raise LibraryError("the Ray cluster has no CPU to decode on")
+        return workers
+    workers = options.workers or machines
+    if workers + 1 > cpus:
+        raise LibraryError(
+            f"the Ray cluster has {cpus:g} CPUs: {workers} embedding worker(s) need one each "
+            f"and decoding needs at least one more; use --workers {max(1, int(cpus) - 1)}"
+        )
+    return workers
 
 
 def prepare_on_ray(
@@ -168,7 +254,7 @@ def prepare_on_ray(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.max_errored_blocks = -1  # a block that keeps failing is skipped: redone below
-    workers = options.workers or default_workers()
+    workers = plan_workers(options)
     items = [{"key": j.key, "path": j.path, "size": j.size, "mtime_ns": j.mtime_ns} for j in jobs]
     skip_ref = ray.put(frozenset(skip_decode))
     with warnings.catch_warnings():
@@ -196,7 +282,14 @@ def prepare_on_ray(
             num_cpus=0 if options.gpus_per_worker else 1,
         )
     seen: set[int] = set()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except ray.exceptions.RayError as exc:
+            raise worker_error(exc) from None
         if seen_model is not None and len(batch["key"]):
             seen_model.update(device=str(batch["device"][0]), precision=str(batch["precision"][0]))
         for row in _rows(batch):
@@ -204,7 +297,21 @@ def prepare_on_ray(
             yield row
     left = [j for j in jobs if j.key not in seen]
     if left:  # their decode task kept dying: the local pool isolates the file that does it
-        yield from _locally(left, spec, skip_decode, prepare_fn)
+        rest = list(_locally(left, spec, skip_decode, prepare_fn))
+        todo = [p for p in rest if p.pixels is not None]
+        if todo:  # embedded on Ray too, with the actors' settings: one model, one precision
+            task = ray.remote(
+                num_cpus=0 if options.gpus_per_worker else 1,
+                num_gpus=options.gpus_per_worker,
+                max_retries=DECODE_RETRIES,
+            )(_embed_pixels)
+            try:
+                vectors = ray.get(task.remote(model, options, np.stack([p.pixels for p in todo])))
+            except ray.exceptions.RayError as exc:
+                raise worker_error(exc) from None
+            for p, vector in zip(todo, vectors, strict=True):
+                p.vector, p.pixels = vector, None
+        yield from rest
 
 
 def _locally(
@@ -275,18 +382,7 @@ class _Embedder:
     """A Ray actor holding the model; CUDA fp16 when given a GPU, the CPU rules otherwise."""
 
     def __init__(self, model: ModelSpec, options: RayOptions):
-        import torch
-
-        from organizer.embed import openclip
-
-        if not options.gpus_per_worker:
-            # Ray pins a 1-CPU actor to one thread; the model, like the local engine's,
-            # shares the machine's cores with the decode tasks beside it.
-            torch.set_num_threads(os.cpu_count() or 1)
-        device = options.device if options.gpus_per_worker or options.device != "auto" else "cpu"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.embedder = openclip.load(model, device, options.precision, options.offline)
+        self.embedder = _load(model, options)
 
     def __call__(self, batch: dict) -> dict:
         has = batch["has_pixels"]
@@ -298,6 +394,53 @@ class _Embedder:
         out["device"] = np.full(len(has), self.embedder.device, dtype=object)
         out["precision"] = np.full(len(has), self.embedder.precision, dtype=object)
         return out
+
+
+def _load(model: ModelSpec, options: RayOptions):
+    """The model on a worker, as settled for the run (see :func:`settle_model`), from the
+    very checkpoint the library records."""
+    import torch
+
+    from organizer.embed import openclip
+
+    if model.is_checkpoint_path and model.weights_sha256:
+        try:
+            same = sha256_file(Path(model.pretrained)) == model.weights_sha256
+        except OSError as exc:
+            raise ModelError(
+                f"checkpoint {model.pretrained} cannot be read on this worker ({exc.strerror})"
+            ) from None
+        if not same:
+            raise ModelError(
+                f"checkpoint {model.pretrained} on this worker is not the one the library "
+                "was built with"
+            )
+    if options.device == "cpu":
+        # Ray pins a 1-CPU actor to one thread; the model, like the local engine's, shares
+        # the machine's cores with the decode tasks beside it.
+        torch.set_num_threads(os.cpu_count() or 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return openclip.load(model, options.device, options.precision, options.offline)
+
+
+def _embed_pixels(model: ModelSpec, options: RayOptions, pixels: np.ndarray) -> np.ndarray:
+    """A one-off task: vectors of pixels prepared elsewhere, with the actors' settings."""
+    return _load(model, options).embed_pixels(pixels)
+
+
+def worker_error(exc: BaseException) -> OrganizerError:
+    """One line for what failed on a worker (the model would not load, a task kept dying)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, OrganizerError):
+        return cause
+    text = str(exc)
+    for name in ("WeightsUnavailableError", "ModelMismatchError", "ModelError", "ImageError"):
+        marker = f"{name}: "
+        if marker in text:
+            return ModelError(text.split(marker, 1)[1].strip().splitlines()[0][:300])
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return LibraryError(f"a Ray worker failed: {first[:300]}")
 
 
 def _rows(batch: dict) -> Iterator[Prepared]:

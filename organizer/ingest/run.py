@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,8 @@ class Ingestor:
         self.get_embedder = get_embedder
         self.describe = describe
         self._shape: ModelShape | None = None
+        self._ray: RayOptions | None = None  # settled for this run by _join_ray
+        self._ray_workers = 0
         self.model = model
         self.model_id = model.id if model else None
         self.options = options
@@ -104,6 +106,8 @@ class Ingestor:
         the_plan = plan(self.engine, targets, self.options.retry_failed, self.options.rehash)
         self._vanished = the_plan.vanished  # what is left of it at the end goes missing
         self.summary.unchanged = the_plan.unchanged
+        if the_plan.work and self.options.ray is not None:
+            self._join_ray(the_plan)
         if the_plan.work and self._preprocess is None:
             # A new library: its model is recorded before anything else is written, so
             # unreachable weights leave the library as it was.
@@ -115,9 +119,6 @@ class Ingestor:
         known = self._embedder or self._shape
         dim = known.dim if known else self.model.dim if self.model else None
         self.summary.engine = self.options.engine
-        if the_plan.work and self.options.ray is not None:
-            distributed.connect(self.options.ray.address)
-            distributed.check_paths(sorted({w.target.root_path for w in the_plan.work}))
         self.writer.prepare_targets(
             targets, known, dim, asdict(self._preprocess) if self._preprocess else None
         )
@@ -215,10 +216,25 @@ class Ingestor:
             return prepare_all(jobs, spec, skip)
         return prepare_parallel(jobs, spec, skip, workers)
 
+    def _join_ray(self, the_plan: Plan) -> None:
+        """Join the cluster, check that every machine sees the files, settle one device and
+        precision for the run: all before anything is written."""
+        distributed.connect(self.options.ray.address)
+        roots = sorted({w.target.root_path for w in the_plan.work})
+        step = max(1, len(the_plan.work) // 20)
+        samples = [
+            Job(0, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
+            for w in the_plan.work[::step][:20]
+        ]
+        all_bf16 = distributed.check_nodes(roots, samples)
+        self._ray = distributed.settle_model(self.options.ray, all_bf16)
+        self._ray_workers = distributed.plan_workers(self._ray)
+
     def _on_ray(self, jobs, spec, skip, model) -> Iterator[Prepared]:
         seen: dict = {}
+        ray_options = replace(self._ray, workers=self._ray_workers)
         for prepared in distributed.prepare_on_ray(
-            list(jobs), spec, skip, model, self.options.ray, distributed.DECODE, seen
+            list(jobs), spec, skip, model, ray_options, distributed.DECODE, seen
         ):
             if seen:
                 self.summary.device, self.summary.precision = seen["device"], seen["precision"]
