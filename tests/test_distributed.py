@@ -337,9 +337,11 @@ def test_a_changed_checkpoint_is_refused_on_ray_too(tmp_path):
         lib.ingest([str(root)])
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
     make_folder(root, 2, start_seed=10)
-    with Library.open(Settings(library=tmp_path / "lib", workers=1)) as lib:
-        with pytest.raises(ModelError, match="changed since this library was built"):
-            lib.ingest([str(root)], options=IngestOptions(ray=RayOptions()))
+    with (
+        Library.open(Settings(library=tmp_path / "lib", workers=1)) as lib,
+        pytest.raises(ModelError, match="changed since this library was built"),
+    ):
+        lib.ingest([str(root)], options=IngestOptions(ray=RayOptions()))
 
 
 def test_the_command_line(tmp_path):
