@@ -170,7 +170,12 @@ class AdvisoryLock(_Lock):
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
-        # Closing the session is what releases the lock for sure, whatever state it is in.
+        # Unlock first: a closed session's locks go only when its server process has exited,
+        # a moment after the client hangs up, and a writer starting at once would find the
+        # library busy. Closing the session still releases the lock for sure, whatever state
+        # the connection is in.
+        with contextlib.suppress(Exception):
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
         conn.invalidate()
         conn.close()
 
