@@ -352,6 +352,9 @@ def ingest(
     if engine == Engine.LOCAL and (ray_address or gpus_per_worker):
         out.err("error: --ray-address and --gpus-per-worker go with --engine ray")
         raise typer.Exit(EXIT_USAGE)
+    if engine == Engine.RAY and workers == 0:
+        out.err("error: --workers 0 means no embedding actor: give 1 or more with --engine ray")
+        raise typer.Exit(EXIT_USAGE)
     ray = None
     if engine == Engine.RAY:
         ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)

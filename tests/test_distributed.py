@@ -362,3 +362,5 @@ def test_the_command_line(tmp_path):
     assert summary["engine"] == "ray" and summary["embedded"] == 4
     result = CliRunner().invoke(app, [*args, "--ray-address", "auto"], env=env)
     assert result.exit_code == 2 and "go with --engine ray" in result.stderr
+    result = CliRunner().invoke(app, [*args, "--engine", "ray", "--workers", "0"], env=env)
+    assert result.exit_code == 2 and "1 or more" in result.stderr
