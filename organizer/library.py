@@ -318,6 +318,8 @@ class Library:
         if options.ray is not None:  # the actors load the model as this process would
             s = self.settings
             ray = replace(options.ray, device=str(s.device), precision=str(s.precision))
+            if ray.workers is None and s.workers:  # ORGANIZER_WORKERS counts actors here
+                ray = replace(ray, workers=s.workers)
             options = replace(options, ray=replace(ray, offline=s.offline))
         return replace(options, exclude=(*options.exclude, *self.home.exclude))
 
