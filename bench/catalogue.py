@@ -71,6 +71,23 @@ def vectors(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def rows(root_id: int, start: int, count: int) -> list[dict]:
+    """Image rows ``start``..``start+count`` of a synthetic library (their files do not exist)."""
+    return [
+        {
+            "root_id": root_id,
+            "relpath": f"{i // 1000:04d}/{i:08d}.jpg".encode(),
+            "size": 2_000_000 + i,
+            "mtime_ns": 1_700_000_000_000_000_000 + i,
+            "content_hash": f"{i:064x}",
+            "width": 4000,
+            "height": 3000,
+            "format": "JPEG",
+        }
+        for i in range(start, start + count)
+    ]
+
+
 def fill(library: str, n: int) -> dict:
     from organizer.config import Settings
     from organizer.embed import ModelSpec
@@ -87,21 +104,8 @@ def fill(library: str, n: int) -> dict:
         started = time.perf_counter()
         for start in range(0, n, BULK):
             m = min(BULK, n - start)
-            rows = [
-                {
-                    "root_id": root_id,
-                    "relpath": f"{i // 1000:04d}/{i:08d}.jpg".encode(),
-                    "size": 2_000_000 + i,
-                    "mtime_ns": 1_700_000_000_000_000_000 + i,
-                    "content_hash": f"{i:064x}",
-                    "width": 4000,
-                    "height": 3000,
-                    "format": "JPEG",
-                }
-                for i in range(start, start + m)
-            ]
             with write_transaction(lib.engine) as conn:
-                q.insert_embedded(conn, model_id, rows, vectors(rng, centres, m))
+                q.insert_embedded(conn, model_id, rows(root_id, start, m), vectors(rng, centres, m))
         bulk_s = time.perf_counter() - started
         extra = min(ROW_BY_ROW, n)
         started = time.perf_counter()

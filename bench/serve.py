@@ -35,7 +35,7 @@ from urllib.parse import quote
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from catalogue import cpu, vectors
+from catalogue import cpu, rows, vectors
 from common import DATA, ORGANIZER, PHOTOS, table, tree_rss_mb, variants
 
 WORDS = [
@@ -111,21 +111,8 @@ def make_library(n: int) -> Path:
         total = n - 100
         for start in range(0, total, BULK):
             m = min(BULK, total - start)
-            rows = [
-                {
-                    "root_id": root_id,
-                    "relpath": f"{i // 1000:04d}/{i:08d}.jpg".encode(),
-                    "size": 2_000_000 + i,
-                    "mtime_ns": 1_700_000_000_000_000_000 + i,
-                    "content_hash": f"{i:064x}",
-                    "width": 4000,
-                    "height": 3000,
-                    "format": "JPEG",
-                }
-                for i in range(start, start + m)
-            ]
             with write_transaction(lib.engine) as conn:
-                q.insert_embedded(conn, model.id, rows, vectors(rng, centres, m))
+                q.insert_embedded(conn, model.id, rows(root_id, start, m), vectors(rng, centres, m))
         lib.refresh_index()
         print(f"library: {n} images, index {lib.vectors().describe()}", flush=True)
     (library / "ready").touch()

@@ -281,6 +281,31 @@ def _has_tensor(model, name: str) -> bool:
     return isinstance(getattr(model, name, None), torch.Tensor)
 
 
+def _weights(
+    spec: ModelSpec, offline: bool, cache_dir: str | None
+) -> tuple[ModelSpec, str | None, dict]:
+    """What :func:`load` and :func:`describe` both settle first: the registered config, the
+    checkpoint (None for random weights, which are warned about), the spec with a tag's
+    checkpoint hash, and open_clip's creation options that the weights imply."""
+    _register_config(spec)
+    if spec.is_random:
+        warnings.warn(
+            f"{spec.name} runs with random weights (--pretrained none): vectors are "
+            "consistent but meaningless; use this only for tests and benchmarks",
+            RandomWeightsWarning,
+            stacklevel=3,
+        )
+        return spec, None, {}
+    checkpoint, cfg = _weights_path(spec, offline, cache_dir)
+    if not spec.is_checkpoint_path:
+        spec = _checked_tag_weights(spec, checkpoint)
+    kwargs = {
+        "force_preprocess_cfg": {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg},
+        "force_quick_gelu": bool(cfg.get("quick_gelu", False)),
+    }
+    return spec, checkpoint, kwargs
+
+
 def describe(spec: ModelSpec, offline: bool = False, cache_dir: str | None = None) -> ModelShape:
     """The model's vector size and input, from its architecture built on PyTorch's meta
     device (no memory, no initialisation: ~0.05 s instead of a load). A tag's checkpoint is
@@ -291,22 +316,9 @@ def describe(spec: ModelSpec, offline: bool = False, cache_dir: str | None = Non
     """
     import open_clip
 
-    _register_config(spec)
+    spec, _, kwargs = _weights(spec, offline, cache_dir)
     # No tower weights of another library (an HF text model's) are fetched for a shape.
-    kwargs: dict = {"device": "meta", "pretrained_text": False}
-    if spec.is_random:
-        warnings.warn(
-            f"{spec.name} runs with random weights (--pretrained none): vectors are "
-            "consistent but meaningless; use this only for tests and benchmarks",
-            RandomWeightsWarning,
-            stacklevel=2,
-        )
-    else:
-        checkpoint, cfg = _weights_path(spec, offline, cache_dir)
-        if not spec.is_checkpoint_path:
-            spec = _checked_tag_weights(spec, checkpoint)
-        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg}
-        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+    kwargs.update(device="meta", pretrained_text=False)
     try:
         logging.disable(logging.WARNING)
         with warnings.catch_warnings(), torch.device("meta"):
@@ -348,22 +360,8 @@ def load(
 
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    _register_config(spec)
-    kwargs: dict = {"precision": _TORCH_PRECISION[precision], "device": device}
-    if spec.is_random:
-        warnings.warn(
-            f"{spec.name} runs with random weights (--pretrained none): vectors are "
-            "consistent but meaningless; use this only for tests and benchmarks",
-            RandomWeightsWarning,
-            stacklevel=2,
-        )
-        checkpoint, cfg = None, {}
-    else:
-        checkpoint, cfg = _weights_path(spec, offline, cache_dir)
-        if not spec.is_checkpoint_path:
-            spec = _checked_tag_weights(spec, checkpoint)
-        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg}
-        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+    spec, checkpoint, kwargs = _weights(spec, offline, cache_dir)
+    kwargs.update(precision=_TORCH_PRECISION[precision], device=device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         try:

@@ -169,9 +169,10 @@ class Service:
 
     def image_page(self, image_id: int, limit: int = 12) -> ImagePage:
         record = self.image(image_id)
-        similar = self.similar_to(image_id, limit).results
-        vector = self._vector(image_id)
-        near = self.finder().ranked(vector, 50, (image_id,), NEAR_DUPLICATE)
+        # One ranking serves both lists: the near-duplicates are the top of the similar ones.
+        hits = self.finder().ranked(self._vector(image_id), max(limit, 50), (image_id,), None)
+        similar = hits[:limit]
+        near = [h for h in hits if h.score >= NEAR_DUPLICATE]
         with self.lib.engine.connect() as conn:
             cluster = cq.cluster_of(conn, image_id)
         return ImagePage(record, cluster, similar, near)
@@ -245,12 +246,7 @@ class Service:
 
     def file_path(self, image_id: int) -> str:
         """The real path of an image's file, refused if it leads out of its root."""
-        record = self.image(image_id)
-        root = os.path.realpath(record.root)
-        real = os.path.realpath(os.fsdecode(record.path))
-        if not real.startswith(root.rstrip("/") + "/") or not os.path.isfile(real):
-            raise NotFound(image_id)
-        return real
+        return _real_path(self.image(image_id))
 
     def thumb(self, image_id: int, size: str = "s") -> Path:
         """A cached JPEG no larger than the size's side, made from the pixels alone (no EXIF,
@@ -259,7 +255,7 @@ class Service:
         if side is None:
             raise NotFound(size)
         record = self.image(image_id)
-        real = self.file_path(image_id)
+        real = _real_path(record)
         stamp = (record.content_hash or f"{record.size}-{record.mtime_ns}")[:24]
         target = self.thumbs / str(side) / f"{image_id}-{stamp}.jpg"
         if target.is_file():
@@ -306,6 +302,14 @@ def parse_query(text: str) -> tuple[str | None, list[str], list[str]]:
             f"a query of at most {MAX_QUERY_CHARS} characters and {MAX_TERMS} terms, please"
         )
     return query, plus, minus
+
+
+def _real_path(record: ImageRecord) -> str:
+    root = os.path.realpath(record.root)
+    real = os.path.realpath(os.fsdecode(record.path))
+    if not real.startswith(root.rstrip("/") + "/") or not os.path.isfile(real):
+        raise NotFound(record.id)
+    return real
 
 
 def _page(results: Sequence[Result], offset: int) -> list[Result]:
