@@ -24,6 +24,15 @@ class Engine(StrEnum):
     RAY = "ray"  # a Ray cluster: decode tasks and embedding actors on every machine
 
 
+class IndexKind(StrEnum):
+    """Vector index kinds users choose (organizer.vectors.kinds says what each is)."""
+
+    AUTO = "auto"  # from the count and the memory budget
+    FLAT = "flat"  # exact
+    IVF_FP16 = "ivf-fp16"  # inverted lists of half-precision vectors
+    IVF_PQ = "ivf-pq"  # compressed codes, re-ranked exactly from vectors on disk
+
+
 class Precision(StrEnum):
     AUTO = "auto"  # the fastest that keeps the vectors right on this machine
     FP32 = "fp32"

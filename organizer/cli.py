@@ -24,6 +24,7 @@ from organizer.choices import (
     Device,
     Engine,
     ExportMode,
+    IndexKind,
     KSpec,
     LabelSource,
     Precision,
@@ -95,6 +96,13 @@ roots_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(roots_app, name="roots")
+index_app = typer.Typer(
+    cls=typer.core.TyperGroup,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="The vector index: a cache of the database's vectors, rebuilt when needed.",
+)
+app.add_typer(index_app, name="index")
 
 
 def _library(value: str) -> Path | str:
@@ -210,7 +218,7 @@ def _handled(fn):
             raise typer.Exit(EXIT_USAGE) from None
         except OrganizerError as exc:
             out.err(f"error: {exc}")
-            raise typer.Exit(EXIT_FAILED) from None
+            raise typer.Exit(getattr(exc, "exit_code", EXIT_FAILED)) from None
         except KeyboardInterrupt:
             out.err("interrupted: work committed so far is kept; run the command again to finish")
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -394,6 +402,14 @@ def status(
         bool,
         typer.Option("--skipped", help="List the files ingest leaves out (not images, exports)."),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Check the index files in full (checksum, re-rank vectors against the "
+            "database) instead of by their sizes and sampled blocks.",
+        ),
+    ] = False,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -407,7 +423,7 @@ def status(
         elif skipped:
             left_out = lib.skipped()
         else:
-            st = lib.status()
+            st = lib.status(verify=verify)
     if skipped and not failed:
         if as_json:
             out.print_json(left_out.to_dict(absolute))
@@ -422,6 +438,57 @@ def status(
         out.print_json(st.to_dict())
     else:
         out.print_status(st)
+
+
+def _memory(value: str | None) -> int | None:
+    from organizer.errors import IndexPlanError
+    from organizer.vectors.kinds import parse_memory
+
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except IndexPlanError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@index_app.command("build")
+@_handled
+def index_build(
+    kind: Annotated[
+        IndexKind,
+        typer.Option(
+            "--kind",
+            help="auto: exact while small, lists of fp16 vectors up to ~1M, then compressed "
+            "codes re-ranked exactly from vectors on disk. Kept for later rebuilds.",
+        ),
+    ] = IndexKind.AUTO,
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            "--memory",
+            parser=_memory,
+            help="Memory the index may hold, e.g. 4G (default: a quarter of RAM, at most 4G; "
+            "the memory-mapped re-rank vectors aside). Kept for later rebuilds.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a running ingest instead of failing.")
+    ] = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the vector index now, of the kind and size asked; measure its recall@10.
+
+    Ingest keeps the index up to date by itself; use this to pick another kind or budget.
+    Example: organizer index build --kind ivf-pq --memory 2G
+    """
+    with _open(library) as lib:
+        built = lib.build_index(kind.value, memory, wait=wait)
+    if as_json or _GLOBAL["json"]:
+        out.print_json(built.to_dict())
+    else:
+        out.print_index_build(built)
 
 
 # -- search -----------------------------------------------------------------------------------

@@ -181,6 +181,16 @@ def print_status(st) -> None:
         print(f"{key:<7} {value}")
 
 
+def print_index_build(built) -> None:
+    """One line: what was built, how good, how big, how long."""
+    recall = f", recall@10 {built.recall_at_10:.3f}" if built.recall_at_10 is not None else ""
+    files = f", {built.file_mb:,.0f} MB on disk" if built.file_mb > built.ram_mb * 1.01 else ""
+    print(
+        f"built {built.description.split(' (')[0]} index of {plural(built.count, 'vector')}"
+        f"{recall}: {built.ram_mb:,.1f} MB in memory{files}, in {built.build_s:.1f} s"
+    )
+
+
 def _last_ingest(run) -> str:
     """How the latest ingest went, in words."""
     data, summary = run.to_dict(), run.summary

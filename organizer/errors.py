@@ -55,3 +55,9 @@ class Interrupted(OrganizerError):
 
 class LibraryURLError(LibraryError):
     """A --library value that is a URL organizer cannot use (a usage error)."""
+
+
+class IndexPlanError(OrganizerError):
+    """An index kind or memory budget that cannot be built (a usage error)."""
+
+    exit_code = 2

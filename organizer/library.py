@@ -49,11 +49,12 @@ from organizer.store.records import (
     ClusterRunRecord,
     ClusterRunSummary,
     Failure,
+    IndexSettingsRecord,
     IngestRunRecord,
     LibraryModel,
     RunStatus,
 )
-from organizer.vectors import IndexCache, IndexDelta, VectorIndex
+from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex
 
 EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
 
@@ -485,6 +486,23 @@ class Library:
         self._index = (generation, index)
         return index
 
+    def build_index(
+        self, kind: str = "auto", memory: int | None = None, wait: bool = False
+    ) -> IndexBuild:
+        """Rebuild the vector index now as ``kind`` ("auto", "flat", "ivf-fp16", "ivf-pq")
+        within ``memory`` bytes (None: the default budget for auto, no limit for a named
+        kind); both are kept for the rebuilds later ingests make.
+
+        Raises:
+            IndexPlanError: that kind or budget cannot hold this library's vectors;
+            LibraryBusyError: an ingest is running (unless ``wait``).
+        """
+        settings = IndexSettingsRecord(None if kind == "auto" else kind, memory)
+        with self._writer("index build", wait=wait):
+            built = self.index_cache.build(settings)
+        self._index = None
+        return built
+
     def refresh_index(self, delta: IndexDelta | None = None) -> str | None:
         """Bring the index file in step with the database (after writes, or when damaged);
         returns a warning when the file could not be written."""
@@ -604,8 +622,10 @@ class Library:
 
     # -- status ----------------------------------------------------------------------------
 
-    def status(self) -> LibraryStatus:
-        """Roots, model, counts by status, index health, last ingest."""
+    def status(self, verify: bool = False) -> LibraryStatus:
+        """Roots, model, counts by status, index health, last ingest; with ``verify`` the
+        index files are checked in full (checksum, and every re-rank vector against the
+        database) rather than by their quick fingerprint."""
         with self.engine.connect() as conn, conn.begin():
             roots = list(q.all_roots(conn).values())
             model = q.library_model(conn)
@@ -618,7 +638,7 @@ class Library:
             file.description if file else None,
             file.recall_at_10 if file else None,
             file.count if file else None,
-            cache.in_sync(),
+            cache.in_sync(verify),
             str(self.index_path),
         )
         if (

@@ -88,5 +88,5 @@ def test_read_only_index_folder_still_answers(fake_lib, photos, monkeypatch):
     def no_write(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("organizer.vectors.write_index", no_write)
+    monkeypatch.setattr("organizer.vectors.cache.write_index", no_write)
     assert len(fake_lib.vectors()) == 6

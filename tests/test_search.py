@@ -180,9 +180,7 @@ def test_search_with_the_real_tiny_model(cli, photos):
 
 def test_approximate_index_for_large_libraries(fake_lib, tmp_path, monkeypatch):
     """Past FLAT_MAX vectors an IVF index is built, its recall measured and recorded."""
-    import organizer.vectors as vectors_mod
-
-    monkeypatch.setattr(vectors_mod, "FLAT_MAX", 50)
+    monkeypatch.setattr("organizer.vectors.kinds.FLAT_MAX", 50)
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((8, 16))
     root = tmp_path / "many"
@@ -203,10 +201,10 @@ def test_approximate_index_for_large_libraries(fake_lib, tmp_path, monkeypatch):
             v = centers[i % 8] + 0.3 * rng.standard_normal(16)
             q.put_vector(conn, image_id, model.id, v / np.linalg.norm(v))
     index = fake_lib.vectors()
-    assert index.kind == "ivf" and index.recall >= 0.95
+    assert index.kind == "ivf-fp16" and index.recall >= 0.95
     st = fake_lib.status()
     assert (
-        st.index.type == "ivf"
+        st.index.type == "ivf-fp16"
         and st.index.recall_at_10 >= 0.95
         and "nprobe" in st.index.description
     )
@@ -220,7 +218,7 @@ def test_approximate_index_for_large_libraries(fake_lib, tmp_path, monkeypatch):
 def test_index_is_updated_in_place_after_an_incremental_ingest(fake_lib, photos, monkeypatch):
     fake_lib.ingest([photos])
     rebuilt = []
-    import organizer.vectors as vectors_mod
+    import organizer.vectors.cache as vectors_mod
 
     real = vectors_mod.IndexCache._rebuild
     monkeypatch.setattr(

@@ -139,6 +139,9 @@ class IndexState(Base):
     built_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     recall_at_10: Mapped[float | None] = mapped_column(Float, nullable=True)
     index_description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    file_quick: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    wanted_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    memory_budget: Mapped[int | None] = mapped_column(ID, nullable=True)
 
 
 class ClusterRun(Base):

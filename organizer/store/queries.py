@@ -30,6 +30,7 @@ from organizer.store.records import (
     ImageRecord,
     ImageStatus,
     IndexFileRecord,
+    IndexSettingsRecord,
     IngestRunRecord,
     KnownImage,
     LibraryModel,
@@ -516,6 +517,7 @@ def index_file(conn: Connection) -> IndexFileRecord | None:
         row.index_type,
         row.index_description,
         row.recall_at_10,
+        row.file_quick,
     )
 
 
@@ -531,10 +533,25 @@ def record_index_file(conn: Connection, file: IndexFileRecord) -> bool:
             index_type=file.kind,
             index_description=file.description,
             recall_at_10=file.recall_at_10,
+            file_quick=file.quick,
             built_at=now(),
         )
     )
     return result.rowcount == 1
+
+
+def index_settings(conn: Connection) -> IndexSettingsRecord:
+    """The index kind and memory budget the library asks for."""
+    row = conn.execute(select(state_t.c.wanted_kind, state_t.c.memory_budget)).one()
+    return IndexSettingsRecord(row.wanted_kind, row.memory_budget)
+
+
+def set_index_settings(conn: Connection, settings: IndexSettingsRecord) -> None:
+    conn.execute(
+        update(state_t)
+        .where(state_t.c.id == 1)
+        .values(wanted_kind=settings.kind, memory_budget=settings.memory)
+    )
 
 
 # -- ingest runs -------------------------------------------------------------------------

@@ -176,6 +176,7 @@ class IndexFileRecord:
     kind: str
     description: str
     recall_at_10: float | None
+    quick: str | None = None  # sizes and sampled blocks of every file (None: older files)
 
     def to_dict(self) -> dict:
         return {
@@ -185,7 +186,17 @@ class IndexFileRecord:
             "kind": self.kind,
             "description": self.description,
             "recall_at_10": self.recall_at_10,
+            "quick": self.quick,
         }
+
+
+@dataclass(frozen=True)
+class IndexSettingsRecord:
+    """The index a library asks for (``index build --kind/--memory``): None means auto and
+    the default budget."""
+
+    kind: str | None = None
+    memory: int | None = None
 
 
 # -- cluster runs -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import organizer.ingest.writer
 import organizer.library
-import organizer.vectors
+import organizer.vectors.cache
 from organizer.choices import is_url
 from organizer.config import Settings
 from organizer.ingest import IngestOptions
@@ -77,7 +77,7 @@ def main() -> None:
         def dying_write(path, index):
             import faiss
 
-            faiss.write_index(index._index, str(path) + ".full")
+            faiss.write_index(index.faiss, str(path) + ".full")
             data = Path(str(path) + ".full").read_bytes()
             with open(str(path) + ".partial", "wb") as fh:
                 fh.write(data[: len(data) // 2])
@@ -85,7 +85,7 @@ def main() -> None:
                 fh.write(data[: len(data) // 2])  # a torn write in place: the worst case
             os.kill(os.getpid(), signal.SIGKILL)
 
-        organizer.vectors.write_index = dying_write
+        organizer.vectors.cache.write_index = dying_write
 
     fake = SlowFake(args.slow)
     settings = Settings(library=args.library if is_url(args.library) else Path(args.library))

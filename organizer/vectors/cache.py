@@ -1,0 +1,307 @@
+"""The index files of a library, kept in step with its database (the truth).
+
+The files are trusted only when the generation they were built at is the database's now and
+their quick fingerprint matches (see organizer.vectors.files); otherwise the index is
+rebuilt from the database's vectors, streamed, never re-embedded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Connection, Engine
+
+from organizer.errors import IndexPlanError, LibraryError
+from organizer.store import queries as q
+from organizer.store.db import write_transaction
+from organizer.store.records import IndexFileRecord, IndexSettingsRecord
+from organizer.vectors.files import file_sha256, files_size, matches, read_index, write_index
+from organizer.vectors.index import VectorIndex
+from organizer.vectors.kinds import IndexPlan, plan
+from organizer.vectors.rerank import RerankStore
+
+
+@dataclass(frozen=True)
+class IndexDelta:
+    """What an ingest changed: ids whose vector it wrote, and the index generation it began at."""
+
+    base_generation: int | None
+    written: frozenset[int]
+
+
+class DatabaseFileRecord:
+    """A folder library: the index file's record lives in the database, beside the counter."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def read(self, conn: Connection) -> IndexFileRecord | None:
+        return q.index_file(conn)
+
+    def write(self, file: IndexFileRecord) -> bool:
+        """Record the file; False when the vectors changed since it was built (it is stale)."""
+        with write_transaction(self.engine) as conn:
+            return q.record_index_file(conn, file)
+
+
+class SidecarFileRecord:
+    """A shared catalogue: each machine's cached file describes itself in a JSON file beside
+    it, so that machines never invalidate each other's caches through the database."""
+
+    def __init__(self, engine: Engine, path: Path):
+        self.engine = engine
+        self.path = path
+
+    def read(self, conn: Connection | None = None) -> IndexFileRecord | None:
+        try:
+            return IndexFileRecord(**json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, file: IndexFileRecord) -> bool:
+        with self.engine.connect() as conn:
+            if q.index_generation(conn) != file.generation:
+                return False
+        fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(file.to_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return True
+
+
+FileRecord = DatabaseFileRecord | SidecarFileRecord
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """What ``organizer index build`` made."""
+
+    kind: str
+    description: str
+    count: int
+    recall_at_10: float | None
+    build_s: float
+    ram_mb: float  # the index structure held in memory (the memory-mapped vectors aside)
+    file_mb: float  # every file on disk, re-rank vectors included
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "description": self.description,
+            "count": self.count,
+            "recall_at_10": self.recall_at_10,
+            "build_s": round(self.build_s, 3),
+            "ram_mb": round(self.ram_mb, 1),
+            "file_mb": round(self.file_mb, 1),
+        }
+
+
+class IndexCache:
+    """The index files of one library, verified against and rebuilt from its database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        path: Path,
+        record: FileRecord | None = None,
+        may_write: Callable[[], AbstractContextManager[bool]] | None = None,
+    ):
+        """``record`` keeps what the files hold (default: in the database); ``may_write()`` is
+        a context manager yielding whether this process may write the files now (readers must
+        not rewrite them under a running ingest); default: always."""
+        self.engine = engine
+        self.path = path
+        self.record = record or DatabaseFileRecord(engine)
+        self.problem: str | None = None
+        self.may_write = may_write or (lambda: contextlib.nullcontext(True))
+
+    def _state(self) -> tuple[int, IndexFileRecord | None]:
+        with self.engine.connect() as conn, conn.begin():
+            return q.index_generation(conn), self.record.read(conn)
+
+    def file(self) -> IndexFileRecord | None:
+        """What the index files hold, as recorded when written (None: no file yet)."""
+        return self._state()[1]
+
+    def base_generation(self) -> int | None:
+        """The generation the files are current at, if current now (writes start here)."""
+        generation, file = self._state()
+        return generation if file is not None and file.generation == generation else None
+
+    def load(self) -> VectorIndex:
+        """The index from its files when they match the database, else rebuilt from the
+        database (and saved when the folder is writable)."""
+        generation, file = self._state()
+        if file is not None and file.generation == generation:
+            index = read_index(self.path, file, mmap=True)
+            if index is not None:
+                return index
+        return self._rebuild()
+
+    def in_sync(self, verify: bool = False) -> bool:
+        """Whether the files hold the database's vectors now: by the recorded generation and
+        quick fingerprint, or with ``verify`` by the full checksum and, for re-ranked
+        indexes, every stored vector compared with the database's."""
+        generation, file = self._state()
+        if file is None or file.generation != generation:
+            return False
+        if verify:
+            return file_sha256(self.path) == file.sha256 and self._rerank_matches()
+        return matches(self.path, file)
+
+    def _rerank_matches(self) -> bool:
+        import faiss
+
+        try:
+            raw = faiss.read_index(str(self.path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            return False
+        if VectorIndex.kind_of(raw) != "ivf-pq":
+            return True
+        store = RerankStore.open(self.path, raw.d)
+        if store is None:
+            return False
+        with self.engine.connect() as conn, conn.begin():
+            model = q.library_model(conn)
+            for ids, vectors in q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384):
+                rows = store.rows_of(ids)
+                if (rows < 0).any() or not np.array_equal(
+                    store.vectors[rows], vectors.astype(np.float16)
+                ):
+                    return False
+        return True
+
+    def refresh(self, delta: IndexDelta | None = None) -> str | None:
+        """Bring the files in step after writes: apply ``delta`` to the old index when it is
+        exactly the state the writes started from, else rebuild from the database.
+
+        Returns a warning when the files could not be written (rebuilt on next use).
+        """
+        self.problem = None
+        if self.in_sync():
+            return None
+        index = self._apply(delta) if delta is not None else None
+        if index is None:
+            self._rebuild()
+        return self.problem
+
+    def _apply(self, delta: IndexDelta) -> VectorIndex | None:
+        with self.engine.connect() as conn, conn.begin():
+            file = self.record.read(conn)
+            if file is None or file.generation != delta.base_generation:
+                return None
+            index = read_index(self.path, file)
+            if index is None:
+                return None
+            model = q.library_model(conn)
+            db_ids = set(q.ok_ids(conn, model.id).tolist())
+            have = set(index.ids().tolist())
+            remove = (have - db_ids) | (delta.written & have)
+            add = sorted((db_ids - have) | (delta.written & db_ids))
+            if not index.fits(len(db_ids), self._plan(conn, len(db_ids), model.dim)):
+                return None
+            vectors = q.vectors_of(conn, model.id, model.dim, add)
+            generation = q.index_generation(conn)
+        index.remove(remove)
+        if not index.add(np.asarray(add, dtype=np.int64), vectors) or len(index) != len(db_ids):
+            return None
+        self._save(index, generation)
+        return index
+
+    def _plan(self, conn: Connection, count: int, dim: int) -> IndexPlan:
+        """The index the library asks for at ``count`` vectors; when its budget no longer
+        fits, auto without a budget (and a warning), so that an ingest never fails here."""
+        wanted = q.index_settings(conn)
+        try:
+            return plan(count, dim, wanted.kind or "auto", wanted.memory)
+        except IndexPlanError as exc:
+            self.problem = f"{exc}; built the automatic kind instead"
+            return plan(count, dim, "auto", None)
+
+    def build(self, settings: IndexSettingsRecord | None = None) -> IndexBuild:
+        """Rebuild now (with ``settings``, which are kept for later rebuilds), and report.
+
+        Raises:
+            IndexPlanError: the settings cannot be built for this library.
+        """
+        started = time.perf_counter()
+        if settings is not None:
+            with self.engine.connect() as conn:
+                model = q.library_model(conn)
+                count = q.count_ok_vectors(conn, model.id) if model else 0
+            if model is not None:
+                plan(count, model.dim, settings.kind or "auto", settings.memory)  # may raise
+            with write_transaction(self.engine) as conn:
+                q.set_index_settings(conn, settings)
+        index = self._rebuild()
+        reranked = index.rerank is not None
+        ram = self.path.stat().st_size if self.path.exists() else 0
+        return IndexBuild(
+            index.kind,
+            index.describe(),
+            len(index),
+            index.recall,
+            time.perf_counter() - started,
+            ram / 1e6,
+            files_size(self.path, reranked) / 1e6,
+        )
+
+    def _rebuild(self) -> VectorIndex:
+        """Build from the database, streaming its vectors in one read transaction (one
+        snapshot for every pass), so memory holds the index, not the vectors too."""
+        with self.engine.connect() as conn, conn.begin():
+            generation = q.index_generation(conn)
+            model = q.library_model(conn)
+            if model is None:
+                return VectorIndex.build(np.empty(0, np.int64), np.empty((0, 1), np.float32), 1)
+            count = q.count_ok_vectors(conn, model.id)
+            index = VectorIndex.build_from(
+                lambda: q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384),
+                count,
+                model.dim,
+                self._plan(conn, count, model.dim),
+                self.path.parent if os.access(self.path.parent, os.W_OK) else None,
+            )
+        self._save(index, generation)
+        return index
+
+    def _save(self, index: VectorIndex, generation: int) -> None:
+        try:
+            with self.may_write() as allowed:
+                if not allowed:
+                    return
+                sha, quick = write_index(self.path, index)
+                self.record.write(
+                    IndexFileRecord(
+                        generation,
+                        sha,
+                        len(index),
+                        index.kind,
+                        index.describe(),
+                        index.recall,
+                        quick,
+                    )
+                )
+        except (OSError, LibraryError) as exc:
+            # Read-only folder or full disk: the index serves from memory this time, and the
+            # record still says the files are stale, so they are rebuilt on next use.
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.problem = (
+                f"the vector index could not be saved ({reason}); it will be rebuilt on next use"
+            )

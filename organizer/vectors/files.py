@@ -1,0 +1,138 @@
+"""The index on disk: written atomically, checked before FAISS reads it.
+
+Two checks, both recorded when the files are written:
+
+- a full SHA-256 of the index file, which ``status --verify`` recomputes;
+- a quick fingerprint: every file's size, and its whole content up to 64 MiB, else 64 blocks
+  of 64 KiB spread over it (first and last included). Opening the index checks only this,
+  so opening costs milliseconds at any size (a 10M-image index is about 700 MB, its re-rank
+  vectors 10 GB). Truncation, a foreign or half-written file, or a stale one is caught; a
+  bit flipped deep inside a large file between the sampled blocks is left to ``--verify``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from organizer.store.records import IndexFileRecord
+from organizer.vectors.index import VectorIndex
+from organizer.vectors.rerank import RerankStore, rerank_paths
+
+WHOLE_MAX = 64 << 20
+BLOCK = 64 << 10
+BLOCKS = 64
+
+
+def file_sha256(path: Path) -> str | None:
+    """SHA-256 of the index file, or None when it does not exist or cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def quick_fingerprint(paths: Sequence[Path]) -> str | None:
+    """Sizes and sampled content of ``paths`` in one digest; None if one cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        for path in paths:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                digest.update(f"{size};".encode())
+                if size <= WHOLE_MAX:
+                    digest.update(hashlib.file_digest(fh, "sha256").digest())
+                    continue
+                step = (size - BLOCK) / (BLOCKS - 1)
+                for i in range(BLOCKS):
+                    fh.seek(int(i * step))
+                    digest.update(fh.read(BLOCK))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def index_files(path: Path, reranked: bool) -> list[Path]:
+    """Every file an index at ``path`` consists of."""
+    return [path, *rerank_paths(path)] if reranked else [path]
+
+
+def matches(path: Path, file: IndexFileRecord) -> bool:
+    """Whether the files at ``path`` are those ``file`` records: by the quick fingerprint
+    when one was recorded, else (files written before there was one) the full checksum."""
+    if file.quick is None:
+        return file_sha256(path) == file.sha256
+    return quick_fingerprint(index_files(path, file.kind == "ivf-pq")) == file.quick
+
+
+def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorIndex | None:
+    """Load the index only if its files are those ``file`` records (never hand FAISS a
+    damaged or foreign file); else None.
+
+    With ``mmap`` the file is mapped read-only (a one-off query then reads only what it
+    probes); such an index cannot be changed.
+    """
+    import faiss
+
+    if not matches(path, file):
+        return None
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        raw = faiss.read_index(str(path), flags)
+    except RuntimeError:
+        return None
+    reranked = VectorIndex.kind_of(raw) == "ivf-pq"
+    rerank = RerankStore.open(path, raw.d) if reranked else None
+    if reranked != (file.kind == "ivf-pq") or (reranked and rerank is None):
+        return None
+    index = VectorIndex(raw, file.recall_at_10, rerank)
+    return index if len(index) == file.count else None
+
+
+def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
+    """Write the index atomically (temp file, fsync, rename, fsync folder), moving its
+    re-rank files (if any) beside it; return (SHA-256 of the index file, quick fingerprint).
+
+    Raises:
+        OSError: the folder is not writable or the disk is full; the old file is untouched.
+    """
+    import faiss
+
+    fd, tmp = tempfile.mkstemp(prefix=".vectors-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        try:
+            faiss.write_index(index.faiss, tmp)
+        except RuntimeError as exc:  # faiss reports a full disk as a RuntimeError
+            raise OSError(f"cannot write the vector index: {str(exc).splitlines()[0]}") from None
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+            fh.seek(0)
+            sha = hashlib.file_digest(fh, "sha256").hexdigest()
+        rerank = index.rerank
+        if rerank is not None and (rerank.ids_path, rerank.vectors_path) != rerank_paths(path):
+            rerank.adopt(*rerank_paths(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    quick = quick_fingerprint(index_files(path, index.rerank is not None))
+    if quick is None:
+        raise OSError("the vector index just written cannot be read back")
+    return sha, quick
+
+
+def files_size(path: Path, reranked: bool) -> int:
+    """Bytes on disk of the index at ``path`` and its re-rank files."""
+    return sum(p.stat().st_size for p in index_files(path, reranked) if p.exists())

@@ -1,0 +1,426 @@
+"""The FAISS index: inner-product search over (image id, unit vector) pairs.
+
+Vectors are L2-normalised, so inner product is cosine similarity; FAISS ids are image ids.
+Kinds (see organizer.vectors.kinds for which is chosen when):
+
+- ``flat``: exact.
+- ``ivf-fp16`` / ``ivf-sq8``: inverted lists of half-precision (or 8-bit) vectors.
+- ``ivf-pq``: an OPQ rotation, inverted lists of product-quantizer codes (a 512-d vector in
+  64 bytes), and half-precision vectors memory-mapped from disk: the codes shortlist
+  ``RERANK`` times the results asked for, the exact vectors order them (bench/scale.py
+  has the figures: codes alone reach recall@10 about 0.5, re-ranked about 0.98).
+
+``nprobe`` (lists searched) is calibrated at build time until recall@10 against exact search
+reaches ``TARGET_RECALL`` on sampled queries (each query's own vector left out), and that
+recall is recorded. faiss is imported only by the code that needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from organizer.vectors.kinds import IndexPlan, nlist_for, plan
+from organizer.vectors.rerank import RerankStore, RerankWriter
+
+TARGET_RECALL = 0.97
+RERANK = 16  # PQ candidates per result, re-ranked exactly
+PLATEAU = 0.002  # calibration stops when doubling nprobe gains less recall than this
+WITHIN_K = 32  # a duplicate search's first shortlist on a re-ranked index
+_CALIBRATION_QUERIES = 200
+_KMEANS_ITERATIONS = 10  # faiss's default 25 trains 2.5x longer for no recall measured here
+_TRAIN_PER_LIST = 40
+
+Batch = tuple[np.ndarray, np.ndarray]  # (ids, vectors) of some images
+_BATCH = 16_384
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _i64(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _pick_rows(
+    batches: Iterable[Batch], count: int, dim: int, wanted: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The vectors (and ids) at the given row positions of a stream, in the order asked."""
+    out = []
+    for rows in wanted:
+        out.append((np.empty((len(rows), dim), np.float32), np.empty(len(rows), np.int64)))
+    orders = [np.argsort(rows) for rows in wanted]
+    sorted_rows = [rows[order] for rows, order in zip(wanted, orders, strict=True)]
+    offset = 0
+    for ids, vectors in batches:
+        end = offset + len(ids)
+        for (vecs, picked_ids), rows, order in zip(out, sorted_rows, orders, strict=True):
+            lo, hi = np.searchsorted(rows, [offset, end])
+            take = order[lo:hi]
+            vecs[take] = vectors[rows[lo:hi] - offset]
+            picked_ids[take] = ids[rows[lo:hi] - offset]
+        offset = end
+    if offset != count:
+        raise RuntimeError(f"internal error: the vectors changed while read ({offset} != {count})")
+    return out
+
+
+class _TopK:
+    """Exact top-k (inner product) of a few queries over a stream of batches."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries = queries
+        self.k = k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.ids = np.empty((len(queries), 0), np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        scores = np.concatenate([self.scores, self.queries @ vectors.T], axis=1)
+        all_ids = np.concatenate(
+            [self.ids, np.broadcast_to(ids, (len(self.queries), len(ids)))], axis=1
+        )
+        keep = min(self.k, scores.shape[1])
+        best = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        self.scores = np.take_along_axis(scores, best, axis=1)
+        self.ids = np.take_along_axis(all_ids, best, axis=1)
+
+    def ranked_ids(self) -> np.ndarray:
+        order = np.argsort(-self.scores, axis=1, kind="stable")
+        return np.take_along_axis(self.ids, order, axis=1)
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> float:
+    """Mean overlap of the top 10 of ``found`` and ``truth`` (rows ranked best first), each
+    query's own id left out of both (a query that finds itself proves nothing)."""
+    total = 0.0
+    for f, t, own in zip(found, truth, query_ids, strict=True):
+        f10 = [i for i in f.tolist() if i != own and i >= 0][:10]
+        t10 = [i for i in t.tolist() if i != own][:10]
+        total += len(set(f10) & set(t10)) / max(1, len(t10))
+    return total / max(1, len(found))
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Search results for one query: image ids and cosine scores, best first."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+class VectorIndex:
+    """Inner-product search over (image id, unit vector) pairs; see the module for kinds."""
+
+    def __init__(self, index, recall: float | None = None, rerank: RerankStore | None = None):
+        self.faiss = index
+        self.recall = recall
+        self.rerank = rerank
+
+    # -- building --------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        dim: int,
+        kind: str | IndexPlan = "auto",
+        workdir: Path | None = None,
+    ) -> VectorIndex:
+        """A new index holding ``vectors`` (N x dim float32, unit length) under ``ids``
+        (ascending). ``kind``: a kind name, "auto", or a plan; ``workdir`` holds the re-rank
+        files of a PQ index (default: a temporary folder)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+        def batches() -> Iterator[Batch]:
+            for start in range(0, len(ids), _BATCH):
+                yield ids[start : start + _BATCH], vectors[start : start + _BATCH]
+
+        return cls.build_from(batches, len(ids), dim, kind, workdir)
+
+    @classmethod
+    def build_from(
+        cls,
+        batches: Callable[[], Iterable[Batch]],
+        count: int,
+        dim: int,
+        kind: str | IndexPlan = "auto",
+        workdir: Path | None = None,
+    ) -> VectorIndex:
+        """A new index from a stream of (ids ascending, vectors) batches, ``count`` in all.
+
+        ``batches()`` is called once per pass (twice for IVF kinds: a training sample and the
+        calibration queries are drawn in the first, everything is added in the second), so
+        memory holds the index being built and a training sample, never all the vectors.
+        """
+        import faiss
+
+        chosen = kind if isinstance(kind, IndexPlan) else plan(count, dim, kind, None)
+        if chosen.kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            for ids, vectors in batches():
+                index.add_with_ids(_f32(vectors), _i64(ids))
+            return cls(index, recall=1.0)
+        (sample, _), calibration = _pick_rows(
+            batches(), count, dim, [training_rows(chosen, count), calibration_rows(count)]
+        )
+        empty = trained(chosen, dim, sample)
+        del sample
+        return fill(empty, batches, count, dim, workdir, calibration)
+
+    def calibrate(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
+        """Raise nprobe until recall@10 against exact search reaches TARGET_RECALL; the
+        recall reached (also kept in ``self.recall``)."""
+        ivf = self._ivf()
+        if ivf is None:
+            self.recall = 1.0
+            return 1.0
+        nprobe, last = 1, None
+        while True:
+            ivf.nprobe = nprobe
+            hits = self.search(queries, 11)
+            found = np.full((len(queries), 11), -1, np.int64)
+            for row, h in zip(found, hits, strict=True):
+                row[: len(h.ids)] = h.ids
+            recall = recall_at_10(found, truth, query_ids)
+            if last is not None and recall < last[1] + PLATEAU:
+                # Compressed codes cap the recall: probing more lists only costs time.
+                ivf.nprobe, self.recall = last
+                return last[1]
+            if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
+                self.recall = recall
+                return recall
+            last = (nprobe, recall)
+            nprobe = min(2 * nprobe, ivf.nlist)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _ivf(self):
+        import faiss
+
+        try:
+            return faiss.extract_index_ivf(self.faiss)
+        except RuntimeError:
+            return None
+
+    @staticmethod
+    def kind_of(index) -> str:
+        """The kind name of a faiss index built here."""
+        import faiss
+
+        if isinstance(index, faiss.IndexShards):  # shards searched together
+            return VectorIndex.kind_of(faiss.downcast_index(index.at(0)))
+        try:
+            ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        except RuntimeError:
+            return "flat"
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            return "ivf-pq"
+        if isinstance(ivf, faiss.IndexIVFScalarQuantizer) and (
+            ivf.sq.qtype == faiss.ScalarQuantizer.QT_8bit
+        ):
+            return "ivf-sq8"
+        return "ivf-fp16"
+
+    @property
+    def kind(self) -> str:
+        return self.kind_of(self.faiss)
+
+    @property
+    def nlist(self) -> int:
+        ivf = self._ivf()
+        return 0 if ivf is None else ivf.nlist
+
+    def describe(self) -> str:
+        ivf = self._ivf()
+        if ivf is None:
+            return "flat (exact)"
+        recall = f", recall@10 {self.recall:.3f}" if self.recall is not None else ""
+        shape = f"nlist {ivf.nlist}, nprobe {ivf.nprobe}"
+        if self.kind == "ivf-pq":
+            import faiss
+
+            code = faiss.downcast_index(ivf).pq.code_size
+            return f"ivf-pq (OPQ, {code}-byte codes, {shape}, re-ranked exactly{recall})"
+        return f"{self.kind} ({shape}{recall})"
+
+    @property
+    def dim(self) -> int:
+        return self.faiss.d
+
+    def __len__(self) -> int:
+        return self.faiss.ntotal
+
+    def ids(self) -> np.ndarray:
+        """All image ids in the index."""
+        import faiss
+
+        ivf = self._ivf()
+        if ivf is None:
+            return faiss.vector_to_array(self.faiss.id_map).astype(np.int64)
+        lists = ivf.invlists
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(ivf.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
+        """The ``k`` nearest ids for each query vector (fewer when the index is smaller)."""
+        k = min(k, len(self))
+        queries = _f32(queries)
+        if k <= 0:
+            return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        if self.rerank is None:
+            scores, ids = self.faiss.search(queries, k)
+            return [Hits(i[i >= 0], s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+        _, candidates = self.faiss.search(queries, min(len(self), k * RERANK))
+        return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, candidates, strict=True)]
+
+    def _exact(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Hits:
+        scores = self.rerank.scores(query, candidates)
+        order = np.argsort(-scores, kind="stable")[:k]
+        keep = order[np.isfinite(scores[order])]
+        return Hits(candidates[keep], scores[keep])
+
+    def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, the ids and scores of every vector with similarity >= threshold
+        (exact scores for every kind but ivf-sq8)."""
+        queries = _f32(queries)
+        if len(self) == 0:
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        if self.rerank is not None:
+            return [self._within_reranked(q, threshold) for q in queries]
+        lims, scores, ids = self.faiss.range_search(queries, float(threshold))
+        return [
+            (ids[lims[i] : lims[i + 1]], scores[lims[i] : lims[i + 1]]) for i in range(len(queries))
+        ]
+
+    def _within_reranked(
+        self, query: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # PQ scores err by more than near-duplicates differ: shortlist by rank (the exact
+        # top k of k * RERANK candidates), widening while the whole shortlist qualifies.
+        k = WITHIN_K
+        while True:
+            hits = self.search(query[None, :], k)[0]
+            keep = hits.scores >= threshold
+            if not keep.all() or len(hits.ids) < k:
+                return hits.ids[keep], hits.scores[keep]
+            k *= 4
+
+    # -- changing --------------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
+        """Add (ids ascending); False when a re-ranked index cannot take them in place."""
+        if not len(ids):
+            return True
+        ids = _i64(ids)
+        if self.rerank is not None and not self.rerank.update(ids, vectors):
+            return False
+        self.faiss.add_with_ids(_f32(vectors), ids)
+        return True
+
+    def remove(self, ids) -> None:
+        import faiss
+
+        ids = np.asarray(sorted(ids), dtype=np.int64)
+        if len(ids):
+            self.faiss.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def fits(self, size: int, wanted: IndexPlan) -> bool:
+        """Whether this index still suits a library of ``size`` vectors planned as ``wanted``
+        (same kind; lists not fewer than half the planned number)."""
+        return self.kind == wanted.kind and self.nlist >= wanted.nlist // 2
+
+
+# -- the two steps of a build, also used on their own for shards ----------------------------
+
+
+def training_rows(chosen: IndexPlan, count: int) -> np.ndarray:
+    """Which rows of a stream of ``count`` vectors train an index of plan ``chosen``."""
+    nlist = chosen.nlist or nlist_for(count)
+    wanted = _TRAIN_PER_LIST * nlist
+    if chosen.reranked:  # the 256 codewords of each sub-vector want 39 points each too
+        wanted = max(wanted, 39 * 256)
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(count, min(count, wanted), replace=False))
+
+
+def calibration_rows(count: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return np.sort(rng.choice(count, min(count, _CALIBRATION_QUERIES), replace=False))
+
+
+def trained(chosen: IndexPlan, dim: int, sample: np.ndarray):
+    """An empty IVF faiss index of the planned kind, trained on ``sample``."""
+    import faiss
+
+    nlist = chosen.nlist or nlist_for(len(sample))
+    if chosen.kind == "ivf-pq":
+        m = chosen.code_bytes
+        index = faiss.index_factory(dim, f"OPQ{m},IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+        # faiss's defaults train for minutes on two cores (OPQ: 50 rotation updates;
+        # polysemous codes, which search here never uses). 4 rotation updates instead of
+        # 10 cut recall@10 at 1M from 0.98 to a 0.96 ceiling.
+        opq = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+        opq.niter = 10
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    else:
+        qtype = (
+            faiss.ScalarQuantizer.QT_8bit
+            if chosen.kind == "ivf-sq8"
+            else faiss.ScalarQuantizer.QT_fp16
+        )
+        index = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(dim), dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT
+        )
+    faiss.extract_index_ivf(index).cp.niter = _KMEANS_ITERATIONS
+    index.train(_f32(sample))
+    return index
+
+
+def fill(
+    empty,
+    batches: Callable[[], Iterable[Batch]],
+    count: int,
+    dim: int,
+    workdir: Path | None = None,
+    calibration: tuple[np.ndarray, np.ndarray] | None = None,
+) -> VectorIndex:
+    """Add a stream to an empty trained IVF index (and its re-rank store), then calibrate
+    nprobe against exact search on ``calibration`` (queries, their ids): by default sampled
+    from the stream in a pass of its own."""
+    if calibration is None:
+        ((queries, query_ids),) = _pick_rows(batches(), count, dim, [calibration_rows(count)])
+    else:
+        queries, query_ids = calibration
+    reranked = VectorIndex.kind_of(empty) == "ivf-pq"
+    with contextlib.ExitStack() as stack:
+        if reranked and workdir is None:
+            import tempfile
+
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="organizer-")))
+        writer = RerankWriter(workdir, dim) if reranked else None
+        try:
+            exact = _TopK(queries, 11)
+            for ids, vectors in batches():
+                vectors, ids = _f32(vectors), _i64(ids)
+                empty.add_with_ids(vectors, ids)
+                exact.update(ids, vectors)
+                if writer is not None:
+                    writer.add(ids, vectors)
+        except BaseException:
+            if writer is not None:
+                writer.abandon()
+            raise
+        built = VectorIndex(empty, rerank=writer.finish() if writer is not None else None)
+        built.calibrate(queries, query_ids, exact.ranked_ids())
+    return built

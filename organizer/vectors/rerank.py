@@ -1,0 +1,163 @@
+"""Half-precision copies of the vectors on disk, memory-mapped: exact scores for the
+candidates a compressed (PQ) index shortlists.
+
+Two flat files beside the index: the image ids in ascending order (int64) and the vectors
+in the same order (float16, ``dim`` a row). A lookup is a binary search in the ids and one
+row read; nothing is loaded up front, so opening costs nothing at any size. Rows are only
+ever appended or overwritten in place (a vector re-embedded), never moved, so a reader that
+mapped the files earlier keeps reading valid rows while a writer brings them up to date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+
+def rerank_paths(index_path: Path) -> tuple[Path, Path]:
+    """(ids file, vectors file) kept beside the index file ``index_path``."""
+    stem = index_path.with_suffix("")
+    return stem.with_name(stem.name + ".rerank-ids"), stem.with_name(stem.name + ".rerank-f16")
+
+
+class RerankStore:
+    """Exact (fp16-stored, fp32-computed) inner products for given image ids."""
+
+    def __init__(self, ids_path: Path, vectors_path: Path, dim: int, temporary: bool = False):
+        self.ids_path = ids_path
+        self.vectors_path = vectors_path
+        self.dim = dim
+        self._map()
+        # A store built for a process that never saves it (a server rebuilding in memory)
+        # must not leave gigabytes behind: temporary files go when the store does.
+        self._cleanup = (
+            weakref.finalize(self, _unlink, ids_path, vectors_path) if temporary else None
+        )
+
+    def _map(self) -> None:
+        rows = os.path.getsize(self.ids_path) // 8
+        if os.path.getsize(self.vectors_path) != rows * self.dim * 2:
+            raise ValueError("the re-rank files disagree in length")
+        self.ids = _memmap(self.ids_path, np.int64, (rows,))
+        self.vectors = _memmap(self.vectors_path, np.float16, (rows, self.dim))
+
+    @classmethod
+    def open(cls, index_path: Path, dim: int) -> RerankStore | None:
+        """The store beside ``index_path``; None when its files are missing or inconsistent."""
+        try:
+            return cls(*rerank_paths(index_path), dim)
+        except (OSError, ValueError):
+            return None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id (-1 where the store does not hold it)."""
+        if len(self.ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        rows = np.searchsorted(self.ids, ids)
+        rows = np.minimum(rows, len(self.ids) - 1)
+        return np.where(self.ids[rows] == ids, rows, -1)
+
+    def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Inner product of ``query`` with the stored vector of each id (-inf if absent)."""
+        rows = self.rows_of(ids)
+        found = rows >= 0
+        out = np.full(len(ids), -np.inf, np.float32)
+        if found.any():
+            # Sorted row order reads the file front to back (fewer seeks when it is cold).
+            picked = np.sort(rows[found])
+            order = np.argsort(np.argsort(rows[found]))
+            vectors = self.vectors[picked].astype(np.float32)
+            out[found] = (vectors @ query.astype(np.float32))[order]
+        return out
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
+        """Write ``vectors`` (ids ascending): overwrite the rows of known ids in place, append
+        ids beyond the last. False (nothing changed) when an id would need inserting in the
+        middle: the caller then rebuilds the store."""
+        if len(ids) == 0:
+            return True
+        rows = self.rows_of(ids)
+        last = int(self.ids[-1]) if len(self.ids) else -1
+        new = rows < 0
+        if np.any(ids[new] <= last):
+            return False
+        half = np.asarray(vectors, dtype=np.float16)
+        if (~new).any():
+            with open(self.vectors_path, "r+b") as fh:
+                for row, vector in zip(rows[~new].tolist(), half[~new], strict=True):
+                    fh.seek(row * self.dim * 2)
+                    fh.write(vector.tobytes())
+        if new.any():
+            with open(self.vectors_path, "ab") as fv, open(self.ids_path, "ab") as fi:
+                fv.write(np.ascontiguousarray(half[new]).tobytes())
+                fi.write(np.ascontiguousarray(ids[new], dtype=np.int64).tobytes())
+        for path in (self.vectors_path, self.ids_path):
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        self._map()
+        return True
+
+    def adopt(self, ids_path: Path, vectors_path: Path) -> None:
+        """Move the (temporary) files to their final names; the maps stay valid."""
+        os.replace(self.ids_path, ids_path)
+        os.replace(self.vectors_path, vectors_path)
+        self.ids_path, self.vectors_path = ids_path, vectors_path
+        if self._cleanup is not None:
+            self._cleanup.detach()
+            self._cleanup = None
+
+
+class RerankWriter:
+    """Streams (ids ascending, vectors) into temporary re-rank files in ``folder``."""
+
+    def __init__(self, folder: Path, dim: int):
+        self.dim = dim
+        self.paths = []
+        for suffix in (".ids.tmp", ".f16.tmp"):
+            fd, name = tempfile.mkstemp(prefix=".rerank-", suffix=suffix, dir=folder)
+            os.close(fd)
+            self.paths.append(Path(name))
+        self._ids = open(self.paths[0], "wb")  # noqa: SIM115 (closed in finish/abandon)
+        self._vectors = open(self.paths[1], "wb")  # noqa: SIM115
+        self._last = -1
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        if ids[0] <= self._last or np.any(np.diff(ids) <= 0):
+            raise RuntimeError("internal error: re-rank vectors must arrive by ascending id")
+        self._last = int(ids[-1])
+        self._ids.write(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        self._vectors.write(np.ascontiguousarray(vectors, dtype=np.float16).tobytes())
+
+    def finish(self) -> RerankStore:
+        for fh in (self._ids, self._vectors):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        return RerankStore(self.paths[0], self.paths[1], self.dim, temporary=True)
+
+    def abandon(self) -> None:
+        for fh in (self._ids, self._vectors):
+            fh.close()
+        _unlink(*self.paths)
+
+
+def _memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if shape[0] == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def _unlink(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

@@ -1,0 +1,141 @@
+"""An index past one machine: trained once, filled in shards, merged or searched together.
+
+    template = shards.train(sample, plan)                      # once, on a sample
+    part = shards.fill(template, batches_of_this_machine, dir)   # on each machine
+    index = shards.merge([part_a, part_b], dir)                # one index, or
+    index = shards.together([part_a, part_b])                  # search them side by side
+
+Every shard starts from the same trained template (the same list centroids, rotation and
+codebooks), so a vector gets the same list and the same code whichever machine adds it:
+merging the lists gives exactly the index one machine would have built, and searching the
+shards together and merging their results gives the same top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from organizer.vectors.index import Batch, VectorIndex, _f32, _i64, trained
+from organizer.vectors.kinds import IndexPlan
+from organizer.vectors.rerank import RerankStore, RerankWriter
+
+
+def train(sample: np.ndarray, chosen: IndexPlan) -> VectorIndex:
+    """An empty index of plan ``chosen`` (an IVF kind), trained on ``sample`` (float32).
+
+    Its nprobe (lists searched), which every shard copies, starts at 1/64 of the lists (at
+    least 8); calibrate the merged index, or set it, for the recall wanted."""
+    import faiss
+
+    if chosen.kind == "flat":
+        raise ValueError("a flat index needs no training: shard it by adding to each part")
+    index = trained(chosen, sample.shape[1], _f32(sample))
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = min(ivf.nlist, max(8, ivf.nlist // 64))
+    return VectorIndex(index)
+
+
+def fill(
+    template: VectorIndex, batches: Callable[[], Iterable[Batch]], workdir: Path
+) -> VectorIndex:
+    """A shard: a copy of ``template`` holding the (ids ascending, vectors) of ``batches``,
+    with its own re-rank files in ``workdir`` for a re-ranked kind."""
+    import faiss
+
+    index = faiss.clone_index(template.faiss)
+    reranked = template.kind == "ivf-pq"
+    writer = RerankWriter(workdir, index.d) if reranked else None
+    try:
+        for ids, vectors in batches():
+            index.add_with_ids(_f32(vectors), _i64(ids))
+            if writer is not None:
+                writer.add(_i64(ids), vectors)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    return VectorIndex(index, rerank=writer.finish() if writer is not None else None)
+
+
+def merge(parts: Sequence[VectorIndex], workdir: Path) -> VectorIndex:
+    """One index holding every shard's vectors (shards hold disjoint ids), as if one
+    machine had added them all to the template. The shards are left unchanged."""
+    import faiss
+
+    merged = faiss.clone_index(parts[0].faiss)
+    ivf = faiss.extract_index_ivf(merged)
+    for part in parts[1:]:
+        ivf.merge_from(faiss.clone_index(faiss.extract_index_ivf(part.faiss)), 0)
+    merged.ntotal = ivf.ntotal  # a wrapping rotation does not follow its lists' count
+    rerank = None
+    if parts[0].rerank is not None:
+        rerank = _merged_rerank([p.rerank for p in parts], workdir, merged.d)
+    index = VectorIndex(merged, parts[0].recall, rerank)
+    _same_nprobe(index, parts[0])
+    return index
+
+
+def _merged_rerank(stores: Sequence[RerankStore], workdir: Path, dim: int) -> RerankStore:
+    """The stores' rows in one store, by ascending id (streamed; memory holds the ids)."""
+    ids = np.concatenate([np.asarray(s.ids) for s in stores])
+    owner = np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(stores)])
+    row = np.concatenate([np.arange(len(s)) for s in stores])
+    order = np.argsort(ids, kind="stable")
+    if np.any(np.diff(ids[order]) == 0):
+        raise ValueError("shards hold the same image id twice: fill each with its own ids")
+    writer = RerankWriter(workdir, dim)
+    try:
+        for start in range(0, len(order), 65_536):
+            chunk = order[start : start + 65_536]
+            vectors = np.empty((len(chunk), dim), np.float16)
+            for i, store in enumerate(stores):
+                mine = owner[chunk] == i
+                vectors[mine] = store.vectors[row[chunk][mine]]
+            writer.add(ids[chunk], vectors)
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.finish()
+
+
+class _ShardedRerank:
+    """The re-rank stores of several shards, asked as one."""
+
+    def __init__(self, stores: Sequence[RerankStore]):
+        self.stores = list(stores)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.stores)
+
+    def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        out = np.full(len(ids), -np.inf, np.float32)
+        for store in self.stores:
+            found = store.rows_of(ids) >= 0
+            if found.any():
+                out[found] = store.scores(query, ids[found])
+        return out
+
+
+def together(parts: Sequence[VectorIndex]) -> VectorIndex:
+    """The shards searched side by side (faiss IndexShards): each answers from its own
+    lists, and the results are merged, so no machine has to hold the whole index."""
+    import faiss
+
+    shards = faiss.IndexShards(parts[0].dim, False, False)
+    for part in parts:
+        shards.add_shard(part.faiss)
+    rerank = None
+    if parts[0].rerank is not None:
+        rerank = _ShardedRerank([p.rerank for p in parts])
+    index = VectorIndex(shards, parts[0].recall, rerank)
+    index._parts = list(parts)  # keep the shards (and their maps) alive with the whole
+    return index
+
+
+def _same_nprobe(index: VectorIndex, like: VectorIndex) -> None:
+    import faiss
+
+    faiss.extract_index_ivf(index.faiss).nprobe = faiss.extract_index_ivf(like.faiss).nprobe
