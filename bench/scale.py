@@ -1,0 +1,294 @@
+"""Index kinds at scale: build time, memory, recall@10 and latency, 1M to 10M+ vectors.
+
+    python bench/scale.py --n 1000000 [--json] [--kinds ivf-fp16,ivf-sq8,ivf-pq]
+
+Seeded synthetic CLIP-like vectors (512-d, unit length: a shared mean, 2,000 clusters of
+Zipf-distributed sizes whose centres lie in a 64-d subspace, each spreading along 8
+directions of its own, plus isotropic noise; mean cosine of two vectors about 0.4, of a
+vector and its nearest neighbour about 0.92, as for CLIP ViT-B image embeddings) are
+written once as an fp16 file, with 1,000 near-duplicate pairs planted (cosine about 0.98).
+Exact top-10 of 1,000 held-out queries is computed by streaming. Then each index kind is
+built by organizer's own code (organizer.vectors) in a process of its own, from the file
+streamed in chunks as a database would be (never memory-mapped, so that peak RSS counts the
+build, not the page cache), and measured: build time, peak RSS added by the build, memory
+the loaded index holds (its faiss file, which is read whole; the re-rank vectors stay
+memory-mapped), every file, recall@10 and
+per-query latency (one query per library call, 1,000 queries), and the planted duplicate
+pairs found at cosine >= 0.95. ``chosen`` marks what ``--kind auto`` builds at this N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from catalogue import cpu  # noqa: E402 (bench/ is not a package)
+from common import DATA, table  # noqa: E402
+
+DIM = 512
+QUERIES = 1_000
+PAIRS = 1_000
+CHUNK = 20_000
+DUP_THRESHOLD = 0.95
+KINDS = ("ivf-fp16", "ivf-sq8", "ivf-pq")  # ivf-pq is measured with and without re-rank
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def _chunks(n: int, seed: int):
+    """Seeded CLIP-like unit vectors, CHUNK at a time (the same for any n)."""
+    rng = np.random.default_rng(1234)
+    mean = rng.standard_normal(DIM).astype(np.float32)
+    mean /= np.linalg.norm(mean)
+    basis = np.linalg.qr(rng.standard_normal((DIM, 64)))[0].astype(np.float32).T
+    clusters = 2000
+    centres = (rng.standard_normal((clusters, 64)).astype(np.float32) * 0.07) @ basis
+    spread = rng.standard_normal((clusters, 8, DIM)).astype(np.float32) * (0.4 / np.sqrt(DIM))
+    weights = rng.zipf(1.6, clusters).astype(np.float64)
+    weights /= weights.sum()
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        r = np.random.default_rng([seed, start])
+        c = r.choice(clusters, m, p=weights)
+        z = r.standard_normal((m, 8), dtype=np.float32)
+        x = mean + centres[c] + np.einsum("mk,mkd->md", z, spread[c])
+        x += r.standard_normal((m, DIM), dtype=np.float32) * (0.25 / np.sqrt(DIM))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        yield start, x
+
+
+def dataset(n: int) -> tuple[Path, np.ndarray, np.ndarray]:
+    """(fp16 vectors file, queries, planted pairs), made once and cached."""
+    folder = DATA / f"scale-{n}"
+    done = folder / ".complete"
+    path = folder / "vectors.f16"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        rng = np.random.default_rng(99)
+        firsts = np.sort(rng.choice(np.arange(0, n - 1, 2), min(PAIRS, n // 4), replace=False))
+        with open(path, "wb") as fh:
+            for start, x in _chunks(n, 0):
+                local = firsts[(firsts >= start) & (firsts < start + len(x) - 1)] - start
+                noise = np.random.default_rng(start + 7).standard_normal((len(local), DIM))
+                dup = x[local] + 0.2 / np.sqrt(DIM) * noise.astype(np.float32)
+                x[local + 1] = dup / np.linalg.norm(dup, axis=1, keepdims=True)
+                fh.write(x.astype(np.float16).tobytes())
+                print(f"\r  generating {start + len(x):,}/{n:,}", end="", file=sys.stderr)
+        np.save(folder / "pairs.npy", np.stack([firsts, firsts + 1], axis=1))
+        queries = np.concatenate([x for _, x in _chunks(QUERIES, 1)])
+        np.save(folder / "queries.npy", queries)
+        print(f"\n  generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        done.touch()
+    return path, np.load(folder / "queries.npy"), np.load(folder / "pairs.npy")
+
+
+def stream(path: Path, n: int, batch: int = 16_384):
+    """(ids, float32 vectors) batches read from the file (not mapped), ids = row numbers."""
+    buf = np.empty((batch, DIM), np.float16)
+    with open(path, "rb", buffering=0) as fh:
+        for start in range(0, n, batch):
+            m = min(batch, n - start)
+            view = buf[:m]
+            fh.readinto(memoryview(view).cast("B"))
+            yield np.arange(start, start + m, dtype=np.int64), view.astype(np.float32)
+
+
+def truth(path: Path, n: int, queries: np.ndarray) -> np.ndarray:
+    """Exact top-10 ids of each query, streamed, cached."""
+    cache = path.parent / "truth.npy"
+    if cache.exists():
+        return np.load(cache)
+    started = time.perf_counter()
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.empty((len(queries), 0), np.int64)
+    for ids, x in stream(path, n, 65_536):
+        s = np.concatenate([best_s, queries @ x.T], axis=1)
+        i = np.concatenate([best_i, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+        top = np.argpartition(-s, 9, axis=1)[:, :10]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+    order = np.argsort(-best_s, axis=1)
+    result = np.take_along_axis(best_i, order, 1)
+    np.save(cache, result)
+    print(f"  exact top-10 in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return result
+
+
+# -- one variant, in a process of its own ---------------------------------------------------
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def measure(n: int, kind: str) -> list[dict]:
+    from organizer.store.records import IndexFileRecord
+    from organizer.vectors import VectorIndex, plan
+    from organizer.vectors.files import files_size, read_index, write_index
+
+    path, queries, pairs = dataset(n)
+    exact = truth(path, n, queries)
+    chosen = plan(n, DIM, kind, None)
+    auto = plan(n, DIM, "auto", None).kind
+    with tempfile.TemporaryDirectory(dir=DATA, prefix="scale-index-") as tmp:
+        work = Path(tmp)
+        before = _rss_mb()
+        peak = [before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.05):
+                peak[0] = max(peak[0], _rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        built = VectorIndex.build_from(lambda: stream(path, n), n, DIM, chosen, work)
+        build_s = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+        peak_mb = max(peak[0], _rss_mb()) - before
+        sha, quick = write_index(work / "vectors.faiss", built)
+        record = IndexFileRecord(1, sha, len(built), built.kind, "", built.recall, quick)
+        file_mb = files_size(work / "vectors.faiss", built.rerank is not None) / 1e6
+        del built
+        # What a search process holds: read_index loads the faiss file whole (the re-rank
+        # vectors stay memory-mapped), so its size is the index's memory.
+        ram_mb = (work / "vectors.faiss").stat().st_size / 1e6
+        index = read_index(work / "vectors.faiss", record)
+        built = {
+            "build_s": round(build_s, 1),
+            "build_peak_mb": round(peak_mb),
+            "ram_mb": round(ram_mb),
+            "file_mb": round(file_mb),
+        }
+        rows = []
+        for reranked in (True, False) if index.rerank is not None else (False,):
+            name = (
+                kind + (", re-ranked" if reranked else ", codes only") if chosen.reranked else kind
+            )
+            store, index.rerank = index.rerank, index.rerank if reranked else None
+            rows.append(
+                {
+                    "kind": name,
+                    "description": index.describe(),
+                    **built,
+                    **_searched(index, queries, exact),
+                    "duplicates_found": round(_planted_found(index, path, pairs), 4),
+                    "chosen": auto == kind and (reranked or not chosen.reranked),
+                }
+            )
+            index.rerank = store
+        return rows
+
+
+def _searched(index, queries: np.ndarray, exact: np.ndarray) -> dict:
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        hits = index.search(q[None, :], 10)[0]
+        times.append(time.perf_counter() - t)
+        found.append(set(hits.ids.tolist()))
+    recall = float(np.mean([len(f & set(t)) / 10 for f, t in zip(found, exact, strict=True)]))
+    return {
+        "recall_at_10": round(recall, 4),
+        "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 2),
+        "p95_ms": round(float(np.percentile(times, 95)) * 1e3, 2),
+    }
+
+
+def _planted_found(index, path: Path, pairs: np.ndarray) -> float:
+    """Share of planted pairs whose partner a duplicate search (>= 0.95) finds."""
+    firsts = pairs[:, 0]
+    vectors = np.empty((len(firsts), DIM), np.float32)
+    with open(path, "rb") as fh:
+        for row, i in enumerate(firsts.tolist()):
+            fh.seek(i * DIM * 2)
+            vectors[row] = np.frombuffer(fh.read(DIM * 2), np.float16)
+    found = index.within(vectors, DUP_THRESHOLD)
+    return float(np.mean([b in ids for (ids, _), b in zip(found, pairs[:, 1], strict=True)]))
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: one variant
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.n, args.one)))
+        return
+    print(cpu(), file=sys.stderr)
+    path, queries, _ = dataset(args.n)
+    truth(path, args.n, queries)
+    rows = []
+    for name in args.kinds.split(","):
+        print(f"  {name} ...", file=sys.stderr)
+        done = subprocess.run(
+            [sys.executable, __file__, "--n", str(args.n), "--one", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            sys.exit(f"{name} failed:\n{done.stderr}")
+        rows.extend(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"    {rows[-1]}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"n": args.n, "cpu": cpu(), "variants": rows}, indent=2))
+        return
+    header = [
+        "kind",
+        "build",
+        "build peak",
+        "index RAM",
+        "files",
+        "recall@10",
+        "p50",
+        "p95",
+        "dups found",
+        "auto",
+    ]
+    print(f"{args.n:,} vectors, 512-d; {cpu()}")
+    print(
+        table(
+            [
+                [
+                    r["kind"],
+                    f"{r['build_s']:.0f} s",
+                    f"{r['build_peak_mb']:,} MB",
+                    f"{r['ram_mb']:,} MB",
+                    f"{r['file_mb']:,} MB",
+                    f"{r['recall_at_10']:.3f}",
+                    f"{r['p50_ms']:.2f} ms",
+                    f"{r['p95_ms']:.2f} ms",
+                    f"{r['duplicates_found']:.1%}",
+                    "chosen" if r["chosen"] else "",
+                ]
+                for r in rows
+            ],
+            header,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
