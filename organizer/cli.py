@@ -438,6 +438,8 @@ def status(
         out.print_json(st.to_dict())
     else:
         out.print_status(st)
+    if not failed and not skipped and st.index.damaged:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _memory(value: str | None) -> int | None:

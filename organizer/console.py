@@ -174,6 +174,8 @@ def print_status(st) -> None:
     )
     index = st.index
     health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
+    if index.damaged:
+        health = "damaged (the full check failed): removed, rebuilt from the database on next use"
     rows.append(("index", f"{index.description or 'none'}, {index.count or 0} vectors, {health}"))
     if st.last_ingest:
         rows.append(("ingest", _last_ingest(st.last_ingest)))

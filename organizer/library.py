@@ -74,6 +74,7 @@ class IndexStatus:
     count: int | None
     in_sync: bool
     path: str
+    damaged: bool = False  # found by a full check (status --verify); the files were removed
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +84,7 @@ class IndexStatus:
             "count": self.count,
             "in_sync": self.in_sync,
             "path": self.path,
+            "damaged": self.damaged,
         }
 
 
@@ -632,14 +634,16 @@ class Library:
             counts = q.status_counts(conn)
             last = q.last_run(conn)
         cache = self.index_cache
+        damaged = verify and not cache.verify()
         file = cache.file()
         index = IndexStatus(
             file.kind if file else None,
             file.description if file else None,
             file.recall_at_10 if file else None,
             file.count if file else None,
-            cache.in_sync(verify),
+            cache.in_sync(),
             str(self.index_path),
+            damaged,
         )
         if (
             last is not None

@@ -192,6 +192,12 @@ def test_shards_filled_apart_give_the_same_top10(data, tmp_path):
     assert len(merged) == N and len(merged.rerank) == N
     assert [h.ids.tolist() for h in merged.search(queries, 10)] == expected
     assert [h.ids.tolist() for h in side_by_side.search(queries, 10)] == expected
+    assert sorted(side_by_side.ids().tolist()) == ids.tolist()
+    assert side_by_side.kind == "ivf-pq" and "ivf-pq" in side_by_side.describe()
+    (found, _), _ = side_by_side.within(vectors[:2], 0.95)
+    assert ids[1] in found.tolist()
+    with pytest.raises(ValueError, match="read-only"):
+        side_by_side.add(ids[:1], vectors[:1])
     with pytest.raises(ValueError, match="same image id"):
         sh.merge([a, a], tmp_path)
 
@@ -219,7 +225,9 @@ def _add_vectors(lib, root, vectors):
 
 
 @pytest.mark.both_backends
-def test_library_on_a_pq_index(fake_lib, tmp_path, photos):
+def test_library_on_a_pq_index(fake_lib, tmp_path, photos, monkeypatch):
+    monkeypatch.setattr("organizer.vectors.files.WHOLE_MAX", 64 << 10)  # sample, as at 10M
+    monkeypatch.setattr("organizer.vectors.files.BLOCK", 1 << 10)
     fake_lib.ingest([photos])
     _add_vectors(fake_lib, tmp_path / "archive", _clustered(N, dim=16))
     built = fake_lib.build_index("ivf-pq")
@@ -242,7 +250,15 @@ def test_library_on_a_pq_index(fake_lib, tmp_path, photos):
         byte = fh.read(1)
         fh.seek(-1, 1)
         fh.write(bytes([byte[0] ^ 0x40]))
-    assert not fake_lib.status(verify=True).index.in_sync
+    assert fake_lib.status().index.in_sync  # the quick check samples: it cannot see it
+    verified = fake_lib.status(verify=True).index
+    assert verified.damaged
+    assert fake_lib.similar(photos / "img000.jpg", limit=3).results  # rebuilt, answers
+    st = fake_lib.status(verify=True).index
+    assert st.in_sync and not st.damaged and st.type == "ivf-pq"
+    # Another kind removes the re-rank files (10 GB at 10M images).
+    assert fake_lib.build_index("ivf-fp16").kind == "ivf-fp16"
+    assert not any(p.exists() for p in rerank_paths(fake_lib.index_path))
 
 
 def test_index_build_command(cli, photos):
@@ -256,6 +272,45 @@ def test_index_build_command(cli, photos):
     bad = cli("index", "build", "--memory", "lots")
     assert bad.exit_code == 2 and "not a memory size" in bad.stderr
     assert cli("index", "build", "--kind", "hnsw").exit_code == 2
-    small = cli("index", "build", "--kind", "flat", "--memory", "1k")
+    small = cli("index", "build", "--kind", "flat", "--memory", "100")
     assert small.exit_code == 2 and "raise --memory" in small.stderr
     assert small.exception is None or isinstance(small.exception, SystemExit)
+
+
+def test_pq_library_survives_a_full_disk_and_leftovers(fake_lib, tmp_path, photos, monkeypatch):
+    import os
+    import time
+
+    from organizer.vectors.rerank import RerankStore
+
+    fake_lib.ingest([photos])
+    _add_vectors(fake_lib, tmp_path / "archive", _clustered(N, dim=16))
+    fake_lib.build_index("ivf-pq")
+    leftover = fake_lib.index_path.parent / ".rerank-dead.f16.tmp"
+    leftover.write_bytes(b"x" * 100)  # what a killed build leaves
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))
+
+    def full(self, ids, vectors):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RerankStore, "update", full)
+    make_folder(photos, 2, start_seed=80)
+    summary = fake_lib.ingest([photos])  # the in-place update fails: rebuilt, not failed
+    assert summary.embedded == 2
+    st = fake_lib.status()
+    assert st.last_ingest.status == "finished" and st.index.in_sync and st.index.count == N + 8
+    assert not leftover.exists()
+
+
+def test_index_build_that_cannot_save_fails(fake_lib, photos, monkeypatch):
+    from organizer.errors import LibraryError
+
+    fake_lib.ingest([photos])
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("organizer.vectors.cache.write_index", full)
+    with pytest.raises(LibraryError, match="No space left"):
+        fake_lib.build_index("flat")

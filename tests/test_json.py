@@ -113,6 +113,7 @@ def test_ingest_and_status(library, run_json, tmp_path):
             "count": 7,
             "in_sync": True,
             "path": str(tmp_path / "lib" / "vectors.faiss"),
+            "damaged": False,
         },
         "last_ingest": {
             "started_at": TIMESTAMP,

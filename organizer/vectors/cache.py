@@ -8,11 +8,12 @@ rebuilt from the database's vectors, streamed, never re-embedded.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,15 @@ from organizer.errors import IndexPlanError, LibraryError
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import IndexFileRecord, IndexSettingsRecord
-from organizer.vectors.files import file_sha256, files_size, matches, read_index, write_index
+from organizer.vectors.files import (
+    file_sha256,
+    files_size,
+    index_files,
+    matches,
+    read_index,
+    remove_leftovers,
+    write_index,
+)
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import IndexPlan, plan
 from organizer.vectors.rerank import RerankStore
@@ -131,6 +140,23 @@ class IndexCache:
         self.problem: str | None = None
         self.may_write = may_write or (lambda: contextlib.nullcontext(True))
 
+    @contextlib.contextmanager
+    def _files_lock(self, exclusive: bool) -> Iterator[None]:
+        """Serialise replacing and updating the files between this machine's processes (a
+        server library lets any of them save its cache); readers take it shared to open."""
+        try:
+            fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+        except OSError:  # a read-only folder: nobody can change the files there either
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     def _state(self) -> tuple[int, IndexFileRecord | None]:
         with self.engine.connect() as conn, conn.begin():
             return q.index_generation(conn), self.record.read(conn)
@@ -149,21 +175,35 @@ class IndexCache:
         database (and saved when the folder is writable)."""
         generation, file = self._state()
         if file is not None and file.generation == generation:
-            index = read_index(self.path, file, mmap=True)
+            with self._files_lock(exclusive=False):
+                index = read_index(self.path, file, mmap=True)
             if index is not None:
                 return index
         return self._rebuild()
 
-    def in_sync(self, verify: bool = False) -> bool:
-        """Whether the files hold the database's vectors now: by the recorded generation and
-        quick fingerprint, or with ``verify`` by the full checksum and, for re-ranked
-        indexes, every stored vector compared with the database's."""
+    def in_sync(self) -> bool:
+        """Whether the files hold the database's vectors now, by the recorded generation and
+        quick fingerprint."""
         generation, file = self._state()
-        if file is None or file.generation != generation:
-            return False
-        if verify:
-            return file_sha256(self.path) == file.sha256 and self._rerank_matches()
-        return matches(self.path, file)
+        return file is not None and file.generation == generation and matches(self.path, file)
+
+    def verify(self) -> bool:
+        """Whether files that pass the quick check are also whole: their full checksum and,
+        for re-ranked indexes, every stored vector against the database's. Damaged files
+        are removed (when this process may write them) so that next use rebuilds them.
+
+        Returns False only for damage; stale or missing files are not damage."""
+        generation, file = self._state()
+        if file is None or file.generation != generation or not matches(self.path, file):
+            return True
+        if file_sha256(self.path) == file.sha256 and self._rerank_matches():
+            return True
+        with contextlib.suppress(OSError), self.may_write() as allowed:
+            if allowed:
+                with self._files_lock(exclusive=True):
+                    for part in index_files(self.path, reranked=True):
+                        part.unlink(missing_ok=True)
+        return False
 
     def _rerank_matches(self) -> bool:
         import faiss
@@ -202,6 +242,14 @@ class IndexCache:
         return self.problem
 
     def _apply(self, delta: IndexDelta) -> VectorIndex | None:
+        with self._files_lock(exclusive=True):
+            try:
+                return self._apply_locked(delta)
+            except OSError as exc:  # a full disk while the re-rank files grow: rebuild
+                self.problem = f"the vector index could not be updated ({exc.strerror or exc})"
+                return None
+
+    def _apply_locked(self, delta: IndexDelta) -> VectorIndex | None:
         with self.engine.connect() as conn, conn.begin():
             file = self.record.read(conn)
             if file is None or file.generation != delta.base_generation:
@@ -210,18 +258,25 @@ class IndexCache:
             if index is None:
                 return None
             model = q.library_model(conn)
-            db_ids = set(q.ok_ids(conn, model.id).tolist())
-            have = set(index.ids().tolist())
-            remove = (have - db_ids) | (delta.written & have)
-            add = sorted((db_ids - have) | (delta.written & db_ids))
+            db_ids = q.ok_ids(conn, model.id)  # sorted; numpy, not sets: 10M ids are 80 MB
+            have = np.sort(index.ids())
+            written = np.fromiter(sorted(delta.written), np.int64, len(delta.written))
+            remove = np.union1d(
+                np.setdiff1d(have, db_ids, assume_unique=True),
+                np.intersect1d(written, have, assume_unique=True),
+            )
+            add = np.union1d(
+                np.setdiff1d(db_ids, have, assume_unique=True),
+                np.intersect1d(written, db_ids, assume_unique=True),
+            )
             if not index.fits(len(db_ids), self._plan(conn, len(db_ids), model.dim)):
                 return None
-            vectors = q.vectors_of(conn, model.id, model.dim, add)
+            vectors = q.vectors_of(conn, model.id, model.dim, add.tolist())
             generation = q.index_generation(conn)
-        index.remove(remove)
-        if not index.add(np.asarray(add, dtype=np.int64), vectors) or len(index) != len(db_ids):
+        index.remove(remove.tolist())
+        if not index.add(add, vectors) or len(index) != len(db_ids):
             return None
-        self._save(index, generation)
+        self._save(index, generation, locked=True)
         return index
 
     def _plan(self, conn: Connection, count: int, dim: int) -> IndexPlan:
@@ -249,7 +304,10 @@ class IndexCache:
                 plan(count, model.dim, settings.kind or "auto", settings.memory)  # may raise
             with write_transaction(self.engine) as conn:
                 q.set_index_settings(conn, settings)
+        self.problem = None
         index = self._rebuild()
+        if self.problem is not None:
+            raise LibraryError(self.problem)
         reranked = index.rerank is not None
         ram = self.path.stat().st_size if self.path.exists() else 0
         return IndexBuild(
@@ -271,33 +329,40 @@ class IndexCache:
             if model is None:
                 return VectorIndex.build(np.empty(0, np.int64), np.empty((0, 1), np.float32), 1)
             count = q.count_ok_vectors(conn, model.id)
-            index = VectorIndex.build_from(
-                lambda: q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384),
-                count,
-                model.dim,
-                self._plan(conn, count, model.dim),
-                self.path.parent if os.access(self.path.parent, os.W_OK) else None,
-            )
+            chosen = self._plan(conn, count, model.dim)
+
+            def build(workdir: Path | None) -> VectorIndex:
+                return VectorIndex.build_from(
+                    lambda: q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384),
+                    count,
+                    model.dim,
+                    chosen,
+                    workdir,
+                )
+
+            try:
+                index = build(self.path.parent if os.access(self.path.parent, os.W_OK) else None)
+            except OSError as exc:
+                if not chosen.reranked:
+                    raise
+                # The folder is full: build the re-rank vectors in the temporary folder.
+                self.problem = f"the vector index could not be saved ({exc.strerror or exc})"
+                try:
+                    index = build(None)
+                except OSError as again:
+                    raise LibraryError(
+                        f"cannot build the vector index: {again.strerror or again}"
+                    ) from None
         self._save(index, generation)
         return index
 
-    def _save(self, index: VectorIndex, generation: int) -> None:
+    def _save(self, index: VectorIndex, generation: int, locked: bool = False) -> None:
         try:
             with self.may_write() as allowed:
                 if not allowed:
                     return
-                sha, quick = write_index(self.path, index)
-                self.record.write(
-                    IndexFileRecord(
-                        generation,
-                        sha,
-                        len(index),
-                        index.kind,
-                        index.describe(),
-                        index.recall,
-                        quick,
-                    )
-                )
+                with contextlib.nullcontext() if locked else self._files_lock(exclusive=True):
+                    self._write(index, generation)
         except (OSError, LibraryError) as exc:
             # Read-only folder or full disk: the index serves from memory this time, and the
             # record still says the files are stale, so they are rebuilt on next use.
@@ -305,3 +370,12 @@ class IndexCache:
             self.problem = (
                 f"the vector index could not be saved ({reason}); it will be rebuilt on next use"
             )
+
+    def _write(self, index: VectorIndex, generation: int) -> None:
+        remove_leftovers(self.path.parent)
+        sha, quick = write_index(self.path, index)
+        self.record.write(
+            IndexFileRecord(
+                generation, sha, len(index), index.kind, index.describe(), index.recall, quick
+            )
+        )

@@ -6,8 +6,9 @@ Two checks, both recorded when the files are written:
 - a quick fingerprint: every file's size, and its whole content up to 64 MiB, else 64 blocks
   of 64 KiB spread over it (first and last included). Opening the index checks only this,
   so opening costs milliseconds at any size (a 10M-image index is about 700 MB, its re-rank
-  vectors 10 GB). Truncation, a foreign or half-written file, or a stale one is caught; a
-  bit flipped deep inside a large file between the sampled blocks is left to ``--verify``.
+  vectors 10 GB). Truncation, a foreign or half-written file is caught (a stale one by the
+  generation counter beside it); a bit flipped deep inside a large file between the sampled
+  blocks is left to ``--verify``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,6 +120,9 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
         if rerank is not None and (rerank.ids_path, rerank.vectors_path) != rerank_paths(path):
             rerank.adopt(*rerank_paths(path))
         os.replace(tmp, path)
+        if rerank is None:  # another kind replaced a re-ranked index: 10 GB at 10M images
+            for part in rerank_paths(path):
+                part.unlink(missing_ok=True)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -131,6 +136,21 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
     if quick is None:
         raise OSError("the vector index just written cannot be read back")
     return sha, quick
+
+
+LEFTOVER_AGE_S = 15 * 60
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove temporary index files that a killed build left behind (they can be gigabytes).
+    Only files untouched for 15 minutes: a build in progress writes its files all along,
+    and a finished one that still maps them keeps its data after the unlink."""
+    now = time.time()
+    for pattern in (".rerank-*.tmp", ".vectors-*.tmp"):
+        for leftover in folder.glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - leftover.stat().st_mtime > LEFTOVER_AGE_S:
+                    leftover.unlink()
 
 
 def files_size(path: Path, reranked: bool) -> int:

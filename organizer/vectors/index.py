@@ -189,7 +189,7 @@ class VectorIndex:
             for row, h in zip(found, hits, strict=True):
                 row[: len(h.ids)] = h.ids
             recall = recall_at_10(found, truth, query_ids)
-            if last is not None and recall < last[1] + PLATEAU:
+            if self.rerank is not None and last is not None and recall < last[1] + PLATEAU:
                 # Compressed codes cap the recall: probing more lists only costs time.
                 ivf.nprobe, self.recall = last
                 return last[1]

@@ -85,6 +85,7 @@ def plan(count: int, dim: int, kind: str = "auto", memory: int | None = None) ->
     if kind not in ("auto", *KINDS):
         raise IndexPlanError(f"unknown index kind {kind!r}: choose one of {', '.join(CHOICES)}")
     budget = memory if memory is not None or kind != "auto" else default_memory()
+    asked = kind
     if kind == "auto":
         if count <= FLAT_MAX and _fits(IndexPlan("flat"), count, dim, budget):
             return IndexPlan("flat")
@@ -106,7 +107,7 @@ def plan(count: int, dim: int, kind: str = "auto", memory: int | None = None) ->
         raise IndexPlanError(
             f"a {chosen.kind} index of {count:,} vectors needs about {format_bytes(need)} of "
             f"memory, more than the {format_bytes(budget)} allowed: raise --memory"
-            + (" or use --kind auto" if kind != "ivf-pq" else "")
+            + (" or use --kind auto" if asked not in ("auto", "ivf-pq") else "")
         )
     return chosen
 
@@ -130,10 +131,11 @@ def parse_memory(text: str) -> int:
     Raises:
         IndexPlanError: not a size.
     """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if not match or float(match[1]) <= 0:
+    match = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{1,9})?)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
+    size = int(float(match[1]) * _UNITS[match[2].lower()]) if match else 0
+    if not 1 <= size < 2**63:
         raise IndexPlanError(f"not a memory size: {text!r} (examples: 4G, 512M)")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
+    return size
 
 
 def format_bytes(n: int) -> str:

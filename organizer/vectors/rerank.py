@@ -40,9 +40,11 @@ class RerankStore:
         )
 
     def _map(self) -> None:
-        rows = os.path.getsize(self.ids_path) // 8
-        if os.path.getsize(self.vectors_path) != rows * self.dim * 2:
+        ids_stat, vectors_stat = os.stat(self.ids_path), os.stat(self.vectors_path)
+        rows = ids_stat.st_size // 8
+        if vectors_stat.st_size != rows * self.dim * 2:
             raise ValueError("the re-rank files disagree in length")
+        self._inodes = (ids_stat.st_ino, vectors_stat.st_ino)
         self.ids = _memmap(self.ids_path, np.int64, (rows,))
         self.vectors = _memmap(self.vectors_path, np.float16, (rows, self.dim))
 
@@ -90,6 +92,8 @@ class RerankStore:
         if np.any(ids[new] <= last):
             return False
         half = np.asarray(vectors, dtype=np.float16)
+        if (os.stat(self.ids_path).st_ino, os.stat(self.vectors_path).st_ino) != self._inodes:
+            return False  # another process replaced the files since they were mapped
         if (~new).any():
             with open(self.vectors_path, "r+b") as fh:
                 for row, vector in zip(rows[~new].tolist(), half[~new], strict=True):

@@ -62,13 +62,24 @@ def fill(
 
 def merge(parts: Sequence[VectorIndex], workdir: Path) -> VectorIndex:
     """One index holding every shard's vectors (shards hold disjoint ids), as if one
-    machine had added them all to the template. The shards are left unchanged."""
+    machine had added them all to the template. The shards are left unchanged; read them
+    into memory (not memory-mapped: faiss cannot copy mapped lists).
+
+    Raises:
+        ValueError: a shard is memory-mapped, or two shards hold the same id.
+    """
     import faiss
 
-    merged = faiss.clone_index(parts[0].faiss)
-    ivf = faiss.extract_index_ivf(merged)
-    for part in parts[1:]:
-        ivf.merge_from(faiss.clone_index(faiss.extract_index_ivf(part.faiss)), 0)
+    try:
+        merged = faiss.clone_index(parts[0].faiss)
+        ivf = faiss.extract_index_ivf(merged)
+        for part in parts[1:]:
+            ivf.merge_from(faiss.clone_index(faiss.extract_index_ivf(part.faiss)), 0)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"cannot merge these shards ({str(exc).splitlines()[0][:120]}): read them with "
+            "mmap=False"
+        ) from None
     merged.ntotal = ivf.ntotal  # a wrapping rotation does not follow its lists' count
     rerank = None
     if parts[0].rerank is not None:
@@ -119,20 +130,46 @@ class _ShardedRerank:
         return out
 
 
+class _Together(VectorIndex):
+    """Shards searched side by side; read-only (merge them to change the index)."""
+
+    def __init__(self, parts: Sequence[VectorIndex]):
+        import faiss
+
+        shards = faiss.IndexShards(parts[0].dim, False, False)
+        for part in parts:
+            shards.add_shard(part.faiss)
+        rerank = _ShardedRerank([p.rerank for p in parts]) if parts[0].rerank else None
+        super().__init__(shards, parts[0].recall, rerank)
+        self.parts = list(parts)  # keeps the shards (and their maps) alive with the whole
+
+    def _ivf(self):
+        return self.parts[0]._ivf()
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate([p.ids() for p in self.parts])
+
+    def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        each = [p.within(queries, threshold) for p in self.parts]
+        return [
+            (np.concatenate([r[i][0] for r in each]), np.concatenate([r[i][1] for r in each]))
+            for i in range(len(queries))
+        ]
+
+    def add(self, ids, vectors) -> bool:
+        raise ValueError("shards searched together are read-only: merge them to change them")
+
+    def remove(self, ids) -> None:
+        raise ValueError("shards searched together are read-only: merge them to change them")
+
+    def calibrate(self, queries, query_ids, truth) -> float:
+        raise ValueError("calibrate each shard (or the template) before searching them together")
+
+
 def together(parts: Sequence[VectorIndex]) -> VectorIndex:
     """The shards searched side by side (faiss IndexShards): each answers from its own
     lists, and the results are merged, so no machine has to hold the whole index."""
-    import faiss
-
-    shards = faiss.IndexShards(parts[0].dim, False, False)
-    for part in parts:
-        shards.add_shard(part.faiss)
-    rerank = None
-    if parts[0].rerank is not None:
-        rerank = _ShardedRerank([p.rerank for p in parts])
-    index = VectorIndex(shards, parts[0].recall, rerank)
-    index._parts = list(parts)  # keep the shards (and their maps) alive with the whole
-    return index
+    return _Together(parts)
 
 
 def _same_nprobe(index: VectorIndex, like: VectorIndex) -> None:
