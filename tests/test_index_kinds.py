@@ -165,8 +165,14 @@ def test_pq_index_takes_new_and_changed_vectors_in_place(data, tmp_path):
     assert len(index) == N and len(index.rerank) == N
     hit = index.search(changed, 1)[0]
     assert hit.ids[0] == ids[5] and hit.scores[0] == pytest.approx(1.0, abs=2e-3)
-    index.remove([ids[7]])
-    assert not index.add(np.array([ids[7] - 1]), vectors[7:8])  # would need inserting
+    # An id below the last (an image that failed before, or came back): merged in by id.
+    back = _clustered(1, seed=10)
+    assert index.add(np.array([ids[7] - 1]), back)
+    assert len(index) == N + 1 and len(index.rerank) == N + 1
+    assert np.all(np.diff(np.asarray(index.rerank.ids)) > 0)
+    assert index.search(back, 1)[0].ids[0] == ids[7] - 1
+    assert index.search(changed, 1)[0].ids[0] == ids[5]  # earlier rows kept their vectors
+    assert not list(tmp_path.glob(".rerank-*"))
 
 
 # -- shards -----------------------------------------------------------------------------------
