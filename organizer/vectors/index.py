@@ -171,6 +171,7 @@ class VectorIndex:
             batches(), count, dim, [training_rows(chosen, count), calibration_rows(count)]
         )
         empty = trained(chosen, dim, sample)
+        reserve(empty, sample, count)
         del sample
         return fill(empty, batches, count, dim, workdir, calibration)
 
@@ -385,6 +386,27 @@ def trained(chosen: IndexPlan, dim: int, sample: np.ndarray):
     faiss.extract_index_ivf(index).cp.niter = _KMEANS_ITERATIONS
     index.train(_f32(sample))
     return index
+
+
+def reserve(index, sample: np.ndarray, count: int) -> None:
+    """Size each inverted list for the share of ``count`` vectors that the training sample
+    says it will get (+10 %). Lists that grow by doubling end up with a third of their
+    memory unused on average: at 1M the build then held 1.65x the index it wrote."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.ArrayInvertedLists) or len(sample) == 0:
+        return
+    x = _f32(sample)
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            x = faiss.downcast_VectorTransform(index.chain.at(i)).apply(x)
+    _, assigned = ivf.quantizer.search(x, 1)
+    share = np.bincount(assigned.ravel(), minlength=ivf.nlist) * (count / len(sample))
+    for list_no, size in enumerate(np.ceil(share * 1.1 + 16).astype(np.int64).tolist()):
+        lists.resize(list_no, size)  # a std::vector keeps its capacity when shrunk back
+        lists.resize(list_no, 0)
 
 
 def fill(
