@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organizer.vectors.index import Batch, VectorIndex, _f32, _i64, trained
+from organizer.vectors.build import trained
+from organizer.vectors.index import Batch, VectorIndex, _f32, _i64
 from organizer.vectors.kinds import IndexPlan
 from organizer.vectors.rerank import RerankStore, RerankWriter
 
