@@ -184,13 +184,22 @@ def print_status(st) -> None:
 
 
 def print_index_build(built) -> None:
-    """One line: what was built, how good, how big, how long."""
+    """One line: what was built, how good, how big, how long (and why not as asked)."""
+    from organizer.vectors.kinds import format_bytes
+
     recall = f", recall@10 {built.recall_at_10:.3f}" if built.recall_at_10 is not None else ""
-    files = f", {built.file_mb:,.0f} MB on disk" if built.file_mb > built.ram_mb * 1.01 else ""
+    files = (
+        f", {format_bytes(int(built.file_mb * 1e6))} on disk"
+        if built.file_mb > built.ram_mb * 1.01
+        else ""
+    )
     print(
         f"built {built.description.split(' (')[0]} index of {plural(built.count, 'vector')}"
-        f"{recall}: {built.ram_mb:,.1f} MB in memory{files}, in {built.build_s:.1f} s"
+        f"{recall}: {format_bytes(int(built.ram_mb * 1e6))} in memory{files}, "
+        f"in {built.build_s:.1f} s"
     )
+    if built.note:
+        print(f"note: {built.note}")
 
 
 def _last_ingest(run) -> str:

@@ -275,6 +275,10 @@ def test_index_build_command(cli, photos):
     assert out["kind"] == "flat" and out["count"] == 6
     text = cli("index", "build")
     assert text.exit_code == 0 and "flat index of 6 vectors" in text.stdout
+    pq = cli("index", "build", "--kind", "ivf-pq")  # 6 images: built flat, and says why
+    assert pq.exit_code == 0 and "flat index of 6 vectors" in pq.stdout
+    assert "too few for ivf-pq" in pq.stdout
+    assert json.loads(cli("index", "build", "--kind", "auto", "--json").stdout)["note"] is None
     bad = cli("index", "build", "--memory", "lots")
     assert bad.exit_code == 2 and "not a memory size" in bad.stderr
     assert cli("index", "build", "--kind", "hnsw").exit_code == 2

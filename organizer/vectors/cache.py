@@ -108,6 +108,7 @@ class IndexBuild:
     build_s: float
     ram_mb: float  # the index structure held in memory (the memory-mapped vectors aside)
     file_mb: float  # every file on disk, re-rank vectors included
+    note: str | None = None  # why the kind built is not the kind asked
 
     def to_dict(self) -> dict:
         return {
@@ -118,6 +119,7 @@ class IndexBuild:
             "build_s": round(self.build_s, 3),
             "ram_mb": round(self.ram_mb, 1),
             "file_mb": round(self.file_mb, 1),
+            "note": self.note,
         }
 
 
@@ -196,7 +198,7 @@ class IndexCache:
         generation, file = self._state()
         if file is None or file.generation != generation or not matches(self.path, file):
             return True
-        if file_sha256(self.path) == file.sha256 and self._rerank_matches():
+        if file_sha256(self.path) == file.sha256 and self._rerank_matches(file):
             return True
         with contextlib.suppress(OSError), self.may_write() as allowed:
             if allowed:
@@ -205,20 +207,15 @@ class IndexCache:
                         part.unlink(missing_ok=True)
         return False
 
-    def _rerank_matches(self) -> bool:
-        import faiss
-
-        try:
-            raw = faiss.read_index(str(self.path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:
-            return False
-        if VectorIndex.kind_of(raw) != "ivf-pq":
+    def _rerank_matches(self, file: IndexFileRecord) -> bool:
+        """Every stored re-rank vector equals the database's (trivially so without any)."""
+        if file.kind != "ivf-pq":
             return True
-        store = RerankStore.open(self.path, raw.d)
-        if store is None:
-            return False
         with self.engine.connect() as conn, conn.begin():
             model = q.library_model(conn)
+            store = RerankStore.open(self.path, model.dim)
+            if store is None:
+                return False
             for ids, vectors in q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384):
                 rows = store.rows_of(ids)
                 if (rows < 0).any() or not np.array_equal(
@@ -310,6 +307,12 @@ class IndexCache:
             raise LibraryError(self.problem)
         reranked = index.rerank is not None
         ram = self.path.stat().st_size if self.path.exists() else 0
+        note = None
+        if settings is not None and settings.kind not in (None, index.kind):
+            note = (
+                f"{len(index):,} images are too few for {settings.kind}: built {index.kind}; "
+                f"rebuilds after later ingests make {settings.kind} once there are enough"
+            )
         return IndexBuild(
             index.kind,
             index.describe(),
@@ -318,6 +321,7 @@ class IndexCache:
             time.perf_counter() - started,
             ram / 1e6,
             files_size(self.path, reranked) / 1e6,
+            note,
         )
 
     def _rebuild(self) -> VectorIndex:
