@@ -143,3 +143,64 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(
         [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
     )
+
+
+def write_library(lib_dir: Path, photos: Path, batches, width: int, files: int = 100) -> None:
+    """A folder library holding (ids, float32 vectors) batches as ingest stores them: image
+    id = row + 1, names of ``width`` digits, the first ``files`` rows backed by small real
+    files so that `similar` can name them. One transaction per batch, memory flat in n."""
+    from PIL import Image
+    from sqlalchemy import insert
+
+    from organizer.config import Settings
+    from organizer.embed import ModelSpec
+    from organizer.library import Library
+    from organizer.store import queries as q
+    from organizer.store.db import write_transaction
+
+    photos.mkdir(parents=True, exist_ok=True)
+    with Library.open(Settings(library=lib_dir), create=True) as lib:
+        dim = None
+        stamp = q.now()
+        for ids, vectors in batches:
+            if dim is None:
+                dim = vectors.shape[1]
+                with write_transaction(lib.engine) as conn:
+                    model_id = q.insert_model(conn, ModelSpec(f"bench-{dim}", "none"), dim)
+                    root_id = q.add_root(conn, str(photos.resolve()))
+            rows, vecs = [], []
+            for i, vector in zip(ids.tolist(), vectors, strict=True):
+                rel = f"{i:0{width}d}.jpg"
+                size = mtime = 1
+                if i < files:
+                    Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(photos / rel)
+                    st = os.stat(photos / rel)
+                    size, mtime = st.st_size, st.st_mtime_ns
+                rows.append(
+                    {
+                        "id": i + 1,
+                        "root_id": root_id,
+                        "relpath": rel.encode(),
+                        "size": size,
+                        "mtime_ns": mtime,
+                        "content_hash": f"{i:064d}",
+                        "status": "ok",
+                        "width": 8,
+                        "height": 8,
+                        "created_at": stamp,
+                        "updated_at": stamp,
+                    }
+                )
+                vecs.append(
+                    {
+                        "image_id": i + 1,
+                        "model_id": model_id,
+                        "vector": vector.tobytes(),
+                        "created_at": stamp,
+                    }
+                )
+            with write_transaction(lib.engine) as conn:
+                conn.execute(insert(q.images), rows)
+                conn.execute(insert(q.embeddings), vecs)
+            print(f"\r  library {ids[-1] + 1:,} rows", end="", file=sys.stderr)
+    print(file=sys.stderr)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -236,67 +235,17 @@ def _planted_found(index, path: Path, pairs: np.ndarray) -> float:
 
 
 def library(n: int) -> Path:
-    """A folder library holding the dataset's vectors as ingest stores them (fp32 rows;
-    image id = row + 1; 100 rows backed by real files so `similar` can name them), made
-    once, streamed (memory flat in n)."""
-    from PIL import Image
-    from sqlalchemy import insert
-
-    from organizer.config import Settings
-    from organizer.embed import ModelSpec
-    from organizer.library import Library
-    from organizer.store import queries as q
-    from organizer.store.db import write_transaction
+    """A folder library holding the dataset's vectors as ingest stores them (fp32 rows),
+    made once, streamed (memory flat in n)."""
+    from common import write_library
 
     path, _, _ = dataset(n)
     lib_dir, photos = path.parent / "library", path.parent / "photos"
-    if (lib_dir / ".complete").exists():
-        return lib_dir
-    photos.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with Library.open(Settings(library=lib_dir), create=True) as lib:
-        with write_transaction(lib.engine) as conn:
-            model_id = q.insert_model(conn, ModelSpec("bench-512", "none"), DIM)
-            root_id = q.add_root(conn, str(photos.resolve()))
-        stamp = q.now()
-        for ids, vectors in stream(path, n, 50_000):
-            rows, vecs = [], []
-            for i, vector in zip(ids.tolist(), vectors, strict=True):
-                rel = f"{i:08d}.jpg"
-                size = mtime = 1
-                if i < 100:
-                    Image.new("RGB", (8, 8), (i, 0, 0)).save(photos / rel)
-                    st = os.stat(photos / rel)
-                    size, mtime = st.st_size, st.st_mtime_ns
-                rows.append(
-                    {
-                        "id": i + 1,
-                        "root_id": root_id,
-                        "relpath": rel.encode(),
-                        "size": size,
-                        "mtime_ns": mtime,
-                        "content_hash": f"{i:064d}",
-                        "status": "ok",
-                        "width": 8,
-                        "height": 8,
-                        "created_at": stamp,
-                        "updated_at": stamp,
-                    }
-                )
-                vecs.append(
-                    {
-                        "image_id": i + 1,
-                        "model_id": model_id,
-                        "vector": vector.tobytes(),
-                        "created_at": stamp,
-                    }
-                )
-            with write_transaction(lib.engine) as conn:
-                conn.execute(insert(q.images), rows)
-                conn.execute(insert(q.embeddings), vecs)
-            print(f"\r  library {ids[-1] + 1:,}/{n:,}", end="", file=sys.stderr)
-    print(f"\n  library written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    (lib_dir / ".complete").touch()
+    if not (lib_dir / ".complete").exists():
+        started = time.perf_counter()
+        write_library(lib_dir, photos, stream(path, n, 50_000), width=8)
+        print(f"  library written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        (lib_dir / ".complete").touch()
     return lib_dir
 
 

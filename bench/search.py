@@ -13,7 +13,6 @@ included).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, ORGANIZER, run_measured, table
+from common import DATA, ORGANIZER, run_measured, table, write_library
 
 DIM = 512
 QUERY_FILES = 100
@@ -43,60 +42,15 @@ def clustered(n: int, seed: int = 0) -> np.ndarray:
 
 def make_library(n: int) -> tuple[Path, Path]:
     """A library of n vectors, built once and cached; returns (library dir, photo folder)."""
-    from PIL import Image
-    from sqlalchemy import insert
-
-    from organizer.config import Settings
-    from organizer.embed import ModelSpec
-    from organizer.library import Library
-    from organizer.store import queries as q
-    from organizer.store.db import write_transaction
-
     lib_dir, photos = DATA / f"search-{n}" / "library", DATA / f"search-{n}" / "photos"
     if (lib_dir / ".complete").exists():
         return lib_dir, photos
-    photos.mkdir(parents=True, exist_ok=True)
     vectors = clustered(n)
-    with Library.open(Settings(library=lib_dir), create=True) as lib:
-        with write_transaction(lib.engine) as conn:
-            model_id = q.insert_model(conn, ModelSpec("bench-512", "none"), DIM)
-            root_id = q.add_root(conn, str(photos.resolve()))
-        stamp = q.now()
-        for start in range(0, n, 50_000):
-            rows, vecs = [], []
-            for i in range(start, min(n, start + 50_000)):
-                rel = f"{i:07d}.jpg"
-                size, mtime = 1, 1
-                if i < QUERY_FILES:
-                    Image.new("RGB", (8, 8), (i, 0, 0)).save(photos / rel)
-                    st = os.stat(photos / rel)
-                    size, mtime = st.st_size, st.st_mtime_ns
-                rows.append(
-                    dict(
-                        id=i + 1,
-                        root_id=root_id,
-                        relpath=rel.encode(),
-                        size=size,
-                        mtime_ns=mtime,
-                        content_hash=f"{i:064d}",
-                        status="ok",
-                        width=8,
-                        height=8,
-                        created_at=stamp,
-                        updated_at=stamp,
-                    )
-                )
-                vecs.append(
-                    dict(
-                        image_id=i + 1,
-                        model_id=model_id,
-                        vector=vectors[i].tobytes(),
-                        created_at=stamp,
-                    )
-                )
-            with write_transaction(lib.engine) as conn:
-                conn.execute(insert(q.images), rows)
-                conn.execute(insert(q.embeddings), vecs)
+    batches = (
+        (np.arange(start, min(n, start + 50_000)), vectors[start : start + 50_000])
+        for start in range(0, n, 50_000)
+    )
+    write_library(lib_dir, photos, batches, width=7, files=QUERY_FILES)
     (lib_dir / ".complete").touch()
     return lib_dir, photos
 
