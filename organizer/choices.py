@@ -40,6 +40,14 @@ class Precision(StrEnum):
     FP16 = "fp16"
 
 
+class Runtime(StrEnum):
+    """What runs the model on a CPU (a GPU always runs torch)."""
+
+    AUTO = "auto"  # ONNX Runtime where it is faster: fp32 images (CPUs without bf16), all texts
+    TORCH = "torch"
+    ONNX = "onnx"  # ONNX Runtime for both towers, in fp32
+
+
 class Algorithm(StrEnum):
     """K-means implementations."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import platformdirs
 
-from organizer.choices import Device, Precision, is_url
+from organizer.choices import Device, Precision, Runtime, is_url
 from organizer.errors import OrganizerError
 
 DEFAULT_MODEL = "ViT-B-32-256"
@@ -18,6 +18,7 @@ ENV_PREFIX = "ORGANIZER_"
 
 DEVICES = tuple(d.value for d in Device)
 PRECISIONS = tuple(p.value for p in Precision)
+RUNTIMES = tuple(r.value for r in Runtime)
 
 
 def default_library_dir() -> Path:
@@ -40,6 +41,7 @@ class Settings:
     pretrained: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
     offline: bool = False
@@ -52,6 +54,10 @@ class Settings:
         if self.precision not in PRECISIONS:
             raise OrganizerError(
                 f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise OrganizerError(
+                f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise OrganizerError(f"batch size must be at least 1, not {self.batch_size}")
@@ -83,6 +89,7 @@ _KINDS = {
     "pretrained": str,
     "device": str,
     "precision": str,
+    "runtime": str,
     "batch_size": int,
     "workers": int,
     "offline": bool,

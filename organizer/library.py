@@ -60,10 +60,12 @@ EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
 
 
 def load_open_clip(spec: ModelSpec, settings: Settings) -> Embedder:
-    """The default embedder loader: open_clip, imported only now."""
-    from organizer.embed import openclip
+    """The default embedder loader: open_clip in torch or ONNX Runtime, imported only now."""
+    from organizer.embed import runtime
 
-    return openclip.load(spec, settings.device, settings.precision, settings.offline)
+    return runtime.load(
+        spec, settings.device, settings.precision, settings.runtime, settings.offline
+    )
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,21 @@ from tests.pg import PgServer
 REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "openimages-100"
 
 
+@pytest.fixture(scope="session")
+def _model_cache(tmp_path_factory) -> Path:
+    """Models exported for ONNX Runtime, shared by the session's tests (an export takes
+    seconds; tests of the export itself use their own folder)."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 @pytest.fixture(autouse=True)
-def _no_network_no_env(monkeypatch, tmp_path):
+def _no_network_no_env(monkeypatch, tmp_path, _model_cache):
     """No test reaches the network, and no ORGANIZER_* variable of the developer leaks in;
     caches (a catalogue's index, Hugging Face's) stay in the test's own folder."""
     for key in list(os.environ):
         if key.startswith("ORGANIZER_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(_model_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

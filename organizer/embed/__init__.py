@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -24,6 +25,15 @@ RANDOM_WEIGHTS = "none"
 
 class RandomWeightsWarning(UserWarning):
     """The model runs with random weights: vectors are consistent but carry no meaning."""
+
+
+def random_weights_warning(spec: ModelSpec, stacklevel: int) -> None:
+    warnings.warn(
+        f"{spec.name} runs with random weights (--pretrained none): vectors are "
+        "consistent but meaningless; use this only for tests and benchmarks",
+        RandomWeightsWarning,
+        stacklevel=stacklevel,
+    )
 
 
 @dataclass(frozen=True)

@@ -17,26 +17,14 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from organizer.embed import ModelShape, ModelSpec, RandomWeightsWarning, sha256_file
+from organizer.embed import ModelShape, ModelSpec, random_weights_warning, sha256_file
+from organizer.embed.runtime import resolve_precision
 from organizer.errors import ModelError, WeightsUnavailableError
 from organizer.imaging import PreprocessSpec
 
 _TORCH_PRECISION = {"fp32": "fp32", "bf16": "pure_bf16", "fp16": "fp16"}
 _INPUT_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def resolve_device(device: str) -> str:
@@ -48,23 +36,6 @@ def resolve_device(device: str) -> str:
             "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
         )
     return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """'auto' -> fp16 on CUDA, bf16 on CPUs with bf16 matrix units, else fp32."""
-    if precision != "auto":
-        if precision == "fp16" and device == "cpu":
-            raise ModelError("fp16 is slow and inaccurate on CPUs: use --precision bf16 or fp32")
-        if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
-            warnings.warn(
-                "this CPU has no bf16 matrix instructions (AMX / AVX512-BF16): bf16 runs about "
-                "10x slower than fp32 here; --precision auto picks the fast one",
-                stacklevel=2,
-            )
-        return precision
-    if device == "cuda":
-        return "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def _register_config(spec: ModelSpec) -> None:
@@ -263,9 +234,9 @@ def _encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
     from open_clip.model import CLIP
     from open_clip.transformer import text_global_pool
 
-    n = tokens.shape[1]
-    if type(model) is not CLIP or n == model.positional_embedding.shape[0]:
+    if type(model) is not CLIP:
         return model.encode_text(tokens)
+    n = tokens.shape[1]  # no branch on it: the ONNX export keeps the length dynamic
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:n].to(cast_dtype)
@@ -289,12 +260,7 @@ def _weights(
     checkpoint hash, and open_clip's creation options that the weights imply."""
     _register_config(spec)
     if spec.is_random:
-        warnings.warn(
-            f"{spec.name} runs with random weights (--pretrained none): vectors are "
-            "consistent but meaningless; use this only for tests and benchmarks",
-            RandomWeightsWarning,
-            stacklevel=3,
-        )
+        random_weights_warning(spec, stacklevel=4)
         return spec, None, {}
     checkpoint, cfg = _weights_path(spec, offline, cache_dir)
     if not spec.is_checkpoint_path:

@@ -158,7 +158,7 @@ def check_paths(roots: Sequence[str]) -> None:
 
 
 def _probe_node(roots: list[str], samples: list[tuple[bytes, int, int]]):
-    from organizer.embed.openclip import cpu_has_bf16
+    from organizer.embed.runtime import cpu_has_bf16
 
     for root in roots:
         try:

@@ -1,0 +1,583 @@
+"""open_clip's towers run by ONNX Runtime: exported once per model, checked, cached.
+
+Why: on a CPU without bf16 matrix units (AVX2-only), ONNX Runtime's fp32 kernels run the
+image tower faster than torch's fp32 (bench/ingest.py), which is what such a CPU must use;
+and a text query needs only the text tower, which ONNX Runtime opens in about half a second
+with no model to build (``search`` does not wait for torch to build the whole model).
+
+Each tower is exported from the torch model (``torch.onnx.export`` with the dynamo exporter:
+the text tower's length axis stays dynamic, so a batch runs only up to its longest prompt),
+then run on a probe beside torch: the export is kept only if every probe vector has a cosine
+≥ :data:`MIN_COSINE` to torch's fp32. The probe's vectors are stored with the file and run
+again each time the file is opened, so a damaged or stale file is found, removed and exported
+again instead of giving wrong vectors. A model that does not export falls back to torch.
+
+Files live in the per-user cache (``ORGANIZER_MODEL_CACHE`` overrides it), one folder per
+model identity (name, config, weights and their hash, and the torch and open_clip versions
+that built and exported it): libraries with the same model share them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import platformdirs
+
+from organizer.embed import random_weights_warning
+from organizer.errors import ModelError
+from organizer.imaging import PreprocessSpec
+
+if TYPE_CHECKING:
+    from organizer.embed import ModelSpec
+
+FORMAT = 1  # bump when the exported graphs change: older folders are then ignored
+MIN_COSINE = 0.9999  # fp32 against fp32: a right export gives 0.99999+
+IMAGE, TEXT = "image", "text"
+PROBE_TEXTS = ("a photo of a dog.", "", "a photo of a small red car by the sea at night.")
+_PROBE_IMAGES = 2
+
+
+def cache_root() -> Path:
+    override = os.environ.get("ORGANIZER_MODEL_CACHE", "").strip()
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_cache_path("organizer", appauthor=False) / "models"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def model_dir(spec: ModelSpec) -> Path:
+    """The folder of ``spec``'s exported towers. Only a spec whose weights are pinned (random,
+    or with their hash) may be looked up: a tag's file could change under the same name."""
+    identity = {
+        "format": FORMAT,
+        "name": spec.name,
+        "config": spec.config_json,
+        "pretrained": spec.pretrained,
+        "sha256": spec.weights_sha256,
+        "torch": _version("torch"),
+        "open_clip": _version("open_clip_torch"),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
+    return cache_root() / f"{safe}-{key}"
+
+
+def pinned(spec: ModelSpec) -> bool:
+    """Whether ``spec`` names exactly one set of weights without reading them."""
+    return spec.is_random or spec.weights_sha256 is not None
+
+
+@dataclass(frozen=True)
+class TowerRecord:
+    """What is kept beside an exported tower: enough to use it without torch."""
+
+    tower: str
+    size: int  # bytes of the .onnx file
+    sha256: str  # of the .onnx file: a damaged weight the probe does not use is found too
+    dim: int
+    preprocess: dict  # PreprocessSpec's fields
+    context_length: int | None  # text tower: the tokenizer's
+    fast_tokenizer: bool  # text tower: text-tokenizer.json gives open_clip's tokens
+    probe: list[list[float]]  # torch's fp32 vectors for the probe input
+    cos_min: float  # the export against torch, on the probe
+    export_s: float
+
+
+def _probe_pixels(preprocess: PreprocessSpec) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (_PROBE_IMAGES, *preprocess.size, 3), dtype=np.uint8)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+class Tower:
+    """One exported tower in an ONNX Runtime session."""
+
+    def __init__(self, session: Any, record: TowerRecord, folder: Path):
+        self.session = session
+        self.record = record
+        self.folder = folder
+        self._fast: FastTokenizer | None = None
+        self._input = session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: x})[0]
+
+    @classmethod
+    def open(cls, folder: Path, tower: str, threads: int | None = None) -> Tower | None:
+        """The tower if its files are there and still give the probe's vectors; a damaged
+        or unusable pair of files is removed (the caller exports again)."""
+        path, meta = folder / f"{tower}.onnx", folder / f"{tower}.json"
+        try:
+            record = TowerRecord(**json.loads(meta.read_text()))
+            if path.stat().st_size != record.size:
+                raise ValueError("size")
+            data = path.read_bytes()  # read once: hashed, then parsed by ONNX Runtime
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                raise ValueError("checksum")
+            found = cls(_session(data, threads), record, folder)
+            del data
+            got = found.run(found.probe_input())
+            if float(_cosines(got, np.asarray(record.probe)).min()) < MIN_COSINE:
+                raise ValueError("probe")
+            return found
+        except FileNotFoundError:
+            return None
+        except Exception:  # a damaged file fails in many ways: export it again
+            for stale in (path, meta):
+                stale.unlink(missing_ok=True)
+            return None
+
+    def probe_input(self) -> np.ndarray:
+        if self.record.tower == IMAGE:
+            return _probe_pixels(PreprocessSpec(**_preprocess_args(self.record.preprocess)))
+        return self.tokenize(list(PROBE_TEXTS))
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        """Token rows (int64, padded with 0) cut after the longest prompt's end token."""
+        tokens = self.tokens(texts)
+        return tokens[:, : int(tokens.argmax(axis=1).max()) + 1]
+
+    def tokens(self, texts: list[str]) -> np.ndarray:
+        """Token rows of the tokenizer's context length (int64, padded with 0)."""
+        if self.record.fast_tokenizer:
+            if self._fast is None:
+                path = self.folder / FAST_TOKENIZER
+                self._fast = FastTokenizer(path, self.record.context_length)
+            tokens = self._fast(texts)
+            if tokens is not None:
+                return tokens
+        return clip_tokenizer(self.record.context_length)(texts).numpy()
+
+
+def _preprocess_args(fields: dict) -> dict:
+    args = dict(fields)
+    for key in ("size", "mean", "std"):
+        if key in args and args[key] is not None:
+            args[key] = tuple(args[key])
+    return args
+
+
+def _session(model: bytes, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: organizer reports itself
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+FAST_TOKENIZER = "text-tokenizer.json"
+_SOT, _EOT = "<start_of_text>", "<end_of_text>"
+
+
+class FastTokenizer:
+    """open_clip's CLIP BPE tokenizer rebuilt in Hugging Face ``tokenizers`` (no torch; the
+    export checks it gives open_clip's tokens). Texts it might split otherwise (a literal
+    special token) are left to open_clip's."""
+
+    def __init__(self, path: Path, context_length: int | None):
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._context = context_length or 77
+        self._sot = self._tokenizer.token_to_id(_SOT)
+        self._eot = self._tokenizer.token_to_id(_EOT)
+
+    def __call__(self, texts: list[str]) -> np.ndarray | None:
+        cleaned = [_clean(text) for text in texts]
+        if any(_SOT in text or _EOT in text for text in cleaned):
+            return None
+        rows = np.zeros((len(texts), self._context), dtype=np.int64)
+        for i, encoding in enumerate(self._tokenizer.encode_batch(cleaned)):
+            ids = [self._sot, *encoding.ids[: self._context - 2], self._eot]
+            rows[i, : len(ids)] = ids
+        return rows
+
+
+def _clean(text: str) -> str:
+    """open_clip's default text cleaning: ftfy, HTML entities, whitespace, lower case."""
+    import html
+
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+def _build_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
+    """Write ``tokenizer`` (open_clip's SimpleTokenizer) as a ``tokenizers`` file and keep it
+    only if it gives the same tokens for every probe text."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    ranks = sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1])
+    model = models.BPE(
+        vocab=dict(tokenizer.encoder), merges=[pair for pair, _ in ranks], end_of_word_suffix="</w>"
+    )
+    fast = Tokenizer(model)
+    pattern = tokenizer.pat.pattern.replace(f"{_SOT}|{_EOT}|", "")
+    fast.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    fast.add_special_tokens([_SOT, _EOT])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        fast.save(tmp)
+        got = FastTokenizer(Path(tmp), tokenizer.context_length)(probe)
+        if got is None or not np.array_equal(got, tokenizer(probe).numpy()):
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _tokenizer_probe() -> list[str]:
+    """Texts the rebuilt tokenizer must split as open_clip does: the probe, every line of the
+    naming vocabulary, and the hard cases (case, spacing, entities, accents, scripts, emoji,
+    digits, contractions, a text longer than the context)."""
+    from organizer.resources import vocabulary_path
+
+    hard = [
+        "Café  DÉJÀ vu\tOK\n",
+        "東京タワー 서울 москва عربى",
+        "🐶🐱 dog&amp;cat &lt;b&gt; rock'n'roll it's I'M we'll they'd",
+        "ﬁne ＦＵＬＬ width 12345 3.14 1,000,000 #hashtag @user",
+        "a photo of " + "a very long caption " * 30,
+    ]
+    lines = vocabulary_path().read_text(encoding="utf-8").splitlines()
+    return [*PROBE_TEXTS, *hard, *(line for line in lines if line.strip())]
+
+
+_TOKENIZERS: dict[int | None, Any] = {}
+
+
+def clip_tokenizer(context_length: int | None) -> Any:
+    """open_clip's CLIP BPE tokenizer, loaded from its module alone: ``import open_clip`` would
+    also import torchvision and every model (about 2 s a text query does not need)."""
+    if context_length not in _TOKENIZERS:
+        try:
+            found = importlib.util.find_spec("open_clip")
+            path = Path(next(iter(found.submodule_search_locations))) / "tokenizer.py"
+            spec = importlib.util.spec_from_file_location("organizer_open_clip_tokenizer", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            make = module.SimpleTokenizer
+        except Exception:  # another layout of open_clip: the usual, slower import
+            from open_clip.tokenizer import SimpleTokenizer as make
+        kwargs = {"context_length": context_length} if context_length else {}
+        _TOKENIZERS[context_length] = make(**kwargs)
+    return _TOKENIZERS[context_length]
+
+
+# -- export (needs torch and the model) -------------------------------------------------------
+
+
+def exportable_text(embedder: Any) -> bool:
+    """Whether the text tower can run cut to its longest prompt from open_clip's CLIP BPE
+    tokenizer: the classic CLIP tower (see ``openclip._pooled_length``)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from organizer.embed.openclip import _pooled_length
+
+    if not isinstance(embedder.tokenizer, SimpleTokenizer):
+        return False
+    if getattr(embedder.model, "text_pool_type", None) != "argmax":  # pooled at the top id
+        return False
+    return _pooled_length(embedder.model, embedder.tokenizer(["x"])) is not None
+
+
+def export(embedder: Any, tower: str, folder: Path) -> Tower:
+    """Export ``tower`` of a loaded fp32 torch embedder into ``folder`` and check it.
+
+    Raises:
+        ModelError: the model does not export, or the export does not give torch's vectors.
+    """
+    import torch
+
+    from organizer.embed.openclip import OpenClipEmbedder
+
+    assert isinstance(embedder, OpenClipEmbedder) and embedder.precision == "fp32"
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    module, example, dynamic = _wrapper(embedder, tower)
+    fd, tmp = tempfile.mkstemp(prefix=f".{tower}-", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX form
+        try:
+            with (
+                torch.no_grad(),
+                contextlib.redirect_stdout(io.StringIO()),
+                _quiet(),
+            ):
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    tmp,
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamic_shapes=(dynamic,),
+                    opset_version=18,
+                    dynamo=True,
+                    external_data=False,
+                )
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        probe = _probe_pixels(embedder.preprocess) if tower == IMAGE else list(PROBE_TEXTS)
+        want = embedder.embed_pixels(probe) if tower == IMAGE else embedder.embed_texts(probe)
+        data = Path(tmp).read_bytes()
+        session = _session(data, None)
+        record = TowerRecord(
+            tower=tower,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            dim=int(embedder.dim),
+            preprocess=asdict(embedder.preprocess),
+            context_length=getattr(embedder.tokenizer, "context_length", None),
+            fast_tokenizer=tower == TEXT
+            and _build_fast_tokenizer(
+                embedder.tokenizer, folder / FAST_TOKENIZER, _tokenizer_probe()
+            ),
+            probe=want.astype(float).tolist(),
+            cos_min=1.0,  # measured next
+            export_s=0.0,
+        )
+        del data
+        made = Tower(session, record, folder)
+        cos_min = float(_cosines(made.run(made.probe_input()), want).min())
+        if cos_min < MIN_COSINE:
+            raise ModelError(
+                f"the ONNX export of {embedder.spec.describe()}'s {tower} tower does not give "
+                f"torch's vectors (cosine {cos_min:.6f} < {MIN_COSINE})"
+            )
+        made.record = record = replace(
+            record, cos_min=cos_min, export_s=time.perf_counter() - started
+        )
+        os.replace(tmp, folder / f"{tower}.onnx")
+        _write_atomic(folder / f"{tower}.json", json.dumps(asdict(record)))
+        return made
+    except ModelError:
+        raise
+    except Exception as exc:  # the exporter raises many types for a graph it cannot write
+        raise ModelError(
+            f"cannot export {embedder.spec.describe()}'s {tower} tower to ONNX: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        ) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _quiet():
+    import logging
+    import warnings
+
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _wrapper(embedder: Any, tower: str) -> tuple[Any, Any, dict]:
+    """The tower as a module from its raw input to unit vectors, an example input, and the
+    input's dynamic axes. The image tower takes uint8 (N, H, W, 3) pixels, so normalising
+    happens in the graph; the text tower int64 tokens of any length up to the context."""
+    import torch
+
+    from organizer.embed.openclip import _encode_text
+
+    model = embedder.model
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    if tower == IMAGE:
+        mean, std = embedder._mean, embedder._std
+
+        class ImageTower(torch.nn.Module):
+            def forward(self, pixels):
+                x = (pixels.permute(0, 3, 1, 2).float() - mean) / std
+                return torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+
+        example = torch.zeros((2, *embedder.preprocess.size, 3), dtype=torch.uint8)
+        return ImageTower().eval(), example, {0: batch}
+
+    class TextTower(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.nn.functional.normalize(_encode_text(model, tokens), dim=-1)
+
+    context = int(model.positional_embedding.shape[0])
+    length = torch.export.Dim("length", min=2, max=context)
+    example = embedder.tokenizer(["a photo of a dog.", "x"])[:, : min(8, context)]
+    return TextTower().eval(), example, {0: batch, 1: length}
+
+
+# -- the embedder -----------------------------------------------------------------------------
+
+
+class ExportNotice(UserWarning):
+    """A tower is being exported: a one-time wait of seconds, said so the user knows why."""
+
+
+_TEXT_BATCH = 64
+
+
+class OnnxEmbedder:
+    """The embedder on a CPU: text always, and images in fp32, run by ONNX Runtime; images
+    in bf16 by torch. The torch model is built only when a tower must be exported (once per
+    model and machine) or runs in torch, so a text query with exported files needs none."""
+
+    device = "cpu"
+
+    def __init__(self, spec: ModelSpec, precision: str, image_onnx: bool, offline: bool = False):
+        self._spec = spec
+        self.precision = precision
+        self._image_onnx = image_onnx
+        self._offline = offline
+        self._towers: dict[str, Tower | None] = {}
+        self._torch: Any = None  # the torch embedder at self.precision, when one runs
+        if spec.is_random:
+            random_weights_warning(spec, stacklevel=4)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the images: "onnxruntime" or "torch"."""
+        if self._image_onnx and self._towers.get(IMAGE, True) is not None:
+            return "onnxruntime"
+        return "torch"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._torch.spec if self._torch is not None else self._spec
+
+    @property
+    def dim(self) -> int:
+        return self._shape_source().dim
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        source = self._shape_source()
+        if isinstance(source, TowerRecord):
+            return PreprocessSpec(**_preprocess_args(source.preprocess))
+        return source.preprocess
+
+    def _shape_source(self) -> Any:
+        for tower in self._towers.values():
+            if tower is not None:
+                return tower.record
+        if self._torch is None and self._image_onnx:
+            tower = self._tower(IMAGE)
+            if tower is not None:
+                return tower.record
+        return self._torch_embedder()
+
+    def _torch_embedder(self) -> Any:
+        if self._torch is None:
+            from organizer.embed import openclip
+
+            with _quiet():  # its random-weights warning was given already
+                self._torch = openclip.load(self._spec, "cpu", self.precision, self._offline)
+            self._spec = self._torch.spec  # a tag's checkpoint hash is known now
+        return self._torch
+
+    def _tower(self, name: str) -> Tower | None:
+        if name in self._towers:
+            return self._towers[name]
+        tower = Tower.open(model_dir(self._spec), name) if pinned(self._spec) else None
+        if tower is None:
+            tower = self._export(name)
+        self._towers[name] = tower
+        return tower
+
+    def _export(self, name: str) -> Tower | None:
+        import warnings
+
+        from organizer.embed import openclip
+
+        fp32 = self._torch if self.precision == "fp32" and self._torch is not None else None
+        if fp32 is None:
+            with _quiet():
+                fp32 = openclip.load(self._spec, "cpu", "fp32", self._offline)
+            self._spec = fp32.spec
+            if self.precision == "fp32":
+                self._torch = fp32
+        folder = model_dir(self._spec)
+        found = Tower.open(folder, name)  # another process may have exported it meanwhile
+        if found is not None:
+            return found
+        if name == TEXT and not exportable_text(fp32):
+            return None
+        warnings.warn(
+            f"preparing {self._spec.name}'s {name} tower for ONNX Runtime (once per model on "
+            "this machine)",
+            ExportNotice,
+            stacklevel=4,
+        )
+        try:
+            return export(fp32, name, folder)
+        except ModelError as exc:
+            warnings.warn(f"{exc}; running it in torch", stacklevel=4)
+            return None
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        tower = self._tower(IMAGE) if self._image_onnx else None
+        if tower is None:
+            return self._torch_embedder().embed_pixels(batch)
+        return tower.run(np.ascontiguousarray(batch, dtype=np.uint8))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> unit vectors, in batches of similar length, each cut after its longest
+        prompt's end token. With bf16 (a CPU with bf16 units), many texts (cluster names)
+        run in torch bf16, twice ONNX Runtime's fp32 speed there; a few (a query) do not wait
+        for torch."""
+        if self.precision == "bf16" and (self._torch is not None or len(texts) > _TEXT_BATCH):
+            return self._torch_embedder().embed_texts(texts)
+        tower = self._tower(TEXT)
+        if tower is None:
+            return self._torch_embedder().embed_texts(texts)
+        out = np.zeros((len(texts), tower.record.dim), dtype=np.float32)
+        if not texts:
+            return out
+        tokens = tower.tokens(texts)
+        lengths = tokens.argmax(axis=1) + 1
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(texts), _TEXT_BATCH):
+            rows = order[start : start + _TEXT_BATCH]
+            out[rows] = tower.run(tokens[rows, : int(lengths[rows].max())])
+        return out

@@ -1,0 +1,195 @@
+"""open_clip's towers in ONNX Runtime: the same vectors as torch, exported once, checked on
+every open, a torch-free text query, and the choice of runtime per CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from organizer.embed import ModelSpec, RandomWeightsWarning, onnx, request_spec, runtime
+from organizer.errors import ModelError
+from tests.fakes import TINY_CONFIG
+
+TEXTS = [
+    "a photo of a dog.",
+    "",
+    "x",
+    "A Photo   of a CAFÉ &amp; a 🐶, 12 dogs; it's 東京",
+    "a photo of " + "a long caption " * 20,
+]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def spec() -> ModelSpec:
+    return request_spec(str(TINY_CONFIG), "none")
+
+
+@pytest.fixture(scope="module")
+def reference(spec):
+    from organizer.embed import openclip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return openclip.load(spec, "cpu", "fp32")
+
+
+def _pixels(n: int = 5) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def _embedder(spec, precision="fp32") -> onnx.OnnxEmbedder:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnx.OnnxEmbedder(spec, precision, image_onnx=precision == "fp32")
+
+
+def test_both_towers_give_torchs_vectors_and_export_once(cache, spec, reference):
+    first = _embedder(spec)
+    with pytest.warns(onnx.ExportNotice, match="image tower"):
+        images = first.embed_pixels(_pixels())
+    with pytest.warns(onnx.ExportNotice, match="text tower"):
+        texts = first.embed_texts(TEXTS * 30)  # several batches of mixed lengths
+    assert first.runtime == "onnxruntime"
+    assert images.dtype == np.float32 and texts.dtype == np.float32
+    assert float((images * reference.embed_pixels(_pixels())).sum(1).min()) >= 0.9999
+    want = reference.embed_texts(TEXTS * 30)
+    assert float((texts * want).sum(1).min()) >= 0.9999
+    assert first.embed_texts([]).shape == (0, reference.dim)
+
+    record = json.loads(next(cache.glob("*/text.json")).read_text())
+    assert record["fast_tokenizer"] is True and record["cos_min"] >= 0.9999
+
+    # A second process's embedder opens the files: no export, no torch model.
+    second = _embedder(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", onnx.ExportNotice)
+        again = second.embed_texts(TEXTS)
+        second.embed_pixels(_pixels(1))
+    assert second._torch is None
+    assert (second.dim, second.preprocess) == (reference.dim, reference.preprocess)
+    np.testing.assert_allclose(again, texts[: len(TEXTS)], atol=1e-6)
+
+
+def test_the_rebuilt_tokenizer_gives_open_clips_tokens(cache, spec, reference):
+    embedder = _embedder(spec)
+    with pytest.warns(onnx.ExportNotice):
+        embedder.embed_texts(["x"])
+    tower = embedder._towers[onnx.TEXT]
+    fast = onnx.FastTokenizer(tower.folder / onnx.FAST_TOKENIZER, tower.record.context_length)
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ éü東🐶0129 .,;'!&-\t\n") + ["&amp;", "'s", "'ll", "ﬁ"]
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(300)]
+    np.testing.assert_array_equal(fast(texts), reference.tokenizer(texts).numpy())
+    # A literal special token is left to open_clip's tokenizer.
+    assert fast(["a <end_of_text> b"]) is None
+    got = tower.tokens(["a <end_of_text> b"])
+    np.testing.assert_array_equal(got, reference.tokenizer(["a <end_of_text> b"]).numpy())
+
+
+@pytest.mark.parametrize("damage", ["bytes", "truncate", "record"])
+def test_a_damaged_export_is_found_and_made_again(cache, spec, reference, damage):
+    with pytest.warns(onnx.ExportNotice):
+        _embedder(spec).embed_texts(["x"])
+    folder = next(cache.glob("*/"))
+    model, meta = folder / "text.onnx", folder / "text.json"
+    if damage == "bytes":  # same size, other weights
+        data = bytearray(model.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 4096] = bytes(4096)
+        model.write_bytes(bytes(data))
+    elif damage == "truncate":
+        model.write_bytes(model.read_bytes()[:1000])
+    else:
+        meta.write_text("{not json")
+    with pytest.warns(onnx.ExportNotice):
+        got = _embedder(spec).embed_texts(TEXTS)
+    assert float((got * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
+
+
+def test_a_tower_that_does_not_export_runs_in_torch(cache, spec, reference, monkeypatch):
+    def refuse(embedder, tower, folder):
+        raise ModelError("cannot export tiny-clip's image tower to ONNX: no")
+
+    monkeypatch.setattr(onnx, "export", refuse)
+    embedder = _embedder(spec)
+    with pytest.warns(UserWarning) as seen:
+        got = embedder.embed_pixels(_pixels())
+    assert any("no; running it in torch" in str(w.message) for w in seen)
+    assert embedder.runtime == "torch"
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= 0.9999
+
+
+def test_a_text_query_imports_no_torch(cache, spec):
+    with pytest.warns(onnx.ExportNotice):
+        _embedder(spec).embed_texts(["x"])
+    script = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from organizer.embed import request_spec\n"
+        "from organizer.embed.onnx import OnnxEmbedder\n"
+        f"spec = request_spec({str(TINY_CONFIG)!r}, 'none')\n"
+        "vectors = OnnxEmbedder(spec, 'bf16', image_onnx=False).embed_texts(['a dog'])\n"
+        "assert vectors.shape == (1, 32), vectors.shape\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# -- which runtime runs where ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bf16_units", "asked", "want"),
+    [
+        (False, "auto", ("OnnxEmbedder", "fp32", True)),  # AVX2-only: images in ONNX Runtime
+        (True, "auto", ("OnnxEmbedder", "bf16", False)),  # bf16 units: images in torch bf16
+        (True, "fp32", ("OnnxEmbedder", "fp32", True)),
+    ],
+)
+def test_auto_picks_the_runtime_from_the_cpu(monkeypatch, spec, bf16_units, asked, want):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: bf16_units)
+    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
+    with pytest.warns(RandomWeightsWarning):
+        embedder = runtime.load(spec, "auto", asked, "auto")
+    assert (type(embedder).__name__, embedder.precision, embedder._image_onnx) == want
+    assert embedder.device == "cpu"
+
+
+def test_runtime_torch_and_the_bad_combinations(monkeypatch, spec):
+    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
+    with pytest.warns(RandomWeightsWarning):
+        assert type(runtime.load(spec, "cpu", "fp32", "torch")).__name__ == "OpenClipEmbedder"
+    with pytest.raises(ModelError, match="runs fp32, not bf16"):
+        runtime.load(spec, "cpu", "bf16", "onnx")
+    monkeypatch.setattr(runtime, "onnxruntime_installed", lambda: False)
+    with pytest.raises(ModelError, match="pip install onnxruntime"):
+        runtime.load(spec, "cpu", "auto", "onnx")
+    with pytest.warns(RandomWeightsWarning):  # auto without onnxruntime: torch
+        assert type(runtime.load(spec, "cpu", "fp32", "auto")).__name__ == "OpenClipEmbedder"
+
+
+def test_cli_rejects_an_unknown_runtime(tmp_path):
+    from typer.testing import CliRunner
+
+    from organizer.cli import app
+
+    result = CliRunner().invoke(app, ["-L", str(tmp_path / "l"), "ingest", "--runtime", "tpu"])
+    assert result.exit_code == 2
+    assert "tpu" in result.output
+    assert not (tmp_path / "l").exists()
