@@ -38,6 +38,7 @@ class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    INT8 = "int8"  # CPU, ONNX Runtime, int8 weights: opt-in, never chosen by auto
 
 
 class Runtime(StrEnum):

@@ -110,7 +110,8 @@ def print_ingest(s) -> None:
         )
     elif s.embedded:
         print(
-            f"embedded {plural(s.embedded, 'image')} ({s.precision} on {s.device}, "
+            f"embedded {plural(s.embedded, 'image')} ({s.precision} on {s.device}"
+            f"{' with ONNX Runtime' if s.runtime == 'onnxruntime' else ''}, "
             f"{s.images_per_s:.1f} images/s after {s.model_load_s:.1f} s loading the model)"
         )
     if s.reused:

@@ -81,6 +81,7 @@ def summary(**counts: int) -> dict:
         "export_folders": [],
         "device": "cpu" if counts.get("embedded") else None,
         "precision": "fp32" if counts.get("embedded") else None,
+        "runtime": "torch" if counts.get("embedded") else None,
         "engine": "local",
     }
 

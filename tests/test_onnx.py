@@ -52,7 +52,7 @@ def _pixels(n: int = 5) -> np.ndarray:
 def _embedder(spec, precision="fp32") -> onnx.OnnxEmbedder:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return onnx.OnnxEmbedder(spec, precision, image_onnx=precision == "fp32")
+        return onnx.OnnxEmbedder(spec, precision, image_onnx=precision in ("fp32", "int8"))
 
 
 def test_both_towers_give_torchs_vectors_and_export_once(cache, spec, reference):
@@ -89,7 +89,7 @@ def test_the_rebuilt_tokenizer_gives_open_clips_tokens(cache, spec, reference):
     tower = embedder._towers[onnx.TEXT]
     fast = onnx.FastTokenizer(tower.folder / onnx.FAST_TOKENIZER, tower.record.context_length)
     rng = np.random.default_rng(0)
-    alphabet = list("abcXYZ éü東🐶0129 .,;'!&-\t\n") + ["&amp;", "'s", "'ll", "ﬁ"]
+    alphabet = [*"abcXYZ éü東🐶0129 .,;'!&-\t\n", "&amp;", "'s", "'ll", "ﬁ"]
     texts = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(300)]
     np.testing.assert_array_equal(fast(texts), reference.tokenizer(texts).numpy())
     # A literal special token is left to open_clip's tokenizer.
@@ -129,6 +129,27 @@ def test_a_tower_that_does_not_export_runs_in_torch(cache, spec, reference, monk
     assert any("no; running it in torch" in str(w.message) for w in seen)
     assert embedder.runtime == "torch"
     assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= 0.9999
+
+
+def test_int8_is_an_opt_in_image_tower_close_to_fp32(cache, spec, reference, monkeypatch):
+    embedder = _embedder(spec, "int8")
+    assert embedder._image_onnx and embedder.runtime == "onnxruntime"
+    with pytest.warns(onnx.ExportNotice) as seen:
+        got = embedder.embed_pixels(_pixels())
+    assert any("quantising" in str(w.message) for w in seen)
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_INT8
+    folder = next(cache.glob("*/"))
+    record = json.loads((folder / "image-int8.json").read_text())
+    assert record["cos_min"] >= onnx.MIN_COSINE_INT8
+    assert (folder / "image-int8.onnx").stat().st_size < (folder / "image.onnx").stat().st_size
+    # Texts stay fp32.
+    with pytest.warns(onnx.ExportNotice):
+        texts = embedder.embed_texts(TEXTS)
+    assert float((texts * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
+
+    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
+    with pytest.raises(ModelError, match="int8 runs on the CPU in ONNX Runtime"):
+        runtime.load(spec, "cpu", "int8", "torch")
 
 
 def test_a_text_query_imports_no_torch(cache, spec):

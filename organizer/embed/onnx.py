@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 
 FORMAT = 1  # bump when the exported graphs change: older folders are then ignored
 MIN_COSINE = 0.9999  # fp32 against fp32: a right export gives 0.99999+
-IMAGE, TEXT = "image", "text"
+# int8 weights against fp32 (random weights give 0.9998; real CLIP weights have outlier
+# activations random ones lack, so this is a floor, not a promise: int8 is opt-in)
+MIN_COSINE_INT8 = 0.99
+IMAGE, TEXT, IMAGE_INT8 = "image", "text", "image-int8"
 PROBE_TEXTS = ("a photo of a dog.", "", "a photo of a small red car by the sea at night.")
 _PROBE_IMAGES = 2
 
@@ -96,8 +99,8 @@ class TowerRecord:
     preprocess: dict  # PreprocessSpec's fields
     context_length: int | None  # text tower: the tokenizer's
     fast_tokenizer: bool  # text tower: text-tokenizer.json gives open_clip's tokens
-    probe: list[list[float]]  # torch's fp32 vectors for the probe input
-    cos_min: float  # the export against torch, on the probe
+    probe: list[list[float]]  # the vectors this file gave for the probe input when made
+    cos_min: float  # those against torch fp32's
     export_s: float
 
 
@@ -151,7 +154,7 @@ class Tower:
             return None
 
     def probe_input(self) -> np.ndarray:
-        if self.record.tower == IMAGE:
+        if self.record.tower in (IMAGE, IMAGE_INT8):
             return _probe_pixels(PreprocessSpec(**_preprocess_args(self.record.preprocess)))
         return self.tokenize(list(PROBE_TEXTS))
 
@@ -231,6 +234,13 @@ def _clean(text: str) -> str:
 def _build_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
     """Write ``tokenizer`` (open_clip's SimpleTokenizer) as a ``tokenizers`` file and keep it
     only if it gives the same tokens for every probe text."""
+    try:
+        return _try_fast_tokenizer(tokenizer, path, probe)
+    except Exception:  # another tokenizer layout: open_clip's own then (it imports torch)
+        return False
+
+
+def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
     ranks = sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1])
@@ -328,72 +338,132 @@ def export(embedder: Any, tower: str, folder: Path) -> Tower:
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     module, example, dynamic = _wrapper(embedder, tower)
+    with _scratch(folder, tower) as tmp:
+        try:
+            fastpath = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX form
+            try:
+                with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet():
+                    torch.onnx.export(
+                        module,
+                        (example,),
+                        str(tmp),
+                        input_names=["input"],
+                        output_names=["output"],
+                        dynamic_shapes=(dynamic,),
+                        opset_version=18,
+                        dynamo=True,
+                        external_data=False,
+                    )
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fastpath)
+        except Exception as exc:  # the exporter raises many types for a graph it cannot write
+            raise ModelError(
+                f"cannot export {embedder.spec.describe()}'s {tower} tower to ONNX: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+            ) from None
+        probe = _probe_pixels(embedder.preprocess) if tower == IMAGE else list(PROBE_TEXTS)
+        want = embedder.embed_pixels(probe) if tower == IMAGE else embedder.embed_texts(probe)
+        fast = tower == TEXT and _build_fast_tokenizer(
+            embedder.tokenizer, folder / FAST_TOKENIZER, _tokenizer_probe()
+        )
+        shape = {
+            "dim": int(embedder.dim),
+            "preprocess": asdict(embedder.preprocess),
+            "context_length": getattr(embedder.tokenizer, "context_length", None),
+            "fast_tokenizer": fast,
+        }
+        what = f"the ONNX export of {embedder.spec.describe()}'s {tower} tower"
+        return _keep(tmp, folder, tower, shape, want, MIN_COSINE, what, started)
+
+
+def quantize(image: Tower) -> Tower:
+    """The fp32 image tower with int8 weights (ONNX Runtime's dynamic quantisation), kept if
+    its probe vectors stay within :data:`MIN_COSINE_INT8` of the fp32 ones.
+
+    Raises:
+        ModelError: it cannot be quantised, or the vectors drift too far.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    started = time.perf_counter()
+    with _scratch(image.folder, IMAGE_INT8) as tmp:
+        try:
+            with _quiet():
+                quantize_dynamic(image.folder / f"{IMAGE}.onnx", tmp, weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise ModelError(
+                f"cannot quantise the image tower to int8: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        shape = {k: getattr(image.record, k) for k in ("dim", "preprocess", "context_length")}
+        want = np.asarray(image.record.probe, dtype=np.float32)
+        what = "the int8 image tower"
+        return _keep(
+            tmp,
+            image.folder,
+            IMAGE_INT8,
+            {**shape, "fast_tokenizer": False},
+            want,
+            MIN_COSINE_INT8,
+            what,
+            started,
+        )
+
+
+@contextlib.contextmanager
+def _scratch(folder: Path, tower: str):
+    """A temporary file in ``folder``, removed unless it was kept (renamed)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{tower}-", suffix=".onnx", dir=folder)
     os.close(fd)
     try:
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX form
-        try:
-            with (
-                torch.no_grad(),
-                contextlib.redirect_stdout(io.StringIO()),
-                _quiet(),
-            ):
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    tmp,
-                    input_names=["input"],
-                    output_names=["output"],
-                    dynamic_shapes=(dynamic,),
-                    opset_version=18,
-                    dynamo=True,
-                    external_data=False,
-                )
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
-        probe = _probe_pixels(embedder.preprocess) if tower == IMAGE else list(PROBE_TEXTS)
-        want = embedder.embed_pixels(probe) if tower == IMAGE else embedder.embed_texts(probe)
-        data = Path(tmp).read_bytes()
-        session = _session(data, None)
-        record = TowerRecord(
-            tower=tower,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            dim=int(embedder.dim),
-            preprocess=asdict(embedder.preprocess),
-            context_length=getattr(embedder.tokenizer, "context_length", None),
-            fast_tokenizer=tower == TEXT
-            and _build_fast_tokenizer(
-                embedder.tokenizer, folder / FAST_TOKENIZER, _tokenizer_probe()
-            ),
-            probe=want.astype(float).tolist(),
-            cos_min=1.0,  # measured next
-            export_s=0.0,
-        )
-        del data
-        made = Tower(session, record, folder)
-        cos_min = float(_cosines(made.run(made.probe_input()), want).min())
-        if cos_min < MIN_COSINE:
-            raise ModelError(
-                f"the ONNX export of {embedder.spec.describe()}'s {tower} tower does not give "
-                f"torch's vectors (cosine {cos_min:.6f} < {MIN_COSINE})"
-            )
-        made.record = record = replace(
-            record, cos_min=cos_min, export_s=time.perf_counter() - started
-        )
-        os.replace(tmp, folder / f"{tower}.onnx")
-        _write_atomic(folder / f"{tower}.json", json.dumps(asdict(record)))
-        return made
-    except ModelError:
-        raise
-    except Exception as exc:  # the exporter raises many types for a graph it cannot write
-        raise ModelError(
-            f"cannot export {embedder.spec.describe()}'s {tower} tower to ONNX: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-        ) from None
+        yield Path(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _keep(
+    tmp: Path,
+    folder: Path,
+    tower: str,
+    shape: dict,
+    want: np.ndarray,
+    min_cosine: float,
+    what: str,
+    started: float,
+) -> Tower:
+    """Run the new file on the probe; keep it as ``tower`` if it gives ``want`` (cosine ≥
+    ``min_cosine``), with a record of what it gave."""
+    data = tmp.read_bytes()
+    try:
+        session = _session(data, None)
+    except Exception as exc:
+        raise ModelError(f"{what} does not load in ONNX Runtime: {exc}") from None
+    record = TowerRecord(
+        tower=tower,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        probe=[],  # filled next
+        cos_min=0.0,
+        export_s=0.0,
+        **shape,
+    )
+    del data
+    made = Tower(session, record, folder)
+    got = made.run(made.probe_input())
+    cos_min = float(_cosines(got, want).min())
+    if cos_min < min_cosine:
+        raise ModelError(
+            f"{what} does not give torch's vectors (cosine {cos_min:.6f} < {min_cosine})"
+        )
+    made.record = replace(
+        record,
+        probe=got.astype(float).tolist(),
+        cos_min=cos_min,
+        export_s=time.perf_counter() - started,
+    )
+    os.replace(tmp, folder / f"{tower}.onnx")
+    _write_atomic(folder / f"{tower}.json", json.dumps(asdict(made.record)))
+    return made
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -502,7 +572,7 @@ class OnnxEmbedder:
             if tower is not None:
                 return tower.record
         if self._torch is None and self._image_onnx:
-            tower = self._tower(IMAGE)
+            tower = self._tower(IMAGE_INT8 if self.precision == "int8" else IMAGE)
             if tower is not None:
                 return tower.record
         return self._torch_embedder()
@@ -511,8 +581,9 @@ class OnnxEmbedder:
         if self._torch is None:
             from organizer.embed import openclip
 
+            precision = "fp32" if self.precision == "int8" else self.precision
             with _quiet():  # its random-weights warning was given already
-                self._torch = openclip.load(self._spec, "cpu", self.precision, self._offline)
+                self._torch = openclip.load(self._spec, "cpu", precision, self._offline)
             self._spec = self._torch.spec  # a tag's checkpoint hash is known now
         return self._torch
 
@@ -521,21 +592,37 @@ class OnnxEmbedder:
             return self._towers[name]
         tower = Tower.open(model_dir(self._spec), name) if pinned(self._spec) else None
         if tower is None:
-            tower = self._export(name)
+            tower = self._quantized() if name == IMAGE_INT8 else self._export(name)
         self._towers[name] = tower
         return tower
+
+    def _quantized(self) -> Tower:
+        import warnings
+
+        image = self._tower(IMAGE)
+        if image is None:
+            raise ModelError(
+                f"--precision int8 needs {self._spec.name}'s image tower in ONNX Runtime, "
+                "which did not export: use --precision fp32"
+            )
+        warnings.warn(
+            f"quantising {self._spec.name}'s image tower to int8 (once per model on this machine)",
+            ExportNotice,
+            stacklevel=4,
+        )
+        return quantize(image)
 
     def _export(self, name: str) -> Tower | None:
         import warnings
 
         from organizer.embed import openclip
 
-        fp32 = self._torch if self.precision == "fp32" and self._torch is not None else None
+        fp32 = self._torch if self._torch is not None and self._torch.precision == "fp32" else None
         if fp32 is None:
             with _quiet():
                 fp32 = openclip.load(self._spec, "cpu", "fp32", self._offline)
             self._spec = fp32.spec
-            if self.precision == "fp32":
+            if self.precision in ("fp32", "int8"):
                 self._torch = fp32
         folder = model_dir(self._spec)
         found = Tower.open(folder, name)  # another process may have exported it meanwhile
@@ -556,7 +643,8 @@ class OnnxEmbedder:
             return None
 
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
-        tower = self._tower(IMAGE) if self._image_onnx else None
+        name = IMAGE_INT8 if self.precision == "int8" else IMAGE
+        tower = self._tower(name) if self._image_onnx else None
         if tower is None:
             return self._torch_embedder().embed_pixels(batch)
         return tower.run(np.ascontiguousarray(batch, dtype=np.uint8))

@@ -195,6 +195,8 @@ def settle_model(options: RayOptions, all_bf16: bool) -> RayOptions:
         precision = "fp16" if device == "cuda" else "bf16" if all_bf16 else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ModelError("fp16 is slow and inaccurate on CPUs: use --precision bf16 or fp32")
+    if precision == "int8":
+        raise ModelError("--precision int8 runs with the local engine only: leave --engine out")
     return replace(options, device=device, precision=precision)
 
 

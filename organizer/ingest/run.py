@@ -159,6 +159,7 @@ class Ingestor:
     def _load_model(self) -> None:
         started = time.perf_counter()
         self._embedder = self.get_embedder()
+        dim = self._embedder.dim  # a lazy embedder builds its model or opens its tower now
         self.summary.model_load_s = time.perf_counter() - started
         if self._preprocess is None:
             self._preprocess = self._embedder.preprocess
@@ -167,13 +168,14 @@ class Ingestor:
         if self.model_id is not None:
             with self.engine.connect() as conn:
                 recorded = q.library_model(conn)
-            if recorded.dim != self._embedder.dim:
+            if recorded.dim != dim:
                 raise ModelError(
-                    f"the model gives {self._embedder.dim}-d vectors but this library holds "
+                    f"the model gives {dim}-d vectors but this library holds "
                     f"{recorded.dim}-d vectors of {recorded.spec.describe()}"
                 )
         self.summary.device = self._embedder.device
         self.summary.precision = self._embedder.precision
+        self.summary.runtime = getattr(self._embedder, "runtime", "torch")
 
     def _process(self, the_plan: Plan) -> None:
         for k in the_plan.vanished.values():
@@ -238,6 +240,7 @@ class Ingestor:
         ):
             if seen:
                 self.summary.device, self.summary.precision = seen["device"], seen["precision"]
+                self.summary.runtime = "torch"  # the actors' (organizer.ingest.distributed)
             yield prepared
 
     # -- deciding what each file needs -----------------------------------------------------
