@@ -282,15 +282,16 @@ def _copy_embedded(
 ) -> list[int]:
     ids = reserve_ids(conn, "images", len(rows))
     columns = list(_COPY_IMAGE_COLUMNS)
+    fields = columns[1:]  # after the id
+    for row in rows:  # COPY sends a StrEnum's text only as a plain str
+        row["status"] = _plain(row["status"])
     copy_rows(
         conn,
         "images",
         columns,
         list(_COPY_IMAGE_COLUMNS.values()),
-        (
-            tuple(image_id if c == "id" else _plain(row.get(c)) for c in columns)
-            for image_id, row in zip(ids, rows, strict=True)
-        ),
+        # map(row.get, ...) runs in C: half the client's CPU of a per-column generator
+        ((image_id, *map(row.get, fields)) for image_id, row in zip(ids, rows, strict=True)),
     )
     copy_rows(
         conn,
@@ -414,7 +415,19 @@ def delete_vector(conn: Connection, image_id: int) -> None:
     conn.execute(delete(embeddings).where(embeddings.c.image_id == image_id))
 
 
-def _ok_vectors_query(model_id: int, roots: Sequence[int] | None = None):
+def _ok_vectors_query(model_id: int, roots: Sequence[int] | None = None, dialect: str = ""):
+    if dialect == "sqlite":
+        # As a join, SQLite drives from the images' status index and sorts every vector in
+        # a temporary B-tree for the ORDER BY (12.5 s for 1M rows); with the ok ids as an
+        # IN list it walks the embeddings' primary key in order, no sort (2.0 s).
+        ok = select(images.c.id).where(images.c.status == ImageStatus.OK)
+        if roots is not None:
+            ok = ok.where(images.c.root_id.in_(list(roots)))
+        return (
+            select(embeddings.c.image_id, embeddings.c.vector)
+            .where(embeddings.c.model_id == model_id, embeddings.c.image_id.in_(ok))
+            .order_by(embeddings.c.image_id)
+        )
     stmt = (
         select(embeddings.c.image_id, embeddings.c.vector)
         .join(images, images.c.id == embeddings.c.image_id)
@@ -438,7 +451,8 @@ def iter_ok_vectors(
         # (cursor_tuple_fraction 0.1): a nested loop 45x slower than the hash join it
         # picks for a whole read (measured on 40k rows).
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-    rows = conn.execute(_ok_vectors_query(model_id, roots).execution_options(yield_per=batch))
+    query = _ok_vectors_query(model_id, roots, conn.dialect.name)
+    rows = conn.execute(query.execution_options(yield_per=batch))
     for part in rows.partitions(batch):
         ids = np.fromiter((image_id for image_id, _ in part), dtype=np.int64, count=len(part))
         blob = b"".join(vector for _, vector in part)

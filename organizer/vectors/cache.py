@@ -337,7 +337,7 @@ class IndexCache:
 
             def build(workdir: Path | None) -> VectorIndex:
                 return VectorIndex.build_from(
-                    lambda: q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384),
+                    lambda: q.iter_ok_vectors(conn, model.id, model.dim, batch=4096),
                     count,
                     model.dim,
                     chosen,
