@@ -180,6 +180,15 @@ def test_bulk_insert_gives_ids_in_order_and_bumps_the_generation(library):
         assert got_ids.tolist() == sorted(ids) and np.array_equal(got[np.argsort(ids)], vectors)
         assert [known[f"{i}.jpg".encode()].id for i in range(300)] == ids
         assert len(lib.vectors()) == 300
+        # Looked up by id, in the order asked, repeats included; the ok ids as streamed.
+        with lib.engine.connect() as conn:
+            asked = [ids[5], ids[0], ids[5], ids[299]]
+            np.testing.assert_array_equal(
+                q.vectors_of(conn, model_id, 8, asked), vectors[[5, 0, 5, 299]]
+            )
+            assert q.ok_ids(conn, model_id).tolist() == sorted(ids)
+            with pytest.raises(KeyError):
+                q.vectors_of(conn, model_id, 8, [ids[0], max(ids) + 1])
 
 
 def test_a_new_catalogue_opened_by_three_processes_at_once(server, tmp_path):

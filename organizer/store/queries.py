@@ -415,7 +415,10 @@ def delete_vector(conn: Connection, image_id: int) -> None:
     conn.execute(delete(embeddings).where(embeddings.c.image_id == image_id))
 
 
-def _ok_vectors_query(model_id: int, roots: Sequence[int] | None = None, dialect: str = ""):
+def _ok_vectors_query(
+    model_id: int, roots: Sequence[int] | None = None, dialect: str = "", vectors: bool = True
+):
+    columns = [embeddings.c.image_id, embeddings.c.vector][: 2 if vectors else 1]
     if dialect == "sqlite":
         # As a join, SQLite drives from the images' status index and sorts every vector in
         # a temporary B-tree for the ORDER BY (12.5 s for 1M rows); with the ok ids as an
@@ -424,12 +427,12 @@ def _ok_vectors_query(model_id: int, roots: Sequence[int] | None = None, dialect
         if roots is not None:
             ok = ok.where(images.c.root_id.in_(list(roots)))
         return (
-            select(embeddings.c.image_id, embeddings.c.vector)
+            select(*columns)
             .where(embeddings.c.model_id == model_id, embeddings.c.image_id.in_(ok))
             .order_by(embeddings.c.image_id)
         )
     stmt = (
-        select(embeddings.c.image_id, embeddings.c.vector)
+        select(*columns)
         .join(images, images.c.id == embeddings.c.image_id)
         .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
         .order_by(embeddings.c.image_id)
@@ -490,25 +493,37 @@ def ok_vectors(
 
 def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
     """Ids of every image the index must contain, ordered."""
-    stmt = (
-        select(embeddings.c.image_id)
-        .join(images, images.c.id == embeddings.c.image_id)
-        .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
-        .order_by(embeddings.c.image_id)
-    )
+    stmt = _ok_vectors_query(model_id, dialect=conn.dialect.name, vectors=False)
     return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
 
 
-def vectors_of(conn: Connection, model_id: int, dim: int, image_ids: list[int]) -> np.ndarray:
-    """Vectors of the given images, in the given order."""
-    found: dict[int, bytes] = {}
+def vectors_of(
+    conn: Connection, model_id: int, dim: int, image_ids: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """Vectors of the given images, in the given order (each read straight into its row).
+
+    Raises:
+        KeyError: an image without a vector of this model.
+    """
+    image_ids = [int(i) for i in image_ids]
+    row_of = {image_id: n for n, image_id in enumerate(image_ids)}
+    if len(row_of) != len(image_ids):  # repeated ids: read each once, then repeat its row
+        unique = list(row_of)
+        got = vectors_of(conn, model_id, dim, unique)
+        at = {image_id: n for n, image_id in enumerate(unique)}
+        return got[[at[i] for i in image_ids]]
+    out = np.empty((len(image_ids), dim), dtype=np.float32)
+    seen = 0
     for chunk in chunked(image_ids):
         stmt = select(embeddings.c.image_id, embeddings.c.vector).where(
             embeddings.c.model_id == model_id, embeddings.c.image_id.in_(chunk)
         )
-        found.update(conn.execute(stmt).all())
-    blob = b"".join(found[i] for i in image_ids)
-    return np.frombuffer(blob, dtype=np.float32).reshape(len(image_ids), dim)
+        for image_id, vector in conn.execute(stmt):
+            out[row_of[image_id]] = np.frombuffer(vector, dtype=np.float32)
+            seen += 1
+    if seen != len(row_of):
+        raise KeyError(f"{len(row_of) - seen} of the images have no vector of this model")
+    return out
 
 
 # -- index state -------------------------------------------------------------------------

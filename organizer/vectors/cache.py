@@ -335,6 +335,18 @@ class IndexCache:
             count = q.count_ok_vectors(conn, model.id)
             chosen = self._plan(conn, count, model.dim)
 
+            ids: list[np.ndarray] = []  # the ok ids in stream order, read when first needed
+
+            def rows_at(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                # The training sample and calibration queries by id lookups, instead of a
+                # pass over every vector (at 1M: 2 GB read twice, then once).
+                if not ids:
+                    ids.append(q.ok_ids(conn, model.id))
+                    if len(ids[0]) != count:
+                        raise RuntimeError("internal error: the vectors changed while read")
+                picked = ids[0][positions]
+                return q.vectors_of(conn, model.id, model.dim, picked), picked
+
             def build(workdir: Path | None) -> VectorIndex:
                 return VectorIndex.build_from(
                     lambda: q.iter_ok_vectors(conn, model.id, model.dim, batch=4096),
@@ -342,6 +354,7 @@ class IndexCache:
                     model.dim,
                     chosen,
                     workdir,
+                    rows_at,
                 )
 
             try:

@@ -101,12 +101,15 @@ class VectorIndex:
         dim: int,
         kind: str | IndexPlan = "auto",
         workdir: Path | None = None,
+        rows_at: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> VectorIndex:
         """A new index from a stream of (ids ascending, vectors) batches, ``count`` in all.
 
         ``batches()`` is called once per pass (twice for IVF kinds: a training sample and the
         calibration queries are drawn in the first, everything is added in the second), so
         memory holds the index being built and a training sample, never all the vectors.
+        ``rows_at(positions)``, when given, returns the (vectors, ids) at sorted positions of
+        that stream directly (a database looks them up): the first pass is then not needed.
         """
         import faiss
 
@@ -125,9 +128,11 @@ class VectorIndex:
             for ids, vectors in batches():
                 index.add_with_ids(_f32(vectors), _i64(ids))
             return cls(index, recall=1.0)
-        (sample, _), calibration = pick_rows(
-            batches(), count, dim, [training_rows(chosen, count), calibration_rows(count)]
-        )
+        wanted = [training_rows(chosen, count), calibration_rows(count)]
+        if rows_at is None:
+            (sample, _), calibration = pick_rows(batches(), count, dim, wanted)
+        else:
+            (sample, _), calibration = (rows_at(rows) for rows in wanted)
         empty = trained(chosen, dim, sample)
         reserve(empty, sample, count)
         del sample
