@@ -9,7 +9,7 @@ from pathlib import Path
 import platformdirs
 
 from organizer.choices import Device, Precision, Runtime, is_url
-from organizer.errors import OrganizerError
+from organizer.errors import OptionsError, OrganizerError
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
@@ -58,6 +58,17 @@ class Settings:
         if self.runtime not in RUNTIMES:
             raise OrganizerError(
                 f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}"
+            )
+        if self.runtime == "onnx" and self.precision not in ("auto", "fp32", "int8"):
+            raise OptionsError(
+                f"--runtime onnx runs fp32 (or int8), not {self.precision}: leave out --precision"
+            )
+        if self.runtime == "onnx" and self.device == "cuda":
+            raise OptionsError("--runtime onnx runs on the CPU: leave out --device cuda")
+        if self.precision == "int8" and (self.runtime == "torch" or self.device == "cuda"):
+            raise OptionsError(
+                "--precision int8 runs on the CPU in ONNX Runtime: leave out --runtime torch "
+                "and --device cuda"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise OrganizerError(f"batch size must be at least 1, not {self.batch_size}")

@@ -61,3 +61,9 @@ class IndexPlanError(OrganizerError):
     """An index kind or memory budget that cannot be built (a usage error)."""
 
     exit_code = 2
+
+
+class OptionsError(OrganizerError):
+    """Settings that cannot work together (a usage error)."""
+
+    exit_code = 2

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ from organizer.imaging import PreprocessSpec
 if TYPE_CHECKING:
     from organizer.embed import ModelSpec
 
-FORMAT = 1  # bump when the exported graphs change: older folders are then ignored
+FORMAT = 2  # bump when the exported graphs or their records change: older folders are ignored
 MIN_COSINE = 0.9999  # fp32 against fp32: a right export gives 0.99999+
 # int8 weights against fp32 (random weights give 0.9998; real CLIP weights have outlier
 # activations random ones lack, so this is a floor, not a promise: int8 is opt-in)
@@ -98,7 +99,7 @@ class TowerRecord:
     dim: int
     preprocess: dict  # PreprocessSpec's fields
     context_length: int | None  # text tower: the tokenizer's
-    fast_tokenizer: bool  # text tower: text-tokenizer.json gives open_clip's tokens
+    fast_tokenizer: str | None  # text tower: SHA-256 of text-tokenizer.json, if it is exact
     probe: list[list[float]]  # the vectors this file gave for the probe input when made
     cos_min: float  # those against torch fp32's
     export_s: float
@@ -130,8 +131,8 @@ class Tower:
 
     @classmethod
     def open(cls, folder: Path, tower: str, threads: int | None = None) -> Tower | None:
-        """The tower if its files are there and still give the probe's vectors; a damaged
-        or unusable pair of files is removed (the caller exports again)."""
+        """The tower if its files are there and still give the probe's vectors, else None
+        (the caller exports again, replacing them under the folder's lock)."""
         path, meta = folder / f"{tower}.onnx", folder / f"{tower}.json"
         try:
             record = TowerRecord(**json.loads(meta.read_text()))
@@ -146,11 +147,7 @@ class Tower:
             if float(_cosines(got, np.asarray(record.probe)).min()) < MIN_COSINE:
                 raise ValueError("probe")
             return found
-        except FileNotFoundError:
-            return None
-        except Exception:  # a damaged file fails in many ways: export it again
-            for stale in (path, meta):
-                stale.unlink(missing_ok=True)
+        except Exception:  # absent, or damaged in one of many ways: export it again
             return None
 
     def probe_input(self) -> np.ndarray:
@@ -165,13 +162,18 @@ class Tower:
 
     def tokens(self, texts: list[str]) -> np.ndarray:
         """Token rows of the tokenizer's context length (int64, padded with 0)."""
-        if self.record.fast_tokenizer:
-            if self._fast is None:
-                path = self.folder / FAST_TOKENIZER
-                self._fast = FastTokenizer(path, self.record.context_length)
-            tokens = self._fast(texts)
-            if tokens is not None:
-                return tokens
+        if self.record.fast_tokenizer and self._fast is None:
+            try:
+                self._fast = FastTokenizer(
+                    self.folder / FAST_TOKENIZER,
+                    self.record.context_length,
+                    self.record.fast_tokenizer,
+                )
+            except Exception:  # absent or damaged: open_clip's tokenizer does the same
+                self.record = replace(self.record, fast_tokenizer=None)
+        tokens = self._fast(texts) if self._fast is not None else None
+        if tokens is not None:
+            return tokens
         return clip_tokenizer(self.record.context_length)(texts).numpy()
 
 
@@ -197,15 +199,23 @@ FAST_TOKENIZER = "text-tokenizer.json"
 _SOT, _EOT = "<start_of_text>", "<end_of_text>"
 
 
+# Where the `regex` module (open_clip) and Oniguruma (tokenizers) agree on which characters
+# are letters and digits: they follow different Unicode versions past the Latin blocks.
+_FAST_MAX_CODEPOINT = 0x24F
+
+
 class FastTokenizer:
     """open_clip's CLIP BPE tokenizer rebuilt in Hugging Face ``tokenizers`` (no torch; the
-    export checks it gives open_clip's tokens). Texts it might split otherwise (a literal
-    special token) are left to open_clip's."""
+    export checks it gives open_clip's tokens, every Latin character included). Texts it
+    might split otherwise (other scripts, a literal special token) are left to open_clip's."""
 
-    def __init__(self, path: Path, context_length: int | None):
+    def __init__(self, path: Path, context_length: int | None, sha256: str | None = None):
         from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(path))
+        data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"{path} is damaged")
+        self._tokenizer = Tokenizer.from_str(data.decode("utf-8"))
         self._context = context_length or 77
         self._sot = self._tokenizer.token_to_id(_SOT)
         self._eot = self._tokenizer.token_to_id(_EOT)
@@ -213,6 +223,8 @@ class FastTokenizer:
     def __call__(self, texts: list[str]) -> np.ndarray | None:
         cleaned = [_clean(text) for text in texts]
         if any(_SOT in text or _EOT in text for text in cleaned):
+            return None
+        if any(max(map(ord, text), default=0) > _FAST_MAX_CODEPOINT for text in cleaned):
             return None
         rows = np.zeros((len(texts), self._context), dtype=np.int64)
         for i, encoding in enumerate(self._tokenizer.encode_batch(cleaned)):
@@ -231,16 +243,16 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def _build_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
+def _build_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> str | None:
     """Write ``tokenizer`` (open_clip's SimpleTokenizer) as a ``tokenizers`` file and keep it
-    only if it gives the same tokens for every probe text."""
+    only if it gives the same tokens for every probe text; its SHA-256 (None: not kept)."""
     try:
         return _try_fast_tokenizer(tokenizer, path, probe)
     except Exception:  # another tokenizer layout: open_clip's own then (it imports torch)
-        return False
+        return None
 
 
-def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
+def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> str | None:
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
     ranks = sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1])
@@ -248,7 +260,7 @@ def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
         vocab=dict(tokenizer.encoder), merges=[pair for pair, _ in ranks], end_of_word_suffix="</w>"
     )
     fast = Tokenizer(model)
-    pattern = tokenizer.pat.pattern.replace(f"{_SOT}|{_EOT}|", "")
+    pattern = "(?i)" + tokenizer.pat.pattern.replace(f"{_SOT}|{_EOT}|", "")  # open_clip's flag
     fast.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
@@ -260,11 +272,14 @@ def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> bool:
     os.close(fd)
     try:
         fast.save(tmp)
-        got = FastTokenizer(Path(tmp), tokenizer.context_length)(probe)
-        if got is None or not np.array_equal(got, tokenizer(probe).numpy()):
-            return False
+        rebuilt = FastTokenizer(Path(tmp), tokenizer.context_length)
+        covered = [text for text in probe if rebuilt([text]) is not None]  # the rest: open_clip
+        if not np.array_equal(rebuilt(covered), tokenizer(covered).numpy()):
+            return None
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-        return True
+        return digest
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -282,8 +297,14 @@ def _tokenizer_probe() -> list[str]:
         "ﬁne ＦＵＬＬ width 12345 3.14 1,000,000 #hashtag @user",
         "a photo of " + "a very long caption " * 30,
     ]
+    latin = [
+        chr(c)
+        for c in range(0x20, _FAST_MAX_CODEPOINT + 1)
+        if chr(c).isprintable() and not chr(c).isspace()
+    ]
+    every_latin = [f"{c} a{c}b {c}{c}9 it'{c}" for c in latin]
     lines = vocabulary_path().read_text(encoding="utf-8").splitlines()
-    return [*PROBE_TEXTS, *hard, *(line for line in lines if line.strip())]
+    return [*PROBE_TEXTS, *hard, *every_latin, *(line for line in lines if line.strip())]
 
 
 _TOKENIZERS: dict[int | None, Any] = {}
@@ -313,11 +334,16 @@ def clip_tokenizer(context_length: int | None) -> Any:
 def exportable_text(embedder: Any) -> bool:
     """Whether the text tower can run cut to its longest prompt from open_clip's CLIP BPE
     tokenizer: the classic CLIP tower (see ``openclip._pooled_length``)."""
-    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
     from organizer.embed.openclip import _pooled_length
 
-    if not isinstance(embedder.tokenizer, SimpleTokenizer):
+    tokenizer = embedder.tokenizer
+    if not isinstance(tokenizer, SimpleTokenizer):
+        return False
+    if tokenizer.clean_fn is not _clean_lower or tokenizer.reduction_fn is not None:
+        return False  # the rebuilt tokenizer and the probe know the default only
+    if len(tokenizer.all_special_ids) != 2:
         return False
     if getattr(embedder.model, "text_pool_type", None) != "argmax":  # pooled at the top id
         return False
@@ -364,8 +390,12 @@ def export(embedder: Any, tower: str, folder: Path) -> Tower:
             ) from None
         probe = _probe_pixels(embedder.preprocess) if tower == IMAGE else list(PROBE_TEXTS)
         want = embedder.embed_pixels(probe) if tower == IMAGE else embedder.embed_texts(probe)
-        fast = tower == TEXT and _build_fast_tokenizer(
-            embedder.tokenizer, folder / FAST_TOKENIZER, _tokenizer_probe()
+        fast = (
+            None
+            if tower != TEXT
+            else _build_fast_tokenizer(
+                embedder.tokenizer, folder / FAST_TOKENIZER, _tokenizer_probe()
+            )
         )
         shape = {
             "dim": int(embedder.dim),
@@ -392,9 +422,8 @@ def quantize(image: Tower) -> Tower:
             with _quiet():
                 quantize_dynamic(image.folder / f"{IMAGE}.onnx", tmp, weight_type=QuantType.QInt8)
         except Exception as exc:
-            raise ModelError(
-                f"cannot quantise the image tower to int8: {str(exc).splitlines()[0][:200]}"
-            ) from None
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ModelError(f"cannot quantise the image tower to int8: {reason}") from None
         shape = {k: getattr(image.record, k) for k in ("dim", "preprocess", "context_length")}
         want = np.asarray(image.record.probe, dtype=np.float32)
         what = "the int8 image tower"
@@ -402,7 +431,7 @@ def quantize(image: Tower) -> Tower:
             tmp,
             image.folder,
             IMAGE_INT8,
-            {**shape, "fast_tokenizer": False},
+            {**shape, "fast_tokenizer": None},
             want,
             MIN_COSINE_INT8,
             what,
@@ -461,15 +490,41 @@ def _keep(
         cos_min=cos_min,
         export_s=time.perf_counter() - started,
     )
+    os.chmod(tmp, 0o644)  # a cache shared through ORGANIZER_MODEL_CACHE is read by others
     os.replace(tmp, folder / f"{tower}.onnx")
     _write_atomic(folder / f"{tower}.json", json.dumps(asdict(made.record)))
     return made
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """One exporter at a time per model folder, across processes."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _sweep(folder: Path, older_than_s: float = 3600) -> None:
+    """Remove scratch files a killed exporter left (hidden files, but the lock)."""
+    for leftover in folder.glob(".*"):
+        try:
+            if leftover.name != ".lock" and time.time() - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink()
+        except OSError:
+            pass
 
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -542,6 +597,7 @@ class OnnxEmbedder:
         self._offline = offline
         self._towers: dict[str, Tower | None] = {}
         self._torch: Any = None  # the torch embedder at self.precision, when one runs
+        self._lock = threading.RLock()
         if spec.is_random:
             random_weights_warning(spec, stacklevel=4)
 
@@ -578,23 +634,28 @@ class OnnxEmbedder:
         return self._torch_embedder()
 
     def _torch_embedder(self) -> Any:
-        if self._torch is None:
-            from organizer.embed import openclip
+        with self._lock:
+            if self._torch is None:
+                precision = "fp32" if self.precision == "int8" else self.precision
+                self._torch = self._load_torch(precision)
+            return self._torch
 
-            precision = "fp32" if self.precision == "int8" else self.precision
-            with _quiet():  # its random-weights warning was given already
-                self._torch = openclip.load(self._spec, "cpu", precision, self._offline)
-            self._spec = self._torch.spec  # a tag's checkpoint hash is known now
-        return self._torch
+    def _load_torch(self, precision: str) -> Any:
+        from organizer.embed import openclip
+
+        with _quiet():  # its random-weights warning was given already
+            loaded = openclip.load(self._spec, "cpu", precision, self._offline)
+        self._spec = loaded.spec  # a tag's checkpoint hash is known now
+        return loaded
 
     def _tower(self, name: str) -> Tower | None:
-        if name in self._towers:
+        with self._lock:  # one export at a time (organizer serve answers in threads)
+            if name not in self._towers:
+                found = Tower.open(model_dir(self._spec), name) if pinned(self._spec) else None
+                if found is None:
+                    found = self._quantized() if name == IMAGE_INT8 else self._export(name)
+                self._towers[name] = found
             return self._towers[name]
-        tower = Tower.open(model_dir(self._spec), name) if pinned(self._spec) else None
-        if tower is None:
-            tower = self._quantized() if name == IMAGE_INT8 else self._export(name)
-        self._towers[name] = tower
-        return tower
 
     def _quantized(self) -> Tower:
         import warnings
@@ -605,41 +666,63 @@ class OnnxEmbedder:
                 f"--precision int8 needs {self._spec.name}'s image tower in ONNX Runtime, "
                 "which did not export: use --precision fp32"
             )
-        warnings.warn(
-            f"quantising {self._spec.name}'s image tower to int8 (once per model on this machine)",
-            ExportNotice,
-            stacklevel=4,
-        )
-        return quantize(image)
+        try:
+            with _folder_lock(image.folder):
+                found = Tower.open(image.folder, IMAGE_INT8)
+                if found is not None:
+                    return found
+                warnings.warn(
+                    f"quantising {self._spec.name}'s image tower to int8 (once per model on "
+                    "this machine)",
+                    ExportNotice,
+                    stacklevel=5,
+                )
+                return quantize(image)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot keep the int8 image tower in {image.folder}: {exc.strerror or exc}"
+            ) from None
 
     def _export(self, name: str) -> Tower | None:
+        """Export ``name`` from the fp32 torch model (built for this only and let go after,
+        unless it already runs), or None: it runs in torch, with a warning saying why."""
         import warnings
 
-        from organizer.embed import openclip
-
-        fp32 = self._torch if self._torch is not None and self._torch.precision == "fp32" else None
-        if fp32 is None:
-            with _quiet():
-                fp32 = openclip.load(self._spec, "cpu", "fp32", self._offline)
-            self._spec = fp32.spec
-            if self.precision in ("fp32", "int8"):
-                self._torch = fp32
+        have = self._torch is not None and self._torch.precision == "fp32"
+        fp32 = self._torch if have else self._load_torch("fp32")
         folder = model_dir(self._spec)
-        found = Tower.open(folder, name)  # another process may have exported it meanwhile
-        if found is not None:
-            return found
-        if name == TEXT and not exportable_text(fp32):
-            return None
-        warnings.warn(
-            f"preparing {self._spec.name}'s {name} tower for ONNX Runtime (once per model on "
-            "this machine)",
-            ExportNotice,
-            stacklevel=4,
-        )
+        failed = folder / f"{name}.failed"
         try:
-            return export(fp32, name, folder)
-        except ModelError as exc:
-            warnings.warn(f"{exc}; running it in torch", stacklevel=4)
+            with _folder_lock(folder):
+                found = Tower.open(folder, name)  # another process may have exported it
+                if found is not None:
+                    return found
+                if name == TEXT and not exportable_text(fp32):
+                    return None
+                if failed.is_file():  # tried once on this machine: not every run again
+                    warnings.warn(
+                        f"{failed.read_text().strip()}; running it in torch", stacklevel=5
+                    )
+                    return None
+                _sweep(folder)
+                warnings.warn(
+                    f"preparing {self._spec.name}'s {name} tower for ONNX Runtime (once per "
+                    "model on this machine)",
+                    ExportNotice,
+                    stacklevel=5,
+                )
+                try:
+                    return export(fp32, name, folder)
+                except ModelError as exc:
+                    _write_atomic(failed, str(exc))
+                    warnings.warn(f"{exc}; running it in torch", stacklevel=5)
+                    return None
+        except OSError as exc:
+            warnings.warn(
+                f"cannot keep {self._spec.name}'s {name} tower for ONNX Runtime in {folder} "
+                f"({exc.strerror or exc}); running it in torch",
+                stacklevel=5,
+            )
             return None
 
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
@@ -654,7 +737,7 @@ class OnnxEmbedder:
         prompt's end token. With bf16 (a CPU with bf16 units), many texts (cluster names)
         run in torch bf16, twice ONNX Runtime's fp32 speed there; a few (a query) do not wait
         for torch."""
-        if self.precision == "bf16" and (self._torch is not None or len(texts) > _TEXT_BATCH):
+        if self.precision == "bf16" and len(texts) > _TEXT_BATCH:
             return self._torch_embedder().embed_texts(texts)
         tower = self._tower(TEXT)
         if tower is None:

@@ -96,7 +96,10 @@ def load(
     if runtime == "onnx" and precision not in ("auto", "fp32", "int8"):
         raise ModelError(f"--runtime onnx runs fp32, not {precision}: leave out --precision")
     if precision == "int8" and (device != "cpu" or runtime == "torch"):
-        raise ModelError("--precision int8 runs on the CPU in ONNX Runtime: use --device cpu")
+        raise ModelError(
+            "--precision int8 runs on the CPU in ONNX Runtime: leave out --runtime torch, and "
+            "add --device cpu on a machine with a GPU"
+        )
     if (runtime == "onnx" or precision == "int8") and not onnxruntime_installed():
         raise ModelError("ONNX Runtime is not installed: pip install onnxruntime")
     if device != "cpu" or runtime == "torch" or not onnxruntime_installed():

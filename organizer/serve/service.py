@@ -75,7 +75,7 @@ class Service:
         """Load the index and the model now (the server calls this in the background)."""
         self.index()
         if self.lib.model() is not None:
-            self.embedder()
+            self.embedder().embed_texts(["a photo"])  # opens (or exports) the text tower
 
     def embedder(self):
         with self._lock:
