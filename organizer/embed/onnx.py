@@ -138,11 +138,10 @@ class Tower:
             record = TowerRecord(**json.loads(meta.read_text()))
             if path.stat().st_size != record.size:
                 raise ValueError("size")
-            data = path.read_bytes()  # read once: hashed, then parsed by ONNX Runtime
-            if hashlib.sha256(data).hexdigest() != record.sha256:
-                raise ValueError("checksum")
-            found = cls(_session(data, threads), record, folder)
-            del data
+            with open(path, "rb") as fh:  # streamed: a tower is hundreds of MB
+                if hashlib.file_digest(fh, "sha256").hexdigest() != record.sha256:
+                    raise ValueError("checksum")
+            found = cls(_session(str(path), threads), record, folder)
             got = found.run(found.probe_input())
             if float(_cosines(got, np.asarray(record.probe)).min()) < MIN_COSINE:
                 raise ValueError("probe")
@@ -185,7 +184,8 @@ def _preprocess_args(fields: dict) -> dict:
     return args
 
 
-def _session(model: bytes, threads: int | None) -> Any:
+def _session(model: str | bytes, threads: int | None) -> Any:
+    """An ONNX Runtime session on the CPU for a model file's path (or its bytes)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -462,21 +462,21 @@ def _keep(
 ) -> Tower:
     """Run the new file on the probe; keep it as ``tower`` if it gives ``want`` (cosine ≥
     ``min_cosine``), with a record of what it gave."""
-    data = tmp.read_bytes()
+    with open(tmp, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     try:
-        session = _session(data, None)
+        session = _session(str(tmp), None)
     except Exception as exc:
         raise ModelError(f"{what} does not load in ONNX Runtime: {exc}") from None
     record = TowerRecord(
         tower=tower,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        size=tmp.stat().st_size,
+        sha256=digest,
         probe=[],  # filled next
         cos_min=0.0,
         export_s=0.0,
         **shape,
     )
-    del data
     made = Tower(session, record, folder)
     got = made.run(made.probe_input())
     cos_min = float(_cosines(got, want).min())
