@@ -65,6 +65,11 @@ class PreprocessSpec:
     fill_color: int = 0
 
     @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        """From its recorded JSON form (``asdict``; lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
     def from_open_clip(cls, cfg: dict) -> PreprocessSpec:
         size = cfg["size"]
         size = (size, size) if isinstance(size, int) else tuple(size)

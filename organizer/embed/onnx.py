@@ -130,7 +130,7 @@ class Tower:
         return self.session.run(None, {self._input: x})[0]
 
     @classmethod
-    def open(cls, folder: Path, tower: str, threads: int | None = None) -> Tower | None:
+    def open(cls, folder: Path, tower: str) -> Tower | None:
         """The tower if its files are there and still give the probe's vectors, else None
         (the caller exports again, replacing them under the folder's lock)."""
         path, meta = folder / f"{tower}.onnx", folder / f"{tower}.json"
@@ -141,7 +141,7 @@ class Tower:
             with open(path, "rb") as fh:  # streamed: a tower is hundreds of MB
                 if hashlib.file_digest(fh, "sha256").hexdigest() != record.sha256:
                     raise ValueError("checksum")
-            found = cls(_session(str(path), threads), record, folder)
+            found = cls(_session(path), record, folder)
             got = found.run(found.probe_input())
             if float(_cosines(got, np.asarray(record.probe)).min()) < MIN_COSINE:
                 raise ValueError("probe")
@@ -151,7 +151,7 @@ class Tower:
 
     def probe_input(self) -> np.ndarray:
         if self.record.tower in (IMAGE, IMAGE_INT8):
-            return _probe_pixels(PreprocessSpec(**_preprocess_args(self.record.preprocess)))
+            return _probe_pixels(PreprocessSpec.from_dict(self.record.preprocess))
         return self.tokenize(list(PROBE_TEXTS))
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
@@ -176,23 +176,13 @@ class Tower:
         return clip_tokenizer(self.record.context_length)(texts).numpy()
 
 
-def _preprocess_args(fields: dict) -> dict:
-    args = dict(fields)
-    for key in ("size", "mean", "std"):
-        if key in args and args[key] is not None:
-            args[key] = tuple(args[key])
-    return args
-
-
-def _session(model: str | bytes, threads: int | None) -> Any:
-    """An ONNX Runtime session on the CPU for a model file's path (or its bytes)."""
+def _session(path: Path) -> Any:
+    """An ONNX Runtime session on the CPU for a model file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: organizer reports itself
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 FAST_TOKENIZER = "text-tokenizer.json"
@@ -465,7 +455,7 @@ def _keep(
     with open(tmp, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
     try:
-        session = _session(str(tmp), None)
+        session = _session(tmp)
     except Exception as exc:
         raise ModelError(f"{what} does not load in ONNX Runtime: {exc}") from None
     record = TowerRecord(
@@ -620,7 +610,7 @@ class OnnxEmbedder:
     def preprocess(self) -> PreprocessSpec:
         source = self._shape_source()
         if isinstance(source, TowerRecord):
-            return PreprocessSpec(**_preprocess_args(source.preprocess))
+            return PreprocessSpec.from_dict(source.preprocess)
         return source.preprocess
 
     def _shape_source(self) -> Any:

@@ -90,7 +90,9 @@ class Ingestor:
         self._embedder: Embedder | None = None
         # The model's input, as the library recorded it: files can be decoded before (and
         # without) loading the model, which only embedding needs.
-        self._preprocess = spec_from_dict(model.preprocess) if model and model.preprocess else None
+        self._preprocess = (
+            PreprocessSpec.from_dict(model.preprocess) if model and model.preprocess else None
+        )
         self._ops: list[Op] = []
         self._batch: list[tuple[FileWork, Prepared]] = []
         # content hash -> later files of that content, copied once the first is embedded
@@ -287,11 +289,6 @@ class Ingestor:
         self.writer.write(ops, {"done": self._done, "total": self._total})
         self._ops = []
         self._batch = []
-
-
-def spec_from_dict(data: dict) -> PreprocessSpec:
-    """A PreprocessSpec from its recorded JSON form (lists back to tuples)."""
-    return PreprocessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def _expected_device(options: IngestOptions) -> str:
