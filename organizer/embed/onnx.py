@@ -600,7 +600,7 @@ class OnnxEmbedder:
 
     @property
     def spec(self) -> ModelSpec:
-        return self._torch.spec if self._torch is not None else self._spec
+        return self._spec  # with a tag's checkpoint hash once a torch model was loaded
 
     @property
     def dim(self) -> int:
