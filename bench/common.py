@@ -79,8 +79,9 @@ def tiny_files(name: str, count: int) -> Path:
     return folder
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB."""
+def tree_rss_mb(pid: int, anon: bool = False) -> float:
+    """Resident memory of a process and all its descendants, in MB; with ``anon``, only what
+    they allocated (resident minus file-backed pages: memory-mapped files' page cache aside)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -90,7 +91,11 @@ def tree_rss_mb(pid: int) -> float:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            pages = int(fields[21])
+            if anon:
+                with open(f"/proc/{entry}/statm") as fh:
+                    pages -= int(fh.read().split()[2])  # resident file-backed and shared pages
+            rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
     total, stack = 0, [pid]
@@ -102,9 +107,10 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def run_measured(
-    cmd: list[str], env: dict | None = None, cwd: Path | None = None
+    cmd: list[str], env: dict | None = None, cwd: Path | None = None, anon: bool = False
 ) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Run a command; return (wall seconds, peak tree RSS in MB, result)."""
+    """Run a command; return (wall seconds, peak tree RSS in MB, result); with ``anon``, the
+    peak of anonymous memory instead (see :func:`tree_rss_mb`)."""
     peak = [0.0]
     # Users' Pythons cache bytecode; this sandbox sets PYTHONDONTWRITEBYTECODE, which would make
     # every process recompile organizer's modules and bias start-up times.
@@ -119,7 +125,7 @@ def run_measured(
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            peak[0] = max(peak[0], tree_rss_mb(proc.pid, anon))
             stop.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

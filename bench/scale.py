@@ -255,7 +255,8 @@ def whole_process(n: int) -> dict:
     from common import ORGANIZER, run_measured
 
     lib_dir = library(n)
-    wall, peak, done = run_measured([*ORGANIZER, "index", "build", "--json", "-L", str(lib_dir)])
+    build = [*ORGANIZER, "index", "build", "--json", "-L", str(lib_dir)]
+    wall, peak, done = run_measured(build, anon=True)
     built = json.loads(done.stdout)
     photos = lib_dir.parent / "photos"
     runs = []
@@ -266,7 +267,7 @@ def whole_process(n: int) -> dict:
         "n": n,
         "index_build": built,
         "index_build_wall_s": round(wall, 1),
-        "index_build_peak_rss_mb": round(peak),
+        "index_build_peak_anon_mb": round(peak),
         "similar_process_s": sorted(runs),
         "similar_process_p50_s": round(float(np.median(runs)), 2),
     }
