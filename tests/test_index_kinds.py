@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -208,6 +209,62 @@ def test_shards_filled_apart_give_the_same_top10(data, tmp_path):
         sh.merge([a, a], tmp_path)
 
 
+def test_shards_merged_on_disk_from_mapped_files(data, tmp_path):
+    """Shards written, mapped back, merged into lists on disk: the same top-10 as one index;
+    its files written beside the library's, checked, relocatable, and free of stdout noise."""
+    import shutil
+    import subprocess
+    import sys
+
+    ids, vectors = data
+    rng = np.random.default_rng(3)
+    template = sh.train(vectors[rng.choice(N, 4000, replace=False)], plan(N, DIM, "ivf-pq"))
+    whole = sh.fill(template, lambda: iter([(ids, vectors)]), tmp_path)
+    thirds = [0, N // 3, 2 * N // 3, N]
+    mapped = []
+    for n, (lo, hi) in enumerate(itertools.pairwise(thirds)):
+        part = sh.fill(
+            template, lambda lo=lo, hi=hi: iter([(ids[lo:hi], vectors[lo:hi])]), tmp_path
+        )
+        path = tmp_path / f"part-{n}.faiss"
+        sha, quick = write_index(path, part)
+        record = IndexFileRecord(0, sha, len(part), "ivf-pq", "", None, quick)
+        mapped.append(read_index(path, record, mmap=True))
+    out = tmp_path / "lib"
+    out.mkdir()
+    merged = sh.merge(mapped[::-1], out, on_disk=True)
+    queries = _clustered(40, seed=11)
+    expected = [h.ids.tolist() for h in whole.search(queries, 10)]
+    assert merged.lists_file is not None and len(merged) == N
+    assert [h.ids.tolist() for h in merged.search(queries, 10)] == expected
+    assert np.array_equal(np.sort(merged.ids()), ids)
+    assert not merged.fits(N, plan(N, DIM, "ivf-pq"))  # never changed in place
+
+    sha, quick = write_index(out / "vectors.faiss", merged)
+    assert (out / "vectors.ivfdata").exists() and not list(out.glob(".lists-*"))
+    moved = shutil.move(out, tmp_path / "moved")  # the lists are found beside the file
+    record = IndexFileRecord(0, sha, N, "ivf-pq", "", merged.recall, quick)
+    script = (
+        "import sys, json, numpy as np; from pathlib import Path\n"
+        "from organizer.store.records import IndexFileRecord\n"
+        "from organizer.vectors.files import read_index, file_sha256\n"
+        f"r = IndexFileRecord(**json.loads({json.dumps(json.dumps(record.to_dict()))}))\n"
+        f"p = Path({str(moved)!r}) / 'vectors.faiss'\n"
+        "index = read_index(p, r, mmap=True)\n"
+        f"q = np.load({str(tmp_path / 'q.npy')!r})\n"
+        "print(json.dumps([h.ids.tolist() for h in index.search(q, 10)]))\n"
+        "print(json.dumps(file_sha256(p) == r.sha256))\n"
+    )
+    np.save(tmp_path / "q.npy", queries)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()  # nothing but what the script printed
+    assert len(lines) == 2 and json.loads(lines[0]) == expected and json.loads(lines[1])
+
+    (moved / "vectors.ivfdata").write_bytes(b"\0" * 100)  # damaged lists: not opened
+    assert read_index(moved / "vectors.faiss", record, mmap=True) is None
+
+
 # -- a library on a PQ index ------------------------------------------------------------------
 
 
@@ -324,3 +381,4 @@ def test_index_build_that_cannot_save_fails(fake_lib, photos, monkeypatch):
     monkeypatch.setattr("organizer.vectors.cache.write_index", full)
     with pytest.raises(LibraryError, match="No space left"):
         fake_lib.build_index("flat")
+

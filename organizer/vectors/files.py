@@ -2,7 +2,8 @@
 
 Two checks, both recorded when the files are written:
 
-- a full SHA-256 of the index file, which ``status --verify`` recomputes;
+- a full SHA-256 of the index file (and of its on-disk lists, if any), which
+  ``status --verify`` recomputes;
 - a quick fingerprint: every file's size, and its whole content up to 64 MiB, else 64 blocks
   of 64 KiB spread over it (first and last included). Opening the index checks only this,
   so opening costs milliseconds at any size (a 10M-image index is about 700 MB, its re-rank
@@ -14,11 +15,13 @@ Two checks, both recorded when the files are written:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from organizer.store.records import IndexFileRecord
@@ -30,11 +33,42 @@ BLOCK = 64 << 10
 BLOCKS = 64
 
 
-def file_sha256(path: Path) -> str | None:
-    """SHA-256 of the index file, or None when it does not exist or cannot be read."""
+def lists_path(index_path: Path) -> Path:
+    """Where an index whose inverted lists live on disk (merged shards) keeps them: beside
+    its file, which holds the rest (centroids, rotation, codebooks, list sizes)."""
+    stem = index_path.with_suffix("")
+    return stem.with_name(stem.name + ".ivfdata")
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Drop what faiss prints to the process's stdout meanwhile (its on-disk lists report
+    each resize and each relocation with printf), which would corrupt ``--json`` output."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
     try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def file_sha256(path: Path) -> str | None:
+    """SHA-256 of the index file (chained with its on-disk lists', if any), or None when one
+    does not exist or cannot be read."""
+    try:
+        if not lists_path(path).exists():
+            with open(path, "rb") as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        for part in (path, lists_path(path)):
+            with open(part, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+        return digest.hexdigest()
     except OSError:
         return None
 
@@ -61,7 +95,8 @@ def quick_fingerprint(paths: Sequence[Path]) -> str | None:
 
 def index_files(path: Path, reranked: bool) -> list[Path]:
     """Every file an index at ``path`` consists of."""
-    return [path, *rerank_paths(path)] if reranked else [path]
+    files = [path, *rerank_paths(path)] if reranked else [path]
+    return [*files, lists_path(path)] if lists_path(path).exists() else files
 
 
 def matches(path: Path, file: IndexFileRecord) -> bool:
@@ -77,15 +112,20 @@ def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorI
     damaged or foreign file); else None.
 
     With ``mmap`` the file is mapped read-only (a one-off query then reads only what it
-    probes); such an index cannot be changed.
+    probes); such an index cannot be changed. Lists on disk are always mapped (read-only
+    with ``mmap``), from beside the file wherever the folder has moved.
     """
     import faiss
 
     if not matches(path, file):
         return None
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    if lists_path(path).exists():  # faiss crashes reading such an index with IO_FLAG_MMAP
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (faiss.IO_FLAG_READ_ONLY if mmap else 0)
+    else:
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        raw = faiss.read_index(str(path), flags)
+        with quiet_stdout():
+            raw = faiss.read_index(str(path), flags)
     except RuntimeError:
         return None
     reranked = VectorIndex.kind_of(raw) == "ivf-pq"
@@ -98,7 +138,8 @@ def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorI
 
 def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
     """Write the index atomically (temp file, fsync, rename, fsync folder), moving its
-    re-rank files (if any) beside it; return (SHA-256 of the index file, quick fingerprint).
+    re-rank files and on-disk lists (if any) beside it; return (SHA-256 of the index files,
+    quick fingerprint).
 
     Raises:
         OSError: the folder is not writable or the disk is full; the old file is untouched.
@@ -107,15 +148,21 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
 
     fd, tmp = tempfile.mkstemp(prefix=".vectors-", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    on_disk = index.lists_file
     try:
+        if on_disk is not None and on_disk != lists_path(path):
+            # The lists stay mapped through the rename; the file records their new name.
+            os.replace(on_disk, lists_path(path))
+            index.lists_file = lists_path(path)
         try:
             faiss.write_index(index.faiss, tmp)
         except RuntimeError as exc:  # faiss reports a full disk as a RuntimeError
             raise OSError(f"cannot write the vector index: {str(exc).splitlines()[0]}") from None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-            fh.seek(0)
-            sha = hashlib.file_digest(fh, "sha256").hexdigest()
+        if on_disk is not None:
+            with open(lists_path(path), "rb+") as fh:
+                os.fsync(fh.fileno())
         rerank = index.rerank
         if rerank is not None and (rerank.ids_path, rerank.vectors_path) != rerank_paths(path):
             rerank.adopt(*rerank_paths(path))
@@ -123,6 +170,8 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
         if rerank is None:  # another kind replaced a re-ranked index: 10 GB at 10M images
             for part in rerank_paths(path):
                 part.unlink(missing_ok=True)
+        if on_disk is None:  # an index in memory replaced merged shards' lists
+            lists_path(path).unlink(missing_ok=True)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -133,7 +182,8 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
     finally:
         os.close(dir_fd)
     quick = quick_fingerprint(index_files(path, index.rerank is not None))
-    if quick is None:
+    sha = file_sha256(path)
+    if quick is None or sha is None:
         raise OSError("the vector index just written cannot be read back")
     return sha, quick
 
@@ -146,7 +196,7 @@ def remove_leftovers(folder: Path) -> None:
     Only files untouched for 15 minutes: a build in progress writes its files all along,
     and a finished one that still maps them keeps its data after the unlink."""
     now = time.time()
-    for pattern in (".rerank-*.tmp", ".vectors-*.tmp"):
+    for pattern in (".rerank-*.tmp", ".vectors-*.tmp", ".lists-*.tmp"):
         for leftover in folder.glob(pattern):
             with contextlib.suppress(OSError):
                 if now - leftover.stat().st_mtime > LEFTOVER_AGE_S:

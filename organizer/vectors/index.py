@@ -207,6 +207,8 @@ class VectorIndex:
             return "flat (exact)"
         recall = f", recall@10 {self.recall:.3f}" if self.recall is not None else ""
         shape = f"nlist {ivf.nlist}, nprobe {ivf.nprobe}"
+        if self.lists_file is not None:
+            shape += ", lists on disk"
         if self.kind == "ivf-pq":
             import faiss
 
@@ -217,6 +219,25 @@ class VectorIndex:
     @property
     def dim(self) -> int:
         return self.faiss.d
+
+    def _on_disk_lists(self):
+        import faiss
+
+        ivf = self._ivf()
+        if ivf is None:
+            return None
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+
+    @property
+    def lists_file(self) -> Path | None:
+        """The file holding the inverted lists when they live on disk (merged shards)."""
+        lists = self._on_disk_lists()
+        return None if lists is None else Path(lists.filename)
+
+    @lists_file.setter
+    def lists_file(self, path: Path) -> None:
+        self._on_disk_lists().filename = str(path)  # what the index file will record
 
     def __len__(self) -> int:
         return self.faiss.ntotal
@@ -301,5 +322,8 @@ class VectorIndex:
 
     def fits(self, size: int, wanted: IndexPlan) -> bool:
         """Whether this index still suits a library of ``size`` vectors planned as ``wanted``
-        (same kind; lists not fewer than half the planned number)."""
-        return self.kind == wanted.kind and self.nlist >= wanted.nlist // 2
+        (same kind; lists not fewer than half the planned number), to be changed in place:
+        lists on disk (merged shards) are not, since a crash would leave them half-changed."""
+        return (
+            self.kind == wanted.kind and self.nlist >= wanted.nlist // 2 and self.lists_file is None
+        )

@@ -3,6 +3,7 @@
     template = shards.train(sample, plan)                      # once, on a sample
     part = shards.fill(template, batches_of_this_machine, dir)   # on each machine
     index = shards.merge([part_a, part_b], dir)                # one index, or
+    index = shards.merge([part_a, part_b], dir, on_disk=True)  # its lists in a file, or
     index = shards.together([part_a, part_b])                  # search them side by side
 
 Every shard starts from the same trained template (the same list centroids, rotation and
@@ -13,6 +14,8 @@ shards together and merging their results gives the same top-k.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -61,26 +64,50 @@ def fill(
     return VectorIndex(index, rerank=writer.finish() if writer is not None else None)
 
 
-def merge(parts: Sequence[VectorIndex], workdir: Path) -> VectorIndex:
+def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) -> VectorIndex:
     """One index holding every shard's vectors (shards hold disjoint ids), as if one
-    machine had added them all to the template. The shards are left unchanged; read them
-    into memory (not memory-mapped: faiss cannot copy mapped lists).
+    machine had added them all to the template. The shards are left unchanged.
+
+    With ``on_disk`` the merged inverted lists go to a file in ``workdir`` (faiss's
+    OnDiskInvertedLists), memory-mapped, so that no machine has to hold them: the shards
+    may then be memory-mapped too. Without it they are copied into memory, and the shards
+    must have been read into memory (faiss cannot copy mapped lists).
 
     Raises:
-        ValueError: a shard is memory-mapped, or two shards hold the same id.
+        ValueError: a shard is memory-mapped (without ``on_disk``), or two shards hold the
+            same id.
     """
     import faiss
 
-    try:
-        merged = faiss.clone_index(parts[0].faiss)
-        ivf = faiss.extract_index_ivf(merged)
-        for part in parts[1:]:
-            ivf.merge_from(faiss.clone_index(faiss.extract_index_ivf(part.faiss)), 0)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"cannot merge these shards ({str(exc).splitlines()[0][:120]}): read them with "
-            "mmap=False"
-        ) from None
+    from organizer.vectors.files import quiet_stdout
+
+    merged = _emptied(parts[0].faiss)
+    ivf = faiss.extract_index_ivf(merged)
+    if on_disk:
+        fd, name = tempfile.mkstemp(prefix=".lists-", suffix=".tmp", dir=workdir)
+        os.close(fd)
+        try:
+            lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, name)
+            each = faiss.InvertedListsPtrVector()
+            for part in parts:
+                each.push_back(faiss.extract_index_ivf(part.faiss).invlists)
+            with quiet_stdout():
+                total = lists.merge_from_multiple(each.data(), each.size(), False, False)
+        except BaseException:
+            os.unlink(name)
+            raise
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # the index owns it now
+        ivf.ntotal = total
+    else:
+        try:
+            for part in parts:
+                ivf.merge_from(faiss.clone_index(faiss.extract_index_ivf(part.faiss)), 0)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"cannot merge these shards ({str(exc).splitlines()[0][:120]}): read them "
+                "with mmap=False, or merge on disk"
+            ) from None
     merged.ntotal = ivf.ntotal  # a wrapping rotation does not follow its lists' count
     rerank = None
     if parts[0].rerank is not None:
@@ -90,27 +117,63 @@ def merge(parts: Sequence[VectorIndex], workdir: Path) -> VectorIndex:
     return index
 
 
+def _emptied(index):
+    """An empty copy of a trained index, its lists left out of the copy (faiss cannot copy
+    memory-mapped lists, nor should gigabytes be copied only to be dropped)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists, owned, counts = ivf.invlists, ivf.own_invlists, (index.ntotal, ivf.ntotal)
+    ivf.own_invlists = False  # swapped out for the copy, not freed
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()  # the index frees it
+    index.ntotal = ivf.ntotal = 0
+    try:
+        return faiss.clone_index(index)
+    finally:
+        ivf.replace_invlists(lists, owned)
+        index.ntotal, ivf.ntotal = counts
+
+
 def _merged_rerank(stores: Sequence[RerankStore], workdir: Path, dim: int) -> RerankStore:
-    """The stores' rows in one store, by ascending id (streamed; memory holds the ids)."""
+    """The stores' rows in one store, by ascending id, streamed."""
+    stores = sorted(stores, key=lambda s: int(s.ids[0]) if len(s) else -1)
+    tails = [int(s.ids[-1]) for s in stores if len(s)]
+    heads = [int(s.ids[0]) for s in stores if len(s)]
+    writer = RerankWriter(workdir, dim)
+    try:
+        if all(tail < head for tail, head in zip(tails, heads[1:], strict=False)):
+            # Shards of id ranges (what a library's shards hold): one after the other.
+            for store in stores:
+                for start in range(0, len(store), 65_536):
+                    writer.add(
+                        np.asarray(store.ids[start : start + 65_536]),
+                        store.vectors[start : start + 65_536],
+                    )
+        else:
+            _interleaved(stores, writer, dim)
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.finish()
+
+
+def _interleaved(stores: Sequence[RerankStore], writer: RerankWriter, dim: int) -> None:
+    """Shards whose ids interleave, merged by id (memory holds every id: 28 bytes each)."""
     ids = np.concatenate([np.asarray(s.ids) for s in stores])
     owner = np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(stores)])
     row = np.concatenate([np.arange(len(s)) for s in stores])
     order = np.argsort(ids, kind="stable")
     if np.any(np.diff(ids[order]) == 0):
         raise ValueError("shards hold the same image id twice: fill each with its own ids")
-    writer = RerankWriter(workdir, dim)
-    try:
-        for start in range(0, len(order), 65_536):
-            chunk = order[start : start + 65_536]
-            vectors = np.empty((len(chunk), dim), np.float16)
-            for i, store in enumerate(stores):
-                mine = owner[chunk] == i
-                vectors[mine] = store.vectors[row[chunk][mine]]
-            writer.add(ids[chunk], vectors)
-    except BaseException:
-        writer.abandon()
-        raise
-    return writer.finish()
+    for start in range(0, len(order), 65_536):
+        chunk = order[start : start + 65_536]
+        vectors = np.empty((len(chunk), dim), np.float16)
+        for i, store in enumerate(stores):
+            mine = owner[chunk] == i
+            vectors[mine] = store.vectors[row[chunk][mine]]
+        writer.add(ids[chunk], vectors)
 
 
 class _ShardedRerank:
