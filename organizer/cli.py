@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -104,6 +105,13 @@ index_app = typer.Typer(
     help="The vector index: a cache of the database's vectors, rebuilt when needed.",
 )
 app.add_typer(index_app, name="index")
+shards_app = typer.Typer(
+    cls=typer.core.TyperGroup,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Build the index on several machines: train once, fill a shard on each, merge.",
+)
+index_app.add_typer(shards_app, name="shards")
 
 
 def _library(value: str) -> Path | str:
@@ -497,6 +505,100 @@ def index_build(
     """
     with _open(library) as lib:
         built = lib.build_index(kind.value, memory, wait=wait)
+    if as_json or _GLOBAL["json"]:
+        out.print_json(built.to_dict())
+    else:
+        out.print_index_build(built)
+
+
+ShardDir = Annotated[
+    Path,
+    typer.Argument(
+        help="A folder every machine reaches (shared storage) for the plan and the shards.",
+        file_okay=False,
+    ),
+]
+
+
+@shards_app.command("train")
+@_handled
+def shards_train(
+    folder: ShardDir,
+    parts: Annotated[
+        int, typer.Option("--parts", min=1, help="How many shards (machines) to split into.")
+    ],
+    kind: Annotated[
+        IndexKind, typer.Option("--kind", help="As for `organizer index build`.")
+    ] = IndexKind.AUTO,
+    memory: Annotated[
+        str | None,
+        typer.Option("--memory", parser=_memory, help="As for `organizer index build`."),
+    ] = None,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan the shards (equal id ranges of the catalogue) and train the index they share.
+
+    Example: organizer index shards train /shared/idx --parts 4 -L postgresql://...
+    """
+    started = time.perf_counter()
+    with _open(library) as lib:
+        made = lib.train_shards(folder, parts, kind.value, memory)
+    if as_json or _GLOBAL["json"]:
+        out.print_json(
+            {
+                "parts": made.parts,
+                "kind": made.kind,
+                "count": sum(made.counts),
+                "build_s": round(time.perf_counter() - started, 3),
+            }
+        )
+        return
+    print(
+        f"trained a {made.kind} index for {sum(made.counts):,} vectors in "
+        f"{time.perf_counter() - started:.1f} s and planned {made.parts} shards in {folder}"
+    )
+    print(
+        f"next: `organizer index shards fill {folder} --part I` for each I from 1 to "
+        f"{made.parts} (one per machine), then `organizer index shards merge {folder}`"
+    )
+
+
+@shards_app.command("fill")
+@_handled
+def shards_fill(
+    folder: ShardDir,
+    part: Annotated[int, typer.Option("--part", min=1, help="Which shard, from 1.")],
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fill one shard from the catalogue: its share of the vectors, in the shared folder."""
+    started = time.perf_counter()
+    with _open(library) as lib:
+        filled = lib.fill_shard(folder, part)
+    took = time.perf_counter() - started
+    if as_json or _GLOBAL["json"]:
+        out.print_json({"part": filled.part, "count": filled.count, "build_s": round(took, 3)})
+        return
+    print(f"filled shard {filled.part} with {filled.count:,} vectors in {took:.1f} s")
+
+
+@shards_app.command("merge")
+@_handled
+def shards_merge(
+    folder: ShardDir,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a running ingest instead of failing.")
+    ] = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge every filled shard into the library's index (its lists in a file on disk).
+
+    The shards stay in the folder; remove it once the merge is done.
+    """
+    with _open(library) as lib:
+        built = lib.merge_shards(folder, wait=wait)
     if as_json or _GLOBAL["json"]:
         out.print_json(built.to_dict())
     else:

@@ -54,7 +54,7 @@ from organizer.store.records import (
     LibraryModel,
     RunStatus,
 )
-from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex
+from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex, sharded
 
 EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
 
@@ -504,6 +504,30 @@ class Library:
         settings = IndexSettingsRecord(None if kind == "auto" else kind, memory)
         with self._writer("index build", wait=wait):
             built = self.index_cache.build(settings)
+        self._index = None
+        return built
+
+    # -- an index built by several machines (organizer.vectors.sharded) --------------------
+
+    def train_shards(
+        self, folder: Path, parts: int, kind: str = "auto", memory: int | None = None
+    ) -> sharded.ShardPlan:
+        """Plan ``parts`` shards of the vectors and train their template in ``folder``."""
+        settings = IndexSettingsRecord(None if kind == "auto" else kind, memory)
+        return sharded.train(self.engine, folder, parts, settings)
+
+    def fill_shard(self, folder: Path, part: int) -> sharded.ShardRecord:
+        """Fill shard ``part`` (from 1) of the plan in ``folder``: reads only, no lock."""
+        return sharded.fill(self.engine, folder, part)
+
+    def merge_shards(self, folder: Path, wait: bool = False) -> IndexBuild:
+        """Merge the filled shards in ``folder`` into the library's index (lists on disk).
+
+        Raises:
+            LibraryBusyError: an ingest is running (unless ``wait``).
+        """
+        with self._writer("index merge", wait=wait):
+            built = sharded.merge(self.engine, folder, self.index_cache)
         self._index = None
         return built
 

@@ -382,3 +382,79 @@ def test_index_build_that_cannot_save_fails(fake_lib, photos, monkeypatch):
     with pytest.raises(LibraryError, match="No space left"):
         fake_lib.build_index("flat")
 
+
+# -- a library's index built in shards ---------------------------------------------------------
+
+
+@pytest.mark.both_backends
+def test_library_index_built_in_shards(fake_lib, tmp_path, photos):
+    from organizer.errors import IndexPlanError, LibraryError, OptionsError
+    from organizer.vectors.files import lists_path
+
+    fake_lib.ingest([photos])
+    shared = tmp_path / "shared"
+    with pytest.raises(IndexPlanError, match="needs no shards"):
+        fake_lib.train_shards(shared, 2)  # 6 images: one exact index
+    with pytest.raises(LibraryError, match="no shard plan"):
+        fake_lib.fill_shard(shared, 1)
+    vectors = _clustered(N, dim=16)
+    _add_vectors(fake_lib, tmp_path / "archive", vectors)
+    made = fake_lib.train_shards(shared, 3, "ivf-pq")
+    assert made.parts == 3 and sum(made.counts) == N + 6 and made.kind == "ivf-pq"
+    with pytest.raises(OptionsError, match="1 to 3"):
+        fake_lib.fill_shard(shared, 4)
+    for part in (3, 1):  # any order, any machine
+        assert fake_lib.fill_shard(shared, part).count == made.counts[part - 1]
+    with pytest.raises(LibraryError, match="shard 2 of 3 is not filled yet"):
+        fake_lib.merge_shards(shared)
+    fake_lib.fill_shard(shared, 2)
+    built = fake_lib.merge_shards(shared)
+    assert built.kind == "ivf-pq" and built.count == N + 6 and built.recall_at_10 >= 0.9
+    assert "lists on disk" in built.description and lists_path(fake_lib.index_path).exists()
+    st = fake_lib.status(verify=True).index
+    assert st.in_sync and not st.damaged and st.type == "ivf-pq"
+    index = fake_lib.vectors()
+    assert index.lists_file == lists_path(fake_lib.index_path)  # the installed files
+    hits = index.search(vectors[:20], 10)
+    exact = np.argsort(-(vectors[:20] @ vectors.T), axis=1)[:, :10]
+    found = [len(set(h.ids.tolist()) & set((exact[i] + 7).tolist())) for i, h in enumerate(hits)]
+    assert np.mean(found) >= 9  # ids of the added vectors start after the 6 photos
+    assert len(fake_lib.similar(photos / "img000.jpg", limit=3).results) == 3
+
+    # The library changes: the plan is stale, and the index is rebuilt on one machine.
+    make_folder(photos, 2, start_seed=70)
+    fake_lib.ingest([photos])
+    with pytest.raises(LibraryError, match="changed since the shards were trained"):
+        fake_lib.fill_shard(shared, 1)
+    with pytest.raises(LibraryError, match="changed since the shards were trained"):
+        fake_lib.merge_shards(shared)
+    st = fake_lib.status().index
+    assert st.in_sync and st.count == N + 8 and not lists_path(fake_lib.index_path).exists()
+
+
+def test_index_shards_commands(cli, photos, tmp_path, library):
+    from organizer.config import Settings
+    from organizer.library import Library
+
+    shared = tmp_path / "shared"
+    assert cli("ingest", photos).exit_code == 0
+    small = cli("index", "shards", "train", str(shared), "--parts", "2")
+    assert small.exit_code == 2 and "needs no shards" in small.stderr
+    missing = cli("index", "shards", "fill", str(shared), "--part", "1")
+    assert missing.exit_code == 1 and "no shard plan" in missing.stderr
+    assert "Traceback" not in missing.stderr and len(missing.stderr.splitlines()) == 1
+    assert cli("index", "shards", "fill", str(shared), "--part", "0").exit_code == 2
+    with Library.open(Settings(library=library), create=False) as lib:
+        with lib.engine.connect() as conn:
+            dim = q.library_model(conn).dim
+        _add_vectors(lib, tmp_path / "archive", _clustered(400, dim=dim))
+    planned = cli("index", "shards", "train", str(shared), "--parts", "2", "--kind", "ivf-fp16")
+    assert planned.exit_code == 0 and "planned 2 shards" in planned.stdout
+    for part in ("1", "2"):
+        filled = cli("index", "shards", "fill", str(shared), "--part", part, "--json")
+        assert filled.exit_code == 0 and json.loads(filled.stdout)["count"] == 203
+    merged = cli("index", "shards", "merge", str(shared), "--json")
+    assert merged.exit_code == 0, merged.stderr
+    out = json.loads(merged.stdout)
+    assert out["kind"] == "ivf-fp16" and out["count"] == 406
+    assert json.loads(cli("status", "--json").stdout)["index"]["in_sync"]

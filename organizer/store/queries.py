@@ -416,9 +416,16 @@ def delete_vector(conn: Connection, image_id: int) -> None:
 
 
 def _ok_vectors_query(
-    model_id: int, roots: Sequence[int] | None = None, dialect: str = "", vectors: bool = True
+    model_id: int,
+    roots: Sequence[int] | None = None,
+    dialect: str = "",
+    vectors: bool = True,
+    id_range: tuple[int, int] | None = None,
 ):
     columns = [embeddings.c.image_id, embeddings.c.vector][: 2 if vectors else 1]
+    if id_range is not None:  # lo <= id < hi: one shard's share
+        within = (embeddings.c.image_id >= id_range[0]) & (embeddings.c.image_id < id_range[1])
+        return _ok_vectors_query(model_id, roots, dialect, vectors).where(within)
     if dialect == "sqlite":
         # As a join, SQLite drives from the images' status index and sorts every vector in
         # a temporary B-tree for the ORDER BY (12.5 s for 1M rows); with the ok ids as an
@@ -446,15 +453,17 @@ def iter_ok_vectors(
     dim: int,
     batch: int = 4096,
     roots: Sequence[int] | None = None,
+    id_range: tuple[int, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) of the images the index must contain (only those under ``roots`` when
-    given), ``batch`` at a time, by id: memory stays flat in the size of the library."""
+    """(ids, vectors) of the images the index must contain (only those under ``roots``, or
+    with ``lo <= id < hi`` of ``id_range``, when given), ``batch`` at a time, by id: memory
+    stays flat in the size of the library."""
     if conn.dialect.name == "postgresql":
         # A streamed query runs as a cursor, which PostgreSQL plans for the first rows
         # (cursor_tuple_fraction 0.1): a nested loop 45x slower than the hash join it
         # picks for a whole read (measured on 40k rows).
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-    query = _ok_vectors_query(model_id, roots, conn.dialect.name)
+    query = _ok_vectors_query(model_id, roots, conn.dialect.name, id_range=id_range)
     rows = conn.execute(query.execution_options(yield_per=batch))
     for part in rows.partitions(batch):
         ids = np.fromiter((image_id for image_id, _ in part), dtype=np.int64, count=len(part))

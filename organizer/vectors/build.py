@@ -41,7 +41,7 @@ def pick_rows(
     return out
 
 
-class _TopK:
+class TopK:
     """Exact top-k (inner product) of a few queries over a stream of batches."""
 
     def __init__(self, queries: np.ndarray, k: int):
@@ -176,7 +176,7 @@ def fill(
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="organizer-")))
         writer = RerankWriter(workdir, dim) if reranked else None
         try:
-            exact = _TopK(queries, 11)
+            exact = TopK(queries, 11)
             for ids, vectors in regrouped(batches()):
                 vectors, ids = _f32(vectors), _i64(ids)
                 empty.add_with_ids(vectors, ids)

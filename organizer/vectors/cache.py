@@ -324,6 +324,19 @@ class IndexCache:
             note,
         )
 
+    def adopt(self, index: VectorIndex, generation: int) -> bool:
+        """Install ``index``, built elsewhere from the vectors of ``generation`` (merged
+        shards), as the files; False (nothing written) when the database has moved on.
+
+        Raises:
+            OSError: the folder is not writable or the disk is full.
+        """
+        with self._files_lock(exclusive=True):
+            if self._state()[0] != generation:
+                return False
+            self._write(index, generation)
+        return self.in_sync()
+
     def _rebuild(self) -> VectorIndex:
         """Build from the database, streaming its vectors in one read transaction (one
         snapshot for every pass), so memory holds the index, not the vectors too."""

@@ -1,0 +1,325 @@
+"""A library's index built by several machines: trained once, filled in shards, merged.
+
+    organizer index shards train DIR --parts 4   # one machine: the plan and trained template
+    organizer index shards fill DIR --part 2     # each machine, its share of the catalogue
+    organizer index shards merge DIR             # one machine: the shards become the index
+
+``DIR`` is a folder every machine reaches (a shared file system); the catalogue is the
+library's database (PostgreSQL when machines share it). Training draws its sample and
+the calibration queries from the database and splits the images into id ranges of equal
+count. Each fill streams only its range, adds it to a copy of the template (so a vector
+gets the same list and code on any machine) and computes the exact top-10 of the
+calibration queries among its own vectors. The merge writes the lists into one file on
+disk (faiss's OnDiskInvertedLists, memory-mapped: no machine holds them all), combines
+the shards' top-10s into the exact answer to calibrate nprobe against, and installs the
+result as the library's index, checked like any other.
+
+Everything is tied to the database generation that training saw: a shard filled, or a
+merge run, after the library's vectors changed is refused (train again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Connection, Engine
+
+from organizer.errors import IndexPlanError, LibraryError, OptionsError
+from organizer.store import queries as q
+from organizer.store.records import IndexFileRecord, IndexSettingsRecord
+from organizer.vectors import shards
+from organizer.vectors.build import TopK, calibration_rows, regrouped, training_rows
+from organizer.vectors.cache import IndexBuild, IndexCache
+from organizer.vectors.files import files_size, quick_fingerprint, read_index, write_index
+from organizer.vectors.index import VectorIndex
+from organizer.vectors.kinds import plan
+
+PLAN_FILE = "plan.json"
+TEMPLATE_FILE = "template.faiss"
+FORMAT = 1
+_TOP = 11  # each calibration query's own vector is among its top 11
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What training decided (``plan.json``): the shards' id ranges and what they share."""
+
+    token: str  # ties the shards to this plan
+    generation: int  # the database's vectors as trained on
+    model_id: int
+    dim: int
+    kind: str
+    bounds: list[int]  # part i (from 1) holds bounds[i - 1] <= id < bounds[i]
+    counts: list[int]  # how many vectors each part holds
+    calibration_ids: list[int]
+    template_sha256: str
+    template_quick: str
+    format: int = FORMAT
+
+    @property
+    def parts(self) -> int:
+        return len(self.counts)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One filled shard (``part-I.json``, written last: the shard is complete)."""
+
+    token: str
+    part: int
+    count: int
+    sha256: str
+    quick: str
+    top_ids: list[list[int]]  # exact top 11 of each calibration query among its vectors
+    top_scores: list[list[float]]
+
+    def file(self, plan_: ShardPlan) -> IndexFileRecord:
+        return IndexFileRecord(
+            plan_.generation, self.sha256, self.count, plan_.kind, "", None, self.quick
+        )
+
+
+def part_path(folder: Path, part: int) -> Path:
+    return folder / f"part-{part}.faiss"
+
+
+def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecord) -> ShardPlan:
+    """Plan ``parts`` shards of the library's vectors and train their template in ``folder``
+    (created; an earlier plan's shards there are removed).
+
+    Raises:
+        IndexPlanError: the library is small enough for one exact index, or the kind asked
+            cannot hold it;
+        LibraryError: no vectors yet, or the folder cannot be written.
+    """
+    with engine.connect() as conn, conn.begin():
+        generation = q.index_generation(conn)
+        model = q.library_model(conn)
+        ids = q.ok_ids(conn, model.id) if model is not None else np.empty(0, np.int64)
+        if len(ids) == 0:
+            raise LibraryError("the library has no vectors yet: ingest some images first")
+        chosen = plan(len(ids), model.dim, settings.kind or "auto", settings.memory)
+        if chosen.kind == "flat":
+            raise IndexPlanError(
+                f"{len(ids):,} images fit one exact index, which needs no shards: "
+                "run `organizer index build`"
+            )
+        if parts > len(ids):
+            raise OptionsError(f"--parts {parts} is more than the {len(ids):,} images")
+        sample = q.vectors_of(conn, model.id, model.dim, ids[training_rows(chosen, len(ids))])
+        calibration = ids[calibration_rows(len(ids))]
+    cuts = [len(ids) * i // parts for i in range(parts + 1)]
+    bounds = [int(ids[c]) for c in cuts[:-1]] + [int(ids[-1]) + 1]
+    template = shards.train(sample, chosen)
+    del sample
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in [*folder.glob("part-*"), folder / PLAN_FILE]:
+            old.unlink(missing_ok=True)
+        sha, quick = write_index(folder / TEMPLATE_FILE, template)
+        made = ShardPlan(
+            uuid.uuid4().hex,
+            generation,
+            model.id,
+            model.dim,
+            template.kind,
+            bounds,
+            [b - a for a, b in itertools.pairwise(cuts)],
+            calibration.tolist(),
+            sha,
+            quick,
+        )
+        _write_json(folder / PLAN_FILE, asdict(made))
+    except OSError as exc:
+        raise LibraryError(f"cannot write the shard plan in {folder}: {_why(exc)}") from None
+    return made
+
+
+def fill(engine: Engine, folder: Path, part: int) -> ShardRecord:
+    """Fill shard ``part`` (from 1) of the plan in ``folder`` from the database.
+
+    Raises:
+        OptionsError: no such part in the plan;
+        LibraryError: no plan there, the library changed since, or files cannot be written.
+    """
+    made = load_plan(folder)
+    if not 1 <= part <= made.parts:
+        raise OptionsError(f"--part must be 1 to {made.parts} for the plan in {folder}")
+    template = _template(folder, made)
+    id_range = (made.bounds[part - 1], made.bounds[part])
+    with engine.connect() as conn, conn.begin():
+        _same_vectors(conn, made)
+        queries = q.vectors_of(conn, made.model_id, made.dim, made.calibration_ids)
+        exact = TopK(queries, _TOP)
+        seen = [0]
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            stream = q.iter_ok_vectors(conn, made.model_id, made.dim, 4096, id_range=id_range)
+            for ids, vectors in regrouped(stream):
+                exact.update(ids, vectors)
+                seen[0] += len(ids)
+                yield ids, vectors
+
+        try:
+            filled = shards.fill(template, batches, folder)
+        except OSError as exc:
+            raise LibraryError(f"cannot write shard {part} in {folder}: {_why(exc)}") from None
+    if seen[0] != made.counts[part - 1]:
+        raise LibraryError(_changed(folder))
+    try:
+        sha, quick = write_index(part_path(folder, part), filled)
+        top_ids = exact.ranked_ids()
+        scores = np.take_along_axis(
+            exact.scores, np.argsort(-exact.scores, axis=1, kind="stable"), axis=1
+        )
+        record = ShardRecord(
+            made.token, part, len(filled), sha, quick, top_ids.tolist(), scores.tolist()
+        )
+        _write_json(folder / f"part-{part}.json", asdict(record))
+    except OSError as exc:
+        raise LibraryError(f"cannot write shard {part} in {folder}: {_why(exc)}") from None
+    return record
+
+
+def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
+    """Merge every shard of the plan in ``folder`` into the library's index, its lists on
+    disk beside the index file; the shards are left as they are (remove the folder after).
+
+    Raises:
+        LibraryError: a part is missing, damaged or from another plan; the library changed
+            since training; the index cannot be written.
+    """
+    started = time.perf_counter()
+    made = load_plan(folder)
+    records = [_load_part(folder, made, part) for part in range(1, made.parts + 1)]
+    parts = []
+    for record in records:
+        part = read_index(part_path(folder, record.part), record.file(made), mmap=True)
+        if part is None:
+            raise LibraryError(
+                f"shard {record.part}'s files in {folder} are damaged: fill it again"
+            )
+        parts.append(part)
+    with engine.connect() as conn, conn.begin():
+        _same_vectors(conn, made)
+        queries = q.vectors_of(conn, made.model_id, made.dim, made.calibration_ids)
+    try:
+        index = shards.merge(parts, cache.path.parent, on_disk=True)
+        try:
+            index.calibrate(queries, np.asarray(made.calibration_ids), _exact_top(records))
+            adopted = cache.adopt(index, made.generation)
+        finally:
+            if index.lists_file is not None and index.lists_file.name.startswith(".lists-"):
+                index.lists_file.unlink(missing_ok=True)  # not installed: gigabytes
+    except OSError as exc:
+        raise LibraryError(f"cannot write the merged index: {_why(exc)}") from None
+    if not adopted:
+        raise LibraryError(_changed(folder))
+    return IndexBuild(
+        index.kind,
+        index.describe(),
+        len(index),
+        index.recall,
+        time.perf_counter() - started,
+        cache.path.stat().st_size / 1e6,
+        files_size(cache.path, index.rerank is not None) / 1e6,
+    )
+
+
+def load_plan(folder: Path) -> ShardPlan:
+    """The plan training wrote in ``folder``.
+
+    Raises:
+        LibraryError: there is none, or it is not one this version can read.
+    """
+    try:
+        data = json.loads((folder / PLAN_FILE).read_text())
+        made = ShardPlan(**data)
+    except FileNotFoundError:
+        raise LibraryError(
+            f"no shard plan in {folder}: run `organizer index shards train {folder} "
+            "--parts N` first"
+        ) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise LibraryError(f"cannot read the shard plan in {folder}: {_why(exc)}") from None
+    if made.format != FORMAT:
+        raise LibraryError(f"the shard plan in {folder} is of another version: train again")
+    return made
+
+
+def _template(folder: Path, made: ShardPlan) -> VectorIndex:
+    """The trained, empty index every shard starts from (no re-rank files of its own)."""
+    import faiss
+
+    path = folder / TEMPLATE_FILE
+    try:
+        if quick_fingerprint([path]) == made.template_quick:
+            return VectorIndex(faiss.read_index(str(path)))
+    except RuntimeError:
+        pass
+    raise LibraryError(f"the trained template in {folder} is damaged: train again")
+
+
+def _load_part(folder: Path, made: ShardPlan, part: int) -> ShardRecord:
+    try:
+        record = ShardRecord(**json.loads((folder / f"part-{part}.json").read_text()))
+    except FileNotFoundError:
+        raise LibraryError(
+            f"shard {part} of {made.parts} is not filled yet: run `organizer index shards "
+            f"fill {folder} --part {part}`"
+        ) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise LibraryError(f"cannot read shard {part} in {folder}: {_why(exc)}") from None
+    if record.token != made.token or record.count != made.counts[part - 1]:
+        raise LibraryError(f"shard {part} in {folder} belongs to another plan: fill it again")
+    return record
+
+
+def _exact_top(records: list[ShardRecord]) -> np.ndarray:
+    """The exact top ids of each calibration query over every shard, from each shard's."""
+    ids = np.concatenate([np.asarray(r.top_ids, np.int64) for r in records], axis=1)
+    scores = np.concatenate([np.asarray(r.top_scores, np.float32) for r in records], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :_TOP]
+    return np.take_along_axis(ids, order, axis=1)
+
+
+def _same_vectors(conn: Connection, made: ShardPlan) -> None:
+    if q.index_generation(conn) != made.generation:
+        raise LibraryError(_changed(None))
+
+
+def _changed(folder: Path | None) -> str:
+    where = f" {folder}" if folder is not None else " DIR"
+    return (
+        "the library's vectors changed since the shards were trained: run `organizer index "
+        f"shards train{where} --parts N` again"
+    )
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write atomically: a reader sees the whole file or none."""
+    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
