@@ -24,6 +24,20 @@ def test_new_database_is_at_head_and_matches_the_models(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 16384  # vector rows
+
+
+def test_an_older_database_keeps_its_page_size(tmp_path):
+    """A library made with 4 KiB pages opens as it is (WAL fixes the size once set)."""
+    path = tmp_path / "db.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode = WAL")
+    old.execute("CREATE TABLE t (x)")
+    old.close()
+    engine = create_engine_for(path)
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
 
 
 def test_migrate_is_idempotent(tmp_path):
