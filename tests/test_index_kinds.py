@@ -230,6 +230,7 @@ def test_shards_merged_on_disk_from_mapped_files(data, tmp_path):
         sha, quick = write_index(path, part)
         record = IndexFileRecord(0, sha, len(part), "ivf-pq", "", None, quick)
         mapped.append(read_index(path, record, mmap=True))
+    assert mapped[0].lists_file is None and "on disk" not in mapped[0].describe()  # mapped
     out = tmp_path / "lib"
     out.mkdir()
     merged = sh.merge(mapped[::-1], out, on_disk=True)
@@ -381,6 +382,25 @@ def test_index_build_that_cannot_save_fails(fake_lib, photos, monkeypatch):
     monkeypatch.setattr("organizer.vectors.cache.write_index", full)
     with pytest.raises(LibraryError, match="No space left"):
         fake_lib.build_index("flat")
+
+
+def test_a_merge_work_folder_outlives_the_sweep_while_its_process_lives(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from organizer.vectors.files import LEFTOVER_AGE_S, remove_leftovers, work_folder
+
+    mine = work_folder(tmp_path)
+    (mine / ".lists-x.tmp").write_bytes(b"x")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f".merging-{dead.pid}"
+    gone.mkdir()
+    old = time.time() - LEFTOVER_AGE_S - 60
+    os.utime(mine / ".lists-x.tmp", (old, old))
+    remove_leftovers(tmp_path)
+    assert (mine / ".lists-x.tmp").exists() and not gone.exists()
 
 
 # -- a library's index built in shards ---------------------------------------------------------

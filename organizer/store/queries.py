@@ -447,6 +447,14 @@ def _ok_vectors_query(
     return stmt if roots is None else stmt.where(images.c.root_id.in_(list(roots)))
 
 
+def _plan_for_all_rows(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # A streamed query runs as a cursor, which PostgreSQL plans for the first rows
+        # (cursor_tuple_fraction 0.1): a nested loop 45x slower than the hash join it
+        # picks for a whole read (measured on 40k rows). For this transaction only.
+        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+
+
 def iter_ok_vectors(
     conn: Connection,
     model_id: int,
@@ -458,11 +466,7 @@ def iter_ok_vectors(
     """(ids, vectors) of the images the index must contain (only those under ``roots``, or
     with ``lo <= id < hi`` of ``id_range``, when given), ``batch`` at a time, by id: memory
     stays flat in the size of the library."""
-    if conn.dialect.name == "postgresql":
-        # A streamed query runs as a cursor, which PostgreSQL plans for the first rows
-        # (cursor_tuple_fraction 0.1): a nested loop 45x slower than the hash join it
-        # picks for a whole read (measured on 40k rows).
-        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+    _plan_for_all_rows(conn)
     query = _ok_vectors_query(model_id, roots, conn.dialect.name, id_range=id_range)
     rows = conn.execute(query.execution_options(yield_per=batch))
     for part in rows.partitions(batch):
@@ -503,7 +507,10 @@ def ok_vectors(
 def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
     """Ids of every image the index must contain, ordered."""
     stmt = _ok_vectors_query(model_id, dialect=conn.dialect.name, vectors=False)
-    return np.fromiter(conn.execute(stmt).scalars(), dtype=np.int64)
+    _plan_for_all_rows(conn)
+    rows = conn.execute(stmt.execution_options(yield_per=1 << 16))  # streamed: 8 bytes an id
+    parts = [np.fromiter((r[0] for r in part), np.int64, len(part)) for part in rows.partitions()]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
 def vectors_of(

@@ -252,7 +252,7 @@ class IndexCache:
             if file is None or file.generation != delta.base_generation:
                 return None
             index = read_index(self.path, file)
-            if index is None:
+            if index is None or index.lists_file is not None:  # never changed in place
                 return None
             model = q.library_model(conn)
             db_ids = q.ok_ids(conn, model.id)  # sorted; numpy, not sets: 10M ids are 80 MB

@@ -18,8 +18,10 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,21 +42,30 @@ def lists_path(index_path: Path) -> Path:
     return stem.with_name(stem.name + ".ivfdata")
 
 
+_STDOUT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Drop what faiss prints to the process's stdout meanwhile (its on-disk lists report
-    each resize and each relocation with printf), which would corrupt ``--json`` output."""
-    sys.stdout.flush()
-    libc = ctypes.CDLL(None)
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
+    each resize and each relocation with printf), which would corrupt ``--json`` output.
+    One thread at a time (fd 1 is the process's); without a stdout, nothing to protect."""
+    with _STDOUT_LOCK:
+        try:
+            saved = os.dup(1)
+        except OSError:  # stdout closed (a daemon, `>&-`)
+            yield
+            return
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            sys.stdout.flush()
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 1)
+            yield
+        finally:
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -119,12 +130,13 @@ def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorI
 
     if not matches(path, file):
         return None
-    if lists_path(path).exists():  # faiss crashes reading such an index with IO_FLAG_MMAP
+    on_disk = lists_path(path).exists()
+    if on_disk:  # faiss crashes reading such an index with IO_FLAG_MMAP
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (faiss.IO_FLAG_READ_ONLY if mmap else 0)
     else:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        with quiet_stdout():
+        with quiet_stdout() if on_disk else contextlib.nullcontext():
             raw = faiss.read_index(str(path), flags)
     except RuntimeError:
         return None
@@ -150,19 +162,25 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
     os.close(fd)
     on_disk = index.lists_file
     try:
-        if on_disk is not None and on_disk != lists_path(path):
-            # The lists stay mapped through the rename; the file records their new name.
-            os.replace(on_disk, lists_path(path))
-            index.lists_file = lists_path(path)
+        if on_disk is not None:
+            index.lists_file = lists_path(path)  # the name the file records, moved below
         try:
             faiss.write_index(index.faiss, tmp)
         except RuntimeError as exc:  # faiss reports a full disk as a RuntimeError
             raise OSError(f"cannot write the vector index: {str(exc).splitlines()[0]}") from None
+        finally:
+            if on_disk is not None:
+                index.lists_file = on_disk
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if on_disk is not None:
-            with open(lists_path(path), "rb+") as fh:
+            with open(on_disk, "rb+") as fh:
                 os.fsync(fh.fileno())
+        # Everything is written: move the parts into place, the index file last (a crash
+        # between the renames leaves files whose fingerprint no longer matches: rebuilt).
+        if on_disk is not None and on_disk != lists_path(path):
+            os.replace(on_disk, lists_path(path))  # the lists stay mapped through it
+            index.lists_file = lists_path(path)
         rerank = index.rerank
         if rerank is not None and (rerank.ids_path, rerank.vectors_path) != rerank_paths(path):
             rerank.adopt(*rerank_paths(path))
@@ -194,13 +212,39 @@ LEFTOVER_AGE_S = 15 * 60
 def remove_leftovers(folder: Path) -> None:
     """Remove temporary index files that a killed build left behind (they can be gigabytes).
     Only files untouched for 15 minutes: a build in progress writes its files all along,
-    and a finished one that still maps them keeps its data after the unlink."""
+    and a finished one that still maps them keeps its data after the unlink. A merge's work
+    folder goes only when the process that made it has gone (a merge may take hours)."""
     now = time.time()
-    for pattern in (".rerank-*.tmp", ".vectors-*.tmp", ".lists-*.tmp"):
+    for pattern in (".rerank-*.tmp", ".vectors-*.tmp"):
         for leftover in folder.glob(pattern):
             with contextlib.suppress(OSError):
                 if now - leftover.stat().st_mtime > LEFTOVER_AGE_S:
                     leftover.unlink()
+    for work in folder.glob(f"{WORK_PREFIX}*"):
+        pid = work.name.removeprefix(WORK_PREFIX)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+WORK_PREFIX = ".merging-"
+
+
+def work_folder(folder: Path) -> Path:
+    """A folder for this process's temporary files of a long job (a merge of shards), which
+    :func:`remove_leftovers` leaves alone while the process lives."""
+    work = folder / f"{WORK_PREFIX}{os.getpid()}"
+    work.mkdir(exist_ok=True)
+    return work
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def files_size(path: Path, reranked: bool) -> int:

@@ -227,7 +227,9 @@ class VectorIndex:
         if ivf is None:
             return None
         lists = faiss.downcast_InvertedLists(ivf.invlists)
-        return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
+        # A file read with IO_FLAG_MMAP has on-disk lists too, nameless: not ours to manage.
+        on_disk = isinstance(lists, faiss.OnDiskInvertedLists) and lists.filename
+        return lists if on_disk else None
 
     @property
     def lists_file(self) -> Path | None:

@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -40,7 +41,14 @@ from organizer.store.records import IndexFileRecord, IndexSettingsRecord
 from organizer.vectors import shards
 from organizer.vectors.build import TopK, calibration_rows, regrouped, training_rows
 from organizer.vectors.cache import IndexBuild, IndexCache
-from organizer.vectors.files import files_size, quick_fingerprint, read_index, write_index
+from organizer.vectors.files import (
+    files_size,
+    quick_fingerprint,
+    read_index,
+    remove_leftovers,
+    work_folder,
+    write_index,
+)
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import plan
 
@@ -124,6 +132,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
     del sample
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(folder)  # a killed fill's temporary files
         for old in [*folder.glob("part-*"), folder / PLAN_FILE]:
             old.unlink(missing_ok=True)
         sha, quick = write_index(folder / TEMPLATE_FILE, template)
@@ -156,6 +165,7 @@ def fill(engine: Engine, folder: Path, part: int) -> ShardRecord:
     if not 1 <= part <= made.parts:
         raise OptionsError(f"--part must be 1 to {made.parts} for the plan in {folder}")
     template = _template(folder, made)
+    remove_leftovers(folder)
     id_range = (made.bounds[part - 1], made.bounds[part])
     with engine.connect() as conn, conn.begin():
         _same_vectors(conn, made)
@@ -174,8 +184,9 @@ def fill(engine: Engine, folder: Path, part: int) -> ShardRecord:
             filled = shards.fill(template, batches, folder)
         except OSError as exc:
             raise LibraryError(f"cannot write shard {part} in {folder}: {_why(exc)}") from None
-    if seen[0] != made.counts[part - 1]:
-        raise LibraryError(_changed(folder))
+    with engine.connect() as conn:  # an ingest meanwhile: say so now, not at the merge
+        if seen[0] != made.counts[part - 1] or q.index_generation(conn) != made.generation:
+            raise LibraryError(_changed(folder))
     try:
         sha, quick = write_index(part_path(folder, part), filled)
         top_ids = exact.ranked_ids()
@@ -214,13 +225,13 @@ def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
         _same_vectors(conn, made)
         queries = q.vectors_of(conn, made.model_id, made.dim, made.calibration_ids)
     try:
-        index = shards.merge(parts, cache.path.parent, on_disk=True)
+        work = work_folder(cache.path.parent)  # what is not installed goes with it
         try:
+            index = shards.merge(parts, work, on_disk=True)
             index.calibrate(queries, np.asarray(made.calibration_ids), _exact_top(records))
             adopted = cache.adopt(index, made.generation)
         finally:
-            if index.lists_file is not None and index.lists_file.name.startswith(".lists-"):
-                index.lists_file.unlink(missing_ok=True)  # not installed: gigabytes
+            shutil.rmtree(work, ignore_errors=True)
     except OSError as exc:
         raise LibraryError(f"cannot write the merged index: {_why(exc)}") from None
     if not adopted:

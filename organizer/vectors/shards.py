@@ -14,7 +14,10 @@ shards together and merging their results gives the same top-k.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -84,6 +87,17 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     merged = _emptied(parts[0].faiss)
     ivf = faiss.extract_index_ivf(merged)
     if on_disk:
+        total = sum(len(p) for p in parts)
+        if total == 0:
+            raise ValueError("the shards are empty: nothing to merge")
+        per_vector = ivf.code_size + 8 + (merged.d * 2 + 8 if parts[0].rerank else 0)
+        need = total * per_vector * 1.1 + (64 << 20)
+        free = shutil.disk_usage(workdir).free
+        if free < need:  # a full disk under a memory map kills the process (SIGBUS)
+            raise OSError(
+                errno.ENOSPC,
+                f"{need / 1e9:.1f} GB needed in {workdir}, {free / 1e9:.1f} GB free",
+            )
         fd, name = tempfile.mkstemp(prefix=".lists-", suffix=".tmp", dir=workdir)
         os.close(fd)
         try:
@@ -92,13 +106,13 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
             for part in parts:
                 each.push_back(faiss.extract_index_ivf(part.faiss).invlists)
             with quiet_stdout():
-                total = lists.merge_from_multiple(each.data(), each.size(), False, False)
+                merged_count = lists.merge_from_multiple(each.data(), each.size(), False, False)
+            ivf.replace_invlists(lists, True)
+            lists.this.disown()  # the index owns it now
         except BaseException:
             os.unlink(name)
             raise
-        ivf.replace_invlists(lists, True)
-        lists.this.disown()  # the index owns it now
-        ivf.ntotal = total
+        ivf.ntotal = merged_count
     else:
         try:
             for part in parts:
@@ -111,7 +125,13 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     merged.ntotal = ivf.ntotal  # a wrapping rotation does not follow its lists' count
     rerank = None
     if parts[0].rerank is not None:
-        rerank = _merged_rerank([p.rerank for p in parts], workdir, merged.d)
+        try:
+            rerank = _merged_rerank([p.rerank for p in parts], workdir, merged.d)
+        except BaseException:
+            if on_disk:
+                with contextlib.suppress(OSError):
+                    os.unlink(faiss.downcast_InvertedLists(ivf.invlists).filename)
+            raise
     index = VectorIndex(merged, parts[0].recall, rerank)
     _same_nprobe(index, parts[0])
     return index
