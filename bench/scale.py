@@ -2,6 +2,7 @@
 
     python bench/scale.py --n 1000000 [--json] [--kinds ivf-fp16,ivf-sq8,ivf-pq]
     python bench/scale.py --n 1000000 --library    # the CLI on a real library of them
+    python bench/scale.py --n 1000000 --library --shards 2   # ... built in 2 shards
 
 Seeded synthetic CLIP-like vectors (512-d, unit length: a shared mean, 2,000 clusters of
 Zipf-distributed sizes whose centres lie in a 64-d subspace, each spreading along 8
@@ -249,28 +250,44 @@ def library(n: int) -> Path:
     return lib_dir
 
 
-def whole_process(n: int) -> dict:
-    """`organizer index build --json` from the library's database, then `organizer similar`
-    on an indexed image as whole processes (median of 7, process start included)."""
+def whole_process(n: int, parts: int = 0) -> dict:
+    """`organizer index build --json` from the library's database (or, with ``parts``, the
+    `index shards` train, fill of each part, merge), then `organizer similar` on an indexed
+    image as whole processes (median of 7, process start included)."""
     from common import ORGANIZER, run_measured
 
     lib_dir = library(n)
-    build = [*ORGANIZER, "index", "build", "--json", "-L", str(lib_dir)]
-    wall, peak, done = run_measured(build, anon=True)
-    built = json.loads(done.stdout)
+    lib = ["-L", str(lib_dir)]
+    result: dict = {"n": n}
+    if parts:
+        with tempfile.TemporaryDirectory(prefix="shards-", dir=lib_dir.parent) as shared:
+            steps = [["train", shared, "--parts", str(parts)]]
+            steps += [["fill", shared, "--part", str(i)] for i in range(1, parts + 1)]
+            steps += [["merge", shared]]
+            for step in steps:
+                cmd = [*ORGANIZER, "index", "shards", *step, "--json", *lib]
+                wall, peak, done = run_measured(cmd, anon=True)
+                name = " ".join([step[0], *step[2:]])
+                result[f"shards {name}"] = {
+                    "wall_s": round(wall, 1),
+                    "peak_anon_mb": round(peak),
+                    "out": json.loads(done.stdout),
+                }
+                print(f"  shards {name}: {wall:.1f} s, {peak:,.0f} MB", file=sys.stderr)
+    else:
+        build = [*ORGANIZER, "index", "build", "--json", *lib]
+        wall, peak, done = run_measured(build, anon=True)
+        result["index_build"] = json.loads(done.stdout)
+        result["index_build_wall_s"] = round(wall, 1)
+        result["index_build_peak_anon_mb"] = round(peak)
     photos = lib_dir.parent / "photos"
     runs = []
     for i in range(7):
-        similar = [*ORGANIZER, "similar", str(photos / f"{i:08d}.jpg"), "-L", str(lib_dir)]
+        similar = [*ORGANIZER, "similar", str(photos / f"{i:08d}.jpg"), *lib]
         runs.append(run_measured([*similar, "--json"])[0])
-    return {
-        "n": n,
-        "index_build": built,
-        "index_build_wall_s": round(wall, 1),
-        "index_build_peak_anon_mb": round(peak),
-        "similar_process_s": sorted(runs),
-        "similar_process_p50_s": round(float(np.median(runs)), 2),
-    }
+    result["similar_process_s"] = sorted(runs)
+    result["similar_process_p50_s"] = round(float(np.median(runs)), 2)
+    return result
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -287,11 +304,17 @@ def main() -> None:
         help="instead: write the vectors into a folder library, then time `organizer index "
         "build` and the whole `organizer similar` process",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="with --library: build the index with `organizer index shards` in this many parts",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: one variant
     args = parser.parse_args()
     if args.library:
         print(cpu(), file=sys.stderr)
-        print(json.dumps(whole_process(args.n), indent=2))
+        print(json.dumps(whole_process(args.n, args.shards), indent=2))
         return
     if args.one:
         print(json.dumps(measure(args.n, args.one)))
