@@ -116,19 +116,34 @@ def reserve(index, sample: np.ndarray, count: int) -> None:
     """Size each inverted list for the share of ``count`` vectors that the training sample
     says it will get (+10 %). Lists that grow by doubling end up with a third of their
     memory unused on average: at 1M the build then held 1.65x the index it wrote."""
+    reserve_shares(index, list_shares(index, sample), count)
+
+
+def list_shares(index, sample: np.ndarray) -> np.ndarray:
+    """The fraction of vectors each inverted list gets, as the training sample says."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
-    lists = faiss.downcast_InvertedLists(ivf.invlists)
-    if not isinstance(lists, faiss.ArrayInvertedLists) or len(sample) == 0:
-        return
+    if len(sample) == 0:
+        return np.zeros(ivf.nlist)
     x = _f32(sample)
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             x = faiss.downcast_VectorTransform(index.chain.at(i)).apply(x)
     _, assigned = ivf.quantizer.search(x, 1)
-    share = np.bincount(assigned.ravel(), minlength=ivf.nlist) * (count / len(sample))
-    for list_no, size in enumerate(np.ceil(share * 1.1 + 16).astype(np.int64).tolist()):
+    return np.bincount(assigned.ravel(), minlength=ivf.nlist) / len(sample)
+
+
+def reserve_shares(index, shares: np.ndarray, count: int) -> None:
+    """Size each inverted list for its share of ``count`` vectors (+10 %)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(lists, faiss.ArrayInvertedLists) or not np.any(shares):
+        return
+    sizes = np.ceil(np.asarray(shares) * count * 1.1 + 16).astype(np.int64)
+    for list_no, size in enumerate(sizes.tolist()):
         lists.resize(list_no, size)  # a std::vector keeps its capacity when shrunk back
         lists.resize(list_no, 0)
 

@@ -39,7 +39,7 @@ from organizer.errors import IndexPlanError, LibraryError, OptionsError
 from organizer.store import queries as q
 from organizer.store.records import IndexFileRecord, IndexSettingsRecord
 from organizer.vectors import shards
-from organizer.vectors.build import TopK, calibration_rows, regrouped, training_rows
+from organizer.vectors.build import TopK, calibration_rows, list_shares, regrouped, training_rows
 from organizer.vectors.cache import IndexBuild, IndexCache
 from organizer.vectors.files import (
     files_size,
@@ -54,7 +54,7 @@ from organizer.vectors.kinds import plan
 
 PLAN_FILE = "plan.json"
 TEMPLATE_FILE = "template.faiss"
-FORMAT = 1
+FORMAT = 2
 _TOP = 11  # each calibration query's own vector is among its top 11
 
 
@@ -69,6 +69,7 @@ class ShardPlan:
     kind: str
     bounds: list[int]  # part i (from 1) holds bounds[i - 1] <= id < bounds[i]
     counts: list[int]  # how many vectors each part holds
+    list_shares: list[float]  # each inverted list's share of the vectors, by the sample
     calibration_ids: list[int]
     template_sha256: str
     template_quick: str
@@ -129,6 +130,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
     cuts = [len(ids) * i // parts for i in range(parts + 1)]
     bounds = [int(ids[c]) for c in cuts[:-1]] + [int(ids[-1]) + 1]
     template = shards.train(sample, chosen)
+    shares = list_shares(template.faiss, sample)
     del sample
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
             template.kind,
             bounds,
             [b - a for a, b in itertools.pairwise(cuts)],
+            [round(float(x), 9) for x in shares],
             calibration.tolist(),
             sha,
             quick,
@@ -181,7 +184,8 @@ def fill(engine: Engine, folder: Path, part: int) -> ShardRecord:
                 yield ids, vectors
 
         try:
-            filled = shards.fill(template, batches, folder)
+            expected = (np.asarray(made.list_shares), made.counts[part - 1])
+            filled = shards.fill(template, batches, folder, expected)
         except OSError as exc:
             raise LibraryError(f"cannot write shard {part} in {folder}: {_why(exc)}") from None
     with engine.connect() as conn:  # an ingest meanwhile: say so now, not at the merge

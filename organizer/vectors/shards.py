@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organizer.vectors.build import trained
+from organizer.vectors.build import reserve_shares, trained
 from organizer.vectors.index import Batch, VectorIndex, _f32, _i64
 from organizer.vectors.kinds import IndexPlan
 from organizer.vectors.rerank import RerankStore, RerankWriter
@@ -46,13 +46,20 @@ def train(sample: np.ndarray, chosen: IndexPlan) -> VectorIndex:
 
 
 def fill(
-    template: VectorIndex, batches: Callable[[], Iterable[Batch]], workdir: Path
+    template: VectorIndex,
+    batches: Callable[[], Iterable[Batch]],
+    workdir: Path,
+    expected: tuple[np.ndarray, int] | None = None,
 ) -> VectorIndex:
     """A shard: a copy of ``template`` holding the (ids ascending, vectors) of ``batches``,
-    with its own re-rank files in ``workdir`` for a re-ranked kind."""
+    with its own re-rank files in ``workdir`` for a re-ranked kind. ``expected``, when
+    known: (each list's share of vectors, e.g. from ``build.list_shares``, and how many
+    vectors come), to size the lists up front instead of by doubling."""
     import faiss
 
     index = faiss.clone_index(template.faiss)
+    if expected is not None:
+        reserve_shares(index, *expected)
     reranked = template.kind == "ivf-pq"
     writer = RerankWriter(workdir, index.d) if reranked else None
     try:
