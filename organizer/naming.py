@@ -81,9 +81,13 @@ def concept_vectors(
     vocabulary: Vocabulary,
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """(concepts x dim) unit vectors, from the cache file when it matches model and vocabulary;
-    ``get_embedder()`` (which may load a model) is called only on a cache miss."""
+    ``get_embedder()`` (which may load a model) is called only on a cache miss. ``ready()``
+    is called once what remains is mostly computing: after a cache hit, or once the
+    libraries that will embed the prompts are imported."""
+    ready = ready or (lambda: None)
     identity = f"{spec.describe()}|{spec.weights_sha256}|{spec.config_json}|{vocabulary.sha256}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:20]
     cache = cache_dir / f"concepts-{key}.npy" if cache_dir else None
@@ -91,11 +95,16 @@ def concept_vectors(
         try:
             cached = np.load(cache, allow_pickle=False)
             if cached.shape == (len(vocabulary.concepts), dim):
+                ready()
                 return cached
         except (OSError, ValueError):
             pass
     embedder = get_embedder()
     prompts = [t.format(c) for c in vocabulary.concepts for t in vocabulary.templates]
+    prepare = getattr(embedder, "prepare_texts", None)  # a lazy embedder's imports
+    if prepare is not None:
+        prepare(len(prompts))
+    ready()
     # Batches of similar length: the embedder cuts each batch after its longest prompt.
     order = np.argsort([len(p) for p in prompts], kind="stable")
     texts = np.empty((len(prompts), dim), dtype=np.float32)

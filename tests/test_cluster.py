@@ -288,3 +288,55 @@ def test_long_steps_show_progress_on_a_terminal(cli, tmp_path, library):
     text = shown.decode(errors="replace")
     assert "cluster: trying k" in text and "cluster: naming" in text
     assert b"run 1:" in proc.stdout.read()  # the result itself stays on stdout
+
+
+def test_concepts_say_when_only_computing_is_left(tmp_path):
+    """The vocabulary's embedder prepares (imports) before ``ready``; a cache hit is ready
+    at once and loads nothing; the K-means sweep waits for ``ready``, not for the vectors."""
+    from organizer.embed import ModelSpec
+    from organizer.naming import Vocabulary, concept_vectors
+
+    events = []
+
+    class Lazy(FakeEmbedder):
+        def prepare_texts(self, count):
+            events.append(("prepare", count))
+
+        def embed_texts(self, texts):
+            events.append(("embed", len(texts)))
+            return super().embed_texts(texts)
+
+    vocab = Vocabulary(("dog", "cat", "tree"), ("a photo of a {}.", "{}"), "test")
+    spec = ModelSpec("fake", "none")
+    first = concept_vectors(
+        lambda: Lazy(), spec, 16, vocab, tmp_path, ready=lambda: events.append(("ready",))
+    )
+    assert events[:2] == [("prepare", 6), ("ready",)] and events[2][0] == "embed"
+    events.clear()
+    again = concept_vectors(
+        lambda: pytest.fail("a cache hit loads no model"),
+        spec,
+        16,
+        vocab,
+        tmp_path,
+        ready=lambda: events.append(("ready",)),
+    )
+    assert events == [("ready",)] and np.array_equal(first, again)
+
+
+def test_kmeans_gives_the_same_partition_on_one_thread_or_two():
+    import faiss
+
+    from organizer import cluster
+
+    x, _, _ = clustered_vectors(8, 375, dim=32, seed=4)
+    small = kmeans(x, 8, seed=0)  # 3000 x 8 pairs: one faiss thread
+    before = faiss.omp_get_max_threads()
+    old = cluster._ONE_THREAD_PAIRS
+    cluster._ONE_THREAD_PAIRS = 0  # the machine's threads
+    try:
+        threaded = kmeans(x, 8, seed=0)
+    finally:
+        cluster._ONE_THREAD_PAIRS = old
+    assert faiss.omp_get_max_threads() == before  # restored
+    assert np.array_equal(small.labels, threaded.labels)
