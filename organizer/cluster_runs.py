@@ -130,7 +130,13 @@ class Clustering:
         # GIL) made the first `cluster -k auto` on 100 photos 2 s slower than this order.
         concepts = _Background(lambda ready: self._concepts(model, vocab, ready)) if vocab else None
         if concepts is not None:
+            # An embedder that loads eagerly (a GPU, --runtime torch) is loaded by then
+            # too: the sweep then waits for a model load from the cache, seconds.
+            if not concepts.ready():
+                tell(ClusterProgress("naming: loading the model", 0, 1))
             concepts.wait_ready()
+            if concepts.done():
+                concepts.result()  # a failure (weights offline) now, not after the sweep
         points = None
         if k == "auto":
             cluster.check_k(2, len(x))
@@ -351,6 +357,9 @@ class _Background:
             self._error = exc
         finally:
             self._ready.set()
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
 
     def wait_ready(self) -> None:
         self._ready.wait()

@@ -263,3 +263,12 @@ def test_similar_on_a_folder_says_so(cli, photos):
     assert cli("ingest", photos).exit_code == 0
     result = cli("similar", photos)
     assert result.exit_code == 1 and "is a folder" in result.stderr
+
+
+def test_the_installed_command_runs_main():
+    """`organizer` goes through cli.main (which ends by freezing the garbage collector: a
+    second saved at every exit), as `python -m organizer` does."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="organizer")
+    assert script.value == "organizer.cli:main"

@@ -723,12 +723,11 @@ class OnnxEmbedder:
         return tower.run(np.ascontiguousarray(batch, dtype=np.uint8))
 
     def prepare_texts(self, count: int) -> None:
-        """Import now the libraries :meth:`embed_texts` of ``count`` texts will run on, so
-        that a caller can schedule their imports (seconds of Python holding the GIL)."""
-        if self.precision == "bf16" and count > _TEXT_BATCH:
+        """Import now the libraries :meth:`embed_texts` of ``count`` texts will run on, and
+        open (the first time on a machine: export) the text tower, so that a caller can
+        schedule that work (seconds of Python holding the GIL)."""
+        if (self.precision == "bf16" and count > _TEXT_BATCH) or self._tower(TEXT) is None:
             import open_clip  # noqa: F401 (torch with it)
-        else:
-            import onnxruntime  # noqa: F401
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> unit vectors, in batches of similar length, each cut after its longest
