@@ -556,7 +556,7 @@ def shards_train(
         )
         return
     print(
-        f"trained a {made.kind} index for {sum(made.counts):,} vectors in "
+        f"trained the {made.kind} index for {sum(made.counts):,} vectors in "
         f"{time.perf_counter() - started:.1f} s and planned {made.parts} shards in {folder}"
     )
     print(
