@@ -89,27 +89,28 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-cluster_app = typer.Typer(
-    cls=typer.core.TyperGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+
+
+def _group(**options) -> typer.Typer:
+    """A command group with -h as --help, as the top level has."""
+    return typer.Typer(
+        cls=typer.core.TyperGroup,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        **options,
+    )
+
+
+cluster_app = _group()
 app.add_typer(cluster_app, name="cluster")
-roots_app = typer.Typer(
-    cls=typer.core.TyperGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+roots_app = _group()
 app.add_typer(roots_app, name="roots")
-index_app = typer.Typer(
-    cls=typer.core.TyperGroup,
+index_app = _group(
     no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
     help="The vector index: a cache of the database's vectors, rebuilt when needed.",
 )
 app.add_typer(index_app, name="index")
-shards_app = typer.Typer(
-    cls=typer.core.TyperGroup,
+shards_app = _group(
     no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
     help="Build the index on several machines: train once, fill a shard on each, merge.",
 )
 index_app.add_typer(shards_app, name="shards")
@@ -473,6 +474,11 @@ def _memory(value: str | None) -> int | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="Wait for a running ingest instead of failing.")
+]
+
+
 @index_app.command("build")
 @_handled
 def index_build(
@@ -493,9 +499,7 @@ def index_build(
             "the memory-mapped re-rank vectors aside). Kept for later rebuilds.",
         ),
     ] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for a running ingest instead of failing.")
-    ] = False,
+    wait: WaitOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -588,9 +592,7 @@ def shards_fill(
 @_handled
 def shards_merge(
     folder: ShardDir,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for a running ingest instead of failing.")
-    ] = False,
+    wait: WaitOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -32,6 +32,7 @@ from organizer.errors import (
 from organizer.finder import DuplicateGroup, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
 from organizer.location import FolderHome, Home, Lock, open_home
+from organizer.lock import pid_alive
 from organizer.report import ReportProgress, ReportSummary, write_report
 from organizer.roots import (
     MOVE_SAMPLE,
@@ -695,7 +696,7 @@ class Library:
         """Whether the ingest run by ``pid`` is still alive. A folder library's writers run on
         this machine: ask the kernel. On a server, whether anyone holds the writer lock."""
         if isinstance(self.home, FolderHome):
-            return _pid_alive(pid)
+            return pid_alive(pid)
         return self.home.writer_lock("status").taken()
 
     def _photos_under(self, folder: str) -> int:
@@ -727,16 +728,6 @@ class Library:
         """Files recorded as failed, with the reason, sorted by root and path."""
         with self.engine.connect() as conn:
             return q.failures(conn)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
 
 
 def _check_checkpoint(spec: ModelSpec) -> None:

@@ -25,6 +25,17 @@ from organizer.errors import LibraryBusyError
 LOCK_FILE = "lock"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is alive (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _Lock:
     """What both locks share: take it if free, hold it in a ``with`` block."""
 

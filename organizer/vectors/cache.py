@@ -122,6 +122,22 @@ class IndexBuild:
             "note": self.note,
         }
 
+    @classmethod
+    def of(
+        cls, index: VectorIndex, path: Path, started: float, note: str | None = None
+    ) -> IndexBuild:
+        """What building ``index`` (saved at ``path``) since ``started`` made."""
+        return cls(
+            index.kind,
+            index.describe(),
+            len(index),
+            index.recall,
+            time.perf_counter() - started,
+            (path.stat().st_size if path.exists() else 0) / 1e6,
+            files_size(path, index.rerank is not None) / 1e6,
+            note,
+        )
+
 
 class IndexCache:
     """The index files of one library, verified against and rebuilt from its database."""
@@ -305,24 +321,13 @@ class IndexCache:
         index = self._rebuild()
         if self.problem is not None:
             raise LibraryError(self.problem)
-        reranked = index.rerank is not None
-        ram = self.path.stat().st_size if self.path.exists() else 0
         note = None
         if settings is not None and settings.kind not in (None, index.kind):
             note = (
                 f"{len(index):,} images are too few for {settings.kind}: built {index.kind}; "
                 f"rebuilds after later ingests make {settings.kind} once there are enough"
             )
-        return IndexBuild(
-            index.kind,
-            index.describe(),
-            len(index),
-            index.recall,
-            time.perf_counter() - started,
-            ram / 1e6,
-            files_size(self.path, reranked) / 1e6,
-            note,
-        )
+        return IndexBuild.of(index, self.path, started, note)
 
     def adopt(self, index: VectorIndex, generation: int) -> bool:
         """Install ``index``, built elsewhere from the vectors of ``generation`` (merged

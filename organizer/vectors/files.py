@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from organizer.lock import pid_alive
 from organizer.store.records import IndexFileRecord
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.rerank import RerankStore, rerank_paths
@@ -222,7 +223,7 @@ def remove_leftovers(folder: Path) -> None:
                     leftover.unlink()
     for work in folder.glob(f"{WORK_PREFIX}*"):
         pid = work.name.removeprefix(WORK_PREFIX)
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -235,16 +236,6 @@ def work_folder(folder: Path) -> Path:
     work = folder / f"{WORK_PREFIX}{os.getpid()}"
     work.mkdir(exist_ok=True)
     return work
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def files_size(path: Path, reranked: bool) -> int:

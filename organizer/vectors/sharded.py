@@ -42,7 +42,6 @@ from organizer.vectors import shards
 from organizer.vectors.build import TopK, calibration_rows, list_shares, regrouped, training_rows
 from organizer.vectors.cache import IndexBuild, IndexCache
 from organizer.vectors.files import (
-    files_size,
     quick_fingerprint,
     read_index,
     remove_leftovers,
@@ -240,15 +239,7 @@ def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
         raise LibraryError(f"cannot write the merged index: {_why(exc)}") from None
     if not adopted:
         raise LibraryError(_changed(folder))
-    return IndexBuild(
-        index.kind,
-        index.describe(),
-        len(index),
-        index.recall,
-        time.perf_counter() - started,
-        cache.path.stat().st_size / 1e6,
-        files_size(cache.path, index.rerank is not None) / 1e6,
-    )
+    return IndexBuild.of(index, cache.path, started)
 
 
 def load_plan(folder: Path) -> ShardPlan:
