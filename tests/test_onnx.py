@@ -266,3 +266,24 @@ def test_cli_rejects_an_unknown_runtime(tmp_path):
     assert result.exit_code == 2
     assert "tpu" in result.output
     assert not (tmp_path / "l").exists()
+
+
+def test_the_cache_folder_changes_with_what_writes_the_graph(monkeypatch, tmp_path):
+    """An upgrade of torch, open_clip, timm, onnx or onnxscript exports again (a new folder);
+    the same versions find the same folder."""
+    from organizer.embed import ModelSpec
+    from organizer.embed import onnx as ox
+
+    monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(tmp_path))
+    spec = ModelSpec("ViT-B-32-256", "none")
+    first = ox.model_dir(spec)
+    assert ox.model_dir(spec) == first
+    for package in ("torch", "open_clip_torch", "timm", "onnx", "onnxscript"):
+        real = ox._version
+        monkeypatch.setattr(
+            ox,
+            "_version",
+            lambda p, real=real, package=package: "0.0-other" if p == package else real(p),
+        )
+        assert ox.model_dir(spec) != first, package
+        monkeypatch.setattr(ox, "_version", real)

@@ -76,8 +76,13 @@ def model_dir(spec: ModelSpec) -> Path:
         "config": spec.config_json,
         "pretrained": spec.pretrained,
         "sha256": spec.weights_sha256,
+        # What builds the model and writes the graph. onnxruntime is not here: each open
+        # reruns the probe under the installed one.
         "torch": _version("torch"),
         "open_clip": _version("open_clip_torch"),
+        "timm": _version("timm"),
+        "onnx": _version("onnx"),
+        "onnxscript": _version("onnxscript"),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
