@@ -82,8 +82,8 @@ def _faiss_kmeans(x: np.ndarray, k: int, seed: int, restarts: int, niter: int) -
     sample = x if len(x) <= size else x[np.sort(rng.choice(len(x), size, replace=False))]
     # faiss's OpenMP threads cost more than they give on small problems (each iteration
     # assigns at most 256 points per centroid): at 100 images the -k auto sweep took 2.6 s
-    # on 2 threads, 0.7 s on one, and more beside the model embedding the vocabulary. This
-    # thread's setting only; the threads help from about 2.5M point-centroid pairs.
+    # on 2 threads, 0.7 s on one, and more beside the model embedding the vocabulary; two
+    # threads won at 50k x k=100 (2.6M point-centroid pairs). This thread's setting only.
     threads = faiss.omp_get_max_threads()
     if min(len(x), 256 * k) * k <= _ONE_THREAD_PAIRS:
         faiss.omp_set_num_threads(1)

@@ -64,9 +64,15 @@ class TopK:
         self.scores = np.take_along_axis(scores, best, axis=1)
         self.ids = np.take_along_axis(all_ids, best, axis=1)
 
-    def ranked_ids(self) -> np.ndarray:
+    def ranked(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of each query's top k, best first."""
         order = np.argsort(-self.scores, axis=1, kind="stable")
-        return np.take_along_axis(self.ids, order, axis=1)
+        return np.take_along_axis(self.ids, order, axis=1), np.take_along_axis(
+            self.scores, order, axis=1
+        )
+
+    def ranked_ids(self) -> np.ndarray:
+        return self.ranked()[0]
 
 
 def training_rows(chosen: IndexPlan, count: int) -> np.ndarray:

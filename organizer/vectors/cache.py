@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -33,6 +32,7 @@ from organizer.vectors.files import (
     read_index,
     remove_leftovers,
     write_index,
+    write_json,
 )
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import IndexPlan, plan
@@ -80,17 +80,7 @@ class SidecarFileRecord:
         with self.engine.connect() as conn:
             if q.index_generation(conn) != file.generation:
                 return False
-        fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(file.to_dict(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json(self.path, file.to_dict())
         return True
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -34,6 +35,22 @@ from organizer.vectors.rerank import RerankStore, rerank_paths
 WHOLE_MAX = 64 << 20
 BLOCK = 64 << 10
 BLOCKS = 64
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON atomically (temp file, fsync, rename): a reader sees the
+    whole file or the one before."""
+    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def lists_path(index_path: Path) -> Path:

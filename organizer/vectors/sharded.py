@@ -20,12 +20,9 @@ merge run, after the library's vectors changed is refused (train again).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,6 +44,7 @@ from organizer.vectors.files import (
     remove_leftovers,
     work_folder,
     write_index,
+    write_json,
 )
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import plan
@@ -70,8 +68,7 @@ class ShardPlan:
     counts: list[int]  # how many vectors each part holds
     list_shares: list[float]  # each inverted list's share of the vectors, by the sample
     calibration_ids: list[int]
-    template_sha256: str
-    template_quick: str
+    template_quick: str  # the template's fingerprint, checked before each fill
     format: int = FORMAT
 
     @property
@@ -136,7 +133,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
         remove_leftovers(folder)  # a killed fill's temporary files
         for old in [*folder.glob("part-*"), folder / PLAN_FILE]:
             old.unlink(missing_ok=True)
-        sha, quick = write_index(folder / TEMPLATE_FILE, template)
+        _, quick = write_index(folder / TEMPLATE_FILE, template)
         made = ShardPlan(
             uuid.uuid4().hex,
             generation,
@@ -147,10 +144,9 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
             [b - a for a, b in itertools.pairwise(cuts)],
             [round(float(x), 9) for x in shares],
             calibration.tolist(),
-            sha,
             quick,
         )
-        _write_json(folder / PLAN_FILE, asdict(made))
+        write_json(folder / PLAN_FILE, asdict(made))
     except OSError as exc:
         raise LibraryError(f"cannot write the shard plan in {folder}: {_why(exc)}") from None
     return made
@@ -170,7 +166,7 @@ def fill(engine: Engine, folder: Path, part: int) -> ShardRecord:
     remove_leftovers(folder)
     id_range = (made.bounds[part - 1], made.bounds[part])
     with engine.connect() as conn, conn.begin():
-        _same_vectors(conn, made)
+        _same_vectors(conn, made, folder)
         queries = q.vectors_of(conn, made.model_id, made.dim, made.calibration_ids)
         exact = TopK(queries, _TOP)
         seen = [0]
@@ -187,19 +183,17 @@ def fill(engine: Engine, folder: Path, part: int) -> ShardRecord:
             filled = shards.fill(template, batches, folder, expected)
         except OSError as exc:
             raise LibraryError(f"cannot write shard {part} in {folder}: {_why(exc)}") from None
+    if seen[0] != made.counts[part - 1]:
+        raise LibraryError(_changed(folder))
     with engine.connect() as conn:  # an ingest meanwhile: say so now, not at the merge
-        if seen[0] != made.counts[part - 1] or q.index_generation(conn) != made.generation:
-            raise LibraryError(_changed(folder))
+        _same_vectors(conn, made, folder)
     try:
         sha, quick = write_index(part_path(folder, part), filled)
-        top_ids = exact.ranked_ids()
-        scores = np.take_along_axis(
-            exact.scores, np.argsort(-exact.scores, axis=1, kind="stable"), axis=1
-        )
+        top_ids, top_scores = exact.ranked()
         record = ShardRecord(
-            made.token, part, len(filled), sha, quick, top_ids.tolist(), scores.tolist()
+            made.token, part, len(filled), sha, quick, top_ids.tolist(), top_scores.tolist()
         )
-        _write_json(folder / f"part-{part}.json", asdict(record))
+        write_json(folder / f"part-{part}.json", asdict(record))
     except OSError as exc:
         raise LibraryError(f"cannot write shard {part} in {folder}: {_why(exc)}") from None
     return record
@@ -225,7 +219,7 @@ def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
             )
         parts.append(part)
     with engine.connect() as conn, conn.begin():
-        _same_vectors(conn, made)
+        _same_vectors(conn, made, folder)
         queries = q.vectors_of(conn, made.model_id, made.dim, made.calibration_ids)
     try:
         work = work_folder(cache.path.parent)  # what is not installed goes with it
@@ -299,32 +293,16 @@ def _exact_top(records: list[ShardRecord]) -> np.ndarray:
     return np.take_along_axis(ids, order, axis=1)
 
 
-def _same_vectors(conn: Connection, made: ShardPlan) -> None:
+def _same_vectors(conn: Connection, made: ShardPlan, folder: Path) -> None:
     if q.index_generation(conn) != made.generation:
-        raise LibraryError(_changed(None))
+        raise LibraryError(_changed(folder))
 
 
-def _changed(folder: Path | None) -> str:
-    where = f" {folder}" if folder is not None else " DIR"
+def _changed(folder: Path) -> str:
     return (
         "the library's vectors changed since the shards were trained: run `organizer index "
-        f"shards train{where} --parts N` again"
+        f"shards train {folder} --parts N` again"
     )
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write atomically: a reader sees the whole file or none."""
-    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _why(exc: BaseException) -> str:

@@ -89,37 +89,11 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     """
     import faiss
 
-    from organizer.vectors.files import quiet_stdout
-
     merged = _emptied(parts[0].faiss)
     ivf = faiss.extract_index_ivf(merged)
     if on_disk:
-        total = sum(len(p) for p in parts)
-        if total == 0:
-            raise ValueError("the shards are empty: nothing to merge")
-        per_vector = ivf.code_size + 8 + (merged.d * 2 + 8 if parts[0].rerank else 0)
-        need = total * per_vector * 1.1 + (64 << 20)
-        free = shutil.disk_usage(workdir).free
-        if free < need:  # a full disk under a memory map kills the process (SIGBUS)
-            raise OSError(
-                errno.ENOSPC,
-                f"{need / 1e9:.1f} GB needed in {workdir}, {free / 1e9:.1f} GB free",
-            )
-        fd, name = tempfile.mkstemp(prefix=".lists-", suffix=".tmp", dir=workdir)
-        os.close(fd)
-        try:
-            lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, name)
-            each = faiss.InvertedListsPtrVector()
-            for part in parts:
-                each.push_back(faiss.extract_index_ivf(part.faiss).invlists)
-            with quiet_stdout():
-                merged_count = lists.merge_from_multiple(each.data(), each.size(), False, False)
-            ivf.replace_invlists(lists, True)
-            lists.this.disown()  # the index owns it now
-        except BaseException:
-            os.unlink(name)
-            raise
-        ivf.ntotal = merged_count
+        extra = merged.d * 2 + 8 if parts[0].rerank else 0  # the re-rank rows, written too
+        _merge_onto_disk(ivf, parts, workdir, extra)
     else:
         try:
             for part in parts:
@@ -142,6 +116,44 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     index = VectorIndex(merged, parts[0].recall, rerank)
     _same_nprobe(index, parts[0])
     return index
+
+
+def _merge_onto_disk(ivf, parts: Sequence[VectorIndex], workdir: Path, extra: int) -> None:
+    """Give ``ivf`` (empty) every part's lists, in a new file in ``workdir`` (faiss's
+    OnDiskInvertedLists), after checking the disk holds them and ``extra`` bytes a vector.
+
+    Raises:
+        ValueError: the parts hold nothing;
+        OSError: the disk has not the room (a full disk under a memory map is a SIGBUS).
+    """
+    import faiss
+
+    from organizer.vectors.files import quiet_stdout
+
+    total = sum(len(p) for p in parts)
+    if total == 0:
+        raise ValueError("the shards are empty: nothing to merge")
+    need = total * (ivf.code_size + 8 + extra) * 1.1 + (64 << 20)
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC, f"{need / 1e9:.1f} GB needed in {workdir}, {free / 1e9:.1f} GB free"
+        )
+    fd, name = tempfile.mkstemp(prefix=".lists-", suffix=".tmp", dir=workdir)
+    os.close(fd)
+    try:
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, name)
+        each = faiss.InvertedListsPtrVector()
+        for part in parts:
+            each.push_back(faiss.extract_index_ivf(part.faiss).invlists)
+        with quiet_stdout():  # faiss prints each resize
+            count = lists.merge_from_multiple(each.data(), each.size(), False, False)
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # the index owns it now
+    except BaseException:
+        os.unlink(name)
+        raise
+    ivf.ntotal = count
 
 
 def _emptied(index):
