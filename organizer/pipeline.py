@@ -21,6 +21,7 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
+from organizer.embed.runtime import usable_cores
 from organizer.errors import ImageError
 from organizer.imaging import ImageInfo, PreprocessSpec, decode, to_model_input
 from organizer.scan import is_raw_name
@@ -348,9 +349,7 @@ class DecodePool:
 def default_workers(device: str) -> int:
     """Decode processes beside the model: half the cores on CPU (the model takes them all, and
     decoding with draft costs a fraction of a forward pass), all but one beside a GPU."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+    cores = usable_cores()
     if device == "cuda":
         return max(1, cores - 1)
     return max(1, cores // 2)

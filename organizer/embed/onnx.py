@@ -37,6 +37,7 @@ import numpy as np
 import platformdirs
 
 from organizer.embed import random_weights_warning
+from organizer.embed.runtime import usable_cores
 from organizer.errors import ModelError
 from organizer.imaging import PreprocessSpec
 
@@ -187,6 +188,9 @@ def _session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: organizer reports itself
+    # ONNX Runtime sizes its pool from the machine's cores, not the ones this process may use
+    # (taskset, a container's cpuset): more threads than cores would fight over them.
+    options.intra_op_num_threads = usable_cores()
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

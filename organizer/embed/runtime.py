@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from organizer.embed import Embedder, ModelSpec
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a container's cpuset), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
     try:
