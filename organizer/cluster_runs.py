@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from organizer import cluster, naming
+from organizer.background import Background
 from organizer.choices import Algorithm, ExportMode, KSpec, LabelSource
 from organizer.embed import Embedder
 from organizer.errors import ClusterError
@@ -128,7 +128,11 @@ class Clustering:
         # vocabulary while the K-means sweep runs. Its libraries import first, alone:
         # importing torch and open_clip beside scikit-learn and the sweep (all holding the
         # GIL) made the first `cluster -k auto` on 100 photos 2 s slower than this order.
-        concepts = _Background(lambda ready: self._concepts(model, vocab, ready)) if vocab else None
+        concepts = (
+            Background(lambda ready: self._concepts(model, vocab, ready), "organizer-concepts")
+            if vocab
+            else None
+        )
         if concepts is not None:
             # An embedder that loads eagerly (a GPU, --runtime torch) is loaded by then
             # too: the sweep then waits for a model load from the cache, seconds.
@@ -335,41 +339,3 @@ def _member_rows(ids: np.ndarray, part: cluster.Partition, sil: cluster.Silhouet
         }
         for i, c, d, s in zip(ids, part.labels, part.distances, sil.per_image, strict=True)
     ]
-
-
-class _Background:
-    """Runs ``fn(ready)`` in a daemon thread (an interrupt never waits for it); ``fn`` calls
-    ``ready()`` once its preparation is done (:meth:`wait_ready` waits for that, or for the
-    end); ``result()`` waits and re-raises what it raised."""
-
-    def __init__(self, fn: Callable[[Callable[[], None]], np.ndarray]):
-        self._fn = fn
-        self._value: np.ndarray | None = None
-        self._error: BaseException | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="organizer-concepts", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn(self._ready.set)
-        except BaseException as exc:  # handed to the caller of result()
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-    def wait_ready(self) -> None:
-        self._ready.wait()
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def result(self) -> np.ndarray:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine
 
+from organizer.background import Background
 from organizer.errors import ReportError
 from organizer.report import data as report_data
 from organizer.report import figure, projection, render, thumbs
@@ -111,7 +111,9 @@ def write_report(
     rows = projection.sample_rows(len(data.ids), max_points, seed)
     tell(ReportProgress("map", 0, len(rows)))
     # t-SNE runs on one thread (see projection.py); the thumbnails take the other cores.
-    tsne_result = _Background(projection.project, data.vectors[rows], seed, tsne)
+    tsne_result = Background(
+        lambda _: projection.project(data.vectors[rows], seed, tsne), "organizer-tsne"
+    )
     thumbs_started = time.perf_counter()
     shown = _shown_images(engine, data, rows, absolute, tell)
     thumbnails_s = time.perf_counter() - thumbs_started
@@ -146,29 +148,6 @@ def write_report(
         sum(1 for uri, _ in shown.values() if uri == thumbs.PLACEHOLDER),
         png,
     )
-
-
-class _Background:
-    """A call on a daemon thread: unlike an executor's worker, it does not hold up the exit
-    of a process whose user pressed Ctrl-C in the middle of a long t-SNE."""
-
-    def __init__(self, fn, *args):
-        self._outcome: tuple[bool, object] | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, *args) -> None:
-        try:
-            self._outcome = (True, fn(*args))
-        except BaseException as exc:  # handed to the caller by result()
-            self._outcome = (False, exc)
-
-    def result(self):
-        self._thread.join()
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
 
 
 def _check_request(output: Path, png: Path | None, max_points: int, tsne: str) -> None:
