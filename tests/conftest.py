@@ -23,6 +23,18 @@ def _model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_caches(_model_cache, tmp_path_factory):
+    """The caches as each test sets them (below), for module and session fixtures too: they
+    run before a test's own settings, and would otherwise write to the developer's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ORGANIZER_MODEL_CACHE", str(_model_cache))
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_network_no_env(monkeypatch, tmp_path, _model_cache):
     """No test reaches the network, and no ORGANIZER_* variable of the developer leaks in;
