@@ -21,7 +21,7 @@ from pathlib import Path
 from organizer.choices import KSpec
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
-from organizer.embed import Embedder, ModelShape, ModelSpec, request_spec, sha256_file
+from organizer.embed import Embedder, ModelShape, ModelSpec, remembered, request_spec, sha256_file
 from organizer.errors import (
     ClusterError,
     Interrupted,
@@ -282,7 +282,7 @@ class Library:
         with self._writer("ingest", wait):
             base = self.index_cache.base_generation()  # what the file holds as the run starts
             model = self.model()
-            self.requested_spec()  # refuse a model mismatch before any work
+            spec = self.requested_spec()  # refuse a model mismatch before any work
             targets = self._targets(paths)
             with write_transaction(self.engine) as conn:
                 run_id = q.start_run(conn, os.getpid())
@@ -298,8 +298,12 @@ class Library:
                     cancel,
                     run_id,
                     describe=self.model_shape,
+                    # A new library's model input, as last loaded: decoded for while it loads.
+                    input_hint=remembered.recall(spec) if model is None else None,
                 )
                 summary = ingestor.run(targets)
+                if self._embedder is not None:
+                    remembered.remember(spec, self._embedder.preprocess)
                 # The index first, then the run is recorded finished: a reader (a server)
                 # that waits for the ingest to end then finds the index file in step.
                 problem = self.refresh_index(IndexDelta(base, ingestor.written))

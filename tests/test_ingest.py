@@ -10,6 +10,7 @@ import pytest
 
 from organizer.config import Settings
 from organizer.errors import LibraryError
+from organizer.imaging import PreprocessSpec
 from organizer.library import Library
 from organizer.store import queries as q
 from tests.fakes import picture, write_picture
@@ -333,3 +334,133 @@ def test_the_model_is_loaded_only_when_a_file_needs_embedding(settings, fake, ph
         assert loads == [loads[0]] and summary.model_load_s == 0
         write_picture(copy / "new.jpg", 77)
         assert lib.ingest([copy]).embedded == 1 and len(loads) == 2
+
+
+# -- reading files while the model loads ---------------------------------------------------
+
+
+def _open(settings, loader):
+    return Library.open(Settings(library=settings.library), create=True, embedder_loader=loader)
+
+
+def _by_path(lib) -> dict[str, np.ndarray]:
+    ids = {r.id: path for path, r in rows(lib).items()}
+    return {ids[i]: v for i, v in vectors(lib).items()}
+
+
+def test_a_new_library_reads_its_files_while_the_model_loads(settings, fake, photos):
+    """With the model's input remembered from an earlier load, the model loads on a thread
+    while the files are read and decoded; nothing is written before it has loaded."""
+    import threading
+
+    from organizer.embed import remembered
+
+    all_read = threading.Event()
+    seen = {}
+
+    def loader(spec, s):
+        seen["thread"] = threading.current_thread().name
+        seen["files read meanwhile"] = all_read.wait(30)
+        seen["rows before the model"] = len(rows(lib))
+        return fake
+
+    def progress(p):
+        if p.done == p.total:
+            all_read.set()
+
+    with _open(settings, loader) as lib:
+        remembered.remember(lib.requested_spec(), fake.preprocess)
+        s = lib.ingest([photos], progress=progress)
+        assert (s.new, s.embedded, s.failed) == (6, 6, 0)
+        assert seen == {
+            "thread": "organizer-model-load",
+            "files read meanwhile": True,
+            "rows before the model": 0,
+        }
+        assert PreprocessSpec.from_dict(lib.model().preprocess) == fake.preprocess
+
+
+def test_a_stale_remembered_input_reads_the_files_again(settings, photos, tmp_path):
+    """A remembered input that is not the loaded model's (a model file changed) costs a
+    second decode, never a wrong vector nor a count twice."""
+    from organizer.embed import remembered
+    from tests.fakes import FakeEmbedder
+
+    model = FakeEmbedder(size=32)
+    reference_settings = Settings(library=tmp_path / "reference")
+    with _open(reference_settings, lambda spec, s: model) as lib:
+        lib.ingest([photos])
+        expected = _by_path(lib)
+    with _open(settings, lambda spec, s: model) as lib:
+        stale = PreprocessSpec((48, 48), (0.1, 0.2, 0.3), (0.2, 0.2, 0.2))
+        requested = lib.requested_spec()  # what a new library asks for: the key
+        remembered.remember(requested, stale)
+        s = lib.ingest([photos])
+        assert (s.new, s.embedded, s.failed, s.reused) == (6, 6, 0, 0)
+        assert PreprocessSpec.from_dict(lib.model().preprocess) == model.preprocess
+        got = _by_path(lib)
+        assert remembered.recall(requested) == model.preprocess
+    assert got.keys() == expected.keys()
+    for path, v in expected.items():
+        assert np.allclose(got[path], v, atol=1e-6), path
+
+
+def test_missing_weights_found_while_reading_leave_the_new_library_as_it_was(settings, photos):
+    from organizer.embed import remembered
+    from organizer.errors import WeightsUnavailableError
+    from tests.fakes import FakeEmbedder
+
+    def loader(spec, s):
+        raise WeightsUnavailableError("weights for x are not cached and example.org is offline")
+
+    with _open(settings, loader) as lib:
+        remembered.remember(lib.requested_spec(), FakeEmbedder().preprocess)
+        with pytest.raises(WeightsUnavailableError):
+            lib.ingest([photos])
+        assert lib.model() is None and rows(lib) == {}
+        with lib.engine.connect() as conn:
+            assert q.all_roots(conn) == {}
+
+
+def test_files_read_while_the_model_loaded_are_written_a_batch_at_a_time(settings, fake, photos):
+    """Ctrl-C while they are written stops after the current batch; the next run finishes."""
+    from organizer.embed import remembered
+    from organizer.errors import Interrupted
+    from organizer.ingest import IngestOptions
+
+    writes = []
+
+    def progress(p):
+        writes.append(p.embedded)
+
+    with _open(settings, lambda spec, s: fake) as lib:
+        remembered.remember(lib.requested_spec(), fake.preprocess)
+        options = IngestOptions(batch_size=2, workers=0)
+        with pytest.raises(Interrupted):
+            lib.ingest([photos], options=options, progress=progress, cancel=lambda: 2 in writes)
+        written = len(rows(lib))  # a batch, or two when the model loaded after file 2
+        assert written in (2, 4)
+        s = lib.ingest([photos], options=options)
+        assert (s.new, s.unchanged) == (6 - written, written) and len(vectors(lib)) == 6
+
+
+def test_remembered_inputs_survive_a_damaged_or_unwritable_cache(tmp_path, monkeypatch):
+    from organizer.embed import ModelSpec, remembered
+    from tests.fakes import FakeEmbedder
+
+    spec, preprocess = ModelSpec("fake", "none"), FakeEmbedder().preprocess
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(cache))
+    assert remembered.recall(spec) is None
+    remembered.remember(spec, preprocess)
+    assert remembered.recall(spec) == preprocess
+    assert remembered.recall(ModelSpec("fake", "other-tag")) is None
+    (cache / "inputs.json").write_text("{not json")
+    assert remembered.recall(spec) is None
+    remembered.remember(spec, preprocess)  # a damaged file is replaced
+    assert remembered.recall(spec) == preprocess
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(blocked / "cache"))
+    remembered.remember(spec, preprocess)  # cannot be written: only slower next time
+    assert remembered.recall(spec) is None

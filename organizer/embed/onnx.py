@@ -491,7 +491,7 @@ def _keep(
     )
     os.chmod(tmp, 0o644)  # a cache shared through ORGANIZER_MODEL_CACHE is read by others
     os.replace(tmp, folder / f"{tower}.onnx")
-    _write_atomic(folder / f"{tower}.json", json.dumps(asdict(made.record)))
+    write_atomic(folder / f"{tower}.json", json.dumps(asdict(made.record)))
     return made
 
 
@@ -519,7 +519,8 @@ def _sweep(folder: Path, older_than_s: float = 3600) -> None:
             pass
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename (a cache file: readable by all)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -713,7 +714,7 @@ class OnnxEmbedder:
                 try:
                     return export(fp32, name, folder)
                 except ModelError as exc:
-                    _write_atomic(failed, str(exc))
+                    write_atomic(failed, str(exc))
                     warnings.warn(f"{exc}; running it in torch", stacklevel=5)
                     return None
         except OSError as exc:

@@ -8,6 +8,7 @@ the end, and only where the walk actually looked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine
 
+from organizer.background import Background
 from organizer.embed import Embedder, ModelShape
 from organizer.errors import Interrupted, ModelError
 from organizer.imaging import PreprocessSpec
@@ -34,6 +36,10 @@ from organizer.store.records import ImageStatus, KnownImage, LibraryModel
 # model batch, so that a long run of unchanged files still commits steadily.
 MAX_PENDING_OPS = 256
 DEFAULT_BATCH_SIZE = 32
+# Decoded images held while the model loads (nothing is written before it has): the decode
+# workers get ahead by seconds of loading, and memory stays bounded.
+LOADING_BUFFER_BYTES = 256 * 2**20
+LOADING_BUFFER_OPS = 100_000
 
 
 EmbedderProvider = Callable[[], Embedder]
@@ -70,9 +76,13 @@ class Ingestor:
         cancel: Callable[[], bool] | None = None,
         run_id: int | None = None,
         describe: Callable[[], ModelShape] | None = None,
+        input_hint: PreprocessSpec | None = None,
     ):
         """``describe()`` gives the model's shape without its weights: a new library on
-        Ray records its model from it (the actors load the model, this process need not)."""
+        Ray records its model from it (the actors load the model, this process need not).
+        ``input_hint`` is the input the model is expected to want (a new library's model,
+        remembered from an earlier load): files are decoded for it while the model loads,
+        and decoded again should the loaded model want another."""
         self.engine = engine
         self.get_embedder = get_embedder
         self.describe = describe
@@ -93,6 +103,9 @@ class Ingestor:
         self._preprocess = (
             PreprocessSpec.from_dict(model.preprocess) if model and model.preprocess else None
         )
+        self._input_hint = input_hint
+        self._loading: Background[tuple[Embedder, float]] | None = None
+        self._targets: list[Target] | None = None  # until recorded (see _record_targets)
         self._ops: list[Op] = []
         self._batch: list[tuple[FileWork, Prepared]] = []
         # content hash -> later files of that content, copied once the first is embedded
@@ -116,16 +129,18 @@ class Ingestor:
             if self.options.ray is not None and self.describe is not None:
                 self._shape = self.describe()
                 self._preprocess = self._shape.preprocess
+            elif self._input_hint is not None:
+                self._preprocess = self._input_hint  # decode while the model loads
+                self._start_loading()
             else:
                 self._load_model()
-        known = self._embedder or self._shape
-        dim = known.dim if known else self.model.dim if self.model else None
         self.summary.engine = self.options.engine
-        self.writer.prepare_targets(
-            targets, known, dim, asdict(self._preprocess) if self._preprocess else None
-        )
+        self._targets = targets
+        if self._loading is None or self.model is not None:
+            self._record_targets()  # else once the model has loaded: see _model_ready
         if the_plan.work:
-            self._process(the_plan)
+            self._process_restartable(the_plan)
+        self._model_ready(wait=True)
         self.writer.finish(
             the_plan.unlistable, the_plan.restore, list(self._vanished.values()), targets
         )
@@ -158,11 +173,54 @@ class Ingestor:
                 for d in target.scan.export_dirs
             ]
 
-    def _load_model(self) -> None:
+    def _record_targets(self) -> None:
+        """Record the model (a new library's) and the new roots: the run's first write."""
+        if self._targets is None:
+            return
+        known = self._embedder or self._shape
+        dim = known.dim if known else self.model.dim if self.model else None
+        preprocess = asdict(self._preprocess) if self._preprocess else None
+        self.writer.prepare_targets(self._targets, known, dim, preprocess)
+        self._targets = None
+
+    def _open_embedder(self) -> tuple[Embedder, float]:
         started = time.perf_counter()
-        self._embedder = self.get_embedder()
-        dim = self._embedder.dim  # a lazy embedder builds its model or opens its tower now
-        self.summary.model_load_s = time.perf_counter() - started
+        embedder = self.get_embedder()
+        embedder.dim  # noqa: B018 - a lazy embedder builds its model or opens its tower now
+        return embedder, time.perf_counter() - started
+
+    def _start_loading(self) -> None:
+        """Load the model on a thread while files are read and decoded."""
+        self._loading = Background(lambda _: self._open_embedder(), "organizer-model-load")
+
+    def _model_ready(self, wait: bool) -> bool:
+        """Whether the model is loaded (if one was being loaded), waiting for it if ``wait``;
+        once it is, the targets are recorded. Raises what loading raised (a missing model's
+        error), or :class:`_InputChanged` when files were decoded for another input."""
+        if self._loading is not None:
+            if not wait and not self._loading.done():
+                return False
+            loading, self._loading = self._loading, None
+            started = time.perf_counter()
+            outcome = loading.result()
+            self.summary.model_wait_s += time.perf_counter() - started
+            self._adopt(*outcome)
+        if self._targets is not None:
+            self._record_targets()
+        return True
+
+    def _load_model(self) -> None:
+        embedder, load_s = self._open_embedder()
+        self.summary.model_wait_s += load_s
+        self._adopt(embedder, load_s)
+
+    def _adopt(self, embedder: Embedder, load_s: float) -> None:
+        self._embedder = embedder
+        dim = embedder.dim
+        self.summary.model_load_s = load_s
+        changed = self._input_hint is not None and self._preprocess != embedder.preprocess
+        if changed:
+            self._preprocess = embedder.preprocess
         if self._preprocess is None:
             self._preprocess = self._embedder.preprocess
             if self.model_id is not None:  # made before the input was recorded: record it
@@ -178,8 +236,25 @@ class Ingestor:
         self.summary.device = self._embedder.device
         self.summary.precision = self._embedder.precision
         self.summary.runtime = getattr(self._embedder, "runtime", "torch")
+        if changed:
+            raise _InputChanged
+
+    def _process_restartable(self, the_plan: Plan) -> None:
+        """:meth:`_process`, once more from the start should the files have been decoded for
+        an input the loaded model does not want (nothing was written before it loaded)."""
+        unchanged, moved, vanished = self.summary.unchanged, self.summary.moved, self._vanished
+        try:
+            self._process(the_plan)
+        except _InputChanged:
+            self.summary.unchanged, self.summary.moved = unchanged, moved
+            self._vanished = vanished
+            self._ops, self._batch, self._waiting, self._vanished_by_hash = [], [], {}, {}
+            self._input_hint = None
+            self._record_targets()
+            self._process(the_plan)
 
     def _process(self, the_plan: Plan) -> None:
+        self._vanished = dict(self._vanished)  # kept as it was, should _process restart
         for k in the_plan.vanished.values():
             if k.status == ImageStatus.OK and self.writer.has_vector_for(k.content_hash):
                 self._vanished_by_hash.setdefault(k.content_hash, k)
@@ -190,20 +265,52 @@ class Ingestor:
         total = len(the_plan.work)
         batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
         self._total = total
-        for done, prepared in enumerate(self._prepared(jobs), start=1):
-            self._done = done
-            self._classify(the_plan.work[prepared.key], prepared)
-            if len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS:
-                self._flush()
-            if self.progress:
-                self.progress(Progress(done, total, self.summary.embedded))
-            if self.cancel is not None and self.cancel():
-                self._flush()
-                raise Interrupted(
-                    f"stopped after {done} of {total} files; what was done is kept, run "
-                    "the same command again to finish"
-                )
-        self._flush()
+        with contextlib.closing(self._prepared(jobs)) as results:
+            for done, prepared in enumerate(results, start=1):
+                self._done = done
+                self._classify(the_plan.work[prepared.key], prepared)
+                if self._first_to_embed():
+                    self._start_loading()  # while more files are read
+                due = len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS
+                if due and self._model_ready(wait=self._buffer_full()):
+                    self._flush(batches=1)  # what waited for the model: a batch per file read
+                if self.progress:
+                    self.progress(Progress(done, total, self.summary.embedded))
+                self._stop_if_cancelled()
+            while True:  # what is left: more batches when files were read while the model loaded
+                self._flush(batches=1)
+                if self.progress:
+                    self.progress(Progress(self._done, total, self.summary.embedded))
+                if not self._batch:
+                    return
+                self._stop_if_cancelled()
+
+    def _stop_if_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel():
+            self._flush(batches=1)  # files read beyond that batch are read again next run
+            raise Interrupted(
+                f"stopped after {self._done} of {self._total} files; what was done is kept, "
+                "run the same command again to finish"
+            )
+
+    def _first_to_embed(self) -> bool:
+        """Whether the file just batched is the run's first that needs the model (a run that
+        only copies known vectors, moves or re-reads files never loads it)."""
+        return (
+            len(self._batch) > 0
+            and self._embedder is None
+            and self._loading is None
+            and self._batch[-1][1].vector is None  # not embedded by a Ray actor
+        )
+
+    def _buffer_full(self) -> bool:
+        """Whether what waits for the loading model has reached its bounds."""
+        pixels = self._batch[0][1].pixels if self._batch else None
+        per_image = pixels.nbytes if pixels is not None else 0
+        return (
+            len(self._batch) * per_image >= LOADING_BUFFER_BYTES
+            or len(self._ops) >= LOADING_BUFFER_OPS
+        )
 
     def _prepared(self, jobs: Iterator[Job]) -> Iterator[Prepared]:
         spec = self._preprocess
@@ -270,25 +377,36 @@ class Ingestor:
             self._batch.append((work, p))
             self._waiting[h] = []
 
-    def _flush(self) -> None:
-        """Embed the batch, then write the pending ops, each embedded file, and the files
-        that were waiting for its vector, in one transaction."""
-        ops = self._ops
-        todo = [p for _, p in self._batch if p.vector is None]  # not embedded by Ray already
-        if todo and self._embedder is None:
-            self._load_model()  # the first file that needs embedding
-        if self._batch:
-            made = iter(
-                self._embedder.embed_pixels(np.stack([p.pixels for p in todo])) if todo else ()
-            )
-            vectors = [p.vector if p.vector is not None else next(made) for _, p in self._batch]
-            self.summary.embedded += len(self._batch)
-            for (work, p), vector in zip(self._batch, vectors, strict=True):
-                ops.append(Embed(work, p, vector))
-                ops.extend(self._waiting.pop(p.content_hash, []))
-        self.writer.write(ops, {"done": self._done, "total": self._total})
-        self._ops = []
-        self._batch = []
+    def _flush(self, batches: int | None = None) -> None:
+        """Embed a batch, then write the pending ops, each embedded file, and the files that
+        were waiting for its vector, in one transaction; again for each further batch (files
+        read while the model loaded), ``batches`` at most."""
+        self._model_ready(wait=True)
+        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        flushed = 0
+        while True:
+            ops, self._ops = self._ops, []
+            batch, self._batch = self._batch[:batch_size], self._batch[batch_size:]
+            todo = [p for _, p in batch if p.vector is None]  # not embedded by Ray already
+            if todo and self._embedder is None:
+                self._load_model()  # the first file that needs embedding
+            if batch:
+                made = iter(
+                    self._embedder.embed_pixels(np.stack([p.pixels for p in todo])) if todo else ()
+                )
+                vectors = [p.vector if p.vector is not None else next(made) for _, p in batch]
+                self.summary.embedded += len(batch)
+                for (work, p), vector in zip(batch, vectors, strict=True):
+                    ops.append(Embed(work, p, vector))
+                    ops.extend(self._waiting.pop(p.content_hash, []))
+            self.writer.write(ops, {"done": self._done, "total": self._total})
+            flushed += 1
+            if not self._batch or flushed == batches:
+                return
+
+
+class _InputChanged(Exception):
+    """The loaded model wants another input than the files were decoded for."""
 
 
 def _expected_device(options: IngestOptions) -> str:

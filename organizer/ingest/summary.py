@@ -19,6 +19,7 @@ class IngestSummary:
     reused: int = 0
     elapsed_s: float = 0.0
     model_load_s: float = 0.0
+    model_wait_s: float = 0.0  # of which the run waited: files are read while a model loads
     problems: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # files that are not images, by type
     export_folders: list[str] = field(default_factory=list)  # organizer exports, not walked
@@ -31,12 +32,13 @@ class IngestSummary:
         data = asdict(self)
         data["elapsed_s"] = round(self.elapsed_s, 3)
         data["model_load_s"] = round(self.model_load_s, 3)
+        data["model_wait_s"] = round(self.model_wait_s, 3)
         return data
 
     @property
     def images_per_s(self) -> float:
-        """Embedding throughput, model loading excluded."""
-        busy = self.elapsed_s - self.model_load_s
+        """Embedding throughput, the wait for the model to load excluded."""
+        busy = self.elapsed_s - self.model_wait_s
         return self.embedded / busy if self.embedded and busy > 0 else 0.0
 
 
