@@ -169,6 +169,13 @@ class _Worker:
     started: float = 0.0
 
 
+def _has_result(worker: _Worker) -> bool:
+    try:
+        return bool(worker.conn.poll())
+    except (EOFError, OSError):
+        return False
+
+
 class DecodePool:
     """Decode worker processes fed by a thread of the main process.
 
@@ -286,6 +293,8 @@ class DecodePool:
             now = time.monotonic()
             for worker in self._workers:
                 if worker.job is not None and now - worker.started > self._timeout_s:
+                    if _has_result(worker):  # done while the consumer was busy (a model load)
+                        continue
                     self._fail(worker, f"decoding took longer than {self._timeout_s:.0f} s", out)
 
     def _collect(self, worker: _Worker, out) -> None:

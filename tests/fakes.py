@@ -82,6 +82,18 @@ def make_folder(root: Path, n: int, start_seed: int = 0, ext: str = ".jpg") -> l
     return paths
 
 
+def uneven_prepare(job, spec, skip_decode, draft):
+    """A decode step that pauses 0.2 s on files whose name ends in an even digit (img000.jpg),
+    1.2 s on the others, then works."""
+    import os
+    import time
+
+    from organizer.pipeline import prepare
+
+    time.sleep(0.2 if int(os.path.basename(job.path)[-5:-4]) % 2 == 0 else 1.2)
+    return prepare(job, spec, skip_decode, draft)
+
+
 def misbehaving_prepare(job, spec, skip_decode, draft):
     """A decode step that crashes on files named crash*, hangs on hang*, else works."""
     import os

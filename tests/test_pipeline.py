@@ -15,7 +15,7 @@ import pytest
 
 from organizer.imaging import PreprocessSpec
 from organizer.pipeline import DecodePool, Job, prepare
-from tests.fakes import TINY_CONFIG, make_folder, misbehaving_prepare, write_picture
+from tests.fakes import TINY_CONFIG, make_folder, misbehaving_prepare, uneven_prepare, write_picture
 
 
 def _jobs(paths):
@@ -51,6 +51,20 @@ def test_crashing_and_hanging_files_become_failures(tmp_path):
     assert "crashed" in results[b"crash.jpg"].error
     assert "longer than 3 s" in results[b"hang.jpg"].error
     assert all(results[os.path.basename(os.fsencode(p))].error is None for p in good)
+
+
+def test_a_slow_consumer_does_not_make_finished_files_fail(tmp_path):
+    """Results that wait in their pipes while the consumer is busy (ingest waiting for its
+    model) are not taken for stuck decoders."""
+    paths = make_folder(tmp_path / "p", 6)
+    spec = PreprocessSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    got = []
+    with DecodePool(2, spec, timeout_s=1, buffer=1, prepare_fn=uneven_prepare) as pool:
+        for p in pool.results(_jobs(paths)):
+            if not got:
+                time.sleep(3)  # the queue fills; a worker finishes and waits past the timeout
+            got.append(p)
+    assert len(got) == 6 and [p.error for p in got] == [None] * 6
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
