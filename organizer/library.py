@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -158,6 +159,7 @@ class Library:
         self.engine = home.engine
         self._embedder_loader = embedder_loader
         self._embedder: Embedder | None = None
+        self._embedder_lock = threading.Lock()  # ingest loads it on a thread of its own
         self._index: tuple[int, VectorIndex] | None = None  # (generation, index) while open
         self._writing = False  # this process holds the writer lock
 
@@ -235,12 +237,13 @@ class Library:
 
     def embedder(self) -> Embedder:
         """The library's model (or the requested one for a new library), loaded once."""
-        if self._embedder is None:
-            spec = self.requested_spec()
-            if spec.is_checkpoint_path and spec.weights_sha256:
-                _check_checkpoint(spec)
-            self._embedder = self._embedder_loader(spec, self.settings)
-        return self._embedder
+        with self._embedder_lock:
+            if self._embedder is None:
+                spec = self.requested_spec()
+                if spec.is_checkpoint_path and spec.weights_sha256:
+                    _check_checkpoint(spec)
+                self._embedder = self._embedder_loader(spec, self.settings)
+            return self._embedder
 
     def model_shape(self) -> ModelShape:
         """The model's spec, vector size and input without loading its weights (when the
@@ -299,7 +302,9 @@ class Library:
                     run_id,
                     describe=self.model_shape,
                     # A new library's model input, as last loaded: decoded for while it loads.
-                    input_hint=remembered.recall(spec) if model is None else None,
+                    input_hint=(
+                        remembered.recall(spec) if model is None and options.ray is None else None
+                    ),
                 )
                 summary = ingestor.run(targets)
                 if self._embedder is not None:

@@ -36,6 +36,15 @@ def _session_caches(_model_cache, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _own_remembered_inputs(monkeypatch, tmp_path):
+    """Each test its own remembered model inputs: a new library then loads its model before
+    reading files unless the test remembers an input itself (tests/test_ingest.py does)."""
+    from organizer.embed import remembered
+
+    monkeypatch.setattr(remembered, "_file", lambda: tmp_path / "remembered-inputs.json")
+
+
+@pytest.fixture(autouse=True)
 def _no_network_no_env(monkeypatch, tmp_path, _model_cache):
     """No test reaches the network, and no ORGANIZER_* variable of the developer leaks in;
     caches (a catalogue's index, Hugging Face's) stay in the test's own folder."""

@@ -76,6 +76,7 @@ def summary(**counts: int) -> dict:
         **counts,
         "elapsed_s": FLOAT,
         "model_load_s": FLOAT,
+        "model_wait_s": FLOAT,
         "problems": [],
         "skipped": {},
         "export_folders": [],

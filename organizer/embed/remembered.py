@@ -15,12 +15,22 @@ import hashlib
 import importlib.metadata
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 from organizer.embed import ModelSpec
 from organizer.embed.onnx import cache_root, write_atomic
 from organizer.imaging import PreprocessSpec
 
 _FILE = "inputs.json"
+_RESIZE_MODES = ("shortest", "longest", "squash")
+_INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def _cache_file() -> Path:
+    return cache_root() / _FILE
+
+
+_file = _cache_file  # tests give each test its own
 
 
 def _key(spec: ModelSpec) -> str:
@@ -34,7 +44,7 @@ def _key(spec: ModelSpec) -> str:
 
 def _entries() -> dict:
     try:
-        data = json.loads((cache_root() / _FILE).read_text())
+        data = json.loads(_file().read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -44,9 +54,32 @@ def recall(spec: ModelSpec) -> PreprocessSpec | None:
     """The input ``spec``'s model had when it was last loaded here, if known."""
     entry = _entries().get(_key(spec))
     try:
-        return PreprocessSpec.from_dict(entry) if isinstance(entry, dict) else None
+        found = PreprocessSpec.from_dict(entry) if isinstance(entry, dict) else None
     except (TypeError, ValueError):
         return None
+    return found if found is not None and _plausible(found) else None
+
+
+def _plausible(p: PreprocessSpec) -> bool:
+    """A shared or hand-edited cache could hold anything: only a sane input is used."""
+
+    def numbers(values: object, low: float) -> bool:
+        return (
+            isinstance(values, tuple)
+            and len(values) == 3
+            and all(isinstance(v, int | float) and low < v < 10 for v in values)
+        )
+
+    return (
+        isinstance(p.size, tuple)
+        and len(p.size) == 2
+        and all(isinstance(v, int) and 0 < v <= 4096 for v in p.size)
+        and numbers(p.mean, -10)
+        and numbers(p.std, 0)
+        and p.interpolation in _INTERPOLATIONS
+        and p.resize_mode in _RESIZE_MODES
+        and isinstance(p.fill_color, int)
+    )
 
 
 def remember(spec: ModelSpec, preprocess: PreprocessSpec) -> None:
@@ -58,5 +91,5 @@ def remember(spec: ModelSpec, preprocess: PreprocessSpec) -> None:
         return
     entries[key] = value
     with contextlib.suppress(OSError):
-        cache_root().mkdir(parents=True, exist_ok=True)
-        write_atomic(cache_root() / _FILE, json.dumps(entries))
+        _file().parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(_file(), json.dumps(entries))

@@ -219,6 +219,8 @@ class Ingestor:
         dim = embedder.dim
         self.summary.model_load_s = load_s
         changed = self._input_hint is not None and self._preprocess != embedder.preprocess
+        if changed and self._targets is None:  # never so: nothing is written before a load
+            raise ModelError("internal error: files were decoded for another model input")
         if changed:
             self._preprocess = embedder.preprocess
         if self._preprocess is None:
@@ -273,12 +275,12 @@ class Ingestor:
                     self._start_loading()  # while more files are read
                 due = len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS
                 if due and self._model_ready(wait=self._buffer_full()):
-                    self._flush(batches=1)  # what waited for the model: a batch per file read
+                    self._flush()  # what waited for the model: a batch per file read
                 if self.progress:
                     self.progress(Progress(done, total, self.summary.embedded))
                 self._stop_if_cancelled()
             while True:  # what is left: more batches when files were read while the model loaded
-                self._flush(batches=1)
+                self._flush()
                 if self.progress:
                     self.progress(Progress(self._done, total, self.summary.embedded))
                 if not self._batch:
@@ -287,7 +289,7 @@ class Ingestor:
 
     def _stop_if_cancelled(self) -> None:
         if self.cancel is not None and self.cancel():
-            self._flush(batches=1)  # files read beyond that batch are read again next run
+            self._flush()  # files read beyond that batch are read again next run
             raise Interrupted(
                 f"stopped after {self._done} of {self._total} files; what was done is kept, "
                 "run the same command again to finish"
@@ -357,52 +359,48 @@ class Ingestor:
     def _classify(self, work: FileWork, p: Prepared) -> None:
         h = p.content_hash
         known = work.known
+        lean = replace(p, pixels=None)  # what a file that is not embedded keeps (memory)
         if h is None:
-            self._ops.append(Fail(work, p))
+            self._ops.append(Fail(work, lean))
         elif known and known.status == ImageStatus.OK and known.content_hash == h:
             self._ops.append(Touch(known.id, p.size, p.mtime_ns))
             self.summary.unchanged += 1
         elif known is None and h in self._vanished_by_hash:
             source = self._vanished_by_hash.pop(h)
             self._vanished.pop(source.id, None)
-            self._ops.append(Move(source.id, work, p))
+            self._ops.append(Move(source.id, work, lean))
             self.summary.moved += 1
         elif self.writer.has_vector_for(h):
-            self._ops.append(Copy(work, p))
+            self._ops.append(Copy(work, lean))
         elif h in self._waiting:
-            self._waiting[h].append(Copy(work, p))
+            self._waiting[h].append(Copy(work, lean))
         elif p.error:
-            self._ops.append(Fail(work, p))
+            self._ops.append(Fail(work, lean))
         else:
             self._batch.append((work, p))
             self._waiting[h] = []
 
-    def _flush(self, batches: int | None = None) -> None:
-        """Embed a batch, then write the pending ops, each embedded file, and the files that
-        were waiting for its vector, in one transaction; again for each further batch (files
-        read while the model loaded), ``batches`` at most."""
+    def _flush(self) -> None:
+        """Embed a batch (the oldest, when more waited for a loading model), then write the
+        pending ops, each embedded file, and the files that were waiting for its vector, in
+        one transaction."""
         self._model_ready(wait=True)
         batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
-        flushed = 0
-        while True:
-            ops, self._ops = self._ops, []
-            batch, self._batch = self._batch[:batch_size], self._batch[batch_size:]
-            todo = [p for _, p in batch if p.vector is None]  # not embedded by Ray already
-            if todo and self._embedder is None:
-                self._load_model()  # the first file that needs embedding
-            if batch:
-                made = iter(
-                    self._embedder.embed_pixels(np.stack([p.pixels for p in todo])) if todo else ()
-                )
-                vectors = [p.vector if p.vector is not None else next(made) for _, p in batch]
-                self.summary.embedded += len(batch)
-                for (work, p), vector in zip(batch, vectors, strict=True):
-                    ops.append(Embed(work, p, vector))
-                    ops.extend(self._waiting.pop(p.content_hash, []))
-            self.writer.write(ops, {"done": self._done, "total": self._total})
-            flushed += 1
-            if not self._batch or flushed == batches:
-                return
+        ops, self._ops = self._ops, []
+        batch, self._batch = self._batch[:batch_size], self._batch[batch_size:]
+        todo = [p for _, p in batch if p.vector is None]  # not embedded by Ray already
+        if todo and self._embedder is None:
+            self._load_model()  # the first file that needs embedding
+        if batch:
+            made = iter(
+                self._embedder.embed_pixels(np.stack([p.pixels for p in todo])) if todo else ()
+            )
+            vectors = [p.vector if p.vector is not None else next(made) for _, p in batch]
+            self.summary.embedded += len(batch)
+            for (work, p), vector in zip(batch, vectors, strict=True):
+                ops.append(Embed(work, p, vector))
+                ops.extend(self._waiting.pop(p.content_hash, []))
+        self.writer.write(ops, {"done": self._done, "total": self._total})
 
 
 class _InputChanged(Exception):

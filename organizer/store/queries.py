@@ -229,12 +229,14 @@ def embedded_hashes(conn: Connection, model_id: int) -> dict[str, int]:
 def insert_image(conn: Connection, **values: object) -> int:
     stamp = now()
     values = {"created_at": stamp, "updated_at": stamp, **values}
+    assert values.keys() <= _IMAGE_COLUMNS, sorted(values.keys() - _IMAGE_COLUMNS)
     # Parameters beside one statement, not built into a new one per row: building costs
     # more than SQLite's insert (ingest writes a row per image).
     return conn.execute(_INSERT_IMAGE, values).inserted_primary_key[0]
 
 
 _INSERT_IMAGE = insert(images)
+_IMAGE_COLUMNS = frozenset(images.c.keys())  # a misspelt one would be dropped silently
 
 
 def insert_embedded(
@@ -398,7 +400,7 @@ def failures(conn: Connection) -> list[Failure]:
 def put_vector(conn: Connection, image_id: int, model_id: int, vector: np.ndarray) -> None:
     blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
     values = {"image_id": image_id, "model_id": model_id, "vector": blob, "created_at": now()}
-    conn.execute(_UPSERT_VECTOR[conn.dialect.name], values)
+    conn.execute(_UPSERT_VECTOR.get(conn.dialect.name, _UPSERT_VECTOR["sqlite"]), values)
 
 
 def _upsert_vector(upsert):
