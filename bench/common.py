@@ -38,15 +38,7 @@ def variants(name: str, count: int, long_side: int, aspect: tuple[int, int] | No
     sources = source_photos()
     for i in range(count):
         with Image.open(sources[i % len(sources)]) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            variant = i // len(sources)
-            if variant % 2 == 1:
-                im = ImageOps.mirror(im)
-            if variant >= 2:
-                w, h = im.size
-                f = rng.uniform(0.8, 0.95)
-                x, y = rng.randint(0, int(w * (1 - f))), rng.randint(0, int(h * (1 - f)))
-                im = im.crop((x, y, x + int(w * f), y + int(h * f)))
+            im = variant_of(im, i // len(sources), rng)
             if aspect:
                 im = ImageOps.fit(im, aspect, Image.Resampling.BICUBIC)
             else:
@@ -57,6 +49,22 @@ def variants(name: str, count: int, long_side: int, aspect: tuple[int, int] | No
             im.save(folder / f"{i:05d}.jpg", quality=rng.randint(85, 95))
     done.touch()
     return folder
+
+
+def variant_of(im, variant: int, rng):
+    """Variant ``variant`` of a real photo: upright RGB, mirrored when odd, cropped to a random
+    80-95 % from the third on (``rng``: a random.Random)."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im).convert("RGB")
+    if variant % 2 == 1:
+        im = ImageOps.mirror(im)
+    if variant >= 2:
+        w, h = im.size
+        f = rng.uniform(0.8, 0.95)
+        x, y = rng.randint(0, int(w * (1 - f))), rng.randint(0, int(h * (1 - f)))
+        im = im.crop((x, y, x + int(w * f), y + int(h * f)))
+    return im
 
 
 def tiny_files(name: str, count: int) -> Path:

@@ -75,19 +75,15 @@ def machine() -> dict:
 
 
 def _variant(args: tuple[Path, int, int, Path]) -> None:
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from common import variant_of
 
     source, i, v, target = args
     rng = random.Random(i)
     with Image.open(source) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        if v % 2:
-            im = ImageOps.mirror(im)
-        if v >= 2:
-            w, h = im.size
-            f = rng.uniform(0.8, 0.95)
-            x, y = rng.randint(0, int(w * (1 - f))), rng.randint(0, int(h * (1 - f)))
-            im = im.crop((x, y, x + int(w * f), y + int(h * f)))
+        im = variant_of(im, v, rng)
         s = 1024 / max(im.size)
         im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BICUBIC)
         im.save(target, quality=rng.randint(85, 95))
