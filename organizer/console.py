@@ -90,6 +90,8 @@ class IngestProgressBar:
     def _update(self, p) -> None:
         elapsed = time.perf_counter() - self._started
         rate = f"{p.embedded / elapsed:.1f} img/s" if elapsed > 0 and p.embedded else ""
+        if p.read > p.done and not p.embedded:
+            rate = f"{p.read} read while the model loads"
         self._bar.update(self._task, completed=p.done, total=p.total, rate=rate)
 
     def __exit__(self, *exc) -> None:

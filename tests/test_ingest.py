@@ -358,16 +358,18 @@ def test_a_new_library_reads_its_files_while_the_model_loads(settings, fake, pho
     from organizer.embed import remembered
 
     all_read = threading.Event()
-    seen = {}
+    seen, reports = {}, []
 
     def loader(spec, s):
         seen["thread"] = threading.current_thread().name
         seen["files read meanwhile"] = all_read.wait(30)
         seen["rows before the model"] = len(rows(lib))
+        seen["done before the model"] = max(p.done for p in reports)
         return fake
 
-    def progress(p):
-        if p.done == p.total:
+    def progress(p):  # reported once per file read, then once per batch written
+        reports.append(p)
+        if len(reports) == p.total:
             all_read.set()
 
     with _open(settings, loader) as lib:
@@ -378,7 +380,10 @@ def test_a_new_library_reads_its_files_while_the_model_loads(settings, fake, pho
             "thread": "organizer-model-load",
             "files read meanwhile": True,
             "rows before the model": 0,
+            "done before the model": 0,  # files waiting for it are not counted done
         }
+        assert reports[-1].done == reports[-1].total == 6
+        assert max(p.read for p in reports) == 6 and all(p.read >= p.done for p in reports)
         assert PreprocessSpec.from_dict(lib.model().preprocess) == fake.preprocess
 
 
@@ -436,7 +441,7 @@ def test_files_read_while_the_model_loaded_are_written_a_batch_at_a_time(setting
 
     def progress(p):
         writes.append(p.embedded)
-        if p.done == p.total:
+        if len(writes) == p.total:  # reported once per file read
             all_read.set()
 
     def loader(spec, s):

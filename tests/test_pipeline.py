@@ -148,6 +148,10 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_library_consistent(tmp_path):
         "ORGANIZER_PRETRAINED": "none",
         "ORGANIZER_BATCH_SIZE": "2",
         "ORGANIZER_WORKERS": "2",
+        # No input remembered from other tests' runs: the model loads first and files are
+        # written as they are read, so the interrupt lands mid-run (a drain of files read
+        # during a load takes milliseconds with this model; tests/test_ingest.py covers it).
+        "ORGANIZER_MODEL_CACHE": str(tmp_path / "models"),
         marker.split("=")[0]: marker.split("=")[1],
     }
     cmd = [sys.executable, "-m", "organizer", "ingest", str(root), "--quiet"]

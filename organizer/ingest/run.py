@@ -96,7 +96,7 @@ class Ingestor:
         self.cancel = cancel
         self.summary = IngestSummary()
         self.writer = BatchWriter(engine, self.model_id, self.summary, run_id)
-        self._done, self._total = 0, 0
+        self._done, self._total = 0, 0  # files read, files to read
         self._embedder: Embedder | None = None
         # The model's input, as the library recorded it: files can be decoded before (and
         # without) loading the model, which only embedding needs.
@@ -136,7 +136,7 @@ class Ingestor:
                 self._load_model()
         self.summary.engine = self.options.engine
         self._targets = targets
-        if self._loading is None or self.model is not None:
+        if self._loading is None:
             self._record_targets()  # else once the model has loaded: see _model_ready
         if the_plan.work:
             self._process_restartable(the_plan)
@@ -205,8 +205,7 @@ class Ingestor:
             outcome = loading.result()
             self.summary.model_wait_s += time.perf_counter() - started
             self._adopt(*outcome)
-        if self._targets is not None:
-            self._record_targets()
+        self._record_targets()
         return True
 
     def _load_model(self) -> None:
@@ -264,9 +263,8 @@ class Ingestor:
             Job(i, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
             for i, w in enumerate(the_plan.work)
         )
-        total = len(the_plan.work)
         batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
-        self._total = total
+        self._total = len(the_plan.work)
         with contextlib.closing(self._prepared(jobs)) as results:
             for done, prepared in enumerate(results, start=1):
                 self._done = done
@@ -276,13 +274,11 @@ class Ingestor:
                 due = len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS
                 if due and self._model_ready(wait=self._buffer_full()):
                     self._flush()  # what waited for the model: a batch per file read
-                if self.progress:
-                    self.progress(Progress(done, total, self.summary.embedded))
+                self._report_progress()
                 self._stop_if_cancelled()
             while True:  # what is left: more batches when files were read while the model loaded
                 self._flush()
-                if self.progress:
-                    self.progress(Progress(self._done, total, self.summary.embedded))
+                self._report_progress()
                 if not self._batch:
                     return
                 self._stop_if_cancelled()
@@ -291,9 +287,19 @@ class Ingestor:
         if self.cancel is not None and self.cancel():
             self._flush()  # files read beyond that batch are read again next run
             raise Interrupted(
-                f"stopped after {self._done} of {self._total} files; what was done is kept, "
+                f"stopped after {self._finished()} of {self._total} files; what was done is kept, "
                 "run the same command again to finish"
             )
+
+    def _report_progress(self) -> None:
+        if self.progress:
+            done, embedded = self._finished(), self.summary.embedded
+            self.progress(Progress(done, self._total, embedded, self._done))
+
+    def _finished(self) -> int:
+        """Files read and dealt with: not those waiting for the model in a batch (or for the
+        vector of a file in one), as after a load many may."""
+        return self._done - len(self._batch) - sum(map(len, self._waiting.values()))
 
     def _first_to_embed(self) -> bool:
         """Whether the file just batched is the run's first that needs the model (a run that
@@ -400,7 +406,7 @@ class Ingestor:
             for (work, p), vector in zip(batch, vectors, strict=True):
                 ops.append(Embed(work, p, vector))
                 ops.extend(self._waiting.pop(p.content_hash, []))
-        self.writer.write(ops, {"done": self._done, "total": self._total})
+        self.writer.write(ops, {"done": self._finished(), "total": self._total})
 
 
 class _InputChanged(Exception):

@@ -44,8 +44,11 @@ class IngestSummary:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported after every file: ``done`` of ``total`` files to read, ``embedded`` so far."""
+    """Reported after every file read and every batch written: ``done`` of ``total`` files
+    dealt with, ``embedded`` so far, ``read`` so far (ahead of ``done`` by the files that
+    wait for a loading model)."""
 
     done: int
     total: int
     embedded: int
+    read: int = 0
