@@ -50,9 +50,10 @@ def _register_config(spec: ModelSpec) -> None:
                 f"JSON path.{hint}"
             )
         return
-    folder = Path(tempfile.mkdtemp(prefix="organizer-model-"))
-    (folder / f"{spec.name}.json").write_text(spec.config_json)
-    open_clip.add_model_config(folder / f"{spec.name}.json")
+    with tempfile.TemporaryDirectory(prefix="organizer-model-") as folder:
+        path = Path(folder) / f"{spec.name}.json"
+        path.write_text(spec.config_json)
+        open_clip.add_model_config(path)  # read now; a later rescan skips the file gone
 
 
 def _cached_checkpoint(cfg: dict, cache_dir: str | None) -> str | None:
