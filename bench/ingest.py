@@ -298,12 +298,13 @@ def bench_dataset(label, folder, model, embedder, embedder_fp32, sample, extra_r
 
 
 def _how(source) -> str:
-    """ "bf16", or "fp32 (ONNX)" where ONNX Runtime ran the images."""
+    """ "bf16", or "fp32 (ONNX)" / "bf16 (OpenVINO)" where those ran the images."""
     if isinstance(source, dict):
         precision, runtime = source["precision"], source.get("runtime")
     else:
         precision, runtime = source.precision, getattr(source, "runtime", "torch")
-    return f"{precision} (ONNX)" if runtime == "onnxruntime" else str(precision)
+    names = {"onnxruntime": "ONNX", "openvino": "OpenVINO"}
+    return f"{precision} ({names[runtime]})" if runtime in names else str(precision)
 
 
 def bench_reingest(n: int) -> list[list[str]]:
@@ -381,8 +382,8 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        help="as organizer's: fp32 runs the images in ONNX Runtime (what auto picks on a CPU "
-        "without bf16 units), and adds a --runtime torch row",
+        help="as organizer's: auto runs the images in OpenVINO bf16 on a CPU with bf16 units, "
+        "in ONNX Runtime fp32 elsewhere; either adds a --runtime torch row",
     )
     parser.add_argument("--only", choices=["a", "b", "reingest", "memory"], action="append")
     parser.add_argument(
@@ -405,7 +406,7 @@ def main() -> None:
     print(f"cpu: {cpu_description()}", flush=True)
     embedder = load_model(args.model, args.precision, "auto")
     embedder_fp32 = load_model(args.model, "fp32")  # torch: the reference and (2)
-    torch_too = getattr(embedder, "runtime", "torch") == "onnxruntime"
+    torch_too = getattr(embedder, "runtime", "torch") != "torch"
     rclip = prepare_rclip(args.rclip, embedder_fp32) if args.rclip and only & {"a", "b"} else None
     rows, notes = [], []
     if "a" in only:

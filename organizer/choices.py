@@ -44,9 +44,10 @@ class Precision(StrEnum):
 class Runtime(StrEnum):
     """What runs the model on a CPU (a GPU always runs torch)."""
 
-    AUTO = "auto"  # ONNX Runtime where it is faster: fp32 images (CPUs without bf16), all texts
+    AUTO = "auto"  # OpenVINO bf16 on CPUs with bf16 units, else ONNX Runtime fp32
     TORCH = "torch"
     ONNX = "onnx"  # ONNX Runtime for both towers, in fp32
+    OPENVINO = "openvino"  # OpenVINO for both towers: bf16 where the CPU has bf16 units
 
 
 class Algorithm(StrEnum):

@@ -99,6 +99,9 @@ class IngestProgressBar:
             self._bar.stop()
 
 
+_RUNTIME_NAMES = {"onnxruntime": " with ONNX Runtime", "openvino": " with OpenVINO"}
+
+
 def print_ingest(s) -> None:
     print(
         f"ingested in {s.elapsed_s:.1f} s: {s.new:,} new, {s.changed:,} changed, "
@@ -113,7 +116,7 @@ def print_ingest(s) -> None:
     elif s.embedded:
         print(
             f"embedded {plural(s.embedded, 'image')} ({s.precision} on {s.device}"
-            f"{' with ONNX Runtime' if s.runtime == 'onnxruntime' else ''}, "
+            f"{_RUNTIME_NAMES.get(s.runtime, '')}, "
             + (
                 f"{s.images_per_s:.1f} images/s; the model loaded in {s.model_load_s:.1f} s "
                 "while files were read)"

@@ -29,6 +29,7 @@ from organizer.errors import (
     LibraryError,
     ModelError,
     ModelMismatchError,
+    OptionsError,
 )
 from organizer.finder import DuplicateGroup, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
@@ -332,6 +333,11 @@ class Library:
         options = replace(options, device=str(self.settings.device))
         if options.ray is not None:  # the actors load the model as this process would
             s = self.settings
+            if s.runtime in ("onnx", "openvino"):
+                raise OptionsError(
+                    f"--engine ray runs the model in torch on its workers: leave out --runtime "
+                    f"{s.runtime} (or ORGANIZER_RUNTIME)"
+                )
             ray = replace(options.ray, device=str(s.device), precision=str(s.precision))
             if ray.workers is None and s.workers:  # ORGANIZER_WORKERS counts actors here
                 ray = replace(ray, workers=s.workers)

@@ -1,5 +1,5 @@
-"""open_clip's towers in ONNX Runtime: the same vectors as torch, exported once, checked on
-every open, a torch-free text query, and the choice of runtime per CPU."""
+"""open_clip's towers in ONNX Runtime and OpenVINO: the same vectors as torch, exported once,
+checked on every open, a torch-free text query, and the choice of runtime per CPU."""
 
 from __future__ import annotations
 
@@ -49,10 +49,15 @@ def _pixels(n: int = 5) -> np.ndarray:
     return np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def _embedder(spec, precision="fp32") -> onnx.OnnxEmbedder:
+def _embedder(spec, precision="fp32", engine: str | None = onnx.ONNXRUNTIME) -> onnx.OnnxEmbedder:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return onnx.OnnxEmbedder(spec, precision, image_onnx=precision in ("fp32", "int8"))
+        return onnx.OnnxEmbedder(spec, precision, engine)
+
+
+needs_openvino = pytest.mark.skipif(
+    not runtime.openvino_installed(), reason="OpenVINO is not installed (not on this platform)"
+)
 
 
 def test_both_towers_give_torchs_vectors_and_export_once(cache, spec, reference):
@@ -86,7 +91,7 @@ def test_the_rebuilt_tokenizer_gives_open_clips_tokens(cache, spec, reference):
     embedder = _embedder(spec)
     with pytest.warns(onnx.ExportNotice):
         embedder.embed_texts(["x"])
-    tower = embedder._towers[onnx.TEXT]
+    tower = embedder._towers[onnx.TEXT, onnx.ONNXRUNTIME]
     record = tower.record
     fast = onnx.FastTokenizer(
         tower.folder / onnx.FAST_TOKENIZER, record.context_length, record.fast_tokenizer
@@ -111,7 +116,7 @@ def test_a_damaged_tokenizer_file_falls_back_to_open_clips(cache, spec, referenc
     again = _embedder(spec)
     got = again.embed_texts(TEXTS)
     assert float((got * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
-    assert again._towers[onnx.TEXT].record.fast_tokenizer is None
+    assert again._towers[onnx.TEXT, onnx.ONNXRUNTIME].record.fast_tokenizer is None
 
 
 @pytest.mark.parametrize("damage", ["bytes", "truncate", "record"])
@@ -166,7 +171,7 @@ def test_an_unwritable_cache_runs_in_torch(tmp_path, monkeypatch, spec, referenc
 
 def test_int8_is_an_opt_in_image_tower_close_to_fp32(cache, spec, reference, monkeypatch):
     embedder = _embedder(spec, "int8")
-    assert embedder._image_onnx and embedder.runtime == "onnxruntime"
+    assert embedder._engine == onnx.ONNXRUNTIME and embedder.runtime == "onnxruntime"
     with pytest.warns(onnx.ExportNotice) as seen:
         got = embedder.embed_pixels(_pixels())
     assert any("quantising" in str(w.message) for w in seen)
@@ -194,7 +199,7 @@ def test_a_text_query_imports_no_torch(cache, spec):
         "from organizer.embed import request_spec\n"
         "from organizer.embed.onnx import OnnxEmbedder\n"
         f"spec = request_spec({str(TINY_CONFIG)!r}, 'none')\n"
-        "vectors = OnnxEmbedder(spec, 'bf16', image_onnx=False).embed_texts(['a dog'])\n"
+        "vectors = OnnxEmbedder(spec, 'bf16', None).embed_texts(['a dog'])\n"
         "assert vectors.shape == (1, 32), vectors.shape\n"
         "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n"
     )
@@ -211,18 +216,35 @@ def test_a_text_query_imports_no_torch(cache, spec):
 @pytest.mark.parametrize(
     ("bf16_units", "asked", "want"),
     [
-        (False, "auto", ("OnnxEmbedder", "fp32", True)),  # AVX2-only: images in ONNX Runtime
-        (True, "auto", ("OnnxEmbedder", "bf16", False)),  # bf16 units: images in torch bf16
-        (True, "fp32", ("OnnxEmbedder", "fp32", True)),
+        (False, "auto", ("fp32", "onnxruntime")),  # AVX2-only: ONNX Runtime fp32
+        (True, "auto", ("bf16", "openvino")),  # bf16 units: OpenVINO bf16
+        (True, "fp32", ("fp32", "onnxruntime")),
+        (False, "bf16", ("bf16", None)),  # asked for, without the units: torch (with a warning)
     ],
 )
 def test_auto_picks_the_runtime_from_the_cpu(monkeypatch, spec, bf16_units, asked, want):
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: bf16_units)
     monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
-    with pytest.warns(RandomWeightsWarning):
+    monkeypatch.setattr(runtime, "openvino_installed", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         embedder = runtime.load(spec, "auto", asked, "auto")
-    assert (type(embedder).__name__, embedder.precision, embedder._image_onnx) == want
+    assert (type(embedder).__name__, embedder.precision, embedder._engine) == (
+        "OnnxEmbedder",
+        *want,
+    )
     assert embedder.device == "cpu"
+
+
+def test_bf16_without_openvino_runs_images_in_torch(monkeypatch, spec):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
+    monkeypatch.setattr(runtime, "openvino_installed", lambda: False)
+    with pytest.warns(RandomWeightsWarning):
+        embedder = runtime.load(spec, "cpu", "auto", "auto")
+    assert (embedder.precision, embedder._engine) == ("bf16", None)
+    with pytest.raises(ModelError, match="pip install openvino"):
+        runtime.load(spec, "cpu", "auto", "openvino")
 
 
 def test_runtime_torch_and_the_bad_combinations(monkeypatch, spec):
@@ -231,9 +253,15 @@ def test_runtime_torch_and_the_bad_combinations(monkeypatch, spec):
         assert type(runtime.load(spec, "cpu", "fp32", "torch")).__name__ == "OpenClipEmbedder"
     with pytest.raises(ModelError, match="runs fp32, not bf16"):
         runtime.load(spec, "cpu", "bf16", "onnx")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ModelError, match="which this CPU lacks"):
+        runtime.load(spec, "cpu", "bf16", "openvino")
+    with pytest.raises(ModelError, match="int8 runs on the CPU in ONNX Runtime"):
+        runtime.load(spec, "cpu", "int8", "openvino")
     monkeypatch.setattr(runtime, "onnxruntime_installed", lambda: False)
-    with pytest.raises(ModelError, match="pip install onnxruntime"):
-        runtime.load(spec, "cpu", "auto", "onnx")
+    for name in ("onnx", "openvino"):  # OpenVINO's towers are exported through ONNX Runtime
+        with pytest.raises(ModelError, match="pip install onnxruntime"):
+            runtime.load(spec, "cpu", "auto", name)
     with pytest.warns(RandomWeightsWarning):  # auto without onnxruntime: torch
         assert type(runtime.load(spec, "cpu", "fp32", "auto")).__name__ == "OpenClipEmbedder"
 
@@ -244,13 +272,19 @@ def test_runtime_torch_and_the_bad_combinations(monkeypatch, spec):
         ["--runtime", "onnx", "--precision", "bf16"],
         ["--runtime", "torch", "--precision", "int8"],
         ["--device", "cuda", "--precision", "int8"],
+        ["--runtime", "openvino", "--precision", "int8"],
+        ["--runtime", "openvino", "--precision", "fp16"],
+        ["--runtime", "openvino", "--device", "cuda"],
+        ["--runtime", "openvino", "--precision", "bf16"],  # on a CPU without bf16 units
+        ["--runtime", "openvino", "--engine", "ray"],  # Ray's workers run torch
     ],
 )
-def test_options_that_cannot_work_together_are_usage_errors(tmp_path, args):
+def test_options_that_cannot_work_together_are_usage_errors(tmp_path, monkeypatch, args):
     from typer.testing import CliRunner
 
     from organizer.cli import app
 
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     result = CliRunner().invoke(app, ["-L", str(tmp_path / "l"), "ingest", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --")
@@ -287,3 +321,109 @@ def test_the_cache_folder_changes_with_what_writes_the_graph(monkeypatch, tmp_pa
         )
         assert ox.model_dir(spec) != first, package
         monkeypatch.setattr(ox, "_version", real)
+
+
+# -- OpenVINO ------------------------------------------------------------------------------------
+
+
+@needs_openvino
+def test_openvino_runs_both_towers_close_to_torch_fp32(cache, spec, reference):
+    """OpenVINO bf16 (fp32 on a CPU without bf16 units) runs the exported files: images, and
+    many texts; a query stays in ONNX Runtime fp32. A second process opens them compiled."""
+    first = _embedder(spec, "bf16", onnx.OPENVINO)
+    with pytest.warns(onnx.ExportNotice, match="image tower"):
+        images = first.embed_pixels(_pixels())
+    assert first.runtime == "openvino"
+    floor = onnx.MIN_COSINE_BF16
+    assert float((images * reference.embed_pixels(_pixels())).sum(1).min()) >= floor
+    many = TEXTS * 30  # more than one batch: OpenVINO
+    with pytest.warns(onnx.ExportNotice, match="text tower"):
+        texts = first.embed_texts(many)
+    assert float((texts * reference.embed_texts(many)).sum(1).min()) >= floor
+    assert (onnx.TEXT, onnx.OPENVINO) in first._towers
+    query = first.embed_texts(TEXTS)
+    assert float((query * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
+    assert first._towers[onnx.TEXT, onnx.ONNXRUNTIME] is not None
+    assert first._torch is None or first._torch.precision == "fp32"  # only to export
+    assert any(next(cache.glob(f"*/{onnx.OPENVINO_CACHE}")).iterdir())
+
+    second = _embedder(spec, "bf16", onnx.OPENVINO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", onnx.ExportNotice)
+        np.testing.assert_allclose(second.embed_pixels(_pixels()), images, atol=1e-5)
+        second.embed_texts(many)
+    assert second._torch is None and second.runtime == "openvino"
+
+
+@needs_openvino
+def test_a_damaged_openvino_cache_is_compiled_again(cache, spec, reference):
+    with pytest.warns(onnx.ExportNotice):
+        _embedder(spec, "bf16", onnx.OPENVINO).embed_pixels(_pixels(1))
+    compiled = [p for p in next(cache.glob(f"*/{onnx.OPENVINO_CACHE}")).iterdir() if p.is_file()]
+    assert compiled
+    for path in compiled:
+        path.chmod(0o644)
+        path.write_bytes(b"\0" * 4096)
+    again = _embedder(spec, "bf16", onnx.OPENVINO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the damage is mended quietly
+        got = again.embed_pixels(_pixels())
+    assert again.runtime == "openvino"
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_BF16
+
+
+def test_what_openvino_cannot_run_runs_elsewhere_and_is_not_tried_again(
+    cache, spec, reference, monkeypatch
+):
+    """Images go to torch, many texts to ONNX Runtime; the failure is kept beside the files,
+    so the next process neither compiles again nor stays silent."""
+    calls = []
+
+    def broken(path, precision, cache=None):
+        calls.append(path.name)
+        raise RuntimeError("no kernel\nmore detail from src/inference")
+
+    monkeypatch.setattr(onnx, "_openvino", broken)
+    embedder = _embedder(spec, "bf16", onnx.OPENVINO)
+    with pytest.warns(UserWarning) as seen:
+        images = embedder.embed_pixels(_pixels())
+        texts = embedder.embed_texts(TEXTS * 30)
+    said = [str(w.message) for w in seen]
+    assert any("image tower in bf16: no kernel; running it in torch" in m for m in said)
+    assert any("text tower in bf16: no kernel; running it in ONNX Runtime" in m for m in said)
+    assert embedder.runtime == "torch"
+    assert float((images * reference.embed_pixels(_pixels())).sum(1).min()) >= 0.999
+    assert float((texts * reference.embed_texts(TEXTS * 30)).sum(1).min()) >= 0.9999
+    assert sorted(calls) == ["image.onnx", "text.onnx"]
+    assert len(list(cache.glob("*/*.failed"))) == 2
+
+    with pytest.warns(UserWarning, match="no kernel; running it in torch"):
+        _embedder(spec, "bf16", onnx.OPENVINO).embed_pixels(_pixels(1))
+    assert sorted(calls) == ["image.onnx", "text.onnx"]
+
+
+@needs_openvino
+def test_a_query_and_an_ingest_in_openvino_import_no_torch(cache, spec):
+    with pytest.warns(onnx.ExportNotice):
+        first = _embedder(spec, "bf16", onnx.OPENVINO)
+        first.embed_pixels(_pixels(1))
+        first.embed_texts(TEXTS * 30)
+        first.embed_texts(["x"])
+    script = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import numpy as np\n"
+        "from organizer.embed import request_spec\n"
+        "from organizer.embed.onnx import OnnxEmbedder\n"
+        f"spec = request_spec({str(TINY_CONFIG)!r}, 'none')\n"
+        "e = OnnxEmbedder(spec, 'bf16', 'openvino')\n"
+        "assert e.embed_pixels(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 32)\n"
+        "assert e.embed_texts(['a dog'] * 100).shape == (100, 32)\n"
+        "assert e.embed_texts(['a dog']).shape == (1, 32)\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

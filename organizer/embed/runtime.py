@@ -1,15 +1,15 @@
 """Which runtime and precision run each tower on this machine, decided without torch.
 
 - A GPU runs torch (fp16 by default).
-- A CPU with bf16 matrix units (AMX, AVX512-BF16) runs the image tower in torch bf16, the
-  fastest there (bench/ingest.py).
-- A CPU without them runs the image tower in ONNX Runtime fp32, faster than torch fp32.
-- Text runs in ONNX Runtime on every CPU, so a query needs neither torch's model build nor
-  the image tower; but many texts at once (naming clusters) run in torch bf16 where the CPU
-  has bf16 units: twice ONNX Runtime's fp32 speed there.
+- A CPU with bf16 matrix units (AMX, AVX512-BF16) runs both towers in OpenVINO bf16: its
+  kernels beat torch bf16's, and it opens an exported tower in a fraction of a second where
+  importing torch and building the model take seconds (bench/ingest.py). Without OpenVINO
+  installed, images run in torch bf16.
+- A CPU without them runs both towers in ONNX Runtime fp32, faster than torch fp32.
 
 ``--runtime torch`` keeps everything in torch; ``--runtime onnx`` runs both towers in ONNX
-Runtime (fp32). A tower that cannot be exported falls back to torch with a warning.
+Runtime (fp32); ``--runtime openvino`` in OpenVINO (bf16 where the CPU has bf16 units, else
+fp32). A tower that cannot be exported or run falls back to torch with a warning.
 ``--precision int8`` (opt-in, never chosen by ``auto``) runs the image tower in ONNX Runtime
 with int8 weights: about twice fp32's speed on a CPU, but its accuracy with real CLIP
 weights is not measured here (they have outlier activations that random weights lack).
@@ -66,6 +66,12 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+NO_BF16_FOR_OPENVINO = (
+    "--runtime openvino --precision bf16 needs bf16 matrix instructions (AMX / AVX512-BF16), "
+    "which this CPU lacks: leave out --precision (fp32 here)"
+)
+
+
 def gpu_possible() -> bool:
     """Whether a CUDA GPU may be present (then torch is asked): an NVIDIA driver is loaded
     and CUDA_VISIBLE_DEVICES does not hide every device. Saves importing torch (1.3 s) on
@@ -77,6 +83,10 @@ def gpu_possible() -> bool:
 
 def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def load(
@@ -98,24 +108,37 @@ def load(
         device = resolve_device(device)
     else:
         device = "cpu"
-    if runtime == "onnx" and device != "cpu":
-        raise ModelError("--runtime onnx runs on the CPU: add --device cpu, or use a GPU")
+    if runtime in ("onnx", "openvino") and device != "cpu":
+        raise ModelError(
+            f"--runtime {runtime} runs on the CPU: add --device cpu, or leave out --runtime"
+        )
     if runtime == "onnx" and precision not in ("auto", "fp32", "int8"):
         raise ModelError(f"--runtime onnx runs fp32, not {precision}: leave out --precision")
-    if precision == "int8" and (device != "cpu" or runtime == "torch"):
+    if precision == "int8" and (device != "cpu" or runtime in ("torch", "openvino")):
         raise ModelError(
-            "--precision int8 runs on the CPU in ONNX Runtime: leave out --runtime torch, and "
+            "--precision int8 runs on the CPU in ONNX Runtime: leave out --runtime, and "
             "add --device cpu on a machine with a GPU"
         )
-    if (runtime == "onnx" or precision == "int8") and not onnxruntime_installed():
+    if runtime == "openvino" and precision == "bf16" and not cpu_has_bf16():
+        raise ModelError(NO_BF16_FOR_OPENVINO)
+    # OpenVINO's towers are exported and checked by ONNX Runtime
+    if (runtime in ("onnx", "openvino") or precision == "int8") and not onnxruntime_installed():
         raise ModelError("ONNX Runtime is not installed: pip install onnxruntime")
+    if runtime == "openvino" and not openvino_installed():
+        raise ModelError("OpenVINO is not installed: pip install openvino")
     if device != "cpu" or runtime == "torch" or not onnxruntime_installed():
         from organizer.embed import openclip
 
         return openclip.load(spec, device, precision, offline)
-    from organizer.embed.onnx import OnnxEmbedder
+    from organizer.embed.onnx import ONNXRUNTIME, OPENVINO, OnnxEmbedder
 
-    if runtime == "onnx" and precision == "auto":
-        precision = "fp32"
+    if runtime in ("onnx", "openvino") and precision == "auto":
+        precision = "bf16" if runtime == "openvino" and cpu_has_bf16() else "fp32"
     precision = resolve_precision(precision, device)
-    return OnnxEmbedder(spec, precision, precision in ("fp32", "int8"), offline=offline)
+    if runtime == "openvino":
+        engine = OPENVINO
+    elif precision == "bf16":  # OpenVINO's bf16 only where the CPU has bf16 units
+        engine = OPENVINO if openvino_installed() and cpu_has_bf16() else None
+    else:
+        engine = ONNXRUNTIME
+    return OnnxEmbedder(spec, precision, engine, offline=offline)

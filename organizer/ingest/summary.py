@@ -25,7 +25,7 @@ class IngestSummary:
     export_folders: list[str] = field(default_factory=list)  # organizer exports, not walked
     device: str | None = None
     precision: str | None = None
-    runtime: str | None = None  # what ran the images: "torch" or "onnxruntime"
+    runtime: str | None = None  # what ran the images: "torch", "onnxruntime" or "openvino"
     engine: str = "local"  # or "ray"
 
     def to_dict(self) -> dict:

@@ -151,12 +151,16 @@ def test_second_ingest_is_refused_and_readers_work(tmp_path, library):
         deadline = time.time() + 120
         while time.time() < deadline and not _ingest_running(lib):
             time.sleep(0.05)
-        second = run_organizer(["ingest", root], env)
-        assert second.returncode == 1
-        assert f"library is busy: ingest running (pid {first.pid}" in second.stderr
-        assert "Traceback" not in second.stderr
-        reader = run_organizer(["status", "--json"], env)  # never blocked by the writer
-        assert reader.returncode == 0, reader.stderr
+        first.send_signal(signal.SIGSTOP)  # held mid-run, however fast it would finish
+        try:
+            second = run_organizer(["ingest", root], env)
+            assert second.returncode == 1
+            assert f"library is busy: ingest running (pid {first.pid}" in second.stderr
+            assert "Traceback" not in second.stderr
+            reader = run_organizer(["status", "--json"], env)  # never blocked by the writer
+            assert reader.returncode == 0, reader.stderr
+        finally:
+            first.send_signal(signal.SIGCONT)
         waiting = run_organizer(["ingest", root, "--wait", "--json"], env)  # queues behind it
         assert waiting.returncode == 0 and json.loads(waiting.stdout)["unchanged"] == 80
         first.communicate(timeout=300)
