@@ -6,7 +6,9 @@ img/s and GPU utilisation, where the time goes, and the vectors against CPU fp32
 Made to run on a lent GPU machine over a copy of the repository, with that machine's own
 Python (torch, onnxruntime, numpy, Pillow are there). What it lacks goes as wheels for its
 Python, installed with `pip install --no-deps --target /tmp/site`: open_clip_torch, ftfy,
-wcwidth, faiss-cpu, SQLAlchemy, greenlet, alembic, Mako, platformdirs; for the rclip part
+wcwidth, faiss-cpu, SQLAlchemy, greenlet, alembic, Mako, platformdirs, openvino (its CPU
+plugin and ONNX frontend are enough), openvino-telemetry, onnx, onnxscript, onnx-ir,
+ml_dtypes, tokenizers; for the rclip part
 also rclip 4.0.8, rawpy, textual, textual-image, linkify-it-py, mdit-py-plugins and
 uc-micro-py. Then `PYTHONPATH=/tmp/site:$PWD python3 bench/gpu.py`. PHOTOS defaults to the
 shared real photos (../shared/datasets/openimages-100). It prints, and writes to
@@ -20,8 +22,9 @@ OUT/gpu_check.json:
 - the ceilings: the model alone (fp16, batch 32 and 256) and the decode pool alone;
 - cosine of the CUDA vectors to CPU fp32 on 64 photos;
 - on a CPU with AMX, which the sessions' own 2-vCPU machines never had: organizer at its
-  defaults (bf16) against rclip 4 (fp32 in ONNX Runtime), each pinned to 2 cores
-  (taskset), whole processes on the same photos and seeded weights.
+  defaults (OpenVINO bf16) and in torch bf16 against rclip 4 (fp32 in ONNX Runtime), each
+  pinned to 2 cores (taskset), whole processes on the same photos and seeded weights, after
+  a first run that exports the towers; and the model alone in each runtime on those cores.
 
 PARTS (comma-separated: gpu, gpu1, batch, stages, ceilings, cosine, cpu, cpu-old) picks what
 runs; cpu-old runs organizer from OLD_CODE too, for an A/B on the same machine.
@@ -285,9 +288,31 @@ print(json.dumps({"min": min(cos), "mean": sum(cos) / len(cos), "n": len(cos)}))
 """
 
 
-def child(script: str, *args: str) -> dict:
+CPU_CEILINGS = r"""
+import json, sys, time
+import numpy as np
+from organizer.embed import request_spec
+from organizer.embed.runtime import load
+
+out = {}
+x = np.random.default_rng(0).integers(0, 256, (32, 256, 256, 3), dtype=np.uint8)
+for runtime in sys.argv[1:]:
+    t = time.perf_counter()
+    model = load(request_spec("ViT-B-32-256", "none"), "cpu", "auto", runtime, offline=True)
+    model.embed_pixels(x[:2])
+    out[f"{runtime}_load_s"] = round(time.perf_counter() - t, 2)
+    model.embed_pixels(x)
+    t = time.perf_counter()
+    for _ in range(3):
+        model.embed_pixels(x)
+    out[f"{runtime}_{model.precision}_batch32_img_s"] = round(96 / (time.perf_counter() - t), 1)
+print(json.dumps(out))
+"""
+
+
+def child(script: str, *args: str, prefix: list[str] = ()) -> dict:
     run = subprocess.run(
-        [sys.executable, "-c", script, *args], env=ENV, capture_output=True, text=True
+        [*prefix, sys.executable, "-c", script, *args], env=ENV, capture_output=True, text=True
     )
     if run.returncode != 0 or not run.stdout.strip():
         print(run.stderr[-3000:], flush=True)
@@ -340,24 +365,40 @@ def rclip_index(photos: Path, model_dir: Path, prefix: list[str]) -> dict:
 
 def cpu_part(result: dict, photos: Path) -> None:
     """The CPU path on 2 cores of this machine (the sessions' machines have 2 vCPUs): organizer
-    at its defaults against rclip 4 on the same seeded weights, whole processes."""
+    at its defaults (OpenVINO bf16 on a CPU with bf16 units), organizer in torch bf16 (the
+    default before), and rclip 4 on the same seeded weights, whole processes, in turn."""
     sys.path.insert(0, str(REPO / "bench"))
     from rclip_model import ensure
 
     pin = ["taskset", "-c", "0,1"]
-    organizer_on_cpu(result, photos, "cpu2_organizer_auto", REPO)
+    few = WORK / "photos-few"  # a first run exports the towers (once per model and machine)
+    few.mkdir(parents=True, exist_ok=True)
+    for path in sorted(photos.glob("*.jpg"))[:32]:
+        if not (few / path.name).exists():
+            os.link(path, few / path.name)  # ingest skips symbolic links by default
+    result["cpu_prepare"] = ingest(few, WORK / "lib-prepare", ["--device", "cpu"])
+    report(result, "cpu_prepare")
     t = time.time()
     model_dir = ensure(Path(os.environ.get("RCLIP_MODEL_DIR", WORK / "rclip-model")))
     result["rclip_model_export_s"] = round(time.time() - t, 1)
     if "RCLIP_PYTHON" not in os.environ:
         result["rclip_version"] = importlib.metadata.version("rclip")
-    result["cpu2_rclip"] = rclip_index(photos, model_dir, pin)
-    report(result, "cpu2_rclip")
+    for run in (1, 2):
+        organizer_on_cpu(result, photos, f"cpu2_organizer_auto_run{run}", REPO)
+        if run == 1:
+            organizer_on_cpu(result, photos, "cpu2_organizer_torch", REPO, ["--runtime", "torch"])
+        result[f"cpu2_rclip_run{run}"] = rclip_index(photos, model_dir, pin)
+        report(result, f"cpu2_rclip_run{run}")
+        if run == 1:
+            result["cpu2_model_alone"] = child(CPU_CEILINGS, "openvino", "torch", prefix=pin)
+            report(result, "cpu2_model_alone")
 
 
-def organizer_on_cpu(result: dict, photos: Path, key: str, code: Path) -> None:
+def organizer_on_cpu(
+    result: dict, photos: Path, key: str, code: Path, args: list[str] = ()
+) -> None:
     pin = ["taskset", "-c", "0,1"]
-    org = ingest(photos, WORK / f"lib-{key}", ["--device", "cpu"], pin, code)
+    org = ingest(photos, WORK / f"lib-{key}", ["--device", "cpu", *args], pin, code)
     org["images_per_s_whole"] = round(org.get("embedded", 0) / org.get("wall_s", 1), 1)
     result[key] = org
     report(result, key)
