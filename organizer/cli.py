@@ -382,6 +382,13 @@ def ingest(
     if engine == Engine.RAY and workers == 0:
         out.err("error: --workers 0 means no embedding actor: give 1 or more with --engine ray")
         raise typer.Exit(EXIT_USAGE)
+    chosen = runtime.value if runtime else os.environ.get("ORGANIZER_RUNTIME", "").strip()
+    if engine == Engine.RAY and chosen in (Runtime.ONNX, Runtime.OPENVINO):
+        out.err(  # before a library is made (the library refuses it too)
+            f"error: --engine ray runs the model in torch on its workers: leave out --runtime "
+            f"{chosen} (or ORGANIZER_RUNTIME)"
+        )
+        raise typer.Exit(EXIT_USAGE)
     ray = None
     if engine == Engine.RAY:
         ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)

@@ -167,14 +167,21 @@ class Tower:
                 return found
         except Exception:  # absent, or damaged in one of many ways: export it again
             return None
-        cache = folder / OPENVINO_CACHE if os.access(folder, os.W_OK) else None
+        cache = folder / OPENVINO_CACHE
+        if not os.access(cache if cache.exists() else folder, os.W_OK):
+            cache = None  # another user's, or read-only: compiled in memory each time
         try:
             return cls._in_openvino(path, record, folder, precision, cache)
         except EngineFailed:
-            if cache is None or not cache.exists():
+            if cache is None:
                 raise
-            shutil.rmtree(cache, ignore_errors=True)  # a damaged compiled copy: from the file
-            return cls._in_openvino(path, record, folder, precision, cache)
+        # The compiled copy failed (damaged, half written by another process, not writable):
+        # from the file alone, which alone says whether OpenVINO can run the tower. If it
+        # can, the copy goes, to be written afresh next time (a process that mapped it keeps
+        # its pages).
+        found = cls._in_openvino(path, record, folder, precision, None)
+        shutil.rmtree(cache, ignore_errors=True)
+        return found
 
     @classmethod
     def _in_openvino(
@@ -684,9 +691,14 @@ class OnnxEmbedder:
 
     @property
     def runtime(self) -> str:
-        """What runs the images: "onnxruntime", "openvino" or "torch"."""
-        if self._engine is not None and self._towers.get((self._image, self._engine), 1):
+        """What runs the images: "onnxruntime", "openvino" or "torch" (before the first
+        batch: what is meant to)."""
+        if self._engine is None:
+            return "torch"
+        if self._towers.get((self._image, self._engine), 1) is not None:
             return self._engine
+        if self._towers.get((IMAGE, ONNXRUNTIME)) is not None:
+            return ONNXRUNTIME  # OpenVINO fp32 failed: ONNX Runtime's fp32 instead
         return "torch"
 
     @property
@@ -705,9 +717,10 @@ class OnnxEmbedder:
         return source.preprocess
 
     def _shape_source(self) -> Any:
-        for tower in self._towers.values():
-            if tower is not None:
-                return tower.record
+        with self._lock:  # organizer serve's warm-up may be adding a tower
+            opened = [tower for tower in self._towers.values() if tower is not None]
+        if opened:
+            return opened[0].record
         if self._torch is None and self._engine is not None:
             tower = self._tower(self._image, self._engine)
             if tower is not None:
@@ -744,7 +757,9 @@ class OnnxEmbedder:
             found = Tower.open(folder, name, engine, self.precision) if folder else None
             if found is None:
                 found = self._quantized() if name == IMAGE_INT8 else self._export(name)
-                if found is not None and engine == OPENVINO:
+                if found is not None and engine == OPENVINO:  # the spec is pinned now
+                    if self._openvino_failed(found.folder, name):
+                        return None
                     found = Tower.open(found.folder, name, engine, self.precision)
             return found
         except EngineFailed as exc:
@@ -769,7 +784,7 @@ class OnnxEmbedder:
                 reason = marker.read_text().strip()
         if reason is None:
             return False
-        instead = "ONNX Runtime" if name == TEXT else "torch"
+        instead = "ONNX Runtime" if name == TEXT or self.precision == "fp32" else "torch"
         warnings.warn(f"{reason}; running it in {instead}", stacklevel=6)
         return True
 
@@ -842,16 +857,33 @@ class OnnxEmbedder:
             return None
 
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
-        tower = self._tower(self._image, self._engine) if self._engine is not None else None
+        tower = self._image_tower()
         if tower is None:
             return self._torch_embedder().embed_pixels(batch)
         return tower.run(np.ascontiguousarray(batch, dtype=np.uint8))
 
+    def _image_tower(self) -> Tower | None:
+        if self._engine is None:
+            return None
+        tower = self._tower(self._image, self._engine)
+        if tower is None and self._engine == OPENVINO and self.precision == "fp32":
+            tower = self._tower(IMAGE)  # the same fp32, checked against torch already
+        return tower
+
     def _text_tower(self, count: int) -> Tower | None:
-        """The tower that runs ``count`` texts (see the class), or None: torch."""
-        if count > _TEXT_BATCH and self._engine == OPENVINO:
+        """The tower that runs ``count`` texts (see the class), or None: torch. Once a bulk
+        engine runs texts, it runs every batch of more than one (cluster naming's last,
+        smaller batch too): one vocabulary is never embedded by two engines."""
+        bulk = count > _TEXT_BATCH or (
+            count > 1
+            and (
+                self._towers.get((TEXT, OPENVINO)) is not None
+                or (self._torch is not None and self._torch.precision == "bf16")
+            )
+        )
+        if bulk and self._engine == OPENVINO:
             return self._tower(TEXT, OPENVINO) or self._tower(TEXT)
-        if count > _TEXT_BATCH and self._engine is None and self.precision == "bf16":
+        if bulk and self._engine is None and self.precision == "bf16":
             return None
         return self._tower(TEXT)
 
