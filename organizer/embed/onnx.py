@@ -837,7 +837,7 @@ class OnnxEmbedder:
                     return None
                 _sweep(folder)
                 warnings.warn(
-                    f"preparing {self._spec.name}'s {name} tower for ONNX Runtime (once per "
+                    f"exporting {self._spec.name}'s {name} tower to ONNX (once per "
                     "model on this machine)",
                     ExportNotice,
                     stacklevel=5,
@@ -850,7 +850,7 @@ class OnnxEmbedder:
                     return None
         except OSError as exc:
             warnings.warn(
-                f"cannot keep {self._spec.name}'s {name} tower for ONNX Runtime in {folder} "
+                f"cannot keep {self._spec.name}'s exported {name} tower in {folder} "
                 f"({exc.strerror or exc}); running it in torch",
                 stacklevel=5,
             )
