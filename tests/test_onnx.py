@@ -193,21 +193,33 @@ def test_int8_is_an_opt_in_image_tower_close_to_fp32(cache, spec, reference, mon
 def test_a_text_query_imports_no_torch(cache, spec):
     with pytest.warns(onnx.ExportNotice):
         _embedder(spec).embed_texts(["x"])
+    assert (
+        _torch_imported_by(
+            "vectors = OnnxEmbedder(spec, 'bf16', None).embed_texts(['a dog'])\n"
+            "assert vectors.shape == (1, 32), vectors.shape\n"
+        )
+        == "[]"
+    )
+
+
+def _torch_imported_by(body: str) -> str:
+    """Which of torch, open_clip and torchvision a fresh process running ``body`` (with
+    ``spec`` the tiny model, ``np`` and ``OnnxEmbedder`` at hand) imports."""
     script = (
         "import sys, warnings\n"
         "warnings.simplefilter('ignore')\n"
+        "import numpy as np\n"
         "from organizer.embed import request_spec\n"
         "from organizer.embed.onnx import OnnxEmbedder\n"
         f"spec = request_spec({str(TINY_CONFIG)!r}, 'none')\n"
-        "vectors = OnnxEmbedder(spec, 'bf16', None).embed_texts(['a dog'])\n"
-        "assert vectors.shape == (1, 32), vectors.shape\n"
+        f"{body}"
         "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return done.stdout.strip()
 
 
 # -- which runtime runs where ----------------------------------------------------------------
@@ -440,21 +452,12 @@ def test_a_query_and_an_ingest_in_openvino_import_no_torch(cache, spec):
         first.embed_pixels(_pixels(1))
         first.embed_texts(TEXTS * 30)
         first.embed_texts(["x"])
-    script = (
-        "import sys, warnings\n"
-        "warnings.simplefilter('ignore')\n"
-        "import numpy as np\n"
-        "from organizer.embed import request_spec\n"
-        "from organizer.embed.onnx import OnnxEmbedder\n"
-        f"spec = request_spec({str(TINY_CONFIG)!r}, 'none')\n"
-        "e = OnnxEmbedder(spec, 'bf16', 'openvino')\n"
-        "assert e.embed_pixels(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 32)\n"
-        "assert e.embed_texts(['a dog'] * 100).shape == (100, 32)\n"
-        "assert e.embed_texts(['a dog']).shape == (1, 32)\n"
-        "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n"
+    assert (
+        _torch_imported_by(
+            "e = OnnxEmbedder(spec, 'bf16', 'openvino')\n"
+            "assert e.embed_pixels(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 32)\n"
+            "assert e.embed_texts(['a dog'] * 100).shape == (100, 32)\n"
+            "assert e.embed_texts(['a dog']).shape == (1, 32)\n"
+        )
+        == "[]"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
