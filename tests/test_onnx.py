@@ -399,6 +399,38 @@ def test_a_damaged_openvino_cache_is_compiled_again(cache, spec, reference):
     assert again.runtime == "openvino"
     assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_BF16
     assert not list(cache.glob("*/*.failed"))  # the copy's fault, not OpenVINO's
+    # The damaged copy is not left behind (OpenVINO rewrites it, or organizer removes it).
+    assert not any(path.exists() and path.read_bytes() == b"\0" * 4096 for path in compiled)
+    third = _embedder(spec, "bf16", onnx.OPENVINO)
+    np.testing.assert_allclose(third.embed_pixels(_pixels()), got, atol=1e-5)
+    assert any(next(cache.glob(f"*/{onnx.OPENVINO_CACHE}")).iterdir())
+
+
+@needs_openvino
+def test_a_compiled_copy_that_fails_is_set_aside_not_blamed_on_openvino(
+    cache, spec, reference, monkeypatch
+):
+    """A copy OpenVINO raises on (another user's, half written): compiled from the file
+    alone, no failure recorded, the copy removed to be written afresh."""
+    with pytest.warns(onnx.ExportNotice):
+        _embedder(spec, "bf16", onnx.OPENVINO).embed_pixels(_pixels(1))
+    real, calls = onnx._openvino, []
+
+    def copy_fails(path, precision, cache=None):
+        calls.append(cache is not None)
+        if cache is not None:
+            raise RuntimeError("Cache file is not visible after write")
+        return real(path, precision, cache)
+
+    monkeypatch.setattr(onnx, "_openvino", copy_fails)
+    embedder = _embedder(spec, "bf16", onnx.OPENVINO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = embedder.embed_pixels(_pixels())
+    assert calls == [True, False] and embedder.runtime == "openvino"
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_BF16
+    assert not list(cache.glob("*/*.failed"))
+    assert not list(cache.glob(f"*/{onnx.OPENVINO_CACHE}"))
 
 
 def test_what_openvino_cannot_run_runs_elsewhere_and_is_not_tried_again(
