@@ -42,6 +42,7 @@ def _own_remembered_inputs(monkeypatch, tmp_path):
     from organizer.embed import remembered
 
     monkeypatch.setattr(remembered, "_file", lambda: tmp_path / "remembered-inputs.json")
+    monkeypatch.setattr(remembered, "_weights_file", lambda: tmp_path / "remembered-weights.json")
 
 
 @pytest.fixture(autouse=True)

@@ -107,9 +107,17 @@ def _fake_hub_cache(hf_home: Path) -> Path:
     return blob
 
 
-def _organizer(*args: str, env: dict) -> subprocess.CompletedProcess:
+_SAYS_TORCH = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: 'torch' in sys.modules and print('torch imported', file=sys.stderr))\n"
+    "runpy.run_module('organizer', run_name='__main__')\n"
+)
+
+
+def _organizer(*args: str, env: dict, says_torch: bool = False) -> subprocess.CompletedProcess:
+    """``organizer ARGS`` in a new process (saying last on stderr if it imported torch)."""
     return subprocess.run(
-        [sys.executable, "-m", "organizer", *args],
+        [sys.executable, *(["-c", _SAYS_TORCH] if says_torch else ["-m", "organizer"]), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -139,6 +147,16 @@ def test_pretrained_tag_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
     assert (model["name"], model["pretrained"]) == ("ViT-B-32-256", "datacomp_s34b_b86k")
     assert model["weights_sha256"] == digest
     assert "random" not in done.stderr
+
+    # Another new library finds the file the tag names (and hashes it) without torch, where
+    # the first load found it, and opens the towers exported from it.
+    cpu = {**env, "ORGANIZER_DEVICE": "cpu"}
+    lib_b = str(tmp_path / "lib-b")
+    other = _organizer("-L", lib_b, "ingest", str(photos), "--json", env=cpu, says_torch=True)
+    assert other.returncode == 0, other.stderr
+    assert "torch imported" not in other.stderr
+    status = json.loads(_organizer("-L", lib_b, "status", "--json", env=env).stdout)
+    assert status["model"]["weights_sha256"] == digest
 
     # The same tag asked for again is the same model; a search loads it from the cache.
     asked = {**env, "ORGANIZER_PRETRAINED": "datacomp_s34b_b86k"}
@@ -173,3 +191,29 @@ def test_pretrained_tag_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "are not cached and downloads are off" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0, missing.stderr
+
+
+def test_a_tag_remembered_here_is_hashed_from_the_file_it_names_now(tmp_path):
+    """Where a tag's checkpoint was found is remembered; the hash is always of the file
+    there now (not remembered), and a damaged entry or a missing file leaves the tag to
+    open_clip (torch), which says what is wrong."""
+    from organizer.embed import ModelSpec, remembered
+
+    spec = ModelSpec("fake", "some-tag")
+    assert remembered.pinned_tag(spec) is None
+    checkpoint = tmp_path / "weights.bin"
+    checkpoint.write_bytes(b"one")
+    remembered.remember_checkpoint(spec, {"path": str(checkpoint)})
+    assert remembered.pinned_tag(spec) == ModelSpec(
+        "fake", "some-tag", hashlib.sha256(b"one").hexdigest()
+    )
+    checkpoint.write_bytes(b"two")
+    assert remembered.pinned_tag(spec).weights_sha256 == hashlib.sha256(b"two").hexdigest()
+    assert remembered.pinned_tag(ModelSpec("fake", "other-tag")) is None
+    checkpoint.unlink()
+    assert remembered.pinned_tag(spec) is None
+    for where in ({"hf_hub": "x"}, {"hf_hub": [[1]]}, {"path": 5}, ["x"]):
+        remembered._weights_file().write_text(json.dumps({remembered._key(spec): where}))
+        assert remembered.pinned_tag(spec) is None
+    remembered._weights_file().write_text('{"damaged')
+    assert remembered.pinned_tag(spec) is None

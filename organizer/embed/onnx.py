@@ -750,6 +750,11 @@ class OnnxEmbedder:
             return self._towers[name, engine]
 
     def _find(self, name: str, engine: str) -> Tower | None:
+        if not pinned(self._spec) and not self._spec.is_checkpoint_path:
+            from organizer.embed import remembered
+
+            # A tag: the file it names now, found and hashed without torch when known here.
+            self._spec = remembered.pinned_tag(self._spec) or self._spec
         folder = model_dir(self._spec) if pinned(self._spec) else None
         if engine == OPENVINO and folder is not None and self._openvino_failed(folder, name):
             return None

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from organizer.embed import ModelShape, ModelSpec, random_weights_warning, sha256_file
+from organizer.embed import ModelShape, ModelSpec, random_weights_warning, remembered, sha256_file
 from organizer.embed.runtime import resolve_precision
 from organizer.errors import ModelError, WeightsUnavailableError
 from organizer.imaging import PreprocessSpec
@@ -56,27 +56,24 @@ def _register_config(spec: ModelSpec) -> None:
         open_clip.add_model_config(path)  # read now; a later rescan skips the file gone
 
 
-def _cached_checkpoint(cfg: dict, cache_dir: str | None) -> str | None:
-    """The checkpoint for a pretrained tag if it is already on disk; touches no network."""
+def checkpoint_places(cfg: dict, cache_dir: str | None) -> dict:
+    """Where open_clip's pretrained entry ``cfg`` has its checkpoint once downloaded: a
+    Hugging Face repository and the file names tried there (safetensors first), or a path."""
     if cfg.get("file"):
-        return cfg["file"] if os.path.isfile(cfg["file"]) else None
+        return {"path": cfg["file"]}
     hub = cfg.get("hf_hub", "")
     if hub:
-        from huggingface_hub import try_to_load_from_cache
         from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
 
         repo_id, filename = os.path.split(hub)
         filename = filename or HF_WEIGHTS_NAME
-        for name in [*_get_safe_alternatives(filename), filename]:
-            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-        return None
+        return {"hf_hub": [[repo_id, n] for n in [*_get_safe_alternatives(filename), filename]]}
     url = cfg.get("url", "")
     if url:
-        target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
-        return str(target) if target.is_file() else None
-    return None
+        return {
+            "path": str(Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url))
+        }
+    return {}
 
 
 def _download_host(cfg: dict) -> str:
@@ -130,7 +127,7 @@ def _weights_path(spec: ModelSpec, offline: bool, cache_dir: str | None) -> tupl
             f"unknown weights {spec.pretrained!r} for model {spec.name} ({known}); or pass "
             f"--pretrained PATH to a checkpoint, or --pretrained none for random weights"
         )
-    path = _cached_checkpoint(cfg, cache_dir)
+    path = remembered.find_checkpoint(checkpoint_places(cfg, cache_dir), cache_dir)
     offline = offline or _hub_offline()
     remedy = f"weights for {spec.describe()} are not cached" + (
         " and downloads are off (ORGANIZER_OFFLINE or HF_HUB_OFFLINE)" if offline else ""
@@ -266,6 +263,8 @@ def _weights(
     checkpoint, cfg = _weights_path(spec, offline, cache_dir)
     if not spec.is_checkpoint_path:
         spec = _checked_tag_weights(spec, checkpoint)
+        if cache_dir is None:  # a new library finds it next time without torch
+            remembered.remember_checkpoint(spec, checkpoint_places(cfg, None))
     kwargs = {
         "force_preprocess_cfg": {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg},
         "force_quick_gelu": bool(cfg.get("quick_gelu", False)),

@@ -1,11 +1,15 @@
-"""The input each model wants, remembered per user from its last load.
+"""What a model's last load taught, remembered per user in the model cache.
 
-A new library learns its model's input (size, normalisation) only once the model is built:
-seconds of imports and initialisation, more on a GPU. Remembered, it lets a first ingest
-decode photos while the model loads. An entry is keyed by what decides the input (the
-model's name, weights tag, config and open_clip's version); one that is stale anyway costs
-ingest a second start of its decoding, never a wrong vector: ingest compares it with the
-loaded model's before it writes anything.
+The input each model wants: a new library learns its model's input (size, normalisation)
+only once the model is built: seconds of imports and initialisation, more on a GPU.
+Remembered, it lets a first ingest decode photos while the model loads. An entry is keyed by
+what decides the input (the model's name, weights tag, config and open_clip's version); one
+that is stale anyway costs ingest a second start of its decoding, never a wrong vector:
+ingest compares it with the loaded model's before it writes anything.
+
+Where a weights tag's checkpoint is looked for: open_clip's table says it, and reading that
+table imports torch. Remembered under the same key, a new library finds (and hashes) the
+file its tag names now without torch, and so opens the towers exported from that file.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from organizer.embed import ModelSpec
+from organizer.embed import ModelSpec, sha256_file
 from organizer.embed.onnx import cache_root, write_atomic
 from organizer.imaging import PreprocessSpec
 
 _FILE = "inputs.json"
+_WEIGHTS_FILE = "weights.json"
 _RESIZE_MODES = ("shortest", "longest", "squash")
 _INTERPOLATIONS = ("bicubic", "bilinear")
 
@@ -30,7 +36,12 @@ def _cache_file() -> Path:
     return cache_root() / _FILE
 
 
+def _weights_cache_file() -> Path:
+    return cache_root() / _WEIGHTS_FILE
+
+
 _file = _cache_file  # tests give each test its own
+_weights_file = _weights_cache_file
 
 
 def _key(spec: ModelSpec) -> str:
@@ -42,12 +53,23 @@ def _key(spec: ModelSpec) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
-def _entries() -> dict:
+def _entries(file: Path | None = None) -> dict:
     try:
-        data = json.loads(_file().read_text())
+        data = json.loads((file or _file()).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _store(file: Path, key: str, value: object) -> None:
+    """Best effort: a cache that cannot be written is only slower next time."""
+    entries = _entries(file)
+    if entries.get(key) == json.loads(json.dumps(value)):
+        return
+    entries[key] = value
+    with contextlib.suppress(OSError):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(file, json.dumps(entries))
 
 
 def recall(spec: ModelSpec) -> PreprocessSpec | None:
@@ -85,11 +107,37 @@ def _plausible(p: PreprocessSpec) -> bool:
 def remember(spec: ModelSpec, preprocess: PreprocessSpec) -> None:
     """Keep ``preprocess`` for ``spec`` (best effort: a cache that cannot be written is
     only slower next time)."""
-    key, value = _key(spec), asdict(preprocess)
-    entries = _entries()
-    if entries.get(key) == json.loads(json.dumps(value)):
-        return
-    entries[key] = value
-    with contextlib.suppress(OSError):
-        _file().parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(_file(), json.dumps(entries))
+    _store(_file(), _key(spec), asdict(preprocess))
+
+
+def find_checkpoint(where: dict, cache_dir: str | None = None) -> str | None:
+    """The checkpoint file ``where`` (see :func:`organizer.embed.openclip.checkpoint_places`)
+    names, if it is on disk: a Hugging Face cache entry (the first of its file names there),
+    or a plain path. Touches no network, imports no torch."""
+    for repo_id, filename in where.get("hf_hub", []):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    path = where.get("path")
+    return path if isinstance(path, str) and os.path.isfile(path) else None
+
+
+def remember_checkpoint(spec: ModelSpec, where: dict) -> None:
+    """Keep where ``spec``'s tag looks for its checkpoint (the default caches only)."""
+    _store(_weights_file(), _key(spec), where)
+
+
+def pinned_tag(spec: ModelSpec) -> ModelSpec | None:
+    """``spec`` (a weights tag) with the hash of the file its tag names now, found as open_clip
+    would find it, or None: not known here, or not on disk (open_clip then says why)."""
+    where = _entries(_weights_file()).get(_key(spec))
+    if not isinstance(where, dict):
+        return None
+    try:
+        hub = [(str(r), str(f)) for r, f in where.get("hf_hub", [])]
+        path = find_checkpoint({"hf_hub": hub, "path": where.get("path")})
+        return replace(spec, weights_sha256=sha256_file(Path(path))) if path else None
+    except (OSError, TypeError, ValueError):  # a hand-edited entry, a file going away
+        return None
