@@ -137,9 +137,10 @@ def test_pretrained_tag_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
     photos = tmp_path / "photos"
     make_folder(photos, 3)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cpu = {**env, "ORGANIZER_DEVICE": "cpu"}  # exports the towers, even where a GPU is
 
     lib = tmp_path / "lib"
-    done = _organizer("-L", str(lib), "ingest", str(photos), "--json", env=env)
+    done = _organizer("-L", str(lib), "ingest", str(photos), "--json", env=cpu)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["embedded"] == 3
     status = json.loads(_organizer("-L", str(lib), "status", "--json", env=env).stdout)
@@ -150,7 +151,6 @@ def test_pretrained_tag_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
 
     # Another new library finds the file the tag names (and hashes it) without torch, where
     # the first load found it, and opens the towers exported from it.
-    cpu = {**env, "ORGANIZER_DEVICE": "cpu"}
     lib_b = str(tmp_path / "lib-b")
     other = _organizer("-L", lib_b, "ingest", str(photos), "--json", env=cpu, says_torch=True)
     assert other.returncode == 0, other.stderr
@@ -193,7 +193,7 @@ def test_pretrained_tag_from_the_hugging_face_cache_offline(tmp_path, monkeypatc
     assert missing.stderr.strip().count("\n") == 0, missing.stderr
 
 
-def test_a_tag_remembered_here_is_hashed_from_the_file_it_names_now(tmp_path):
+def test_a_tag_remembered_here_is_hashed_from_the_file_it_names_now(tmp_path, monkeypatch):
     """Where a tag's checkpoint was found is remembered; the hash is always of the file
     there now (not remembered), and a damaged entry or a missing file leaves the tag to
     open_clip (torch), which says what is wrong."""
@@ -217,3 +217,36 @@ def test_a_tag_remembered_here_is_hashed_from_the_file_it_names_now(tmp_path):
         assert remembered.pinned_tag(spec) is None
     remembered._weights_file().write_text('{"damaged')
     assert remembered.pinned_tag(spec) is None
+
+    # A tag downloaded by URL: its file name in open_clip's folder under today's home.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".cache" / "clip").mkdir(parents=True)
+    (tmp_path / "home" / ".cache" / "clip" / "vit.pt").write_bytes(b"three")
+    remembered.remember_checkpoint(spec, {"clip_cache_file": "vit.pt"})
+    assert remembered.pinned_tag(spec).weights_sha256 == hashlib.sha256(b"three").hexdigest()
+
+
+def test_a_remembered_tag_hash_is_used_only_where_towers_were_exported_from_it(
+    tmp_path, monkeypatch
+):
+    """A file found without torch that no exported tower came from (a stale or hand-edited
+    entry, a new revision) is left to torch to settle: the library's hash is never a guess."""
+    from organizer.embed import remembered, request_spec
+    from organizer.embed.onnx import ONNXRUNTIME, OnnxEmbedder, model_dir
+
+    spec = request_spec(str(TINY_CONFIG), "some-tag")
+    checkpoint = tmp_path / "weights.bin"
+    checkpoint.write_bytes(b"weights")
+    remembered.remember_checkpoint(spec, {"path": str(checkpoint)})
+    pinned = remembered.pinned_tag(spec)
+    exported_with = []
+    monkeypatch.setattr(OnnxEmbedder, "_export", lambda self, name: exported_with.append(self.spec))
+    monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(tmp_path / "models"))
+
+    assert OnnxEmbedder(spec, "fp32", ONNXRUNTIME)._image_tower() is None
+    assert exported_with == [spec]  # no hash: torch finds the file and hashes it
+
+    model_dir(pinned).mkdir(parents=True)
+    (model_dir(pinned) / "image.json").write_text("{}")  # a tower exported from that file
+    assert OnnxEmbedder(spec, "fp32", ONNXRUNTIME)._image_tower() is None
+    assert exported_with[-1] == pinned

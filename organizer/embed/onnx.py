@@ -703,7 +703,7 @@ class OnnxEmbedder:
 
     @property
     def spec(self) -> ModelSpec:
-        return self._spec  # with a tag's checkpoint hash once a torch model was loaded
+        return self._spec  # with a tag's checkpoint hash once a tower or torch model is open
 
     @property
     def dim(self) -> int:
@@ -753,8 +753,11 @@ class OnnxEmbedder:
         if not pinned(self._spec) and not self._spec.is_checkpoint_path:
             from organizer.embed import remembered
 
-            # A tag: the file it names now, found and hashed without torch when known here.
-            self._spec = remembered.pinned_tag(self._spec) or self._spec
+            # A tag: the file it names now, found and hashed without torch when known here,
+            # kept if towers were exported from that file; else torch settles the hash.
+            guess = remembered.pinned_tag(self._spec)
+            if guess is not None and (model_dir(guess) / f"{name}.json").is_file():
+                self._spec = guess
         folder = model_dir(self._spec) if pinned(self._spec) else None
         if engine == OPENVINO and folder is not None and self._openvino_failed(folder, name):
             return None

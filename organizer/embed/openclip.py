@@ -56,9 +56,11 @@ def _register_config(spec: ModelSpec) -> None:
         open_clip.add_model_config(path)  # read now; a later rescan skips the file gone
 
 
-def checkpoint_places(cfg: dict, cache_dir: str | None) -> dict:
+def checkpoint_places(cfg: dict) -> dict:
     """Where open_clip's pretrained entry ``cfg`` has its checkpoint once downloaded: a
-    Hugging Face repository and the file names tried there (safetensors first), or a path."""
+    Hugging Face repository and the file names tried there (safetensors first), a file name
+    in open_clip's download folder, or a path. ``cache_dir`` is not in it: each lookup
+    passes its own."""
     if cfg.get("file"):
         return {"path": cfg["file"]}
     hub = cfg.get("hf_hub", "")
@@ -69,10 +71,8 @@ def checkpoint_places(cfg: dict, cache_dir: str | None) -> dict:
         filename = filename or HF_WEIGHTS_NAME
         return {"hf_hub": [[repo_id, n] for n in [*_get_safe_alternatives(filename), filename]]}
     url = cfg.get("url", "")
-    if url:
-        return {
-            "path": str(Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url))
-        }
+    if url:  # open_clip's own download folder, unless given one
+        return {"clip_cache_file": os.path.basename(url)}
     return {}
 
 
@@ -127,7 +127,7 @@ def _weights_path(spec: ModelSpec, offline: bool, cache_dir: str | None) -> tupl
             f"unknown weights {spec.pretrained!r} for model {spec.name} ({known}); or pass "
             f"--pretrained PATH to a checkpoint, or --pretrained none for random weights"
         )
-    path = remembered.find_checkpoint(checkpoint_places(cfg, cache_dir), cache_dir)
+    path = remembered.find_checkpoint(checkpoint_places(cfg), cache_dir)
     offline = offline or _hub_offline()
     remedy = f"weights for {spec.describe()} are not cached" + (
         " and downloads are off (ORGANIZER_OFFLINE or HF_HUB_OFFLINE)" if offline else ""
@@ -264,7 +264,7 @@ def _weights(
     if not spec.is_checkpoint_path:
         spec = _checked_tag_weights(spec, checkpoint)
         if cache_dir is None:  # a new library finds it next time without torch
-            remembered.remember_checkpoint(spec, checkpoint_places(cfg, None))
+            remembered.remember_checkpoint(spec, checkpoint_places(cfg))
     kwargs = {
         "force_preprocess_cfg": {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg},
         "force_quick_gelu": bool(cfg.get("quick_gelu", False)),

@@ -113,7 +113,8 @@ def remember(spec: ModelSpec, preprocess: PreprocessSpec) -> None:
 def find_checkpoint(where: dict, cache_dir: str | None = None) -> str | None:
     """The checkpoint file ``where`` (see :func:`organizer.embed.openclip.checkpoint_places`)
     names, if it is on disk: a Hugging Face cache entry (the first of its file names there),
-    or a plain path. Touches no network, imports no torch."""
+    a file in open_clip's download folder (``cache_dir`` for either, if given), or a plain
+    path. Touches no network, imports no torch."""
     for repo_id, filename in where.get("hf_hub", []):
         from huggingface_hub import try_to_load_from_cache
 
@@ -121,6 +122,9 @@ def find_checkpoint(where: dict, cache_dir: str | None = None) -> str | None:
         if isinstance(found, str) and os.path.isfile(found):
             return found
     path = where.get("path")
+    if "clip_cache_file" in where:
+        folder = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "clip"
+        path = str(folder / os.path.basename(where["clip_cache_file"]))
     return path if isinstance(path, str) and os.path.isfile(path) else None
 
 
@@ -131,13 +135,15 @@ def remember_checkpoint(spec: ModelSpec, where: dict) -> None:
 
 def pinned_tag(spec: ModelSpec) -> ModelSpec | None:
     """``spec`` (a weights tag) with the hash of the file its tag names now, found as open_clip
-    would find it, or None: not known here, or not on disk (open_clip then says why)."""
+    would find it (in the default caches), or None: not known here (nor to this version of
+    open_clip), or not on disk (open_clip then says why)."""
     where = _entries(_weights_file()).get(_key(spec))
     if not isinstance(where, dict):
         return None
     try:
         hub = [(str(r), str(f)) for r, f in where.get("hf_hub", [])]
-        path = find_checkpoint({"hf_hub": hub, "path": where.get("path")})
+        places = {k: str(v) for k, v in where.items() if k in ("path", "clip_cache_file")}
+        path = find_checkpoint({"hf_hub": hub, **places})
         return replace(spec, weights_sha256=sha256_file(Path(path))) if path else None
     except (OSError, TypeError, ValueError):  # a hand-edited entry, a file going away
         return None
