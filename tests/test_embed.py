@@ -250,3 +250,30 @@ def test_a_remembered_tag_hash_is_used_only_where_towers_were_exported_from_it(
     (model_dir(pinned) / "image.json").write_text("{}")  # a tower exported from that file
     assert OnnxEmbedder(spec, "fp32", ONNXRUNTIME)._image_tower() is None
     assert exported_with[-1] == pinned
+
+
+def test_two_processes_remembering_at_once_keep_every_entry(tmp_path):
+    import time
+
+    from organizer.embed import remembered
+
+    file, go = tmp_path / "weights.json", tmp_path / "go"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from organizer.embed import ModelSpec, remembered\n"
+        "remembered._weights_file = lambda: Path(sys.argv[1])\n"
+        "Path(sys.argv[1] + '.' + sys.argv[2]).touch()\n"
+        "while not Path(sys.argv[3]).exists():\n"
+        "    time.sleep(0.001)\n"
+        "for i in range(100):\n"
+        "    remembered.remember_checkpoint(ModelSpec(sys.argv[2], str(i)), {'path': str(i)})\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, str(file), name, str(go)]) for name in "ab"
+    ]
+    while not all(Path(f"{file}.{name}").exists() for name in "ab"):
+        time.sleep(0.01)
+    go.touch()  # both write at once
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    assert len(remembered._entries(file)) == 200

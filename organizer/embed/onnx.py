@@ -571,7 +571,7 @@ def _keep(
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path):
+def folder_lock(folder: Path):
     """One exporter at a time per model folder, across processes."""
     import fcntl
 
@@ -806,7 +806,7 @@ class OnnxEmbedder:
                 "which did not export: use --precision fp32"
             )
         try:
-            with _folder_lock(image.folder):
+            with folder_lock(image.folder):
                 found = Tower.open(image.folder, IMAGE_INT8)
                 if found is not None:
                     return found
@@ -832,7 +832,7 @@ class OnnxEmbedder:
         folder = model_dir(self._spec)
         failed = folder / f"{name}.failed"
         try:
-            with _folder_lock(folder):
+            with folder_lock(folder):
                 found = Tower.open(folder, name)  # another process may have exported it
                 if found is not None:
                     return found

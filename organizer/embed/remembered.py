@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from organizer.embed import ModelSpec, sha256_file
-from organizer.embed.onnx import cache_root, write_atomic
+from organizer.embed.onnx import cache_root, folder_lock, write_atomic
 from organizer.imaging import PreprocessSpec
 
 _FILE = "inputs.json"
@@ -62,13 +62,13 @@ def _entries(file: Path | None = None) -> dict:
 
 
 def _store(file: Path, key: str, value: object) -> None:
-    """Best effort: a cache that cannot be written is only slower next time."""
-    entries = _entries(file)
-    if entries.get(key) == json.loads(json.dumps(value)):
+    """Best effort: a cache that cannot be written is only slower next time. Under the
+    cache's lock: two processes keeping two models' entries must not lose one."""
+    if _entries(file).get(key) == json.loads(json.dumps(value)):
         return
-    entries[key] = value
-    with contextlib.suppress(OSError):
-        file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError), folder_lock(file.parent):
+        entries = _entries(file)
+        entries[key] = value
         write_atomic(file, json.dumps(entries))
 
 
