@@ -59,28 +59,11 @@ class Settings:
             raise OrganizerError(
                 f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}"
             )
-        if self.runtime == "onnx" and self.precision not in ("auto", "fp32", "int8"):
-            raise OptionsError(
-                f"--runtime onnx runs fp32 (or int8), not {self.precision}: leave out --precision"
-            )
-        if self.runtime in ("onnx", "openvino") and self.device == "cuda":
-            raise OptionsError(f"--runtime {self.runtime} runs on the CPU: leave out --device cuda")
-        if self.precision == "int8" and (
-            self.runtime in ("torch", "openvino") or self.device == "cuda"
-        ):
-            raise OptionsError(
-                f"--precision int8 runs on the CPU in ONNX Runtime: leave out "
-                f"{'--device cuda' if self.device == 'cuda' else '--runtime ' + self.runtime}"
-            )
-        if self.runtime == "openvino" and self.precision == "fp16":
-            raise OptionsError(
-                "--runtime openvino runs bf16 or fp32, not fp16: leave out --precision"
-            )
-        if self.runtime == "openvino" and self.precision == "bf16":
-            from organizer.embed.runtime import NO_BF16_FOR_OPENVINO, cpu_has_bf16
+        from organizer.embed.runtime import combination_problem
 
-            if not cpu_has_bf16():
-                raise OptionsError(NO_BF16_FOR_OPENVINO)
+        problem = combination_problem(self.device, self.precision, self.runtime)
+        if problem:
+            raise OptionsError(problem)
         if self.batch_size is not None and self.batch_size < 1:
             raise OrganizerError(f"batch size must be at least 1, not {self.batch_size}")
         if self.workers is not None and self.workers < 0:

@@ -23,6 +23,7 @@ from organizer.choices import KSpec
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from organizer.embed import Embedder, ModelShape, ModelSpec, remembered, request_spec, sha256_file
+from organizer.embed.runtime import ray_problem
 from organizer.errors import (
     ClusterError,
     Interrupted,
@@ -333,11 +334,9 @@ class Library:
         options = replace(options, device=str(self.settings.device))
         if options.ray is not None:  # the actors load the model as this process would
             s = self.settings
-            if s.runtime in ("onnx", "openvino"):
-                raise OptionsError(
-                    f"--engine ray runs the model in torch on its workers: leave out --runtime "
-                    f"{s.runtime} (or ORGANIZER_RUNTIME)"
-                )
+            problem = ray_problem(str(s.runtime))
+            if problem:
+                raise OptionsError(problem)
             ray = replace(options.ray, device=str(s.device), precision=str(s.precision))
             if ray.workers is None and s.workers:  # ORGANIZER_WORKERS counts actors here
                 ray = replace(ray, workers=s.workers)

@@ -66,10 +66,34 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-NO_BF16_FOR_OPENVINO = (
-    "--runtime openvino --precision bf16 needs bf16 matrix instructions (AMX / AVX512-BF16), "
-    "which this CPU lacks: leave out --precision (fp32 here)"
-)
+def ray_problem(runtime: str) -> str | None:
+    """Why ``--engine ray`` cannot take ``runtime`` (its workers run torch), or None."""
+    if runtime in ("onnx", "openvino"):
+        return (
+            f"--engine ray runs the model in torch on its workers: leave out --runtime "
+            f"{runtime} (or ORGANIZER_RUNTIME)"
+        )
+    return None
+
+
+def combination_problem(device: str, precision: str, runtime: str) -> str | None:
+    """Why these choices cannot run together (a one-line error), or None. The options check
+    it as given; :func:`load` again once ``auto`` has picked a device."""
+    if runtime in ("onnx", "openvino") and device == "cuda":
+        return f"--runtime {runtime} runs on the CPU: use --device cpu, or leave out --runtime"
+    if runtime == "onnx" and precision not in ("auto", "fp32", "int8"):
+        return f"--runtime onnx runs fp32, not {precision}: leave out --precision (or give int8)"
+    if precision == "int8" and (runtime in ("torch", "openvino") or device == "cuda"):
+        remedy = "use --device cpu" if device == "cuda" else f"leave out --runtime {runtime}"
+        return f"--precision int8 runs on the CPU in ONNX Runtime: {remedy}"
+    if runtime == "openvino" and precision == "fp16":
+        return "--runtime openvino runs bf16 or fp32, not fp16: leave out --precision"
+    if runtime == "openvino" and precision == "bf16" and not cpu_has_bf16():
+        return (
+            "--runtime openvino --precision bf16 needs bf16 matrix instructions (AMX / "
+            "AVX512-BF16), which this CPU lacks: leave out --precision (fp32 here)"
+        )
+    return None
 
 
 def gpu_possible() -> bool:
@@ -108,19 +132,9 @@ def load(
         device = resolve_device(device)
     else:
         device = "cpu"
-    if runtime in ("onnx", "openvino") and device != "cpu":
-        raise ModelError(
-            f"--runtime {runtime} runs on the CPU: add --device cpu, or leave out --runtime"
-        )
-    if runtime == "onnx" and precision not in ("auto", "fp32", "int8"):
-        raise ModelError(f"--runtime onnx runs fp32, not {precision}: leave out --precision")
-    if precision == "int8" and (device != "cpu" or runtime in ("torch", "openvino")):
-        raise ModelError(
-            "--precision int8 runs on the CPU in ONNX Runtime: leave out --runtime, and "
-            "add --device cpu on a machine with a GPU"
-        )
-    if runtime == "openvino" and precision == "bf16" and not cpu_has_bf16():
-        raise ModelError(NO_BF16_FOR_OPENVINO)
+    problem = combination_problem(device, precision, runtime)
+    if problem:
+        raise ModelError(problem)
     # OpenVINO's towers are exported and checked by ONNX Runtime
     if (runtime in ("onnx", "openvino") or precision == "int8") and not onnxruntime_installed():
         raise ModelError("ONNX Runtime is not installed: pip install onnxruntime")
