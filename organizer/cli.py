@@ -120,13 +120,61 @@ index_app.add_typer(shards_app, name="shards")
 def _library(value: str) -> Path | str:
     """A library folder, or a database URL checked now (its password is never echoed)."""
     if not is_url(value):
-        return Path(value).expanduser()
+        return _path(value).expanduser()
     from organizer.store.db import library_url
 
     try:
         library_url(value)
     except LibraryURLError as exc:
         raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _path(value: str) -> Path:
+    """A file or folder argument; an empty one is refused before anything runs.
+
+    ``organizer ingest "$PHOTOS"`` with the variable unset passes "", which Path() reads as
+    the working folder: the whole home folder would be embedded and kept as a root.
+    """
+    if value == "":
+        raise typer.BadParameter(
+            "'' is an empty path: give a file or folder (is a shell variable unset, as in "
+            '"$PHOTOS"?)'
+        )
+    return Path(value)
+
+
+def _ingest_path(value: str) -> Path:
+    """A folder to ingest: not empty, and not the whole filesystem ("$PHOTOS/" unset)."""
+    path = _path(value)
+    if os.path.realpath(path.expanduser()) == os.path.realpath(os.sep):
+        raise typer.BadParameter(
+            f"{value} is the whole filesystem: give your photo folders (an unset shell "
+            'variable, as in "$PHOTOS/"?)'
+        )
+    return path
+
+
+def _folder(value: str) -> Path:
+    """A folder that may not exist yet (a shard folder): not empty, not a file."""
+    path = _path(value)
+    if path.is_file():
+        raise typer.BadParameter(f"{value} is a file: give a folder")
+    return path
+
+
+def _term(value: str) -> str:
+    """A search term: words or an image path; an empty one (an unset variable) is refused."""
+    if not value.strip():
+        raise typer.BadParameter(
+            f"{value!r} is empty: give words, or an image path (is a shell variable unset?)"
+        )
+    return value
+
+
+def _named_root(value: str) -> str:
+    """A root as the library lists it, kept as text; never empty."""
+    _path(value)
     return value
 
 
@@ -313,7 +361,8 @@ def _main(
 @command
 def ingest(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Folders to ingest; none = every known root.")
+        list[Path] | None,
+        typer.Argument(parser=_ingest_path, help="Folders to ingest; none = every known root."),
     ] = None,
     library: LibraryOpt = None,
     model: ModelOpt = None,
@@ -525,8 +574,8 @@ def index_build(
 ShardDir = Annotated[
     Path,
     typer.Argument(
+        parser=_folder,
         help="A folder every machine reaches (shared storage) for the plan and the shards.",
-        file_okay=False,
     ),
 ]
 
@@ -624,7 +673,10 @@ ThresholdOpt = Annotated[
 
 @command
 def similar(
-    photo: Annotated[Path, typer.Argument(help="An image: one in the library, or any other file.")],
+    photo: Annotated[
+        Path,
+        typer.Argument(parser=_path, help="An image: one in the library, or any other file."),
+    ],
     limit: LimitOpt = 12,
     old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
@@ -649,14 +701,16 @@ def similar(
 @command
 def search(
     query: Annotated[
-        str | None, typer.Argument(help="What to look for, in words (or an image path).")
+        str | None,
+        typer.Argument(parser=_term, help="What to look for, in words (or an image path)."),
     ] = None,
     plus: Annotated[
         list[str] | None,
-        typer.Option("--plus", help="Add a text or image to the query (repeatable)."),
+        typer.Option("--plus", parser=_term, help="Add a text or image to the query (repeatable)."),
     ] = None,
     minus: Annotated[
-        list[str] | None, typer.Option("--minus", help="Subtract a text or image (repeatable).")
+        list[str] | None,
+        typer.Option("--minus", parser=_term, help="Subtract a text or image (repeatable)."),
     ] = None,
     limit: LimitOpt = 12,
     old_limit: OldLimitOpt = None,
@@ -735,7 +789,7 @@ def cluster(
     k_min: Annotated[int, typer.Option(min=2, help="Smallest k tried by -k auto.")] = 2,
     k_max: Annotated[int, typer.Option(min=2, help="Largest k tried by -k auto.")] = 40,
     vocabulary: Annotated[
-        Path | None, typer.Option(help="Concepts for naming clusters (one a line).")
+        Path | None, typer.Option(parser=_path, help="Concepts for naming clusters (one a line).")
     ] = None,
     names: Annotated[
         bool, typer.Option("--names/--no-names", help="Name clusters with the model's text tower.")
@@ -852,7 +906,10 @@ def _runs(library: Path | str | None, as_json: bool) -> None:
 @command
 def export(
     to: Annotated[
-        Path, typer.Option("--to", help="An empty folder to create the cluster folders in.")
+        Path,
+        typer.Option(
+            "--to", parser=_path, help="An empty folder to create the cluster folders in."
+        ),
     ],
     run: RunOpt = None,
     mode: Annotated[ExportMode, typer.Option(help="Link to the images, or copy them.")] = (
@@ -911,12 +968,12 @@ def evaluate(
 
 @command
 def report(
-    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
-        "report.html"
-    ),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", parser=_path, help="The HTML file to write.")
+    ] = Path("report.html"),
     run: RunOpt = None,
     png: Annotated[
-        Path | None, typer.Option(help="Also write the static map as a PNG file.")
+        Path | None, typer.Option(parser=_path, help="Also write the static map as a PNG file.")
     ] = None,
     max_points: Annotated[
         int | None,
@@ -983,7 +1040,9 @@ DryRunOpt = Annotated[
 @roots_app.command("remove")
 @_handled
 def roots_remove(
-    path: Annotated[str, typer.Argument(help="A root, as `organizer roots` lists it.")],
+    path: Annotated[
+        str, typer.Argument(parser=_named_root, help="A root, as `organizer roots` lists it.")
+    ],
     dry_run: DryRunOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -1003,8 +1062,10 @@ def roots_remove(
 @roots_app.command("move")
 @_handled
 def roots_move(
-    old: Annotated[str, typer.Argument(help="The root as the library knows it.")],
-    new: Annotated[Path, typer.Argument(help="The folder its files are in now.")],
+    old: Annotated[
+        str, typer.Argument(parser=_named_root, help="The root as the library knows it.")
+    ],
+    new: Annotated[Path, typer.Argument(parser=_path, help="The folder its files are in now.")],
     dry_run: DryRunOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,

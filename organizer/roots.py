@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from organizer.errors import LibraryError
+from organizer.errors import LibraryError, OptionsError
 from organizer.ingest import Target
 from organizer.store.records import KnownImage, RootRecord, iso_utc
 
@@ -22,11 +22,14 @@ def targets_for(paths: list[str | Path], roots: dict[int, str]) -> list[Target]:
 
     Raises:
         LibraryError: a path that does not exist, is not a folder, or is not valid UTF-8.
+        OptionsError: an empty path.
     """
     if not paths:
         return [Target(path, root_id) for root_id, path in roots.items() if Path(path).is_dir()]
     reals: list[str] = []
     for raw in paths:
+        if raw == "":  # Path("") is the working folder: an unset variable, not a choice
+            raise OptionsError("an empty path is not a folder: give the folder to ingest")
         path = Path(raw).expanduser()
         if not path.exists():
             raise LibraryError(f"folder not found: {path}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from organizer.config import Settings
+from organizer.errors import OptionsError
 from organizer.library import Library
 from tests.fakes import TINY_CONFIG, write_picture
 
@@ -173,6 +174,25 @@ def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
         ["ingest", "--workers", "-1"],
         ["report", "--max-points", "0"],
         ["frobnicate"],
+        # an empty path (an unset shell variable) is never the working folder
+        ["ingest", ""],
+        ["ingest", "/"],
+        ["-L", "", "status"],
+        ["status", "--library", ""],
+        ["similar", ""],
+        ["search", ""],
+        ["search", "a dog", "--plus", ""],
+        ["search", "a dog", "--minus", " "],
+        ["cluster", "--vocabulary", ""],
+        ["export", "--to", ""],
+        ["report", "-o", ""],
+        ["report", "--png", ""],
+        ["roots", "remove", ""],
+        ["roots", "move", "", "new"],
+        ["roots", "move", "old", ""],
+        ["index", "shards", "train", "", "--parts", "2"],
+        ["index", "shards", "fill", "", "--part", "1"],
+        ["index", "shards", "merge", ""],
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_anything_runs(cli, tmp_path, args):
@@ -183,6 +203,21 @@ def test_usage_errors_exit_2_with_one_line_before_anything_runs(cli, tmp_path, a
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "--help" in lines[0]
     assert not (tmp_path / "lib").exists()  # refused at parse time: no library was made
+
+
+def test_an_empty_folder_argument_ingests_nothing_from_the_working_folder(
+    cli, photos, library, monkeypatch
+):
+    """`organizer ingest "$PHOTOS"` with PHOTOS unset, run from a folder of photos."""
+    monkeypatch.chdir(photos)
+    result = cli("ingest", "")
+    assert result.exit_code == 2 and "empty path" in result.stderr
+    assert not Path(library).exists()
+    with (
+        Library.open(Settings(library=library), create=True) as lib,
+        pytest.raises(OptionsError, match="empty path"),
+    ):
+        lib.ingest([""])
 
 
 def test_old_spellings_still_work(cli, photos):
