@@ -19,6 +19,7 @@ from pathlib import Path
 
 SUPERUSER = "organizer"
 PASSWORD_USER, PASSWORD = "secretive", "Tr0ub4dor-and-3"
+PASSWORD_GROUP = "passworded"
 
 
 def find_binary(name: str) -> str | None:
@@ -86,9 +87,10 @@ class PgServer:
             "-E",
             "UTF8",
         )
-        # One role signs in with a password (to test that it is never shown); all else trusts.
+        # Members of one group sign in with a password (to test that it is never shown); all
+        # else trusts.
         (self.data / "pg_hba.conf").write_text(
-            f"local all {PASSWORD_USER} scram-sha-256\nlocal all all trust\n"
+            f"local all +{PASSWORD_GROUP} scram-sha-256\nlocal all all trust\n"
         )
         options = f"-c listen_addresses='' -k {self.socket_dir} -c max_connections=200"
         if not durable:
@@ -104,25 +106,36 @@ class PgServer:
             str(self.folder / "log"),
             "start",
         )
-        self.admin(f"CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'")
+        self.admin(f"CREATE ROLE {PASSWORD_GROUP} NOLOGIN")
+        self.password_role(PASSWORD_USER, PASSWORD)
         return self
+
+    def password_role(self, name: str, password: str) -> None:
+        """A role that must sign in with ``password`` (any characters)."""
+        from psycopg import sql
+
+        self.admin(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Identifier(PASSWORD_GROUP)
+            )
+        )
 
     def url(self, database: str, user: str = SUPERUSER, password: str | None = None) -> str:
         auth = f"{user}:{password}" if password else user
         return f"postgresql+psycopg://{auth}@/{database}?host={self.socket_dir}"
 
-    def admin(self, sql: str) -> None:
+    def admin(self, statement) -> None:
         import psycopg
 
         with psycopg.connect(
             host=str(self.socket_dir), dbname="postgres", user=SUPERUSER, autocommit=True
         ) as conn:
-            conn.execute(sql)
+            conn.execute(statement)
 
     def new_database(self, owner: str = SUPERUSER) -> str:
         """A fresh, empty database; returns its SQLAlchemy URL (for ``owner``)."""
         name = f"lib{next(self._names)}"
-        self.admin(f"CREATE DATABASE {name} OWNER {owner}")
+        self.admin(f'CREATE DATABASE {name} OWNER "{owner}"')
         return self.url(name, owner, PASSWORD if owner == PASSWORD_USER else None)
 
     def stop(self) -> None:

@@ -3,10 +3,13 @@ same tests on a folder library and on PostgreSQL: see the both_backends marker).
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from organizer.config import Settings
 from organizer.errors import LibraryError, SchemaError
 from organizer.library import Library
 from organizer.store import queries as q
-from tests.fakes import FakeEmbedder, make_folder
+from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
 from tests.pg import PASSWORD, PASSWORD_USER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +244,70 @@ def test_a_password_in_the_query_is_never_shown(server, cli, photos):
         assert result.exit_code == 0 and PASSWORD not in result.output
     bad = cli("status", "--library", f"postgresql://u@h?password={PASSWORD}")
     assert bad.exit_code == 2 and PASSWORD not in bad.output
+
+
+def _serve_pages(url: str, log: Path, paths: list[str]) -> tuple[list[bytes], str]:
+    """Start `organizer serve` on the catalogue, fetch ``paths``, stop it: (bodies, its log)."""
+    env = {**os.environ, "ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none"}
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "organizer", "-L", url, "serve", "--port", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "serving " not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        port = int(log.read_text().split(" at http://127.0.0.1:", 1)[1].split("/")[0])
+        bodies = []
+        for path in paths:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", path, headers={"Host": f"127.0.0.1:{port}"})
+            bodies.append(conn.getresponse().read())
+            conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return bodies, log.read_text()
+
+
+@pytest.mark.parametrize("password", ["p@ssw0rd-TAIL", "pa:ss/w%rd#x?y z@TAIL p"])
+def test_a_password_with_odd_characters_is_never_shown(server, cli, photos, tmp_path, password):
+    """Unencoded, as people paste them: split at the last "@", hidden on every path that
+    prints (errors, status, --json, the report, the web app's pages and log)."""
+    role = f"odd{zlib.crc32(password.encode())}"
+    server.password_role(role, password)
+    name = make_url(server.new_database(owner=role)).database
+    url = f"postgresql://{role}:{password}@/{name}?host={server.socket_dir}"
+    shown: list[str] = []
+
+    def run(*args: str):
+        result = cli(*args, "--library", url)
+        shown.append(result.output)
+        return result
+
+    assert run("ingest", photos, "--json").exit_code == 0, shown[-1]
+    assert run("status").exit_code == 0
+    assert json.loads(run("status", "--json").stdout)["library"].startswith(
+        f"postgresql+psycopg://{role}:***@/{name}"
+    )
+    assert run("cluster", "-k", "2", "--json").exit_code == 0
+    report = tmp_path / "report.html"
+    assert run("report", "-o", report, "--json").exit_code == 0
+    shown.append(report.read_text())
+    bodies, log = _serve_pages(url, tmp_path / "serve.log", ["/", "/status", "/api/status"])
+    shown += [body.decode() for body in bodies] + [log]
+    assert f"serving postgresql+psycopg://{role}:***@/{name}" in log
+
+    wrong = cli("status", "--library", url.replace("TAIL", "TALE"))
+    assert wrong.exit_code == 1
+    (line,) = wrong.stderr.splitlines()
+    assert line.startswith(f"error: cannot use the library database {name} on {server.socket_dir}")
+    assert line.endswith(f'password authentication failed for user "{role}"')
+    shown.append(wrong.output)
+    for text in shown:
+        for piece in {password, password.replace("TAIL", "TALE"), *password.split("@")}:
+            assert len(piece) < 4 or piece not in text, (piece, text)

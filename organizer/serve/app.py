@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from organizer.errors import OrganizerError, QueryError
+from organizer.redact import hide_passwords
 from organizer.scan import display_path
 from organizer.serve.guard import Guard
 from organizer.serve.service import NotFound, Service
@@ -201,7 +202,7 @@ def _safe(endpoint):
         if os.environ.get("ORGANIZER_DEBUG"):
             traceback.print_exception(exc)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
+        print(hide_passwords(f"error: unexpected {type(exc).__name__}: {first}"), file=sys.stderr)
         return Unexpected(f"unexpected {type(exc).__name__}")
 
     if inspect.iscoroutinefunction(endpoint):
@@ -280,6 +281,7 @@ def _wants_json(request: Request) -> bool:
 
 
 def _error(request: Request, status: int, message: str) -> Response:
+    message = hide_passwords(message)  # a database error may quote the library's URL
     if _wants_json(request):
         return JSONResponse({"error": message}, status_code=status)
     return Response(message + "\n", status_code=status, media_type="text/plain; charset=utf-8")

@@ -28,6 +28,7 @@ from organizer.finder import DuplicateGroup, Finder, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
 from organizer.pipeline import Job, prepare
+from organizer.redact import hide_passwords
 from organizer.report import projection
 from organizer.scan import is_raw_name
 from organizer.store import cluster_queries as cq
@@ -109,7 +110,7 @@ class Service:
                 self._live = (generation, index)
                 self._cache.clear()
         except Exception as exc:  # the old index keeps serving; say why
-            print(f"warning: could not load the new index: {exc}", file=sys.stderr)
+            print(hide_passwords(f"warning: could not load the new index: {exc}"), file=sys.stderr)
         finally:
             self._loading = False
 

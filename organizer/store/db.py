@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, Operati
 
 from organizer.choices import is_url
 from organizer.errors import LibraryError, LibraryURLError, SchemaError
-from organizer.redact import hide_passwords
+from organizer.redact import hide_passwords, redact_url, remember, split_url
 from organizer.resources import migrations_dir
 
 BUSY_TIMEOUT_MS = 30_000
@@ -33,13 +33,21 @@ MIGRATION_LOCK_KEY = 0x6F7267616E697A6D
 def library_url(value: str) -> URL:
     """The SQLAlchemy URL of a library on a database server (psycopg 3 for PostgreSQL).
 
+    The user and password are split off by position first (the password ends at the last
+    ``@``, so it may hold an unencoded ``@``), then remembered so that no output shows it.
+
     Raises:
         LibraryURLError: not a URL organizer can use (scheme, driver, or syntax).
     """
+    user, password, rest = split_url(value)
+    remember(password)
     try:
-        url = make_url(value)
+        url = make_url(rest)
     except ArgumentError:
         raise LibraryURLError(f"not a database URL: {redact(value)}") from None
+    remember(url.query.get("password"))  # type: ignore[arg-type]
+    if user is not None:
+        url = url.set(username=user, password=password)
     name = SCHEMES.get(url.drivername, url.drivername)
     if name not in DRIVERS:
         raise LibraryURLError(
@@ -54,13 +62,8 @@ def library_url(value: str) -> URL:
 def redact(url: str | URL) -> str:
     """A URL fit to show: its password (in either place libpq takes it) replaced by ***."""
     if isinstance(url, str):
-        try:
-            url = make_url(url)
-        except ArgumentError:
-            return hide_passwords(url)
-    if "password" in url.query:
-        url = url.update_query_dict({"password": "***"})
-    return hide_passwords(url.render_as_string(hide_password=True))
+        return redact_url(url)
+    return redact_url(url.render_as_string(hide_password=True))
 
 
 def describe(url: URL) -> str:
@@ -189,9 +192,8 @@ def _explain_server(exc: Exception, url: URL) -> str:
         r"^(connection (failed|is bad): )?(connection to server .*? failed: )?", "", reason
     )
     reason = reason.removeprefix("FATAL:").strip()
-    if url.password:
-        reason = reason.replace(url.password, "***")
-    return f"cannot use the library {describe(url)}: {reason}"
+    remember(url.password)
+    return hide_passwords(f"cannot use the library {describe(url)}: {reason}")
 
 
 def reserve_ids(conn: Connection, table: str, count: int) -> list[int]:
