@@ -269,7 +269,8 @@ def evaluate(true: list[str], predicted: np.ndarray) -> Evaluation:
                 len(clusters),
                 int(clusters[counts.argmax()]),
                 float(share.max()),
-                float(-(share * np.log2(share)).sum()),
+                # p*log2(1/p), not -(p*log2 p): one cluster gives 0.0, never -0.0 ("-0.00 bits")
+                float((share * np.log2(1 / share)).sum()),
             )
         )
     return Evaluation(

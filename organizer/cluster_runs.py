@@ -31,6 +31,7 @@ from organizer.store.records import (
     ClusterRunRecord,
     ClusterRunSummary,
     LibraryModel,
+    MemberRecord,
 )
 
 EmbedderProvider = Callable[[], Embedder]
@@ -301,14 +302,15 @@ class Clustering:
         self, run_id: int | None = None, labels: str = LabelSource.FOLDERS
     ) -> RunEvaluation:
         """Compare a run with true labels: each image's folder, relative to its root
-        (``2019/Beach`` and ``2020/Beach`` are different labels; files at the root are ".")."""
+        (``2019/Beach`` and ``2020/Beach`` are different labels; files at the root are "."),
+        or its whole path when the run holds images of several roots."""
         if labels != LabelSource.FOLDERS:
             raise ClusterError(f"unknown labels {labels!r}: only 'folders' is supported")
         run = self.summary(run_id)
         members = run.members
         if not members:
             raise ClusterError(f"cluster run {run.run.id} has no images left to evaluate")
-        true = [display_path(os.path.dirname(m.relpath)) or "." for _, m in members]
+        true = _folder_labels([m for _, m in members])
         predicted = np.array([number for number, _ in members])
         return RunEvaluation(run.run, cluster.evaluate(true, predicted))
 
@@ -322,6 +324,21 @@ def _find_run(conn: Connection, run_id: int | None) -> ClusterRunRecord:
             else f"no cluster run {run_id}: `organizer runs` lists them"
         )
     return found
+
+
+def _folder_labels(members: Sequence[MemberRecord]) -> list[str]:
+    """Each image's folder below its root ("." for the root itself); with several roots, the
+    folder's whole path: two roots' top folders, or their "2019", are not one label."""
+    several = len({m.root for m in members}) > 1
+    labels = []
+    for m in members:
+        folder = os.path.dirname(m.relpath)
+        if several:
+            root = os.fsencode(m.root)
+            labels.append(display_path(os.path.join(root, folder) if folder else root))
+        else:
+            labels.append(display_path(folder) or ".")
+    return labels
 
 
 def _float_or_none(value) -> float | None:

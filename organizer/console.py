@@ -331,11 +331,13 @@ def print_evaluation(result) -> None:
         f"run {run.id} (k={run.k}): NMI {ev.nmi:.3f}  ARI {ev.ari:.3f}  "
         f"purity {ev.purity:.3f}  silhouette {sil}"
     )
-    print(f"  {'label':<24} {'images':>6} {'clusters':>8}  main cluster (share)  entropy")
+    # Whole paths (the labels of several roots) share long beginnings: never cut them.
+    width = max([24, *(len(s.label) for s in ev.spread)])
+    print(f"  {'label':<{width}} {'images':>6} {'clusters':>8}  main cluster (share)  entropy")
     for s in ev.spread:
         print(
-            f"  {s.label[:24]:<24} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} ({s.main_share:.0%})"
-            f"{'':>9}{s.entropy_bits:.2f} bits"
+            f"  {s.label:<{width}} {s.size:>6} {s.clusters:>8}  {s.main_cluster:>4} "
+            f"({s.main_share:.0%}){'':>9}{s.entropy_bits:.2f} bits"
         )
 
 

@@ -212,6 +212,25 @@ def test_cli_cluster_json_and_listing(synthetic, cli, tmp_path):
     assert "run 1: k=8" in text
 
 
+def test_evaluate_tells_roots_apart_and_prints_no_minus_zero(fake_lib, cli, tmp_path):
+    """Files directly in two roots are two labels, not one "."; a label in one cluster has
+    an entropy of 0.00 bits, not -0.00."""
+    import os
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_folder(a, 3)  # two files in the root, one in sub/
+    make_folder(b, 3, start_seed=10)
+    fake_lib.ingest([a, b])
+    fake_lib.cluster(2, names=False)
+    env = {"ORGANIZER_MODEL": "", "ORGANIZER_PRETRAINED": ""}
+    ev = json.loads(cli("evaluate", "--json", **env).stdout)
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    sizes = {s["label"]: s["size"] for s in ev["labels"]}
+    assert sizes == {a: 2, f"{a}/sub": 1, b: 2, f"{b}/sub": 1}
+    text = cli("evaluate", **env).stdout
+    assert "-0.00" not in text and " 0.00 bits" in text and f"{b}/sub " in text
+
+
 def test_real_cli_with_tiny_model_names_clusters(cli, tmp_path):
     root = tmp_path / "photos"
     make_folder(root / "a", 6, 0)
