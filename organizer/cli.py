@@ -492,28 +492,19 @@ def status(
 
     Example: organizer status --failed
     """
+    if failed or skipped:
+        with _open(library) as lib:
+            failures = lib.failures() if failed else None
+            left_out = lib.skipped() if skipped else None
+        out.print_left_out(failures, left_out, absolute, as_json)
+        return
     with _open(library) as lib:
-        if failed:
-            failures = lib.failures()
-        elif skipped:
-            left_out = lib.skipped()
-        else:
-            st = lib.status(verify=verify)
-    if skipped and not failed:
-        if as_json:
-            out.print_json(left_out.to_dict(absolute))
-        else:
-            out.print_skipped(left_out, absolute)
-    elif failed:
-        if as_json:
-            out.print_json({"failed": [f.to_dict(absolute) for f in failures]})
-        else:
-            out.print_failures(failures, absolute)
-    elif as_json:
+        st = lib.status(verify=verify)
+    if as_json:
         out.print_json(st.to_dict())
     else:
         out.print_status(st)
-    if not failed and not skipped and st.index.damaged:
+    if st.index.damaged:
         raise typer.Exit(EXIT_FAILED)
 
 

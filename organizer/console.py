@@ -143,6 +143,21 @@ def print_ingest(s) -> None:
         print(f"{plural(s.failed, 'file')} could not be read: see `organizer status --failed`")
 
 
+def print_left_out(failures, left_out, absolute: bool, as_json: bool) -> None:
+    """``status --failed`` and/or ``--skipped``: each list, or one JSON document with the
+    keys of both (``failed``; ``by_type``, ``files``, ``export_folders``)."""
+    if as_json:
+        data = {} if failures is None else {"failed": [f.to_dict(absolute) for f in failures]}
+        print_json({**data, **(left_out.to_dict(absolute) if left_out is not None else {})})
+        return
+    if failures is not None:
+        print_failures(failures, absolute)
+    if failures is not None and left_out is not None:
+        print()
+    if left_out is not None:
+        print_skipped(left_out, absolute)
+
+
 def print_skipped(left_out, absolute: bool) -> None:
     if not left_out.files and not left_out.export_folders:
         print("ingest leaves nothing out")

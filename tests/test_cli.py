@@ -53,6 +53,17 @@ def test_human_summary_and_failed_listing(cli, photos):
     assert os.path.join(os.path.realpath(photos), "broken.jpg") in result.stdout
 
 
+def test_failed_and_skipped_together_show_both(cli, photos):
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
+    (photos / "notes.txt").write_text("x")
+    assert cli("ingest", photos).exit_code == 0
+    text = cli("status", "--failed", "--skipped").stdout
+    assert "broken.jpg:" in text and "notes.txt" in text
+    both = json.loads(cli("status", "--skipped", "--failed", "--json").stdout)
+    assert [f["path"] for f in both["failed"]] == ["broken.jpg"]
+    assert [f["path"] for f in both["files"]] == ["notes.txt"] and both["by_type"] == {".txt": 1}
+
+
 @pytest.mark.both_backends
 def test_second_writer_is_refused_with_the_holder(cli, photos, library, backend):
     assert cli("ingest", photos).exit_code == 0
