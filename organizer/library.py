@@ -422,8 +422,14 @@ class Library:
         Raises:
             LibraryError: ``old`` is not a root, ``new`` is not a folder, is (or overlaps)
                 another root, or does not hold the root's files.
+            OptionsError: ``new`` names the root itself (a trailing slash, ./, a link).
         """
         root = self._root(old)
+        if find_root(new, {root.record.id: root.record.path}) is not None:
+            raise OptionsError(
+                f"{new} is the root {root.record.path} itself: nothing to move; give the "
+                "folder its files are in now"
+            )
         target = Path(new).expanduser()
         if not target.is_dir():
             raise LibraryError(f"not a folder: {new}")

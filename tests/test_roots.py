@@ -50,6 +50,20 @@ def test_a_renamed_root_is_followed_not_doubled(cli, tmp_path):
     assert js(cli("duplicates", "--json", "--threshold", "0.9999"))["groups"] == []
 
 
+def test_moving_a_root_onto_itself_is_a_usage_error(cli, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    make_folder(photos, 2)
+    assert cli("ingest", photos).exit_code == 0
+    (tmp_path / "link").symlink_to(photos)
+    monkeypatch.chdir(tmp_path)
+    for new in (photos, f"{photos}/", "./photos", "link"):
+        result = cli("roots", "move", photos, new)
+        assert result.exit_code == 2, (new, result.output)
+        assert result.stdout == "" and len(result.stderr.splitlines()) == 1
+        assert "nothing to move" in result.stderr
+    assert js(cli("roots", "--json"))["roots"][0]["path"] == str(photos)
+
+
 def test_roots_move_refuses_a_folder_with_other_files(cli, tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, 6)
