@@ -20,7 +20,7 @@ from organizer.choices import ExportMode
 from organizer.errors import ClusterError
 from organizer.scan import EXPORT_MARKER
 from organizer.store.queries import now
-from organizer.store.records import ClusterRunSummary, MemberRecord, iso_utc
+from organizer.store.records import ClusterRecord, ClusterRunSummary, MemberRecord, iso_utc
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,22 @@ def export_run(
     if target.exists() and any(target.iterdir()) and not force:
         hint = "pass --force to replace the previous export" if previous else "or pass --force"
         raise ClusterError(f"{target} is not empty: choose an empty folder, {hint}")
+    made: list[str] = []
+    marked = False
+    existed = target.exists()
     try:
         target.mkdir(parents=True, exist_ok=True)
         replaced = _remove_previous(target, previous) if previous else 0
-        made: list[str] = []
         _write_marker(target, run, made)  # before any link: a half-done export is skipped too
+        marked = True
         counts = _export_members(run, target, mode, made)
         _write_marker(target, run, made)
     except OSError as exc:
+        if made or (previous and marked):
+            with contextlib.suppress(OSError):  # listed, so that the next --force removes them
+                _write_marker(target, run, made)
+        elif not previous:
+            _unmark(target, run, existed)
         raise ClusterError(
             f"export to {target} stopped: {exc.strerror or exc} (your photos are untouched)"
         ) from None
@@ -70,10 +78,9 @@ def export_run(
 
 
 def _export_members(run: ClusterRunSummary, target: Path, mode: str, made: list[str]) -> dict:
-    width = max(2, len(str(run.run.k)))
     counts = {"linked": 0, "copied": 0, "skipped": 0}
     for c in run.clusters:
-        folder_name = f"{c.number:0{width}d}-{naming.slug(c.label or 'cluster')}"
+        folder_name = _folder_name(run, c)
         folder = os.fsencode(target / folder_name)
         used: set[bytes] = set()
         for m in c.members:
@@ -84,6 +91,12 @@ def _export_members(run: ClusterRunSummary, target: Path, mode: str, made: list[
             if outcome != "skipped":
                 made.append(folder_name + "/" + os.fsdecode(name))
     return counts
+
+
+def _folder_name(run: ClusterRunSummary, cluster: ClusterRecord) -> str:
+    """A cluster's folder: its number, zero-padded to sort, and its label ('03-beach')."""
+    width = max(2, len(str(run.run.k)))
+    return f"{cluster.number:0{width}d}-{naming.slug(cluster.label or 'cluster')}"
 
 
 def _export_one(member: MemberRecord, dest: bytes, mode: str) -> str:
@@ -126,8 +139,27 @@ def _write_marker(target: Path, run: ClusterRunSummary, made: list[str]) -> None
         "entries": made,
     }
     tmp = target / (EXPORT_MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1))
-    os.replace(tmp, target / EXPORT_MARKER)
+    try:
+        tmp.write_text(json.dumps(marker, indent=1))
+        os.replace(tmp, target / EXPORT_MARKER)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _unmark(target: Path, run: ClusterRunSummary, existed: bool) -> None:
+    """Undo an export that failed before it wrote an entry into a folder that was not an
+    export: a marker left there would make ingest skip the user's own files in it. Its
+    empty cluster folders go too, and the target if this export made it."""
+    with contextlib.suppress(OSError):
+        (target / EXPORT_MARKER).unlink()
+    for c in run.clusters:
+        with contextlib.suppress(OSError):
+            (target / _folder_name(run, c)).rmdir()  # only when empty
+    if not existed:
+        with contextlib.suppress(OSError):
+            target.rmdir()
 
 
 def _remove_previous(target: Path, previous: dict) -> int:

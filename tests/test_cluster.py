@@ -117,6 +117,66 @@ def test_runs_persist_and_list(synthetic, settings):
         assert again.clusters(first.run.id).run.k == 4
 
 
+def _export_fails_after(monkeypatch, entries: int) -> None:
+    """The export's link or copy step fails (a full disk) once ``entries`` are made."""
+    import errno
+
+    from organizer import export
+
+    real, made = export._export_one, []
+
+    def export_one(member, dest, mode):
+        if len(made) == entries:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        made.append(dest)
+        return real(member, dest, mode)
+
+    monkeypatch.setattr(export, "_export_one", export_one)
+
+
+@pytest.fixture
+def clustered(fake_lib, tmp_path) -> int:
+    """A run of 2 clusters of the 6 photos under tmp_path/photos; its id."""
+    make_folder(tmp_path / "photos", 6)
+    fake_lib.ingest([tmp_path / "photos"])
+    return fake_lib.cluster(2, names=False).run.id
+
+
+def test_a_failed_export_leaves_no_marker_where_it_wrote_nothing(
+    fake_lib, clustered, tmp_path, monkeypatch
+):
+    """A marker left in the user's folder would make ingest skip their own files there."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    _export_fails_after(monkeypatch, 0)
+    with pytest.raises(ClusterError, match="No space left on device"):
+        fake_lib.export(clustered, mine, force=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(ClusterError, match="No space left on device"):
+        fake_lib.export(clustered, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_export_keeps_the_folder_marked_with_what_it_made(
+    fake_lib, clustered, tmp_path, monkeypatch
+):
+    from organizer import export
+    from organizer.scan import EXPORT_MARKER
+
+    real = export._export_one
+    out = tmp_path / "out"
+    assert fake_lib.export(clustered, out).linked == 6
+    _export_fails_after(monkeypatch, 2)
+    with pytest.raises(ClusterError, match="No space left on device"):
+        fake_lib.export(clustered, out, force=True)
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    assert len(marker["entries"]) == 2  # listed: the next --force removes them
+    monkeypatch.setattr(export, "_export_one", real)
+    again = fake_lib.export(clustered, out, force=True)
+    assert (again.replaced, again.linked, again.skipped) == (2, 6, 0)
+
+
 def test_export_links_and_copies_touch_no_source(fake_lib, tmp_path):
     root = tmp_path / "photos"
     make_folder(root, 6)
