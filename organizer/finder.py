@@ -154,13 +154,19 @@ class Finder:
 
     @staticmethod
     def check_term(term: str) -> Path | None:
-        """The image file a term names, None for a text; a QueryError for an empty term or a
-        path-like term whose file does not exist."""
+        """The image file a term names, None for a text; a QueryError for an empty term, a
+        path-like term whose file does not exist, or a path to a folder (or anything else
+        that is not a file). A bare word stays a text even if a folder of that name is
+        here: "people" is a query; "./people" or "~/people" is a path."""
         if not term or not term.strip():
             raise QueryError("empty query: give a text or an image path")
         path = Path(term).expanduser()
         if path.is_file():
             return path
+        path_like = os.sep in term or term.startswith("~") or term in (".", "..")
+        if path_like and path.exists():
+            what = "a folder" if path.is_dir() else "not a file"
+            raise QueryError(f"{_shown(term)} is {what}: give an image file, or a text")
         if is_image_name(os.fsencode(term)) or (os.sep in term and path.suffix):
             raise QueryError(f"image not found: {term}")
         return None

@@ -133,6 +133,24 @@ def test_bad_queries_are_one_line_errors(searchable, cli, tmp_path, args, messag
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_folder_is_no_image_and_no_text(searchable, cli, monkeypatch):
+    """A path to a folder given where an image goes is refused, not searched as the text
+    of its path; a bare word stays a text even where a folder has that name."""
+    lib, root = searchable
+    monkeypatch.chdir(root)
+    for term in (str(root / "sub"), f"{root}/", "./sub"):
+        with pytest.raises(QueryError, match="is a folder: give an image file, or a text"):
+            lib.search("beach", minus=[term])
+        with pytest.raises(QueryError, match="is a folder"):
+            lib.search(term)
+    assert lib.search("sub", limit=2).results  # a text
+    result = cli("search", "beach", "--minus", root, "--library", lib.settings.library)
+    assert (
+        result.exit_code == 1
+        and result.stderr == f"error: {root} is a folder: give an image file, or a text\n"
+    )
+
+
 def test_json_shapes(searchable, cli):
     lib, root = searchable
     out = json.loads(
