@@ -275,8 +275,8 @@ def _handled(fn):
         warnings.showwarning = out.show_warning
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
+            raise  # a BadParameter of options checked together: a usage error, as at parsing
         except Interrupted as exc:
             out.err(f"interrupted: {exc}")
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -686,6 +686,7 @@ def similar(
         res = lib.similar(
             photo, limit=old_limit or limit, threshold=threshold, include_offline=include_offline
         )
+    out.print_offline(res.offline)
     out.print_results(res, absolute, as_json)
 
 
@@ -724,6 +725,7 @@ def search(
             threshold=threshold,
             include_offline=include_offline,
         )
+    out.print_offline(res.offline)
     out.print_results(res, absolute, as_json)
 
 
@@ -748,11 +750,12 @@ def duplicates(
     Example: organizer duplicates --threshold 0.97
     """
     with _open(library) as lib:
-        groups = lib.duplicates(threshold, include_offline=include_offline)
+        found = lib.duplicates(threshold, include_offline=include_offline)
+    out.print_offline(found.offline)
     if as_json:
-        out.print_json({"groups": [g.to_dict(absolute) for g in groups]})
+        out.print_json(found.to_dict(absolute))
     else:
-        out.print_duplicates(groups, absolute)
+        out.print_duplicates(found.groups, absolute)
 
 
 # -- clusters ---------------------------------------------------------------------------------
@@ -778,7 +781,12 @@ def cluster(
         int, typer.Option(help="Seed: the same seed and data give the same clusters.")
     ] = 0,
     k_min: Annotated[int, typer.Option(min=2, help="Smallest k tried by -k auto.")] = 2,
-    k_max: Annotated[int, typer.Option(min=2, help="Largest k tried by -k auto.")] = 40,
+    k_max: Annotated[
+        int | None,
+        typer.Option(
+            min=2, help="Largest k tried by -k auto [default: 40, or fewer on a small library]."
+        ),
+    ] = None,
     vocabulary: Annotated[
         Path | None, typer.Option(parser=_path, help="Concepts for naming clusters (one a line).")
     ] = None,
@@ -804,6 +812,8 @@ def cluster(
     if assign_new:  # the spelling of an earlier organizer
         _assign(run, library, as_json)
         return
+    if k_max is not None and k_min > k_max:
+        raise typer.BadParameter(f"{k_max} is below --k-min {k_min}", ctx, param_hint="--k-max")
     with (
         _open(library) as lib,
         out.StatusLine("cluster", not as_json) as progress,
@@ -819,6 +829,9 @@ def cluster(
             include_offline=include_offline,
             progress=progress,
         )
+    out.print_offline(summary.offline)
+    if summary.note:
+        out.err(f"note: {summary.note}")
     if as_json:
         out.print_json(summary.to_dict())
     else:
@@ -993,6 +1006,7 @@ def report(
             progress=progress,
             include_offline=include_offline,
         )
+    out.print_offline(summary.offline)
     if as_json:
         out.print_json(summary.to_dict())
     else:

@@ -16,6 +16,7 @@ from organizer.errors import ClusterError
 ALGORITHMS = tuple(a.value for a in Algorithm)
 SILHOUETTE_SAMPLE = 10_000
 SWEEP_SAMPLE = 5_000
+DEFAULT_K_MAX = 40  # the largest k -k auto tries unless asked (fewer on a smaller library)
 
 
 @dataclass
@@ -195,7 +196,7 @@ def sweep(
     """
     from sklearn.metrics import silhouette_score
 
-    k_max = min(k_max, len(x) - 1)
+    k_max = min(k_max, largest_sweep_k(len(x), sample))
     if k_min < 2 or k_max < k_min:
         raise ClusterError(
             f"cannot sweep k from {k_min} to {k_max} on {len(x)} images: need 2 <= k-min <= k-max < images"
@@ -218,6 +219,25 @@ def sweep(
         )
         points.append(SweepPoint(k, float(score)))
     return points
+
+
+def largest_sweep_k(n: int, sample: int = SWEEP_SAMPLE) -> int:
+    """The largest k a sweep can try on ``n`` images: one fewer than the images it clusters
+    (all of them, or its sample of ``sample``)."""
+    return min(n, sample) - 1
+
+
+def sweep_note(k_max: int, n: int, sample: int = SWEEP_SAMPLE) -> str | None:
+    """Why a sweep up to ``k_max`` on ``n`` images stops earlier, or None if it does not."""
+    top = largest_sweep_k(n, sample)
+    if k_max <= top:
+        return None
+    why = (
+        f"{n:,} images make at most {top:,} clusters"
+        if n <= sample
+        else f"the sweep clusters a sample of {sample:,} images"
+    )
+    return f"-k auto tried k up to {top:,}, not --k-max {k_max:,}: {why}"
 
 
 def best_k(points: list[SweepPoint]) -> int:

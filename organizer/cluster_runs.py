@@ -32,6 +32,7 @@ from organizer.store.records import (
     ClusterRunSummary,
     LibraryModel,
     MemberRecord,
+    OfflineImages,
 )
 
 EmbedderProvider = Callable[[], Embedder]
@@ -111,13 +112,15 @@ class Clustering:
         algorithm: str = Algorithm.FAISS,
         seed: int = 0,
         k_min: int = 2,
-        k_max: int = 40,
+        k_max: int | None = None,
         vocabulary: Path | None = None,
         names: bool = True,
         progress: Callable[[ClusterProgress], None] | None = None,
     ) -> ClusterRunSummary:
         """Cluster the library's vectors and store the run (see ``organizer cluster``);
-        ``progress`` hears of each step (sweep, K-means, silhouettes, naming)."""
+        ``progress`` hears of each step (sweep, K-means, silhouettes, naming). The summary's
+        note says when -k auto could not try k up to the ``k_max`` asked (a k needs more
+        images); without one it tries up to cluster.DEFAULT_K_MAX, or as many as there are."""
         tell = progress or (lambda p: None)
         if algorithm not in cluster.ALGORITHMS:
             raise ClusterError(
@@ -142,6 +145,8 @@ class Clustering:
             concepts.wait_ready()
             if concepts.done():
                 concepts.result()  # a failure (weights offline) now, not after the sweep
+        note = cluster.sweep_note(k_max, len(x)) if k == "auto" and k_max is not None else None
+        k_max = k_max or cluster.DEFAULT_K_MAX
         points = None
         if k == "auto":
             cluster.check_k(2, len(x))
@@ -197,7 +202,7 @@ class Clustering:
             )
             for c in range(part.k)
         )
-        return ClusterRunSummary(replace(run, id=run_id), clusters)
+        return ClusterRunSummary(replace(run, id=run_id), clusters, OfflineImages(), note)
 
     @staticmethod
     def _insert(

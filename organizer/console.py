@@ -246,6 +246,17 @@ def _last_ingest(run) -> str:
     return f"{data['finished_at']} ({run.status}, {how})"
 
 
+def print_offline(offline) -> None:
+    """One line on stderr when absent roots kept images out of a command's answer."""
+    if not offline or not offline.images:
+        return
+    roots = plural(len(offline.roots), "absent root")
+    err(
+        f"note: left out {plural(offline.images, 'image')} under {roots} "
+        f"({', '.join(offline.roots)}): --include-offline keeps them"
+    )
+
+
 def print_results(res, absolute: bool, as_json: bool) -> None:
     if as_json:
         print_json(res.to_dict(absolute))

@@ -20,7 +20,7 @@ from organizer.errors import QueryError
 from organizer.pipeline import Job, prepare
 from organizer.scan import display_path, exact_path, is_image_name, shown_path
 from organizer.store import queries as q
-from organizer.store.records import ImageRecord, ImageStatus
+from organizer.store.records import ImageRecord, ImageStatus, OfflineImages
 from organizer.vectors import VectorIndex
 
 IndexProvider = Callable[[], VectorIndex]
@@ -52,9 +52,14 @@ class Result:
 class Results:
     query: str
     results: list[Result]
+    offline: OfflineImages = field(default_factory=OfflineImages)  # what absent roots left out
 
     def to_dict(self, absolute: bool = False) -> dict:
-        return {"query": self.query, "results": [r.to_dict(absolute) for r in self.results]}
+        return {
+            "query": self.query,
+            "results": [r.to_dict(absolute) for r in self.results],
+            "offline": self.offline.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,20 @@ class DuplicateGroup:
         images = [m.to_dict(absolute) for m in self.members]
         keep = next(i["path"] for i in images if i["image_id"] == self.keep)
         return {"images": images, "keep": keep}
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """The duplicate groups of a library, and what absent roots kept out of them."""
+
+    groups: list[DuplicateGroup]
+    offline: OfflineImages = field(default_factory=OfflineImages)
+
+    def to_dict(self, absolute: bool = False) -> dict:
+        return {
+            "groups": [g.to_dict(absolute) for g in self.groups],
+            "offline": self.offline.to_dict(),
+        }
 
 
 class Finder:

@@ -32,7 +32,7 @@ from organizer.errors import (
     ModelMismatchError,
     OptionsError,
 )
-from organizer.finder import DuplicateGroup, Finder, Results
+from organizer.finder import Duplicates, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
 from organizer.location import FolderHome, Home, Lock, open_home
 from organizer.lock import pid_alive
@@ -56,6 +56,7 @@ from organizer.store.records import (
     IndexSettingsRecord,
     IngestRunRecord,
     LibraryModel,
+    OfflineImages,
     RunStatus,
 )
 from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex, sharded
@@ -145,6 +146,15 @@ class SkippedFiles:
             ],
             "export_folders": self.export_folders,
         }
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """What the commands that show images show: the present roots, and what is left out."""
+
+    roots: list[int] | None  # ids of the roots whose images are shown; None: every root
+    hidden: frozenset[str]  # paths of the absent roots
+    offline: OfflineImages  # their images, left out
 
 
 class Library:
@@ -472,10 +482,18 @@ class Library:
             roots = q.all_roots(conn)
         return roots, {i: p for i, p in roots.items() if not Path(p).is_dir()}
 
-    def _shown_roots(self, include_offline: bool) -> list[int] | None:
-        """Ids of the roots whose images cluster and report show: None means all."""
+    def _shown(self, include_offline: bool) -> _Shown:
+        """What similar, search, duplicates, cluster and report show, and leave out."""
         roots, absent = self._absent_roots(include_offline)
-        return [i for i in roots if i not in absent] if absent else None
+        if not absent:
+            return _Shown(None, frozenset(), OfflineImages())
+        with self.engine.connect() as conn:
+            held = q.ok_counts(conn, list(absent))
+        return _Shown(
+            [i for i in roots if i not in absent],
+            frozenset(absent.values()),
+            OfflineImages(tuple(absent[i] for i in sorted(held)), sum(held.values())),
+        )
 
     def hidden_roots(self, include_offline: bool = False) -> frozenset[str]:
         """Paths of the roots whose images searches leave out."""
@@ -561,7 +579,10 @@ class Library:
 
     def finder(self, include_offline: bool = False) -> Finder:
         """Search over the library; images under absent roots are left out unless asked."""
-        return Finder(self.engine, self.vectors, self.embedder, self.hidden_roots(include_offline))
+        return self._finder(self.hidden_roots(include_offline))
+
+    def _finder(self, hidden_roots: frozenset[str]) -> Finder:
+        return Finder(self.engine, self.vectors, self.embedder, hidden_roots)
 
     def similar(
         self,
@@ -571,8 +592,11 @@ class Library:
         include_offline: bool = False,
     ) -> Results:
         """Images most like ``photo`` (a library file: its stored vector, no model; any other
-        image: embedded on the fly, not added). The photo itself is not among the results."""
-        return self.finder(include_offline).similar(photo, limit, threshold)
+        image: embedded on the fly, not added). The photo itself is not among the results;
+        they say what absent roots left out."""
+        shown = self._shown(include_offline)
+        found = self._finder(shown.hidden).similar(photo, limit, threshold)
+        return replace(found, offline=shown.offline)
 
     def search(
         self,
@@ -583,14 +607,17 @@ class Library:
         threshold: float | None = None,
         include_offline: bool = False,
     ) -> Results:
-        """Text-to-image search; each term (query, --plus, --minus) is a text or an image path."""
-        return self.finder(include_offline).search(query, plus, minus, limit, threshold)
+        """Text-to-image search; each term (query, --plus, --minus) is a text or an image path.
+        The results say what absent roots left out."""
+        shown = self._shown(include_offline)
+        found = self._finder(shown.hidden).search(query, plus, minus, limit, threshold)
+        return replace(found, offline=shown.offline)
 
-    def duplicates(
-        self, threshold: float = 0.96, include_offline: bool = False
-    ) -> list[DuplicateGroup]:
-        """Groups of identical and near-identical images, each with a suggested keeper."""
-        return self.finder(include_offline).duplicates(threshold)
+    def duplicates(self, threshold: float = 0.96, include_offline: bool = False) -> Duplicates:
+        """Groups of identical and near-identical images, each with a suggested keeper, and
+        what absent roots left out."""
+        shown = self._shown(include_offline)
+        return Duplicates(self._finder(shown.hidden).duplicates(threshold), shown.offline)
 
     # -- clusters --------------------------------------------------------------------------
 
@@ -602,11 +629,11 @@ class Library:
         self, k: KSpec = "auto", include_offline: bool = False, **options: object
     ) -> ClusterRunSummary:
         """K-means over the library's vectors (not those under absent roots, unless
-        ``include_offline``), stored as a new run (see Clustering.run)."""
-        clustering = Clustering(
-            self.engine, self.embedder, self.home.cache_dir, self._shown_roots(include_offline)
-        )
-        return clustering.run(k, **options)
+        ``include_offline``), stored as a new run (see Clustering.run); it says what absent
+        roots left out."""
+        shown = self._shown(include_offline)
+        clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, shown.roots)
+        return replace(clustering.run(k, **options), offline=shown.offline)
 
     def clusters(self, run_id: int | None = None) -> ClusterRunSummary:
         """A stored run (default: the latest) with its clusters and their members."""
@@ -659,13 +686,15 @@ class Library:
         **options: object,
     ) -> ReportSummary:
         """Write the self-contained HTML report (see organizer.report.write_report); images
-        under absent roots are left out unless ``include_offline``."""
+        under absent roots are left out unless ``include_offline``, and it says so."""
+        shown = self._shown(include_offline)
         return write_report(
             self.engine,
             Path(output).expanduser(),
             run_id,
             progress=progress,
-            roots=self._shown_roots(include_offline),
+            roots=shown.roots,
+            offline=shown.offline,
             **options,
         )
 

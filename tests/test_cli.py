@@ -170,6 +170,7 @@ def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
         ["cluster", "-k", "abc"],
         ["cluster", "--algorithm", "magic"],
         ["cluster", "--k-min", "1"],
+        ["cluster", "--k-min", "10", "--k-max", "5"],
         ["duplicates", "--threshold", "1.5"],
         ["duplicates", "--threshold", "0"],
         ["similar", "photo.jpg", "-n", "0"],

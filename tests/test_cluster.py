@@ -306,6 +306,32 @@ def test_real_cli_with_tiny_model_names_clusters(cli, tmp_path):
     assert sum(1 for _ in out.rglob("*.jpg")) == 12
 
 
+def test_a_k_max_beyond_what_can_be_tried_is_said(fake_lib, cli, tmp_path):
+    make_folder(tmp_path / "photos", 6)
+    fake_lib.ingest([tmp_path / "photos"])
+    env = {"ORGANIZER_MODEL": "", "ORGANIZER_PRETRAINED": ""}
+    result = cli("cluster", "-k", "auto", "--k-max", "100000", "--no-names", "--json", **env)
+    assert result.exit_code == 0, result.output
+    note = "-k auto tried k up to 5, not --k-max 100,000: 6 images make at most 5 clusters"
+    assert json.loads(result.stdout)["note"] == note
+    assert f"note: {note}" in result.stderr.splitlines()
+    assert [p["k"] for p in json.loads(result.stdout)["sweep"]] == [2, 3, 4, 5]
+    for asked in ([], ["--k-max", "5"]):  # the default, 40, is bounded by the library quietly
+        quiet = cli("cluster", "-k", "auto", *asked, "--no-names", "--json", **env)
+        assert json.loads(quiet.stdout)["note"] is None and "note:" not in quiet.stderr
+
+
+def test_the_sweep_stops_at_what_its_sample_can_cluster():
+    """A k as large as the sweep's sample failed after sweeping every k below it."""
+    from organizer import cluster
+
+    x, _, _ = clustered_vectors(2, 15)
+    points = cluster.sweep(x, 2, 100, sample=6)
+    assert [p.k for p in points] == [2, 3, 4, 5]
+    assert "a sample of 6 images" in cluster.sweep_note(100, len(x), sample=6)
+    assert cluster.sweep_note(5, len(x), sample=6) is None
+
+
 def test_kmeans_rejects_bad_k():
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(ClusterError, match="smaller than"):

@@ -246,7 +246,7 @@ def test_a_file_overwritten_with_another_photo_gets_its_vector_everywhere(fake_l
     assert sorted(hit.ids.tolist()) == sorted(
         [rows(fake_lib)["img003.jpg"].id, rows(fake_lib)["img004.jpg"].id]
     )
-    [group] = fake_lib.duplicates(0.999)
+    [group] = fake_lib.duplicates(0.999).groups
     assert {m.relpath for m in group.members} == {b"img003.jpg", b"img004.jpg"}
 
 

@@ -87,6 +87,9 @@ def summary(**counts: int) -> dict:
     }
 
 
+NOTHING_OFFLINE = {"roots": [], "images": 0}
+
+
 def result(rank: int, path: str, root: Path, image_id: int) -> dict:
     return {"rank": rank, "path": path, "root": str(root), "score": FLOAT, "image_id": image_id}
 
@@ -148,10 +151,12 @@ def test_similar_search_duplicates(library, run_json):
             result(2, "img003.jpg", library, 5),
             result(3, "img000.jpg", library, 3),
         ],
+        "offline": NOTHING_OFFLINE,
     }
     assert run_json("search", "a dog", "-n", "2", "--json") == {
         "query": "a dog",
         "results": [result(1, "sub/img002.jpg", library, 7), result(2, "img004.jpg", library, 6)],
+        "offline": NOTHING_OFFLINE,
     }
     image = {"root": str(library), "size": SIZE, "width": 96, "height": 64, "identical": True}
     assert run_json("duplicates", "--json") == {
@@ -163,7 +168,8 @@ def test_similar_search_duplicates(library, run_json):
                 ],
                 "keep": "img000.jpg",
             }
-        ]
+        ],
+        "offline": NOTHING_OFFLINE,
     }
 
 
@@ -183,6 +189,9 @@ RUN_1 = {
 }
 
 
+NEW_RUN_1 = {**RUN_1, "offline": NOTHING_OFFLINE, "note": None}  # as `cluster` prints it
+
+
 def named(number: int, size: int, *labels: str) -> dict:
     return {
         "id": number,
@@ -195,9 +204,9 @@ def named(number: int, size: int, *labels: str) -> dict:
 
 def test_cluster_runs_and_clusters(library, run_json):
     run_json("ingest", library, "--json")
-    assert run_json("cluster", "-k", "2", "--no-names", "--json") == RUN_1
+    assert run_json("cluster", "-k", "2", "--no-names", "--json") == NEW_RUN_1
     assert run_json("cluster", "-k", "auto", "--k-max", "3", "--json") == {
-        **RUN_1,
+        **NEW_RUN_1,
         "run_id": 2,
         "sweep": [{"k": 2, "silhouette": FLOAT}, {"k": 3, "silhouette": FLOAT}],
         "clusters": [
@@ -292,4 +301,5 @@ def test_export_evaluate_report(library, run_json, tmp_path):
         "placeholders": 0,
         "path": str(tmp_path / "r.html"),
         "png": None,
+        "offline": NOTHING_OFFLINE,
     }

@@ -118,6 +118,34 @@ def test_an_unplugged_root_is_left_out_until_asked(cli, tmp_path):
     assert missing.exit_code == 1 and "not a root of this library" in missing.stderr
 
 
+def test_what_an_unplugged_root_leaves_out_is_said(cli, tmp_path):
+    kept, drive = tmp_path / "kept", tmp_path / "drive"
+    make_folder(kept, 4)
+    make_folder(drive, 3, start_seed=20)
+    assert cli("ingest", kept, drive).exit_code == 0
+    drive.rename(tmp_path / "unplugged")
+    note = f"note: left out 3 images under 1 absent root ({drive}): --include-offline keeps them"
+    commands = [
+        ["similar", kept / "img001.jpg"],
+        ["search", "a dog"],
+        ["duplicates"],
+        ["cluster", "-k", "2", "--no-names"],
+        ["report", "-o", tmp_path / "r.html"],
+    ]
+    for args in commands:
+        shown = cli(*args)
+        assert shown.exit_code == 0 and note in shown.stderr.splitlines(), (args, shown.output)
+        assert js(cli(*args, "--json"))["offline"] == {"roots": [str(drive)], "images": 3}
+        everything = cli(*args, "--json", "--include-offline")
+        assert js(everything)["offline"] == {"roots": [], "images": 0}
+        assert "left out" not in everything.stderr
+    cli("report", "-o", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "3 images under 1 absent root, not there" in page and str(drive) not in page
+    cli("report", "-o", tmp_path / "r.html", "--absolute")
+    assert f"3 images under 1 absent root ({drive})" in (tmp_path / "r.html").read_text()
+
+
 def test_the_same_relative_path_under_two_roots_shows_whole_paths(cli, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     write_picture(a / "same.jpg", 1)

@@ -54,7 +54,7 @@ def test_copy_is_the_top_similar_result_and_a_duplicate(searchable):
     lib, root = searchable
     res = lib.similar(root / "img000.jpg", limit=3)
     assert res.results[0].relpath == b"copy-of-0.jpg" and res.results[0].score > 0.96
-    groups = lib.duplicates(0.96)
+    groups = lib.duplicates(0.96).groups
     assert len(groups) == 1
     names = sorted(m.relpath for m in groups[0].members)
     assert names == [b"copy-of-0.jpg", b"img000.jpg"]
@@ -68,7 +68,7 @@ def test_identical_files_are_grouped_and_marked(fake_lib, tmp_path):
     shutil.copy(root / "img001.jpg", root / "again.jpg")
     os.utime(root / "img001.jpg", (1_000_000, 1_000_000))  # img001 is the older copy
     fake_lib.ingest([root])
-    [group] = fake_lib.duplicates(0.99)
+    [group] = fake_lib.duplicates(0.99).groups
     keeper = next(m for m in group.members if m.image_id == group.keep)
     assert keeper.relpath == b"img001.jpg"
     assert all(m.identical_to_keeper for m in group.members)
@@ -80,7 +80,7 @@ def test_missing_files_never_appear(searchable):
     lib.ingest([root])
     res = lib.similar(root / "img000.jpg", limit=20)
     assert b"copy-of-0.jpg" not in [r.relpath for r in res.results]
-    assert lib.duplicates(0.96) == []
+    assert lib.duplicates(0.96).groups == []
 
 
 def test_external_image_is_embedded_not_added(searchable, tmp_path):

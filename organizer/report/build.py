@@ -11,7 +11,7 @@ import base64
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from organizer.report import figure, projection, render, thumbs
 from organizer.report.data import ReportData
 from organizer.scan import shown_path
 from organizer.store import queries as q
-from organizer.store.records import ClusterRecord, ImageStatus, iso_utc
+from organizer.store.records import ClusterRecord, ImageStatus, OfflineImages, iso_utc
 
 # Thumbnails average about 3.3 kB in the page (112 px JPEG, base64) for real photos and at
 # most about 5.5 kB, so 5,000 points keep a report near 17 MB and under 30 MB at worst.
@@ -60,12 +60,14 @@ class ReportSummary:
     total_s: float
     placeholders: int  # images whose thumbnail could not be made (unreadable files)
     png: Path | None = None
+    offline: OfflineImages = field(default_factory=OfflineImages)  # left out: roots absent
 
     def to_dict(self) -> dict:
         return {
-            **{k: v for k, v in self.__dict__.items() if k not in ("path", "png")},
+            **{k: v for k, v in self.__dict__.items() if k not in ("path", "png", "offline")},
             "path": str(self.path),
             "png": str(self.png) if self.png else None,
+            "offline": self.offline.to_dict(),
         }
 
 
@@ -79,6 +81,7 @@ def write_report(
     progress: Callable[[ReportProgress], None] | None = None,
     tsne: str = "auto",
     roots: Sequence[int] | None = None,
+    offline: OfflineImages | None = None,
 ) -> ReportSummary:
     """Write the HTML report of a library: overview, t-SNE map, one section per cluster.
 
@@ -93,6 +96,8 @@ def write_report(
         progress: called with a :class:`ReportProgress` as work advances.
         tsne: "auto" (openTSNE when installed, else scikit-learn), "opentsne" or "sklearn".
         roots: show only the images under these roots (None: all).
+        offline: what leaving out the other roots (absent ones) left out, for the page to
+            say so.
 
     Returns:
         A :class:`ReportSummary`.
@@ -127,7 +132,9 @@ def write_report(
         [(n, name, c) for n, name, c, _ in legend],
         _map_title(len(rows), len(data.ids)),
     )
+    offline = offline or OfflineImages()
     context = _context(data, rows, proj, shown, legend, png_bytes, absolute)
+    context["overview"]["offline"] = _offline_context(offline, absolute)
     html = render.render(context).encode("utf-8")
     render.write_atomic(output, html)
     if png is not None:
@@ -147,6 +154,7 @@ def write_report(
         time.perf_counter() - started,
         sum(1 for uri, _ in shown.values() if uri == thumbs.PLACEHOLDER),
         png,
+        offline,
     )
 
 
@@ -290,6 +298,18 @@ def _overview(data, absolute: bool) -> dict:
         "weights_sha256": spec.weights_sha256,
         "random_weights": spec.is_random,
         "dim": data.model.dim,
+    }
+
+
+def _offline_context(offline: OfflineImages, absolute: bool) -> dict | None:
+    """What absent roots left out of the page; their paths only with ``absolute`` (a shared
+    report shows no more of the owner's folders than they asked)."""
+    if not offline.images:
+        return None
+    return {
+        "images": offline.images,
+        "roots": len(offline.roots),
+        "paths": list(offline.roots) if absolute else [],
     }
 
 

@@ -152,6 +152,16 @@ def root_records(conn: Connection) -> list[RootRecord]:
     ]
 
 
+def ok_counts(conn: Connection, root_ids: Sequence[int]) -> dict[int, int]:
+    """How many ok images each of these roots holds (those with none are left out)."""
+    stmt = (
+        select(images.c.root_id, func.count())
+        .where(images.c.root_id.in_(root_ids), images.c.status == ImageStatus.OK)
+        .group_by(images.c.root_id)
+    )
+    return dict(conn.execute(stmt).all())
+
+
 def delete_root(conn: Connection, root_id: int) -> None:
     """Forget a root: its images, their vectors and cluster memberships go with it."""
     conn.execute(delete(roots_t).where(roots_t.c.id == root_id))

@@ -74,6 +74,19 @@ class RootRecord:
 
 
 @dataclass(frozen=True)
+class OfflineImages:
+    """What a command left out because its roots are absent now (an unplugged drive): their
+    images that it would have shown. Empty when every root is here, or with
+    ``include_offline``."""
+
+    roots: tuple[str, ...] = ()
+    images: int = 0
+
+    def to_dict(self) -> dict:
+        return {"roots": list(self.roots), "images": self.images}
+
+
+@dataclass(frozen=True)
 class KnownImage:
     """The part of an image row that ingest compares against a scan."""
 
@@ -273,6 +286,10 @@ class ClusterRunSummary:
 
     run: ClusterRunRecord
     clusters: tuple[ClusterRecord, ...]
+    # Of a run just made (None for a stored one): what absent roots kept out of it, and how
+    # -k auto's sweep was bounded when not as asked.
+    offline: OfflineImages | None = None
+    note: str | None = None
 
     @property
     def members(self) -> list[tuple[int, MemberRecord]]:
@@ -301,4 +318,9 @@ class ClusterRunSummary:
             "created_at": iso_utc(run.created_at),
             "sweep": list(run.sweep) if run.sweep is not None else None,
             "clusters": clusters,
+            **(
+                {"offline": self.offline.to_dict(), "note": self.note}
+                if self.offline is not None
+                else {}
+            ),
         }
