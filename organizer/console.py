@@ -163,6 +163,7 @@ def print_skipped(left_out, absolute: bool) -> None:
         print("ingest leaves nothing out")
     for kind, n in left_out.by_type().items():
         print(f"{plural(n, kind + ' file')}")
+    absolute = absolute or _same_name_under_two_roots(left_out.files)
     for root, relpath in left_out.files:
         print(f"  {shown_path(root, relpath, absolute)}")
     for folder in left_out.export_folders:
@@ -263,18 +264,25 @@ def print_results(res, absolute: bool, as_json: bool) -> None:
         return
     if not res.results:
         print("no results")
-    # The same relative path under two roots would read as one file twice: show whole paths.
-    roots_of: dict[bytes, set[str]] = {}
-    for r in res.results:
-        roots_of.setdefault(r.relpath, set()).add(r.root)
-    absolute = absolute or any(len(roots) > 1 for roots in roots_of.values())
+    absolute = absolute or _same_name_under_two_roots((r.root, r.relpath) for r in res.results)
     for r in res.results:
         print(f"{r.rank:>3}  {r.score:.4f}  {shown_path(r.root, r.relpath, absolute)}")
+
+
+def _same_name_under_two_roots(paths) -> bool:
+    """Whether two of these (root, relative path) differ only in their root: shown relative
+    to their roots they would read as one file twice, so a listing shows whole paths."""
+    roots_of: dict[bytes, set[str]] = {}
+    for root, relpath in paths:
+        roots_of.setdefault(relpath, set()).add(root)
+    return any(len(roots) > 1 for roots in roots_of.values())
 
 
 def print_duplicates(groups, absolute: bool) -> None:
     if not groups:
         print("no duplicates")
+    members = (m for g in groups for m in g.members)
+    absolute = absolute or _same_name_under_two_roots((m.root, m.relpath) for m in members)
     for n, g in enumerate(groups, start=1):
         print(f"group {n} ({len(g.members)} images)")
         for m in g.members:
@@ -297,6 +305,8 @@ def print_run(summary, absolute: bool = False, top: int = 0) -> None:
             chosen = "  <- chosen" if p["k"] == run.k else ""
             print(f"    k={p['k']:<4} {p['silhouette']:.4f}{chosen}")
     print(f"  {'#':>3}  {'label':<24} {'size':>6}  silhouette")
+    shown = ((m.root, m.relpath) for c in summary.clusters for m in c.members[:top])
+    absolute = absolute or _same_name_under_two_roots(shown)
     for c in summary.clusters:
         csil = f"{c.silhouette:.3f}" if c.silhouette is not None else "n/a"
         print(f"  {c.number:>3}  {(c.label or '-')[:24]:<24} {c.size:>6}  {csil}")

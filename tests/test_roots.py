@@ -156,6 +156,27 @@ def test_the_same_relative_path_under_two_roots_shows_whole_paths(cli, tmp_path)
     assert str(a / "same.jpg") in text and str(b / "same.jpg") in text
 
 
+def test_duplicates_under_two_roots_with_one_name_show_whole_paths(cli, tmp_path):
+    """As search does, and the listings of clusters and of skipped files: whichever shows
+    two files that differ only in their root shows whole paths."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_picture(a / "same.jpg", 1)
+    b.mkdir()
+    shutil.copy(a / "same.jpg", b / "same.jpg")
+    write_picture(a / "other.jpg", 2)
+    for root in (a, b):
+        (root / "notes.txt").write_text("x")
+    assert cli("ingest", a, b).exit_code == 0
+    assert cli("cluster", "-k", "2", "--no-names").exit_code == 0
+    for args, name in (
+        (["duplicates"], "same.jpg"),
+        (["clusters", "-n", "3"], "same.jpg"),
+        (["status", "--skipped"], "notes.txt"),
+    ):
+        text = cli(*args).stdout
+        assert str(a / name) in text and str(b / name) in text, (args, text)
+
+
 def test_an_export_inside_a_root_is_never_ingested(cli, tmp_path):
     photos = tmp_path / "photos"
     make_folder(photos, 6)
