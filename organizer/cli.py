@@ -443,6 +443,9 @@ def ingest(
     options = IngestOptions(
         retry_failed=retry_failed, rehash=rehash, follow_symlinks=follow_symlinks, ray=ray
     )
+    from organizer.library import Library
+
+    Library.check_ingest(paths or [], options)  # a refused ingest makes no library either
     with (
         _open(
             library,

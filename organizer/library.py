@@ -33,7 +33,7 @@ from organizer.errors import (
     OptionsError,
 )
 from organizer.finder import Duplicates, Finder, Results
-from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target
+from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target, distributed
 from organizer.location import FolderHome, Home, Lock, open_home
 from organizer.lock import pid_alive
 from organizer.report import ReportProgress, ReportSummary, write_report
@@ -43,6 +43,7 @@ from organizer.roots import (
     RootStatus,
     check_move,
     find_root,
+    ingest_folders,
     targets_for,
 )
 from organizer.scan import exact_path, extension, scan_root, shown_path
@@ -289,6 +290,7 @@ class Library:
             LibraryError: a path that is not a folder.
             Interrupted: ``cancel()`` returned True; finished batches are committed.
         """
+        self.check_ingest(paths, options)  # before the writer lock and the run's record
         options = self._ingest_options(options or IngestOptions())
         if options.ray is not None:  # the workers load it; it must still be the library's
             spec = self.requested_spec()
@@ -334,6 +336,20 @@ class Library:
             finally:
                 self._finish_run(run_id, status, ingestor.summary if ingestor else IngestSummary())
         return summary
+
+    @staticmethod
+    def check_ingest(paths: Sequence[str | Path], options: IngestOptions | None = None) -> None:
+        """Refuse an ingest that cannot start, without a library: a path that is not a
+        folder; on Ray, Ray missing or its cluster not answering. :meth:`ingest` checks this
+        first itself; call it before :meth:`open` with ``create`` so that a refused ingest
+        makes no library either.
+
+        Raises:
+            LibraryError: what is wrong, in one line.
+        """
+        ingest_folders(list(paths))
+        if options is not None and options.ray is not None:
+            distributed.preflight(options.ray.address)
 
     def _ingest_options(self, options: IngestOptions) -> IngestOptions:
         """Fill the options' gaps from the settings; never walk into the library itself."""

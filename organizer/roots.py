@@ -26,6 +26,17 @@ def targets_for(paths: list[str | Path], roots: dict[int, str]) -> list[Target]:
     """
     if not paths:
         return [Target(path, root_id) for root_id, path in roots.items() if Path(path).is_dir()]
+    reals = ingest_folders(paths)
+    return _merge_targets([_target_for(real, roots) for real in _outermost(reals)])
+
+
+def ingest_folders(paths: list[str | Path]) -> list[str]:
+    """The real paths of folders given to ingest; needs no library, so that an ingest can be
+    refused before one is made.
+
+    Raises:
+        LibraryError: a path that does not exist, is not a folder, or is not valid UTF-8.
+    """
     reals: list[str] = []
     for raw in paths:
         if raw == "":  # Path("") is the working folder: an unset variable, not a choice
@@ -44,7 +55,7 @@ def targets_for(paths: list[str | Path], roots: dict[int, str]) -> list[Target]:
                 "(files with such names inside a folder are fine): ingest a parent folder"
             ) from None
         reals.append(real)
-    return _merge_targets([_target_for(real, roots) for real in _outermost(reals)])
+    return reals
 
 
 def _outermost(paths: list[str]) -> list[str]:

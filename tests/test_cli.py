@@ -136,6 +136,20 @@ def test_missing_library_for_status(cli, tmp_path):
     assert result.exit_code == 1 and "no library at" in result.stderr
 
 
+@pytest.mark.both_backends
+def test_a_refused_ingest_makes_no_library_and_records_no_run(cli, library, backend, photos):
+    nowhere = photos.parent / "nowhere"
+    result = cli("ingest", nowhere)
+    assert result.exit_code == 1 and f"folder not found: {nowhere}" in result.stderr
+    assert "no library" in cli("status").stderr
+    if backend == "sqlite":
+        assert not Path(library).exists()
+    assert cli("ingest", photos).exit_code == 0
+    before = json.loads(cli("status", "--json").stdout)["last_ingest"]
+    assert cli("ingest", photos, nowhere).exit_code == 1
+    assert json.loads(cli("status", "--json").stdout)["last_ingest"] == before
+
+
 def test_bad_arguments_exit_2(cli):
     assert cli("ingest", "--batch-size", "zero").exit_code == 2
     assert cli("frobnicate").exit_code == 2

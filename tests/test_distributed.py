@@ -314,6 +314,32 @@ def test_an_unreachable_cluster_is_one_line_in_seconds(address):
     assert time.monotonic() - started < 10 and "\n" not in str(caught.value)
 
 
+def test_an_unreachable_cluster_makes_no_library_and_records_no_run(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from organizer.cli import app
+
+    root, library = tmp_path / "photos", tmp_path / "lib"
+    make_folder(root, 2)
+    env = {"ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none"}
+
+    def organizer(*args: str):
+        return CliRunner().invoke(app, ["-L", str(library), *args], env=env)
+
+    on_ray = ["ingest", str(root), "--engine", "ray", "--ray-address", "ray://127.0.0.1:1"]
+    result = organizer(*on_ray)
+    assert result.exit_code == 1, result.output
+    assert "cannot reach the Ray cluster at ray://127.0.0.1:1" in result.stderr
+    assert not library.exists()
+    assert organizer("ingest", str(root)).exit_code == 0
+    before = json.loads(organizer("status", "--json").stdout)["last_ingest"]
+    make_folder(root, 2, start_seed=10)  # work to do: the run would reach Ray
+    assert organizer(*on_ray).exit_code == 1
+    assert json.loads(organizer("status", "--json").stdout)["last_ingest"] == before
+
+
 def test_a_changed_checkpoint_is_refused_on_ray_too(tmp_path):
     import open_clip
     import torch

@@ -14,6 +14,7 @@ local engine's crash-isolating decode pool, so such a file is recorded as failed
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -54,6 +55,21 @@ class RayOptions:
     offline: bool = False
 
 
+NEEDS_RAY = "--engine ray needs its extra: pip install 'organizer[ray]'"
+
+
+def preflight(address: str | None) -> None:
+    """Refuse, in seconds and without importing Ray, a run that cannot start: Ray is not
+    installed, or the cluster's address is malformed or does not answer.
+
+    Raises:
+        LibraryError: what is wrong, in one line.
+    """
+    if importlib.util.find_spec("ray") is None:
+        raise LibraryError(NEEDS_RAY)
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` (or start a local one), quietly.
 
@@ -63,7 +79,7 @@ def connect(address: str | None) -> None:
     try:
         import ray
     except ImportError:
-        raise LibraryError("--engine ray needs its extra: pip install 'organizer[ray]'") from None
+        raise LibraryError(NEEDS_RAY) from None
     if ray.is_initialized():
         return
     if not os.environ.get("ORGANIZER_DEBUG"):
