@@ -240,11 +240,13 @@ def _last_ingest(run) -> str:
         return f"running since {data['started_at']} (pid {run.pid}){progress}{embedded}"
     if run.status == "interrupted" and run.finished_at is None:
         return (
-            f"interrupted: started {data['started_at']} (pid {run.pid}), the process was "
-            "stopped; what it committed is kept: run `organizer ingest` to finish"
+            f"interrupted: started {data['started_at']} (pid {run.pid}), "
+            f"{run.error or 'the process was stopped'}; what it committed is kept: run "
+            "`organizer ingest` to finish"
         )
     how = f"{run.precision} on {run.device}" if run.device else "nothing to embed"
-    return f"{data['finished_at']} ({run.status}, {how})"
+    why = f": {run.error}" if run.error else ""
+    return f"{data['finished_at']} ({run.status}, {how}){why}"
 
 
 def print_offline(offline) -> None:

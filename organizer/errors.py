@@ -17,6 +17,11 @@ class LibraryBusyError(LibraryError):
     """Another process holds the library's writer lock."""
 
 
+class ConnectionLostError(LibraryError):
+    """The connection to the library's database broke mid-command (a server restart, a
+    network failure); what was committed is kept."""
+
+
 class SchemaError(LibraryError):
     """The database schema is newer than this program or cannot be migrated."""
 

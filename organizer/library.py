@@ -26,11 +26,13 @@ from organizer.embed import Embedder, ModelShape, ModelSpec, remembered, request
 from organizer.embed.runtime import ray_problem
 from organizer.errors import (
     ClusterError,
+    ConnectionLostError,
     Interrupted,
     LibraryError,
     ModelError,
     ModelMismatchError,
     OptionsError,
+    OrganizerError,
 )
 from organizer.finder import Duplicates, Finder, Results
 from organizer.ingest import IngestOptions, Ingestor, IngestSummary, Progress, Target, distributed
@@ -59,6 +61,7 @@ from organizer.store.records import (
     LibraryModel,
     OfflineImages,
     RunStatus,
+    iso_utc,
 )
 from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex, sharded
 
@@ -303,7 +306,7 @@ class Library:
             targets = self._targets(paths)
             with write_transaction(self.engine) as conn:
                 run_id = q.start_run(conn, os.getpid())
-            status = RunStatus.FAILED
+            status, error = RunStatus.FAILED, None
             ingestor = None
             try:
                 ingestor = Ingestor(
@@ -333,8 +336,12 @@ class Library:
                 status = RunStatus.INTERRUPTED
                 self.refresh_index(IndexDelta(base, ingestor.written))
                 raise
+            except Exception as exc:
+                error = _why_failed(exc)
+                raise
             finally:
-                self._finish_run(run_id, status, ingestor.summary if ingestor else IngestSummary())
+                done = ingestor.summary if ingestor else IngestSummary()
+                self._finish_run(run_id, status, done, error)
         return summary
 
     @staticmethod
@@ -380,10 +387,15 @@ class Library:
             self._writing = False
             lock.release()
 
-    def _finish_run(self, run_id: int, status: RunStatus, summary: IngestSummary) -> None:
-        # Bookkeeping only: if it fails too (a full disk), the first error is the story.
+    def _finish_run(
+        self, run_id: int, status: RunStatus, summary: IngestSummary, error: str | None
+    ) -> None:
+        # Bookkeeping only: if it fails too (a full disk, a server still down), the first
+        # error is the story (status tells a server's restart from the run left running).
         with contextlib.suppress(LibraryError), write_transaction(self.engine) as conn:
-            q.finish_run(conn, run_id, status, summary.to_dict(), summary.device, summary.precision)
+            q.finish_run(
+                conn, run_id, status, summary.to_dict(), summary.device, summary.precision, error
+            )
 
     def _targets(self, paths: Sequence[str | Path]) -> list[Target]:
         with self.engine.connect() as conn:
@@ -742,10 +754,23 @@ class Library:
             and last.status == RunStatus.RUNNING
             and not self._writer_alive(last.pid)
         ):
-            # Left running by a process that was killed: the next ingest records it so too.
-            last = replace(last, status=RunStatus.INTERRUPTED)
+            # Left running by a process that was killed, or that lost its server before it
+            # could record why: the next ingest records it interrupted too.
+            last = replace(last, status=RunStatus.INTERRUPTED, error=self._lost_server(last))
         absent = [p for p in roots if not Path(p).is_dir()]
         return LibraryStatus(self.home.name, roots, absent, model, counts, index, last)
+
+    def _lost_server(self, run: IngestRunRecord) -> str | None:
+        """Why a run left running ended, when the database can tell: its server restarted
+        since the run started, which broke the run's connection (a folder library: never)."""
+        with self.engine.connect() as conn:
+            restarted = q.server_started_at(conn)
+        if restarted is None or restarted <= run.started_at:
+            return None
+        return (
+            "the database connection was lost: the server restarted at "
+            f"{iso_utc(restarted, 'seconds')}"
+        )
 
     def ingest_running(self) -> bool:
         """Whether an ingest is writing now, as far as a reader can tell without touching the
@@ -809,6 +834,15 @@ def _check_checkpoint(spec: ModelSpec) -> None:
             f"checkpoint {spec.pretrained} changed since this library was built: "
             "restore the original file"
         )
+
+
+def _why_failed(exc: Exception) -> str:
+    """A failed ingest's reason, as status shows it."""
+    if isinstance(exc, ConnectionLostError) or getattr(exc, "connection_invalidated", False):
+        return "the database connection was lost"
+    if isinstance(exc, OrganizerError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}"
 
 
 def _within(path: str, root: str) -> bool:

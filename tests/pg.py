@@ -92,20 +92,10 @@ class PgServer:
         (self.data / "pg_hba.conf").write_text(
             f"local all +{PASSWORD_GROUP} scram-sha-256\nlocal all all trust\n"
         )
-        options = f"-c listen_addresses='' -k {self.socket_dir} -c max_connections=200"
+        self._options = f"-c listen_addresses='' -k {self.socket_dir} -c max_connections=200"
         if not durable:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run(
-            self.pg_ctl,
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-w",
-            "-l",
-            str(self.folder / "log"),
-            "start",
-        )
+            self._options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self.resume()
         self.admin(f"CREATE ROLE {PASSWORD_GROUP} NOLOGIN")
         self.password_role(PASSWORD_USER, PASSWORD)
         return self
@@ -119,6 +109,15 @@ class PgServer:
                 sql.Identifier(name), sql.Literal(password), sql.Identifier(PASSWORD_GROUP)
             )
         )
+
+    def pause(self) -> None:
+        """Shut the server down (its clients lose their connections); the data stays."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again, after :meth:`pause`)."""
+        log = str(self.folder / "log")
+        self._run(self.pg_ctl, "-D", str(self.data), "-o", self._options, "-w", "-l", log, "start")
 
     def url(self, database: str, user: str = SUPERUSER, password: str | None = None) -> str:
         auth = f"{user}:{password}" if password else user

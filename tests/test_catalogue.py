@@ -20,7 +20,7 @@ from organizer.errors import LibraryError, SchemaError
 from organizer.library import Library
 from organizer.store import queries as q
 from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
-from tests.pg import PASSWORD, PASSWORD_USER
+from tests.pg import PASSWORD, PASSWORD_USER, PgServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -311,3 +311,68 @@ def test_a_password_with_odd_characters_is_never_shown(server, cli, photos, tmp_
     for text in shown:
         for piece in {password, password.replace("TAIL", "TALE"), *password.split("@")}:
             assert len(piece) < 4 or piece not in text, (piece, text)
+
+
+def _slow_ingest(url: str, root: Path) -> subprocess.Popen:
+    """An ingest of 40 photos, 2 a batch, in a process of its own, once it has committed
+    a batch (it takes seconds more to finish)."""
+    make_folder(root, 40)
+    script = [sys.executable, "-m", "tests.reliability.crash_ingest", url, str(root)]
+    writer = subprocess.Popen(
+        [*script, "--slow", "0.2", "--batch-size", "2"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with Library.open(Settings(library=url)) as lib, lib.engine.connect() as conn:
+                last = q.last_run(conn)
+        except LibraryError:
+            last = None  # the writer has not made the schema yet
+        if last is not None and last.status == "running" and last.summary.get("done"):
+            return writer
+        time.sleep(0.1)
+    writer.kill()
+    pytest.fail(f"the ingest never got going: {writer.communicate()[1]}")
+
+
+def test_an_ingest_that_loses_its_connection_records_why(server, cli, tmp_path):
+    url = server.new_database()
+    writer = _slow_ingest(url, tmp_path / "photos")
+    try:
+        server.admin(  # as a failover or a network cut does: its sessions end
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{make_url(url).database}'"
+        )
+    finally:
+        _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 1, err
+    last = json.loads(cli("status", "--json", "--library", url).stdout)["last_ingest"]
+    assert (last["status"], last["error"]) == ("failed", "the database connection was lost")
+    text = cli("status", "--library", url).stdout
+    assert "(failed, fp32 on cpu): the database connection was lost" in text
+
+
+def test_status_after_a_server_restart_says_the_connection_was_lost(server, cli, tmp_path):
+    """The writer fails while the server is down, so it cannot record why: status tells
+    from the server's start time, not "the process was stopped"."""
+    own = PgServer().start()  # the session's server keeps the other tests' connections
+    try:
+        url = own.new_database()
+        writer = _slow_ingest(url, tmp_path / "photos")
+        try:
+            own.pause()
+        finally:
+            _, err = writer.communicate(timeout=120)
+        own.resume()
+        assert writer.returncode == 1, err
+        last = json.loads(cli("status", "--json", "--library", url).stdout)["last_ingest"]
+        assert last["status"] == "interrupted" and last["finished_at"] is None
+        assert last["error"].startswith("the database connection was lost: the server restarted")
+        text = cli("status", "--library", url).stdout
+        assert "the database connection was lost" in text and "process was stopped" not in text
+    finally:
+        own.stop()

@@ -128,6 +128,7 @@ def test_ingest_and_status(library, run_json, tmp_path):
             "device": None,
             "precision": None,
             "summary": summary(unchanged=8),
+            "error": None,
         },
     }
     assert run_json("status", "--failed", "--json") == {

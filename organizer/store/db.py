@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, OperationalError
 
 from organizer.choices import is_url
-from organizer.errors import LibraryError, LibraryURLError, SchemaError
+from organizer.errors import ConnectionLostError, LibraryError, LibraryURLError, SchemaError
 from organizer.redact import hide_passwords, redact_url, remember, split_url
 from organizer.resources import migrations_dir
 
@@ -143,13 +143,15 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     the busy timeout for another writer; commits on success, rolls back on any exception.
 
     Raises:
-        LibraryError: the database could not be written (disk full, read-only, locked, I/O).
+        LibraryError: the database could not be written (disk full, read-only, locked, I/O);
+            ConnectionLostError, a LibraryError, when the connection to it broke.
     """
     try:
         with _writing(engine) as conn, conn.begin():
             yield conn
     except (OperationalError, DatabaseError, InterfaceError) as exc:
-        raise LibraryError(explain(exc, engine)) from None
+        lost = getattr(exc, "connection_invalidated", False)
+        raise (ConnectionLostError if lost else LibraryError)(explain(exc, engine)) from None
 
 
 def _writing(engine: Engine) -> Connection:

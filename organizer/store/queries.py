@@ -654,18 +654,23 @@ def finish_run(
     summary: dict,
     device: str | None,
     precision: str | None,
+    error: str | None = None,
 ) -> None:
+    """Record how a run ended; ``error`` (why it failed) is kept beside its summary."""
     conn.execute(
         update(ingest_runs_t)
         .where(ingest_runs_t.c.id == run_id)
         .values(
             finished_at=now(),
             status=status,
-            summary_json=json.dumps(summary),
+            summary_json=json.dumps({**summary, _RUN_ERROR: error} if error else summary),
             device=device,
             precision=precision,
         )
     )
+
+
+_RUN_ERROR = "error"  # the key of a failed run's reason in its summary_json (no column)
 
 
 def last_run(conn: Connection) -> IngestRunRecord | None:
@@ -674,6 +679,8 @@ def last_run(conn: Connection) -> IngestRunRecord | None:
     row = conn.execute(select(t).order_by(t.c.id.desc()).limit(1)).first()
     if row is None:
         return None
+    summary = json.loads(row.summary_json or "{}")
+    error = summary.pop(_RUN_ERROR, None)
     return IngestRunRecord(
         row.id,
         row.started_at,
@@ -682,5 +689,13 @@ def last_run(conn: Connection) -> IngestRunRecord | None:
         RunStatus(row.status),
         row.device,
         row.precision,
-        json.loads(row.summary_json or "{}"),
+        summary,
+        error,
     )
+
+
+def server_started_at(conn: Connection) -> datetime | None:
+    """When the database server last started (naive UTC); None for SQLite, which has none."""
+    if conn.dialect.name != "postgresql":
+        return None
+    return conn.exec_driver_sql("SELECT pg_postmaster_start_time() AT TIME ZONE 'UTC'").scalar_one()

@@ -165,6 +165,7 @@ class IngestRunRecord:
     device: str | None
     precision: str | None
     summary: dict
+    error: str | None = None  # why it failed or stopped, when known
 
     def to_dict(self) -> dict:
         return {
@@ -175,6 +176,7 @@ class IngestRunRecord:
             "device": self.device,
             "precision": self.precision,
             "summary": self.summary,
+            "error": self.error,
         }
 
 
