@@ -115,7 +115,6 @@ def test_combine_is_the_normalised_weighted_sum():
     "args, message",
     [
         (["similar", "nowhere.jpg"], "image not found: nowhere.jpg"),
-        (["search", " "], "empty query"),
         (["search"], "empty query"),
         (
             ["search", "beach", "--plus", "nowhere/sunset.jpg"],
@@ -130,6 +129,14 @@ def test_bad_queries_are_one_line_errors(searchable, cli, tmp_path, args, messag
     )
     assert result.exit_code == 1, result.output
     assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_blank_term_is_a_usage_error(searchable, cli):
+    """An unset variable (`search "$Q"`) is refused before the library is opened."""
+    lib, _ = searchable
+    result = cli("search", " ", "--library", lib.settings.library)
+    assert result.exit_code == 2 and "is empty" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
