@@ -471,8 +471,10 @@ def test_with_a_token_every_request_needs_it(site):
         assert (
             server.get("/api/status", headers={"Authorization": "Bearer wrong-token-xx"})[0] == 401
         )
-        ok = server.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert ok[0] == 200
+        for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: case-insensitive
+            ok = server.get("/api/status", headers={"Authorization": f"{scheme} {TOKEN}"})
+            assert ok[0] == 200, scheme
+        assert server.get("/api/status", headers={"Authorization": f"Basic {TOKEN}"})[0] == 401
         # The printed link sets an HttpOnly cookie and drops the token from the address.
         status, headers, _ = server.get(f"/clusters?token={TOKEN}")
         assert status == 303 and headers["location"] == "/clusters"

@@ -96,9 +96,10 @@ class Guard:
 
     def _allowed(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
         assert self.token is not None and self.session is not None
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        if auth.startswith("Bearer ") and hmac.compare_digest(
-            auth[7:].strip().encode(), self.token.encode()
+        # RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"), spaces follow it.
+        scheme, _, credentials = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self.token.encode()
         ):
             return True
         for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
