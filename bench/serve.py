@@ -1,6 +1,7 @@
 """Web app benchmark: `organizer serve` over a 100k-image library, default model.
 
-    python bench/serve.py [--n 100000] [--seconds 30] [--clients 20]
+    python bench/serve.py [--n 100000] [--seconds 30] [--clients 20] [--every 60]
+    python bench/serve.py --uploads 20
 
 The library holds the 100 real photos (ingested with ViT-B-32-256, seeded random weights:
 the same compute as real ones) plus N-100 synthetic images with clustered 512-d vectors
@@ -14,6 +15,15 @@ run it; requests go over HTTP from this process. Printed: the CPU, then
   second half of the run (flat memory: the second half grows by ~0);
 - the same mix while `organizer ingest` adds 300 photos to the library: errors, the slowest
   request, and whether the new images are searchable once the ingest is done.
+
+With ``--every S`` the server's RSS is printed every S seconds of the load (a soak:
+``--seconds 600 --every 60`` shows whether memory levels off).
+
+``--uploads K`` measures something else: K clients at once upload a 13000 x 13000 one-colour
+PNG (~40 KB, 169 MP: a decompression bomb that passes the ingest's pixel limit) to a server
+over a small library (the real photos, the tiny test model). Printed: the server's RSS idle,
+at its peak during the uploads and 5 s after; how the uploads were answered; and the latency
+of /api/status and a cached /thumb, asked one after another meanwhile.
 
 Cached in $ORGANIZER_BENCH_DATA (default /tmp/organizer-bench).
 """
@@ -36,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from catalogue import cpu, rows, vectors
-from common import DATA, ORGANIZER, PHOTOS, table, tree_rss_mb, variants
+from common import DATA, ORGANIZER, PHOTOS, TINY_CONFIG, table, tree_rss_mb, variants
 
 WORDS = [
     "dog",
@@ -190,7 +200,11 @@ def single(port: int, real_ids: list[int], all_ids: list[int]) -> list[list[str]
     return rows
 
 
-def mix(port: int, clients: int, seconds: float, real_ids, all_ids, server) -> dict:
+def mix(
+    port: int, clients: int, seconds: float, real_ids, all_ids, server, every: float = 0
+) -> dict:
+    """The load mix; with ``every``, the server's RSS is printed every that many seconds (a
+    soak: does memory level off?)."""
     stop = time.monotonic() + seconds
     times: list[float] = []
     errors: list[int] = []
@@ -217,8 +231,15 @@ def mix(port: int, clients: int, seconds: float, real_ids, all_ids, server) -> d
     started = time.monotonic()
     for t in threads:
         t.start()
+    shown = 0.0
     while any(t.is_alive() for t in threads):
-        rss.append((time.monotonic() - started, server.rss_mb()))
+        at = time.monotonic() - started
+        rss.append((at, server.rss_mb()))
+        if every and at >= shown:
+            print(
+                f"  {at:5.0f} s: server RSS {rss[-1][1]:.0f} MB, {len(times)} requests", flush=True
+            )
+            shown += every
         time.sleep(0.5)
     wall = time.monotonic() - started
     half = [m for t, m in rss if t >= seconds / 2]
@@ -236,13 +257,118 @@ def mix(port: int, clients: int, seconds: float, real_ids, all_ids, server) -> d
     }
 
 
+def upload_library() -> Path:
+    """The real photos ingested with the tiny test model: a server whose memory is mostly
+    what uploads cost."""
+    library = DATA / "serve-uploads"
+    if (library / "ready").exists():
+        return library
+    subprocess.run(["rm", "-rf", str(library)], check=True)
+    tiny = ["--model", str(TINY_CONFIG), "--pretrained", "none"]
+    done = subprocess.run(
+        [*ORGANIZER, "-L", str(library), "ingest", str(PHOTOS), *tiny, "-q"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(done.stderr)
+    (library / "ready").touch()
+    return library
+
+
+def flat_png(side: int = 13_000) -> bytes:
+    """A one-colour bilevel PNG of side x side pixels: tens of KB that decode to side**2
+    bytes, and three times that as RGB."""
+    path = DATA / f"flat-{side}.png"
+    if not path.exists():
+        from PIL import Image
+
+        Image.new("1", (side, side), 1).save(path, optimize=True)
+    return path.read_bytes()
+
+
+def post(port: int, body: bytes) -> tuple[int, bytes, float]:
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        conn.request("POST", "/api/search?n=3", body=body, headers={"Content-Type": "image/png"})
+        response = conn.getresponse()
+        data = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, str(exc).encode(), time.perf_counter() - started
+    finally:
+        conn.close()
+    return response.status, data, time.perf_counter() - started
+
+
+def uploads(count: int) -> None:
+    """See the module's docstring (--uploads)."""
+    png = flat_png()
+    library = upload_library()
+    server = Server(library)
+    try:
+        client = Client(server.port)
+        while client.get("/api/search?q=warm&n=1")[0] != 200:
+            time.sleep(0.5)
+        photo = sorted(PHOTOS.glob("*.jpg"))[0].read_bytes()
+        status, data, _ = post(server.port, photo)  # the image tower, loaded once
+        assert status == 200, data
+        thumb_id = json.loads(data)["results"][0]["image_id"]
+        client.get(f"/thumb/{thumb_id}")
+        time.sleep(2)
+        idle = server.rss_mb()
+        print(f"{len(png):,}-byte PNG of 13000 x 13000 px, {count} uploads at once")
+
+        answers: list[tuple[int, bytes, float]] = []
+        threads = [
+            threading.Thread(target=lambda: answers.append(post(server.port, png)))
+            for _ in range(count)
+        ]
+        others: dict[str, list[float]] = {"/api/status": [], f"/thumb/{thumb_id}": []}
+        peak = idle
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, server.rss_mb())
+            for path, times in others.items():
+                status, _, took = client.get(path)
+                times.append(took if status == 200 else float("inf"))
+        time.sleep(5)
+        after = server.rss_mb()
+        print(
+            f"server RSS: idle {idle:.0f} MB, peak {peak:.0f} MB ({peak - idle:+.0f}), "
+            f"5 s after {after:.0f} MB ({after - idle:+.0f})"
+        )
+        kinds: dict[str, int] = {}
+        for status, data, _ in answers:
+            error = json.loads(data).get("error", "") if status not in (0, 200) else ""
+            key = f"{status} {error}".strip()
+            kinds[key] = kinds.get(key, 0) + 1
+        slowest = max(t for _, _, t in answers)
+        for key, n in sorted(kinds.items()):
+            print(f"  {n} answered {key}")
+        print(f"  the last answer came after {slowest:.1f} s")
+        rows = [
+            [path, str(len(times)), *percentiles(times), f"{max(times) * 1000:.0f}"]
+            for path, times in others.items()
+        ]
+        print(table(rows, ["meanwhile", "requests", "p50 ms", "p95 ms", "max ms"]))
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--every", type=float, default=0, help="print the server's RSS every S s")
+    ap.add_argument("--uploads", type=int, default=0, help="K bomb-like uploads at once")
     args = ap.parse_args()
     print(cpu(), flush=True)
+    if args.uploads:
+        uploads(args.uploads)
+        return
     library = make_library(args.n)
     server = Server(library)
     try:
@@ -258,7 +384,7 @@ def main() -> None:
         rows = single(server.port, real_ids, all_ids)
         print(table(rows, ["endpoint (1 client)", "requests", "p50 ms", "p95 ms", "errors"]))
 
-        load = mix(server.port, args.clients, args.seconds, real_ids, all_ids, server)
+        load = mix(server.port, args.clients, args.seconds, real_ids, all_ids, server, args.every)
         print(
             f"\n{args.clients} clients, {args.seconds:.0f} s: {load['requests']} requests "
             f"({load['per_s']:.0f}/s), {load['errors']} errors, p50 {load['p50']} ms, p95 "
