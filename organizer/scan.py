@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat as stat_module
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -236,24 +237,29 @@ def extension(relpath: bytes) -> str:
     return os.fsdecode(ext) if ext else "(none)"
 
 
+# Characters a name shows escaped: C0 and C1 controls, line and paragraph separators, and
+# the bidirectional controls, which would reorder what follows them ("photo\u202egpj.exe"
+# shows as "photoexe.jpg"). Joiners stay: emoji and many scripts need them.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
 def display_path(relpath: bytes) -> str:
-    """A path for people: undecodable bytes as \\xNN, control characters escaped; lossless."""
+    """A path for people: undecodable bytes as \\xNN, control and bidirectional-control
+    characters escaped (\\n, \\x85, \\u202e); lossless."""
     text = relpath.decode("utf-8", "backslashreplace")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        text = "".join(
-            c if 32 <= ord(c) != 127 else c.encode("unicode_escape").decode() for c in text
-        )
-    return text
+    return _UNSHOWABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def exact_path(root: str, relpath: bytes) -> dict[str, str]:
-    """For JSON: ``{"path_b64": ...}``, the exact bytes of the absolute path, when the path
-    is not valid UTF-8 (its shown form escapes bytes, so a script could not open it)."""
+    """For JSON: ``{"path_b64": ...}``, the exact bytes of the absolute path, when the shown
+    path is not the name itself (bytes that are not UTF-8, or escaped characters), so a
+    script could not open the file by it."""
     try:
-        relpath.decode("utf-8")
-        return {}
+        if display_path(relpath) == relpath.decode("utf-8"):
+            return {}
     except UnicodeDecodeError:
-        return {"path_b64": base64.b64encode(os.path.join(os.fsencode(root), relpath)).decode()}
+        pass
+    return {"path_b64": base64.b64encode(os.path.join(os.fsencode(root), relpath)).decode()}
 
 
 def shown_path(root: str, relpath: bytes, absolute: bool = False) -> str:

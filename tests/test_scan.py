@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
-from organizer.scan import display_path, scan_root
+import pytest
+
+from organizer.scan import display_path, exact_path, scan_root
 from tests.fakes import write_picture
 
 
@@ -41,6 +44,29 @@ def test_non_utf8_and_odd_names_are_kept_as_bytes(tmp_path):
     assert found == sorted(names)
     assert display_path(b"caf\xe9.jpg") == "caf\\xe9.jpg"
     assert display_path(b"new\nline.jpg") == "new\\nline.jpg"
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("photo\u202egpj.exe.jpg", "photo\\u202egpj.exe.jpg"),  # right-to-left override
+        ("a\u2066b\u2069\u200f.jpg", "a\\u2066b\\u2069\\u200f.jpg"),  # isolates, RLM
+        ("next\x85line\u2028.jpg", "next\\x85line\\u2028.jpg"),  # C1 control, separator
+        ("tab\there.jpg", "tab\\there.jpg"),
+        ("\u0645\u0631\u062d\u0628\u0627.jpg", "\u0645\u0631\u062d\u0628\u0627.jpg"),  # Arabic
+        ("family-\U0001f468\u200d\U0001f469.jpg", "family-\U0001f468\u200d\U0001f469.jpg"),  # ZWJ
+    ],
+)
+def test_names_show_their_invisible_characters(name, shown):
+    """Control and bidirectional-control characters show escaped (they would hide or reorder
+    the name); the JSON path then comes with the exact bytes too."""
+    relpath = name.encode()
+    assert display_path(relpath) == shown
+    exact = exact_path("/photos", relpath)
+    if shown == name:
+        assert exact == {}
+    else:
+        assert base64.b64decode(exact["path_b64"]) == b"/photos/" + relpath
 
 
 def test_extensions_are_case_insensitive_and_others_ignored(tmp_path):

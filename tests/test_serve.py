@@ -3,10 +3,12 @@ files, and its front door (Host check, token, origin, CSP, paths that lead out).
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from tests.fakes import TINY_CONFIG, make_folder, write_picture
 pytest.importorskip("starlette", reason="the serve extra is not installed")
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"
+# A right-to-left override: unescaped, this name shows as "invoice-gpj.exe.png".
+BIDI_NAME = "invoice-\u202egnp.exe.jpg"
 TOKEN = "correct-horse-battery-staple"
 ENV = {"ORGANIZER_MODEL": str(TINY_CONFIG), "ORGANIZER_PRETRAINED": "none"}
 
@@ -85,8 +89,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A library of 10 pictures (one hostile name, one not UTF-8, one with GPS in its EXIF,
-    one that will become a symlink out of the root), clustered, served without a token."""
+    """A library of 11 pictures (one hostile name, one not UTF-8, one with a right-to-left
+    override in its name, one with GPS in its EXIF, one that will become a symlink out of the
+    root) and a broken file, clustered, served without a token."""
     base = tmp_path_factory.mktemp("serve")
     photos = base / "photos"
     make_folder(photos, 6)
@@ -97,6 +102,8 @@ def site(tmp_path_factory):
     write_picture(photos / "gps.jpg", 51, exif=exif.tobytes())
     write_picture(photos / "leaks.jpg", 52)
     write_picture(photos / os.fsdecode(b"odd-\xff\xfe.jpg"), 53)  # not UTF-8
+    write_picture(photos / BIDI_NAME, 54)
+    (photos / f"broken-{BIDI_NAME}").write_bytes(b"\xff\xd8 not really")
     outside = base / "outside"
     outside.mkdir()
     (outside / "secret.jpg").write_bytes((photos / "leaks.jpg").read_bytes())
@@ -258,7 +265,7 @@ def test_clusters_duplicates_and_status_are_the_cli_documents(site):
     groups = server.json("/api/duplicates")
     assert set(groups) == {"groups"}
     map_data = server.json("/api/map")
-    assert len(map_data["points"]) == 10
+    assert len(map_data["points"]) == 11
     assert all(0 <= p[1] <= 1 and 0 <= p[2] <= 1 for p in map_data["points"])
 
 
@@ -366,6 +373,25 @@ def test_hostile_file_names_render_inert(site):
         assert b"<img src=x onerror" not in page, path
     status, _, page = server.get(f"/view/{ids[HOSTILE_NAME]}")
     assert b"&lt;img src=x onerror=alert(1)&gt;.jpg" in page
+
+
+def test_invisible_characters_in_names_show_escaped_and_isolated(site):
+    """A right-to-left override would reorder the name and what follows it: it shows as
+    \\u202e, and every name sits in a <bdi> (the JSON path keeps the exact bytes)."""
+    server = site["server"]
+    ids = _ids(server)
+    shown = BIDI_NAME.replace("\u202e", "\\u202e")
+    found = server.json(f"/api/similar/{ids['img000.jpg']}?n=20")["results"]
+    entry = next(r for r in found if r["image_id"] == ids[shown])
+    assert entry["path"] == shown
+    assert base64.b64decode(entry["path_b64"]).endswith(BIDI_NAME.encode())
+    isolated = re.compile(r"<bdi[^>]*>[^<]*" + re.escape(shown) + "</bdi>")
+    for path in (f"/view/{ids[shown]}", f"/view/{ids['img000.jpg']}", "/clusters", "/status"):
+        status, _, page = server.get(path)
+        text = page.decode()
+        assert status == 200 and "\u202e" not in text, path
+        assert isolated.search(text), path  # on /status: the broken file, in the failed list
+    assert server.json(f"/api/similar/{ids[shown]}?n=1")["query"] == shown
 
 
 def test_every_response_has_the_security_headers(site):

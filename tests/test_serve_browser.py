@@ -32,7 +32,7 @@ def test_the_app_in_a_browser(site, browser_page):  # noqa: F811 - fixtures
     page.press("#q", "Enter")
     page.wait_for_selector("#results .card img")
     cards = page.locator("#results .card")
-    assert cards.count() == 10
+    assert cards.count() == 11
     first = page.locator("#results .card img").first
     first.scroll_into_view_if_needed()
     page.wait_for_timeout(300)
@@ -44,7 +44,7 @@ def test_the_app_in_a_browser(site, browser_page):  # noqa: F811 - fixtures
     page.wait_for_selector("#picture")
     assert _loaded(page.locator("#picture"))
     similar = page.locator("#similar .card")
-    assert similar.count() == 9  # the others
+    assert similar.count() == 10  # the others
     similar.first.click()
     page.wait_for_selector("#picture")
     assert "/view/" in page.url
@@ -69,6 +69,9 @@ def test_the_app_in_a_browser(site, browser_page):  # noqa: F811 - fixtures
     page.goto(base + f"/?q={HOSTILE_NAME}")
     page.wait_for_selector("#results .card")
     _shot(page, "hostile")
+    # Names are isolated: a right-to-left one cannot reorder the score beside it.
+    assert page.locator("#results .card bdi.name").count() == 11
+    assert "\\u202egnp.exe" in page.text_content("#results")
 
     assert not log["errors"], log["errors"]
     assert not [m for m in log["console"] if m[0] == "error"], log["console"]

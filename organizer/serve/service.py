@@ -30,7 +30,7 @@ from organizer.library import Library
 from organizer.pipeline import Job, prepare
 from organizer.redact import hide_passwords
 from organizer.report import projection
-from organizer.scan import is_raw_name
+from organizer.scan import display_path, is_raw_name
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.records import ClusterRunSummary, ImageRecord, ImageStatus
@@ -146,13 +146,13 @@ class Service:
             )
         vector = embedder.embed_pixels(prepared.pixels[None])[0]
         hits = self.finder().ranked(vector, limit + offset, (), None)
-        return Results(name or "uploaded image", _page(hits, offset))
+        return Results(display_path(os.fsencode(name)) or "uploaded image", _page(hits, offset))
 
     def similar_to(self, image_id: int, limit: int, offset: int = 0) -> Results:
         record = self.image(image_id)
         vector = self._vector(image_id)
         hits = self.finder().ranked(vector, limit + offset, (image_id,), None)
-        return Results(_display(record), _page(hits, offset))
+        return Results(display_path(record.relpath), _page(hits, offset))
 
     def duplicates(self, threshold: float = NEAR_DUPLICATE) -> list[DuplicateGroup]:
         """Duplicate groups of the index served now, computed once per index."""
@@ -315,7 +315,3 @@ def _real_path(record: ImageRecord) -> str:
 
 def _page(results: Sequence[Result], offset: int) -> list[Result]:
     return list(results[offset:])
-
-
-def _display(record: ImageRecord) -> str:
-    return os.fsdecode(record.relpath)

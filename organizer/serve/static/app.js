@@ -1,6 +1,8 @@
 // organizer serve: search (text, or a dropped/pasted/chosen picture), the cluster map, and
 // copying duplicate lists. Served from the server itself (no CDN); the page's CSP allows no
-// inline script. Every file name is put in the page as text, never as HTML.
+// inline script. Every file name is put in the page as text, never as HTML, and in a <bdi>:
+// a right-to-left name must not reorder the text around it (the server escapes the
+// invisible controls within it).
 "use strict";
 
 (function () {
@@ -18,7 +20,7 @@
       el("img", { src: "/thumb/" + r.image_id, alt: "", loading: "lazy" }),
       el("span", { class: "meta" }, [
         el("span", { class: "score", text: r.score.toFixed(3) }),
-        el("span", { class: "name", text: r.path }),
+        el("bdi", { class: "name", text: r.path }),
       ]),
     ]);
   }
@@ -35,7 +37,11 @@
     var current = null;  // {kind: "text", q} or {kind: "image", blob, name}
     var shown = 0;
 
-    function say(text) { message.textContent = text; }
+    // Text, with the query (words or an uploaded file's name) isolated in a <bdi>.
+    function say(text, query, after) {
+      message.replaceChildren(text);
+      if (query !== undefined) { message.append(el("bdi", { text: query }), after || ""); }
+    }
 
     function request(offset) {
       var params = "n=" + page + "&offset=" + offset;
@@ -59,8 +65,11 @@
         answer.data.results.forEach(function (r) { results.appendChild(card(r)); });
         shown += answer.data.results.length;
         var ms = Math.round(performance.now() - started);
-        say(shown ? shown + " results for " + answer.data.query + " (" + ms + " ms)"
-          : "Nothing found for " + answer.data.query + ".");
+        if (shown) {
+          say(shown + " results for ", answer.data.query, " (" + ms + " ms)");
+        } else {
+          say("Nothing found for ", answer.data.query, ".");
+        }
         more.hidden = answer.data.results.length < page;
       }).catch(function () { say("The server cannot be reached."); });
     }
