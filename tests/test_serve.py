@@ -338,9 +338,39 @@ def test_a_symlink_leading_out_of_its_root_is_not_followed(site):
     try:
         assert server.get(f"/image/{ids['leaks.jpg']}")[0] == 404
         assert server.get(f"/thumb/{ids['leaks.jpg']}?size=l")[0] == 404
+        _assert_shown_as_not_served(server, ids, "leaks.jpg", "a link that leads out of its folder")
     finally:
         leaks.unlink()
         shutil.copy(site["base"] / "outside" / "secret.jpg", leaks)
+
+
+def test_a_file_gone_since_the_ingest_is_a_tile_that_says_so(site):
+    server = site["server"]
+    ids = _ids(server)
+    gone = site["photos"] / "img003.jpg"
+    kept = gone.with_name("img003.kept")
+    gone.rename(kept)
+    try:
+        _assert_shown_as_not_served(server, ids, "img003.jpg", "the file is no longer there")
+    finally:
+        kept.rename(gone)
+    assert server.json(f"/api/similar/{ids['img000.jpg']}?n=20")["results"]
+    assert not [r for r in server.json("/api/search?q=x&n=20")["results"] if "not_shown" in r]
+
+
+def _assert_shown_as_not_served(server, ids: dict[str, int], name: str, why: str) -> None:
+    """Results and pages keep the image (its rank is right, its page opens) but show a tile
+    saying why instead of a picture that could not load."""
+    image_id = ids[name]
+    found = server.json(f"/api/similar/{ids['img000.jpg']}?n=20")["results"]
+    assert {r["image_id"]: r.get("not_shown") for r in found}[image_id] == f"Not shown: {why}"
+    assert [r for r in found if "not_shown" in r] == [r for r in found if r["image_id"] == image_id]
+    for path in (f"/view/{ids['img000.jpg']}", "/clusters", f"/view/{image_id}"):
+        status, _, page = server.get(path)
+        assert status == 200, path
+        assert f'src="/thumb/{image_id}"' not in page.decode(), path
+        assert f'src="/thumb/{image_id}?size=l"' not in page.decode(), path
+        assert f"Not shown: {why}" in page.decode(), path
 
 
 def test_failed_and_missing_files_are_not_served(site, tmp_path):

@@ -5,6 +5,7 @@ kept in build/test-artifacts/."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tests.test_report_browser import browser_page  # noqa: F401 - the fixture
@@ -72,6 +73,22 @@ def test_the_app_in_a_browser(site, browser_page):  # noqa: F811 - fixtures
     # Names are isolated: a right-to-left one cannot reorder the score beside it.
     assert page.locator("#results .card bdi.name").count() == 11
     assert "\\u202egnp.exe" in page.text_content("#results")
+
+    # A file the server will not serve is a tile saying why, not a broken picture (which
+    # would also log a 404 in the console).
+    leaks = site["photos"] / "leaks.jpg"
+    leaks.unlink()
+    leaks.symlink_to(site["base"] / "outside" / "secret.jpg")
+    try:
+        page.goto(base + "/?q=photo")
+        page.wait_for_selector("#results .card .unshown")
+        tile = page.locator("#results .card .unshown")
+        assert tile.count() == 1 and "leads out of its folder" in tile.text_content()
+        assert page.locator("#results .card img").count() == 10
+        _shot(page, "not-shown")
+    finally:
+        leaks.unlink()
+        shutil.copy(site["base"] / "outside" / "secret.jpg", leaks)
 
     assert not log["errors"], log["errors"]
     assert not [m for m in log["console"] if m[0] == "error"], log["console"]

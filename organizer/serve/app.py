@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from organizer.errors import OrganizerError, QueryError
+from organizer.finder import Results
 from organizer.redact import hide_passwords
 from organizer.scan import display_path
 from organizer.serve.guard import Guard
@@ -47,6 +48,7 @@ def create_app(
     )
     env.filters["shown"] = lambda b: display_path(b if isinstance(b, bytes) else os.fsencode(b))
     env.filters["abspath"] = lambda m: display_path(os.path.join(os.fsencode(m.root), m.relpath))
+    env.globals["unshown"] = service.unshown
 
     def page(name: str, request: Request, **context) -> HTMLResponse:
         html = env.get_template(name).render(
@@ -88,10 +90,20 @@ def create_app(
 
     # -- the API ---------------------------------------------------------------------------
 
+    def answer(results: Results) -> JSONResponse:
+        """Results in the CLI's shape; one whose file is not served says why (``not_shown``),
+        so the page shows that instead of a broken picture."""
+        data = results.to_dict()
+        for entry, result in zip(data["results"], results.results, strict=True):
+            why = service.unshown(result)
+            if why:
+                entry["not_shown"] = why
+        return JSONResponse(data)
+
     def api_search(request: Request) -> JSONResponse:
         text = request.query_params.get("q", "")
         limit, offset = _paging(request)
-        return JSONResponse(service.search_text(text, limit, offset).to_dict())
+        return answer(service.search_text(text, limit, offset))
 
     async def api_search_image(request: Request) -> JSONResponse:
         body = await _body(request)  # whatever the transfer encoding, at most MAX_UPLOAD
@@ -113,11 +125,11 @@ def create_app(
             raise QueryError("no image was sent")
         limit, offset = _paging(request)
         res = await run_in_threadpool(service.search_image, data, name, limit, offset)
-        return JSONResponse(res.to_dict())
+        return answer(res)
 
     def api_similar(request: Request) -> JSONResponse:
         limit, offset = _paging(request)
-        return JSONResponse(service.similar_to(_id(request), limit, offset).to_dict())
+        return answer(service.similar_to(_id(request), limit, offset))
 
     def api_clusters(request: Request) -> JSONResponse:
         summary = service.run(_int(request.query_params.get("run"), None))

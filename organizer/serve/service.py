@@ -49,6 +49,15 @@ class NotFound(LookupError):
     """No such image (or not one that may be shown): the server answers 404."""
 
 
+class Unshown(NotFound):
+    """An image of the library whose file the server will not serve; says why, for people."""
+
+
+LEADS_OUT = "Not shown: a link that leads out of its folder"
+GONE = "Not shown: the file is no longer there"
+NOT_A_FILE = "Not shown: not a regular file"
+
+
 @dataclass(frozen=True)
 class ImagePage:
     """An image with what its page shows."""
@@ -247,7 +256,18 @@ class Service:
 
     def file_path(self, image_id: int) -> str:
         """The real path of an image's file, refused if it leads out of its root."""
-        return _real_path(self.image(image_id))
+        record = self.image(image_id)
+        return _locate(record.root, record.relpath)
+
+    def unshown(self, item) -> str | None:
+        """Why the file of a result, member or record (anything with ``root`` and
+        ``relpath``) will not be served, or None: pages show a tile that says so rather than
+        a broken picture."""
+        try:
+            _locate(item.root, item.relpath)
+        except Unshown as exc:
+            return str(exc)
+        return None
 
     def thumb(self, image_id: int, size: str = "s") -> Path:
         """A cached JPEG no larger than the size's side, made from the pixels alone (no EXIF,
@@ -256,7 +276,7 @@ class Service:
         if side is None:
             raise NotFound(size)
         record = self.image(image_id)
-        real = _real_path(record)
+        real = _locate(record.root, record.relpath)
         stamp = (record.content_hash or f"{record.size}-{record.mtime_ns}")[:24]
         target = self.thumbs / str(side) / f"{image_id}-{stamp}.jpg"
         if target.is_file():
@@ -305,11 +325,15 @@ def parse_query(text: str) -> tuple[str | None, list[str], list[str]]:
     return query, plus, minus
 
 
-def _real_path(record: ImageRecord) -> str:
-    root = os.path.realpath(record.root)
-    real = os.path.realpath(os.fsdecode(record.path))
-    if not real.startswith(root.rstrip("/") + "/") or not os.path.isfile(real):
-        raise NotFound(record.id)
+def _locate(root: str, relpath: bytes) -> str:
+    """The real path of a file the server may serve: inside its root once links are
+    resolved, and a regular file. Else :class:`Unshown` says why."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.fsdecode(os.path.join(os.fsencode(root), relpath)))
+    if not real.startswith(real_root.rstrip("/") + "/"):
+        raise Unshown(LEADS_OUT)
+    if not os.path.isfile(real):
+        raise Unshown(NOT_A_FILE if os.path.exists(real) else GONE)
     return real
 
 

@@ -16,8 +16,12 @@
   }
 
   function card(r) {
+    // A file the server will not serve gets a tile saying why, not a broken picture.
+    var picture = r.not_shown
+      ? el("span", { class: "unshown", title: r.not_shown, text: r.not_shown })
+      : el("img", { src: "/thumb/" + r.image_id, alt: "", loading: "lazy" });
     return el("a", { class: "card", href: "/view/" + r.image_id, title: r.path }, [
-      el("img", { src: "/thumb/" + r.image_id, alt: "", loading: "lazy" }),
+      picture,
       el("span", { class: "meta" }, [
         el("span", { class: "score", text: r.score.toFixed(3) }),
         el("bdi", { class: "name", text: r.path }),
@@ -182,7 +186,10 @@
       hovered = i;
       if (i < 0) { tip.hidden = true; draw(); return; }
       var p = points[i];
-      tip.querySelector("img").src = "/thumb/" + p[0];
+      var picture = tip.querySelector("img");
+      picture.hidden = false;
+      picture.onerror = function () { picture.hidden = true; };  // a file not served
+      picture.src = "/thumb/" + p[0];
       tip.querySelector("span").textContent = p[3] + " · " + (labels[p[3]] || "unnamed");
       tip.hidden = false;
       tip.style.left = Math.min(x + 14, width - 190) + "px";
