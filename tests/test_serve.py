@@ -389,7 +389,9 @@ def test_failed_and_missing_files_are_not_served(site, tmp_path):
         # broken.jpg has the next id: known to the library, failed, so never served
         assert server.get(f"/image/{max(ids.values()) + 1}")[0] == 404
         status, _, page = server.get("/status")
-        assert status == 200 and b"broken.jpg" in page
+        failed = page.split(b'<table class="failures"')[1]
+        assert status == 200 and b"broken.jpg" in failed
+        assert str(photos.resolve()).encode() in failed  # which folder it is in
     finally:
         server.stop()
 
