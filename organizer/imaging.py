@@ -110,6 +110,8 @@ def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Ima
             raise ImageError(
                 "HEIC/HEIF image: install its support with pip install 'organizer[heic]'"
             ) from None
+        if data[:4] in _TIFF_MAGIC and "TIFF" in formats:
+            raise ImageError(_tiff_refusal(data)) from None
         raise ImageError(f"not a supported image (allowed: {', '.join(formats)})") from None
     except Image.DecompressionBombError:
         raise ImageError("image too large: looks like a decompression bomb") from None
@@ -121,6 +123,35 @@ def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Ima
     if width * height > MAX_PIXELS:
         raise ImageError(f"image too large ({width}x{height}): looks like a decompression bomb")
     return image
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_SAMPLE_KINDS = {1: "integer", 2: "signed integer", 3: "floating-point"}
+
+
+def _tiff_refusal(data: bytes) -> str:
+    """Why Pillow refused a TIFF, from its first page's tags: Pillow decodes 1-, 8- and 16-bit
+    integer samples and 32-bit float greys, not every layout TIFF allows (64-bit floats)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        tags = TiffImagePlugin.ImageFileDirectory_v2(data[:8])
+        stream = io.BytesIO(data)
+        stream.seek(tags.next)
+        tags.load(stream)
+        if 256 not in tags:  # no width: not a directory after all
+            raise ValueError
+        bits = tags.get(258, (1,))
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        kind = tags.get(339, (1,))
+        kind = kind[0] if isinstance(kind, tuple) else kind
+        samples = tags.get(277, len(bits))
+    except Exception:
+        return "a damaged TIFF: its first page cannot be read"
+    return (
+        f"a TIFF of {samples}-sample {bits[0]}-bit {_SAMPLE_KINDS.get(kind, 'unknown-kind')} "
+        "pixels, which Pillow cannot decode: save it with 8- or 16-bit integer samples"
+    )
 
 
 def _reason(exc: BaseException) -> str:

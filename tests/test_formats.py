@@ -1,17 +1,21 @@
 """The formats organizer takes besides the common ones: JPEG 2000, Netpbm, camera RAW (with
-the organizer[raw] extra), and a clear word for HEIC without its extra."""
+the organizer[raw] extra), multi-page TIFF, and a clear word for HEIC without its extra and
+for a TIFF layout Pillow cannot decode."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from organizer.errors import ImageError
-from organizer.imaging import decode
+from organizer.imaging import PreprocessSpec, decode
+from organizer.pipeline import Job, prepare
 from tests.fakes import picture
 
 
@@ -43,6 +47,42 @@ def test_jpeg2000_and_netpbm_decode(fmt, ext):
     picture(1).save(buf, format=fmt)
     image, info = decode(buf.getvalue())
     assert image.mode == "RGB" and image.size == (96, 64) and info.format == fmt
+
+
+def multipage_tiff(*pages) -> bytes:
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=list(pages[1:]))
+    return buf.getvalue()
+
+
+def float64_tiff() -> bytes:
+    """Like scikit-image's multipage_rgb.tif: two pages of 3 planes of 64-bit floats."""
+    tifffile = pytest.importorskip("tifffile")  # Pillow writes no 64-bit samples
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.linspace(0, 1, 600).reshape(2, 3, 10, 10), photometric="rgb")
+    return buf.getvalue()
+
+
+def test_a_multipage_tiff_is_its_first_page(tmp_path):
+    """As for GIF: the first page, whatever the others are (ingest's path: a file)."""
+    first = Image.new("RGB", (40, 30), (255, 0, 0))
+    path = tmp_path / "pages.tif"
+    path.write_bytes(multipage_tiff(first, Image.new("I;16", (60, 20), 9), first.convert("L")))
+    spec = PreprocessSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    prepared = prepare(Job(0, os.fsencode(path), -1, -1), spec)
+    assert prepared.error is None and prepared.info.format == "TIFF"
+    assert (prepared.info.width, prepared.info.height) == (40, 30)
+    assert (prepared.pixels[..., 0] > 250).all() and (prepared.pixels[..., 2] < 5).all()
+
+
+def test_a_tiff_pillow_cannot_decode_says_why():
+    """Listing TIFF among the allowed formats while refusing a TIFF told the user nothing."""
+    with pytest.raises(ImageError) as refused:
+        decode(float64_tiff())
+    reason = str(refused.value)
+    assert "3-sample 64-bit floating-point" in reason and "allowed" not in reason
+    with pytest.raises(ImageError, match="damaged TIFF"):
+        decode(b"II*\x00\xff\xff\x00\x00 not a directory")
 
 
 def test_raw_decodes_with_the_extra():

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.fakes import TINY_CONFIG, make_folder, write_picture
+from tests.test_formats import float64_tiff, multipage_tiff
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
 
@@ -210,6 +211,21 @@ def test_search_by_uploaded_picture(site):
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert status == 200 and Path(json.loads(data)["results"][0]["path"]).name == "img000.jpg"
+
+
+def test_an_uploaded_tiff_is_its_first_page_or_a_clear_refusal(site):
+    server = site["server"]
+    with Image.open(site["photos"] / "img000.jpg") as first:
+        pages = multipage_tiff(first.convert("RGB"), Image.new("RGB", first.size, (0, 0, 255)))
+    status, _, data = server.request(
+        "POST", "/api/search?n=1", body=pages, headers={"Content-Type": "image/tiff"}
+    )
+    assert status == 200 and Path(json.loads(data)["results"][0]["path"]).name == "img000.jpg"
+    status, _, data = server.request(
+        "POST", "/api/search", body=float64_tiff(), headers={"Content-Type": "image/tiff"}
+    )
+    error = json.loads(data)["error"]
+    assert status == 400 and "64-bit floating-point" in error and "allowed" not in error
 
 
 def test_uploads_are_capped_however_they_are_sent(site):
