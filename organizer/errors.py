@@ -42,6 +42,10 @@ class ImageError(OrganizerError):
     """An image file cannot be decoded; ingest records it as failed and goes on."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the pixels a decode may cost (an uploaded query): a smaller copy works."""
+
+
 class QueryError(OrganizerError):
     """A search, similar or duplicates query is malformed or cannot be answered."""
 

@@ -110,10 +110,8 @@ def prepare(
     if result.content_hash in skip_decode:
         return result
     try:
-        # JPEGs are decoded at the smallest DCT scale that keeps both sides at least twice the
-        # model's input, so the final bicubic resize still anti-aliases: cosine to a full
-        # decode >= 0.9999 on real photos, while a 12-MP photo decodes ~4x faster.
-        min_size = (2 * spec.size[1], 2 * spec.size[0]) if (spec is not None and draft) else None
+        # JPEGs are decoded at the smallest DCT scale that keeps the spec's decode_size.
+        min_size = spec.decode_size if (spec is not None and draft) else None
         image, result.info = decode(data, min_size=min_size, raw=is_raw_name(job.path))
         if spec is not None:
             result.pixels = to_model_input(image, spec)

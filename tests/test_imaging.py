@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from organizer.errors import ImageError
+from organizer.errors import ImageError, ImageTooLargeError
 from organizer.imaging import PreprocessSpec, decode, to_model_input
 from tests.fakes import image_bytes, picture
 
@@ -103,3 +105,70 @@ def test_model_input_matches_open_clip_transform(size, mode):
         image
     )
     np.testing.assert_allclose(ours, theirs.permute(1, 2, 0).numpy(), atol=1e-4)
+
+
+# -- a budgeted decode (an uploaded query) ----------------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGBA pixels but holds a single one: what a
+    decoder would allocate is in its header alone."""
+    data = bytearray(image_bytes(Image.new("RGBA", (1, 1)), "PNG"))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    return bytes(data)
+
+
+def test_a_budget_refuses_before_decoding():
+    """81 MP of RGBA would hold ~620 MB: refused from the header, before a byte of pixels is
+    decoded (this file has none), and before EXIF is read (a PNG's getexif() decodes it)."""
+    with pytest.raises(ImageTooLargeError, match=r"9000 x 9000 pixels would take about 618 MB"):
+        decode(png_claiming(9000, 9000), min_size=(64, 64), max_bytes=384 * 2**20)
+
+
+def test_a_jpeg_counts_at_its_draft_scale():
+    data = image_bytes(picture(3, (2000, 1600)), "JPEG")
+    image, info = decode(data, min_size=(64, 64), max_bytes=2**20)  # 12.8 MB in full
+    assert (info.width, info.height) == (2000, 1600) and max(image.size) <= 250
+    with pytest.raises(ImageTooLargeError):
+        decode(image_bytes(picture(3, (2000, 1600)), "PNG"), min_size=(64, 64), max_bytes=2**20)
+
+
+def _in_mode(mode: str) -> bytes:
+    source = picture(7, (1200, 900))
+    if mode == "I;16":
+        grey = np.asarray(source.convert("L")).astype(np.uint16) * 257
+        return image_bytes(Image.fromarray(grey), "PNG")
+    if mode in ("RGBA", "LA"):
+        shaped = source.convert(mode[0] if mode == "LA" else "RGB")
+        shaped.putalpha(Image.linear_gradient("L").resize(source.size))
+        return image_bytes(shaped, "PNG")
+    if mode == "P":
+        return image_bytes(source.quantize(64), "PNG", transparency=0)
+    return image_bytes(source.convert(mode), "TIFF" if mode == "CMYK" else "PNG")
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "CMYK"])
+def test_a_budgeted_decode_shrinks_first_and_looks_the_same(mode):
+    """Shrunk as soon as it is decoded, in its own mode (or one that averages): the model's
+    input differs from a full decode's by about a grey level, not by what a mode means
+    (16-bit scaling, transparency over white)."""
+    spec = PreprocessSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    data = _in_mode(mode)
+    full, _ = decode(data)
+    small, info = decode(data, min_size=spec.decode_size, max_bytes=2**30)
+    assert (info.width, info.height) == (1200, 900) and small.size == (85, 64)
+    assert small.mode == "RGB"
+    difference = np.abs(
+        to_model_input(full, spec).astype(np.int16) - to_model_input(small, spec).astype(np.int16)
+    )
+    assert difference.mean() < 2 and difference.max() < 16
+
+
+def test_a_shrunk_transparent_palette_still_goes_over_white():
+    image = Image.new("P", (1000, 1000), 0)
+    image.putpalette([0, 0, 0] * 256)
+    data = image_bytes(image, "PNG", transparency=0)
+    small, _ = decode(data, min_size=(64, 64), max_bytes=2**30)
+    assert small.size == (66, 66) and (np.asarray(small) == 255).all()
