@@ -20,10 +20,11 @@ With ``--every S`` the server's RSS is printed every S seconds of the load (a so
 ``--seconds 600 --every 60`` shows whether memory levels off).
 
 ``--uploads K`` measures something else: K clients at once upload a 13000 x 13000 one-colour
-PNG (~40 KB, 169 MP: a decompression bomb that passes the ingest's pixel limit) to a server
-over a small library (the real photos, the tiny test model). Printed: the server's RSS idle,
-at its peak during the uploads and 5 s after; how the uploads were answered; and the latency
-of /api/status and a cached /thumb, asked one after another meanwhile.
+PNG (37 KB, 169 MP: a decompression bomb that passes the ingest's pixel limit) to a server
+over a small library (the real photos, the tiny test model), then K the largest such PNG the
+server's upload budget lets it decode. Printed for each: the server's RSS idle, at its peak
+during the uploads and 5 s after; how the uploads were answered; and the latency of
+/api/status and a cached /thumb, asked one after another meanwhile.
 
 Cached in $ORGANIZER_BENCH_DATA (default /tmp/organizer-bench).
 """
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -276,14 +279,15 @@ def upload_library() -> Path:
     return library
 
 
-def flat_png(side: int = 13_000) -> bytes:
-    """A one-colour bilevel PNG of side x side pixels: tens of KB that decode to side**2
-    bytes, and three times that as RGB."""
-    path = DATA / f"flat-{side}.png"
+def flat_png(side: int = 13_000, mode: str = "1") -> bytes:
+    """A one-colour PNG of side x side pixels: a few hundred KB at most, that decode to
+    side**2 pixels (bilevel: a byte each in Pillow, 4 as RGB)."""
+    path = DATA / f"flat-{mode}-{side}.png"
     if not path.exists():
         from PIL import Image
 
-        Image.new("1", (side, side), 1).save(path, optimize=True)
+        colour = 1 if mode == "1" else (200, 30, 30, 128)
+        Image.new(mode, (side, side), colour).save(path, optimize=True)
     return path.read_bytes()
 
 
@@ -303,7 +307,14 @@ def post(port: int, body: bytes) -> tuple[int, bytes, float]:
 
 def uploads(count: int) -> None:
     """See the module's docstring (--uploads)."""
-    png = flat_png()
+    pictures = [("the hostile run's", flat_png(13_000))]
+    try:
+        from organizer.serve.uploads import DECODE_BUDGET
+    except ImportError:  # before uploads had a budget
+        pass
+    else:  # RGBA costs 8 bytes a pixel: the largest such picture the budget decodes
+        side = math.isqrt(DECODE_BUDGET // 8) - 1
+        pictures.append(("RGBA, the largest the budget decodes", flat_png(side, "RGBA")))
     library = upload_library()
     server = Server(library)
     try:
@@ -315,46 +326,56 @@ def uploads(count: int) -> None:
         assert status == 200, data
         thumb_id = json.loads(data)["results"][0]["image_id"]
         client.get(f"/thumb/{thumb_id}")
-        time.sleep(2)
-        idle = server.rss_mb()
-        print(f"{len(png):,}-byte PNG of 13000 x 13000 px, {count} uploads at once")
-
-        answers: list[tuple[int, bytes, float]] = []
-        threads = [
-            threading.Thread(target=lambda: answers.append(post(server.port, png)))
-            for _ in range(count)
-        ]
-        others: dict[str, list[float]] = {"/api/status": [], f"/thumb/{thumb_id}": []}
-        peak = idle
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            peak = max(peak, server.rss_mb())
-            for path, times in others.items():
-                status, _, took = client.get(path)
-                times.append(took if status == 200 else float("inf"))
-        time.sleep(5)
-        after = server.rss_mb()
-        print(
-            f"server RSS: idle {idle:.0f} MB, peak {peak:.0f} MB ({peak - idle:+.0f}), "
-            f"5 s after {after:.0f} MB ({after - idle:+.0f})"
-        )
-        kinds: dict[str, int] = {}
-        for status, data, _ in answers:
-            error = json.loads(data).get("error", "") if status not in (0, 200) else ""
-            key = f"{status} {error}".strip()
-            kinds[key] = kinds.get(key, 0) + 1
-        slowest = max(t for _, _, t in answers)
-        for key, n in sorted(kinds.items()):
-            print(f"  {n} answered {key}")
-        print(f"  the last answer came after {slowest:.1f} s")
-        rows = [
-            [path, str(len(times)), *percentiles(times), f"{max(times) * 1000:.0f}"]
-            for path, times in others.items()
-        ]
-        print(table(rows, ["meanwhile", "requests", "p50 ms", "p95 ms", "max ms"]))
+        for label, png in pictures:
+            time.sleep(2)
+            upload_round(server, png, label, count, thumb_id)
     finally:
         server.stop()
+
+
+def upload_round(server, png: bytes, label: str, count: int, thumb_id: int) -> None:
+    from PIL import Image
+
+    client = Client(server.port)  # the server closes keep-alive connections idle for 5 s
+    with Image.open(io.BytesIO(png)) as im:
+        side = im.width
+    idle = server.rss_mb()
+    print(f"\n{count} uploads at once of a {len(png):,}-byte {side} x {side} PNG ({label})")
+    answers: list[tuple[int, bytes, float]] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(post(server.port, png)))
+        for _ in range(count)
+    ]
+    others: dict[str, list[float]] = {"/api/status": [], f"/thumb/{thumb_id}": []}
+    peak = idle
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, server.rss_mb())
+        for path, times in others.items():
+            status, _, took = client.get(path)
+            times.append(took if status == 200 else float("inf"))
+            if status != 200:
+                print(f"  {path} answered {status}", flush=True)
+    time.sleep(5)
+    after = server.rss_mb()
+    print(
+        f"server RSS: idle {idle:.0f} MB, peak {peak:.0f} MB ({peak - idle:+.0f}), "
+        f"5 s after {after:.0f} MB ({after - idle:+.0f})"
+    )
+    kinds: dict[str, int] = {}
+    for status, data, _ in answers:
+        error = json.loads(data).get("error", "") if status not in (0, 200) else ""
+        key = f"{status} {error}".strip()
+        kinds[key] = kinds.get(key, 0) + 1
+    for key, n in sorted(kinds.items()):
+        print(f"  {n} answered {key}")
+    print(f"  the last answer came after {max(t for _, _, t in answers):.1f} s")
+    rows = [
+        [path, str(len(times)), *percentiles(times), f"{max(times) * 1000:.0f}"]
+        for path, times in others.items()
+    ]
+    print(table(rows, ["meanwhile", "requests", "p50 ms", "p95 ms", "max ms"]))
 
 
 def main() -> None:

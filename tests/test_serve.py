@@ -3,13 +3,16 @@ files, and its front door (Host check, token, origin, CSP, paths that lead out).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import http.client
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -22,8 +25,12 @@ from PIL import Image
 
 from tests.fakes import TINY_CONFIG, make_folder, write_picture
 from tests.test_formats import float64_tiff, multipage_tiff
+from tests.test_imaging import png_claiming
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
+from starlette.exceptions import HTTPException
+
+from organizer.serve.uploads import BUSY, DECODING, WAITING, Gate
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"
 # A right-to-left override: unescaped, this name shows as "invoice-gpj.exe.png".
@@ -226,6 +233,70 @@ def test_an_uploaded_tiff_is_its_first_page_or_a_clear_refusal(site):
     )
     error = json.loads(data)["error"]
     assert status == 400 and "64-bit floating-point" in error and "allowed" not in error
+
+
+def test_an_upload_too_large_to_decode_is_refused_from_its_header(site):
+    """81 MP of RGBA would hold ~620 MB in the server: a one-line 400 that says what to do,
+    without decoding (the file has no pixels to decode)."""
+    status, _, data = site["server"].request(
+        "POST", "/api/search", body=png_claiming(9000, 9000), headers={"Content-Type": "image/png"}
+    )
+    error = json.loads(data)["error"]
+    assert status == 400 and "\n" not in error
+    assert error.startswith("the uploaded picture is too large to search by: 9000 x 9000 pixels")
+    assert "a smaller copy will do" in error
+
+
+def test_uploads_past_the_line_are_turned_away(site):
+    """Two uploads decode at once and six wait: the next is answered 503 at once, before its
+    body is read, and gets its turn once the line moves. Eight uploads whose bodies never
+    finish hold the line here."""
+    server = site["server"]
+    held = []
+    for _ in range(DECODING + WAITING):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(
+            f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\npart of it".encode()
+        )
+        held.append(sock)
+
+    def probe() -> tuple[int, dict, bytes]:
+        return server.request(
+            "POST", "/api/search", body=b"x", headers={"Content-Type": "image/png"}
+        )
+
+    try:
+        deadline = time.monotonic() + 30
+        while (answer := probe())[0] != 503:  # the held uploads take their places
+            assert answer[0] == 400 and time.monotonic() < deadline, answer
+        _, headers, data = answer
+        assert json.loads(data)["error"] == BUSY and headers["retry-after"] == "2"
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while (answer := probe())[0] == 503:  # the cut-off uploads leave the line
+        assert time.monotonic() < deadline, "the line never moved"
+    assert answer[0] == 400 and "not a picture" in json.loads(answer[2])["error"]
+
+
+def test_the_gate_lets_two_decode_and_six_wait():
+    async def scenario() -> None:
+        gate = Gate(decoding=2, waiting=6)
+        async with contextlib.AsyncExitStack() as places:
+            for _ in range(8):
+                await places.enter_async_context(gate.admitted())
+            with pytest.raises(HTTPException) as refused:
+                await places.enter_async_context(gate.admitted())
+            assert refused.value.status_code == 503
+            await places.enter_async_context(gate.turn())
+            await places.enter_async_context(gate.turn())
+            assert gate.turn().locked()  # a third decode waits
+        async with gate.admitted(), gate.turn():  # all given back
+            pass
+
+    asyncio.run(scenario())
 
 
 def test_uploads_are_capped_however_they_are_sent(site):

@@ -31,9 +31,9 @@ from organizer.redact import hide_passwords
 from organizer.scan import display_path
 from organizer.serve.guard import Guard
 from organizer.serve.service import NotFound, Service
+from organizer.serve.uploads import Gate, read_body
 
 HERE = Path(__file__).resolve().parent
-MAX_UPLOAD = 64 * 1024 * 1024
 MAX_RESULTS = 500
 PAGE = 24
 
@@ -49,6 +49,7 @@ def create_app(
     env.filters["shown"] = lambda b: display_path(b if isinstance(b, bytes) else os.fsencode(b))
     env.filters["abspath"] = lambda m: display_path(os.path.join(os.fsencode(m.root), m.relpath))
     env.globals["unshown"] = service.unshown
+    gate = Gate()
 
     def page(name: str, request: Request, **context) -> HTMLResponse:
         html = env.get_template(name).render(
@@ -106,7 +107,16 @@ def create_app(
         return answer(service.search_text(text, limit, offset))
 
     async def api_search_image(request: Request) -> JSONResponse:
-        body = await _body(request)  # whatever the transfer encoding, at most MAX_UPLOAD
+        # A place in the line before the body is read: a refused upload costs nothing.
+        async with gate.admitted():
+            data, name = await _upload(request)
+            limit, offset = _paging(request)
+            async with gate.turn():
+                res = await run_in_threadpool(service.search_image, data, name, limit, offset)
+        return answer(res)
+
+    async def _upload(request: Request) -> tuple[bytes, str]:
+        body = await read_body(request)  # whatever the transfer encoding, at most MAX_UPLOAD
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
 
@@ -123,9 +133,7 @@ def create_app(
             data, name = body, "uploaded image"
         if not data:
             raise QueryError("no image was sent")
-        limit, offset = _paging(request)
-        res = await run_in_threadpool(service.search_image, data, name, limit, offset)
-        return answer(res)
+        return data, name
 
     def api_similar(request: Request) -> JSONResponse:
         limit, offset = _paging(request)
@@ -267,19 +275,6 @@ def _int(value: str | None, default):
     return number
 
 
-async def _body(request: Request) -> bytes:
-    """The request's body, refused (413) past MAX_UPLOAD however it is sent (a chunked body
-    has no Content-Length to check first)."""
-    if _int(request.headers.get("content-length"), 0) > MAX_UPLOAD:
-        raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB, please")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_UPLOAD:
-            raise HTTPException(413, f"an image of at most {MAX_UPLOAD // 2**20} MB, please")
-    return bytes(body)
-
-
 def _paging(request: Request) -> tuple[int, int]:
     limit = _int(request.query_params.get("n"), 12)
     offset = _int(request.query_params.get("offset"), 0)
@@ -292,11 +287,13 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def _error(request: Request, status: int, message: str) -> Response:
+def _error(request: Request, status: int, message: str, headers=None) -> Response:
     message = hide_passwords(message)  # a database error may quote the library's URL
     if _wants_json(request):
-        return JSONResponse({"error": message}, status_code=status)
-    return Response(message + "\n", status_code=status, media_type="text/plain; charset=utf-8")
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return Response(
+        message + "\n", status_code=status, media_type="text/plain; charset=utf-8", headers=headers
+    )
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -313,4 +310,4 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _error(request, exc.status_code, exc.detail or "error")
+    return _error(request, exc.status_code, exc.detail or "error", exc.headers)

@@ -27,10 +27,10 @@ from organizer.errors import ClusterError, ImageError, QueryError
 from organizer.finder import DuplicateGroup, Finder, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
-from organizer.pipeline import Job, prepare
 from organizer.redact import hide_passwords
 from organizer.report import projection
 from organizer.scan import display_path, is_raw_name
+from organizer.serve.uploads import query_pixels
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.records import ClusterRunSummary, ImageRecord, ImageStatus
@@ -142,18 +142,11 @@ class Service:
         return Results(" ".join(text.split()), _page(hits, offset))
 
     def search_image(self, data: bytes, name: str, limit: int, offset: int = 0) -> Results:
-        """Images like an uploaded picture (embedded, not added to the library). The bytes
-        alone decide how it is decoded (no camera-RAW decoder for a name ending in .nef)."""
+        """Images like an uploaded picture (embedded, not added to the library), decoded
+        within what an upload may cost (see :mod:`organizer.serve.uploads`)."""
         embedder = self.embedder()
-        with tempfile.NamedTemporaryFile(prefix="organizer-query-") as fh:
-            fh.write(data)
-            fh.flush()
-            prepared = prepare(Job(0, os.fsencode(fh.name), -1, -1), embedder.preprocess)
-        if prepared.error:
-            raise QueryError(
-                f"the uploaded file is not a picture organizer reads ({prepared.error})"
-            )
-        vector = embedder.embed_pixels(prepared.pixels[None])[0]
+        pixels = query_pixels(data, embedder.preprocess)
+        vector = embedder.embed_pixels(pixels[None])[0]
         hits = self.finder().ranked(vector, limit + offset, (), None)
         return Results(display_path(os.fsencode(name)) or "uploaded image", _page(hits, offset))
 

@@ -63,7 +63,14 @@
       say(offset ? "Loading more…" : "Searching…");
       var started = performance.now();
       request(offset).then(function (response) {
-        return response.json().then(function (data) { return { ok: response.ok, data: data }; });
+        // Errors are one line of JSON from the app, plain text from the front door (401).
+        return response.text().then(function (body) {
+          var data;
+          try { data = JSON.parse(body); } catch (e) {
+            data = { error: body.trim() || "The server answered " + response.status + "." };
+          }
+          return { ok: response.ok, data: data };
+        });
       }).then(function (answer) {
         if (!answer.ok) { say(answer.data.error || "The search failed."); return; }
         answer.data.results.forEach(function (r) { results.appendChild(card(r)); });
