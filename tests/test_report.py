@@ -308,15 +308,24 @@ def test_undecodable_and_control_character_names_are_shown_losslessly(fake_lib, 
     from organizer.store.db import write_transaction
 
     root = make_library(fake_lib, ["one.jpg", "two.jpg", "three.jpg", "four.jpg"])
-    renames = {"one.jpg": b"caf\xe9.jpg", "two.jpg": b"new\nline.jpg"}
+    renames = {
+        "one.jpg": b"caf\xe9.jpg",
+        "two.jpg": b"new\nline.jpg",
+        "three.jpg": "photo\u202egpj.exe.jpg".encode(),  # right-to-left override
+    }
     with write_transaction(fake_lib.engine) as conn:
         for old, new in renames.items():
             os.rename(root / old, os.path.join(os.fsencode(root), new))
             conn.execute(
                 update(q.images).where(q.images.c.relpath == old.encode()).values(relpath=new)
             )
-    page, _, summary = report(fake_lib, tmp_path)
-    assert {"caf\\xe9.jpg", "new\\nline.jpg"} <= set(page.data["p"])
+    fake_lib.cluster(2, names=False)
+    page, html, summary = report(fake_lib, tmp_path)
+    shown = {"caf\\xe9.jpg", "new\\nline.jpg", "photo\\u202egpj.exe.jpg"}
+    assert shown <= set(page.data["p"])
+    assert "\u202e" not in html
+    # names are isolated: a right-to-left name cannot reorder the text around it
+    assert "<figcaption" in html and html.count("<figcaption") == html.count("<bdi>")
     assert summary.placeholders == 0, "the files behind odd names are found and shown"
 
 
