@@ -44,9 +44,11 @@ bench: $(VENV)/.installed-dev,demo
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/distributed.py
 
+# ruff, and every relative link (and #anchor) in README.md, CHANGELOG.md and docs/ resolves.
 lint: $(VENV)/.installed-dev,demo
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/check_links.py
 
 clean:
 	rm -rf $(DEMO_DIR) build *.egg-info
