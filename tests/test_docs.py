@@ -33,6 +33,20 @@ def test_the_repository_docs_resolve():
     checked = check_links.default_files()
     assert ROOT / "README.md" in checked
     assert ROOT / "CHANGELOG.md" in checked
+    assert any(p.parent == ROOT / "docs" for p in checked)
+
+
+def test_the_readme_links_each_docs_page():
+    """The README is the front door: every page under docs/ is reachable from it."""
+    readme = ROOT / "README.md"
+    linked = {
+        (readme.parent / target.partition("#")[0]).resolve()
+        for _, target in check_links.links(readme)
+        if target.startswith("docs/")
+    }
+    pages = set((ROOT / "docs").glob("*.md"))
+    assert pages, "no docs/ pages"
+    assert {p.resolve() for p in pages} <= linked
 
 
 def test_broken_links_are_reported_one_a_line(tmp_path):
