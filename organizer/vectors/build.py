@@ -1,17 +1,18 @@
 """Building an IVF index in two steps (train on a sample, then fill with every vector),
-used by :meth:`VectorIndex.build_from` and on their own for shards."""
+used by :meth:`VectorIndex.build_from` and on their own for shards. Everything here works
+on faiss indexes and streams; wrapping one as a :class:`VectorIndex` is the caller's."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from organizer.vectors.index import Batch, VectorIndex, _f32, _i64
+from organizer.vectors.batches import Batch, as_f32, as_i64
 from organizer.vectors.kinds import IndexPlan, nlist_for
-from organizer.vectors.rerank import RerankWriter
+from organizer.vectors.rerank import RerankStore, RerankWriter
 
 _CALIBRATION_QUERIES = 200
 _KMEANS_ITERATIONS = 10  # faiss's default 25 trains 2.5x longer for no recall measured here
@@ -114,7 +115,7 @@ def trained(chosen: IndexPlan, dim: int, sample: np.ndarray):
             faiss.IndexFlatIP(dim), dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT
         )
     faiss.extract_index_ivf(index).cp.niter = _KMEANS_ITERATIONS
-    index.train(_f32(sample))
+    index.train(as_f32(sample))
     return index
 
 
@@ -132,7 +133,7 @@ def list_shares(index, sample: np.ndarray) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index)
     if len(sample) == 0:
         return np.zeros(ivf.nlist)
-    x = _f32(sample)
+    x = as_f32(sample)
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             x = faiss.downcast_VectorTransform(index.chain.at(i)).apply(x)
@@ -177,40 +178,37 @@ def regrouped(batches: Iterable[Batch], rows: int = _ADD_ROWS) -> Iterator[Batch
         yield np.concatenate(ids_parts), np.concatenate(vector_parts)
 
 
+@dataclass(frozen=True)
+class Filled:
+    """An IVF index with every vector of a stream added, its re-rank store (a re-ranked
+    kind), and the exact top 11 of each calibration query (best first) to calibrate it on."""
+
+    index: object  # the faiss index
+    rerank: RerankStore | None
+    truth: np.ndarray
+
+
 def fill(
     empty,
     batches: Callable[[], Iterable[Batch]],
-    count: int,
     dim: int,
-    workdir: Path | None = None,
-    calibration: tuple[np.ndarray, np.ndarray] | None = None,
-) -> VectorIndex:
-    """Add a stream to an empty trained IVF index (and its re-rank store), then calibrate
-    nprobe against exact search on ``calibration`` (queries, their ids): by default sampled
-    from the stream in a pass of its own."""
-    if calibration is None:
-        ((queries, query_ids),) = pick_rows(batches(), count, dim, [calibration_rows(count)])
-    else:
-        queries, query_ids = calibration
-    reranked = VectorIndex.kind_of(empty) == "ivf-pq"
-    with contextlib.ExitStack() as stack:
-        if reranked and workdir is None:
-            import tempfile
-
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="organizer-")))
-        writer = RerankWriter(workdir, dim) if reranked else None
-        try:
-            exact = TopK(queries, 11)
-            for ids, vectors in regrouped(batches()):
-                vectors, ids = _f32(vectors), _i64(ids)
-                empty.add_with_ids(vectors, ids)
-                exact.update(ids, vectors)
-                if writer is not None:
-                    writer.add(ids, vectors)
-        except BaseException:
+    queries: np.ndarray,
+    rerank_dir: Path | None = None,
+) -> Filled:
+    """Add a stream to an empty trained IVF index, finding the exact answers to ``queries``
+    on the way; with ``rerank_dir``, the full vectors go to a re-rank store there too."""
+    writer = RerankWriter(rerank_dir, dim) if rerank_dir is not None else None
+    try:
+        exact = TopK(queries, 11)
+        for ids, vectors in regrouped(batches()):
+            vectors, ids = as_f32(vectors), as_i64(ids)
+            empty.add_with_ids(vectors, ids)
+            exact.update(ids, vectors)
             if writer is not None:
-                writer.abandon()
-            raise
-        built = VectorIndex(empty, rerank=writer.finish() if writer is not None else None)
-        built.calibrate(queries, query_ids, exact.ranked_ids())
-    return built
+                writer.add(ids, vectors)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    rerank = writer.finish() if writer is not None else None
+    return Filled(empty, rerank, exact.ranked_ids())

@@ -17,12 +17,23 @@ recall is recorded. faiss is imported only by the code that needs it.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from organizer.vectors.batches import Batch, as_f32, as_i64
+from organizer.vectors.build import (
+    calibration_rows,
+    fill,
+    pick_rows,
+    reserve,
+    trained,
+    training_rows,
+)
 from organizer.vectors.kinds import IndexPlan, plan
 from organizer.vectors.rerank import RerankStore
 
@@ -31,16 +42,7 @@ RERANK = 16  # PQ candidates per result, re-ranked exactly
 PLATEAU = 0.002  # calibration stops when doubling nprobe gains less recall than this
 WITHIN_K = 32  # a duplicate search's first shortlist on a re-ranked index
 
-Batch = tuple[np.ndarray, np.ndarray]  # (ids, vectors) of some images
 _BATCH = 16_384
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _i64(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.int64)
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> float:
@@ -113,20 +115,11 @@ class VectorIndex:
         """
         import faiss
 
-        from organizer.vectors.build import (
-            calibration_rows,
-            fill,
-            pick_rows,
-            reserve,
-            trained,
-            training_rows,
-        )
-
         chosen = kind if isinstance(kind, IndexPlan) else plan(count, dim, kind, None)
         if chosen.kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             for ids, vectors in batches():
-                index.add_with_ids(_f32(vectors), _i64(ids))
+                index.add_with_ids(as_f32(vectors), as_i64(ids))
             return cls(index, recall=1.0)
         wanted = [training_rows(chosen, count), calibration_rows(count)]
         if rows_at is None:
@@ -136,7 +129,16 @@ class VectorIndex:
         empty = trained(chosen, dim, sample)
         reserve(empty, sample, count)
         del sample
-        return fill(empty, batches, count, dim, workdir, calibration)
+        queries, query_ids = calibration
+        with contextlib.ExitStack() as stack:
+            if chosen.reranked and workdir is None:
+                workdir = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="organizer-"))
+                )
+            filled = fill(empty, batches, dim, queries, workdir if chosen.reranked else None)
+            built = cls(filled.index, rerank=filled.rerank)
+            built.calibrate(queries, query_ids, filled.truth)
+        return built
 
     def calibrate(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
         """Raise nprobe until recall@10 against exact search reaches TARGET_RECALL; the
@@ -262,7 +264,7 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """The ``k`` nearest ids for each query vector (fewer when the index is smaller)."""
         k = min(k, len(self))
-        queries = _f32(queries)
+        queries = as_f32(queries)
         if k <= 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
         if self.rerank is None:
@@ -280,7 +282,7 @@ class VectorIndex:
     def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each query, the ids and scores of every vector with similarity >= threshold
         (exact scores for every kind but ivf-sq8)."""
-        queries = _f32(queries)
+        queries = as_f32(queries)
         if len(self) == 0:
             return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
         if self.rerank is not None:
@@ -309,10 +311,10 @@ class VectorIndex:
         """Add (ids ascending); False when a re-ranked index cannot take them in place."""
         if not len(ids):
             return True
-        ids = _i64(ids)
+        ids = as_i64(ids)
         if self.rerank is not None and not self.rerank.update(ids, vectors):
             return False
-        self.faiss.add_with_ids(_f32(vectors), ids)
+        self.faiss.add_with_ids(as_f32(vectors), ids)
         return True
 
     def remove(self, ids) -> None:

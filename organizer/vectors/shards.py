@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from organizer.vectors.batches import Batch, as_f32, as_i64
 from organizer.vectors.build import reserve_shares, trained
-from organizer.vectors.index import Batch, VectorIndex, _f32, _i64
+from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import IndexPlan
 from organizer.vectors.rerank import RerankStore, RerankWriter
 
@@ -39,7 +40,7 @@ def train(sample: np.ndarray, chosen: IndexPlan) -> VectorIndex:
 
     if chosen.kind == "flat":
         raise ValueError("a flat index needs no training: shard it by adding to each part")
-    index = trained(chosen, sample.shape[1], _f32(sample))
+    index = trained(chosen, sample.shape[1], as_f32(sample))
     ivf = faiss.extract_index_ivf(index)
     ivf.nprobe = min(ivf.nlist, max(8, ivf.nlist // 64))
     return VectorIndex(index)
@@ -64,9 +65,9 @@ def fill(
     writer = RerankWriter(workdir, index.d) if reranked else None
     try:
         for ids, vectors in batches():
-            index.add_with_ids(_f32(vectors), _i64(ids))
+            index.add_with_ids(as_f32(vectors), as_i64(ids))
             if writer is not None:
-                writer.add(_i64(ids), vectors)
+                writer.add(as_i64(ids), vectors)
     except BaseException:
         if writer is not None:
             writer.abandon()
