@@ -292,7 +292,7 @@ CPU_CEILINGS = r"""
 import json, sys, time
 import numpy as np
 from organizer.embed import request_spec
-from organizer.embed.runtime import load
+from organizer.embed.loader import load
 
 out = {}
 x = np.random.default_rng(0).integers(0, 256, (32, 256, 256, 3), dtype=np.uint8)

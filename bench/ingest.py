@@ -54,7 +54,7 @@ def load_model(name: str, precision: str, runtime: str = "torch"):
     import warnings
 
     from organizer.embed import ModelSpec
-    from organizer.embed.runtime import load
+    from organizer.embed.loader import load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

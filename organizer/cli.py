@@ -35,7 +35,6 @@ from organizer.choices import (
 )
 from organizer.config import resolve_settings
 from organizer.console import plural
-from organizer.embed.runtime import ray_problem
 from organizer.errors import Interrupted, LibraryURLError, OrganizerError
 
 # The library (SQLAlchemy, numpy, Pillow: 0.4 s of imports) is loaded by the commands that
@@ -431,11 +430,6 @@ def ingest(
         raise typer.Exit(EXIT_USAGE)
     if engine == Engine.RAY and workers == 0:
         out.err("error: --workers 0 means no embedding actor: give 1 or more with --engine ray")
-        raise typer.Exit(EXIT_USAGE)
-    chosen = runtime.value if runtime else os.environ.get("ORGANIZER_RUNTIME", "").strip()
-    problem = ray_problem(chosen) if engine == Engine.RAY else None
-    if problem:  # before a library is made (the library refuses it too)
-        out.err(f"error: {problem}")
         raise typer.Exit(EXIT_USAGE)
     ray = None
     if engine == Engine.RAY:

@@ -9,6 +9,7 @@ from pathlib import Path
 import platformdirs
 
 from organizer.choices import Device, Precision, Runtime, is_url
+from organizer.embed.runtime import options_problem
 from organizer.errors import OptionsError, OrganizerError
 
 DEFAULT_MODEL = "ViT-B-32-256"
@@ -59,9 +60,7 @@ class Settings:
             raise OrganizerError(
                 f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}"
             )
-        from organizer.embed.runtime import combination_problem
-
-        problem = combination_problem(self.device, self.precision, self.runtime)
+        problem = options_problem(self.device, self.precision, self.runtime)
         if problem:
             raise OptionsError(problem)
         if self.batch_size is not None and self.batch_size < 1:

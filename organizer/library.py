@@ -22,8 +22,15 @@ from pathlib import Path
 from organizer.choices import KSpec
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
-from organizer.embed import Embedder, ModelShape, ModelSpec, remembered, request_spec, sha256_file
-from organizer.embed.runtime import ray_problem
+from organizer.embed import (
+    Embedder,
+    ModelShape,
+    ModelSpec,
+    loader,
+    remembered,
+    request_spec,
+    sha256_file,
+)
 from organizer.errors import (
     ClusterError,
     ConnectionLostError,
@@ -69,10 +76,9 @@ EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
 
 
 def load_open_clip(spec: ModelSpec, settings: Settings) -> Embedder:
-    """The default embedder loader: open_clip in torch or ONNX Runtime, imported only now."""
-    from organizer.embed import runtime
-
-    return runtime.load(
+    """The default embedder loader: open_clip in torch or ONNX Runtime (torch imported only
+    if it runs)."""
+    return loader.load(
         spec, settings.device, settings.precision, settings.runtime, settings.offline
     )
 
@@ -367,10 +373,12 @@ class Library:
         options = replace(options, device=str(self.settings.device))
         if options.ray is not None:  # the actors load the model as this process would
             s = self.settings
-            problem = ray_problem(str(s.runtime))
-            if problem:
-                raise OptionsError(problem)
-            ray = replace(options.ray, device=str(s.device), precision=str(s.precision))
+            ray = replace(
+                options.ray,
+                device=str(s.device),
+                precision=str(s.precision),
+                runtime=str(s.runtime),
+            )
             if ray.workers is None and s.workers:  # ORGANIZER_WORKERS counts actors here
                 ray = replace(ray, workers=s.workers)
             options = replace(options, ray=replace(ray, offline=s.offline))

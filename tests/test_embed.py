@@ -42,7 +42,7 @@ def test_text_cut_after_the_end_token_gives_the_full_length_vectors():
     with pytest.warns(RandomWeightsWarning):
         embedder = openclip.load(request_spec(str(TINY_CONFIG), "none"), "cpu", "fp32")
     tokens = embedder.tokenizer(TEXTS)
-    lengths = openclip._pooled_length(embedder.model, tokens)
+    lengths = openclip.pooled_length(embedder.model, tokens)
     assert lengths is not None and int(lengths.max()) == tokens.shape[1]  # the long one is cut
     assert int(lengths.min()) == 2  # "" is start + end
     texts = TEXTS * 30  # more than one batch
@@ -65,7 +65,7 @@ def test_other_text_towers_keep_the_full_length():
         torch.manual_seed(0)
         model = open_clip.create_model("tiny-clip", force_custom_text=True).eval()
     tokenizer = open_clip.get_tokenizer("tiny-clip")
-    assert openclip._pooled_length(model, tokenizer(TEXTS)) is None
+    assert openclip.pooled_length(model, tokenizer(TEXTS)) is None
     embedder = openclip.OpenClipEmbedder.__new__(openclip.OpenClipEmbedder)
     embedder.model, embedder.tokenizer, embedder.device, embedder.dim = model, tokenizer, "cpu", 32
     got = embedder.embed_texts(TEXTS)
@@ -231,8 +231,12 @@ def test_a_remembered_tag_hash_is_used_only_where_towers_were_exported_from_it(
 ):
     """A file found without torch that no exported tower came from (a stale or hand-edited
     entry, a new revision) is left to torch to settle: the library's hash is never a guess."""
+    from organizer.choices import Device, Precision, Runtime
     from organizer.embed import remembered, request_spec
-    from organizer.embed.onnx import ONNXRUNTIME, OnnxEmbedder, model_dir
+    from organizer.embed.backend.cache import model_dir
+    from organizer.embed.backend.towers import Towers
+    from organizer.embed.onnx import OnnxEmbedder
+    from organizer.embed.runtime import Plan
 
     spec = request_spec(str(TINY_CONFIG), "some-tag")
     checkpoint = tmp_path / "weights.bin"
@@ -240,15 +244,16 @@ def test_a_remembered_tag_hash_is_used_only_where_towers_were_exported_from_it(
     remembered.remember_checkpoint(spec, {"path": str(checkpoint)})
     pinned = remembered.pinned_tag(spec)
     exported_with = []
-    monkeypatch.setattr(OnnxEmbedder, "_export", lambda self, name: exported_with.append(self.spec))
+    monkeypatch.setattr(Towers, "_export", lambda self, name: exported_with.append(self.spec))
     monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(tmp_path / "models"))
+    fp32 = Plan(Device.CPU, Precision.FP32, Runtime.ONNX, exported=True)
 
-    assert OnnxEmbedder(spec, "fp32", ONNXRUNTIME)._image_tower() is None
+    assert OnnxEmbedder(spec, fp32)._image_tower() is None
     assert exported_with == [spec]  # no hash: torch finds the file and hashes it
 
     model_dir(pinned).mkdir(parents=True)
     (model_dir(pinned) / "image.json").write_text("{}")  # a tower exported from that file
-    assert OnnxEmbedder(spec, "fp32", ONNXRUNTIME)._image_tower() is None
+    assert OnnxEmbedder(spec, fp32)._image_tower() is None
     assert exported_with[-1] == pinned
 
 

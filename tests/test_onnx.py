@@ -1,5 +1,6 @@
 """open_clip's towers in ONNX Runtime and OpenVINO: the same vectors as torch, exported once,
-checked on every open, a torch-free text query, and the choice of runtime per CPU."""
+checked on every open, a torch-free text query, and each plan loaded as it says (the plans
+themselves: tests/test_runtime.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import warnings
 import numpy as np
 import pytest
 
-from organizer.embed import ModelSpec, RandomWeightsWarning, onnx, request_spec, runtime
+from organizer.choices import Device, Precision, Runtime
+from organizer.embed import ModelSpec, RandomWeightsWarning, loader, onnx, request_spec
+from organizer.embed.backend import cache as model_cache
+from organizer.embed.backend import engines, export, tokenizer, towers
+from organizer.embed.runtime import Capabilities, Plan
 from organizer.errors import ModelError
 from tests.fakes import TINY_CONFIG
 
@@ -49,22 +54,28 @@ def _pixels(n: int = 5) -> np.ndarray:
     return np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def _embedder(spec, precision="fp32", engine: str | None = onnx.ONNXRUNTIME) -> onnx.OnnxEmbedder:
+def _plan(precision: str = "fp32", runtime: Runtime = Runtime.ONNX) -> Plan:
+    """A CPU plan with exported towers; ``runtime`` runs the images."""
+    return Plan(Device.CPU, Precision(precision), runtime, exported=True)
+
+
+def _embedder(spec, precision="fp32", runtime: Runtime = Runtime.ONNX) -> onnx.OnnxEmbedder:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return onnx.OnnxEmbedder(spec, precision, engine)
+        return onnx.OnnxEmbedder(spec, _plan(precision, runtime))
 
 
 needs_openvino = pytest.mark.skipif(
-    not runtime.openvino_installed(), reason="OpenVINO is not installed (not on this platform)"
+    not Capabilities.probe(gpu=False).openvino,
+    reason="OpenVINO is not installed (not on this platform)",
 )
 
 
 def test_both_towers_give_torchs_vectors_and_export_once(cache, spec, reference):
     first = _embedder(spec)
-    with pytest.warns(onnx.ExportNotice, match="image tower"):
+    with pytest.warns(export.ExportNotice, match="image tower"):
         images = first.embed_pixels(_pixels())
-    with pytest.warns(onnx.ExportNotice, match="text tower"):
+    with pytest.warns(export.ExportNotice, match="text tower"):
         texts = first.embed_texts(TEXTS * 30)  # several batches of mixed lengths
     assert first.runtime == "onnxruntime"
     assert images.dtype == np.float32 and texts.dtype == np.float32
@@ -79,22 +90,22 @@ def test_both_towers_give_torchs_vectors_and_export_once(cache, spec, reference)
     # A second process's embedder opens the files: no export, no torch model.
     second = _embedder(spec)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", onnx.ExportNotice)
+        warnings.simplefilter("error", export.ExportNotice)
         again = second.embed_texts(TEXTS)
         second.embed_pixels(_pixels(1))
-    assert second._torch is None
+    assert second.towers.torch is None
     assert (second.dim, second.preprocess) == (reference.dim, reference.preprocess)
     np.testing.assert_allclose(again, texts[: len(TEXTS)], atol=1e-6)
 
 
 def test_the_rebuilt_tokenizer_gives_open_clips_tokens(cache, spec, reference):
     embedder = _embedder(spec)
-    with pytest.warns(onnx.ExportNotice):
+    with pytest.warns(export.ExportNotice):
         embedder.embed_texts(["x"])
-    tower = embedder._towers[onnx.TEXT, onnx.ONNXRUNTIME]
+    tower = embedder.towers.opened[engines.TEXT, engines.ONNXRUNTIME]
     record = tower.record
-    fast = onnx.FastTokenizer(
-        tower.folder / onnx.FAST_TOKENIZER, record.context_length, record.fast_tokenizer
+    fast = tokenizer.FastTokenizer(
+        tower.folder / tokenizer.FAST_TOKENIZER, record.context_length, record.fast_tokenizer
     )
     rng = np.random.default_rng(0)
     alphabet = [*"abcXYZ éüÅſß0129 .,;'!&-\t\n", "&amp;", "'s", "'ll", "ﬁ", "ǅ", "Ǆ"]
@@ -109,19 +120,19 @@ def test_the_rebuilt_tokenizer_gives_open_clips_tokens(cache, spec, reference):
 
 
 def test_a_damaged_tokenizer_file_falls_back_to_open_clips(cache, spec, reference):
-    with pytest.warns(onnx.ExportNotice):
+    with pytest.warns(export.ExportNotice):
         _embedder(spec).embed_texts(["x"])
-    path = next(cache.glob(f"*/{onnx.FAST_TOKENIZER}"))
+    path = next(cache.glob(f"*/{tokenizer.FAST_TOKENIZER}"))
     path.write_text(path.read_text().replace('"a</w>"', '"b</w>"', 1))
     again = _embedder(spec)
     got = again.embed_texts(TEXTS)
     assert float((got * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
-    assert again._towers[onnx.TEXT, onnx.ONNXRUNTIME].record.fast_tokenizer is None
+    assert again.towers.opened[engines.TEXT, engines.ONNXRUNTIME].record.fast_tokenizer is None
 
 
 @pytest.mark.parametrize("damage", ["bytes", "truncate", "record"])
 def test_a_damaged_export_is_found_and_made_again(cache, spec, reference, damage):
-    with pytest.warns(onnx.ExportNotice):
+    with pytest.warns(export.ExportNotice):
         _embedder(spec).embed_texts(["x"])
     folder = next(cache.glob("*/"))
     model, meta = folder / "text.onnx", folder / "text.json"
@@ -134,7 +145,7 @@ def test_a_damaged_export_is_found_and_made_again(cache, spec, reference, damage
         model.write_bytes(model.read_bytes()[:1000])
     else:
         meta.write_text("{not json")
-    with pytest.warns(onnx.ExportNotice):
+    with pytest.warns(export.ExportNotice):
         got = _embedder(spec).embed_texts(TEXTS)
     assert float((got * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
 
@@ -146,7 +157,7 @@ def test_a_tower_that_does_not_export_runs_in_torch(cache, spec, reference, monk
         calls.append(tower)
         raise ModelError("cannot export tiny-clip's image tower to ONNX: no")
 
-    monkeypatch.setattr(onnx, "export", refuse)
+    monkeypatch.setattr(towers, "export", refuse)
     embedder = _embedder(spec)
     with pytest.warns(UserWarning) as seen:
         got = embedder.embed_pixels(_pixels())
@@ -169,33 +180,29 @@ def test_an_unwritable_cache_runs_in_torch(tmp_path, monkeypatch, spec, referenc
     assert float((got * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
 
 
-def test_int8_is_an_opt_in_image_tower_close_to_fp32(cache, spec, reference, monkeypatch):
+def test_int8_is_an_opt_in_image_tower_close_to_fp32(cache, spec, reference):
     embedder = _embedder(spec, "int8")
-    assert embedder._engine == onnx.ONNXRUNTIME and embedder.runtime == "onnxruntime"
-    with pytest.warns(onnx.ExportNotice) as seen:
+    assert embedder._engine == engines.ONNXRUNTIME and embedder.runtime == "onnxruntime"
+    with pytest.warns(export.ExportNotice) as seen:
         got = embedder.embed_pixels(_pixels())
     assert any("quantising" in str(w.message) for w in seen)
-    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_INT8
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= export.MIN_COSINE_INT8
     folder = next(cache.glob("*/"))
     record = json.loads((folder / "image-int8.json").read_text())
-    assert record["cos_min"] >= onnx.MIN_COSINE_INT8
+    assert record["cos_min"] >= export.MIN_COSINE_INT8
     assert (folder / "image-int8.onnx").stat().st_size < (folder / "image.onnx").stat().st_size
     # Texts stay fp32.
-    with pytest.warns(onnx.ExportNotice):
+    with pytest.warns(export.ExportNotice):
         texts = embedder.embed_texts(TEXTS)
     assert float((texts * reference.embed_texts(TEXTS)).sum(1).min()) >= 0.9999
 
-    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
-    with pytest.raises(ModelError, match="int8 runs on the CPU in ONNX Runtime: leave out"):
-        runtime.load(spec, "cpu", "int8", "torch")
-
 
 def test_a_text_query_imports_no_torch(cache, spec):
-    with pytest.warns(onnx.ExportNotice):
+    with pytest.warns(export.ExportNotice):
         _embedder(spec).embed_texts(["x"])
     assert (
         _torch_imported_by(
-            "vectors = OnnxEmbedder(spec, 'bf16', None).embed_texts(['a dog'])\n"
+            "vectors = OnnxEmbedder(spec, cpu('bf16', 'torch')).embed_texts(['a dog'])\n"
             "assert vectors.shape == (1, 32), vectors.shape\n"
         )
         == "[]"
@@ -204,13 +211,18 @@ def test_a_text_query_imports_no_torch(cache, spec):
 
 def _torch_imported_by(body: str) -> str:
     """Which of torch, open_clip and torchvision a fresh process running ``body`` (with
-    ``spec`` the tiny model, ``np`` and ``OnnxEmbedder`` at hand) imports."""
+    ``spec`` the tiny model, ``np``, ``OnnxEmbedder`` and ``cpu(precision, runtime)``, a
+    plan, at hand) imports."""
     script = (
         "import sys, warnings\n"
         "warnings.simplefilter('ignore')\n"
         "import numpy as np\n"
+        "from organizer.choices import Device, Precision, Runtime\n"
         "from organizer.embed import request_spec\n"
         "from organizer.embed.onnx import OnnxEmbedder\n"
+        "from organizer.embed.runtime import Plan\n"
+        "def cpu(precision, runtime):\n"
+        "    return Plan(Device.CPU, Precision(precision), Runtime(runtime), exported=True)\n"
         f"spec = request_spec({str(TINY_CONFIG)!r}, 'none')\n"
         f"{body}"
         "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n"
@@ -222,60 +234,44 @@ def _torch_imported_by(body: str) -> str:
     return done.stdout.strip()
 
 
-# -- which runtime runs where ----------------------------------------------------------------
+# -- each plan loaded as it says ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("bf16_units", "asked", "want"),
+    ("chosen", "kind", "runs_images"),
     [
-        (False, "auto", ("fp32", "onnxruntime")),  # AVX2-only: ONNX Runtime fp32
-        (True, "auto", ("bf16", "openvino")),  # bf16 units: OpenVINO bf16
-        (True, "fp32", ("fp32", "onnxruntime")),
-        (False, "bf16", ("bf16", None)),  # asked for, without the units: torch (with a warning)
+        (Plan(Device.CPU, Precision.FP32, Runtime.TORCH, False), "OpenClipEmbedder", "torch"),
+        (_plan("fp32", Runtime.ONNX), "OnnxEmbedder", "onnxruntime"),
+        (_plan("int8", Runtime.ONNX), "OnnxEmbedder", "onnxruntime"),
+        (_plan("bf16", Runtime.OPENVINO), "OnnxEmbedder", "openvino"),
+        (_plan("bf16", Runtime.TORCH), "OnnxEmbedder", "torch"),  # bf16 without OpenVINO
     ],
 )
-def test_auto_picks_the_runtime_from_the_cpu(monkeypatch, spec, bf16_units, asked, want):
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: bf16_units)
-    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
-    monkeypatch.setattr(runtime, "openvino_installed", lambda: True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        embedder = runtime.load(spec, "auto", asked, "auto")
-    assert (type(embedder).__name__, embedder.precision, embedder._engine) == (
-        "OnnxEmbedder",
-        *want,
+def test_a_plan_is_built_into_the_embedder_it_names(spec, chosen, kind, runs_images):
+    with pytest.warns(RandomWeightsWarning):
+        embedder = loader.build(spec, chosen)
+    assert (type(embedder).__name__, embedder.device, embedder.precision) == (
+        kind,
+        "cpu",
+        str(chosen.precision),
     )
-    assert embedder.device == "cpu"
+    assert getattr(embedder, "runtime", "torch") == runs_images  # before any tower opens
 
 
-def test_bf16_without_openvino_runs_images_in_torch(monkeypatch, spec):
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
-    monkeypatch.setattr(runtime, "openvino_installed", lambda: False)
-    with pytest.warns(RandomWeightsWarning):
-        embedder = runtime.load(spec, "cpu", "auto", "auto")
-    assert (embedder.precision, embedder._engine) == ("bf16", None)
-    with pytest.raises(ModelError, match="pip install openvino"):
-        runtime.load(spec, "cpu", "auto", "openvino")
+def test_load_plans_from_this_machine(spec):
+    """What this machine has decides: its plan, loaded (the plans: tests/test_runtime.py)."""
+    from organizer.embed.runtime import plan
 
-
-def test_runtime_torch_and_the_bad_combinations(monkeypatch, spec):
-    monkeypatch.setattr(runtime, "gpu_possible", lambda: False)
-    with pytest.warns(RandomWeightsWarning):
-        assert type(runtime.load(spec, "cpu", "fp32", "torch")).__name__ == "OpenClipEmbedder"
-    with pytest.raises(ModelError, match="runs fp32, not bf16"):
-        runtime.load(spec, "cpu", "bf16", "onnx")
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
-    with pytest.raises(ModelError, match="which this CPU lacks"):
-        runtime.load(spec, "cpu", "bf16", "openvino")
-    with pytest.raises(ModelError, match="int8 runs on the CPU in ONNX Runtime"):
-        runtime.load(spec, "cpu", "int8", "openvino")
-    monkeypatch.setattr(runtime, "onnxruntime_installed", lambda: False)
-    for name in ("onnx", "openvino"):  # OpenVINO's towers are exported through ONNX Runtime
-        with pytest.raises(ModelError, match="pip install onnxruntime"):
-            runtime.load(spec, "cpu", "auto", name)
-    with pytest.warns(RandomWeightsWarning):  # auto without onnxruntime: torch
-        assert type(runtime.load(spec, "cpu", "fp32", "auto")).__name__ == "OpenClipEmbedder"
+    here = Capabilities.probe()
+    for options in (("cpu", "fp32", "torch"), ("cpu", "auto", "auto"), ("auto", "auto", "auto")):
+        chosen = plan(*options, here)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            embedder = loader.load(spec, *options)
+        assert (embedder.device, embedder.precision) == (chosen.device, chosen.precision)
+        assert type(embedder).__name__ == (
+            "OnnxEmbedder" if chosen.exported else "OpenClipEmbedder"
+        )
 
 
 @pytest.mark.parametrize(
@@ -287,33 +283,20 @@ def test_runtime_torch_and_the_bad_combinations(monkeypatch, spec):
         ["--runtime", "openvino", "--precision", "int8"],
         ["--runtime", "openvino", "--precision", "fp16"],
         ["--runtime", "openvino", "--device", "cuda"],
-        ["--runtime", "openvino", "--precision", "bf16"],  # on a CPU without bf16 units
-        ["--runtime", "openvino", "--engine", "ray"],  # Ray's workers run torch
+        ["--device", "cpu", "--precision", "fp16"],
     ],
 )
-def test_options_that_cannot_work_together_are_usage_errors(tmp_path, monkeypatch, args):
+def test_options_that_cannot_work_together_are_usage_errors(tmp_path, args):
+    """Refused before a library is made, on any machine (the rules, machine by machine:
+    tests/test_runtime.py)."""
     from typer.testing import CliRunner
 
     from organizer.cli import app
 
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     result = CliRunner().invoke(app, ["-L", str(tmp_path / "l"), "ingest", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: --")
+    assert result.output.startswith("error: ")
     assert result.output.count("\n") == 1
-
-
-def test_ray_with_another_runtime_is_refused_before_a_library_is_made(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from organizer.cli import app
-
-    monkeypatch.setenv("ORGANIZER_RUNTIME", "onnx")
-    result = CliRunner().invoke(
-        app, ["-L", str(tmp_path / "l"), "ingest", str(tmp_path), "--engine", "ray"]
-    )
-    assert result.exit_code == 2, result.output
-    assert "leave out --runtime onnx (or ORGANIZER_RUNTIME)" in result.output
     assert not (tmp_path / "l").exists()
 
 
@@ -331,22 +314,19 @@ def test_cli_rejects_an_unknown_runtime(tmp_path):
 def test_the_cache_folder_changes_with_what_writes_the_graph(monkeypatch, tmp_path):
     """An upgrade of torch, open_clip, timm, onnx or onnxscript exports again (a new folder);
     the same versions find the same folder."""
-    from organizer.embed import ModelSpec
-    from organizer.embed import onnx as ox
-
     monkeypatch.setenv("ORGANIZER_MODEL_CACHE", str(tmp_path))
     spec = ModelSpec("ViT-B-32-256", "none")
-    first = ox.model_dir(spec)
-    assert ox.model_dir(spec) == first
+    first = model_cache.model_dir(spec)
+    assert model_cache.model_dir(spec) == first
     for package in ("torch", "open_clip_torch", "timm", "onnx", "onnxscript"):
-        real = ox._version
+        real = model_cache.package_version
         monkeypatch.setattr(
-            ox,
-            "_version",
+            model_cache,
+            "package_version",
             lambda p, real=real, package=package: "0.0-other" if p == package else real(p),
         )
-        assert ox.model_dir(spec) != first, package
-        monkeypatch.setattr(ox, "_version", real)
+        assert model_cache.model_dir(spec) != first, package
+        monkeypatch.setattr(model_cache, "package_version", real)
 
 
 # -- OpenVINO ------------------------------------------------------------------------------------
@@ -356,54 +336,56 @@ def test_the_cache_folder_changes_with_what_writes_the_graph(monkeypatch, tmp_pa
 def test_openvino_runs_both_towers_close_to_torch_fp32(cache, spec, reference):
     """OpenVINO bf16 (fp32 on a CPU without bf16 units) runs the exported files: images, and
     many texts; a query stays in ONNX Runtime fp32. A second process opens them compiled."""
-    first = _embedder(spec, "bf16", onnx.OPENVINO)
-    with pytest.warns(onnx.ExportNotice, match="image tower"):
+    first = _embedder(spec, "bf16", Runtime.OPENVINO)
+    with pytest.warns(export.ExportNotice, match="image tower"):
         images = first.embed_pixels(_pixels())
     assert first.runtime == "openvino"
-    floor = onnx.MIN_COSINE_BF16
+    floor = engines.MIN_COSINE_BF16
     assert float((images * reference.embed_pixels(_pixels())).sum(1).min()) >= floor
     many = TEXTS * 30  # more than one batch: OpenVINO
-    with pytest.warns(onnx.ExportNotice, match="text tower"):
+    with pytest.warns(export.ExportNotice, match="text tower"):
         texts = first.embed_texts(many)
     assert float((texts * reference.embed_texts(many)).sum(1).min()) >= floor
-    assert (onnx.TEXT, onnx.OPENVINO) in first._towers
+    assert (engines.TEXT, engines.OPENVINO) in first.towers.opened
     # Once OpenVINO runs texts, a smaller batch (naming's last) does too; a query does not.
-    assert first._text_tower(5) is first._towers[onnx.TEXT, onnx.OPENVINO]
+    assert first._text_tower(5) is first.towers.opened[engines.TEXT, engines.OPENVINO]
     query = first.embed_texts(TEXTS[3:4])
     assert float((query * reference.embed_texts(TEXTS[3:4])).sum(1).min()) >= 0.9999
-    assert first._towers[onnx.TEXT, onnx.ONNXRUNTIME] is not None
-    assert first._torch is None or first._torch.precision == "fp32"  # only to export
-    assert any(next(cache.glob(f"*/{onnx.OPENVINO_CACHE}")).iterdir())
+    assert first.towers.opened[engines.TEXT, engines.ONNXRUNTIME] is not None
+    assert first.towers.torch is None or first.towers.torch.precision == "fp32"  # only to export
+    assert any(next(cache.glob(f"*/{model_cache.OPENVINO_CACHE}")).iterdir())
 
-    second = _embedder(spec, "bf16", onnx.OPENVINO)
+    second = _embedder(spec, "bf16", Runtime.OPENVINO)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", onnx.ExportNotice)
+        warnings.simplefilter("error", export.ExportNotice)
         np.testing.assert_allclose(second.embed_pixels(_pixels()), images, atol=1e-5)
         second.embed_texts(many)
-    assert second._torch is None and second.runtime == "openvino"
+    assert second.towers.torch is None and second.runtime == "openvino"
 
 
 @needs_openvino
 def test_a_damaged_openvino_cache_is_compiled_again(cache, spec, reference):
-    with pytest.warns(onnx.ExportNotice):
-        _embedder(spec, "bf16", onnx.OPENVINO).embed_pixels(_pixels(1))
-    compiled = [p for p in next(cache.glob(f"*/{onnx.OPENVINO_CACHE}")).iterdir() if p.is_file()]
+    with pytest.warns(export.ExportNotice):
+        _embedder(spec, "bf16", Runtime.OPENVINO).embed_pixels(_pixels(1))
+    compiled = [
+        p for p in next(cache.glob(f"*/{model_cache.OPENVINO_CACHE}")).iterdir() if p.is_file()
+    ]
     assert compiled
     for path in compiled:
         path.chmod(0o644)
         path.write_bytes(b"\0" * 4096)
-    again = _embedder(spec, "bf16", onnx.OPENVINO)
+    again = _embedder(spec, "bf16", Runtime.OPENVINO)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning: the damage is mended quietly
         got = again.embed_pixels(_pixels())
     assert again.runtime == "openvino"
-    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_BF16
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= engines.MIN_COSINE_BF16
     assert not list(cache.glob("*/*.failed"))  # the copy's fault, not OpenVINO's
     # The damaged copy is not left behind (OpenVINO rewrites it, or organizer removes it).
     assert not any(path.exists() and path.read_bytes() == b"\0" * 4096 for path in compiled)
-    third = _embedder(spec, "bf16", onnx.OPENVINO)
+    third = _embedder(spec, "bf16", Runtime.OPENVINO)
     np.testing.assert_allclose(third.embed_pixels(_pixels()), got, atol=1e-5)
-    assert any(next(cache.glob(f"*/{onnx.OPENVINO_CACHE}")).iterdir())
+    assert any(next(cache.glob(f"*/{model_cache.OPENVINO_CACHE}")).iterdir())
 
 
 @needs_openvino
@@ -412,9 +394,9 @@ def test_a_compiled_copy_that_fails_is_set_aside_not_blamed_on_openvino(
 ):
     """A copy OpenVINO raises on (another user's, half written): compiled from the file
     alone, no failure recorded, the copy removed to be written afresh."""
-    with pytest.warns(onnx.ExportNotice):
-        _embedder(spec, "bf16", onnx.OPENVINO).embed_pixels(_pixels(1))
-    real, calls = onnx._openvino, []
+    with pytest.warns(export.ExportNotice):
+        _embedder(spec, "bf16", Runtime.OPENVINO).embed_pixels(_pixels(1))
+    real, calls = engines.openvino_compiled, []
 
     def copy_fails(path, precision, cache=None):
         calls.append(cache is not None)
@@ -422,15 +404,15 @@ def test_a_compiled_copy_that_fails_is_set_aside_not_blamed_on_openvino(
             raise RuntimeError("Cache file is not visible after write")
         return real(path, precision, cache)
 
-    monkeypatch.setattr(onnx, "_openvino", copy_fails)
-    embedder = _embedder(spec, "bf16", onnx.OPENVINO)
+    monkeypatch.setattr(engines, "openvino_compiled", copy_fails)
+    embedder = _embedder(spec, "bf16", Runtime.OPENVINO)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = embedder.embed_pixels(_pixels())
     assert calls == [True, False] and embedder.runtime == "openvino"
-    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= onnx.MIN_COSINE_BF16
+    assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= engines.MIN_COSINE_BF16
     assert not list(cache.glob("*/*.failed"))
-    assert not list(cache.glob(f"*/{onnx.OPENVINO_CACHE}"))
+    assert not list(cache.glob(f"*/{model_cache.OPENVINO_CACHE}"))
 
 
 def test_what_openvino_cannot_run_runs_elsewhere_and_is_not_tried_again(
@@ -444,8 +426,8 @@ def test_what_openvino_cannot_run_runs_elsewhere_and_is_not_tried_again(
         calls.append(path.name)
         raise RuntimeError("no kernel\nmore detail from src/inference")
 
-    monkeypatch.setattr(onnx, "_openvino", broken)
-    embedder = _embedder(spec, "bf16", onnx.OPENVINO)
+    monkeypatch.setattr(engines, "openvino_compiled", broken)
+    embedder = _embedder(spec, "bf16", Runtime.OPENVINO)
     with pytest.warns(UserWarning) as seen:
         images = embedder.embed_pixels(_pixels())
         texts = embedder.embed_texts(TEXTS * 30)
@@ -460,7 +442,7 @@ def test_what_openvino_cannot_run_runs_elsewhere_and_is_not_tried_again(
     tried = len(calls)
 
     with pytest.warns(UserWarning, match="no kernel; running it in torch"):
-        _embedder(spec, "bf16", onnx.OPENVINO).embed_pixels(_pixels(1))
+        _embedder(spec, "bf16", Runtime.OPENVINO).embed_pixels(_pixels(1))
     assert len(calls) == tried
 
 
@@ -468,25 +450,27 @@ def test_openvino_fp32_that_fails_falls_back_to_onnx_runtime(cache, spec, refere
     def broken(path, precision, cache=None):
         raise RuntimeError("no kernel")
 
-    monkeypatch.setattr(onnx, "_openvino", broken)
-    embedder = _embedder(spec, "fp32", onnx.OPENVINO)
+    monkeypatch.setattr(engines, "openvino_compiled", broken)
+    embedder = _embedder(spec, "fp32", Runtime.OPENVINO)
     with pytest.warns(UserWarning, match="fp32: no kernel; running it in ONNX Runtime"):
         got = embedder.embed_pixels(_pixels())
     assert embedder.runtime == "onnxruntime"  # the checked fp32 file, not torch
-    assert embedder._torch is None or embedder._torch.precision == "fp32"  # only to export
+    assert (
+        embedder.towers.torch is None or embedder.towers.torch.precision == "fp32"
+    )  # only to export
     assert float((got * reference.embed_pixels(_pixels())).sum(1).min()) >= 0.9999
 
 
 @needs_openvino
 def test_a_query_and_an_ingest_in_openvino_import_no_torch(cache, spec):
-    with pytest.warns(onnx.ExportNotice):
-        first = _embedder(spec, "bf16", onnx.OPENVINO)
+    with pytest.warns(export.ExportNotice):
+        first = _embedder(spec, "bf16", Runtime.OPENVINO)
         first.embed_pixels(_pixels(1))
         first.embed_texts(TEXTS * 30)
         first.embed_texts(["x"])
     assert (
         _torch_imported_by(
-            "e = OnnxEmbedder(spec, 'bf16', 'openvino')\n"
+            "e = OnnxEmbedder(spec, cpu('bf16', 'openvino'))\n"
             "assert e.embed_pixels(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 32)\n"
             "assert e.embed_texts(['a dog'] * 100).shape == (100, 32)\n"
             "assert e.embed_texts(['a dog']).shape == (1, 32)\n"

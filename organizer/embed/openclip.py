@@ -18,24 +18,12 @@ import numpy as np
 import torch
 
 from organizer.embed import ModelShape, ModelSpec, random_weights_warning, remembered, sha256_file
-from organizer.embed.runtime import resolve_precision
 from organizer.errors import ModelError, WeightsUnavailableError
 from organizer.imaging import PreprocessSpec
 
 _TORCH_PRECISION = {"fp32": "fp32", "bf16": "pure_bf16", "fp16": "fp16"}
 _INPUT_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda when available, else cpu; an explicit cuda without a GPU is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError(
-            "--device cuda was asked for but no CUDA GPU is available: use --device cpu"
-        )
-    return device
 
 
 def _register_config(spec: ModelSpec) -> None:
@@ -166,8 +154,10 @@ class OpenClipEmbedder:
             int(model.text_projection.shape[1]) if _has_tensor(model, "text_projection") else None
         )
         self._dtype = _INPUT_DTYPE[precision]
-        self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1) * 255
+        # On the 0-255 scale of the uint8 pixels it takes (an exported image tower does the
+        # same normalising in its graph).
+        self.pixel_mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1) * 255
+        self.pixel_std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1) * 255
         if self.dim is None:
             probe = np.zeros((1, *preprocess.size, 3), dtype=np.uint8)
             self.dim = self.embed_pixels(probe).shape[1]
@@ -178,18 +168,18 @@ class OpenClipEmbedder:
             batch = batch.copy()  # torch warns on read-only arrays; the copy is one image
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         x = x.permute(0, 3, 1, 2).float()
-        x = ((x - self._mean) / self._std).to(self._dtype)
+        x = ((x - self.pixel_mean) / self.pixel_std).to(self._dtype)
         features = self.model.encode_image(x).float()
         return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> unit vectors, in batches of similar length, each cut after its longest
-        prompt's end token (see :func:`_pooled_length`): padding costs nothing."""
+        prompt's end token (see :func:`pooled_length`): padding costs nothing."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(texts)
-        lengths = _pooled_length(self.model, tokens)
+        lengths = pooled_length(self.model, tokens)
         order = torch.argsort(lengths) if lengths is not None else torch.arange(len(texts))
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         for start in range(0, len(texts), _TEXT_BATCH):
@@ -197,7 +187,7 @@ class OpenClipEmbedder:
             batch = tokens[rows]
             if lengths is not None:
                 batch = batch[:, : int(lengths[rows].max())]
-            features = _encode_text(self.model, batch.to(self.device)).float()
+            features = encode_text(self.model, batch.to(self.device)).float()
             out[rows] = torch.nn.functional.normalize(features, dim=-1).cpu()
         return out.numpy()
 
@@ -205,7 +195,7 @@ class OpenClipEmbedder:
 _TEXT_BATCH = 64
 
 
-def _pooled_length(model, tokens: torch.Tensor) -> torch.Tensor | None:
+def pooled_length(model, tokens: torch.Tensor) -> torch.Tensor | None:
     """Per prompt, how many leading tokens decide its pooled feature; None when all do.
 
     The classic ``CLIP`` text tower is causal and pooled at the end token (``argmax``/``eos``),
@@ -225,10 +215,10 @@ def _pooled_length(model, tokens: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text`` for token rows that may be shorter than the context length: the
     classic ``CLIP`` class adds its full position embedding and mask, so its steps are repeated
-    here with both cut to the input's length (a test pins it to ``encode_text``)."""
+    here with both cut to the input's length (a test pins it to ``model.encode_text``)."""
     from open_clip.model import CLIP
     from open_clip.transformer import text_global_pool
 
@@ -308,12 +298,14 @@ def describe(spec: ModelSpec, offline: bool = False, cache_dir: str | None = Non
 
 def load(
     spec: ModelSpec,
-    device: str = "auto",
-    precision: str = "auto",
+    device: str,
+    precision: str,
     offline: bool = False,
     cache_dir: str | None = None,
 ) -> OpenClipEmbedder:
-    """Create the open_clip model named by ``spec`` with its weights, ready for inference.
+    """Create the open_clip model named by ``spec`` with its weights, ready for inference, on
+    ``device`` ("cpu" or "cuda") in ``precision`` ("fp32", "bf16" or "fp16"): what
+    :func:`organizer.embed.runtime.plan` settled (it checks that they can run here).
 
     Random weights (``spec.pretrained == "none"``) are seeded, so every process builds the
     same model; a :class:`RandomWeightsWarning` is issued.
@@ -324,8 +316,6 @@ def load(
     """
     import open_clip
 
-    device = resolve_device(device)
-    precision = resolve_precision(precision, device)
     spec, checkpoint, kwargs = _weights(spec, offline, cache_dir)
     kwargs.update(precision=_TORCH_PRECISION[precision], device=device)
     with torch.random.fork_rng(devices=[]):

@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from organizer.embed import ModelSpec, sha256_file
-from organizer.embed.onnx import cache_root, folder_lock, write_atomic
+from organizer.embed.backend.cache import cache_root, folder_lock, write_atomic
 from organizer.imaging import PreprocessSpec
 
 _FILE = "inputs.json"

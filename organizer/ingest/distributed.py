@@ -4,7 +4,10 @@ actors (the model loaded once per actor), on every machine of a Ray cluster.
 Only the files the plan says need reading travel: the scan, the plan and the one writer stay
 in this process (:mod:`.run`), so hash reuse, moves, copies and failures behave exactly as
 with the local engine. Results stream back as they are made. The functions that run on the
-workers are organizer's own: :func:`organizer.pipeline.prepare` and the open_clip embedder.
+workers are organizer's own: :func:`organizer.pipeline.prepare`, and the embedder built from
+the one :class:`~organizer.embed.runtime.Plan` the driver settles for the whole cluster (the
+runtime, device and precision the local engine would choose on those machines), so that both
+engines make the same vectors.
 
 Faults: Ray retries a task or an actor that dies. A block whose task keeps dying (a file
 that crashes the decoder) is given up by Ray Data; its files are then prepared here, in the
@@ -27,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from organizer.embed import ModelSpec, sha256_file
+from organizer.choices import Device, Runtime
+from organizer.embed import ModelSpec, loader, sha256_file
+from organizer.embed.runtime import Capabilities, Plan, plan
 from organizer.errors import LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
 from organizer.pipeline import DecodePool, Job, PoolUnavailable, Prepared, prepare
@@ -52,7 +57,9 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "auto"
     offline: bool = False
+    plan: Plan | None = None  # how every actor runs the model, once settled (settle_model)
 
 
 NEEDS_RAY = "--engine ray needs its extra: pip install 'organizer[ray]'"
@@ -136,10 +143,11 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> bool:
+def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> Capabilities:
     """Every live machine of the cluster must see every root, and a sample of the files to
-    read, at the same path with the same size and time; returns whether every machine has
-    bf16 matrix units (so that the whole cluster embeds at one precision).
+    read, at the same path with the same size and time; returns what every machine has
+    (bf16 units, runtimes installed), so that the whole cluster embeds one way. GPUs are
+    Ray's to count: the capabilities say none.
 
     Raises:
         LibraryError: naming the first machine and path that fail.
@@ -156,16 +164,16 @@ def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> bool:
         ).remote(list(roots), wanted)
         for n in nodes
     ]
-    bf16 = True
+    shared = Capabilities(cpu_bf16=True, cuda=False, onnxruntime=True, openvino=True)
     for node, ref in zip(nodes, refs, strict=True):
-        problem, has_bf16 = ray.get(ref, timeout=120)
+        problem, has = ray.get(ref, timeout=120)
         if problem:
             raise LibraryError(
                 f"Ray worker {node.get('NodeManagerAddress', node['NodeID'])} cannot read "
                 f"{problem}: every worker must see the photos at the same path"
             )
-        bf16 = bf16 and has_bf16
-    return bf16
+        shared = shared.shared_with(has)
+    return shared
 
 
 def check_paths(roots: Sequence[str]) -> None:
@@ -173,47 +181,46 @@ def check_paths(roots: Sequence[str]) -> None:
     check_nodes(roots)
 
 
-def _probe_node(roots: list[str], samples: list[tuple[bytes, int, int]]):
-    from organizer.embed.runtime import cpu_has_bf16
-
+def _probe_node(
+    roots: list[str], samples: list[tuple[bytes, int, int]]
+) -> tuple[str | None, Capabilities | None]:
     for root in roots:
         try:
             os.listdir(root)
         except OSError as exc:
-            return f"{root} ({exc.strerror})", False
+            return f"{root} ({exc.strerror})", None
     for path, size, mtime_ns in samples:
         try:
             st = os.stat(path)
         except OSError as exc:
-            return f"{os.fsdecode(path)} ({exc.strerror})", False
+            return f"{os.fsdecode(path)} ({exc.strerror})", None
         if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-            return f"{os.fsdecode(path)} (another file there: a different mount?)", False
-    return None, cpu_has_bf16()
+            return f"{os.fsdecode(path)} (another file there: a different mount?)", None
+    return None, Capabilities.probe(gpu=False)
 
 
-def settle_model(options: RayOptions, all_bf16: bool) -> RayOptions:
-    """One device and one precision for every actor of the run (each machine choosing for
-    itself could mix bf16 and fp32 vectors in one library): CUDA when actors get GPUs, else
-    the CPU; precision auto is fp16 on CUDA, bf16 when every machine has bf16 units, else
-    fp32.
+def settle_model(options: RayOptions, cluster: Capabilities) -> RayOptions:
+    """One plan for every actor of the run (each machine choosing for itself could mix bf16
+    and fp32 vectors in one library): CUDA when actors get GPUs, else the CPU, and then
+    the precision and runtime :func:`~organizer.embed.runtime.plan` picks for machines
+    that all have what ``cluster`` says, as the local engine does for one.
 
     Raises:
-        ModelError: a device or precision that cannot work so.
+        ModelError: a device that the Ray options contradict.
+        OptionsError: what the plan refuses (see :func:`~organizer.embed.runtime.plan`).
     """
-    device = "cuda" if options.gpus_per_worker else "cpu"
+    device = Device.CUDA if options.gpus_per_worker else Device.CPU
     if options.device not in ("auto", device):
         hint = (
             "give --gpus-per-worker" if options.device == "cuda" else "leave --gpus-per-worker out"
         )
         raise ModelError(f"--device {options.device} with --engine ray: {hint}")
-    precision = options.precision
-    if precision == "auto":
-        precision = "fp16" if device == "cuda" else "bf16" if all_bf16 else "fp32"
-    if precision == "fp16" and device == "cpu":
-        raise ModelError("fp16 is slow and inaccurate on CPUs: use --precision bf16 or fp32")
-    if precision == "int8":
-        raise ModelError("--precision int8 runs with the local engine only: leave --engine out")
-    return replace(options, device=device, precision=precision)
+    # Ray places the GPU actors (plan_workers counts its GPUs): a GPU is there if asked for.
+    machines = replace(cluster, cuda=device == Device.CUDA)
+    chosen = plan(device, options.precision, options.runtime, machines)
+    if chosen.warning:
+        warnings.warn(chosen.warning, stacklevel=2)
+    return replace(options, device=str(chosen.device), precision=str(chosen.precision), plan=chosen)
 
 
 def plan_workers(options: RayOptions) -> int:
@@ -260,7 +267,8 @@ def prepare_on_ray(
     """Prepared files, each with its ``vector`` when it was embedded; completion order.
 
     Files whose decode task Ray gave up on are prepared here afterwards (no vector: the
-    caller embeds them). ``seen_model`` is filled with the actors' device and precision.
+    caller embeds them). ``seen_model`` is filled with the actors' device, precision and
+    runtime (what ran the images).
     """
     import ray
     import ray.data
@@ -310,7 +318,11 @@ def prepare_on_ray(
         except ray.exceptions.RayError as exc:
             raise worker_error(exc) from None
         if seen_model is not None and len(batch["key"]):
-            seen_model.update(device=str(batch["device"][0]), precision=str(batch["precision"][0]))
+            seen_model.update(
+                device=str(batch["device"][0]),
+                precision=str(batch["precision"][0]),
+                runtime=str(batch["runtime"][0]),
+            )
         for row in _rows(batch):
             seen.add(row.key)
             yield row
@@ -398,7 +410,7 @@ def _decode_batch(batch: dict, spec: PreprocessSpec, skip_ref, prepare_fn) -> di
 
 
 class _Embedder:
-    """A Ray actor holding the model; CUDA fp16 when given a GPU, the CPU rules otherwise."""
+    """A Ray actor holding the model, loaded as the run's plan says."""
 
     def __init__(self, model: ModelSpec, options: RayOptions):
         self.embedder = _load(model, options)
@@ -412,16 +424,16 @@ class _Embedder:
         out["vector"] = vectors
         out["device"] = np.full(len(has), self.embedder.device, dtype=object)
         out["precision"] = np.full(len(has), self.embedder.precision, dtype=object)
+        runtime = getattr(self.embedder, "runtime", "torch")
+        out["runtime"] = np.full(len(has), runtime, dtype=object)
         return out
 
 
 def _load(model: ModelSpec, options: RayOptions):
-    """The model on a worker, as settled for the run (see :func:`settle_model`), from the
-    very checkpoint the library records."""
-    import torch
-
-    from organizer.embed import openclip
-
+    """The model on a worker, as the run's plan says (see :func:`settle_model`), from the
+    very checkpoint the library records. Exported towers come from this machine's model
+    cache, exported here the first time (under the cache's lock: one actor exports, the
+    others of the machine wait and open the files)."""
     if model.is_checkpoint_path and model.weights_sha256:
         try:
             same = sha256_file(Path(model.pretrained)) == model.weights_sha256
@@ -434,13 +446,19 @@ def _load(model: ModelSpec, options: RayOptions):
                 f"checkpoint {model.pretrained} on this worker is not the one the library "
                 "was built with"
             )
-    if options.device == "cpu":
+    chosen = options.plan
+    if chosen is None:
+        raise ModelError("internal error: the Ray engine's model was not settled")
+    if chosen.device == Device.CPU and chosen.runtime == Runtime.TORCH:
+        import torch
+
         # Ray pins a 1-CPU actor to one thread; the model, like the local engine's, shares
-        # the machine's cores with the decode tasks beside it.
+        # the machine's cores with the decode tasks beside it. (ONNX Runtime and OpenVINO
+        # are given this process's cores when they open a tower.)
         torch.set_num_threads(os.cpu_count() or 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return openclip.load(model, options.device, options.precision, options.offline)
+        return loader.build(model, chosen, options.offline)
 
 
 def _embed_pixels(model: ModelSpec, options: RayOptions, pixels: np.ndarray) -> np.ndarray:

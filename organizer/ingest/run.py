@@ -345,8 +345,8 @@ class Ingestor:
             Job(0, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
             for w in the_plan.work[::step][:20]
         ]
-        all_bf16 = distributed.check_nodes(roots, samples)
-        self._ray = distributed.settle_model(self.options.ray, all_bf16)
+        cluster = distributed.check_nodes(roots, samples)
+        self._ray = distributed.settle_model(self.options.ray, cluster)
         self._ray_workers = distributed.plan_workers(self._ray)
 
     def _on_ray(self, jobs, spec, skip, model) -> Iterator[Prepared]:
@@ -357,7 +357,7 @@ class Ingestor:
         ):
             if seen:
                 self.summary.device, self.summary.precision = seen["device"], seen["precision"]
-                self.summary.runtime = "torch"  # the actors' (organizer.ingest.distributed)
+                self.summary.runtime = seen["runtime"]
             yield prepared
 
     # -- deciding what each file needs -----------------------------------------------------
