@@ -26,6 +26,7 @@ import numpy as np
 
 from organizer.vectors.batches import Batch, as_f32, as_i64
 from organizer.vectors.build import reserve_shares, trained
+from organizer.vectors.files import quiet_stdout
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import IndexPlan
 from organizer.vectors.rerank import RerankStore, RerankWriter
@@ -128,8 +129,6 @@ def _merge_onto_disk(ivf, parts: Sequence[VectorIndex], workdir: Path, extra: in
         OSError: the disk has not the room (a full disk under a memory map is a SIGBUS).
     """
     import faiss
-
-    from organizer.vectors.files import quiet_stdout
 
     total = sum(len(p) for p in parts)
     if total == 0:
