@@ -266,6 +266,11 @@ class Clustering:
         with self.engine.connect() as conn:
             return cq.all_runs(conn)
 
+    def cluster_of(self, image_id: int) -> tuple[int, int, str | None] | None:
+        """(run id, cluster number, label) of an image in the latest run that holds it."""
+        with self.engine.connect() as conn:
+            return cq.cluster_of(conn, image_id)
+
     def assign_new(self, run_id: int | None = None) -> AssignResult:
         """Put images ingested after a run into its nearest clusters, without re-clustering."""
         _model, ids, x = self._vectors()

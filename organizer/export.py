@@ -37,6 +37,31 @@ class ExportSummary:
         return asdict(self)
 
 
+def check_target(real: str, inside: list[str], held: int) -> list[str]:
+    """The rules for where an export may go, as warnings to add to its summary.
+
+    Args:
+        real: the target folder, links resolved.
+        inside: the library's roots the folder is at or inside.
+        held: how many of the library's photos lie at or below the folder.
+
+    Raises:
+        ClusterError: the folder holds photos of the library (marked, ingest would skip them
+            and they would drop out of the library).
+    """
+    if held:
+        raise ClusterError(
+            f"{real} holds {held:,} photos of this library: export into a folder of its own "
+            "(ingest skips export folders, so these photos would drop out of the library)"
+        )
+    if not inside:
+        return []
+    return [
+        f"{real} is inside the root {inside[0]}: ingest skips it (it is marked as an "
+        "export), but a folder outside your photos is tidier"
+    ]
+
+
 def export_run(
     run: ClusterRunSummary, target: Path, mode: str = ExportMode.SYMLINK, force: bool = False
 ) -> ExportSummary:

@@ -190,28 +190,22 @@ class Finder:
             raise QueryError(f"image not found: {term}")
         return None
 
-    def term_vector(self, term: str) -> np.ndarray:
-        """A query term: an existing image file, or else a text (in open_clip's prompt)."""
-        path = self.check_term(term)
-        if path is not None:
-            return self.image_vector(path)[1]
-        return self.text_vector(term)
-
-    def text_vector(self, text: str) -> np.ndarray:
-        """A text query's vector (in open_clip's prompt); never read as a file path."""
-        return self.text_vectors([text])[0]
-
     def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Texts' vectors in one pass of the model (each in open_clip's prompt)."""
         if any(not t.strip() for t in texts):
             raise QueryError("empty query: give a text or an image path")
         return self.embedder().embed_texts([search.PROMPT.format(t.strip()) for t in texts])
 
-    # -- the three searches ----------------------------------------------------------------
+    # -- the searches ------------------------------------------------------------------------
 
     def similar(
-        self, photo: str | Path, limit: int = 12, threshold: float | None = None
+        self,
+        photo: str | Path,
+        limit: int = 12,
+        threshold: float | None = None,
+        offset: int = 0,
     ) -> Results:
+        """Images most like the image file ``photo``, leaving the photo itself out."""
         path = Path(photo).expanduser()
         if path.is_dir():
             raise QueryError(f"{photo} is a folder: similar takes one image file")
@@ -219,7 +213,29 @@ class Finder:
             raise QueryError(f"image not found: {photo}")
         image_id, vector = self.image_vector(path)
         exclude = () if image_id is None else (image_id,)
-        return Results(_shown(str(photo)), self.ranked(vector, limit, exclude, threshold))
+        return Results(_shown(str(photo)), self.ranked(vector, limit, exclude, threshold, offset))
+
+    def similar_to(
+        self, image_id: int, limit: int = 12, threshold: float | None = None, offset: int = 0
+    ) -> Results:
+        """Images most like the library's image ``image_id`` (its stored vector), leaving it
+        out; a QueryError when no image of that id is shown."""
+        record = self.image(image_id)
+        with self.engine.connect() as conn:
+            model = q.library_model(conn)
+            vector = q.get_vector(conn, image_id, model.id) if model and record else None
+        if record is None or vector is None:
+            raise QueryError(f"no image {image_id} in this library")
+        hits = self.ranked(vector, limit, (image_id,), threshold, offset)
+        return Results(display_path(record.relpath), hits)
+
+    def similar_pixels(
+        self, pixels: np.ndarray, label: str, limit: int = 12, offset: int = 0
+    ) -> Results:
+        """Images most like a picture already decoded into the model's input (``pixels``,
+        one image); it is not added to the library. ``label`` names it in the results."""
+        vector = self.embedder().embed_pixels(pixels[None])[0]
+        return Results(label, self.ranked(vector, limit, (), None, offset))
 
     def search(
         self,
@@ -228,19 +244,27 @@ class Finder:
         minus: Sequence[str] = (),
         limit: int = 12,
         threshold: float | None = None,
+        offset: int = 0,
+        texts_only: bool = False,
     ) -> Results:
-        for term in [*([query] if query is not None else []), *plus, *minus]:
-            self.check_term(term)  # every bad term is reported before the model is loaded
-        terms = []
-        if query is not None:
-            terms.append((self.term_vector(query), 1.0))
-        terms += [(self.term_vector(t), 1.0) for t in plus]
-        terms += [(self.term_vector(t), -1.0) for t in minus]
-        vector = search.combine(terms)
+        """Images most like the query and each ``plus`` term, least like each ``minus`` term
+        (the normalised weighted sum of their vectors). A term is an image path or a text;
+        with ``texts_only`` every term is a text (a server never reads a path it is given)."""
+        terms = [
+            *([(query, 1.0)] if query is not None else []),
+            *((t, 1.0) for t in plus),
+            *((t, -1.0) for t in minus),
+        ]
+        # Every bad term is reported before the model is loaded.
+        paths = [None if texts_only else self.check_term(t) for t, _ in terms]
+        texts = [t for (t, _), p in zip(terms, paths, strict=True) if p is None]
+        text_vectors = iter(self.text_vectors(texts) if texts else [])  # one pass of the model
+        vectors = [next(text_vectors) if p is None else self.image_vector(p)[1] for p in paths]
+        vector = search.combine(zip(vectors, (w for _, w in terms), strict=True))
         described = " ".join(
             [query or "", *(f"+{t}" for t in plus), *(f"-{t}" for t in minus)]
         ).strip()
-        return Results(described, self.ranked(vector, limit, (), threshold))
+        return Results(described, self.ranked(vector, limit, (), threshold, offset))
 
     def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
         if not 0 < threshold <= 1:
@@ -258,6 +282,12 @@ class Finder:
         shown = [[i for i in g if self._visible(records[i])] for g in groups]
         return [_group(g, records) for g in shown if len(g) > 1]
 
+    def image(self, image_id: int) -> ImageRecord | None:
+        """The record of an image that may be shown (ok, under a present root), or None."""
+        with self.engine.connect() as conn:
+            record = q.describe_images(conn, [image_id]).get(image_id)
+        return record if record is not None and self._visible(record) else None
+
     def _visible(self, record: ImageRecord) -> bool:
         return record.status == ImageStatus.OK and record.root not in self.hidden_roots
 
@@ -269,9 +299,10 @@ class Finder:
         limit: int,
         exclude: Sequence[int],
         threshold: float | None,
+        offset: int = 0,
     ) -> list[Result]:
-        """The best ``limit`` ok, shown images for a query vector, leaving out ``exclude``;
-        each candidate is read once."""
+        """The best ``limit`` ok, shown images for a query vector after the first ``offset``
+        (a page), leaving out ``exclude``; each candidate is read once."""
         records: dict[int, ImageRecord] = {}
 
         def shown_ok(ids: list[int]) -> set[int]:
@@ -281,11 +312,13 @@ class Finder:
                     records.update(q.describe_images(conn, unseen))
             return {i for i in ids if i in records and self._visible(records[i])}
 
-        hits = search.rank(self.index(), vector, limit, exclude, threshold, allowed=shown_ok)
+        hits = search.rank(
+            self.index(), vector, limit + offset, exclude, threshold, allowed=shown_ok
+        )
         return [
             Result(rank, h.image_id, h.score, records[h.image_id].root, records[h.image_id].relpath)
             for rank, h in enumerate(hits, start=1)
-        ]
+        ][offset:]
 
 
 def _group(ids: list[int], records: dict[int, ImageRecord]) -> DuplicateGroup:

@@ -1,18 +1,25 @@
-"""Roots on disk: which root a folder given to ingest belongs to (an existing root, part of
-one, a new root, or a new root that absorbs roots inside it), and whether a folder holds the
-files of a root that moved. Paths and files only; the database is the caller's."""
+"""Roots: which root a folder given to ingest belongs to (an existing root, part of one, a
+new root, or a new root that absorbs roots inside it), whether a folder holds the files of a
+root that moved, and (:class:`Roots`) a library's roots in its database: listed, removed,
+moved, and which are absent now."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from organizer.errors import LibraryError, OptionsError
 from organizer.ingest import Target
-from organizer.store.records import KnownImage, RootRecord, iso_utc
+from organizer.store import queries as q
+from organizer.store.db import write_transaction
+from organizer.store.records import KnownImage, OfflineImages, RootRecord, iso_utc
 
 
 def targets_for(paths: list[str | Path], roots: dict[int, str]) -> list[Target]:
@@ -205,3 +212,165 @@ class RootChange:
                 "same_hash": self.check.same_hash,
             }
         return data
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the commands that show images show: the present roots, and what is left out."""
+
+    roots: list[int] | None  # ids of the roots whose images are shown; None: every root
+    hidden: frozenset[str]  # paths of the absent roots
+    offline: OfflineImages  # their images, left out
+
+
+class Roots:
+    """A library's roots as its database records them, and as the disk has them now."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        writer: Callable[[str], AbstractContextManager[object]],
+        refresh_index: Callable[[], object],
+    ):
+        """``writer(purpose)`` holds the library's writer lock (never waiting) while a root
+        changes; ``refresh_index()`` brings the index in step after a root is removed."""
+        self.engine = engine
+        self.writer = writer
+        self.refresh_index = refresh_index
+
+    def all(self) -> list[RootStatus]:
+        """Every root: is its folder there now, and its images by status."""
+        with self.engine.connect() as conn:
+            records = q.root_records(conn)
+        return [RootStatus(r, Path(r.path).is_dir()) for r in records]
+
+    def find(self, path: str | Path) -> RootStatus:
+        """The root at ``path``; a LibraryError when there is none."""
+        roots = {r.record.id: r for r in self.all()}
+        found = find_root(path, {i: r.record.path for i, r in roots.items()})
+        if found is None:
+            raise LibraryError(
+                f"{path} is not a root of this library: `organizer roots` lists them"
+            )
+        return roots[found]
+
+    def remove(self, path: str | Path, dry_run: bool = False) -> RootChange:
+        """Forget a root and everything recorded under it (never touches its files)."""
+        root = self.find(path)
+        change = RootChange(
+            "remove", root.record.path, None, sum(root.record.images.values()), dry_run
+        )
+        if dry_run:
+            return change
+        with self.writer("roots remove"):
+            with write_transaction(self.engine) as conn:
+                q.delete_root(conn, root.record.id)
+            self.refresh_index()
+        return change
+
+    def move(self, old: str | Path, new: str | Path, dry_run: bool = False) -> RootChange:
+        """Point a root at the folder its files moved to, after a sample of them is checked
+        (see :meth:`organizer.library.Library.move_root`)."""
+        root = self.find(old)
+        if find_root(new, {root.record.id: root.record.path}) is not None:
+            raise OptionsError(
+                f"{new} is the root {root.record.path} itself: nothing to move; give the "
+                "folder its files are in now"
+            )
+        target = Path(new).expanduser()
+        if not target.is_dir():
+            raise LibraryError(f"not a folder: {new}")
+        real = os.path.realpath(target)
+        for other in self.all():
+            p = other.record.path
+            if other.record.id != root.record.id and (within(p, real) or within(real, p)):
+                raise LibraryError(
+                    f"{real} overlaps the root {p} of this library: `organizer roots remove {p}` "
+                    "first if its images are the same as these"
+                )
+        with self.engine.connect() as conn:
+            sample = q.sample_images(conn, root.record.id, MOVE_SAMPLE)
+        check = check_move(sample, real)
+        if sample and not check.matches:
+            raise LibraryError(
+                f"{real} does not hold the files of {root.record.path}: of {check.checked} "
+                f"sampled files, {check.same_size} were found with the same size and "
+                f"{check.same_hash} of {check.hashed} with the same content; nothing changed"
+            )
+        change = RootChange(
+            "move", root.record.path, real, sum(root.record.images.values()), dry_run, check
+        )
+        if dry_run:
+            return change
+        with self.writer("roots move"), write_transaction(self.engine) as conn:
+            q.move_root(conn, root.record.id, real)
+        return change
+
+    def targets(self, paths: list[str | Path]) -> list[Target]:
+        """The walks an ingest of ``paths`` needs (see :func:`targets_for`); a LibraryError
+        when a new root holds the files of an absent one (``roots move`` is the way)."""
+        with self.engine.connect() as conn:
+            roots = q.all_roots(conn)
+            targets = targets_for(paths, roots)
+            new = any(t.root_id is None for t in targets)  # only a new root can be a moved one
+            absent = {i: p for i, p in roots.items() if new and not Path(p).is_dir()}
+            samples = {i: q.sample_images(conn, i, MOVE_SAMPLE) for i in absent}
+        for target in targets:
+            if target.root_id is not None:
+                continue
+            for root_id, old in absent.items():
+                if check_move(samples[root_id], target.root_path).matches:
+                    raise LibraryError(
+                        f"{target.root_path} holds the files of {old}, which is absent: "
+                        f"run `organizer roots move {old} {target.root_path}` to point the "
+                        "library there (ids, vectors and clusters kept), or `organizer roots "
+                        f"remove {old}` first to start afresh"
+                    )
+        return targets
+
+    def _absent(self, include_offline: bool) -> tuple[dict[int, str], dict[int, str]]:
+        """(every root, the absent ones) by id; none counts as absent with
+        ``include_offline``, and then the database is not even asked."""
+        if include_offline:
+            return {}, {}
+        with self.engine.connect() as conn:
+            roots = q.all_roots(conn)
+        return roots, {i: p for i, p in roots.items() if not Path(p).is_dir()}
+
+    def shown(self, include_offline: bool) -> Shown:
+        """What similar, search, duplicates, cluster and report show, and leave out."""
+        roots, absent = self._absent(include_offline)
+        if not absent:
+            return Shown(None, frozenset(), OfflineImages())
+        with self.engine.connect() as conn:
+            held = q.ok_counts(conn, list(absent))
+        return Shown(
+            [i for i in roots if i not in absent],
+            frozenset(absent.values()),
+            OfflineImages(tuple(absent[i] for i in sorted(held)), sum(held.values())),
+        )
+
+    def hidden(self, include_offline: bool = False) -> frozenset[str]:
+        """Paths of the roots whose images searches leave out."""
+        return frozenset(self._absent(include_offline)[1].values())
+
+    def containing(self, folder: str) -> list[str]:
+        """The roots ``folder`` (a real path) is at or inside."""
+        return [r.record.path for r in self.all() if within(folder, r.record.path)]
+
+    def photos_under(self, folder: str) -> int:
+        """How many images the library holds at or below ``folder`` (a real path)."""
+        held = 0
+        with self.engine.connect() as conn:
+            for root_id, root in q.all_roots(conn).items():
+                if within(folder, root):
+                    prefix = os.fsencode(os.path.relpath(folder, root)) if folder != root else b""
+                    held += len(q.known_images(conn, root_id, prefix if prefix != b"." else b""))
+                elif within(root, folder):
+                    held += len(q.known_images(conn, root_id))
+        return held
+
+
+def within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or inside it (both real paths)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -169,6 +169,11 @@ class IndexCache:
         with self.engine.connect() as conn, conn.begin():
             return q.index_generation(conn), self.record.read(conn)
 
+    def generation(self) -> int:
+        """The database's index generation now: it moves whenever the vectors change."""
+        with self.engine.connect() as conn:
+            return q.index_generation(conn)
+
     def file(self) -> IndexFileRecord | None:
         """What the index files hold, as recorded when written (None: no file yet)."""
         return self._state()[1]
