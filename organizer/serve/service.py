@@ -1,10 +1,13 @@
 """What the web app asks of a library, safe to call from the server's worker threads.
 
 One :class:`Library` stays open for the server's life: its model stays loaded (a text query
-costs one text-tower pass, not a model load) and its vector index stays in memory. The index
-follows the database's generation counter, but while an ingest is writing, the index of the
-last finished state is kept: new images appear when the ingest is done, and no request ever
-rebuilds the index batch by batch or waits for the writer.
+costs one text-tower pass, not a model load) and its vector index stays in memory. The
+library serves its index (see :meth:`Library.serve_index`): while an ingest is writing, the
+index of the last finished state is kept, and no request rebuilds it or waits for the writer.
+
+Every answer is the library's own (the CLI's answer to the same question); this module adds
+only what a web app needs: its query grammar, pages of results, files and thumbnails, and a
+memo of the answers that cost most, kept per index state.
 """
 
 from __future__ import annotations
@@ -14,35 +17,31 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from organizer import search
-from organizer.cluster_runs import Clustering
 from organizer.errors import ClusterError, ImageError, QueryError
-from organizer.finder import DuplicateGroup, Finder, Result, Results
+from organizer.finder import DuplicateGroup, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
 from organizer.redact import hide_passwords
-from organizer.report import projection
 from organizer.scan import display_path, is_raw_name
 from organizer.serve.uploads import query_pixels
-from organizer.store import cluster_queries as cq
-from organizer.store import queries as q
-from organizer.store.records import ClusterRunSummary, ImageRecord, ImageStatus
-from organizer.vectors import VectorIndex
+from organizer.store.records import ClusterRunRecord, ClusterRunSummary, Failure, ImageRecord
 
 THUMB_SIDES = {"s": 256, "l": 1280}
 THUMB_QUALITY = 82
 MAX_SOURCE_BYTES = 512 * 1024 * 1024
-MAP_POINTS = 5_000
 NEAR_DUPLICATE = 0.96
 MAX_TERMS = 16
 MAX_QUERY_CHARS = 1000
+
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -73,58 +72,32 @@ class Service:
 
     def __init__(self, lib: Library):
         self.lib = lib
-        self._lock = threading.RLock()  # guards the model's loading and the index swap
-        self._live: tuple[int, VectorIndex] | None = None  # (generation, index)
-        self._loading = False  # a newer index is being loaded in the background
-        self._cache: dict[tuple, object] = {}  # per-generation results (duplicates, maps)
+        lib.serve_index(lambda why: print(hide_passwords(f"warning: {why}"), file=sys.stderr))
+        self._lock = threading.Lock()  # guards the memo
+        self._memo: dict[tuple, object] = {}  # answers for the index state of ``_memo_of``
+        self._memo_of: int | None = None
         self.thumbs = lib.home.cache_dir / "thumbs"
-
-    # -- the model and the index -------------------------------------------------------------
 
     def warm_up(self) -> None:
         """Load the index and the model now (the server calls this in the background)."""
-        self.index()
+        self.lib.vectors()
         if self.lib.model() is not None:
-            self.embedder().embed_texts(["a photo"])  # opens (or exports) the text tower
+            self.lib.embedder().embed_texts(["a photo"])  # opens (or exports) the text tower
 
-    def embedder(self):
+    def _remembered(self, key: tuple, compute: Callable[[], T]) -> T:
+        """``compute()``, once per index state: a changed library starts the memo afresh."""
+        state = self.lib.index_generation()
         with self._lock:
-            return self.lib.embedder()
-
-    def generation(self) -> int:
-        with self.lib.engine.connect() as conn:
-            return q.index_generation(conn)
-
-    def index(self) -> VectorIndex:
-        """The index of the last state the server has loaded. When the database has moved
-        on and no ingest is writing, the new state is loaded in the background and swapped
-        in when ready: no request waits for an index to be read or rebuilt (but the first)."""
-        with self._lock:
-            generation = self.generation()
-            if self._live is None:
-                self._live = (generation, self.lib.vectors(save=False))
-            elif (
-                self._live[0] != generation and not self._loading and not self.lib.ingest_running()
-            ):
-                self._loading = True
-                threading.Thread(
-                    target=self._reload, args=(generation,), name="organizer-index", daemon=True
-                ).start()
-            return self._live[1]
-
-    def _reload(self, generation: int) -> None:
-        try:
-            index = self.lib.vectors(save=False)
+            if self._memo_of != state:
+                self._memo, self._memo_of = {}, state
+            found = self._memo.get(key)
+        if found is None:
+            found = compute()
+            now = self.lib.index_generation()
             with self._lock:
-                self._live = (generation, index)
-                self._cache.clear()
-        except Exception as exc:  # the old index keeps serving; say why
-            print(hide_passwords(f"warning: could not load the new index: {exc}"), file=sys.stderr)
-        finally:
-            self._loading = False
-
-    def finder(self) -> Finder:
-        return Finder(self.lib.engine, self.index, self.embedder, self.lib.hidden_roots())
+                if self._memo_of == state == now:  # the index was not swapped meanwhile
+                    self._memo[key] = found
+        return found  # type: ignore[return-value]
 
     # -- searches ----------------------------------------------------------------------------
 
@@ -132,118 +105,61 @@ class Service:
         """Text search with the CLI's grammar: words, ``+term`` adds, ``-term`` subtracts.
         Every term is a text: the server never reads a path a client names."""
         query, plus, minus = parse_query(text)
-        finder = self.finder()
-        texts = [*([query] if query else []), *plus, *minus]
-        weights = [*([1.0] if query else []), *([1.0] * len(plus)), *([-1.0] * len(minus))]
-        vectors = finder.text_vectors(texts)
-        hits = finder.ranked(
-            search.combine(list(zip(vectors, weights, strict=True))), limit + offset, (), None
-        )
-        return Results(" ".join(text.split()), _page(hits, offset))
+        found = self.lib.search(query, plus, minus, limit, offset=offset, texts_only=True)
+        return replace(found, query=" ".join(text.split()))
 
     def search_image(self, data: bytes, name: str, limit: int, offset: int = 0) -> Results:
         """Images like an uploaded picture (embedded, not added to the library), decoded
         within what an upload may cost (see :mod:`organizer.serve.uploads`)."""
-        embedder = self.embedder()
-        pixels = query_pixels(data, embedder.preprocess)
-        vector = embedder.embed_pixels(pixels[None])[0]
-        hits = self.finder().ranked(vector, limit + offset, (), None)
-        return Results(display_path(os.fsencode(name)) or "uploaded image", _page(hits, offset))
+        pixels = query_pixels(data, self.lib.embedder().preprocess)
+        label = display_path(os.fsencode(name)) or "uploaded image"
+        return self.lib.similar_pixels(pixels, label, limit, offset)
 
     def similar_to(self, image_id: int, limit: int, offset: int = 0) -> Results:
-        record = self.image(image_id)
-        vector = self._vector(image_id)
-        hits = self.finder().ranked(vector, limit + offset, (image_id,), None)
-        return Results(display_path(record.relpath), _page(hits, offset))
+        self.image(image_id)
+        return self.lib.similar_to(image_id, limit, offset)
 
     def duplicates(self, threshold: float = NEAR_DUPLICATE) -> list[DuplicateGroup]:
         """Duplicate groups of the index served now, computed once per index."""
-        index = self.index()
-        with self._lock:
-            key = ("duplicates", threshold, self._live[0] if self._live else None)
-            cached = self._cache.get(key)
-        if cached is None:
-            finder = Finder(self.lib.engine, lambda: index, self.embedder, self.lib.hidden_roots())
-            cached = finder.duplicates(threshold)
-            with self._lock:
-                if self._live is not None and self._live[1] is index:  # not swapped meanwhile
-                    self._cache[key] = cached
-        return cached  # type: ignore[return-value]
+        found = self._remembered(("duplicates", threshold), lambda: self.lib.duplicates(threshold))
+        return found.groups
 
     def image_page(self, image_id: int, limit: int = 12) -> ImagePage:
         record = self.image(image_id)
         # One ranking serves both lists: the near-duplicates are the top of the similar ones.
-        hits = self.finder().ranked(self._vector(image_id), max(limit, 50), (image_id,), None)
-        similar = hits[:limit]
+        hits = self.lib.similar_to(image_id, max(limit, 50)).results
         near = [h for h in hits if h.score >= NEAR_DUPLICATE]
-        with self.lib.engine.connect() as conn:
-            cluster = cq.cluster_of(conn, image_id)
-        return ImagePage(record, cluster, similar, near)
-
-    def _vector(self, image_id: int) -> np.ndarray:
-        with self.lib.engine.connect() as conn:
-            model = q.library_model(conn)
-            vector = q.get_vector(conn, image_id, model.id) if model else None
-        if vector is None:
-            raise NotFound(image_id)
-        return vector
+        return ImagePage(record, self.lib.cluster_of(image_id), hits[:limit], near)
 
     # -- clusters ----------------------------------------------------------------------------
 
-    def clustering(self) -> Clustering:
-        return Clustering(self.lib.engine, self.embedder, self.lib.home.cache_dir)
-
-    def runs(self):
+    def runs(self) -> list[ClusterRunRecord]:
         return self.lib.runs()
 
     def run(self, run_id: int | None) -> ClusterRunSummary:
         try:
-            return self.clustering().summary(run_id)
+            return self.lib.clusters(run_id)
         except ClusterError as exc:
             raise NotFound(str(exc)) from None
 
     def map_points(self, run_id: int | None) -> dict:
-        """The run's t-SNE map (a seeded sample of at most MAP_POINTS images), computed once
-        per run and library state: ``{"run", "points": [[image_id, x, y, cluster], ...]}``."""
+        """The run's t-SNE map (a seeded sample of its images), computed once per run and
+        library state: ``{"run", "points": [[image_id, x, y, cluster], ...], "clusters"}``."""
         summary = self.run(run_id)
-        key = ("map", summary.run.id)
-        self.index()  # a changed library clears the cache
-        with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        members = [(number, m.image_id) for number, m in summary.members]
-        rows = projection.sample_rows(len(members), MAP_POINTS, seed=0)
-        chosen = [members[i] for i in rows]
-        ids = [image_id for _, image_id in chosen]
-        with self.lib.engine.connect() as conn:
-            model = q.library_model(conn)
-            vectors = q.vectors_of(conn, model.id, model.dim, ids) if ids else np.zeros((0, 1))
-        xy = projection.project(vectors, seed=0).xy if ids else np.zeros((0, 2))
-        result = {
-            "run": summary.run.id,
-            "points": [
-                [image_id, round(float(x), 5), round(float(y), 5), number]
-                for (number, image_id), (x, y) in zip(chosen, xy, strict=True)
-            ],
-            "clusters": [
-                {"number": c.number, "label": c.label, "size": c.size} for c in summary.clusters
-            ],
-        }
-        with self._lock:
-            self._cache[key] = result
-        return result
+        return self._remembered(("map", summary.run.id), lambda: self._map(summary.run.id))
+
+    def _map(self, run_id: int) -> dict:
+        try:
+            return self.lib.run_map(run_id).to_dict()
+        except ClusterError as exc:  # the run was deleted meanwhile
+            raise NotFound(str(exc)) from None
 
     # -- files -------------------------------------------------------------------------------
 
     def image(self, image_id: int) -> ImageRecord:
-        """An image the server may show: ok, under a present root, and (symlinks resolved)
-        still inside that root."""
-        with self.lib.engine.connect() as conn:
-            record = q.describe_images(conn, [image_id]).get(image_id)
-        if record is None or record.status != ImageStatus.OK:
-            raise NotFound(image_id)
-        if record.root in self.lib.hidden_roots():
+        """An image the server may show: ok and under a present root."""
+        record = self.lib.image(image_id)
+        if record is None:
             raise NotFound(image_id)
         return record
 
@@ -293,7 +209,7 @@ class Service:
         os.replace(tmp, target)
         return target
 
-    def failures(self):
+    def failures(self) -> list[Failure]:
         return self.lib.failures()
 
 
@@ -328,7 +244,3 @@ def _locate(root: str, relpath: bytes) -> str:
     if not os.path.isfile(real):
         raise Unshown(NOT_A_FILE if os.path.exists(real) else GONE)
     return real
-
-
-def _page(results: Sequence[Result], offset: int) -> list[Result]:
-    return list(results[offset:])
