@@ -336,6 +336,47 @@ def test_similar_leaves_the_image_out(site):
     assert len(found["results"]) == 5
 
 
+def _cli_json(site, *args: str) -> dict:
+    done = _organizer("-L", str(site["library"]), *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _results(found: dict) -> list[dict]:
+    """The results as the CLI shows them: the web app's note on unserved files left out."""
+    return [{k: v for k, v in r.items() if k != "not_shown"} for r in found["results"]]
+
+
+@pytest.mark.parametrize(
+    ("cli_args", "api"),
+    [
+        (["search", "a red square", "-n", "6"], "/api/search?q=a+red+square&n=6"),
+        (
+            ["search", "a red square", "--plus", "sunset", "--minus", "people", "-n", "6"],
+            "/api/search?q=a+red+square+%2Bsunset+-people&n=6",
+        ),
+        (
+            ["search", "--plus", "blue", "--minus", "green", "-n", "6"],
+            "/api/search?q=%2Bblue+-green&n=6",
+        ),
+    ],
+)
+def test_the_cli_and_the_web_app_search_alike(site, cli_args, api):
+    """One question, one answer: the same ranks, images, paths and scores, to the last bit."""
+    from_cli = _cli_json(site, *cli_args)
+    from_web = site["server"].json(api)
+    assert _results(from_web) == _results(from_cli)
+    assert len(from_cli["results"]) == 6
+
+
+def test_the_cli_and_the_web_app_find_the_same_similar_images(site):
+    ids = _ids(site["server"])
+    from_cli = _cli_json(site, "similar", str(site["photos"] / "img001.jpg"), "-n", "6")
+    from_web = site["server"].json(f"/api/similar/{ids['img001.jpg']}?n=6")
+    assert _results(from_web) == _results(from_cli)
+    assert len(from_cli["results"]) == 6
+
+
 def test_clusters_duplicates_and_status_are_the_cli_documents(site):
     server = site["server"]
     library = site["library"]
