@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -46,6 +47,8 @@ from organizer.store.records import (
 )
 from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex, sharded
 from organizer.vectors.live import LiveIndex
+
+Found = TypeVar("Found", Results, Duplicates)
 
 __all__ = ["EmbedderLoader", "Library", "LibraryStatus", "SkippedFiles", "load_open_clip"]
 
@@ -205,15 +208,8 @@ class Library:
         return self._roots.remove(path, dry_run)
 
     def move_root(self, old: str | Path, new: str | Path, dry_run: bool = False) -> RootChange:
-        """Point a root at the folder its files moved to (a rename, a new mount point);
-        image ids, vectors and clusters are kept. A sample of the files is checked first
-        (sizes, and SHA-256 of a few).
-
-        Raises:
-            LibraryError: ``old`` is not a root, ``new`` is not a folder, is (or overlaps)
-                another root, or does not hold the root's files.
-            OptionsError: ``new`` names the root itself (a trailing slash, ./, a link).
-        """
+        """Point a root at the folder its files moved to, once a sample of them is checked;
+        ids, vectors and clusters are kept (see :meth:`Roots.move`, and what it raises)."""
         return self._roots.move(old, new, dry_run)
 
     def hidden_roots(self, include_offline: bool = False) -> frozenset[str]:
@@ -301,7 +297,7 @@ class Library:
         """Search over the library; images under absent roots are left out unless asked."""
         return Finder(self.engine, self.vectors, self.embedder, self.hidden_roots(include_offline))
 
-    def _search(self, include_offline: bool, ask: Callable[[Finder], Results]) -> Results:
+    def _search(self, include_offline: bool, ask: Callable[[Finder], Found]) -> Found:
         shown = self._roots.shown(include_offline)
         found = ask(Finder(self.engine, self.vectors, self.embedder, shown.hidden))
         return replace(found, offline=shown.offline)
@@ -352,11 +348,8 @@ class Library:
         )
 
     def duplicates(self, threshold: float = 0.96, include_offline: bool = False) -> Duplicates:
-        """Groups of identical and near-identical images, each with a suggested keeper, and
-        what absent roots left out."""
-        shown = self._roots.shown(include_offline)
-        finder = Finder(self.engine, self.vectors, self.embedder, shown.hidden)
-        return Duplicates(finder.duplicates(threshold), shown.offline)
+        """Groups of identical and near-identical images, each with a suggested keeper."""
+        return self._search(include_offline, lambda f: Duplicates(f.duplicates(threshold)))
 
     def image(self, image_id: int) -> ImageRecord | None:
         """An image that may be shown (ok, under a present root), or None."""

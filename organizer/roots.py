@@ -269,8 +269,15 @@ class Roots:
         return change
 
     def move(self, old: str | Path, new: str | Path, dry_run: bool = False) -> RootChange:
-        """Point a root at the folder its files moved to, after a sample of them is checked
-        (see :meth:`organizer.library.Library.move_root`)."""
+        """Point a root at the folder its files moved to (a rename, a new mount point);
+        image ids, vectors and clusters are kept. A sample of the files is checked first
+        (sizes, and SHA-256 of a few).
+
+        Raises:
+            LibraryError: ``old`` is not a root, ``new`` is not a folder, is (or overlaps)
+                another root, or does not hold the root's files.
+            OptionsError: ``new`` names the root itself (a trailing slash, ./, a link).
+        """
         root = self.find(old)
         if find_root(new, {root.record.id: root.record.path}) is not None:
             raise OptionsError(
