@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy import Engine
 
 from organizer.report import projection
@@ -49,8 +48,10 @@ def run_map(engine: Engine, summary: ClusterRunSummary, max_points: int = MAP_PO
     ids = [image_id for _, image_id in chosen]
     with engine.connect() as conn:
         model = q.library_model(conn)
-        vectors = q.vectors_of(conn, model.id, model.dim, ids) if ids else np.zeros((0, 1))
-    xy = projection.project(vectors, seed=0).xy if ids else np.zeros((0, 2))
+        if model is None or not ids:  # an empty run: nothing to place
+            return RunMap(summary, [])
+        vectors = q.vectors_of(conn, model.id, model.dim, ids)
+    xy = projection.project(vectors, seed=0).xy
     points = [
         MapPoint(image_id, float(x), float(y), number)
         for (number, image_id), (x, y) in zip(chosen, xy, strict=True)
