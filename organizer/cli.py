@@ -36,6 +36,7 @@ from organizer.choices import (
 from organizer.config import resolve_settings
 from organizer.console import plural
 from organizer.errors import Interrupted, LibraryURLError, OrganizerError
+from organizer.redact import screen
 
 # The library (SQLAlchemy, numpy, Pillow: 0.4 s of imports) is loaded by the commands that
 # open one, not for --help, --version or a usage error (0.09 s instead of 0.5 s).
@@ -296,7 +297,7 @@ def _handled(fn):
         except Exception as exc:
             if os.environ.get("ORGANIZER_DEBUG"):
                 traceback.print_exc()
-            message = str(exc).splitlines()[0] if str(exc) else ""
+            message = screen(str(exc).splitlines()[0]) if str(exc) else ""
             out.err(
                 f"error: unexpected {type(exc).__name__}: {message} "
                 "(set ORGANIZER_DEBUG=1 for details)"

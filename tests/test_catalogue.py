@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from organizer.config import Settings
 from organizer.errors import LibraryError, SchemaError
 from organizer.library import Library
+from organizer.redact import WITHHELD
 from organizer.store import queries as q
 from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
 from tests.pg import PASSWORD, PASSWORD_USER, PgServer
@@ -311,6 +312,26 @@ def test_a_password_with_odd_characters_is_never_shown(server, cli, photos, tmp_
     for text in shown:
         for piece in {password, password.replace("TAIL", "TALE"), *password.split("@")}:
             assert len(piece) < 4 or piece not in text, (piece, text)
+
+
+@pytest.mark.parametrize("password", ["library", "password"])
+def test_a_password_that_is_a_word_is_not_spelled_out_by_masking(server, cli, password):
+    """Masking `library` in organizer's sentence, or `password` in the server's, would show
+    the password by the hole it leaves."""
+    role = f"word{zlib.crc32(password.encode())}"
+    server.password_role(role, "the-real-one")
+    name = make_url(server.new_database(owner=role)).database
+    wrong = cli(
+        "status", "--library", f"postgresql://{role}:{password}@/{name}?host={server.socket_dir}"
+    )
+    assert wrong.exit_code == 1
+    (line,) = wrong.stderr.splitlines()
+    head = f"error: cannot use the library database {name} on {server.socket_dir}: "
+    assert line.startswith(head) and "***" not in line
+    if password == "password":  # the server's own message quotes it: withheld whole
+        assert line == head + WITHHELD
+    else:
+        assert line == head + f'password authentication failed for user "{role}"'
 
 
 def _slow_ingest(url: str, root: Path) -> subprocess.Popen:

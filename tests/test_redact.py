@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from organizer import console
-from organizer.redact import hide_passwords, redact_url, remember, split_url
+from organizer.errors import LibraryURLError
+from organizer.redact import WITHHELD, hide_passwords, redact_url, remember, screen, split_url
 from organizer.store.db import library_url, redact
 
 # Each holds what an unencoded password may: @ : / % # ? p and spaces.
@@ -61,6 +62,44 @@ def test_a_remembered_password_is_hidden_whole_wherever_it_appears():
     remember("p@ssw0rd-TAIL-remembered")
     line = hide_passwords("FATAL: role alice (p@ssw0rd-TAIL-remembered) password authentication")
     assert line == "FATAL: role alice (***) password authentication"
+
+
+@pytest.mark.parametrize("password", ["library", "error", "password", "cannot", "photos"])
+def test_a_password_that_is_a_word_of_a_message_is_never_spelled_out(password):
+    """Masking it inside a sentence would give it away (`***: cannot use ...` for "error")."""
+    remember(password)
+    ours = f"error: cannot use the library database photos on /run/pg: {screen('it is down')}"
+    assert hide_passwords(ours) == ours  # organizer's own words stay as they are
+    theirs = f"{password} authentication failed for user alice"
+    assert screen(theirs) == WITHHELD  # the server's text: withheld whole, nothing masked
+    assert "***" not in hide_passwords(f"error: cannot use the library: {screen(theirs)}")
+
+
+def test_a_short_password_withholds_a_message_only_where_it_is_a_whole_word():
+    remember("xq")
+    assert screen("connection refused by xq-host") == WITHHELD
+    assert screen("the xqz server refused") == "the xqz server refused"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # a password given twice would be used as which? refused, and neither shown
+        (
+            "postgresql://su@/libs?host=/x&password=abcd&password=efgh&password=ijkl",
+            "gives password more than once",
+        ),
+        ("postgresql://u:pw-secret@h:abc/db", "not a database URL"),  # a port not a number
+        ("postgresql://u@h?pass%77ord=xyz", "names no database"),  # key encoded as libpq reads
+    ],
+)
+def test_odd_urls_are_refused_without_their_password(url, shown):
+    with pytest.raises(LibraryURLError) as refused:
+        library_url(url)
+    message = str(refused.value)
+    assert shown in message
+    for secret in ("abcd", "efgh", "ijkl", "pw-secret", "xyz"):
+        assert secret not in message, message
 
 
 def test_a_short_password_never_masks_letters_of_a_message():

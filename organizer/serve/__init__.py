@@ -11,6 +11,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from organizer.errors import OrganizerError
+from organizer.redact import screen
 
 MIN_TOKEN = 12
 # URL-safe: the token travels in the printed link and in a Bearer header as it is.
@@ -93,4 +94,4 @@ def _warm(service, announce: Callable[[str], None]) -> None:
     except OrganizerError as exc:
         announce(f"warning: {exc}")
     except Exception as exc:
-        announce(f"warning: could not load the model yet: {type(exc).__name__}: {exc}")
+        announce(f"warning: could not load the model yet: {type(exc).__name__}: {screen(str(exc))}")

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from organizer.errors import OrganizerError, QueryError
 from organizer.finder import Results
-from organizer.redact import hide_passwords
+from organizer.redact import hide_passwords, screen
 from organizer.scan import display_path
 from organizer.serve.guard import Guard
 from organizer.serve.service import NotFound, Service
@@ -222,7 +222,7 @@ def _safe(endpoint):
         if os.environ.get("ORGANIZER_DEBUG"):
             traceback.print_exception(exc)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(hide_passwords(f"error: unexpected {type(exc).__name__}: {first}"), file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {screen(first)}", file=sys.stderr)
         return Unexpected(f"unexpected {type(exc).__name__}")
 
     if inspect.iscoroutinefunction(endpoint):

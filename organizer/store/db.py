@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, Operati
 
 from organizer.choices import is_url
 from organizer.errors import ConnectionLostError, LibraryError, LibraryURLError, SchemaError
-from organizer.redact import hide_passwords, redact_url, remember, split_url
+from organizer.redact import hide_passwords, redact_url, remember, screen, split_url
 from organizer.resources import migrations_dir
 
 BUSY_TIMEOUT_MS = 30_000
@@ -43,9 +43,14 @@ def library_url(value: str) -> URL:
     remember(password)
     try:
         url = make_url(rest)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise LibraryURLError(f"not a database URL: {redact(value)}") from None
-    remember(url.query.get("password"))  # type: ignore[arg-type]
+    in_query = url.query.get("password")
+    if isinstance(in_query, tuple):
+        for each in in_query:
+            remember(each)
+        raise LibraryURLError(f"the library URL gives password more than once: {redact(value)}")
+    remember(in_query)
     if user is not None:
         url = url.set(username=user, password=password)
     name = SCHEMES.get(url.drivername, url.drivername)
@@ -195,7 +200,7 @@ def _explain_server(exc: Exception, url: URL) -> str:
     )
     reason = reason.removeprefix("FATAL:").strip()
     remember(url.password)
-    return hide_passwords(f"cannot use the library {describe(url)}: {reason}")
+    return hide_passwords(f"cannot use the library {describe(url)}: {screen(reason)}")
 
 
 def reserve_ids(conn: Connection, table: str, count: int) -> list[int]:

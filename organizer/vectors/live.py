@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from organizer.redact import screen
 from organizer.store.records import IndexSettingsRecord
 from organizer.vectors import sharded
 from organizer.vectors.cache import IndexBuild, IndexCache, IndexDelta
@@ -100,6 +101,6 @@ class LiveIndex:
             with self._lock:
                 self._live = (generation, index)
         except Exception as exc:  # the old index keeps serving; say why
-            self._background.warn(f"could not load the new index: {exc}")
+            self._background.warn(f"could not load the new index: {screen(str(exc))}")
         finally:
             self._loading = False
