@@ -223,13 +223,13 @@ def decode(
         image.seek(0)
         width, height = image.size
         fmt = image.format or "?"
-        if min_size is not None and fmt == "JPEG":
+        if min_size is not None and fmt in ("JPEG", "MPO"):  # MPO: a JPEG with more frames
             image.draft(None, min_size)
         # Before any EXIF is read: a PNG's getexif() decodes the whole picture.
-        if max_bytes is not None and decode_cost(image) > max_bytes:
+        if max_bytes is not None and decode_cost(image, (width, height)) > max_bytes:
             raise ImageTooLargeError(
-                f"{image.width} x {image.height} pixels would take about "
-                f"{decode_cost(image) / 2**20:,.0f} MB to decode, more than the "
+                f"{width} x {height} pixels would take about "
+                f"{decode_cost(image, (width, height)) / 2**20:,.0f} MB to decode, more than the "
                 f"{max_bytes / 2**20:,.0f} MB allowed: a smaller copy will do"
             )
         captured_at = _capture_time(image)
@@ -259,12 +259,44 @@ _COPIED = {"1": 1, "P": 4, "PA": 4, "LA": 4, "La": 4, "RGBA": 4, "RGBa": 4}
 _DECODER = {"WEBP": 12, "JPEG2000": 16, "HEIF": 4}
 
 
-def decode_cost(image: Image.Image) -> int:
+def decode_cost(image: Image.Image, full_size: tuple[int, int] | None = None) -> int:
     """About the most memory, in bytes, that decoding an opened (not yet loaded) image with a
-    budget takes: JPEGs count at their draft scale, so ask after :meth:`Image.draft`."""
+    budget takes: JPEGs count at their draft scale, so ask after :meth:`Image.draft` and give
+    the size the file has (``full_size``), which what the decoder holds may follow."""
     per_pixel = _STORED.get(image.mode, 4) + _COPIED.get(image.mode, 0)
     per_pixel += _DECODER.get(image.format or "", 0)
-    return image.width * image.height * per_pixel
+    full_width, full_height = full_size or image.size
+    held = 0
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        held = _coefficient_bytes(image, full_width, full_height)
+    elif image.format == "TIFF":
+        held = _strip_bytes(image, full_width, full_height)
+    return image.width * image.height * per_pixel + held
+
+
+def _coefficient_bytes(image: Image.Image, width: int, height: int) -> int:
+    """What libjpeg holds for a progressive JPEG, whatever the draft scale: every DCT
+    coefficient of the whole picture (2 bytes each) until its last scan is read. Each
+    component counts at its own sampling (4:2:0 holds 1.5 samples a pixel, 4:4:4 three)."""
+    layers = getattr(image, "layer", None) or [("?", 1, 1, 0)] * len(image.getbands())
+    most_h = max(layer[1] for layer in layers) or 1
+    most_v = max(layer[2] for layer in layers) or 1
+    samples = sum(layer[1] * layer[2] for layer in layers) / (most_h * most_v)
+    return int(width * height * samples * 2)
+
+
+def _strip_bytes(image: Image.Image, width: int, height: int) -> int:
+    """The strip (or tile) that libtiff decodes into a buffer of its own before Pillow copies
+    it: a TIFF written as one strip holds the whole picture twice."""
+    tags = getattr(image, "tag_v2", {})
+    samples = int(tags.get(277, 1))  # SamplesPerPixel
+    bits = tags.get(258, (8,))  # BitsPerSample, one per sample
+    bits = max(bits) if isinstance(bits, tuple) and bits else int(bits or 8)
+    if 322 in tags and 323 in tags:  # TileWidth, TileLength
+        width, rows = int(tags[322]), int(tags[323])
+    else:
+        rows = min(height, int(tags.get(278, height)))  # RowsPerStrip
+    return width * rows * samples * max(1, bits // 8)
 
 
 def _shrink(image: Image.Image, min_size: tuple[int, int]) -> Image.Image:

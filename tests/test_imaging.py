@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from organizer.errors import ImageError, ImageTooLargeError
-from organizer.imaging import PreprocessSpec, decode, to_model_input
+from organizer.imaging import PreprocessSpec, decode, decode_cost, to_model_input
 from tests.fakes import image_bytes, picture
 
 
@@ -133,6 +133,40 @@ def test_a_jpeg_counts_at_its_draft_scale():
     assert (info.width, info.height) == (2000, 1600) and max(image.size) <= 250
     with pytest.raises(ImageTooLargeError):
         decode(image_bytes(picture(3, (2000, 1600)), "PNG"), min_size=(64, 64), max_bytes=2**20)
+
+
+@pytest.mark.parametrize(
+    ("options", "held"),
+    [
+        ({"progressive": True, "subsampling": 0}, 3 * 2),  # 4:4:4, 2 bytes a coefficient
+        ({"progressive": True, "subsampling": 2}, 1.5 * 2),  # 4:2:0
+        ({}, 0),  # a baseline JPEG is decoded at its draft scale, a strip at a time
+    ],
+)
+def test_a_progressive_jpeg_counts_every_coefficient_of_the_whole_picture(options, held):
+    """libjpeg holds all of a progressive picture's coefficients until its last scan,
+    whatever the draft scale (a 12000 x 12000 one took 835 MB at 4:4:4)."""
+    data = image_bytes(Image.new("RGB", (2000, 1500), (120, 30, 200)), "JPEG", **options)
+    image = Image.open(io.BytesIO(data))
+    image.draft(None, (64, 64))
+    assert decode_cost(image, (2000, 1500)) == image.width * image.height * 4 + int(
+        2000 * 1500 * held
+    )
+    budget = 2000 * 1500 * 2  # 6 MB: more than the draft-scale picture, less than the rest
+    if held:
+        with pytest.raises(ImageTooLargeError, match="2000 x 1500 pixels would take about"):
+            decode(data, min_size=(64, 64), max_bytes=budget)
+    else:
+        decode(data, min_size=(64, 64), max_bytes=budget)
+
+
+@pytest.mark.parametrize("rows", [800, 64])
+def test_a_tiff_counts_the_strip_its_decoder_holds(rows):
+    """Written as one strip (800 rows), the whole picture is held once more while Pillow
+    copies it out; in strips of 64 rows, only those."""
+    image = Image.new("RGB", (1000, 800), (9, 9, 9))
+    data = image_bytes(image, "TIFF", compression="tiff_lzw", tiffinfo={278: rows})
+    assert decode_cost(Image.open(io.BytesIO(data))) == 1000 * 800 * 4 + 1000 * rows * 3
 
 
 def _in_mode(mode: str) -> bytes:
