@@ -29,7 +29,9 @@ from tests.test_imaging import png_claiming
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
+from organizer.serve import uploads
 from organizer.serve.uploads import BUSY, DECODING, WAITING, Gate
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"
@@ -297,6 +299,32 @@ def test_the_gate_lets_two_decode_and_six_wait():
             pass
 
     asyncio.run(scenario())
+
+
+def test_an_upload_that_trickles_in_is_given_up(monkeypatch):
+    """A body sent a byte at a time would hold its place in the line for ever: past its
+    grace it must come at MIN_RATE, or the upload is answered 408 and its place freed."""
+    monkeypatch.setattr(uploads, "GRACE_S", 0.2)
+    monkeypatch.setattr(uploads, "MIN_RATE", 10**6)
+
+    async def scenario() -> int:
+        sent = [{"type": "http.request", "body": b"x", "more_body": True}]
+
+        async def receive() -> dict:
+            if sent:
+                return sent.pop()
+            await asyncio.sleep(3600)  # the rest never comes
+            return {}
+
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"100000")]}
+        with pytest.raises(HTTPException) as slow:
+            await uploads.read_body(Request(scope, receive))
+        assert slow.value.detail == "the upload was too slow: 1 bytes came in 0 s"
+        return slow.value.status_code
+
+    started = time.monotonic()
+    assert asyncio.run(scenario()) == 408
+    assert time.monotonic() - started < 5
 
 
 def test_uploads_are_capped_however_they_are_sent(site):

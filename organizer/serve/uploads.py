@@ -3,11 +3,14 @@
 A 37 KB PNG can hold 169 million pixels of one colour: decoded in full on each of the
 server's 40 worker threads, a few of them took gigabytes. So an upload
 
-- is read up to MAX_UPLOAD bytes, however it is sent;
+- is read up to MAX_UPLOAD bytes, however it is sent, and at no less than MIN_RATE once
+  GRACE_S has passed (a client that trickles its body would hold a place in the line);
 - is decoded only as large as the query needs (a JPEG at a reduced scale, anything else
   shrunk as soon as it is decoded), and refused before decoding when even that would hold
-  more than DECODE_BUDGET bytes: any JPEG passes (up to the bomb guard's 179 MP), a 48 MP
-  HEIC, a 64 MP PNG or TIFF, a 50 MP PNG with transparency, a 20 MP WebP;
+  more than DECODE_BUDGET bytes: any baseline JPEG passes (up to the bomb guard's 179 MP),
+  a progressive one up to about 128 MP (4:2:0; 64 MP at 4:4:4: libjpeg holds its
+  coefficients whole), a 48 MP HEIC, a 64 MP PNG or TIFF (less when written as one strip),
+  a 50 MP PNG with transparency, a 20 MP WebP;
 - waits for one of DECODING turns; WAITING more may wait, and past that the server answers
   503 at once, before reading the body;
 - and once decoded, the memory it freed goes back to the system.
@@ -31,6 +34,8 @@ DECODE_BUDGET = 384 * 2**20
 DECODING = 2
 WAITING = 6
 BUSY = "the server is busy with other pictures: try again in a moment"
+GRACE_S = 15.0  # seconds any upload may take
+MIN_RATE = 256 * 1024  # bytes a second an upload must keep up past its grace
 
 
 class Gate:
@@ -68,13 +73,19 @@ async def read_body(request: Request) -> bytes:
     if declared > MAX_UPLOAD:
         raise too_large
     body = bytearray()
+    allowed = GRACE_S + (declared or MAX_UPLOAD) / MIN_RATE
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_UPLOAD:
-                raise too_large
+        async with asyncio.timeout(allowed):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_UPLOAD:
+                    raise too_large
     except ClientDisconnect:  # a cancelled upload: nobody to answer, nothing to report
         raise HTTPException(400, "the upload was cut off") from None
+    except TimeoutError:
+        raise HTTPException(
+            408, f"the upload was too slow: {len(body):,} bytes came in {allowed:.0f} s"
+        ) from None
     return bytes(body)
 
 
