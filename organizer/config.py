@@ -1,30 +1,40 @@
-"""Settings: the few knobs of organizer, resolved from CLI > ORGANIZER_* env > defaults."""
+"""Settings: the few knobs of organizer, resolved from CLI > ORGANIZER_* env > defaults.
+
+A flag and the variable that stands for it are checked by the same code: both reach
+:class:`Settings` as the text the user typed, and its checks name both spellings.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 
 import platformdirs
 
 from organizer.choices import Device, Precision, Runtime, is_url
 from organizer.embed.runtime import options_problem
-from organizer.errors import OptionsError, OrganizerError
+from organizer.errors import LibraryURLError, OptionsError
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 ENV_PREFIX = "ORGANIZER_"
 
 
-DEVICES = tuple(d.value for d in Device)
-PRECISIONS = tuple(p.value for p in Precision)
-RUNTIMES = tuple(r.value for r in Runtime)
-
-
 def default_library_dir() -> Path:
     """The per-user library directory (e.g. ~/.local/share/organizer/library on Linux)."""
     return platformdirs.user_data_path("organizer", appauthor=False) / "library"
+
+
+def env_name(setting: str) -> str:
+    """The variable that stands for a setting: ``batch_size`` -> ``ORGANIZER_BATCH_SIZE``."""
+    return ENV_PREFIX + setting.upper()
+
+
+def spellings(setting: str) -> str:
+    """Where a setting comes from, for messages: ``--batch-size or ORGANIZER_BATCH_SIZE``."""
+    return f"--{setting.replace('_', '-')} or {env_name(setting)}"
 
 
 @dataclass(frozen=True)
@@ -35,88 +45,117 @@ class Settings:
     text the user gave, so it is left out of the repr: it may hold a password.
     ``model`` and ``pretrained`` are ``None`` when the user chose nothing: the library's
     recorded model is used then, or the defaults for a new library.
+
+    Each field also takes the text of its flag or variable ("cpu", "8"): it is checked and
+    converted here, so ``device``, ``precision`` and ``runtime`` always hold enums.
+
+    Raises:
+        OptionsError: a value that cannot work, naming its flag and variable.
     """
 
     library: Path | str = field(repr=False)
     model: str | None = None
     pretrained: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    runtime: str = "auto"
+    device: Device = Device.AUTO
+    precision: Precision = Precision.AUTO
+    runtime: Runtime = Runtime.AUTO
     batch_size: int | None = None
     workers: int | None = None
     offline: bool = False
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise OrganizerError(
-                f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise OrganizerError(
-                f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
-            )
-        if self.runtime not in RUNTIMES:
-            raise OrganizerError(
-                f"unknown runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}"
-            )
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         problem = options_problem(self.device, self.precision, self.runtime)
         if problem:
             raise OptionsError(problem)
-        if self.batch_size is not None and self.batch_size < 1:
-            raise OrganizerError(f"batch size must be at least 1, not {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise OrganizerError(f"workers must be 0 or more, not {self.workers}")
 
 
-def _from_env(name: str, kind: type, env: dict[str, str]) -> object | None:
-    raw = env.get(ENV_PREFIX + name.upper())
-    if raw is None or raw == "":
+def _library(name: str, value: Path | str) -> Path | str:
+    """A folder (never "", which Path() reads as the working folder), or a usable URL."""
+    if value == "":
+        raise OptionsError(
+            f"'' is an empty path ({spellings(name)}): give a folder or a database URL (is a "
+            "shell variable unset?)"
+        )
+    if not is_url(value):
+        return Path(value).expanduser()
+    from organizer.store.db import library_url
+
+    try:
+        library_url(str(value))
+    except LibraryURLError as exc:  # says what is wrong, the password hidden
+        raise LibraryURLError(f"{exc} ({spellings(name)})") from None
+    return value
+
+
+def _choice(name: str, value: object) -> StrEnum:
+    kind = _ENUMS[name]
+    try:
+        return kind(value)
+    except ValueError:
+        raise OptionsError(
+            f"unknown {name} {value!r} ({spellings(name)}): choose one of {', '.join(kind)}"
+        ) from None
+
+
+def _whole(name: str, value: object) -> int | None:
+    if value is None:
         return None
-    if kind is bool:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise OrganizerError(
-                f"{ENV_PREFIX}{name.upper()}={raw!r} is not a whole number"
-            ) from None
-    if kind is Path:
-        return raw if is_url(raw) else Path(raw).expanduser()
-    return raw
+    try:
+        number = int(value) if isinstance(value, str) else value
+    except ValueError:
+        raise OptionsError(f"{value!r} is not a whole number ({spellings(name)})") from None
+    least = _LEAST[name]
+    if not isinstance(number, int) or number < least:
+        what = name.replace("_", " ")
+        raise OptionsError(f"{what} must be at least {least}, not {value!r} ({spellings(name)})")
+    return number
 
 
-_KINDS = {
-    "library": Path,
-    "model": str,
-    "pretrained": str,
-    "device": str,
-    "precision": str,
-    "runtime": str,
-    "batch_size": int,
-    "workers": int,
-    "offline": bool,
+def _flag(name: str, value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _text(name: str, value: object) -> object:
+    return value
+
+
+_ENUMS: dict[str, type[StrEnum]] = {"device": Device, "precision": Precision, "runtime": Runtime}
+_LEAST = {"batch_size": 1, "workers": 0}
+_CHECKS = {
+    "library": _library,
+    "model": _text,
+    "pretrained": _text,
+    "device": _choice,
+    "precision": _choice,
+    "runtime": _choice,
+    "batch_size": _whole,
+    "workers": _whole,
+    "offline": _flag,
 }
 
 
 def resolve_settings(env: dict[str, str] | None = None, **cli: object) -> Settings:
     """Build Settings from CLI values (``None`` = not given), then ORGANIZER_* variables, then defaults.
 
+    A flag's value may be the text the user typed: it is checked as its variable's would be.
+
     Example: ``resolve_settings(model=None, library=Path("lib"))`` takes the model from
     ``ORGANIZER_MODEL`` if set and the library from the argument.
+
+    Raises:
+        OptionsError: a value that cannot work, from a flag or a variable.
     """
     env = dict(os.environ) if env is None else env
     values: dict[str, object] = {}
     for f in fields(Settings):
         value = cli.get(f.name)
         if value is None:
-            value = _from_env(f.name, _KINDS[f.name], env)
+            value = env.get(env_name(f.name)) or None  # set but empty counts as not set
         if value is not None:
             values[f.name] = value
-    if "library" not in values:
-        values["library"] = default_library_dir()
-    library = values["library"]
-    if not is_url(library):
-        values["library"] = Path(library).expanduser()  # type: ignore[arg-type]
+    values.setdefault("library", default_library_dir())
     return Settings(**values)  # type: ignore[arg-type]

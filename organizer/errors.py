@@ -1,7 +1,8 @@
 """The one exception tree of organizer.
 
 Every error a user can cause or fix derives from :class:`OrganizerError`; the CLI turns it into
-one sentence on stderr and exit code 1. Messages say what failed and what to do about it.
+one sentence on stderr and exit code 1, or exit code 2 for an :class:`OptionsError` (a usage
+error). Messages say what failed and what to do about it.
 """
 
 
@@ -62,17 +63,17 @@ class Interrupted(OrganizerError):
     """The user asked a long run to stop; what was committed is kept."""
 
 
-class LibraryURLError(LibraryError):
-    """A --library value that is a URL organizer cannot use (a usage error)."""
+class OptionsError(OrganizerError, ValueError):
+    """The one usage error: an option, setting or argument that cannot work (exit code 2).
+
+    It is a ValueError too, so that an option's parser may raise it and the command line
+    reports it as it reports its own parameter errors.
+    """
 
 
-class IndexPlanError(OrganizerError):
-    """An index kind or memory budget that cannot be built (a usage error)."""
-
-    exit_code = 2
+class LibraryURLError(LibraryError, OptionsError):
+    """A --library value that is a URL organizer cannot use."""
 
 
-class OptionsError(OrganizerError):
-    """Settings that cannot work together (a usage error)."""
-
-    exit_code = 2
+class IndexPlanError(OptionsError):
+    """An index kind or memory budget that cannot be built."""

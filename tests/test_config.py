@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from organizer.config import DEFAULT_MODEL, resolve_settings
-from organizer.errors import OrganizerError
+from organizer.choices import Device, Precision, Runtime
+from organizer.config import DEFAULT_MODEL, Settings, resolve_settings
+from organizer.errors import OptionsError
 
 
 def test_cli_beats_env_beats_default(tmp_path):
@@ -31,8 +32,26 @@ def test_cli_beats_env_beats_default(tmp_path):
         ({"ORGANIZER_DEVICE": "tpu"}, "unknown device"),
         ({"ORGANIZER_PRECISION": "int4"}, "unknown precision"),
         ({"ORGANIZER_BATCH_SIZE": "0"}, "at least 1"),
+        ({"ORGANIZER_WORKERS": "-1"}, "at least 0"),
+        ({"ORGANIZER_LIBRARY": "mysql://bob@db/photos"}, "unsupported library URL"),
     ],
 )
-def test_bad_values_are_one_line_errors(env, message):
-    with pytest.raises(OrganizerError, match=message):
+def test_bad_values_are_usage_errors_naming_the_flag_and_the_variable(env, message):
+    ((variable, value),) = env.items()
+    flag = "--" + variable.removeprefix("ORGANIZER_").lower().replace("_", "-")
+    with pytest.raises(OptionsError, match=message) as from_env:
         resolve_settings(env=env)
+    assert f"({flag} or {variable})" in str(from_env.value)
+    with pytest.raises(OptionsError) as from_flag:
+        resolve_settings(env={}, **{flag[2:].replace("-", "_"): value})
+    assert str(from_flag.value) == str(from_env.value)
+
+
+def test_settings_hold_enums_from_text_or_enums():
+    s = resolve_settings(
+        env={"ORGANIZER_DEVICE": "cpu", "ORGANIZER_WORKERS": "2"}, precision="fp32"
+    )
+    assert s.device is Device.CPU and s.precision is Precision.FP32 and s.runtime is Runtime.AUTO
+    assert s.workers == 2
+    direct = Settings(library=Path("lib"), device=Device.CPU, runtime="onnx")
+    assert direct.device is Device.CPU and direct.runtime is Runtime.ONNX
