@@ -14,6 +14,8 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,11 +33,9 @@ from organizer.choices import (
     LabelSource,
     Precision,
     Runtime,
-    is_url,
 )
 from organizer.config import resolve_settings
-from organizer.console import plural
-from organizer.errors import Interrupted, LibraryURLError, OrganizerError
+from organizer.errors import Interrupted, OptionsError, OrganizerError
 from organizer.redact import screen
 
 # The library (SQLAlchemy, numpy, Pillow: 0.4 s of imports) is loaded by the commands that
@@ -46,17 +46,39 @@ if TYPE_CHECKING:
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+@dataclass
+class Invocation:
+    """What one run of the command line shares beyond a command's own options: typer's
+    context object (``ctx.obj``), made afresh for every run.
+
+    ``library`` and ``as_json`` are the options given to a group before its command
+    (``organizer -L LIB cluster --json assign``); ``command`` is the command that runs, for
+    the hint of a usage error it raises.
+    """
+
+    library: Path | str | None = None
+    as_json: bool = False
+    command: str | None = None
+
+    def hand_down(self, library: Path | str | None, as_json: bool) -> None:
+        """Keep a group's options for the command after it (the nearer group wins)."""
+        if library is not None:
+            self.library = library
+        self.as_json = self.as_json or as_json
+
+
 class _OneLineErrors(typer.core.TyperGroup):
-    """Usage errors as one line on stderr and exit 2 (typer would draw a framed panel)."""
+    """Errors as one line on stderr; every usage error, however raised, exits 2 here."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        _GLOBAL.update(library=None, json=False)
+        invocation = Invocation()
         try:
             code = super().main(
                 args=args,
                 prog_name=prog_name,
                 complete_var=complete_var,
                 standalone_mode=False,
+                obj=invocation,
                 **extra,
             )
         except typer.Abort:
@@ -64,6 +86,8 @@ class _OneLineErrors(typer.core.TyperGroup):
             code = EXIT_INTERRUPTED
         except typer.TyperException as exc:  # typer's click errors: usage and parameters
             code = _report_click_error(exc)
+        except OptionsError as exc:  # from a command: checked with the library, or together
+            code = _usage_error(str(exc), invocation.command)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
@@ -75,9 +99,17 @@ def _report_click_error(exc: typer.TyperException) -> int:
         return EXIT_USAGE  # typer has shown the help already
     code = getattr(exc, "exit_code", EXIT_FAILED)
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-    hint = f" (see '{ctx.command_path} --help')" if ctx is not None and code == EXIT_USAGE else ""
-    out.err(f"error: {message}{hint}")
+    if code == EXIT_USAGE:
+        return _usage_error(message, ctx.command_path if ctx is not None else None)
+    out.err(f"error: {message}")
     return code
+
+
+def _usage_error(message: str, command: str | None) -> int:
+    """The one way a usage error ends: one line, the command's help named, exit 2."""
+    hint = f" (see '{command} --help')" if command else ""
+    out.err(f"error: {message}{hint}")
+    return EXIT_USAGE
 
 
 app = typer.Typer(
@@ -117,19 +149,24 @@ shards_app = _group(
 index_app.add_typer(shards_app, name="shards")
 
 
-def _library(value: str) -> Path | str:
-    """A library folder, or a database URL checked now (its password is never echoed)."""
-    if not is_url(value):
-        return _path(value).expanduser()
-    from organizer.store.db import library_url
+def _parses(fn):
+    """An option's parser, raising OptionsError as every usage check does.
 
-    try:
-        library_url(value)
-    except LibraryURLError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return value
+    typer reports a parser's own ValueError with its validator's prefix ("Value error,"):
+    this hands the message to typer as a parameter error, which names the option.
+    """
+
+    @functools.wraps(fn)
+    def parse(value):
+        try:
+            return fn(value)
+        except OptionsError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return parse
 
 
+@_parses
 def _path(value: str) -> Path:
     """A file or folder argument; an empty one is refused before anything runs.
 
@@ -137,41 +174,45 @@ def _path(value: str) -> Path:
     the working folder: the whole home folder would be embedded and kept as a root.
     """
     if value == "":
-        raise typer.BadParameter(
+        raise OptionsError(
             "'' is an empty path: give a file or folder (is a shell variable unset, as in "
             '"$PHOTOS"?)'
         )
     return Path(value)
 
 
+@_parses
 def _ingest_path(value: str) -> Path:
     """A folder to ingest: not empty, and not the whole filesystem ("$PHOTOS/" unset)."""
     path = _path(value)
     if os.path.realpath(path.expanduser()) == os.path.realpath(os.sep):
-        raise typer.BadParameter(
+        raise OptionsError(
             f"{value} is the whole filesystem: give your photo folders (an unset shell "
             'variable, as in "$PHOTOS/"?)'
         )
     return path
 
 
+@_parses
 def _folder(value: str) -> Path:
     """A folder that may not exist yet (a shard folder): not empty, not a file."""
     path = _path(value)
     if path.is_file():
-        raise typer.BadParameter(f"{value} is a file: give a folder")
+        raise OptionsError(f"{value} is a file: give a folder")
     return path
 
 
+@_parses
 def _term(value: str) -> str:
     """A search term: words or an image path; an empty one (an unset variable) is refused."""
     if not value.strip():
-        raise typer.BadParameter(
+        raise OptionsError(
             f"{value!r} is empty: give words, or an image path (is a shell variable unset?)"
         )
     return value
 
 
+@_parses
 def _named_root(value: str) -> str:
     """A root as the library lists it, kept as text; never empty."""
     _path(value)
@@ -179,13 +220,14 @@ def _named_root(value: str) -> str:
 
 
 # -- shared options ---------------------------------------------------------------------------
+# The options of Settings are taken as the text typed and checked by Settings, as their
+# ORGANIZER_* variables are: a bad value reads the same from either.
 
 LibraryOpt = Annotated[
     str | None,
     typer.Option(
         "--library",
         "-L",
-        parser=_library,
         metavar="FOLDER|URL",
         help="Library folder, or a PostgreSQL URL (postgresql://USER@HOST/DB) for a shared "
         "catalogue [env ORGANIZER_LIBRARY; default: per-user data dir].",
@@ -203,17 +245,26 @@ PretrainedOpt = Annotated[
         help="Weights: tag, checkpoint path, or 'none' [env ORGANIZER_PRETRAINED; default datacomp_s34b_b86k]."
     ),
 ]
+
+
+def _choices(kind: type[StrEnum]) -> str:
+    return "[" + "|".join(kind) + "]"
+
+
 DeviceOpt = Annotated[
-    Device | None, typer.Option(help="Where the model runs [env ORGANIZER_DEVICE].")
+    str | None,
+    typer.Option(metavar=_choices(Device), help="Where the model runs [env ORGANIZER_DEVICE]."),
 ]
 PrecisionOpt = Annotated[
-    Precision | None, typer.Option(help="Model precision [env ORGANIZER_PRECISION].")
+    str | None,
+    typer.Option(metavar=_choices(Precision), help="Model precision [env ORGANIZER_PRECISION]."),
 ]
 RuntimeOpt = Annotated[
-    Runtime | None,
+    str | None,
     typer.Option(
+        metavar=_choices(Runtime),
         help="What runs the model on a CPU: auto = OpenVINO bf16 where the CPU has bf16 "
-        "units, else ONNX Runtime fp32 [env ORGANIZER_RUNTIME]."
+        "units, else ONNX Runtime fp32 [env ORGANIZER_RUNTIME].",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -231,29 +282,33 @@ OldLimitOpt = Annotated[int | None, typer.Option("-k", "--top", min=1, hidden=Tr
 RunOpt = Annotated[int | None, typer.Option("--run", help="Cluster run id (default: the latest).")]
 
 
+@_parses
 def _number(value: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a number") from None
+        raise OptionsError(f"{value!r} is not a number") from None
 
 
+@_parses
 def _cosine(value: str) -> float:
     """A score threshold for results: a cosine similarity, in [-1, 1]."""
     number = _number(value)
     if not -1 <= number <= 1:
-        raise typer.BadParameter(f"{value} is not a cosine similarity, in [-1, 1]")
+        raise OptionsError(f"{value} is not a cosine similarity, in [-1, 1]")
     return number
 
 
+@_parses
 def _similarity(value: str) -> float:
     """The similarity from which two images are the same photo: in (0, 1]."""
     number = _number(value)
     if not 0 < number <= 1:
-        raise typer.BadParameter(f"{value} is not in (0, 1]: 1 means identical")
+        raise OptionsError(f"{value} is not in (0, 1]: 1 means identical")
     return number
 
 
+@_parses
 def _k(value: str) -> KSpec:
     """A cluster count: a whole number of at least 2, or 'auto'."""
     if str(value).strip().lower() == "auto":
@@ -261,31 +316,41 @@ def _k(value: str) -> KSpec:
     try:
         k = int(value)
     except ValueError:
-        raise typer.BadParameter(f"takes a whole number or 'auto', not {value!r}") from None
+        raise OptionsError(f"takes a whole number or 'auto', not {value!r}") from None
     if k < 2:
-        raise typer.BadParameter(f"{k} clusters make no grouping: give 2 or more, or 'auto'")
+        raise OptionsError(f"{k} clusters make no grouping: give 2 or more, or 'auto'")
     return k
 
 
 def _handled(fn):
-    """Map OrganizerError (and anything unexpected) to one line on stderr and exit 1."""
+    """Run a command (or a group's callback, which takes ``ctx: typer.Context`` first).
+
+    Options given to a group before the command reach it here, through ``ctx.obj``: a
+    command's own ``library`` and ``as_json`` fall back to them. A usage error
+    (OptionsError) goes on to the one place that reports it; any other OrganizerError, and
+    anything unexpected, becomes one line on stderr and exit 1.
+    """
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(ctx: typer.Context, **kwargs):
+        invocation = ctx.ensure_object(Invocation)
+        invocation.hand_down(kwargs.get("library"), kwargs.get("as_json", False))
+        invocation.command = ctx.command_path
+        if "library" in kwargs:
+            kwargs["library"] = invocation.library
+        if "as_json" in kwargs:
+            kwargs["as_json"] = invocation.as_json
         warnings.showwarning = out.show_warning
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
-            raise  # a BadParameter of options checked together: a usage error, as at parsing
+            return fn(ctx, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit, OptionsError):
+            raise
         except Interrupted as exc:
             out.err(f"interrupted: {exc}")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except LibraryURLError as exc:  # from ORGANIZER_LIBRARY: the option checks its own
-            out.err(f"error: ORGANIZER_LIBRARY: {exc}")
-            raise typer.Exit(EXIT_USAGE) from None
         except OrganizerError as exc:
             out.err(f"error: {exc}")
-            raise typer.Exit(getattr(exc, "exit_code", EXIT_FAILED)) from None
+            raise typer.Exit(EXIT_FAILED) from None
         except KeyboardInterrupt:
             out.err("interrupted: work committed so far is kept; run the command again to finish")
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -312,10 +377,9 @@ def command(fn):
     return app.command()(_handled(fn))
 
 
-def _open(library: Path | str | None, create: bool = False, **settings: object) -> Library:
+def _open(library: str | None, create: bool = False, **settings: object) -> Library:
     from organizer.library import Library
 
-    library = library if library is not None else _GLOBAL["library"]
     return Library.open(resolve_settings(library=library, **settings), create=create)
 
 
@@ -325,19 +389,10 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-# `organizer -L LIB COMMAND ...` (or `organizer roots -L LIB move ...`): options given before
-# the command, for it. Reset at every invocation.
-_GLOBAL: dict[str, object] = {"library": None, "json": False}
-
-
-def _hand_down(library: Path | str | None, as_json: bool) -> None:
-    if library is not None:
-        _GLOBAL["library"] = library
-    _GLOBAL["json"] = _GLOBAL["json"] or as_json
-
-
 @app.callback()
+@_handled
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -352,7 +407,6 @@ def _main(
 
     Example: organizer ingest ~/Photos && organizer status
     """
-    _hand_down(library, False)
 
 
 # -- ingest and status ------------------------------------------------------------------------
@@ -360,6 +414,7 @@ def _main(
 
 @command
 def ingest(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path] | None,
         typer.Argument(parser=_ingest_path, help="Folders to ingest; none = every known root."),
@@ -371,13 +426,13 @@ def ingest(
     precision: PrecisionOpt = None,
     runtime: RuntimeOpt = None,
     batch_size: Annotated[
-        int | None,
-        typer.Option(min=1, help="Images per model batch [env ORGANIZER_BATCH_SIZE]."),
+        str | None,
+        typer.Option(metavar="N", help="Images per model batch [env ORGANIZER_BATCH_SIZE]."),
     ] = None,
     workers: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            min=0,
+            metavar="N",
             help="Decode worker processes; with --engine ray, embedding actors (default: one "
             "per GPU, else one per machine) [env ORGANIZER_WORKERS].",
         ),
@@ -425,48 +480,47 @@ def ingest(
     Example: organizer ingest ~/Photos ~/Phone
     """
     from organizer.ingest import IngestOptions, RayOptions
+    from organizer.library import Library
 
-    if engine == Engine.LOCAL and (ray_address or gpus_per_worker):
-        out.err("error: --ray-address and --gpus-per-worker go with --engine ray")
-        raise typer.Exit(EXIT_USAGE)
-    if engine == Engine.RAY and workers == 0:
-        out.err("error: --workers 0 means no embedding actor: give 1 or more with --engine ray")
-        raise typer.Exit(EXIT_USAGE)
+    settings = resolve_settings(
+        library=library,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        precision=precision,
+        runtime=runtime,
+        batch_size=batch_size,
+        workers=workers,
+    )
     ray = None
     if engine == Engine.RAY:
-        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+        # the flag's count of actors; ORGANIZER_WORKERS counts them only when it is not 0
+        actors = settings.workers if workers is not None else None
+        if actors == 0:
+            raise OptionsError(
+                "--workers 0 means no embedding actor: give 1 or more with --engine ray"
+            )
+        ray = RayOptions(address=ray_address, workers=actors, gpus_per_worker=gpus_per_worker)
+    elif ray_address or gpus_per_worker:
+        raise OptionsError("--ray-address and --gpus-per-worker go with --engine ray")
     options = IngestOptions(
         retry_failed=retry_failed, rehash=rehash, follow_symlinks=follow_symlinks, ray=ray
     )
-    from organizer.library import Library
-
     Library.check_ingest(paths or [], options)  # a refused ingest makes no library either
     with (
-        _open(
-            library,
-            create=True,
-            model=model,
-            pretrained=pretrained,
-            device=device,
-            precision=precision,
-            runtime=runtime,
-            batch_size=batch_size,
-            workers=workers,
-        ) as lib,
+        Library.open(settings, create=True) as lib,
         out.IngestProgressBar(enabled=not (quiet or as_json)) as progress,
         out.StopRequest() as stop,
     ):
         summary = lib.ingest(
             paths or [], options=options, wait=wait, progress=progress, cancel=stop
         )
-    if as_json:
-        out.print_json(summary.to_dict())
-        return
-    out.print_ingest(summary)
+    out.show(summary, as_json, out.print_ingest)
 
 
 @command
 def status(
+    ctx: typer.Context,
     library: LibraryOpt = None,
     failed: Annotated[
         bool, typer.Option("--failed", help="List the files that could not be read, and why.")
@@ -494,28 +548,25 @@ def status(
         with _open(library) as lib:
             failures = lib.failures() if failed else None
             left_out = lib.skipped() if skipped else None
-        out.print_left_out(failures, left_out, absolute, as_json)
+        out.show(
+            (failures, left_out),
+            as_json,
+            lambda lists: out.print_left_out(*lists, absolute),
+            lambda lists: out.left_out_dict(*lists, absolute),
+        )
         return
     with _open(library) as lib:
         st = lib.status(verify=verify)
-    if as_json:
-        out.print_json(st.to_dict())
-    else:
-        out.print_status(st)
+    out.show(st, as_json, out.print_status)
     if st.index.damaged:
         raise typer.Exit(EXIT_FAILED)
 
 
+@_parses
 def _memory(value: str | None) -> int | None:
-    from organizer.errors import IndexPlanError
     from organizer.vectors.kinds import parse_memory
 
-    if value is None:
-        return None
-    try:
-        return parse_memory(value)
-    except IndexPlanError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    return None if value is None else parse_memory(value)  # IndexPlanError: not a size
 
 
 WaitOpt = Annotated[
@@ -523,9 +574,18 @@ WaitOpt = Annotated[
 ]
 
 
+def _group_options(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = False):
+    """-L and --json given to a group, for the command after it (handed down by _handled)."""
+
+
+index_app.callback()(_handled(_group_options))
+shards_app.callback()(_handled(_group_options))
+
+
 @index_app.command("build")
 @_handled
 def index_build(
+    ctx: typer.Context,
     kind: Annotated[
         IndexKind,
         typer.Option(
@@ -546,18 +606,16 @@ def index_build(
     wait: WaitOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Rebuild the vector index now, of the kind and size asked; measure its recall@10.
 
     Ingest keeps the index up to date by itself; use this to pick another kind or budget.
     Example: organizer index build --kind ivf-pq --memory 2G
     """
-    with _open(library) as lib:
+    with _open(library) as lib, out.StatusLine("index build", not (quiet or as_json)):
         built = lib.build_index(kind.value, memory, wait=wait)
-    if as_json or _GLOBAL["json"]:
-        out.print_json(built.to_dict())
-    else:
-        out.print_index_build(built)
+    out.show(built, as_json, out.print_index_build)
 
 
 ShardDir = Annotated[
@@ -572,6 +630,7 @@ ShardDir = Annotated[
 @shards_app.command("train")
 @_handled
 def shards_train(
+    ctx: typer.Context,
     folder: ShardDir,
     parts: Annotated[
         int, typer.Option("--parts", min=1, help="How many shards (machines) to split into.")
@@ -585,71 +644,71 @@ def shards_train(
     ] = None,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Plan the shards (equal id ranges of the catalogue) and train the index they share.
 
     Example: organizer index shards train /shared/idx --parts 4 -L postgresql://...
     """
     started = time.perf_counter()
-    with _open(library) as lib:
+    with _open(library) as lib, out.StatusLine("shards train", not (quiet or as_json)):
         made = lib.train_shards(folder, parts, kind.value, memory)
-    if as_json or _GLOBAL["json"]:
-        out.print_json(
-            {
-                "parts": made.parts,
-                "kind": made.kind,
-                "count": sum(made.counts),
-                "build_s": round(time.perf_counter() - started, 3),
-            }
-        )
-        return
-    print(
-        f"trained the {made.kind} index for {sum(made.counts):,} vectors in "
-        f"{time.perf_counter() - started:.1f} s and planned {made.parts} shards in {folder}"
-    )
-    print(
-        f"next: `organizer index shards fill {folder} --part I` for each I from 1 to "
-        f"{made.parts} (one per machine), then `organizer index shards merge {folder}`"
+    took = time.perf_counter() - started
+    out.show(
+        made,
+        as_json,
+        lambda made: out.print_shards_trained(made, folder, took),
+        lambda made: {
+            "parts": made.parts,
+            "kind": made.kind,
+            "count": sum(made.counts),
+            "build_s": round(took, 3),
+        },
     )
 
 
 @shards_app.command("fill")
 @_handled
 def shards_fill(
+    ctx: typer.Context,
     folder: ShardDir,
     part: Annotated[int, typer.Option("--part", min=1, help="Which shard, from 1.")],
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fill one shard from the catalogue: its share of the vectors, in the shared folder."""
     started = time.perf_counter()
-    with _open(library) as lib:
+    with _open(library) as lib, out.StatusLine("shards fill", not (quiet or as_json)):
         filled = lib.fill_shard(folder, part)
     took = time.perf_counter() - started
-    if as_json or _GLOBAL["json"]:
-        out.print_json({"part": filled.part, "count": filled.count, "build_s": round(took, 3)})
-        return
-    print(f"filled shard {filled.part} with {filled.count:,} vectors in {took:.1f} s")
+    out.show(
+        filled,
+        as_json,
+        lambda filled: print(
+            f"filled shard {filled.part} with {filled.count:,} vectors in {took:.1f} s"
+        ),
+        lambda filled: {"part": filled.part, "count": filled.count, "build_s": round(took, 3)},
+    )
 
 
 @shards_app.command("merge")
 @_handled
 def shards_merge(
+    ctx: typer.Context,
     folder: ShardDir,
     wait: WaitOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Merge every filled shard into the library's index (its lists in a file on disk).
 
     The shards stay in the folder; remove it once the merge is done.
     """
-    with _open(library) as lib:
+    with _open(library) as lib, out.StatusLine("shards merge", not (quiet or as_json)):
         built = lib.merge_shards(folder, wait=wait)
-    if as_json or _GLOBAL["json"]:
-        out.print_json(built.to_dict())
-    else:
-        out.print_index_build(built)
+    out.show(built, as_json, out.print_index_build)
 
 
 # -- search -----------------------------------------------------------------------------------
@@ -662,6 +721,7 @@ ThresholdOpt = Annotated[
 
 @command
 def similar(
+    ctx: typer.Context,
     photo: Annotated[
         Path,
         typer.Argument(parser=_path, help="An image: one in the library, or any other file."),
@@ -685,11 +745,17 @@ def similar(
             photo, limit=old_limit or limit, threshold=threshold, include_offline=include_offline
         )
     out.print_offline(res.offline)
-    out.print_results(res, absolute, as_json)
+    out.show(
+        res,
+        as_json,
+        lambda res: out.print_results(res, absolute),
+        lambda res: res.to_dict(absolute),
+    )
 
 
 @command
 def search(
+    ctx: typer.Context,
     query: Annotated[
         str | None,
         typer.Argument(parser=_term, help="What to look for, in words (or an image path)."),
@@ -724,11 +790,17 @@ def search(
             include_offline=include_offline,
         )
     out.print_offline(res.offline)
-    out.print_results(res, absolute, as_json)
+    out.show(
+        res,
+        as_json,
+        lambda res: out.print_results(res, absolute),
+        lambda res: res.to_dict(absolute),
+    )
 
 
 @command
 def duplicates(
+    ctx: typer.Context,
     threshold: Annotated[
         float,
         typer.Option(
@@ -740,6 +812,7 @@ def duplicates(
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Groups of the same photo: identical files, re-encodes, resizes, small crops, bursts.
 
@@ -747,13 +820,15 @@ def duplicates(
 
     Example: organizer duplicates --threshold 0.97
     """
-    with _open(library) as lib:
+    with _open(library) as lib, out.StatusLine("duplicates", not (quiet or as_json)):
         found = lib.duplicates(threshold, include_offline=include_offline)
     out.print_offline(found.offline)
-    if as_json:
-        out.print_json(found.to_dict(absolute))
-    else:
-        out.print_duplicates(found.groups, absolute)
+    out.show(
+        found,
+        as_json,
+        lambda found: out.print_duplicates(found.groups, absolute),
+        lambda found: found.to_dict(absolute),
+    )
 
 
 # -- clusters ---------------------------------------------------------------------------------
@@ -796,6 +871,7 @@ def cluster(
     include_offline: OfflineOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Group the library's images with K-means and name the groups.
 
@@ -805,16 +881,15 @@ def cluster(
     Example: organizer cluster -k auto --k-max 30
     """
     if ctx.invoked_subcommand is not None:
-        _hand_down(library, as_json)  # `organizer roots -L LIB move ...` means LIB
-        return
+        return  # `organizer cluster -L LIB assign` means LIB: handed down by _handled
     if assign_new:  # the spelling of an earlier organizer
         _assign(run, library, as_json)
         return
     if k_max is not None and k_min > k_max:
-        raise typer.BadParameter(f"{k_max} is below --k-min {k_min}", ctx, param_hint="--k-max")
+        raise OptionsError(f"--k-max {k_max} is below --k-min {k_min}")
     with (
         _open(library) as lib,
-        out.StatusLine("cluster", not as_json) as progress,
+        out.StatusLine("cluster", not (quiet or as_json)) as progress,
     ):
         summary = lib.cluster(
             k,
@@ -830,16 +905,13 @@ def cluster(
     out.print_offline(summary.offline)
     if summary.note:
         out.err(f"note: {summary.note}")
-    if as_json:
-        out.print_json(summary.to_dict())
-    else:
-        out.print_run(summary)
+    out.show(summary, as_json, out.print_run)
 
 
 @cluster_app.command("assign")
 @_handled
 def cluster_assign(
-    run: RunOpt = None, library: LibraryOpt = None, as_json: JsonOpt = False
+    ctx: typer.Context, run: RunOpt = None, library: LibraryOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Add images ingested since a run to its nearest clusters, without re-clustering.
 
@@ -848,19 +920,15 @@ def cluster_assign(
     _assign(run, library, as_json)
 
 
-def _assign(run: int | None, library: Path | str | None, as_json: bool) -> None:
-    as_json = as_json or bool(_GLOBAL["json"])
+def _assign(run: int | None, library: str | None, as_json: bool) -> None:
     with _open(library) as lib:
         result = lib.assign_new(run)
-    if as_json:
-        out.print_json(result.to_dict())
-        return
-    print(f"assigned {result.assigned} new images to run {result.summary.run.id}")
-    out.print_run(result.summary)
+    out.show(result, as_json, out.print_assigned)
 
 
 @command
 def clusters(
+    ctx: typer.Context,
     run: RunOpt = None,
     limit: Annotated[
         int, typer.Option("-n", "--limit", min=0, help="Representative images per cluster.")
@@ -881,14 +949,16 @@ def clusters(
     limit = limit if old_limit is None else old_limit
     with _open(library) as lib:
         summary = lib.clusters(run)
-    if as_json:
-        out.print_json(summary.to_dict(representatives=limit, absolute=absolute))
-    else:
-        out.print_run(summary, absolute, limit)
+    out.show(
+        summary,
+        as_json,
+        lambda summary: out.print_run(summary, absolute, limit),
+        lambda summary: summary.to_dict(representatives=limit, absolute=absolute),
+    )
 
 
 @command
-def runs(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+def runs(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """The stored cluster runs, oldest first.
 
     Example: organizer runs
@@ -896,17 +966,15 @@ def runs(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     _runs(library, as_json)
 
 
-def _runs(library: Path | str | None, as_json: bool) -> None:
+def _runs(library: str | None, as_json: bool) -> None:
     with _open(library) as lib:
         listing = lib.runs()
-    if as_json:
-        out.print_json({"runs": [r.to_dict() for r in listing]})
-    else:
-        out.print_runs(listing)
+    out.show(listing, as_json, out.print_runs, lambda runs: {"runs": [r.to_dict() for r in runs]})
 
 
 @command
 def export(
+    ctx: typer.Context,
     to: Annotated[
         Path,
         typer.Option(
@@ -923,6 +991,7 @@ def export(
     ] = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """One folder per cluster (like 03-beach) with links to, or copies of, its images.
 
@@ -930,24 +999,16 @@ def export(
 
     Example: organizer export --to ~/Pictures/by-cluster
     """
-    with _open(library) as lib:
+    with _open(library) as lib, out.StatusLine("export", not (quiet or as_json)):
         result = lib.export(run, to, mode, force)
     for warning in result.warnings:
         out.err(f"warning: {warning}")
-    if as_json:
-        out.print_json(result.to_dict())
-        return
-    if result.replaced:
-        print(f"replaced the previous export there ({plural(result.replaced, 'entry', 'entries')})")
-    done = result.linked or result.copied
-    how = "linked" if mode == ExportMode.SYMLINK else "copied"
-    print(
-        f"{result.folders} folders in {result.target}: {done} images {how}, {result.skipped} skipped"
-    )
+    out.show(result, as_json, lambda result: out.print_export(result, mode))
 
 
 @command
 def evaluate(
+    ctx: typer.Context,
     labels: Annotated[
         LabelSource,
         typer.Option(help="Where true labels come from: each image's folder below its root."),
@@ -962,14 +1023,12 @@ def evaluate(
     """
     with _open(library) as lib:
         result = lib.clustering.evaluate(run, labels)
-    if as_json:
-        out.print_json(result.to_dict())
-    else:
-        out.print_evaluation(result)
+    out.show(result, as_json, out.print_evaluation)
 
 
 @command
 def report(
+    ctx: typer.Context,
     output: Annotated[
         Path, typer.Option("-o", "--output", parser=_path, help="The HTML file to write.")
     ] = Path("report.html"),
@@ -1005,10 +1064,7 @@ def report(
             include_offline=include_offline,
         )
     out.print_offline(summary.offline)
-    if as_json:
-        out.print_json(summary.to_dict())
-    else:
-        out.print_report(summary)
+    out.show(summary, as_json, out.print_report)
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -1025,14 +1081,12 @@ def roots(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = Fal
     Example: organizer roots
     """
     if ctx.invoked_subcommand is not None:
-        _hand_down(library, as_json)  # `organizer roots -L LIB move ...` means LIB
-        return
+        return  # `organizer roots -L LIB move ...` means LIB: handed down by _handled
     with _open(library) as lib:
         listing = lib.roots()
-    if as_json:
-        out.print_json({"roots": [r.to_dict() for r in listing]})
-    else:
-        out.print_roots(listing)
+    out.show(
+        listing, as_json, out.print_roots, lambda roots: {"roots": [r.to_dict() for r in roots]}
+    )
 
 
 DryRunOpt = Annotated[
@@ -1043,6 +1097,7 @@ DryRunOpt = Annotated[
 @roots_app.command("remove")
 @_handled
 def roots_remove(
+    ctx: typer.Context,
     path: Annotated[
         str, typer.Argument(parser=_named_root, help="A root, as `organizer roots` lists it.")
     ],
@@ -1056,15 +1111,13 @@ def roots_remove(
     """
     with _open(library) as lib:
         change = lib.remove_root(path, dry_run=dry_run)
-    if as_json or _GLOBAL["json"]:
-        out.print_json(change.to_dict())
-    else:
-        out.print_root_change(change)
+    out.show(change, as_json, out.print_root_change)
 
 
 @roots_app.command("move")
 @_handled
 def roots_move(
+    ctx: typer.Context,
     old: Annotated[
         str, typer.Argument(parser=_named_root, help="The root as the library knows it.")
     ],
@@ -1080,17 +1133,15 @@ def roots_move(
     """
     with _open(library) as lib:
         change = lib.move_root(old, new, dry_run=dry_run)
-    if as_json or _GLOBAL["json"]:
-        out.print_json(change.to_dict())
-    else:
-        out.print_root_change(change)
+    out.show(change, as_json, out.print_root_change)
 
 
+@_parses
 def _token(value: str | None) -> str | None:
     from organizer.serve import MIN_TOKEN, TOKEN_CHARACTERS
 
     if value is not None and (len(value) < MIN_TOKEN or not set(value) <= TOKEN_CHARACTERS):
-        raise typer.BadParameter(
+        raise OptionsError(
             f"use at least {MIN_TOKEN} letters, digits, '-', '_', '.' or '~', e.g. the output "
             "of `python -c 'import secrets; print(secrets.token_urlsafe())'`"
         )
@@ -1099,6 +1150,7 @@ def _token(value: str | None) -> str | None:
 
 @command
 def serve(
+    ctx: typer.Context,
     host: Annotated[
         str, typer.Option(help="Address to listen on; other than loopback needs --token.")
     ] = "127.0.0.1",
@@ -1128,11 +1180,10 @@ def serve(
     from organizer.serve.guard import is_loopback
 
     if not is_loopback(host) and token is None:
-        out.err(
-            f"error: --host {host} lets other machines in: give --token too (or "
-            "ORGANIZER_TOKEN), or keep the default 127.0.0.1"
+        raise OptionsError(
+            f"--host {host} lets other machines in: give --token too (or ORGANIZER_TOKEN), or "
+            "keep the default 127.0.0.1"
         )
-        raise typer.Exit(EXIT_USAGE)
     with _open(library) as lib:
         run_server(lib, host, port, token, open_browser, announce=out.err)
 

@@ -9,6 +9,8 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from organizer.redact import hide_passwords
 from organizer.scan import shown_path
@@ -27,6 +29,29 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 def print_json(data: object) -> None:
     """One JSON document: the ``to_dict()`` of a result (anything else is a bug, not a str)."""
     print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+R = TypeVar("R")
+
+
+def show(
+    result: R,
+    as_json: bool,
+    table: Callable[[R], None],
+    data: Callable[[R], object] | None = None,
+) -> None:
+    """Print a command's result: one JSON document with ``--json``, else lines for people.
+
+    Args:
+        result: what the library returned.
+        as_json: print ``result.to_dict()`` (or ``data(result)``) as JSON.
+        table: prints the result for people (``print_status``, ``print_run``...).
+        data: the JSON document, for a result without ``to_dict()`` or that takes arguments.
+    """
+    if as_json:
+        print_json(data(result) if data is not None else result.to_dict())  # type: ignore[attr-defined]
+    else:
+        table(result)
 
 
 class StopRequest:
@@ -143,13 +168,15 @@ def print_ingest(s) -> None:
         print(f"{plural(s.failed, 'file')} could not be read: see `organizer status --failed`")
 
 
-def print_left_out(failures, left_out, absolute: bool, as_json: bool) -> None:
-    """``status --failed`` and/or ``--skipped``: each list, or one JSON document with the
-    keys of both (``failed``; ``by_type``, ``files``, ``export_folders``)."""
-    if as_json:
-        data = {} if failures is None else {"failed": [f.to_dict(absolute) for f in failures]}
-        print_json({**data, **(left_out.to_dict(absolute) if left_out is not None else {})})
-        return
+def left_out_dict(failures, left_out, absolute: bool) -> dict:
+    """``status --failed`` and/or ``--skipped`` as one JSON document with the keys of both
+    (``failed``; ``by_type``, ``files``, ``export_folders``)."""
+    data = {} if failures is None else {"failed": [f.to_dict(absolute) for f in failures]}
+    return {**data, **(left_out.to_dict(absolute) if left_out is not None else {})}
+
+
+def print_left_out(failures, left_out, absolute: bool) -> None:
+    """``status --failed`` and/or ``--skipped``: each list, one after the other."""
     if failures is not None:
         print_failures(failures, absolute)
     if failures is not None and left_out is not None:
@@ -260,10 +287,7 @@ def print_offline(offline) -> None:
     )
 
 
-def print_results(res, absolute: bool, as_json: bool) -> None:
-    if as_json:
-        print_json(res.to_dict(absolute))
-        return
+def print_results(res, absolute: bool) -> None:
     if not res.results:
         print("no results")
     absolute = absolute or _same_name_under_two_roots((r.root, r.relpath) for r in res.results)
@@ -314,6 +338,32 @@ def print_run(summary, absolute: bool = False, top: int = 0) -> None:
         print(f"  {c.number:>3}  {(c.label or '-')[:24]:<24} {c.size:>6}  {csil}")
         for m in c.members[:top]:
             print(f"         {shown_path(m.root, m.relpath, absolute)}")
+
+
+def print_assigned(result) -> None:
+    print(f"assigned {result.assigned} new images to run {result.summary.run.id}")
+    print_run(result.summary)
+
+
+def print_export(result, mode: str) -> None:
+    if result.replaced:
+        print(f"replaced the previous export there ({plural(result.replaced, 'entry', 'entries')})")
+    done = result.linked or result.copied
+    how = "linked" if mode == "symlink" else "copied"
+    print(
+        f"{result.folders} folders in {result.target}: {done} images {how}, {result.skipped} skipped"
+    )
+
+
+def print_shards_trained(made, folder, took_s: float) -> None:
+    print(
+        f"trained the {made.kind} index for {sum(made.counts):,} vectors in "
+        f"{took_s:.1f} s and planned {made.parts} shards in {folder}"
+    )
+    print(
+        f"next: `organizer index shards fill {folder} --part I` for each I from 1 to "
+        f"{made.parts} (one per machine), then `organizer index shards merge {folder}`"
+    )
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
