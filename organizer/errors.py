@@ -70,6 +70,8 @@ class OptionsError(OrganizerError, ValueError):
     reports it as it reports its own parameter errors.
     """
 
+    exit_code = 2
+
 
 class LibraryURLError(LibraryError, OptionsError):
     """A --library value that is a URL organizer cannot use."""
