@@ -248,7 +248,7 @@ PretrainedOpt = Annotated[
 
 
 def _choices(kind: type[StrEnum]) -> str:
-    return "[" + "|".join(kind) + "]"
+    return "|".join(kind)
 
 
 DeviceOpt = Annotated[
