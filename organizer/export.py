@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from organizer import naming
+from organizer.atomic import write_text_atomic
 from organizer.choices import ExportMode
 from organizer.errors import ClusterError
 from organizer.scan import EXPORT_MARKER
@@ -163,14 +164,7 @@ def _write_marker(target: Path, run: ClusterRunSummary, made: list[str]) -> None
         "written_at": iso_utc(now(), "seconds"),
         "entries": made,
     }
-    tmp = target / (EXPORT_MARKER + ".tmp")
-    try:
-        tmp.write_text(json.dumps(marker, indent=1))
-        os.replace(tmp, target / EXPORT_MARKER)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_text_atomic(target / EXPORT_MARKER, json.dumps(marker, indent=1), fsync=False, mode=0o666)
 
 
 def _unmark(target: Path, run: ClusterRunSummary, existed: bool) -> None:

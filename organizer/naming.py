@@ -8,15 +8,14 @@ centroid. Concept vectors are cached in the library folder per model and vocabul
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from organizer.atomic import replacing
 from organizer.errors import ClusterError
 from organizer.resources import vocabulary_path
 
@@ -124,10 +123,8 @@ def concept_vectors(
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".concepts-", suffix=".npy", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, path)
+        with replacing(path, fsync=False, prefix=".concepts-", suffix=".npy") as tmp:
+            np.save(tmp, array, allow_pickle=False)
     except OSError:
         pass  # a cache only
 

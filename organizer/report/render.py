@@ -8,16 +8,15 @@ remote is allowed at all.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 
 from markupsafe import Markup
 
+from organizer.atomic import write_bytes_atomic
 from organizer.errors import ReportError
 
 # What JSON.parse reads back unchanged but an HTML parser can never take for markup: "<" and
@@ -105,23 +104,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     Raises:
         ReportError: the file cannot be written (permissions, a full disk...).
     """
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise ReportError(_write_reason(path, exc)) from None
-        raise
+        write_bytes_atomic(path, data, mode=0o666)  # a file to share: the umask decides
+    except OSError as exc:
+        raise ReportError(_write_reason(path, exc)) from None
 
 
 def _write_reason(path: Path, exc: OSError) -> str:

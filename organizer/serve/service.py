@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from organizer.atomic import write_bytes_atomic
 from organizer.errors import ClusterError, ImageError, QueryError
 from organizer.finder import DuplicateGroup, Result, Results
 from organizer.imaging import decode, thumbnail
@@ -203,10 +203,7 @@ class Service:
         buffer = io.BytesIO()
         small.save(buffer, format="JPEG", quality=THUMB_QUALITY)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".thumb-", dir=target.parent)
-        with os.fdopen(fd, "wb") as out:
-            out.write(buffer.getvalue())
-        os.replace(tmp, target)
+        write_bytes_atomic(target, buffer.getvalue(), fsync=False, prefix=".thumb-")
         return target
 
     def failures(self) -> list[Failure]:

@@ -21,12 +21,18 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from organizer.atomic import (
+    fsync_file,
+    fsync_folder,
+    move_over,
+    replacing,
+    write_text_atomic,
+)
 from organizer.lock import pid_alive
 from organizer.store.records import IndexFileRecord
 from organizer.vectors.index import VectorIndex
@@ -40,17 +46,7 @@ BLOCKS = 64
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON atomically (temp file, fsync, rename): a reader sees the
     whole file or the one before."""
-    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(data), prefix=".record-")
 
 
 def lists_path(index_path: Path) -> Path:
@@ -176,47 +172,35 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
     """
     import faiss
 
-    fd, tmp = tempfile.mkstemp(prefix=".vectors-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     on_disk = index.lists_file
-    try:
+    with replacing(path, fsync=False, prefix=".vectors-") as tmp:
         if on_disk is not None:
             index.lists_file = lists_path(path)  # the name the file records, moved below
         try:
-            faiss.write_index(index.faiss, tmp)
+            faiss.write_index(index.faiss, str(tmp))
         except RuntimeError as exc:  # faiss reports a full disk as a RuntimeError
             raise OSError(f"cannot write the vector index: {str(exc).splitlines()[0]}") from None
         finally:
             if on_disk is not None:
                 index.lists_file = on_disk
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(tmp)
         if on_disk is not None:
-            with open(on_disk, "rb+") as fh:
-                os.fsync(fh.fileno())
-        # Everything is written: move the parts into place, the index file last (a crash
-        # between the renames leaves files whose fingerprint no longer matches: rebuilt).
+            fsync_file(on_disk)
+        # Everything is written: move the parts into place, the index file last (as this
+        # block ends; a crash between the renames leaves files whose fingerprint no longer
+        # matches: rebuilt).
         if on_disk is not None and on_disk != lists_path(path):
-            os.replace(on_disk, lists_path(path))  # the lists stay mapped through it
+            move_over(on_disk, lists_path(path))  # the lists stay mapped through it
             index.lists_file = lists_path(path)
         rerank = index.rerank
         if rerank is not None and (rerank.ids_path, rerank.vectors_path) != rerank_paths(path):
             rerank.adopt(*rerank_paths(path))
-        os.replace(tmp, path)
-        if rerank is None:  # another kind replaced a re-ranked index: 10 GB at 10M images
-            for part in rerank_paths(path):
-                part.unlink(missing_ok=True)
-        if on_disk is None:  # an index in memory replaced merged shards' lists
-            lists_path(path).unlink(missing_ok=True)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if rerank is None:  # another kind replaced a re-ranked index: 10 GB at 10M images
+        for part in rerank_paths(path):
+            part.unlink(missing_ok=True)
+    if on_disk is None:  # an index in memory replaced merged shards' lists
+        lists_path(path).unlink(missing_ok=True)
+    fsync_folder(path.parent)
     quick = quick_fingerprint(index_files(path, index.rerank is not None))
     sha = file_sha256(path)
     if quick is None or sha is None:

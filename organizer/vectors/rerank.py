@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from organizer.atomic import move_over
+
 
 def rerank_paths(index_path: Path) -> tuple[Path, Path]:
     """(ids file, vectors file) kept beside the index file ``index_path``."""
@@ -136,8 +138,8 @@ class RerankStore:
 
     def adopt(self, ids_path: Path, vectors_path: Path) -> None:
         """Move the (temporary) files to their final names; the maps stay valid."""
-        os.replace(self.ids_path, ids_path)
-        os.replace(self.vectors_path, vectors_path)
+        move_over(self.ids_path, ids_path)
+        move_over(self.vectors_path, vectors_path)
         self.ids_path, self.vectors_path = ids_path, vectors_path
         if self._cleanup is not None:
             self._cleanup.detach()
