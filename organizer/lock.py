@@ -1,6 +1,6 @@
 """The writer lock of a library: one writing process at a time, readers never wait.
 
-A folder library: an advisory ``flock`` on ``LIBRARY/lock``. The kernel drops it when the
+A folder library: an advisory file lock (:mod:`organizer.filelock`) on ``LIBRARY/lock``. The kernel drops it when the
 holder exits, even on ``kill -9``, so a crash never leaves a library locked. The holder
 writes its pid and command into the file so that a refused process can say who is busy.
 
@@ -12,7 +12,6 @@ away); the holder names itself in ``application_name`` for the refused process t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 
 from organizer.errors import LibraryBusyError
+from organizer.filelock import FileLock
 
 LOCK_FILE = "lock"
 
@@ -72,7 +72,7 @@ class WriterLock(_Lock):
     def __init__(self, library_dir: Path, purpose: str):
         self.path = library_dir / LOCK_FILE
         self.purpose = purpose
-        self._fd: int | None = None
+        self._file = FileLock(self.path)
 
     def holder(self) -> str:
         """Who holds the lock, as written by the holder ('ingest running (pid 123)')."""
@@ -84,37 +84,30 @@ class WriterLock(_Lock):
 
     def acquire(self, wait: bool = False, poll_s: float = 0.2) -> None:
         """Take the lock, or raise LibraryBusyError at once (``wait=False``) naming the holder."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        while not self._file.acquire(wait=False):
+            if not wait:
+                raise LibraryBusyError(
+                    f"library is busy: {self.holder()}; try again later or pass --wait"
+                )
+            time.sleep(poll_s)
+        fd = self._file.fd
+        assert fd is not None
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not wait:
-                        raise LibraryBusyError(
-                            f"library is busy: {self.holder()}; try again later or pass --wait"
-                        ) from None
-                    time.sleep(poll_s)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{self.purpose} running (pid {os.getpid()})\n".encode(), 0)
         except BaseException:
-            os.close(fd)
+            self._file.release()
             raise
-        self._fd = fd
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        if self._file.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fd, 0)
+        self._file.release()
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._file.held
 
 
 # Advisory locks are per database: one fixed key ("organize" in ASCII) is the writer lock.

@@ -8,7 +8,6 @@ rebuilt from the database's vectors, streamed, never re-embedded.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from organizer.errors import IndexPlanError, LibraryError
+from organizer.filelock import FileLock
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import IndexFileRecord, IndexSettingsRecord
@@ -152,18 +152,16 @@ class IndexCache:
     def _files_lock(self, exclusive: bool) -> Iterator[None]:
         """Serialise replacing and updating the files between this machine's processes (a
         server library lets any of them save its cache); readers take it shared to open."""
+        lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         try:
-            fd = os.open(
-                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
+            lock.acquire(shared=not exclusive)
         except OSError:  # a read-only folder: nobody can change the files there either
             yield
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
-            os.close(fd)
+            lock.release()
 
     def _state(self) -> tuple[int, IndexFileRecord | None]:
         with self.engine.connect() as conn, conn.begin():
