@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from organizer import search
 from organizer.embed import Embedder
 from organizer.errors import QueryError
+from organizer.paths import is_within
 from organizer.pipeline import Job, prepare
 from organizer.scan import display_path, exact_path, is_image_name, shown_path
 from organizer.store import queries as q
@@ -143,7 +144,7 @@ class Finder:
             return None
         with self.engine.connect() as conn:
             for root_id, root in q.all_roots(conn).items():
-                if not real.startswith(root.rstrip("/") + "/"):
+                if not is_within(real, root, strictly=True):
                     continue
                 found = q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
                 if (

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from organizer.errors import LibraryError, OptionsError
 from organizer.ingest import Target
+from organizer.paths import is_within
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import KnownImage, OfflineImages, RootRecord, iso_utc
@@ -70,7 +71,7 @@ def _outermost(paths: list[str]) -> list[str]:
     ordered = sorted(set(paths), key=len)
     kept: list[str] = []
     for path in ordered:
-        if not any(path.startswith(k.rstrip("/") + "/") for k in kept):
+        if not any(is_within(path, k, strictly=True) for k in kept):
             kept.append(path)
     return kept
 
@@ -80,12 +81,12 @@ def _target_for(real: str, roots: dict[int, str]) -> Target:
     for root_id, root in roots.items():
         if real == root:
             return Target(root, root_id)
-        if real.startswith(root.rstrip("/") + "/"):
+        if is_within(real, root, strictly=True):
             return Target(root, root_id, prefix=os.fsencode(os.path.relpath(real, root)))
     children = [
         (root_id, os.fsencode(os.path.relpath(root, real)))
         for root_id, root in roots.items()
-        if root.startswith(real.rstrip("/") + "/")
+        if is_within(root, real, strictly=True)
     ]
     return Target(real, None, absorb=children)
 
@@ -95,8 +96,7 @@ def _merge_targets(targets: list[Target]) -> list[Target]:
     merged: list[Target] = []
     for t in sorted(targets, key=lambda t: (t.root_path, t.prefix)):
         covered = any(
-            m.root_path == t.root_path
-            and (not m.prefix or t.prefix == m.prefix or t.prefix.startswith(m.prefix + b"/"))
+            m.root_path == t.root_path and (not m.prefix or is_within(t.prefix, m.prefix))
             for m in merged
         )
         if not covered:
@@ -290,7 +290,7 @@ class Roots:
         real = os.path.realpath(target)
         for other in self.all():
             p = other.record.path
-            if other.record.id != root.record.id and (within(p, real) or within(real, p)):
+            if other.record.id != root.record.id and (is_within(p, real) or is_within(real, p)):
                 raise LibraryError(
                     f"{real} overlaps the root {p} of this library: `organizer roots remove {p}` "
                     "first if its images are the same as these"
@@ -363,21 +363,16 @@ class Roots:
 
     def containing(self, folder: str) -> list[str]:
         """The roots ``folder`` (a real path) is at or inside."""
-        return [r.record.path for r in self.all() if within(folder, r.record.path)]
+        return [r.record.path for r in self.all() if is_within(folder, r.record.path)]
 
     def photos_under(self, folder: str) -> int:
         """How many images the library holds at or below ``folder`` (a real path)."""
         held = 0
         with self.engine.connect() as conn:
             for root_id, root in q.all_roots(conn).items():
-                if within(folder, root):
+                if is_within(folder, root):
                     prefix = os.fsencode(os.path.relpath(folder, root)) if folder != root else b""
                     held += len(q.known_images(conn, root_id, prefix if prefix != b"." else b""))
-                elif within(root, folder):
+                elif is_within(root, folder):
                     held += len(q.known_images(conn, root_id))
         return held
-
-
-def within(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or inside it (both real paths)."""
-    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from organizer.paths import is_within
+
 IMAGE_EXTENSIONS = frozenset(
     ext.encode()
     for ext in (
@@ -112,7 +114,7 @@ class ScanResult:
             return False
         # An unlisted start folder (b"" for the root itself) covers nothing at all.
         return not any(
-            d in (b"", prefix.rstrip(b"/")) or relpath.startswith(d + b"/")
+            d in (b"", prefix.rstrip(b"/")) or is_within(relpath, d, strictly=True)
             for d in self.unlisted_dirs
         )
 
@@ -129,7 +131,7 @@ def is_raw_name(name: bytes) -> bool:
 
 def _inside(path: bytes, root_real: bytes) -> bool:
     real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real.rstrip(b"/") + b"/")
+    return is_within(real, root_real)
 
 
 def scan_root(

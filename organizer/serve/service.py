@@ -29,6 +29,7 @@ from organizer.errors import ClusterError, ImageError, QueryError
 from organizer.finder import DuplicateGroup, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
+from organizer.paths import is_within
 from organizer.redact import hide_passwords
 from organizer.scan import display_path, is_raw_name
 from organizer.serve.uploads import query_pixels
@@ -236,7 +237,7 @@ def _locate(root: str, relpath: bytes) -> str:
     resolved, and a regular file. Else :class:`Unshown` says why."""
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.fsdecode(os.path.join(os.fsencode(root), relpath)))
-    if not real.startswith(real_root.rstrip("/") + "/"):
+    if not is_within(real, real_root, strictly=True):
         raise Unshown(LEADS_OUT)
     if not os.path.isfile(real):
         raise Unshown(NOT_A_FILE if os.path.exists(real) else GONE)
