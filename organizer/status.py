@@ -16,6 +16,7 @@ from organizer.location import FolderHome, Home
 from organizer.lock import pid_alive
 from organizer.roots import RootStatus
 from organizer.scan import exact_path, extension, scan_root, shown_path
+from organizer.store import dialect
 from organizer.store import queries as q
 from organizer.store.records import Failure, IngestRunRecord, LibraryModel, RunStatus, iso_utc
 from organizer.vectors import IndexCache
@@ -159,7 +160,7 @@ def _lost_server(engine: Engine, run: IngestRunRecord) -> str | None:
     """Why a run left running ended, when the database can tell: its server restarted since
     the run started, which broke the run's connection (a folder library: never)."""
     with engine.connect() as conn:
-        restarted = q.server_started_at(conn)
+        restarted = dialect.server_started_at(conn)
     if restarted is None or restarted <= run.started_at:
         return None
     return (

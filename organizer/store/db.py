@@ -1,19 +1,17 @@
-"""The engine of a library database, and every difference between its two homes.
-
-SQLite (a folder library): pragmas, organizer's own BEGIN so that DDL is transactional,
-BEGIN IMMEDIATE for writers. PostgreSQL (a shared catalogue): psycopg 3, plain transactions
-(DDL is transactional there already), an advisory lock around migrations so that two
-machines opening a new catalogue at once do not both migrate it. Migrate-on-open for both.
+"""The engine of a library database: its URL, write transactions, errors in a sentence,
+and migrate-on-open. What differs between SQLite and PostgreSQL is in
+:mod:`organizer.store.dialect`; DDL is transactional on both (organizer's own BEGIN on
+SQLite), and two machines opening a new catalogue at once do not both migrate it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, OperationalError
 
@@ -21,13 +19,10 @@ from organizer.choices import is_url
 from organizer.errors import ConnectionLostError, LibraryError, LibraryURLError, SchemaError
 from organizer.redact import hide_passwords, redact_url, remember, screen, split_url
 from organizer.resources import migrations_dir
+from organizer.store.dialect import lock_migrations, new_engine, server_url, writing_connection
 
-BUSY_TIMEOUT_MS = 30_000
-CONNECT_TIMEOUT_S = 10
 SCHEMES = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 DRIVERS = ("postgresql+psycopg", "sqlite")
-# Two processes migrating a new catalogue at once: the second waits for the first.
-MIGRATION_LOCK_KEY = 0x6F7267616E697A6D
 
 
 def library_url(value: str) -> URL:
@@ -79,33 +74,6 @@ def describe(url: URL) -> str:
     return f"database {url.database} on {host}"
 
 
-PAGE_SIZE = 16384
-
-
-def _on_connect(dbapi_connection, _record) -> None:
-    # Hand transaction control to SQLAlchemy's "begin" event below: pysqlite's own implicit
-    # BEGIN skips DDL, which would leave an interrupted migration half-applied.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.execute("PRAGMA synchronous = FULL")
-    # Only a new, empty database takes it (before WAL): 4 KiB pages hold one 2 KiB vector
-    # row each, so half the file was slack (a 10M-image library took 44 GB).
-    cursor.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-    # Write-ahead logging: readers never block the writer, nor the writer readers. Persistent,
-    # so this is a no-op after the first connection; it must run outside a transaction.
-    mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    cursor.close()
-    if str(mode).lower() != "wal":
-        raise SchemaError(f"could not switch the database to WAL mode (got {mode!r})")
-
-
-def _on_begin(connection) -> None:
-    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-    connection.exec_driver_sql(f"BEGIN {mode}")
-
-
 def create_engine_for(url_or_path: str | os.PathLike[str] | URL) -> Engine:
     """An engine for a SQLite file (or ``sqlite:///`` URL) with organizer's pragmas, or for a
     PostgreSQL URL.
@@ -113,33 +81,11 @@ def create_engine_for(url_or_path: str | os.PathLike[str] | URL) -> Engine:
     SQLite write transactions should use ``write_transaction`` (BEGIN IMMEDIATE) so that they
     take the write lock up front and wait (busy timeout) instead of failing.
     """
-    if isinstance(url_or_path, URL) or is_url(url_or_path):
-        url = url_or_path if isinstance(url_or_path, URL) else library_url(url_or_path)
-        if url.get_backend_name() == "postgresql":
-            # REPEATABLE READ: every read transaction sees one snapshot, as on SQLite, so
-            # a reader never mixes the batches a writer commits meanwhile. Writers do not
-            # conflict: one at a time holds the advisory lock.
-            # TCP keepalives: a writer whose machine vanished without closing its connection
-            # loses its advisory lock in about a minute, not the kernel's default two hours.
-            return create_engine(
-                url,
-                connect_args={
-                    "connect_timeout": CONNECT_TIMEOUT_S,
-                    "keepalives": 1,
-                    "keepalives_idle": 30,
-                    "keepalives_interval": 10,
-                    "keepalives_count": 3,
-                },
-                isolation_level="REPEATABLE READ",
-                pool_size=2,
-                max_overflow=8,
-            )
-    else:
-        url = f"sqlite:///{url_or_path}"
-    engine = create_engine(url)
-    event.listen(engine, "connect", _on_connect)
-    event.listen(engine, "begin", _on_begin)
-    return engine
+    if isinstance(url_or_path, URL):
+        return new_engine(url_or_path)
+    if is_url(url_or_path):
+        return new_engine(library_url(url_or_path))
+    return new_engine(f"sqlite:///{url_or_path}")
 
 
 @contextmanager
@@ -152,27 +98,19 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             ConnectionLostError, a LibraryError, when the connection to it broke.
     """
     try:
-        with _writing(engine) as conn, conn.begin():
+        with writing_connection(engine) as conn, conn.begin():
             yield conn
     except (OperationalError, DatabaseError, InterfaceError) as exc:
         lost = getattr(exc, "connection_invalidated", False)
         raise (ConnectionLostError if lost else LibraryError)(explain(exc, engine)) from None
 
 
-def _writing(engine: Engine) -> Connection:
-    """A connection for writes: BEGIN IMMEDIATE on SQLite; READ COMMITTED on PostgreSQL, so
-    that a write next to another (a cluster run beside an ingest) never fails to serialise:
-    reads keep REPEATABLE READ snapshots, writers need only see what is committed."""
-    if engine.dialect.name == "postgresql":
-        return engine.connect().execution_options(isolation_level="READ COMMITTED")
-    return engine.connect().execution_options(sqlite_begin="IMMEDIATE")
-
-
 def explain(exc: Exception, where: str | Engine | None = None) -> str:
     """One sentence for a database failure, saying what the user can do; never a password."""
     if isinstance(where, Engine):
-        if where.dialect.name == "postgresql":
-            return _explain_server(exc, where.url)
+        url = server_url(where)
+        if url is not None:
+            return _explain_server(exc, url)
         where = where.url.database
     message = str(getattr(exc, "orig", exc)).strip()
     lowered = message.lower()
@@ -201,27 +139,6 @@ def _explain_server(exc: Exception, url: URL) -> str:
     reason = reason.removeprefix("FATAL:").strip()
     remember(url.password)
     return hide_passwords(f"cannot use the library {describe(url)}: {screen(reason)}")
-
-
-def reserve_ids(conn: Connection, table: str, count: int) -> list[int]:
-    """``count`` new ids of a PostgreSQL table's id sequence (for rows sent by COPY)."""
-    rows = conn.execute(
-        text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
-        {"t": table, "n": count},
-    )
-    return [row[0] for row in rows]
-
-
-def copy_rows(
-    conn: Connection, table: str, columns: list[str], types: list[str], rows: Iterable[tuple]
-) -> None:
-    """Send rows to a PostgreSQL table by binary COPY inside the caller's transaction (its
-    triggers and constraints apply as for INSERT): 4x the rows/s of batched INSERTs."""
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -278,11 +195,9 @@ def migrate(engine: Engine) -> None:
         )
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    with _writing(engine) as conn, conn.begin():
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
-            if current_revision_in(conn) == head:
-                return  # another process migrated it while this one waited
+    with writing_connection(engine) as conn, conn.begin():
+        if lock_migrations(conn) and current_revision_in(conn) == head:
+            return  # another process migrated it while this one waited
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

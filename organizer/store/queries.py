@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from organizer.embed import ModelSpec
-from organizer.store.db import copy_rows, reserve_ids
+from organizer.store import dialect
 from organizer.store.models import (
     Catalogue,
     Embedding,
@@ -263,65 +260,7 @@ def insert_embedded(
         for r in images_rows
     ]
     blobs = np.ascontiguousarray(vectors, dtype=np.float32)
-    if conn.dialect.name == "postgresql":
-        return _copy_embedded(conn, model_id, rows, blobs, stamp)
-    result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
-    ids = [row.id for row in result]
-    conn.execute(
-        insert(embeddings),
-        [
-            {"image_id": i, "model_id": model_id, "vector": blobs[n].tobytes(), "created_at": stamp}
-            for n, i in enumerate(ids)
-        ],
-    )
-    return ids
-
-
-_COPY_IMAGE_COLUMNS = {
-    "id": "int8",
-    "root_id": "int8",
-    "relpath": "bytea",
-    "size": "int8",
-    "mtime_ns": "int8",
-    "content_hash": "varchar",
-    "width": "int4",
-    "height": "int4",
-    "format": "varchar",
-    "captured_at": "timestamp",
-    "status": "varchar",
-    "created_at": "timestamp",
-    "updated_at": "timestamp",
-}
-
-
-def _copy_embedded(
-    conn: Connection, model_id: int, rows: list[dict], vectors: np.ndarray, stamp: datetime
-) -> list[int]:
-    ids = reserve_ids(conn, "images", len(rows))
-    columns = list(_COPY_IMAGE_COLUMNS)
-    fields = columns[1:]  # after the id
-    for row in rows:  # COPY sends a StrEnum's text only as a plain str
-        row["status"] = _plain(row["status"])
-    copy_rows(
-        conn,
-        "images",
-        columns,
-        list(_COPY_IMAGE_COLUMNS.values()),
-        # map(row.get, ...) runs in C: half the client's CPU of a per-column generator
-        ((image_id, *map(row.get, fields)) for image_id, row in zip(ids, rows, strict=True)),
-    )
-    copy_rows(
-        conn,
-        "embeddings",
-        ["image_id", "model_id", "vector", "created_at"],
-        ["int8", "int8", "bytea", "timestamp"],
-        ((i, model_id, vectors[n].tobytes(), stamp) for n, i in enumerate(ids)),
-    )
-    return ids
-
-
-def _plain(value: object) -> object:
-    return str(value) if isinstance(value, StrEnum) else value
+    return dialect.insert_embedded_rows(conn, model_id, rows, blobs, stamp)
 
 
 def update_image(conn: Connection, image_id: int, **values: object) -> None:
@@ -410,23 +349,7 @@ def failures(conn: Connection) -> list[Failure]:
 def put_vector(conn: Connection, image_id: int, model_id: int, vector: np.ndarray) -> None:
     blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
     values = {"image_id": image_id, "model_id": model_id, "vector": blob, "created_at": now()}
-    conn.execute(_UPSERT_VECTOR.get(conn.dialect.name, _UPSERT_VECTOR["sqlite"]), values)
-
-
-def _upsert_vector(upsert):
-    """Insert a vector, or replace the one the image has for that model (built once: see
-    :func:`insert_image`)."""
-    stmt = upsert(embeddings)
-    return stmt.on_conflict_do_update(
-        index_elements=["image_id", "model_id"],
-        set_={"vector": stmt.excluded.vector, "created_at": stmt.excluded.created_at},
-    )
-
-
-_UPSERT_VECTOR = {
-    "postgresql": _upsert_vector(postgresql_insert),
-    "sqlite": _upsert_vector(sqlite_insert),
-}
+    conn.execute(dialect.upsert_vector(conn), values)
 
 
 def get_vector(conn: Connection, image_id: int, model_id: int) -> np.ndarray | None:
@@ -442,43 +365,19 @@ def delete_vector(conn: Connection, image_id: int) -> None:
 
 
 def _ok_vectors_query(
+    conn: Connection,
     model_id: int,
     roots: Sequence[int] | None = None,
-    dialect: str = "",
     vectors: bool = True,
     id_range: tuple[int, int] | None = None,
 ):
     columns = [embeddings.c.image_id, embeddings.c.vector][: 2 if vectors else 1]
+    stmt = dialect.ok_vectors_select(conn, columns, model_id, roots)
     if id_range is not None:  # lo <= id < hi: one shard's share
-        within = (embeddings.c.image_id >= id_range[0]) & (embeddings.c.image_id < id_range[1])
-        return _ok_vectors_query(model_id, roots, dialect, vectors).where(within)
-    if dialect == "sqlite":
-        # As a join, SQLite drives from the images' status index and sorts every vector in
-        # a temporary B-tree for the ORDER BY (12.5 s for 1M rows); with the ok ids as an
-        # IN list it walks the embeddings' primary key in order, no sort (2.0 s).
-        ok = select(images.c.id).where(images.c.status == ImageStatus.OK)
-        if roots is not None:
-            ok = ok.where(images.c.root_id.in_(list(roots)))
-        return (
-            select(*columns)
-            .where(embeddings.c.model_id == model_id, embeddings.c.image_id.in_(ok))
-            .order_by(embeddings.c.image_id)
+        stmt = stmt.where(
+            (embeddings.c.image_id >= id_range[0]) & (embeddings.c.image_id < id_range[1])
         )
-    stmt = (
-        select(*columns)
-        .join(images, images.c.id == embeddings.c.image_id)
-        .where(embeddings.c.model_id == model_id, images.c.status == ImageStatus.OK)
-        .order_by(embeddings.c.image_id)
-    )
-    return stmt if roots is None else stmt.where(images.c.root_id.in_(list(roots)))
-
-
-def _plan_for_all_rows(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        # A streamed query runs as a cursor, which PostgreSQL plans for the first rows
-        # (cursor_tuple_fraction 0.1): a nested loop 45x slower than the hash join it
-        # picks for a whole read (measured on 40k rows). For this transaction only.
-        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+    return stmt
 
 
 def iter_ok_vectors(
@@ -492,8 +391,8 @@ def iter_ok_vectors(
     """(ids, vectors) of the images the index must contain (only those under ``roots``, or
     with ``lo <= id < hi`` of ``id_range``, when given), ``batch`` at a time, by id: memory
     stays flat in the size of the library."""
-    _plan_for_all_rows(conn)
-    query = _ok_vectors_query(model_id, roots, conn.dialect.name, id_range=id_range)
+    dialect.plan_for_all_rows(conn)
+    query = _ok_vectors_query(conn, model_id, roots, id_range=id_range)
     rows = conn.execute(query.execution_options(yield_per=batch))
     for part in rows.partitions(batch):
         ids = np.fromiter((image_id for image_id, _ in part), dtype=np.int64, count=len(part))
@@ -532,8 +431,8 @@ def ok_vectors(
 
 def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
     """Ids of every image the index must contain, ordered."""
-    stmt = _ok_vectors_query(model_id, dialect=conn.dialect.name, vectors=False)
-    _plan_for_all_rows(conn)
+    stmt = _ok_vectors_query(conn, model_id, vectors=False)
+    dialect.plan_for_all_rows(conn)
     rows = conn.execute(stmt.execution_options(yield_per=1 << 16))  # streamed: 8 bytes an id
     parts = [np.fromiter((r[0] for r in part), np.int64, len(part)) for part in rows.partitions()]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
@@ -692,10 +591,3 @@ def last_run(conn: Connection) -> IngestRunRecord | None:
         summary,
         error,
     )
-
-
-def server_started_at(conn: Connection) -> datetime | None:
-    """When the database server last started (naive UTC); None for SQLite, which has none."""
-    if conn.dialect.name != "postgresql":
-        return None
-    return conn.exec_driver_sql("SELECT pg_postmaster_start_time() AT TIME ZONE 'UTC'").scalar_one()
