@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
+from organizer.atomic import replacing
+from organizer.filelock import FileLock
+
 if TYPE_CHECKING:
     from organizer.embed import ModelSpec
 
@@ -75,16 +78,11 @@ def pinned(spec: ModelSpec) -> bool:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """One exporter at a time per model folder, across processes."""
-    import fcntl
-
+    """One exporter at a time per model folder, across processes (and users: a cache shared
+    through ORGANIZER_MODEL_CACHE is locked by others too)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(folder / ".lock", mode=0o666):
+        yield
 
 
 def sweep(folder: Path, older_than_s: float = 3600) -> None:
@@ -99,11 +97,9 @@ def sweep(folder: Path, older_than_s: float = 3600) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one rename (a cache file: readable by all)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with replacing(path, fsync=False) as tmp:
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)  # whatever the umask
 
 
 @contextlib.contextmanager

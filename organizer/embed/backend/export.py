@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from organizer.atomic import move_over
 from organizer.embed.backend.cache import scratch, write_atomic
 from organizer.embed.backend.engines import (
     IMAGE,
@@ -201,7 +202,7 @@ def _keep(
         export_s=time.perf_counter() - started,
     )
     os.chmod(tmp, 0o644)  # a cache shared through ORGANIZER_MODEL_CACHE is read by others
-    os.replace(tmp, folder / f"{tower}.onnx")
+    move_over(tmp, folder / f"{tower}.onnx")
     write_atomic(folder / f"{tower}.json", json.dumps(asdict(made.record)))
     return made
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from organizer.atomic import move_over
 from organizer.resources import vocabulary_path
 
 # The texts every exported text tower is checked on (with its vectors kept beside it).
@@ -104,7 +105,7 @@ def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> str | N
             return None
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        move_over(Path(tmp), path)
         return digest
     finally:
         Path(tmp).unlink(missing_ok=True)
