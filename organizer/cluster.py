@@ -98,7 +98,9 @@ def _faiss_kmeans(x: np.ndarray, k: int, seed: int, restarts: int, niter: int) -
 _ONE_THREAD_PAIRS = 1_000_000
 
 
-def _best_of(x, k: int, seed: int, restarts: int, niter: int, sample: np.ndarray) -> np.ndarray:
+def _best_of(
+    x: np.ndarray, k: int, seed: int, restarts: int, niter: int, sample: np.ndarray
+) -> np.ndarray:
     import faiss
     from sklearn.cluster import kmeans_plusplus
 
@@ -122,6 +124,7 @@ def _best_of(x, k: int, seed: int, restarts: int, niter: int, sample: np.ndarray
         km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
         if km.obj[-1] > best_obj:
             best, best_obj = km.centroids.copy(), km.obj[-1]
+    assert best is not None  # restarts >= 1
     return best
 
 

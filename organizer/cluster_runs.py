@@ -163,8 +163,8 @@ class Clustering:
         part = cluster.kmeans(x, int(k), algorithm, seed)
         tell(ClusterProgress("silhouettes", 0, 1))
         sil = cluster.silhouettes(x, part.labels, seed=seed)
-        labels = [[]] * part.k
-        if concepts is not None:
+        labels: list[list[tuple[str, float]]] = [[]] * part.k
+        if concepts is not None and vocab is not None:
             waiting = not concepts.done()
             tell(ClusterProgress("naming: embedding the vocabulary" if waiting else "naming", 0, 1))
             labels = naming.name(part.centroids, concepts.result(), vocab)
@@ -228,7 +228,13 @@ class Clustering:
         )
 
     @staticmethod
-    def _insert_clusters(conn: Connection, run_id: int, part, sil, labels) -> None:
+    def _insert_clusters(
+        conn: Connection,
+        run_id: int,
+        part: cluster.Partition,
+        sil: cluster.Silhouettes,
+        labels: list[list[tuple[str, float]]],
+    ) -> None:
         cq.insert_clusters(
             conn,
             run_id,
@@ -351,7 +357,7 @@ def _folder_labels(members: Sequence[MemberRecord]) -> list[str]:
     return labels
 
 
-def _float_or_none(value) -> float | None:
+def _float_or_none(value: float | np.floating | None) -> float | None:
     return None if value is None else float(value)
 
 

@@ -11,6 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -72,9 +73,12 @@ class PreprocessSpec:
         return 2 * self.size[1], 2 * self.size[0]
 
     @classmethod
-    def from_dict(cls, data: dict) -> PreprocessSpec:
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         """From its recorded JSON form (``asdict``; lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return cls(**fields)
 
     @classmethod
     def from_open_clip(cls, cfg: dict) -> PreprocessSpec:
@@ -355,7 +359,9 @@ _FLIPS = {
 }
 
 
-def _raw_preview(raw, rawpy, min_size, flip: int) -> tuple[Image.Image | None, datetime | None]:
+def _raw_preview(
+    raw: Any, rawpy: Any, min_size: tuple[int, int] | None, flip: int
+) -> tuple[Image.Image | None, datetime | None]:
     try:
         thumb = raw.extract_thumb()
     except rawpy.LibRawError:

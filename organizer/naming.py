@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from organizer.atomic import replacing
+from organizer.embed import Embedder, ModelSpec
 from organizer.errors import ClusterError
 from organizer.resources import vocabulary_path
 
@@ -74,8 +75,8 @@ def short_label(concept: str) -> str:
 
 
 def concept_vectors(
-    get_embedder,
-    spec,
+    get_embedder: Callable[[], Embedder],
+    spec: ModelSpec,
     dim: int,
     vocabulary: Vocabulary,
     cache_dir: Path | None = None,

@@ -15,9 +15,10 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 
 import numpy as np
 
@@ -134,8 +135,17 @@ def prepare_all(
 
 # -- the parallel decode stage -------------------------------------------------------------
 
+# prepare() or a test's stand-in: (job, spec, skip_decode, draft) -> Prepared
+PrepareFn = Callable[[Job, PreprocessSpec | None, frozenset[str], bool], Prepared]
 
-def _worker_main(conn, prepare_fn, spec, skip_decode, draft) -> None:
+
+def _worker_main(
+    conn: Connection,
+    prepare_fn: PrepareFn,
+    spec: PreprocessSpec | None,
+    skip_decode: frozenset[str],
+    draft: bool,
+) -> None:
     """A decode worker: prepare each job it is sent until it receives None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -161,8 +171,8 @@ class PoolUnavailable(RuntimeError):
 
 @dataclass
 class _Worker:
-    process: object
-    conn: object
+    process: BaseProcess
+    conn: Connection
     job: Job | None = None
     started: float = 0.0
 
@@ -191,14 +201,14 @@ class DecodePool:
         timeout_s: float = 120.0,
         buffer: int = 64,
         draft: bool = True,
-        prepare_fn=prepare,
-    ):
+        prepare_fn: PrepareFn = prepare,
+    ) -> None:
 
         self._ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
         self._args = (prepare_fn, spec, frozenset(skip_decode), draft)
         self._timeout_s = timeout_s
         self._buffer = buffer
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._stop = False
         self._workers = [self._start() for _ in range(max(1, workers))]
         try:
@@ -242,7 +252,7 @@ class DecodePool:
     def results(self, jobs: Iterable[Job]) -> Iterator[Prepared]:
         """Prepare every job; yields each result once, in completion order."""
 
-        out: queue.Queue = queue.Queue(maxsize=self._buffer)
+        out: queue.Queue[object] = queue.Queue(maxsize=self._buffer)
         done = object()
         errors: list[BaseException] = []
 
@@ -260,11 +270,12 @@ class DecodePool:
             item = out.get()
             if item is done:
                 break
+            assert isinstance(item, Prepared)
             yield item
         if errors:
             raise errors[0]
 
-    def _run(self, jobs: Iterator[Job], out) -> None:
+    def _run(self, jobs: Iterator[Job], out: queue.Queue[object]) -> None:
 
         exhausted = False
         while not self._stop:
@@ -283,9 +294,10 @@ class DecodePool:
             busy = [w for w in self._workers if w.job is not None]
             if not busy and exhausted:
                 return
-            handles = {w.conn: w for w in busy} | {w.process.sentinel: w for w in busy}
+            handles: dict[Connection | int, _Worker] = {w.conn: w for w in busy}
+            handles |= {w.process.sentinel: w for w in busy}
             for handle in wait(list(handles), timeout=1.0):
-                worker = handles[handle]
+                worker = handles[handle]  # type: ignore[index]  # wait() returns what it was given
                 if worker.job is not None:
                     self._collect(worker, out)
             now = time.monotonic()
@@ -295,7 +307,7 @@ class DecodePool:
                         continue
                     self._fail(worker, f"decoding took longer than {self._timeout_s:.0f} s", out)
 
-    def _collect(self, worker: _Worker, out) -> None:
+    def _collect(self, worker: _Worker, out: queue.Queue[object]) -> None:
         try:
             if worker.conn.poll():
                 result = worker.conn.recv()
@@ -307,7 +319,7 @@ class DecodePool:
         if not worker.process.is_alive():
             self._fail(worker, "the decoder crashed on this file", out)
 
-    def _put(self, out, item: object) -> None:
+    def _put(self, out: queue.Queue[object], item: object) -> None:
         """Hand a result to the consumer, waiting while it is behind (back-pressure)."""
 
         while not self._stop:
@@ -317,10 +329,11 @@ class DecodePool:
             except queue.Full:
                 continue
 
-    def _fail(self, worker: _Worker, reason: str, out) -> None:
+    def _fail(self, worker: _Worker, reason: str, out: queue.Queue[object]) -> None:
         """Report the file of a crashed or stuck worker as failed (with its scanned size and
         mtime, so it is retried only once it changes), then replace the worker."""
         job = worker.job
+        assert job is not None  # only a busy worker fails
         self._put(out, Prepared(job.key, job.size, job.mtime_ns, error=reason))
         self._respawn(worker)
 

@@ -80,25 +80,28 @@ def _plan_target(
     retry_failed: bool,
     rehash: bool,
 ) -> None:
+    scan = target.scan
+    assert scan is not None, "a target is planned after its folder was scanned"
     seen = set()
-    for entry in target.scan.files:
+    for entry in scan.files:
         seen.add(entry.relpath)
         k = known.get(entry.relpath)
-        same_stat = k is not None and (k.size, k.mtime_ns) == (entry.size, entry.mtime_ns)
-        if same_stat and k.status == ImageStatus.OK and not rehash:
+        if k is None or (k.size, k.mtime_ns) != (entry.size, entry.mtime_ns):
+            result.work.append(FileWork(target, entry.relpath, entry.size, entry.mtime_ns, k))
+        elif k.status == ImageStatus.OK and not rehash:
             result.unchanged += 1
-        elif same_stat and k.status == ImageStatus.MISSING and k.content_hash:
+        elif k.status == ImageStatus.MISSING and k.content_hash:
             result.restore.append(k.id)
-        elif same_stat and k.status == ImageStatus.FAILED and not retry_failed:
+        elif k.status == ImageStatus.FAILED and not retry_failed:
             result.unchanged += 1
         else:
             result.work.append(FileWork(target, entry.relpath, entry.size, entry.mtime_ns, k))
-    listed = set(target.scan.unlisted_dirs)
-    broken = {p.relpath: p.reason for p in target.scan.problems if p.relpath not in listed}
+    listed = set(scan.unlisted_dirs)
+    broken = {p.relpath: p.reason for p in scan.problems if p.relpath not in listed}
     for relpath, k in known.items():
         if relpath in seen or relpath in broken:
             continue
-        if target.scan.covers(relpath, target.prefix) and k.status != ImageStatus.MISSING:
+        if scan.covers(relpath, target.prefix) and k.status != ImageStatus.MISSING:
             result.vanished[k.id] = k
     for relpath, reason in broken.items():
         k = known.get(relpath)

@@ -130,7 +130,12 @@ class BatchWriter:
 
     def record_preprocess(self, preprocess: dict) -> None:
         with write_transaction(self.engine) as conn:
-            q.record_preprocess(conn, self.model_id, preprocess)
+            q.record_preprocess(conn, self._model(), preprocess)
+
+    def _model(self) -> int:
+        """The model's id, known once the first batch began."""
+        assert self.model_id is not None, "the writer has no model yet"
+        return self.model_id
 
     def known_hashes(self) -> frozenset[str]:
         """Contents that already have a stored vector (their files need no decoding)."""
@@ -168,30 +173,34 @@ class BatchWriter:
                     failure_reason=None,
                 )
             case Embed(work, p, vector):
+                assert p.content_hash is not None and p.info is not None  # decoded
                 image_id = self._store(conn, work, p, p.info)
                 self._set_vector(conn, image_id, vector)
                 self._hash_to_id[p.content_hash] = image_id
             case Copy(work, p):
+                assert p.content_hash is not None  # hashed
                 source = self._source(conn, p.content_hash)
                 image_id = self._store(conn, work, p, source.image)
                 self._set_vector(conn, image_id, source.vector)
                 self._hash_to_id.setdefault(p.content_hash, image_id)
                 self.summary.reused += 1
             case Fail(work, p):
-                self._store_failure(conn, work, p.size, p.mtime_ns, p.content_hash, p.error)
+                reason = p.error or "unknown error"
+                self._store_failure(conn, work, p.size, p.mtime_ns, p.content_hash, reason)
 
     def _source(self, conn: Connection, content_hash: str) -> _VectorSource:
         """The stored vector (and image) of some image with this content, as of now."""
         if content_hash in self._hash_to_id:
             source_id = self._hash_to_id[content_hash]
-            vector = q.get_vector(conn, source_id, self.model_id)
+            vector = q.get_vector(conn, source_id, self._model())
+            assert vector is not None  # _hash_to_id lists stored vectors only
             return _VectorSource(vector, q.describe_image(conn, source_id))
         return self._released[content_hash]
 
     def _set_vector(self, conn: Connection, image_id: int, vector: np.ndarray | None) -> None:
         if vector is None or vector.shape != (self._dim,):
             raise RuntimeError(f"internal error: no valid vector for image {image_id}")
-        q.put_vector(conn, image_id, self.model_id, vector)
+        q.put_vector(conn, image_id, self._model(), vector)
         self.written.add(image_id)
 
     def _release(self, conn: Connection, known: KnownImage | None) -> None:
@@ -201,7 +210,7 @@ class BatchWriter:
             return
         if self._hash_to_id.get(known.content_hash) == known.id:
             del self._hash_to_id[known.content_hash]
-            vector = q.get_vector(conn, known.id, self.model_id)
+            vector = q.get_vector(conn, known.id, self._model())
             if vector is not None:
                 image = q.describe_image(conn, known.id)
                 self._released[known.content_hash] = _VectorSource(vector, image)
@@ -277,6 +286,7 @@ class BatchWriter:
             q.mark_missing(conn, gone_ok)
             q.delete_images(conn, gone_failed)
             for target in targets:
+                assert target.root_id is not None  # added by begin()
                 q.touch_root(conn, target.root_id)
         self.summary.unchanged += len(restore)
         self.summary.missing = len(gone_ok)

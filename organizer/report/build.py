@@ -170,7 +170,13 @@ def _check_request(output: Path, png: Path | None, max_points: int, tsne: str) -
         render.check_target(png, "map image")
 
 
-def _shown_images(engine, data, rows, absolute, tell) -> dict[int, tuple[str, str]]:
+def _shown_images(
+    engine: Engine,
+    data: ReportData,
+    rows: np.ndarray,
+    absolute: bool,
+    tell: Callable[[ReportProgress], None],
+) -> dict[int, tuple[str, str]]:
     """Image id -> (thumbnail data URI, display path) of every image the page shows."""
     wanted = [int(i) for i in data.ids[rows]]
     if data.run:
@@ -205,7 +211,7 @@ def _farthest(c: ClusterRecord) -> list[int]:
     return [m.image_id for m in reversed(rest)][:FARTHEST]
 
 
-def _legend(data) -> list[tuple[int, str, str, int]]:
+def _legend(data: ReportData) -> list[tuple[int, str, str, int]]:
     """(number, name, colour, size) of each cluster; number 0 = images outside the run."""
     clusters = data.run.clusters if data.run else []
     colours = figure.palette(len(clusters))
@@ -226,7 +232,15 @@ def _map_title(points: int, total: int) -> str:
     return f"t-SNE map of {total:,} images"
 
 
-def _context(data, rows, proj, shown, legend, png_bytes, absolute) -> dict:
+def _context(
+    data: ReportData,
+    rows: np.ndarray,
+    proj: projection.Projection,
+    shown: dict[int, tuple[str, str]],
+    legend: list[tuple[int, str, str, int]],
+    png_bytes: bytes,
+    absolute: bool,
+) -> dict:
     """Everything the template shows; map data goes into one escaped JSON block."""
     point_ids = [int(i) for i in data.ids[rows]]
     map_data = {
@@ -284,7 +298,7 @@ def _sweep_range(sweep: tuple[dict, ...] | None) -> tuple[float, float]:
     return low, high if high > low else low + 1.0
 
 
-def _overview(data, absolute: bool) -> dict:
+def _overview(data: ReportData, absolute: bool) -> dict:
     spec = data.model.spec
     weights = spec.pretrained
     if os.sep in weights and not absolute:
@@ -313,7 +327,11 @@ def _offline_context(offline: OfflineImages, absolute: bool) -> dict | None:
     }
 
 
-def _sections(data, legend, shown) -> list[dict]:
+def _sections(
+    data: ReportData,
+    legend: list[tuple[int, str, str, int]],
+    shown: dict[int, tuple[str, str]],
+) -> list[dict]:
     if data.run is None:
         return []
     names = {n: (name, colour) for n, name, colour, _ in legend}

@@ -40,9 +40,12 @@ def load(engine: Engine, run_id: int | None, roots: Sequence[int] | None = None)
     """
     with engine.connect() as conn, conn.begin():
         model = q.library_model(conn)
-        ids, vectors = q.ok_vectors(conn, model.id, model.dim, roots) if model else (None, None)
-        if model is None or len(ids) == 0:
-            raise ReportError("the library has no images yet: run `organizer ingest FOLDER` first")
+        empty = ReportError("the library has no images yet: run `organizer ingest FOLDER` first")
+        if model is None:
+            raise empty
+        ids, vectors = q.ok_vectors(conn, model.id, model.dim, roots)
+        if len(ids) == 0:
+            raise empty
         found = cq.run(conn, run_id)
         if found is None and run_id is not None:
             raise ReportError(f"no cluster run {run_id}: `organizer runs` lists them")

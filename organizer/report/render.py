@@ -13,11 +13,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from markupsafe import Markup
 
 from organizer.atomic import write_bytes_atomic
 from organizer.errors import ReportError
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 # What JSON.parse reads back unchanged but an HTML parser can never take for markup: "<" and
 # ">" (no "</script>", no "<!--"), "&" (no character references), and the two line separators.
@@ -32,7 +36,7 @@ def script_json(data: object) -> Markup:
     return Markup(text.translate(_JSON_ESCAPES))
 
 
-def _environment():
+def _environment() -> Environment:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(

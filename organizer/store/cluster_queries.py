@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, insert, select
 
 from organizer.store import queries as q
-from organizer.store.models import Cluster, ClusterMember, ClusterRun
+from organizer.store.models import Cluster, ClusterMember, ClusterRun, table_of
 from organizer.store.records import (
     ClusterRecord,
     ClusterRunRecord,
@@ -18,16 +19,16 @@ from organizer.store.records import (
     MemberRecord,
 )
 
-cluster_runs_t = ClusterRun.__table__
-clusters_t = Cluster.__table__
-members_t = ClusterMember.__table__
+cluster_runs_t = table_of(ClusterRun)
+clusters_t = table_of(Cluster)
+members_t = table_of(ClusterMember)
 
 MEMBER_INSERT_BATCH = 5000
 
 
 def insert_run(conn: Connection, created_at: datetime, **values: object) -> int:
     stmt = insert(cluster_runs_t).values(created_at=created_at, **values)
-    return conn.execute(stmt).inserted_primary_key[0]
+    return q.new_id(conn.execute(stmt))
 
 
 def insert_clusters(conn: Connection, run_id: int, rows: list[dict]) -> None:
@@ -39,7 +40,7 @@ def insert_members(conn: Connection, run_id: int, rows: list[dict]) -> None:
         conn.execute(insert(members_t), [{"run_id": run_id, **r} for r in chunk])
 
 
-def _run_record(row) -> ClusterRunRecord:
+def _run_record(row: Any) -> ClusterRunRecord:
     return ClusterRunRecord(
         row.id,
         row.created_at,

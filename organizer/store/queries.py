@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, delete, func, insert, select, update
 
 from organizer.embed import ModelSpec
 from organizer.store import dialect
@@ -21,6 +21,7 @@ from organizer.store.models import (
     IngestRun,
     Model,
     Root,
+    table_of,
 )
 from organizer.store.records import (
     Failure,
@@ -35,13 +36,20 @@ from organizer.store.records import (
     RunStatus,
 )
 
-images = Image.__table__
-embeddings = Embedding.__table__
-roots_t = Root.__table__
-models_t = Model.__table__
-ingest_runs_t = IngestRun.__table__
-state_t = IndexState.__table__
-catalogue_t = Catalogue.__table__
+images = table_of(Image)
+embeddings = table_of(Embedding)
+roots_t = table_of(Root)
+models_t = table_of(Model)
+ingest_runs_t = table_of(IngestRun)
+state_t = table_of(IndexState)
+catalogue_t = table_of(Catalogue)
+
+
+def new_id(result: CursorResult) -> int:
+    """The primary key an INSERT of one row made."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 # SQLite allows 999 bound parameters per statement in older builds: id lists go in chunks.
 CHUNK = 500
@@ -89,7 +97,7 @@ def insert_model(
         created_at=now(),
         preprocess_json=json.dumps(preprocess) if preprocess else None,
     )
-    return conn.execute(insert(models_t).values(**values)).inserted_primary_key[0]
+    return new_id(conn.execute(insert(models_t).values(**values)))
 
 
 def record_preprocess(conn: Connection, model_id: int, preprocess: dict) -> None:
@@ -111,7 +119,7 @@ def all_roots(conn: Connection) -> dict[int, str]:
 
 def add_root(conn: Connection, path: str) -> int:
     stmt = insert(roots_t).values(path=path, added_at=now())
-    return conn.execute(stmt).inserted_primary_key[0]
+    return new_id(conn.execute(stmt))
 
 
 def absorb_root(conn: Connection, parent_id: int, child_id: int, prefix: bytes) -> None:
@@ -216,7 +224,7 @@ def known_images(conn: Connection, root_id: int, prefix: bytes = b"") -> dict[by
     return {row.relpath: _known(row) for row in conn.execute(stmt)}
 
 
-def _known(row) -> KnownImage:
+def _known(row: Any) -> KnownImage:
     return KnownImage(
         row.id, row.relpath, row.size, row.mtime_ns, ImageStatus(row.status), row.content_hash
     )
@@ -239,7 +247,7 @@ def insert_image(conn: Connection, **values: object) -> int:
     assert values.keys() <= _IMAGE_COLUMNS, sorted(values.keys() - _IMAGE_COLUMNS)
     # Parameters beside one statement, not built into a new one per row: building costs
     # more than SQLite's insert (ingest writes a row per image).
-    return conn.execute(_INSERT_IMAGE, values).inserted_primary_key[0]
+    return new_id(conn.execute(_INSERT_IMAGE, values))
 
 
 _INSERT_IMAGE = insert(images)
@@ -297,7 +305,7 @@ _IMAGE_RECORD_COLUMNS = (
 )
 
 
-def _image_record(row) -> ImageRecord:
+def _image_record(row: Any) -> ImageRecord:
     *head, status, content_hash = row
     return ImageRecord(*head, ImageStatus(status), content_hash)
 
@@ -537,7 +545,7 @@ def start_run(conn: Connection, pid: int) -> int:
         .values(status=RunStatus.INTERRUPTED, finished_at=now())
     )
     stmt = insert(t).values(started_at=now(), pid=pid, status=RunStatus.RUNNING)
-    return conn.execute(stmt).inserted_primary_key[0]
+    return new_id(conn.execute(stmt))
 
 
 def run_progress(conn: Connection, run_id: int, summary: dict) -> None:

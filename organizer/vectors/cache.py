@@ -222,6 +222,7 @@ class IndexCache:
             return True
         with self.engine.connect() as conn, conn.begin():
             model = q.library_model(conn)
+            assert model is not None  # an index file exists only for a library with vectors
             store = RerankStore.open(self.path, model.dim)
             if store is None:
                 return False
@@ -264,6 +265,7 @@ class IndexCache:
             if index is None or index.lists_file is not None:  # never changed in place
                 return None
             model = q.library_model(conn)
+            assert model is not None  # an index file exists only for a library with vectors
             db_ids = q.ok_ids(conn, model.id)  # sorted; numpy, not sets: 10M ids are 80 MB
             have = np.sort(index.ids())
             written = np.fromiter(sorted(delta.written), np.int64, len(delta.written))

@@ -14,9 +14,13 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from organizer.choices import IndexKind
 from organizer.errors import IndexPlanError
+
+# A faiss index (SWIG object): its stubs miss what the downcasts return, so it is taken as Any.
+FaissIndex = Any
 
 KINDS = ("flat", "ivf-fp16", "ivf-sq8", "ivf-pq")
 CHOICES = tuple(k.value for k in IndexKind)  # what users pick; ivf-sq8 is for benchmarks
@@ -103,6 +107,7 @@ def plan(count: int, dim: int, kind: str = "auto", memory: int | None = None) ->
     else:
         chosen = IndexPlan(kind, 0 if kind == "flat" else nlist_for(count))
     if not _fits(chosen, count, dim, budget):
+        assert budget is not None  # without a budget every kind fits
         need = chosen.ram_bytes(count, dim)
         raise IndexPlanError(
             f"a {chosen.kind} index of {count:,} vectors needs about {format_bytes(need)} of "

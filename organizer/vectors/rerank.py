@@ -182,7 +182,7 @@ class RerankWriter:
         _unlink(*self.paths)
 
 
-def _memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+def _memmap(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.ndarray:
     if shape[0] == 0:
         return np.empty(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)

@@ -113,6 +113,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
         ids = q.ok_ids(conn, model.id) if model is not None else np.empty(0, np.int64)
         if len(ids) == 0:
             raise LibraryError("the library has no vectors yet: ingest some images first")
+        assert model is not None  # it made the ids
         chosen = plan(len(ids), model.dim, settings.kind or "auto", settings.memory)
         if chosen.kind == "flat":
             raise IndexPlanError(
