@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 __all__ = ["Library", "Settings", "__version__", "resolve_settings"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # Lazy, so that `import organizer` (and `organizer --help`) stays light.
     if name == "Library":
         from organizer.library import Library

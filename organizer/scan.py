@@ -200,7 +200,14 @@ def _inside_an_export(folder: bytes) -> bool:
         path = parent
 
 
-def _walk_entry(entry, rel, root_real, excluded, follow_symlinks, result) -> bool:
+def _walk_entry(
+    entry: os.DirEntry[bytes],
+    rel: bytes,
+    root_real: bytes,
+    excluded: set[tuple[int, int]],
+    follow_symlinks: bool,
+    result: ScanResult,
+) -> bool:
     """Handle one directory entry; True when it is a folder to descend into."""
     try:
         if entry.is_dir(follow_symlinks=False):

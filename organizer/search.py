@@ -5,12 +5,16 @@ Pure functions over vectors and ids; the Library resolves files, models and meta
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from organizer.errors import QueryError
+
+if TYPE_CHECKING:
+    from organizer.vectors.index import VectorIndex
 
 # open_clip's zero-shot classifiers wrap class names in prompts like this; a free-text query
 # ("kids on a beach") reads naturally inside it too.
@@ -45,12 +49,12 @@ def combine(terms: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
 
 
 def rank(
-    index,
+    index: VectorIndex,
     query: np.ndarray,
     k: int,
     exclude: Iterable[int] = (),
     threshold: float | None = None,
-    allowed=None,
+    allowed: Callable[[list[int]], set[int]] | None = None,
 ) -> list[Hit]:
     """The ``k`` best hits for a query vector, best first.
 
@@ -84,7 +88,7 @@ def rank(
 
 
 def duplicate_pairs(
-    index, batches: Iterable[tuple[np.ndarray, np.ndarray]], threshold: float
+    index: VectorIndex, batches: Iterable[tuple[np.ndarray, np.ndarray]], threshold: float
 ) -> list[tuple[int, int, float]]:
     """Pairs of distinct images whose cosine similarity is at least ``threshold``.
 
