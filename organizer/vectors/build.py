@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from organizer.vectors.batches import Batch, as_f32, as_i64
-from organizer.vectors.kinds import IndexPlan, nlist_for
+from organizer.vectors.kinds import FaissIndex, IndexPlan, nlist_for
 from organizer.vectors.rerank import RerankStore, RerankWriter
 
 _CALIBRATION_QUERIES = 200
@@ -91,7 +91,7 @@ def calibration_rows(count: int) -> np.ndarray:
     return np.sort(rng.choice(count, min(count, _CALIBRATION_QUERIES), replace=False))
 
 
-def trained(chosen: IndexPlan, dim: int, sample: np.ndarray):
+def trained(chosen: IndexPlan, dim: int, sample: np.ndarray) -> FaissIndex:
     """An empty IVF faiss index of the planned kind, trained on ``sample``."""
     import faiss
 
@@ -119,14 +119,14 @@ def trained(chosen: IndexPlan, dim: int, sample: np.ndarray):
     return index
 
 
-def reserve(index, sample: np.ndarray, count: int) -> None:
+def reserve(index: FaissIndex, sample: np.ndarray, count: int) -> None:
     """Size each inverted list for the share of ``count`` vectors that the training sample
     says it will get (with a margin). Lists that grow by doubling end up with a third of their
     memory unused on average: at 1M the build then held 1.65x the index it wrote."""
     reserve_shares(index, list_shares(index, sample), count)
 
 
-def list_shares(index, sample: np.ndarray) -> np.ndarray:
+def list_shares(index: FaissIndex, sample: np.ndarray) -> np.ndarray:
     """The fraction of vectors each inverted list gets, as the training sample says."""
     import faiss
 
@@ -141,7 +141,7 @@ def list_shares(index, sample: np.ndarray) -> np.ndarray:
     return np.bincount(assigned.ravel(), minlength=ivf.nlist) / len(sample)
 
 
-def reserve_shares(index, shares: np.ndarray, count: int) -> None:
+def reserve_shares(index: FaissIndex, shares: np.ndarray, count: int) -> None:
     """Size each inverted list for its share of ``count`` vectors, plus three standard
     deviations of a Poisson count (a fixed margin over-reserved tiny lists: a billion
     images in 1,000 shards put about 16 vectors in each of 63k lists)."""
@@ -183,13 +183,13 @@ class Filled:
     """An IVF index with every vector of a stream added, its re-rank store (a re-ranked
     kind), and the exact top 11 of each calibration query (best first) to calibrate it on."""
 
-    index: object  # the faiss index
+    index: FaissIndex
     rerank: RerankStore | None
     truth: np.ndarray
 
 
 def fill(
-    empty,
+    empty: FaissIndex,
     batches: Callable[[], Iterable[Batch]],
     dim: int,
     queries: np.ndarray,

@@ -34,7 +34,7 @@ from organizer.vectors.build import (
     trained,
     training_rows,
 )
-from organizer.vectors.kinds import IndexPlan, plan
+from organizer.vectors.kinds import FaissIndex, IndexPlan, plan
 from organizer.vectors.rerank import RerankStore
 
 TARGET_RECALL = 0.97
@@ -67,7 +67,9 @@ class Hits:
 class VectorIndex:
     """Inner-product search over (image id, unit vector) pairs; see the module for kinds."""
 
-    def __init__(self, index, recall: float | None = None, rerank: RerankStore | None = None):
+    def __init__(
+        self, index: FaissIndex, recall: float | None = None, rerank: RerankStore | None = None
+    ) -> None:
         self.faiss = index
         self.recall = recall
         self.rerank = rerank
@@ -167,7 +169,7 @@ class VectorIndex:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _ivf(self):
+    def _ivf(self) -> FaissIndex:
         import faiss
 
         try:
@@ -176,7 +178,7 @@ class VectorIndex:
             return None
 
     @staticmethod
-    def kind_of(index) -> str:
+    def kind_of(index: FaissIndex) -> str:
         """The kind name of a faiss index built here."""
         import faiss
 
@@ -222,7 +224,7 @@ class VectorIndex:
     def dim(self) -> int:
         return self.faiss.d
 
-    def _on_disk_lists(self):
+    def _on_disk_lists(self) -> FaissIndex:
         import faiss
 
         ivf = self._ivf()
@@ -274,6 +276,7 @@ class VectorIndex:
         return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, candidates, strict=True)]
 
     def _exact(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Hits:
+        assert self.rerank is not None  # only re-ranked indexes search exactly
         scores = self.rerank.scores(query, candidates)
         order = np.argsort(-scores, kind="stable")[:k]
         keep = order[np.isfinite(scores[order])]
@@ -317,7 +320,7 @@ class VectorIndex:
         self.faiss.add_with_ids(as_f32(vectors), ids)
         return True
 
-    def remove(self, ids) -> None:
+    def remove(self, ids: Iterable[int]) -> None:
         import faiss
 
         ids = np.asarray(sorted(ids), dtype=np.int64)

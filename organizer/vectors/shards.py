@@ -28,7 +28,7 @@ from organizer.vectors.batches import Batch, as_f32, as_i64
 from organizer.vectors.build import reserve_shares, trained
 from organizer.vectors.files import quiet_stdout
 from organizer.vectors.index import VectorIndex
-from organizer.vectors.kinds import IndexPlan
+from organizer.vectors.kinds import FaissIndex, IndexPlan
 from organizer.vectors.rerank import RerankStore, RerankWriter
 
 
@@ -109,7 +109,7 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     rerank = None
     if parts[0].rerank is not None:
         try:
-            rerank = _merged_rerank([p.rerank for p in parts], workdir, merged.d)
+            rerank = _merged_rerank(_reranks(parts), workdir, merged.d)
         except BaseException:
             if on_disk:
                 with contextlib.suppress(OSError):
@@ -120,7 +120,9 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     return index
 
 
-def _merge_onto_disk(ivf, parts: Sequence[VectorIndex], workdir: Path, extra: int) -> None:
+def _merge_onto_disk(
+    ivf: FaissIndex, parts: Sequence[VectorIndex], workdir: Path, extra: int
+) -> None:
     """Give ``ivf`` (empty) every part's lists, in a new file in ``workdir`` (faiss's
     OnDiskInvertedLists), after checking the disk holds them and ``extra`` bytes a vector.
 
@@ -156,7 +158,7 @@ def _merge_onto_disk(ivf, parts: Sequence[VectorIndex], workdir: Path, extra: in
     ivf.ntotal = count
 
 
-def _emptied(index):
+def _emptied(index: FaissIndex) -> FaissIndex:
     """An empty copy of a trained index, its lists left out of the copy (faiss cannot copy
     memory-mapped lists, nor should gigabytes be copied only to be dropped)."""
     import faiss
@@ -215,6 +217,13 @@ def _interleaved(stores: Sequence[RerankStore], writer: RerankWriter, dim: int) 
         writer.add(ids[chunk], vectors)
 
 
+def _reranks(parts: Sequence[VectorIndex]) -> list[RerankStore]:
+    """The re-rank stores of shards of one template (all of them have one)."""
+    stores = [p.rerank for p in parts]
+    assert all(s is not None for s in stores)
+    return [s for s in stores if s is not None]
+
+
 class _ShardedRerank:
     """The re-rank stores of several shards, asked as one."""
 
@@ -242,11 +251,12 @@ class _Together(VectorIndex):
         shards = faiss.IndexShards(parts[0].dim, False, False)
         for part in parts:
             shards.add_shard(part.faiss)
-        rerank = _ShardedRerank([p.rerank for p in parts]) if parts[0].rerank else None
-        super().__init__(shards, parts[0].recall, rerank)
+        rerank = _ShardedRerank(_reranks(parts)) if parts[0].rerank else None
+        # A whole of shards is searched only: scores() is all it asks of its re-rank store.
+        super().__init__(shards, parts[0].recall, rerank)  # type: ignore[arg-type]
         self.parts = list(parts)  # keeps the shards (and their maps) alive with the whole
 
-    def _ivf(self):
+    def _ivf(self) -> FaissIndex:
         return self.parts[0]._ivf()
 
     def ids(self) -> np.ndarray:
@@ -259,13 +269,13 @@ class _Together(VectorIndex):
             for i in range(len(queries))
         ]
 
-    def add(self, ids, vectors) -> bool:
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
         raise ValueError("shards searched together are read-only: merge them to change them")
 
-    def remove(self, ids) -> None:
+    def remove(self, ids: Iterable[int]) -> None:
         raise ValueError("shards searched together are read-only: merge them to change them")
 
-    def calibrate(self, queries, query_ids, truth) -> float:
+    def calibrate(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
         raise ValueError("calibrate each shard (or the template) before searching them together")
 
 
