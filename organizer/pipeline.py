@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -127,7 +127,7 @@ def prepare_all(
     jobs: Iterable[Job],
     spec: PreprocessSpec | None,
     skip_decode: frozenset[str] | set[str] = frozenset(),
-) -> Iterator[Prepared]:
+) -> Generator[Prepared]:
     """Prepare files one after another in this process (the reference path)."""
     for job in jobs:
         yield prepare(job, spec, skip_decode)
@@ -380,7 +380,7 @@ def prepare_parallel(
     spec: PreprocessSpec | None,
     skip_decode: frozenset[str] | set[str] = frozenset(),
     workers: int = 1,
-) -> Iterator[Prepared]:
+) -> Generator[Prepared]:
     """Prepare files in ``workers`` decode processes; results in completion order.
 
     Where decode processes cannot run, files are prepared in this process instead.

@@ -136,11 +136,17 @@ class ModelShape:
 class Embedder(Protocol):
     """What ingest and search need from a model."""
 
-    spec: ModelSpec
-    dim: int
-    preprocess: PreprocessSpec
-    device: str
-    precision: str
+    # Read-only: an embedder may keep them as attributes or properties.
+    @property
+    def spec(self) -> ModelSpec: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def preprocess(self) -> PreprocessSpec: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
 
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 model-sized images -> (N, dim) float32 unit vectors."""

@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -143,24 +144,32 @@ def _weights_path(spec: ModelSpec, offline: bool, cache_dir: str | None) -> tupl
 class OpenClipEmbedder:
     """An open_clip model ready for inference. Build it with :func:`load`."""
 
-    def __init__(self, spec, model, tokenizer, preprocess, device, precision):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: Any,
+        tokenizer: Any,
+        preprocess: PreprocessSpec,
+        device: str,
+        precision: str,
+    ) -> None:
         self.spec = spec
         self.model = model
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.device = device
         self.precision = precision
-        self.dim = (
-            int(model.text_projection.shape[1]) if _has_tensor(model, "text_projection") else None
-        )
+        self.dim = 0  # from the text projection, or what an image comes out as (below)
         self._dtype = _INPUT_DTYPE[precision]
         # On the 0-255 scale of the uint8 pixels it takes (an exported image tower does the
         # same normalising in its graph).
         self.pixel_mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1) * 255
         self.pixel_std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1) * 255
-        if self.dim is None:
+        if _has_tensor(model, "text_projection"):
+            self.dim = int(model.text_projection.shape[1])
+        else:
             probe = np.zeros((1, *preprocess.size, 3), dtype=np.uint8)
-            self.dim = self.embed_pixels(probe).shape[1]
+            self.dim = int(self.embed_pixels(probe).shape[1])
 
     @torch.inference_mode()
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
@@ -195,7 +204,7 @@ class OpenClipEmbedder:
 _TEXT_BATCH = 64
 
 
-def pooled_length(model, tokens: torch.Tensor) -> torch.Tensor | None:
+def pooled_length(model: Any, tokens: torch.Tensor) -> torch.Tensor | None:
     """Per prompt, how many leading tokens decide its pooled feature; None when all do.
 
     The classic ``CLIP`` text tower is causal and pooled at the end token (``argmax``/``eos``),
@@ -215,7 +224,7 @@ def pooled_length(model, tokens: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text`` for token rows that may be shorter than the context length: the
     classic ``CLIP`` class adds its full position embedding and mask, so its steps are repeated
     here with both cut to the input's length (a test pins it to ``model.encode_text``)."""
@@ -236,7 +245,7 @@ def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
     return x if model.text_projection is None else x @ model.text_projection
 
 
-def _has_tensor(model, name: str) -> bool:
+def _has_tensor(model: Any, name: str) -> bool:
     return isinstance(getattr(model, name, None), torch.Tensor)
 
 

@@ -23,15 +23,16 @@ import math
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from organizer.choices import Device, Runtime
-from organizer.embed import ModelSpec, loader, sha256_file
+from organizer.embed import Embedder, ModelSpec, loader, sha256_file
 from organizer.embed.runtime import Capabilities, Plan, plan
 from organizer.errors import LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
@@ -172,6 +173,7 @@ def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> Capabiliti
                 f"Ray worker {node.get('NodeManagerAddress', node['NodeID'])} cannot read "
                 f"{problem}: every worker must see the photos at the same path"
             )
+        assert has is not None  # a node that can read the files says what it has
         shared = shared.shared_with(has)
     return shared
 
@@ -263,7 +265,7 @@ def prepare_on_ray(
     options: RayOptions,
     prepare_fn: Callable[..., Prepared] = prepare,
     seen_model: dict | None = None,
-) -> Iterator[Prepared]:
+) -> Generator[Prepared]:
     """Prepared files, each with its ``vector`` when it was embedded; completion order.
 
     Files whose decode task Ray gave up on are prepared here afterwards (no vector: the
@@ -286,7 +288,9 @@ def prepare_on_ray(
     skip_ref = ray.put(frozenset(skip_decode))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Ray's notices about its own deprecations
-        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / DECODE_BATCH))
+        ds: Any = ray.data.from_items(
+            items, override_num_blocks=math.ceil(len(items) / DECODE_BATCH)
+        )
         ds = ds.map_batches(
             _decode_batch,
             batch_size=DECODE_BATCH,
@@ -337,7 +341,8 @@ def prepare_on_ray(
                 max_retries=DECODE_RETRIES,
             )(_embed_pixels)
             try:
-                vectors = ray.get(task.remote(model, options, np.stack([p.pixels for p in todo])))
+                pixels = cast(list[np.ndarray], [p.pixels for p in todo])  # all decoded
+                vectors = ray.get(task.remote(model, options, np.stack(pixels)))
             except ray.exceptions.RayError as exc:
                 raise worker_error(exc) from None
             for p, vector in zip(todo, vectors, strict=True):
@@ -346,7 +351,10 @@ def prepare_on_ray(
 
 
 def _locally(
-    jobs: list[Job], spec: PreprocessSpec, skip: frozenset[str], prepare_fn
+    jobs: list[Job],
+    spec: PreprocessSpec | None,
+    skip: frozenset[str],
+    prepare_fn: Callable[..., Prepared],
 ) -> Iterator[Prepared]:
     """Files prepared in a decode process of this machine, one at a time, so that a file
     that crashes the decoder is recorded as failed without taking the others along."""
@@ -363,7 +371,12 @@ def _locally(
 _SKIP: dict[str, frozenset[str]] = {}  # per worker process: the known hashes, fetched once
 
 
-def _decode_batch(batch: dict, spec: PreprocessSpec, skip_ref, prepare_fn) -> dict:
+def _decode_batch(
+    batch: dict,
+    spec: PreprocessSpec,
+    skip_ref: Any,
+    prepare_fn: Callable[..., Prepared],
+) -> dict:
     import ray
 
     key = skip_ref.hex()
@@ -429,7 +442,7 @@ class _Embedder:
         return out
 
 
-def _load(model: ModelSpec, options: RayOptions):
+def _load(model: ModelSpec, options: RayOptions) -> Embedder:
     """The model on a worker, as the run's plan says (see :func:`settle_model`), from the
     very checkpoint the library records. Exported towers come from this machine's model
     cache, exported here the first time (under the cache's lock: one actor exports, the

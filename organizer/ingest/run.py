@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from sqlalchemy import Engine
 
 from organizer.background import Background
-from organizer.embed import Embedder, ModelShape
+from organizer.embed import Embedder, ModelShape, ModelSpec
 from organizer.errors import Interrupted, ModelError
 from organizer.imaging import PreprocessSpec
 from organizer.ingest import distributed
@@ -229,6 +230,7 @@ class Ingestor:
         if self.model_id is not None:
             with self.engine.connect() as conn:
                 recorded = q.library_model(conn)
+            assert recorded is not None  # model_id names it
             if recorded.dim != dim:
                 raise ModelError(
                     f"the model gives {dim}-d vectors but this library holds "
@@ -257,7 +259,11 @@ class Ingestor:
     def _process(self, the_plan: Plan) -> None:
         self._vanished = dict(self._vanished)  # kept as it was, should _process restart
         for k in the_plan.vanished.values():
-            if k.status == ImageStatus.OK and self.writer.has_vector_for(k.content_hash):
+            if (
+                k.status == ImageStatus.OK
+                and k.content_hash is not None
+                and self.writer.has_vector_for(k.content_hash)
+            ):
                 self._vanished_by_hash.setdefault(k.content_hash, k)
         jobs = (
             Job(i, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
@@ -320,12 +326,13 @@ class Ingestor:
             or len(self._ops) >= LOADING_BUFFER_OPS
         )
 
-    def _prepared(self, jobs: Iterator[Job]) -> Iterator[Prepared]:
+    def _prepared(self, jobs: Iterator[Job]) -> Generator[Prepared]:
         spec = self._preprocess
         skip = self.writer.known_hashes()
         if self.options.ray is not None:
-            known = self._embedder or self._shape
-            model = known.spec if known else self.model.spec
+            known = self._embedder or self._shape or self.model
+            assert known is not None  # the library's model, or the one loaded for it
+            model = known.spec
             return self._on_ray(jobs, spec, frozenset(skip), model)
         workers = self.options.workers
         if workers is None:
@@ -338,7 +345,9 @@ class Ingestor:
     def _join_ray(self, the_plan: Plan) -> None:
         """Join the cluster, check that every machine sees the files, settle one device and
         precision for the run: all before anything is written."""
-        distributed.connect(self.options.ray.address)
+        asked = self.options.ray
+        assert asked is not None  # only a Ray run joins a cluster
+        distributed.connect(asked.address)
         roots = sorted({w.target.root_path for w in the_plan.work})
         step = max(1, len(the_plan.work) // 20)
         samples = [
@@ -346,11 +355,19 @@ class Ingestor:
             for w in the_plan.work[::step][:20]
         ]
         cluster = distributed.check_nodes(roots, samples)
-        self._ray = distributed.settle_model(self.options.ray, cluster)
+        self._ray = distributed.settle_model(asked, cluster)
         self._ray_workers = distributed.plan_workers(self._ray)
 
-    def _on_ray(self, jobs, spec, skip, model) -> Iterator[Prepared]:
+    def _on_ray(
+        self,
+        jobs: Iterator[Job],
+        spec: PreprocessSpec | None,
+        skip: frozenset[str],
+        model: ModelSpec,
+    ) -> Generator[Prepared]:
         seen: dict = {}
+        assert self._ray is not None  # settled by _join_ray
+        assert spec is not None  # Ray's workers decode to the model's input
         ray_options = replace(self._ray, workers=self._ray_workers)
         for prepared in distributed.prepare_on_ray(
             list(jobs), spec, skip, model, ray_options, distributed.DECODE, seen
@@ -398,13 +415,15 @@ class Ingestor:
         if todo and self._embedder is None:
             self._load_model()  # the first file that needs embedding
         if batch:
-            made = iter(
-                self._embedder.embed_pixels(np.stack([p.pixels for p in todo])) if todo else ()
-            )
+            embedder = self._embedder
+            assert embedder is not None or not todo  # loaded above for what needs embedding
+            pixels = cast(list[np.ndarray], [p.pixels for p in todo])  # decoded, all of them
+            made = iter(embedder.embed_pixels(np.stack(pixels)) if embedder and todo else ())
             vectors = [p.vector if p.vector is not None else next(made) for _, p in batch]
             self.summary.embedded += len(batch)
             for (work, p), vector in zip(batch, vectors, strict=True):
                 ops.append(Embed(work, p, vector))
+                assert p.content_hash is not None  # hashed, as everything embedded
                 ops.extend(self._waiting.pop(p.content_hash, []))
         self.writer.write(ops, {"done": self._finished(), "total": self._total})
 

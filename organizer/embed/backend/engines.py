@@ -105,9 +105,10 @@ class Tower:
                 return found
         except Exception:  # absent, or damaged in one of many ways: export it again
             return None
-        cache = folder / OPENVINO_CACHE
-        if not os.access(cache if cache.exists() else folder, os.W_OK):
-            cache = None  # another user's, or read-only: compiled in memory each time
+        compiled = folder / OPENVINO_CACHE
+        # another user's, or read-only: compiled in memory each time
+        writable = os.access(compiled if compiled.exists() else folder, os.W_OK)
+        cache = compiled if writable else None
         try:
             return cls._in_openvino(path, record, folder, precision, cache)
         except EngineFailed:

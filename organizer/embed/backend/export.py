@@ -110,8 +110,10 @@ def export(embedder: Any, tower: str, folder: Path) -> Tower:
                 f"cannot export {embedder.spec.describe()}'s {tower} tower to ONNX: "
                 f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
             ) from None
-        probe = probe_pixels(embedder.preprocess) if tower == IMAGE else list(PROBE_TEXTS)
-        want = embedder.embed_pixels(probe) if tower == IMAGE else embedder.embed_texts(probe)
+        if tower == IMAGE:
+            want = embedder.embed_pixels(probe_pixels(embedder.preprocess))
+        else:
+            want = embedder.embed_texts(list(PROBE_TEXTS))
         fast = (
             None
             if tower != TEXT
@@ -237,7 +239,7 @@ def _wrapper(embedder: Any, tower: str) -> tuple[Any, Any, dict]:
         mean, std = embedder.pixel_mean, embedder.pixel_std
 
         class ImageTower(torch.nn.Module):
-            def forward(self, pixels):
+            def forward(self, pixels: torch.Tensor) -> torch.Tensor:
                 x = (pixels.permute(0, 3, 1, 2).float() - mean) / std
                 return torch.nn.functional.normalize(model.encode_image(x), dim=-1)
 
@@ -245,7 +247,7 @@ def _wrapper(embedder: Any, tower: str) -> tuple[Any, Any, dict]:
         return ImageTower().eval(), example, {0: batch}
 
     class TextTower(torch.nn.Module):
-        def forward(self, tokens):
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.normalize(encode_text(model, tokens), dim=-1)
 
     context = int(model.positional_embedding.shape[0])

@@ -58,7 +58,7 @@ class FastTokenizer:
         rows = np.zeros((len(texts), self._context), dtype=np.int64)
         for i, encoding in enumerate(self._tokenizer.encode_batch(cleaned)):
             ids = [self._sot, *encoding.ids[: self._context - 2], self._eot]
-            rows[i, : len(ids)] = ids
+            rows[i, : len(ids)] = np.asarray(ids, dtype=np.int64)
         return rows
 
 
@@ -101,7 +101,8 @@ def _try_fast_tokenizer(tokenizer: Any, path: Path, probe: list[str]) -> str | N
         fast.save(tmp)
         rebuilt = FastTokenizer(Path(tmp), tokenizer.context_length)
         covered = [text for text in probe if rebuilt([text]) is not None]  # the rest: open_clip
-        if not np.array_equal(rebuilt(covered), tokenizer(covered).numpy()):
+        rows = rebuilt(covered)
+        if rows is None or not np.array_equal(rows, tokenizer(covered).numpy()):
             return None
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         os.chmod(tmp, 0o644)
@@ -139,15 +140,20 @@ def clip_tokenizer(context_length: int | None) -> Any:
     """open_clip's CLIP BPE tokenizer, loaded from its module alone: ``import open_clip`` would
     also import torchvision and every model (about 2 s a text query does not need)."""
     if context_length not in _TOKENIZERS:
+        make: Any
         try:
-            found = importlib.util.find_spec("open_clip")
+            found: Any = importlib.util.find_spec("open_clip")
             path = Path(next(iter(found.submodule_search_locations))) / "tokenizer.py"
-            spec = importlib.util.spec_from_file_location("organizer_open_clip_tokenizer", path)
+            spec: Any = importlib.util.spec_from_file_location(
+                "organizer_open_clip_tokenizer", path
+            )
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             make = module.SimpleTokenizer
         except Exception:  # another layout of open_clip: the usual, slower import
-            from open_clip.tokenizer import SimpleTokenizer as make
+            from open_clip.tokenizer import SimpleTokenizer
+
+            make = SimpleTokenizer
         kwargs = {"context_length": context_length} if context_length else {}
         _TOKENIZERS[context_length] = make(**kwargs)
     return _TOKENIZERS[context_length]
