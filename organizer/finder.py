@@ -154,6 +154,7 @@ class Finder:
                 ):
                     return None
                 model = q.library_model(conn)
+                assert model is not None  # the image was embedded by it
                 vector = q.get_vector(conn, found.id, model.id)
                 return None if vector is None else (found.id, vector)
         return None
@@ -164,6 +165,7 @@ class Finder:
         prepared = prepare(Job(0, os.fsencode(path), -1, -1), embedder.preprocess)
         if prepared.error:
             raise QueryError(f"cannot read {path}: {prepared.error}")
+        assert prepared.pixels is not None  # decoded for the model, without an error
         return embedder.embed_pixels(prepared.pixels[None])[0]
 
     def image_vector(self, path: Path) -> tuple[int | None, np.ndarray]:

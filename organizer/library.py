@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -362,7 +362,7 @@ class Library:
         return Clustering(self.engine, self.embedder, self.home.cache_dir)
 
     def cluster(
-        self, k: KSpec = "auto", include_offline: bool = False, **options: object
+        self, k: KSpec = "auto", include_offline: bool = False, **options: Any
     ) -> ClusterRunSummary:
         """K-means over the library's vectors (not those under absent roots, unless
         ``include_offline``), stored as a new run (see Clustering.run); it says what absent
@@ -414,7 +414,7 @@ class Library:
         run_id: int | None = None,
         progress: Callable[[ReportProgress], None] | None = None,
         include_offline: bool = False,
-        **options: object,
+        **options: Any,
     ) -> ReportSummary:
         """Write the self-contained HTML report (see organizer.report.write_report); images
         under absent roots are left out unless ``include_offline``, and it says so."""

@@ -197,7 +197,7 @@ class RootChange:
     check: MoveCheck | None = None
 
     def to_dict(self) -> dict:
-        data = {
+        data: dict[str, object] = {
             "action": self.action,
             "path": self.path,
             "new_path": self.new_path,

@@ -8,10 +8,15 @@ import string
 import threading
 import webbrowser
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from organizer.errors import OrganizerError
 from organizer.redact import screen
+
+if TYPE_CHECKING:
+    from organizer.library import Library
+    from organizer.serve.service import Service
 
 MIN_TOKEN = 12
 # URL-safe: the token travels in the printed link and in a Bearer header as it is.
@@ -52,7 +57,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    lib,
+    lib: Library,
     host: str,
     port: int,
     token: str | None,
@@ -87,7 +92,7 @@ def serve(
     server.run(sockets=[sock])
 
 
-def _warm(service, announce: Callable[[str], None]) -> None:
+def _warm(service: Service, announce: Callable[[str], None]) -> None:
     """Load the index and the model before the first query needs them."""
     try:
         service.warm_up()

@@ -13,8 +13,10 @@ import mimetypes
 import os
 import sys
 import traceback
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -51,7 +53,7 @@ def create_app(
     env.globals["unshown"] = service.unshown
     gate = Gate()
 
-    def page(name: str, request: Request, **context) -> HTMLResponse:
+    def page(name: str, request: Request, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(
             library=service.lib.home.name, path=request.url.path, **context
         )
@@ -215,7 +217,7 @@ class Unexpected(Exception):
 _KNOWN = (NotFound, OrganizerError, HTTPException)
 
 
-def _safe(endpoint):
+def _safe(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
     """The endpoint, with any unexpected error turned into :class:`Unexpected`."""
 
     def report(exc: Exception) -> Unexpected:
@@ -228,7 +230,7 @@ def _safe(endpoint):
     if inspect.iscoroutinefunction(endpoint):
 
         @functools.wraps(endpoint)
-        async def guarded_async(request: Request):
+        async def guarded_async(request: Request) -> Response:
             try:
                 return await endpoint(request)
             except _KNOWN:
@@ -239,7 +241,7 @@ def _safe(endpoint):
         return guarded_async
 
     @functools.wraps(endpoint)
-    def guarded(request: Request):
+    def guarded(request: Request) -> Response:
         try:
             return endpoint(request)
         except _KNOWN:
@@ -265,12 +267,17 @@ def _id(request: Request, name: str = "image_id") -> int:
     return number
 
 
-def _int(value: str | None, default):
+_D = TypeVar("_D", int, None)
+
+
+def _int(value: str | None, default: _D) -> int | _D:
+    if value is None:
+        return default
     try:
-        number = int(value) if value is not None else default
+        number = int(value)
     except ValueError:
         raise QueryError(f"not a whole number: {value[:40]!r}") from None
-    if number is not None and abs(number) > MAX_ID:
+    if abs(number) > MAX_ID:
         raise QueryError("that number is out of range")
     return number
 
@@ -287,7 +294,9 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def _error(request: Request, status: int, message: str, headers=None) -> Response:
+def _error(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
     message = hide_passwords(message)  # a database error may quote the library's URL
     if _wants_json(request):
         return JSONResponse({"error": message}, status_code=status, headers=headers)

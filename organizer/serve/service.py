@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -169,7 +169,7 @@ class Service:
         record = self.image(image_id)
         return _locate(record.root, record.relpath)
 
-    def unshown(self, item) -> str | None:
+    def unshown(self, item: Any) -> str | None:
         """Why the file of a result, member or record (anything with ``root`` and
         ``relpath``) will not be served, or None: pages show a tile that says so rather than
         a broken picture."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from starlette.exceptions import HTTPException
@@ -47,7 +48,7 @@ class Gate:
         self._inside = 0  # one event loop: no lock needed
 
     @contextlib.asynccontextmanager
-    async def admitted(self):
+    async def admitted(self) -> AsyncIterator[None]:
         """Hold a place in the line for the whole request, or answer 503 now."""
         if self._inside >= self._limit:
             raise HTTPException(503, BUSY, headers={"Retry-After": "2"})
@@ -118,7 +119,7 @@ def _model_input(data: bytes, spec: PreprocessSpec) -> np.ndarray:
     return to_model_input(image, spec)
 
 
-def _malloc_trim():
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError, TypeError):  # not glibc
