@@ -14,10 +14,11 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -70,7 +71,15 @@ class Invocation:
 class _OneLineErrors(typer.core.TyperGroup):
     """Errors as one line on stderr; every usage error, however raised, exits 2 here."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         invocation = Invocation()
         try:
             code = super().main(
@@ -78,6 +87,7 @@ class _OneLineErrors(typer.core.TyperGroup):
                 prog_name=prog_name,
                 complete_var=complete_var,
                 standalone_mode=False,
+                windows_expand_args=windows_expand_args,
                 obj=invocation,
                 **extra,
             )
@@ -112,6 +122,8 @@ def _usage_error(message: str, command: str | None) -> int:
     return EXIT_USAGE
 
 
+T = TypeVar("T")  # what an option's parser makes of its text
+
 app = typer.Typer(
     cls=_OneLineErrors,
     help="Organise large photo folders with CLIP: ingest, search, cluster, report.\n\n"
@@ -124,7 +136,7 @@ app = typer.Typer(
 )
 
 
-def _group(**options) -> typer.Typer:
+def _group(**options: Any) -> typer.Typer:
     """A command group with -h as --help, as the top level has."""
     return typer.Typer(
         cls=typer.core.TyperGroup,
@@ -149,7 +161,7 @@ shards_app = _group(
 index_app.add_typer(shards_app, name="shards")
 
 
-def _parses(fn):
+def _parses(fn: Callable[[Any], T]) -> Callable[[Any], T]:
     """An option's parser, raising OptionsError as every usage check does.
 
     typer reports a parser's own ValueError with its validator's prefix ("Value error,"):
@@ -157,7 +169,7 @@ def _parses(fn):
     """
 
     @functools.wraps(fn)
-    def parse(value):
+    def parse(value: Any) -> T:
         try:
             return fn(value)
         except OptionsError as exc:
@@ -322,7 +334,7 @@ def _k(value: str) -> KSpec:
     return k
 
 
-def _handled(fn):
+def _handled(fn: Callable[..., None]) -> Callable[..., None]:
     """Run a command (or a group's callback, which takes ``ctx: typer.Context`` first).
 
     Options given to a group before the command reach it here, through ``ctx.obj``: a
@@ -332,7 +344,7 @@ def _handled(fn):
     """
 
     @functools.wraps(fn)
-    def wrapper(ctx: typer.Context, **kwargs):
+    def wrapper(ctx: typer.Context, **kwargs: Any) -> None:
         invocation = ctx.ensure_object(Invocation)
         invocation.hand_down(kwargs.get("library"), kwargs.get("as_json", False))
         invocation.command = ctx.command_path
@@ -372,12 +384,12 @@ def _handled(fn):
     return wrapper
 
 
-def command(fn):
+def command(fn: Callable[..., None]) -> Callable[..., None]:
     """Register a top-level command with organizer's error handling."""
     return app.command()(_handled(fn))
 
 
-def _open(library: str | None, create: bool = False, **settings: object) -> Library:
+def _open(library: str | None, create: bool = False, **settings: Any) -> Library:
     from organizer.library import Library
 
     return Library.open(resolve_settings(library=library, **settings), create=create)
@@ -574,7 +586,9 @@ WaitOpt = Annotated[
 ]
 
 
-def _group_options(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = False):
+def _group_options(
+    ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = False
+) -> None:
     """-L and --json given to a group, for the command after it (handed down by _handled)."""
 
 
@@ -595,10 +609,11 @@ def index_build(
         ),
     ] = IndexKind.AUTO,
     memory: Annotated[
-        str | None,
+        int | None,
         typer.Option(
             "--memory",
             parser=_memory,
+            metavar="SIZE",
             help="Memory the index may hold, e.g. 4G (default: a quarter of RAM, at most 4G; "
             "the memory-mapped re-rank vectors aside). Kept for later rebuilds.",
         ),
@@ -639,8 +654,10 @@ def shards_train(
         IndexKind, typer.Option("--kind", help="As for `organizer index build`.")
     ] = IndexKind.AUTO,
     memory: Annotated[
-        str | None,
-        typer.Option("--memory", parser=_memory, help="As for `organizer index build`."),
+        int | None,
+        typer.Option(
+            "--memory", parser=_memory, metavar="SIZE", help="As for `organizer index build`."
+        ),
     ] = None,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -892,7 +909,7 @@ def cluster(
         out.StatusLine("cluster", not (quiet or as_json)) as progress,
     ):
         summary = lib.cluster(
-            k,
+            cast(KSpec, k),  # what _k made of the text
             algorithm=algorithm,
             seed=seed,
             k_min=k_min,

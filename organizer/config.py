@@ -92,7 +92,7 @@ def _library(name: str, value: Path | str) -> Path | str:
 def _choice(name: str, value: object) -> StrEnum:
     kind = _ENUMS[name]
     try:
-        return kind(value)
+        return kind(str(value))
     except ValueError:
         raise OptionsError(
             f"unknown {name} {value!r} ({spellings(name)}): choose one of {', '.join(kind)}"

@@ -9,11 +9,40 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 from organizer.redact import hide_passwords
 from organizer.scan import shown_path
+
+if TYPE_CHECKING:
+    from organizer.cluster_runs import AssignResult, ExportSummary, RunEvaluation
+    from organizer.finder import DuplicateGroup, Results
+    from organizer.ingest import IngestSummary, Progress
+    from organizer.report import ReportSummary
+    from organizer.roots import RootChange, RootStatus
+    from organizer.status import LibraryStatus, SkippedFiles
+    from organizer.store.records import (
+        ClusterRunRecord,
+        ClusterRunSummary,
+        Failure,
+        IngestRunRecord,
+        OfflineImages,
+    )
+    from organizer.vectors import IndexBuild
+    from organizer.vectors.sharded import ShardPlan
+
+
+class StageProgress(Protocol):
+    """A long step's progress: its stage, and how far it is (cluster, report, index)."""
+
+    @property
+    def stage(self) -> str: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def total(self) -> int: ...
 
 
 def err(message: str) -> None:
@@ -22,7 +51,14 @@ def err(message: str) -> None:
     print(hide_passwords(message), file=sys.stderr)
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     err(f"warning: {message}")
 
 
@@ -57,11 +93,11 @@ def show(
 class StopRequest:
     """First Ctrl-C: finish the current batch, commit, stop. Second Ctrl-C: stop at once."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self._old: Any = None
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: object) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -70,11 +106,11 @@ class StopRequest:
     def __call__(self) -> bool:
         return self.requested
 
-    def __enter__(self):
+    def __enter__(self) -> StopRequest:
         self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._old)
 
 
@@ -83,11 +119,11 @@ class IngestProgressBar:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-        self._task = None
+        self._bar: Any = None
+        self._task: Any = None
         self._started = time.perf_counter()
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[Progress], None] | None:
         if not self.enabled:
             return None
         from rich.console import Console
@@ -112,14 +148,14 @@ class IngestProgressBar:
         self._task = self._bar.add_task("ingest", total=None, rate="")
         return self._update
 
-    def _update(self, p) -> None:
+    def _update(self, p: Progress) -> None:
         elapsed = time.perf_counter() - self._started
         rate = f"{p.embedded / elapsed:.1f} img/s" if elapsed > 0 and p.embedded else ""
         if p.read > p.done and not p.embedded:
             rate = f"{p.read} read while the model loads"
         self._bar.update(self._task, completed=p.done, total=p.total, rate=rate)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
 
@@ -127,7 +163,7 @@ class IngestProgressBar:
 _RUNTIME_NAMES = {"onnxruntime": " with ONNX Runtime", "openvino": " with OpenVINO"}
 
 
-def print_ingest(s) -> None:
+def print_ingest(s: IngestSummary) -> None:
     print(
         f"ingested in {s.elapsed_s:.1f} s: {s.new:,} new, {s.changed:,} changed, "
         f"{s.moved:,} moved, {s.unchanged:,} unchanged, {s.missing:,} missing, "
@@ -141,7 +177,7 @@ def print_ingest(s) -> None:
     elif s.embedded:
         print(
             f"embedded {plural(s.embedded, 'image')} ({s.precision} on {s.device}"
-            f"{_RUNTIME_NAMES.get(s.runtime, '')}, "
+            f"{_RUNTIME_NAMES.get(s.runtime or '', '')}, "
             + (
                 f"{s.images_per_s:.1f} images/s; the model loaded in {s.model_load_s:.1f} s "
                 "while files were read)"
@@ -168,14 +204,18 @@ def print_ingest(s) -> None:
         print(f"{plural(s.failed, 'file')} could not be read: see `organizer status --failed`")
 
 
-def left_out_dict(failures, left_out, absolute: bool) -> dict:
+def left_out_dict(
+    failures: list[Failure] | None, left_out: SkippedFiles | None, absolute: bool
+) -> dict:
     """``status --failed`` and/or ``--skipped`` as one JSON document with the keys of both
     (``failed``; ``by_type``, ``files``, ``export_folders``)."""
     data = {} if failures is None else {"failed": [f.to_dict(absolute) for f in failures]}
     return {**data, **(left_out.to_dict(absolute) if left_out is not None else {})}
 
 
-def print_left_out(failures, left_out, absolute: bool) -> None:
+def print_left_out(
+    failures: list[Failure] | None, left_out: SkippedFiles | None, absolute: bool
+) -> None:
     """``status --failed`` and/or ``--skipped``: each list, one after the other."""
     if failures is not None:
         print_failures(failures, absolute)
@@ -185,7 +225,7 @@ def print_left_out(failures, left_out, absolute: bool) -> None:
         print_skipped(left_out, absolute)
 
 
-def print_skipped(left_out, absolute: bool) -> None:
+def print_skipped(left_out: SkippedFiles, absolute: bool) -> None:
     if not left_out.files and not left_out.export_folders:
         print("ingest leaves nothing out")
     for kind, n in left_out.by_type().items():
@@ -197,7 +237,7 @@ def print_skipped(left_out, absolute: bool) -> None:
         print(f"export folder (skipped): {folder}")
 
 
-def print_failures(failures, absolute: bool) -> None:
+def print_failures(failures: list[Failure], absolute: bool) -> None:
     if not failures:
         print("no failed files")
         return
@@ -210,7 +250,7 @@ def print_failures(failures, absolute: bool) -> None:
         print(f"{indent}{shown_path(f.root, f.relpath, absolute)}: {f.reason}")
 
 
-def print_status(st) -> None:
+def print_status(st: LibraryStatus) -> None:
     model = st.model
     rows = [("library", st.library)]
     if model:
@@ -237,7 +277,7 @@ def print_status(st) -> None:
         print(f"{key:<7} {value}")
 
 
-def print_index_build(built) -> None:
+def print_index_build(built: IndexBuild) -> None:
     """One line: what was built, how good, how big, how long (and why not as asked)."""
     from organizer.vectors.kinds import format_bytes
 
@@ -256,7 +296,7 @@ def print_index_build(built) -> None:
         print(f"note: {built.note}")
 
 
-def _last_ingest(run) -> str:
+def _last_ingest(run: IngestRunRecord) -> str:
     """How the latest ingest went, in words."""
     data, summary = run.to_dict(), run.summary
     if run.status == "running":
@@ -276,7 +316,7 @@ def _last_ingest(run) -> str:
     return f"{data['finished_at']} ({run.status}, {how}){why}"
 
 
-def print_offline(offline) -> None:
+def print_offline(offline: OfflineImages | None) -> None:
     """One line on stderr when absent roots kept images out of a command's answer."""
     if not offline or not offline.images:
         return
@@ -287,7 +327,7 @@ def print_offline(offline) -> None:
     )
 
 
-def print_results(res, absolute: bool) -> None:
+def print_results(res: Results, absolute: bool) -> None:
     if not res.results:
         print("no results")
     absolute = absolute or _same_name_under_two_roots((r.root, r.relpath) for r in res.results)
@@ -295,7 +335,7 @@ def print_results(res, absolute: bool) -> None:
         print(f"{r.rank:>3}  {r.score:.4f}  {shown_path(r.root, r.relpath, absolute)}")
 
 
-def _same_name_under_two_roots(paths) -> bool:
+def _same_name_under_two_roots(paths: Iterable[tuple[str, bytes]]) -> bool:
     """Whether two of these (root, relative path) differ only in their root: shown relative
     to their roots they would read as one file twice, so a listing shows whole paths."""
     roots_of: dict[bytes, set[str]] = {}
@@ -304,7 +344,7 @@ def _same_name_under_two_roots(paths) -> bool:
     return any(len(roots) > 1 for roots in roots_of.values())
 
 
-def print_duplicates(groups, absolute: bool) -> None:
+def print_duplicates(groups: Sequence[DuplicateGroup], absolute: bool) -> None:
     if not groups:
         print("no duplicates")
     members = (m for g in groups for m in g.members)
@@ -318,7 +358,7 @@ def print_duplicates(groups, absolute: bool) -> None:
             print(f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {path}")
 
 
-def print_run(summary, absolute: bool = False, top: int = 0) -> None:
+def print_run(summary: ClusterRunSummary, absolute: bool = False, top: int = 0) -> None:
     run = summary.run
     sil = f"{run.silhouette:.3f}" if run.silhouette is not None else "n/a"
     print(
@@ -340,12 +380,12 @@ def print_run(summary, absolute: bool = False, top: int = 0) -> None:
             print(f"         {shown_path(m.root, m.relpath, absolute)}")
 
 
-def print_assigned(result) -> None:
+def print_assigned(result: AssignResult) -> None:
     print(f"assigned {result.assigned} new images to run {result.summary.run.id}")
     print_run(result.summary)
 
 
-def print_export(result, mode: str) -> None:
+def print_export(result: ExportSummary, mode: str) -> None:
     if result.replaced:
         print(f"replaced the previous export there ({plural(result.replaced, 'entry', 'entries')})")
     done = result.linked or result.copied
@@ -355,7 +395,7 @@ def print_export(result, mode: str) -> None:
     )
 
 
-def print_shards_trained(made, folder, took_s: float) -> None:
+def print_shards_trained(made: ShardPlan, folder: Path, took_s: float) -> None:
     print(
         f"trained the {made.kind} index for {sum(made.counts):,} vectors in "
         f"{took_s:.1f} s and planned {made.parts} shards in {folder}"
@@ -371,7 +411,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
-def print_roots(roots) -> None:
+def print_roots(roots: Sequence[RootStatus]) -> None:
     if not roots:
         print("no roots yet: organizer ingest FOLDER")
     for r in roots:
@@ -389,7 +429,7 @@ def print_roots(roots) -> None:
         )
 
 
-def print_root_change(change) -> None:
+def print_root_change(change: RootChange) -> None:
     would = "would " if change.dry_run else ""
     if change.action == "remove":
         print(
@@ -398,13 +438,14 @@ def print_root_change(change) -> None:
         )
     else:
         checked = change.check
+        assert checked is not None  # a move checks its sample of files
         print(
             f"{would}move {change.path} -> {change.new_path} ({plural(change.images, 'image')}"
             f" kept; {checked.same_size} of {checked.checked} sampled files found)"
         )
 
 
-def print_runs(runs) -> None:
+def print_runs(runs: Sequence[ClusterRunRecord]) -> None:
     if not runs:
         print("no cluster runs yet: organizer cluster -k auto")
     for r in runs:
@@ -412,7 +453,7 @@ def print_runs(runs) -> None:
         print(f"run {r.id}: {created}  k={r.k}  {r.algorithm}  {r.n_images} images")
 
 
-def print_evaluation(result) -> None:
+def print_evaluation(result: RunEvaluation) -> None:
     run, ev = result.run, result.evaluation
     sil = f"{run.silhouette:.3f}" if run.silhouette is not None else "n/a"
     print(
@@ -429,7 +470,7 @@ def print_evaluation(result) -> None:
         )
 
 
-def print_report(s) -> None:
+def print_report(s: ReportSummary) -> None:
     run_text = (
         f"cluster run {s.run_id} (k={s.k})"
         if s.run_id
@@ -458,9 +499,9 @@ class StatusLine:
         self.label = label
         self.first = first
         self.enabled = enabled and sys.stderr.isatty()
-        self._status = None
+        self._status: Any = None
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[StageProgress], None] | None:
         if not self.enabled:
             return None
         from rich.console import Console
@@ -469,10 +510,10 @@ class StatusLine:
         self._status.start()
         return self._update
 
-    def _update(self, p) -> None:
+    def _update(self, p: StageProgress) -> None:
         count = f" {p.done:,}/{p.total:,}" if p.total > 1 else ""
         self._status.update(f"{self.label}: {p.stage}{count}")
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._status is not None:
             self._status.stop()
