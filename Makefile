@@ -48,6 +48,7 @@ bench: $(VENV)/.installed-dev,demo
 lint: $(VENV)/.installed-dev,demo
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python scripts/check_links.py
 
 clean:

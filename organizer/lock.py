@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Self
 
 from sqlalchemy import Connection, Engine, text
 
@@ -57,7 +58,7 @@ class _Lock:
             return False
         return True
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if not self.held:
             self.acquire()
         return self

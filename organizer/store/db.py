@@ -84,7 +84,7 @@ def create_engine_for(url_or_path: str | os.PathLike[str] | URL) -> Engine:
     if isinstance(url_or_path, URL):
         return new_engine(url_or_path)
     if is_url(url_or_path):
-        return new_engine(library_url(url_or_path))
+        return new_engine(library_url(str(url_or_path)))
     return new_engine(f"sqlite:///{url_or_path}")
 
 
@@ -151,7 +151,9 @@ def head_revision() -> str:
     """The newest revision this program knows."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(str(migrations_dir())).get_current_head()
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert head is not None  # migrations/ has one head
+    return head
 
 
 _REVISION = re.compile(r"^(down_)?revision\s*=\s*['\"]?([\w]+)['\"]?", re.MULTILINE)

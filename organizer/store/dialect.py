@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
@@ -23,7 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql import Select
 
 from organizer.errors import SchemaError
-from organizer.store.models import Embedding, Image
+from organizer.store.models import Embedding, Image, table_of
 from organizer.store.records import ImageStatus
 
 BUSY_TIMEOUT_MS = 30_000
@@ -32,8 +33,8 @@ PAGE_SIZE = 16384
 # Two processes migrating a new catalogue at once: the second waits for the first.
 MIGRATION_LOCK_KEY = 0x6F7267616E697A6D
 
-images = Image.__table__
-embeddings = Embedding.__table__
+images = table_of(Image)
+embeddings = table_of(Embedding)
 
 
 def _on_server(bind: Connection | Engine) -> bool:
@@ -71,7 +72,7 @@ def new_engine(url: URL | str) -> Engine:
     return engine
 
 
-def _on_connect(dbapi_connection, _record) -> None:
+def _on_connect(dbapi_connection: Any, _record: object) -> None:
     # Hand transaction control to SQLAlchemy's "begin" event below: pysqlite's own implicit
     # BEGIN skips DDL, which would leave an interrupted migration half-applied.
     dbapi_connection.isolation_level = None
@@ -90,7 +91,7 @@ def _on_connect(dbapi_connection, _record) -> None:
         raise SchemaError(f"could not switch the database to WAL mode (got {mode!r})")
 
 
-def _on_begin(connection) -> None:
+def _on_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")
 
@@ -129,7 +130,7 @@ def server_started_at(conn: Connection) -> datetime | None:
 # -- statements ----------------------------------------------------------------------------
 
 
-def _upsert_vector(upsert):
+def _upsert_vector(upsert: Any) -> Any:
     """Insert a vector, or replace the one the image has for that model (built once: see
     :func:`organizer.store.queries.insert_image`)."""
     stmt = upsert(embeddings)
@@ -145,7 +146,7 @@ _UPSERT_VECTOR = {
 }
 
 
-def upsert_vector(conn: Connection):
+def upsert_vector(conn: Connection) -> Any:
     """The statement that inserts a vector or replaces the image's one for that model."""
     return _UPSERT_VECTOR.get(conn.dialect.name, _UPSERT_VECTOR["sqlite"])
 
@@ -273,7 +274,9 @@ def copy_rows(
 ) -> None:
     """Send rows to a PostgreSQL table by binary COPY inside the caller's transaction (its
     triggers and constraints apply as for INSERT): 4x the rows/s of batched INSERTs."""
-    cursor = conn.connection.driver_connection.cursor()
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a live connection
+    cursor = driver.cursor()
     with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
         for row in rows:

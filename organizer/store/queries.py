@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, CursorResult, delete, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, Select, delete, func, insert, select, update
 
 from organizer.embed import ModelSpec
 from organizer.store import dialect
@@ -50,6 +50,7 @@ def new_id(result: CursorResult) -> int:
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
+
 
 # SQLite allows 999 bound parameters per statement in older builds: id lists go in chunks.
 CHUNK = 500
@@ -307,7 +308,7 @@ _IMAGE_RECORD_COLUMNS = (
 
 def _image_record(row: Any) -> ImageRecord:
     *head, status, content_hash = row
-    return ImageRecord(*head, ImageStatus(status), content_hash)
+    return ImageRecord(*head, ImageStatus(status), content_hash)  # type: ignore[call-arg]
 
 
 def describe_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
@@ -378,7 +379,7 @@ def _ok_vectors_query(
     roots: Sequence[int] | None = None,
     vectors: bool = True,
     id_range: tuple[int, int] | None = None,
-):
+) -> Select[Any]:
     columns = [embeddings.c.image_id, embeddings.c.vector][: 2 if vectors else 1]
     stmt = dialect.ok_vectors_select(conn, columns, model_id, roots)
     if id_range is not None:  # lo <= id < hi: one shard's share
