@@ -669,7 +669,7 @@ def shards_train(
     """
     started = time.perf_counter()
     with _open(library) as lib, out.StatusLine("shards train", not (quiet or as_json)):
-        made = lib.train_shards(folder, parts, kind.value, memory)
+        made = lib.shards.train(folder, parts, kind.value, memory)
     took = time.perf_counter() - started
     out.show(
         made,
@@ -697,7 +697,7 @@ def shards_fill(
     """Fill one shard from the catalogue: its share of the vectors, in the shared folder."""
     started = time.perf_counter()
     with _open(library) as lib, out.StatusLine("shards fill", not (quiet or as_json)):
-        filled = lib.fill_shard(folder, part)
+        filled = lib.shards.fill(folder, part)
     took = time.perf_counter() - started
     out.show(
         filled,
@@ -724,7 +724,7 @@ def shards_merge(
     The shards stay in the folder; remove it once the merge is done.
     """
     with _open(library) as lib, out.StatusLine("shards merge", not (quiet or as_json)):
-        built = lib.merge_shards(folder, wait=wait)
+        built = lib.shards.merge(folder, wait=wait)
     out.show(built, as_json, out.print_index_build)
 
 

@@ -26,16 +26,16 @@ from organizer import status as state
 from organizer.choices import KSpec
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import Settings
-from organizer.embed import Embedder, ModelShape, ModelSpec, loader
+from organizer.embed import Embedder, ModelSpec
 from organizer.export import check_target
 from organizer.finder import Duplicates, Finder, Results
-from organizer.ingest import IngestOptions, IngestSummary, Progress, distributed
-from organizer.ingest.session import filled_options, ingest_run
-from organizer.location import Home, Lock, open_home
-from organizer.model_source import EmbedderLoader, ModelSource
+from organizer.ingest import IngestOptions, IngestSummary, Progress
+from organizer.ingest.session import check_ingest, filled_options, ingest_run
+from organizer.location import Home, Lock, index_cache, open_home
+from organizer.model_source import EmbedderLoader, ModelSource, load_open_clip
 from organizer.report import ReportProgress, ReportSummary, write_report
 from organizer.report.runmap import MAP_POINTS, RunMap, run_map
-from organizer.roots import RootChange, Roots, RootStatus, ingest_folders
+from organizer.roots import RootChange, Roots, RootStatus
 from organizer.status import LibraryStatus, SkippedFiles
 from organizer.store.records import (
     ClusterRunRecord,
@@ -45,20 +45,12 @@ from organizer.store.records import (
     IndexSettingsRecord,
     LibraryModel,
 )
-from organizer.vectors import IndexBuild, IndexCache, IndexDelta, VectorIndex, sharded
+from organizer.vectors import IndexBuild, IndexDelta, VectorIndex, sharded
 from organizer.vectors.live import LiveIndex
 
 Found = TypeVar("Found", Results, Duplicates)
 
 __all__ = ["EmbedderLoader", "Library", "LibraryStatus", "SkippedFiles", "load_open_clip"]
-
-
-def load_open_clip(spec: ModelSpec, settings: Settings) -> Embedder:
-    """The default embedder loader: open_clip in torch or ONNX Runtime (torch imported only
-    if it runs)."""
-    return loader.load(
-        spec, settings.device, settings.precision, settings.runtime, settings.offline
-    )
 
 
 class Library:
@@ -77,7 +69,8 @@ class Library:
             self.engine, settings, embedder_loader, embedder_loader is load_open_clip
         )
         self._writing = False  # this process holds the writer lock
-        self._index = LiveIndex(lambda: self.index_cache)
+        self._files = lambda: index_cache(home, lambda: self._writing)  # the index's files
+        self._index = LiveIndex(self._files)
         self._roots = Roots(
             self.engine, lambda purpose: self._writer(purpose, False), self.refresh_index
         )
@@ -136,11 +129,6 @@ class Library:
         """The library's model (or the requested one for a new library), loaded once."""
         return self._model.embedder()
 
-    def model_shape(self) -> ModelShape:
-        """The model's spec, vector size and input without loading its weights (when the
-        model is open_clip's; another loader's embedder is loaded)."""
-        return self._model.shape()
-
     # -- ingest ----------------------------------------------------------------------------
 
     def ingest(
@@ -168,19 +156,7 @@ class Library:
             targets = functools.partial(self._roots.targets, list(paths))
             return ingest_run(self._model, self._index, targets, options, progress, cancel)
 
-    @staticmethod
-    def check_ingest(paths: Sequence[str | Path], options: IngestOptions | None = None) -> None:
-        """Refuse an ingest that cannot start, without a library: a path that is not a
-        folder; on Ray, Ray missing or its cluster not answering. :meth:`ingest` checks this
-        first itself; call it before :meth:`open` with ``create`` so that a refused ingest
-        makes no library either.
-
-        Raises:
-            LibraryError: what is wrong, in one line.
-        """
-        ingest_folders(list(paths))
-        if options is not None and options.ray is not None:
-            distributed.preflight(options.ray.address)
+    check_ingest = staticmethod(check_ingest)  # see organizer.ingest.session.check_ingest
 
     @contextlib.contextmanager
     def _writer(self, purpose: str, wait: bool) -> Iterator[None]:
@@ -212,24 +188,11 @@ class Library:
         ids, vectors and clusters are kept (see :meth:`Roots.move`, and what it raises)."""
         return self._roots.move(old, new, dry_run)
 
-    def hidden_roots(self, include_offline: bool = False) -> frozenset[str]:
-        """Paths of the roots whose images searches leave out."""
-        return self._roots.hidden(include_offline)
-
     # -- the vector index ------------------------------------------------------------------
 
     @property
     def index_path(self) -> Path:
         return self.home.index_path
-
-    @property
-    def index_cache(self) -> IndexCache:
-        return IndexCache(
-            self.engine,
-            self.home.index_path,
-            self.home.file_record(),
-            lambda: self.home.may_write_index(self._writing),
-        )
 
     def vectors(self, save: bool = True) -> VectorIndex:
         """The vector index: kept in memory while the database's vectors do not change, read
@@ -262,27 +225,11 @@ class Library:
         with self._writer("index build", wait=wait):
             return self._index.build(settings)
 
-    # -- an index built by several machines (organizer.vectors.sharded) --------------------
-
-    def train_shards(
-        self, folder: Path, parts: int, kind: str = "auto", memory: int | None = None
-    ) -> sharded.ShardPlan:
-        """Plan ``parts`` shards of the vectors and train their template in ``folder``."""
-        settings = IndexSettingsRecord(None if kind == "auto" else kind, memory)
-        return sharded.train(self.engine, folder, parts, settings)
-
-    def fill_shard(self, folder: Path, part: int) -> sharded.ShardRecord:
-        """Fill shard ``part`` (from 1) of the plan in ``folder``: reads only, no lock."""
-        return sharded.fill(self.engine, folder, part)
-
-    def merge_shards(self, folder: Path, wait: bool = False) -> IndexBuild:
-        """Merge the filled shards in ``folder`` into the library's index (lists on disk).
-
-        Raises:
-            LibraryBusyError: an ingest is running (unless ``wait``).
-        """
-        with self._writer("index merge", wait=wait):
-            return self._index.merge(folder)
+    @property
+    def shards(self) -> sharded.Shards:
+        """The index built by several machines: train, fill a part, merge (see
+        organizer.vectors.sharded)."""
+        return sharded.Shards(self.engine, self._writer, self._index.merge)
 
     def refresh_index(self, delta: IndexDelta | None = None) -> str | None:
         """Bring the index file in step with the database (after writes, or when damaged);
@@ -295,7 +242,7 @@ class Library:
 
     def finder(self, include_offline: bool = False) -> Finder:
         """Search over the library; images under absent roots are left out unless asked."""
-        return Finder(self.engine, self.vectors, self.embedder, self.hidden_roots(include_offline))
+        return Finder(self.engine, self.vectors, self.embedder, self._roots.hidden(include_offline))
 
     def _search(self, include_offline: bool, ask: Callable[[Finder], Found]) -> Found:
         shown = self._roots.shown(include_offline)
@@ -434,7 +381,7 @@ class Library:
     def status(self, verify: bool = False) -> LibraryStatus:
         """Roots, model, counts by status, index health, last ingest; with ``verify`` the
         index files are checked in full (see organizer.status.library_status)."""
-        return state.library_status(self.engine, self.home, self.index_cache, verify)
+        return state.library_status(self.engine, self.home, self._files(), verify)
 
     def ingest_running(self) -> bool:
         """Whether an ingest is writing now, as far as a reader can tell without touching the

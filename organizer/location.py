@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import platformdirs
@@ -34,7 +34,7 @@ from organizer.store.db import (
     migrate,
     redact,
 )
-from organizer.vectors import DatabaseFileRecord, FileRecord, SidecarFileRecord
+from organizer.vectors import DatabaseFileRecord, FileRecord, IndexCache, SidecarFileRecord
 
 DB_FILE = "library.db"
 INDEX_FILE = "vectors.faiss"
@@ -177,6 +177,17 @@ class ServerHome:
 
 
 Home = FolderHome | ServerHome
+
+
+def index_cache(home: Home, writing: Callable[[], bool]) -> IndexCache:
+    """The index files of the library at ``home``: rewritten by this process while
+    ``writing()`` (it holds the writer lock), else only as ``home`` allows a reader."""
+    return IndexCache(
+        home.engine,
+        home.index_path,
+        home.file_record(),
+        lambda: home.may_write_index(writing()),
+    )
 
 
 def open_home(library: Path | str, create: bool) -> Home:

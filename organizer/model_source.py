@@ -15,12 +15,20 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from organizer.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
-from organizer.embed import Embedder, ModelShape, ModelSpec, request_spec, sha256_file
+from organizer.embed import Embedder, ModelShape, ModelSpec, loader, request_spec, sha256_file
 from organizer.errors import ModelError, ModelMismatchError
 from organizer.store import queries as q
 from organizer.store.records import LibraryModel
 
 EmbedderLoader = Callable[[ModelSpec, Settings], Embedder]
+
+
+def load_open_clip(spec: ModelSpec, settings: Settings) -> Embedder:
+    """The default embedder loader: open_clip in torch or ONNX Runtime (torch imported only
+    if it runs)."""
+    return loader.load(
+        spec, settings.device, settings.precision, settings.runtime, settings.offline
+    )
 
 
 class ModelSource:

@@ -414,21 +414,21 @@ def test_library_index_built_in_shards(fake_lib, tmp_path, photos):
     fake_lib.ingest([photos])
     shared = tmp_path / "shared"
     with pytest.raises(IndexPlanError, match="needs no shards"):
-        fake_lib.train_shards(shared, 2)  # 6 images: one exact index
+        fake_lib.shards.train(shared, 2)  # 6 images: one exact index
     with pytest.raises(LibraryError, match="no shard plan"):
-        fake_lib.fill_shard(shared, 1)
+        fake_lib.shards.fill(shared, 1)
     vectors = _clustered(N, dim=16)
     _add_vectors(fake_lib, tmp_path / "archive", vectors)
-    made = fake_lib.train_shards(shared, 3, "ivf-pq")
+    made = fake_lib.shards.train(shared, 3, "ivf-pq")
     assert made.parts == 3 and sum(made.counts) == N + 6 and made.kind == "ivf-pq"
     with pytest.raises(OptionsError, match="1 to 3"):
-        fake_lib.fill_shard(shared, 4)
+        fake_lib.shards.fill(shared, 4)
     for part in (3, 1):  # any order, any machine
-        assert fake_lib.fill_shard(shared, part).count == made.counts[part - 1]
+        assert fake_lib.shards.fill(shared, part).count == made.counts[part - 1]
     with pytest.raises(LibraryError, match="shard 2 of 3 is not filled yet"):
-        fake_lib.merge_shards(shared)
-    fake_lib.fill_shard(shared, 2)
-    built = fake_lib.merge_shards(shared)
+        fake_lib.shards.merge(shared)
+    fake_lib.shards.fill(shared, 2)
+    built = fake_lib.shards.merge(shared)
     assert built.kind == "ivf-pq" and built.count == N + 6 and built.recall_at_10 >= 0.9
     assert "lists on disk" in built.description and lists_path(fake_lib.index_path).exists()
     st = fake_lib.status(verify=True).index
@@ -445,9 +445,9 @@ def test_library_index_built_in_shards(fake_lib, tmp_path, photos):
     make_folder(photos, 2, start_seed=70)
     fake_lib.ingest([photos])
     with pytest.raises(LibraryError, match="changed since the shards were trained"):
-        fake_lib.fill_shard(shared, 1)
+        fake_lib.shards.fill(shared, 1)
     with pytest.raises(LibraryError, match="changed since the shards were trained"):
-        fake_lib.merge_shards(shared)
+        fake_lib.shards.merge(shared)
     st = fake_lib.status().index
     assert st.in_sync and st.count == N + 8 and not lists_path(fake_lib.index_path).exists()
 

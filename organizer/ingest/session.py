@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,15 +23,31 @@ from organizer.errors import (
     LibraryError,
     OrganizerError,
 )
+from organizer.ingest import distributed
 from organizer.ingest.plan import Target
 from organizer.ingest.run import IngestOptions, Ingestor
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.model_source import ModelSource
+from organizer.roots import ingest_folders
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import RunStatus
 from organizer.vectors.cache import IndexDelta
 from organizer.vectors.live import LiveIndex
+
+
+def check_ingest(paths: Sequence[str | Path], options: IngestOptions | None = None) -> None:
+    """Refuse an ingest that cannot start, without a library: a path that is not a folder;
+    on Ray, Ray missing or its cluster not answering. ``Library.ingest`` checks this first
+    itself; call it before ``Library.open`` with ``create`` so that a refused ingest makes
+    no library either.
+
+    Raises:
+        LibraryError: what is wrong, in one line.
+    """
+    ingest_folders(list(paths))
+    if options is not None and options.ray is not None:
+        distributed.preflight(options.ray.address)
 
 
 def ingest_run(

@@ -25,7 +25,8 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,6 +93,36 @@ class ShardRecord:
         return IndexFileRecord(
             plan_.generation, self.sha256, self.count, plan_.kind, "", None, self.quick
         )
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A library's index built by several machines, as its facade hands it out
+    (``lib.shards``): the engine, the library's writer lock and its live index's merge."""
+
+    engine: Engine
+    writer: Callable[[str, bool], AbstractContextManager[None]]  # (purpose, wait)
+    merged: Callable[[Path], IndexBuild]
+
+    def train(
+        self, folder: Path, parts: int, kind: str = "auto", memory: int | None = None
+    ) -> ShardPlan:
+        """Plan ``parts`` shards of the vectors and train their template in ``folder``."""
+        settings = IndexSettingsRecord(None if kind == "auto" else kind, memory)
+        return train(self.engine, folder, parts, settings)
+
+    def fill(self, folder: Path, part: int) -> ShardRecord:
+        """Fill shard ``part`` (from 1) of the plan in ``folder``: reads only, no lock."""
+        return fill(self.engine, folder, part)
+
+    def merge(self, folder: Path, wait: bool = False) -> IndexBuild:
+        """Merge the filled shards in ``folder`` into the library's index (lists on disk).
+
+        Raises:
+            LibraryBusyError: an ingest is running (unless ``wait``).
+        """
+        with self.writer("index merge", wait):
+            return self.merged(folder)
 
 
 def part_path(folder: Path, part: int) -> Path:
