@@ -119,7 +119,14 @@ def _flag(name: str, value: object) -> bool:
     return bool(value)
 
 
-def _text(name: str, value: object) -> object:
+def _named(name: str, value: object) -> object:
+    """A model name or config path, a weights tag or checkpoint path: never blank (a
+    checkpoint path of "" would be the working folder; a blank name no model at all)."""
+    if isinstance(value, str) and not value.strip():
+        raise OptionsError(
+            f"{value!r} is empty ({spellings(name)}): name one, or leave the option out "
+            "(is a shell variable unset?)"
+        )
     return value
 
 
@@ -127,8 +134,8 @@ _ENUMS: dict[str, type[StrEnum]] = {"device": Device, "precision": Precision, "r
 _LEAST = {"batch_size": 1, "workers": 0}
 _CHECKS = {
     "library": _library,
-    "model": _text,
-    "pretrained": _text,
+    "model": _named,
+    "pretrained": _named,
     "device": _choice,
     "precision": _choice,
     "runtime": _choice,

@@ -214,6 +214,8 @@ def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
         ["report", "-o", ""],
         ["report", "--png", ""],
         ["roots", "remove", ""],
+        ["ingest", "photos", "--model", ""],
+        ["ingest", "photos", "--pretrained", " "],
         ["roots", "move", "", "new"],
         ["roots", "move", "old", ""],
         ["index", "shards", "train", "", "--parts", "2"],

@@ -258,3 +258,30 @@ def test_a_subfolder_of_an_export_is_not_ingested_either(cli, tmp_path):
     assert (summary["new"], summary["reused"]) == (0, 0)
     assert summary["export_folders"] == [str(inner)]
     assert js(cli("ingest", "--json"))["missing"] == 0
+
+
+def test_root_and_export_folder_names_are_shown_escaped(cli, tmp_path):
+    """Folder names come from whoever made the photo tree: an escape sequence, a bidi
+    override or a newline in one must not reach the terminal or the JSON raw."""
+    root = tmp_path / "r\u202egpj\x1b[31mred\nx"
+    make_folder(root, 2)
+    export = root / "ex\u202e\x1b[7mgpj"
+    export.mkdir()
+    (export / ".organizer-export").write_text("")
+    assert cli("ingest", root).exit_code == 0
+    shown = "r\\u202egpj\\x1b[31mred\\nx"
+    outputs = [
+        cli("ingest", root).stdout,
+        cli("status").stdout,
+        cli("roots").stdout,
+        cli("status", "--skipped").stdout,
+        cli("status", "--json").stdout,
+        cli("status", "--skipped", "--json").stdout,
+        cli("ingest", root, "--json").stdout,
+    ]
+    for text in outputs:
+        assert not any(c in text for c in "\x1b\u202e"), text
+    assert shown in outputs[1] and shown in outputs[2]
+    assert json.loads(outputs[4])["roots"] == [str(tmp_path / shown)]
+    folders = json.loads(outputs[5])["export_folders"]
+    assert folders == [str(tmp_path / shown / "ex\\u202e\\x1b[7mgpj")]
