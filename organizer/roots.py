@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from organizer.errors import LibraryError, OptionsError
 from organizer.ingest import Target
+from organizer.ingest.plan import ingest_folders
 from organizer.paths import is_within
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -36,34 +37,6 @@ def targets_for(paths: list[str | Path], roots: dict[int, str]) -> list[Target]:
         return [Target(path, root_id) for root_id, path in roots.items() if Path(path).is_dir()]
     reals = ingest_folders(paths)
     return _merge_targets([_target_for(real, roots) for real in _outermost(reals)])
-
-
-def ingest_folders(paths: list[str | Path]) -> list[str]:
-    """The real paths of folders given to ingest; needs no library, so that an ingest can be
-    refused before one is made.
-
-    Raises:
-        LibraryError: a path that does not exist, is not a folder, or is not valid UTF-8.
-    """
-    reals: list[str] = []
-    for raw in paths:
-        if raw == "":  # Path("") is the working folder: an unset variable, not a choice
-            raise OptionsError("an empty path is not a folder: give the folder to ingest")
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise LibraryError(f"folder not found: {path}")
-        if not path.is_dir():
-            raise LibraryError(f"not a folder: {path} (ingest takes folders)")
-        real = os.path.realpath(path)
-        try:
-            real.encode("utf-8")
-        except UnicodeEncodeError:
-            raise LibraryError(
-                f"cannot add {os.fsencode(real)!r} as a folder: its path is not valid UTF-8 "
-                "(files with such names inside a folder are fine): ingest a parent folder"
-            ) from None
-        reals.append(real)
-    return reals
 
 
 def _outermost(paths: list[str]) -> list[str]:

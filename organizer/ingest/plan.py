@@ -6,10 +6,13 @@ vanished, and which could not be listed; :mod:`.run` carries it out.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
+from organizer.errors import LibraryError, OptionsError
 from organizer.scan import ScanResult
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage
@@ -118,3 +121,31 @@ def _known_for(conn: Connection, target: Target) -> dict[bytes, KnownImage]:
             joined = child_prefix + b"/" + relpath
             known[joined] = KnownImage(k.id, joined, k.size, k.mtime_ns, k.status, k.content_hash)
     return known
+
+
+def ingest_folders(paths: list[str | Path]) -> list[str]:
+    """The real paths of folders given to ingest; needs no library, so that an ingest can be
+    refused before one is made.
+
+    Raises:
+        LibraryError: a path that does not exist, is not a folder, or is not valid UTF-8.
+    """
+    reals: list[str] = []
+    for raw in paths:
+        if raw == "":  # Path("") is the working folder: an unset variable, not a choice
+            raise OptionsError("an empty path is not a folder: give the folder to ingest")
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise LibraryError(f"folder not found: {path}")
+        if not path.is_dir():
+            raise LibraryError(f"not a folder: {path} (ingest takes folders)")
+        real = os.path.realpath(path)
+        try:
+            real.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LibraryError(
+                f"cannot add {os.fsencode(real)!r} as a folder: its path is not valid UTF-8 "
+                "(files with such names inside a folder are fine): ingest a parent folder"
+            ) from None
+        reals.append(real)
+    return reals

@@ -24,11 +24,10 @@ from organizer.errors import (
     OrganizerError,
 )
 from organizer.ingest import distributed
-from organizer.ingest.plan import Target
+from organizer.ingest.plan import Target, ingest_folders
 from organizer.ingest.run import IngestOptions, Ingestor
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.model_source import ModelSource
-from organizer.roots import ingest_folders
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import RunStatus
