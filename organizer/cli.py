@@ -242,19 +242,19 @@ LibraryOpt = Annotated[
         "-L",
         metavar="FOLDER|URL",
         help="Library folder, or a PostgreSQL URL (postgresql://USER@HOST/DB) for a shared "
-        "catalogue [env ORGANIZER_LIBRARY; default: per-user data dir].",
+        "catalogue (env ORGANIZER_LIBRARY; default: per-user data dir).",
     ),
 ]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        help="open_clip model name or model-config JSON path [env ORGANIZER_MODEL; default ViT-B-32-256]."
+        help="open_clip model name or model-config JSON path (env ORGANIZER_MODEL; default ViT-B-32-256)."
     ),
 ]
 PretrainedOpt = Annotated[
     str | None,
     typer.Option(
-        help="Weights: tag, checkpoint path, or 'none' [env ORGANIZER_PRETRAINED; default datacomp_s34b_b86k]."
+        help="Weights: tag, checkpoint path, or 'none' (env ORGANIZER_PRETRAINED; default datacomp_s34b_b86k)."
     ),
 ]
 
@@ -265,18 +265,18 @@ def _choices(kind: type[StrEnum]) -> str:
 
 DeviceOpt = Annotated[
     str | None,
-    typer.Option(metavar=_choices(Device), help="Where the model runs [env ORGANIZER_DEVICE]."),
+    typer.Option(metavar=_choices(Device), help="Where the model runs (env ORGANIZER_DEVICE)."),
 ]
 PrecisionOpt = Annotated[
     str | None,
-    typer.Option(metavar=_choices(Precision), help="Model precision [env ORGANIZER_PRECISION]."),
+    typer.Option(metavar=_choices(Precision), help="Model precision (env ORGANIZER_PRECISION)."),
 ]
 RuntimeOpt = Annotated[
     str | None,
     typer.Option(
         metavar=_choices(Runtime),
         help="What runs the model on a CPU: auto = OpenVINO bf16 where the CPU has bf16 "
-        "units, else ONNX Runtime fp32 [env ORGANIZER_RUNTIME].",
+        "units, else ONNX Runtime fp32 (env ORGANIZER_RUNTIME).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -439,14 +439,14 @@ def ingest(
     runtime: RuntimeOpt = None,
     batch_size: Annotated[
         str | None,
-        typer.Option(metavar="N", help="Images per model batch [env ORGANIZER_BATCH_SIZE]."),
+        typer.Option(metavar="N", help="Images per model batch (env ORGANIZER_BATCH_SIZE)."),
     ] = None,
     workers: Annotated[
         str | None,
         typer.Option(
             metavar="N",
             help="Decode worker processes; with --engine ray, embedding actors (default: one "
-            "per GPU, else one per machine) [env ORGANIZER_WORKERS].",
+            "per GPU, else one per machine) (env ORGANIZER_WORKERS).",
         ),
     ] = None,
     engine: Annotated[
@@ -874,7 +874,7 @@ def cluster(
     k_max: Annotated[
         int | None,
         typer.Option(
-            min=2, help="Largest k tried by -k auto [default: 40, or fewer on a small library]."
+            min=2, help="Largest k tried by -k auto (default 40, or fewer on a small library)."
         ),
     ] = None,
     vocabulary: Annotated[

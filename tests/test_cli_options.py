@@ -120,3 +120,17 @@ def test_a_usage_error_found_while_running_names_the_command_help(cli):
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: --host 0.0.0.0 lets other machines in")
     assert line.endswith("serve --help')")
+
+
+def test_help_keeps_the_variables_and_defaults_it_names(cli):
+    """Rich markup takes `[env ORGANIZER_DEVICE]` for a style and drops it ("Where the model
+    runs ."): the help says (env ...) instead."""
+
+    def flat(text: str) -> str:  # the help's words, without its frame, wrapping or spaces
+        return "".join(text.replace("│", "").split())
+
+    shown = flat(cli("ingest", "--help").stdout)
+    for variable in ("DEVICE", "PRECISION", "RUNTIME", "MODEL", "BATCH_SIZE", "WORKERS"):
+        assert f"ORGANIZER_{variable}" in shown, variable
+    assert "Wherethemodelruns(env" in shown
+    assert "default40" in flat(cli("cluster", "--help").stdout)
