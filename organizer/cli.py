@@ -439,14 +439,17 @@ def ingest(
     runtime: RuntimeOpt = None,
     batch_size: Annotated[
         str | None,
-        typer.Option(metavar="N", help="Images per model batch (env ORGANIZER_BATCH_SIZE)."),
+        typer.Option(
+            metavar="N", help="Images per model batch, at least 1 (env ORGANIZER_BATCH_SIZE)."
+        ),
     ] = None,
     workers: Annotated[
         str | None,
         typer.Option(
             metavar="N",
-            help="Decode worker processes; with --engine ray, embedding actors (default: one "
-            "per GPU, else one per machine) (env ORGANIZER_WORKERS).",
+            help="Decode worker processes, 0 to decode in this one; with --engine ray, "
+            "embedding actors (default: one per GPU, else one per machine) "
+            "(env ORGANIZER_WORKERS).",
         ),
     ] = None,
     engine: Annotated[

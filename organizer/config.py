@@ -73,10 +73,10 @@ class Settings:
 
 def _library(name: str, value: Path | str) -> Path | str:
     """A folder (never "", which Path() reads as the working folder), or a usable URL."""
-    if value == "":
+    if isinstance(value, str) and not value.strip():
         raise OptionsError(
-            f"'' is an empty path ({spellings(name)}): give a folder or a database URL (is a "
-            "shell variable unset?)"
+            f"{value!r} is an empty path ({spellings(name)}): give a folder or a database URL "
+            "(is a shell variable unset?)"
         )
     if not is_url(value):
         return Path(value).expanduser()

@@ -204,6 +204,7 @@ def test_light_commands_do_not_import_torch(args, cli, photos, tmp_path):
         ["ingest", ""],
         ["ingest", "/"],
         ["-L", "", "status"],
+        ["-L", " ", "status"],
         ["status", "--library", ""],
         ["similar", ""],
         ["search", ""],
