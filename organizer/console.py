@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 from organizer.redact import hide_passwords
-from organizer.scan import display_folder, shown_path
+from organizer.scan import display_text, shown_path
 
 if TYPE_CHECKING:
     from organizer.cluster_runs import AssignResult, ExportSummary, RunEvaluation
@@ -197,9 +197,7 @@ def print_ingest(s: IngestSummary) -> None:
             f"skipped {plural(n, 'file')} that {what} ({kinds}): see `organizer status --skipped`"
         )
     for folder in s.export_folders:
-        print(
-            f"skipped {display_folder(folder)}: an organizer export (links to images already here)"
-        )
+        print(f"skipped {display_text(folder)}: an organizer export (links to images already here)")
     for problem in s.problems:
         err(f"warning: {problem}")
     if s.failed:
@@ -236,7 +234,7 @@ def print_skipped(left_out: SkippedFiles, absolute: bool) -> None:
     for root, relpath in left_out.files:
         print(f"  {shown_path(root, relpath, absolute)}")
     for folder in left_out.export_folders:
-        print(f"export folder (skipped): {display_folder(folder)}")
+        print(f"export folder (skipped): {display_text(folder)}")
 
 
 def print_failures(failures: list[Failure], absolute: bool) -> None:
@@ -246,7 +244,7 @@ def print_failures(failures: list[Failure], absolute: bool) -> None:
     current_root = None
     for f in failures:
         if f.root != current_root and not absolute:
-            print(f"{display_folder(f.root)}:")
+            print(f"{display_text(f.root)}:")
             current_root = f.root
         indent = "" if absolute else "  "
         print(f"{indent}{shown_path(f.root, f.relpath, absolute)}: {f.reason}")
@@ -262,7 +260,7 @@ def print_status(st: LibraryStatus) -> None:
         )
     else:
         rows.append(("model", "none yet (chosen at the first ingest)"))
-    shown = [display_folder(r) + ("  (absent)" if r in st.absent_roots else "") for r in st.roots]
+    shown = [display_text(r) + ("  (absent)" if r in st.absent_roots else "") for r in st.roots]
     rows.append(("roots", "\n        ".join(shown) if shown else "none"))
     images = st.images
     rows.append(
@@ -325,7 +323,7 @@ def print_offline(offline: OfflineImages | None) -> None:
     roots = plural(len(offline.roots), "absent root")
     err(
         f"note: left out {plural(offline.images, 'image')} under {roots} "
-        f"({', '.join(map(display_folder, offline.roots))}): --include-offline keeps them"
+        f"({', '.join(map(display_text, offline.roots))}): --include-offline keeps them"
     )
 
 
@@ -420,10 +418,10 @@ def print_roots(roots: Sequence[RootStatus]) -> None:
         images = r.record.images
         state = "present" if r.present else "ABSENT "
         print(
-            f"{state}  {display_folder(r.record.path)}  ({plural(images['ok'], 'image')}, "
+            f"{state}  {display_text(r.record.path)}  ({plural(images['ok'], 'image')}, "
             f"{images['failed']} failed, {images['missing']} missing)"
         )
-    absent = [display_folder(r.record.path) for r in roots if not r.present]
+    absent = [display_text(r.record.path) for r in roots if not r.present]
     if absent:
         print(
             "absent roots are left out of similar, search, duplicates, cluster and report "
@@ -435,14 +433,14 @@ def print_root_change(change: RootChange) -> None:
     would = "would " if change.dry_run else ""
     if change.action == "remove":
         print(
-            f"{would}forget {display_folder(change.path)} and its {plural(change.images, 'image')} "
+            f"{would}forget {display_text(change.path)} and its {plural(change.images, 'image')} "
             "(no file is touched)"
         )
     else:
         checked = change.check
         assert checked is not None  # a move checks its sample of files
         print(
-            f"{would}move {display_folder(change.path)} -> {display_folder(change.new_path or '')} ({plural(change.images, 'image')}"
+            f"{would}move {display_text(change.path)} -> {display_text(change.new_path or '')} ({plural(change.images, 'image')}"
             f" kept; {checked.same_size} of {checked.checked} sampled files found)"
         )
 

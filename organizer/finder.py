@@ -19,7 +19,7 @@ from organizer.embed import Embedder
 from organizer.errors import QueryError
 from organizer.paths import is_within
 from organizer.pipeline import Job, prepare
-from organizer.scan import display_path, exact_path, is_image_name, shown_path
+from organizer.scan import display_path, display_text, exact_path, is_image_name, shown_path
 from organizer.store import queries as q
 from organizer.store.records import ImageRecord, ImageStatus, OfflineImages
 from organizer.vectors import VectorIndex
@@ -188,7 +188,7 @@ class Finder:
         path_like = os.sep in term or term.startswith("~") or term in (".", "..")
         if path_like and path.exists():
             what = "a folder" if path.is_dir() else "not a file"
-            raise QueryError(f"{_shown(term)} is {what}: give an image file, or a text")
+            raise QueryError(f"{display_text(term)} is {what}: give an image file, or a text")
         if is_image_name(os.fsencode(term)) or (os.sep in term and path.suffix):
             raise QueryError(f"image not found: {term}")
         return None
@@ -216,7 +216,9 @@ class Finder:
             raise QueryError(f"image not found: {photo}")
         image_id, vector = self.image_vector(path)
         exclude = () if image_id is None else (image_id,)
-        return Results(_shown(str(photo)), self.ranked(vector, limit, exclude, threshold, offset))
+        return Results(
+            display_text(str(photo)), self.ranked(vector, limit, exclude, threshold, offset)
+        )
 
     def similar_to(
         self, image_id: int, limit: int = 12, threshold: float | None = None, offset: int = 0
@@ -341,8 +343,3 @@ def _group(ids: list[int], records: dict[int, ImageRecord]) -> DuplicateGroup:
         for i in sorted(ids, key=lambda i: (i != keeper, records[i].root, records[i].relpath))
     ]
     return DuplicateGroup(keeper, members)
-
-
-def _shown(text: str) -> str:
-    """A command-line string for people: undecodable bytes (surrogates) as \\xNN."""
-    return display_path(os.fsencode(text))

@@ -259,10 +259,10 @@ def display_path(relpath: bytes) -> str:
     return _UNSHOWABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
-def display_folder(folder: str) -> str:
-    """A root or folder path (as the database and ``os.fsdecode`` keep it) for people, as
-    :func:`display_path` shows a file's."""
-    return display_path(os.fsencode(folder))
+def display_text(text: str) -> str:
+    """A path or name kept as text (a root as the database holds it, ``os.fsdecode``'s
+    output, an argument) for people, as :func:`display_path` shows a file's bytes."""
+    return display_path(os.fsencode(text))
 
 
 def exact_path(root: str, relpath: bytes) -> dict[str, str]:
@@ -280,4 +280,4 @@ def exact_path(root: str, relpath: bytes) -> dict[str, str]:
 def shown_path(root: str, relpath: bytes, absolute: bool = False) -> str:
     """How results show a file: relative to its root, or with ``absolute`` the whole path."""
     text = display_path(relpath)
-    return os.path.join(display_folder(root), text) if absolute else text
+    return os.path.join(display_text(root), text) if absolute else text

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from organizer.location import FolderHome, Home
 from organizer.lock import pid_alive
 from organizer.roots import RootStatus
-from organizer.scan import display_folder, exact_path, extension, scan_root, shown_path
+from organizer.scan import display_text, exact_path, extension, scan_root, shown_path
 from organizer.store import dialect
 from organizer.store import queries as q
 from organizer.store.records import Failure, IngestRunRecord, LibraryModel, RunStatus, iso_utc
@@ -59,8 +59,8 @@ class LibraryStatus:
     def to_dict(self) -> dict:
         return {
             "library": self.library,
-            "roots": [display_folder(r) for r in self.roots],
-            "absent_roots": [display_folder(r) for r in self.absent_roots],
+            "roots": [display_text(r) for r in self.roots],
+            "absent_roots": [display_text(r) for r in self.absent_roots],
             "model": self.model.to_dict() if self.model else None,
             "images": self.images,
             "index": self.index.to_dict(),
@@ -93,7 +93,7 @@ class SkippedFiles:
                 }
                 for root, relpath in self.files
             ],
-            "export_folders": [display_folder(f) for f in self.export_folders],
+            "export_folders": [display_text(f) for f in self.export_folders],
         }
 
 

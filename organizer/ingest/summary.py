@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from organizer.scan import display_folder
+from organizer.scan import display_text
 
 
 @dataclass
@@ -35,7 +35,7 @@ class IngestSummary:
         data["elapsed_s"] = round(self.elapsed_s, 3)
         data["model_load_s"] = round(self.model_load_s, 3)
         data["model_wait_s"] = round(self.model_wait_s, 3)
-        data["export_folders"] = [display_folder(f) for f in self.export_folders]
+        data["export_folders"] = [display_text(f) for f in self.export_folders]
         return data
 
     @property

@@ -31,7 +31,7 @@ from organizer.imaging import decode, thumbnail
 from organizer.library import Library
 from organizer.paths import is_within
 from organizer.redact import hide_passwords
-from organizer.scan import display_path, is_raw_name
+from organizer.scan import display_text, is_raw_name
 from organizer.serve.uploads import query_pixels
 from organizer.store.records import ClusterRunRecord, ClusterRunSummary, Failure, ImageRecord
 
@@ -113,7 +113,7 @@ class Service:
         """Images like an uploaded picture (embedded, not added to the library), decoded
         within what an upload may cost (see :mod:`organizer.serve.uploads`)."""
         pixels = query_pixels(data, self.lib.embedder().preprocess)
-        label = display_path(os.fsencode(name)) or "uploaded image"
+        label = display_text(name) or "uploaded image"
         return self.lib.similar_pixels(pixels, label, limit, offset)
 
     def similar_to(self, image_id: int, limit: int, offset: int = 0) -> Results:
