@@ -187,6 +187,11 @@ def print_ingest(s: IngestSummary) -> None:
         )
     if s.reused:
         print(f"reused {plural(s.reused, 'vector')} of identical files")
+    if s.metadata_filled:
+        print(
+            f"read the date, place and camera of {plural(s.metadata_filled, 'image')} from their "
+            "headers (their vectors kept)"
+        )
     if s.skipped:
         kinds = ", ".join(
             f"{ext} {n:,}" for ext, n in sorted(s.skipped.items(), key=lambda x: -x[1])

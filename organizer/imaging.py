@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from organizer.errors import ImageError, ImageTooLargeError
+from organizer.photo_meta import PhotoMeta, read_meta
 
 # JPEG2000 (OpenJPEG) and PPM (Pillow's name for all of Netpbm) ship in Pillow's wheels.
 BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "JPEG2000", "PPM")
@@ -29,9 +29,6 @@ MAX_PIXELS = 2 * 89_478_485
 # catch_warnings() per call is not thread-safe, and thumbnails are decoded in threads.
 warnings.filterwarnings("ignore", module="PIL")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-_EXIF_IFD = 0x8769
-_DATETIME_ORIGINAL = 36867
-_DATETIME = 306
 
 
 def allowed_formats() -> tuple[str, ...]:
@@ -51,7 +48,7 @@ class ImageInfo:
     width: int
     height: int
     format: str
-    captured_at: datetime | None
+    meta: PhotoMeta
 
 
 @dataclass(frozen=True)
@@ -92,17 +89,6 @@ class PreprocessSpec:
             resize_mode=cfg.get("resize_mode", "shortest"),
             fill_color=cfg.get("fill_color", 0),
         )
-
-
-def _capture_time(image: Image.Image) -> datetime | None:
-    try:
-        exif = image.getexif()
-        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        if isinstance(raw, bytes):
-            raw = raw.decode("ascii", "replace")
-        return datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S") if raw else None
-    except Exception:  # EXIF is optional and often malformed; never fail an image over it
-        return None
 
 
 def open_image(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Image:
@@ -236,8 +222,8 @@ def decode(
                 f"{decode_cost(image, (width, height)) / 2**20:,.0f} MB to decode, more than the "
                 f"{max_bytes / 2**20:,.0f} MB allowed: a smaller copy will do"
             )
-        captured_at = _capture_time(image)
-        orientation = image.getexif().get(0x0112, 1)
+        meta = read_meta(image)
+        orientation = meta.orientation or 1
         image.load()
         if max_bytes is not None and min_size is not None:
             image = _shrink(image, min_size)
@@ -249,7 +235,7 @@ def decode(
         raise ImageError(f"cannot decode image: {_reason(exc)}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return image, ImageInfo(width, height, fmt, captured_at)
+    return image, ImageInfo(width, height, fmt, meta)
 
 
 # Bytes a pixel costs while a budgeted decode holds it (Pillow 13, peak RSS measured at the
@@ -341,14 +327,56 @@ def decode_raw(
             )
             if width * height > MAX_PIXELS:
                 raise ImageError(f"image too large ({width}x{height})")
-            image, captured_at = _raw_preview(raw, rawpy, min_size, sizes.flip)
+            image, meta = _raw_preview(raw, rawpy, min_size, sizes.flip)
             if image is None:
                 image = Image.fromarray(raw.postprocess(use_camera_wb=True, output_bps=8))
     except ImageError:
         raise
     except Exception as exc:  # rawpy's LibRawError family, or a bad embedded preview
         raise ImageError(f"cannot decode camera RAW: {_reason(exc)}") from None
-    return to_rgb(image), ImageInfo(width, height, "RAW", captured_at)
+    return to_rgb(image), ImageInfo(width, height, "RAW", raw_meta(data) or meta)
+
+
+def raw_meta(data: bytes) -> PhotoMeta | None:
+    """The metadata of a TIFF-based RAW file (DNG, NEF, CR2, ARW...) from its own header;
+    None for other containers (their embedded preview's EXIF is used instead)."""
+    if data[:4] not in _TIFF_MAGIC:
+        return None
+    try:
+        header = Image.open(io.BytesIO(data), formats=["TIFF"])
+    except Exception:  # a TIFF layout Pillow does not follow: the preview's EXIF will do
+        return None
+    return read_meta(header)
+
+
+def file_meta(data: bytes, raw: bool = False) -> PhotoMeta | None:
+    """The metadata of a file's bytes (all of them, or a JPEG's first HEADER_BYTES) without
+    decoding its picture; None when its header cannot be read."""
+    if raw:
+        found = raw_meta(data)
+        if found is not None:
+            return found
+        try:
+            import rawpy
+
+            with rawpy.imread(io.BytesIO(data)) as image:
+                return _raw_preview(image, rawpy, None, 0)[1]
+        except Exception:  # rawpy missing or the file unreadable
+            return None
+    try:
+        return read_meta(open_image(data))
+    except Exception:  # not an image any more, or a header cut short
+        return None
+
+
+# A JPEG keeps its EXIF in an APP1 segment near the start (at most 64 KB); other formats may
+# keep it anywhere (WebP and PNG after the picture, TIFF wherever its offsets point).
+HEADER_BYTES = 256 * 1024
+
+
+def header_is_enough(prefix: bytes) -> bool:
+    """Whether a file's first HEADER_BYTES hold all of its metadata: a JPEG's do."""
+    return prefix[:3] == b"\xff\xd8\xff"
 
 
 # LibRaw's orientation codes (sizes.flip) as the turn that makes the picture upright.
@@ -361,26 +389,26 @@ _FLIPS = {
 
 def _raw_preview(
     raw: Any, rawpy: Any, min_size: tuple[int, int] | None, flip: int
-) -> tuple[Image.Image | None, datetime | None]:
+) -> tuple[Image.Image | None, PhotoMeta]:
     try:
         thumb = raw.extract_thumb()
     except rawpy.LibRawError:
-        return None, None
+        return None, PhotoMeta()
     oriented = False
     if thumb.format == rawpy.ThumbFormat.JPEG:
         preview = open_image(thumb.data, ("JPEG",))
-        captured_at = _capture_time(preview)
-        oriented = preview.getexif().get(0x0112, 1) != 1
+        meta = read_meta(preview)
+        oriented = (meta.orientation or 1) != 1
         preview = ImageOps.exif_transpose(preview) or preview
     elif thumb.format == rawpy.ThumbFormat.BITMAP:
-        preview, captured_at = Image.fromarray(thumb.data), None
+        preview, meta = Image.fromarray(thumb.data), PhotoMeta()
     else:
-        return None, None
+        return None, PhotoMeta()
     if not oriented and flip in _FLIPS:
         # Previews come as the sensor sees them: the RAW's orientation turns them upright.
         preview = preview.transpose(_FLIPS[flip])
     wanted = min(min_size) if min_size else 0
-    return (preview, captured_at) if min(preview.size) >= wanted else (None, None)
+    return (preview, meta) if min(preview.size) >= wanted else (None, meta)
 
 
 def _resize_dims(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int]:

@@ -24,7 +24,16 @@ import numpy as np
 
 from organizer.embed.runtime import usable_cores
 from organizer.errors import ImageError
-from organizer.imaging import ImageInfo, PreprocessSpec, decode, to_model_input
+from organizer.imaging import (
+    HEADER_BYTES,
+    ImageInfo,
+    PreprocessSpec,
+    decode,
+    file_meta,
+    header_is_enough,
+    to_model_input,
+)
+from organizer.photo_meta import PhotoMeta
 from organizer.scan import is_raw_name
 
 CHANGED_WHILE_READING = -1  # stored as mtime_ns so that the next run always retries the file
@@ -121,6 +130,23 @@ def prepare(
     except MemoryError:
         result.error = "not enough memory to decode this image"
     return result
+
+
+def header_meta(path: bytes) -> PhotoMeta | None:
+    """A file's photo metadata, reading no more of it than its header holds (a JPEG's first
+    HEADER_BYTES; all of other formats); None when it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(HEADER_BYTES)
+            whole = len(data) < HEADER_BYTES
+            if not whole and not header_is_enough(data):
+                data, whole = data + fh.read(), True
+            meta = file_meta(data, raw=is_raw_name(path))
+            if meta is None and not whole:  # a JPEG whose segments run past the prefix
+                meta = file_meta(data + fh.read(), raw=False)
+    except OSError:
+        return None
+    return meta
 
 
 def prepare_all(

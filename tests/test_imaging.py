@@ -83,7 +83,9 @@ def test_exif_capture_time_is_read():
     exif = Image.Exif()
     exif.get_ifd(0x8769)[36867] = "2019:07:14 15:30:00"
     _, info = decode(image_bytes(picture(1), "JPEG", exif=exif))
-    assert info.captured_at is not None and info.captured_at.isoformat() == "2019-07-14T15:30:00"
+    assert (
+        info.meta.taken_at is not None and info.meta.taken_at.isoformat() == "2019-07-14T15:30:00"
+    )
 
 
 def test_truncated_jpeg_fails_cleanly():

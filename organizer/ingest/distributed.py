@@ -25,7 +25,6 @@ import socket
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,6 +35,7 @@ from organizer.embed import Embedder, ModelSpec, loader, sha256_file
 from organizer.embed.runtime import Capabilities, Plan, plan
 from organizer.errors import LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
+from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import DecodePool, Job, PoolUnavailable, Prepared, prepare
 
 # The Ray minor version the tests run; `organizer[ray]` pins it.
@@ -394,7 +394,7 @@ def _decode_batch(
         "width": np.zeros(n, dtype=np.int64),
         "height": np.zeros(n, dtype=np.int64),
         "format": np.empty(n, dtype=object),
-        "captured_at": np.empty(n, dtype=object),
+        "meta": np.empty(n, dtype=object),
         "error": np.empty(n, dtype=object),
         "has_info": np.zeros(n, dtype=bool),
         "has_pixels": np.zeros(n, dtype=bool),
@@ -413,9 +413,9 @@ def _decode_batch(
             out["has_info"][i] = True
             out["width"][i], out["height"][i] = p.info.width, p.info.height
             out["format"][i] = p.info.format
-            out["captured_at"][i] = p.info.captured_at.isoformat() if p.info.captured_at else ""
+            out["meta"][i] = p.info.meta.to_json()
         else:
-            out["format"][i] = out["captured_at"][i] = ""
+            out["format"][i] = out["meta"][i] = ""
         if p.pixels is not None:
             out["has_pixels"][i] = True
             out["pixels"][i] = p.pixels
@@ -497,12 +497,11 @@ def _rows(batch: dict) -> Iterator[Prepared]:
     for i in range(len(batch["key"])):
         info = None
         if batch["has_info"][i]:
-            taken = batch["captured_at"][i]
             info = ImageInfo(
                 int(batch["width"][i]),
                 int(batch["height"][i]),
                 str(batch["format"][i]),
-                datetime.fromisoformat(taken) if taken else None,
+                PhotoMeta.from_json(str(batch["meta"][i])),
             )
         yield Prepared(
             int(batch["key"][i]),

@@ -21,10 +21,12 @@ from sqlalchemy import Engine
 
 from organizer.background import Background
 from organizer.embed import Embedder, ModelShape, ModelSpec
+from organizer.embed.runtime import usable_cores
 from organizer.errors import Interrupted, ModelError
 from organizer.imaging import PreprocessSpec
 from organizer.ingest import distributed
 from organizer.ingest.distributed import RayOptions
+from organizer.ingest.metadata import backfill
 from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
@@ -144,6 +146,11 @@ class Ingestor:
         self._model_ready(wait=True)
         self.writer.finish(
             the_plan.unlistable, the_plan.restore, list(self._vanished.values()), targets
+        )
+        self.summary.metadata_filled = backfill(
+            self.engine,
+            [t.root_id for t in targets if t.root_id is not None],
+            workers=usable_cores() if self.options.workers != 0 else 0,
         )
         self.summary.elapsed_s = time.perf_counter() - started
         return self.summary

@@ -19,6 +19,9 @@ class IngestSummary:
     failed: int = 0
     embedded: int = 0
     reused: int = 0
+    # images whose photo metadata was read from their headers alone (vectors kept): those of
+    # a library made before organizer read it, and files whose vector was copied
+    metadata_filled: int = 0
     elapsed_s: float = 0.0
     model_load_s: float = 0.0
     model_wait_s: float = 0.0  # of which the run waited: files are read while a model loads

@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import Connection, Engine
 
+from organizer.ingest.metadata import name_places_of, record_meta
 from organizer.ingest.plan import FileWork, Target, Unlistable
 from organizer.ingest.summary import IngestSummary
+from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import Prepared
+from organizer.store import meta_queries as mq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import ImageRecord, ImageStatus, KnownImage
@@ -103,6 +106,7 @@ class BatchWriter:
         self._hash_to_id: dict[str, int] = {}
         self._released: dict[str, _VectorSource] = {}
         self._dim: int | None = None
+        self._read: list[tuple[int, PhotoMeta]] = []  # the batch's images and their metadata
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -151,9 +155,15 @@ class BatchWriter:
         """Apply ``ops`` in order, in one transaction (with the run's ``progress``)."""
         if not ops:
             return
+        # Named before the transaction: the gazetteer's first load must not hold the lock.
+        places = name_places_of(
+            [op.prepared.info.meta for op in ops if isinstance(op, Embed) and op.prepared.info]
+        )
+        self._read = []
         with write_transaction(self.engine) as conn:
             for op in ops:
                 self._apply(conn, op)
+            record_meta(conn, self._read, places)
             if self.run_id is not None and progress is not None:
                 q.run_progress(conn, self.run_id, {**self.summary.to_dict(), **progress})
 
@@ -177,6 +187,7 @@ class BatchWriter:
                 image_id = self._store(conn, work, p, p.info)
                 self._set_vector(conn, image_id, vector)
                 self._hash_to_id[p.content_hash] = image_id
+                self._read.append((image_id, p.info.meta))
             case Copy(work, p):
                 assert p.content_hash is not None  # hashed
                 source = self._source(conn, p.content_hash)
@@ -227,7 +238,6 @@ class BatchWriter:
             width=facts.width,
             height=facts.height,
             format=facts.format,
-            captured_at=facts.captured_at,
         )
         if work.known is None:
             self.summary.new += 1
@@ -235,6 +245,9 @@ class BatchWriter:
         self.summary.changed += 1
         self._release(conn, work.known)
         q.update_image(conn, work.known.id, **values)
+        # New content: what was read of the old one goes (an Embed records the new right
+        # after; a Copy's is read from its header after the run).
+        mq.delete_meta(conn, [work.known.id])
         return work.known.id
 
     def _store_failure(
@@ -259,6 +272,7 @@ class BatchWriter:
         else:
             self._release(conn, work.known)
             q.delete_vector(conn, work.known.id)
+            mq.delete_meta(conn, [work.known.id])
             self.written.add(work.known.id)
             q.update_image(conn, work.known.id, **values)
 

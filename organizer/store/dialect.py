@@ -223,7 +223,6 @@ _COPY_IMAGE_COLUMNS = {
     "width": "int4",
     "height": "int4",
     "format": "varchar",
-    "captured_at": "timestamp",
     "status": "varchar",
     "created_at": "timestamp",
     "updated_at": "timestamp",

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -213,3 +214,55 @@ class Catalogue(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Camera(Base):
+    """A camera make and model as its files name it, with the label results show."""
+
+    __tablename__ = "cameras"
+    __table_args__ = (UniqueConstraint("make", "model", name="uq_cameras_make_model"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    make: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    label: Mapped[str] = mapped_column(String(250))
+
+
+class Place(Base):
+    """A named place (city or town, region, country) that photos' coordinates fall in."""
+
+    __tablename__ = "places"
+    __table_args__ = (UniqueConstraint("label", name="uq_places_label"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    city: Mapped[str] = mapped_column(Text)
+    region: Mapped[str | None] = mapped_column(Text, nullable=True)
+    country: Mapped[str] = mapped_column(Text)
+    country_code: Mapped[str] = mapped_column(String(2))
+    label: Mapped[str] = mapped_column(Text)
+
+
+class PhotoMetaRow(Base):
+    """An image's header facts (organizer.photo_meta.PhotoMeta); a row exists once read."""
+
+    __tablename__ = "photo_meta"
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    reader: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    taken_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    altitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    place_id: Mapped[int | None] = mapped_column(ForeignKey("places.id"), nullable=True, index=True)
+    camera_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cameras.id"), nullable=True, index=True
+    )
+    lens: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    focal_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exposure_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    f_number: Mapped[float | None] = mapped_column(Float, nullable=True)
+    iso: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    orientation: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)

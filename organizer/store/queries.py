@@ -12,14 +12,18 @@ import numpy as np
 from sqlalchemy import Connection, CursorResult, Select, delete, func, insert, select, update
 
 from organizer.embed import ModelSpec
+from organizer.photo_meta import PhotoMeta
 from organizer.store import dialect
 from organizer.store.models import (
+    Camera,
     Catalogue,
     Embedding,
     Image,
     IndexState,
     IngestRun,
     Model,
+    PhotoMetaRow,
+    Place,
     Root,
     table_of,
 )
@@ -300,24 +304,69 @@ _IMAGE_RECORD_COLUMNS = (
     images.c.width,
     images.c.height,
     images.c.format,
-    images.c.captured_at,
-    images.c.status,
-    images.c.content_hash,
+)
+_META = table_of(PhotoMetaRow)
+_CAMERAS = table_of(Camera)
+_PLACES = table_of(Place)
+_META_COLUMNS = tuple(
+    _META.c[name]
+    for name in (
+        "taken_at",
+        "taken_offset",
+        "latitude",
+        "longitude",
+        "altitude",
+        "lens",
+        "focal_mm",
+        "exposure_s",
+        "f_number",
+        "iso",
+        "orientation",
+    )
 )
 
 
 def _image_record(row: Any) -> ImageRecord:
-    *head, status, content_hash = row
-    return ImageRecord(*head, ImageStatus(status), content_hash)  # type: ignore[call-arg]
+    image_id, root, relpath, size, mtime_ns, width, height, fmt = row[: len(_IMAGE_RECORD_COLUMNS)]
+    meta = None
+    if row.meta_read is not None:
+        facts = {c.name: row._mapping[c.name] for c in _META_COLUMNS}
+        meta = PhotoMeta(make=row.make, model=row.model, **facts)
+    return ImageRecord(
+        id=image_id,
+        root=root,
+        relpath=relpath,
+        size=size,
+        mtime_ns=mtime_ns,
+        width=width,
+        height=height,
+        format=fmt,
+        status=ImageStatus(row.status),
+        content_hash=row.content_hash,
+        meta=meta,
+        place=row.place,
+    )
 
 
 def describe_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
-    """The records of the given images (any status), by id."""
+    """The records of the given images (any status), with their metadata, by id."""
     out: dict[int, ImageRecord] = {}
     for chunk in chunked(list(image_ids)):
         stmt = (
-            select(*_IMAGE_RECORD_COLUMNS)
+            select(
+                *_IMAGE_RECORD_COLUMNS,
+                images.c.status,
+                images.c.content_hash,
+                _META.c.image_id.label("meta_read"),
+                *_META_COLUMNS,
+                _CAMERAS.c.make,
+                _CAMERAS.c.model,
+                _PLACES.c.label.label("place"),
+            )
             .join(roots_t, roots_t.c.id == images.c.root_id)
+            .outerjoin(_META, _META.c.image_id == images.c.id)
+            .outerjoin(_CAMERAS, _CAMERAS.c.id == _META.c.camera_id)
+            .outerjoin(_PLACES, _PLACES.c.id == _META.c.place_id)
             .where(images.c.id.in_(chunk))
         )
         out.update({row.id: _image_record(row) for row in conn.execute(stmt)})

@@ -15,6 +15,7 @@ from enum import StrEnum
 import numpy as np
 
 from organizer.embed import ModelSpec
+from organizer.photo_meta import PhotoMeta
 from organizer.scan import display_path, exact_path, shown_path
 
 
@@ -110,9 +111,10 @@ class ImageRecord:
     width: int | None
     height: int | None
     format: str | None
-    captured_at: datetime | None
     status: ImageStatus
     content_hash: str | None
+    meta: PhotoMeta | None = None  # None: the header was never read
+    place: str | None = None  # the named place of its coordinates ("Arezzo, Tuscany, Italy")
 
     @property
     def path(self) -> bytes:
@@ -125,9 +127,47 @@ class ImageRecord:
 
     @property
     def taken(self) -> float:
-        """When the photo was taken (EXIF), else its modification time, as a timestamp."""
-        when = self.captured_at or datetime.fromtimestamp(self.mtime_ns / 1e9)
+        """When the photo was taken (EXIF), else its modification time, as a timestamp: for
+        ordering only, never shown as the time taken."""
+        when = self.taken_at or datetime.fromtimestamp(self.mtime_ns / 1e9)
         return when.timestamp()
+
+    @property
+    def taken_at(self) -> datetime | None:
+        """The camera's wall-clock time of the shot, when the header gave a believable one."""
+        return self.meta.taken_at if self.meta is not None else None
+
+    def facts(self, coordinates: bool = True) -> dict:
+        """When, where and with what, for ``--json``: ``taken`` in ISO 8601 with its UTC offset
+        when the file records one (else local time, ``taken_zone_known`` false); coordinates
+        only when asked (they never leave through pages or the report)."""
+        meta = self.meta or PhotoMeta()
+        out: dict = {
+            "taken": taken_text(meta),
+            "taken_zone_known": meta.taken_offset is not None if meta.taken_at else None,
+            "place": self.place,
+            "camera": meta.camera,
+            "lens": meta.lens,
+            "focal_mm": meta.focal_mm,
+            "exposure_s": meta.exposure_s,
+            "f_number": meta.f_number,
+            "iso": meta.iso,
+        }
+        if coordinates:
+            out.update(latitude=meta.latitude, longitude=meta.longitude, altitude=meta.altitude)
+        return out
+
+
+def taken_text(meta: PhotoMeta) -> str | None:
+    """The time taken in ISO 8601, with its offset ("+02:00") when the file records one."""
+    if meta.taken_at is None:
+        return None
+    text = meta.taken_at.isoformat()
+    if meta.taken_offset is None:
+        return text
+    sign = "-" if meta.taken_offset < 0 else "+"
+    hours, minutes = divmod(abs(meta.taken_offset), 60)
+    return f"{text}{sign}{hours:02d}:{minutes:02d}"
 
 
 @dataclass(frozen=True)

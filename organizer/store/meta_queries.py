@@ -1,0 +1,152 @@
+"""Named queries for photo metadata, cameras and places (see queries.py for the conventions)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, delete, func, insert, or_, select
+
+from organizer.photo_meta import READER_VERSION, PhotoMeta
+from organizer.store import queries as q
+from organizer.store.models import Camera, PhotoMetaRow, Place, table_of
+from organizer.store.records import ImageStatus
+
+if TYPE_CHECKING:
+    from organizer.places import Place as NamedPlace
+
+meta_t = table_of(PhotoMetaRow)
+cameras_t = table_of(Camera)
+places_t = table_of(Place)
+
+# The PhotoMeta fields stored as they are; make and model go to cameras, the rest below.
+_PLAIN = (
+    "taken_at",
+    "taken_offset",
+    "latitude",
+    "longitude",
+    "altitude",
+    "lens",
+    "focal_mm",
+    "exposure_s",
+    "f_number",
+    "iso",
+    "orientation",
+)
+
+
+def put_meta(
+    conn: Connection,
+    items: Sequence[tuple[int, PhotoMeta]],
+    places: dict[int, NamedPlace | None] | None = None,
+) -> None:
+    """Record the metadata read for each image (replacing what was there), with the named
+    place of those that have one (``places``: image id -> place)."""
+    if not items:
+        return
+    cameras = camera_ids(conn, [m for _, m in items])
+    named = places or {}
+    place_of = place_ids(conn, [p for p in named.values() if p is not None])
+    rows = []
+    for image_id, meta in items:
+        place = named.get(image_id)
+        row = {name: getattr(meta, name) for name in _PLAIN}
+        row.update(
+            image_id=image_id,
+            reader=READER_VERSION,
+            camera_id=cameras.get((meta.make, meta.model)),
+            place_id=place_of.get(place.label()) if place is not None else None,
+        )
+        rows.append(row)
+    delete_meta(conn, [image_id for image_id, _ in items])
+    for chunk in q.chunked(rows, 1000):
+        conn.execute(insert(meta_t), list(chunk))
+
+
+def delete_meta(conn: Connection, image_ids: Sequence[int]) -> None:
+    """Forget what was read of these images (their content changed: read again later)."""
+    for chunk in q.chunked(list(image_ids)):
+        conn.execute(delete(meta_t).where(meta_t.c.image_id.in_(chunk)))
+
+
+def camera_ids(conn: Connection, metas: Sequence[PhotoMeta]) -> dict[tuple, int]:
+    """The id of each (make, model) these files name, adding the new ones."""
+    wanted = {(m.make, m.model): m.camera for m in metas if m.camera}
+    if not wanted:
+        return {}
+    known = {(row.make, row.model): row.id for row in conn.execute(select(cameras_t))}
+    for key, label in wanted.items():
+        if key not in known:
+            made = conn.execute(insert(cameras_t).values(make=key[0], model=key[1], label=label))
+            known[key] = q.new_id(made)
+    return known
+
+
+def place_ids(conn: Connection, places: Sequence[NamedPlace]) -> dict[str, int]:
+    """The id of each named place, by label, adding the new ones."""
+    wanted = {p.label(): p for p in places}
+    if not wanted:
+        return {}
+    known: dict[str, int] = {}
+    for chunk in q.chunked(list(wanted)):
+        stmt = select(places_t.c.label, places_t.c.id).where(places_t.c.label.in_(chunk))
+        known.update({row.label: row.id for row in conn.execute(stmt)})
+    for label, place in wanted.items():
+        if label not in known:
+            values = dict(
+                city=place.city,
+                region=place.region,
+                country=place.country,
+                country_code=place.country_code,
+                label=label,
+            )
+            known[label] = q.new_id(conn.execute(insert(places_t).values(**values)))
+    return known
+
+
+def unread(conn: Connection, root_ids: Sequence[int] | None = None) -> list[tuple[int, bytes]]:
+    """(id, absolute path) of the ok images whose header was never read, or read by an older
+    reader: what the next ingest fills in."""
+    images, roots = q.images, q.roots_t
+    stmt = (
+        select(images.c.id, roots.c.path, images.c.relpath)
+        .join(roots, roots.c.id == images.c.root_id)
+        .outerjoin(meta_t, meta_t.c.image_id == images.c.id)
+        .where(
+            images.c.status == ImageStatus.OK,
+            or_(meta_t.c.image_id.is_(None), meta_t.c.reader < READER_VERSION),
+        )
+        .order_by(images.c.root_id, images.c.relpath)
+    )
+    if root_ids is not None:
+        stmt = stmt.where(images.c.root_id.in_(list(root_ids)))
+    return [
+        (row.id, os.path.join(os.fsencode(row.path), row.relpath)) for row in conn.execute(stmt)
+    ]
+
+
+def meta_counts(conn: Connection) -> dict[str, int]:
+    """Of the ok images: how many were read, and how many have a time taken, coordinates,
+    a camera, a named place."""
+    images = q.images
+    stmt = (
+        select(
+            func.count(meta_t.c.image_id),
+            func.count(meta_t.c.taken_at),
+            func.count(meta_t.c.latitude),
+            func.count(meta_t.c.camera_id),
+            func.count(meta_t.c.place_id),
+        )
+        .select_from(images)
+        .outerjoin(meta_t, meta_t.c.image_id == images.c.id)
+        .where(images.c.status == ImageStatus.OK)
+    )
+    read, taken, located, camera, placed = conn.execute(stmt).one()
+    return {
+        "read": read,
+        "with_time": taken,
+        "with_coordinates": located,
+        "with_camera": camera,
+        "with_place": placed,
+    }
