@@ -1,0 +1,135 @@
+"""The ids a :class:`~organizer.filters.PhotoFilter` keeps (see queries.py for the conventions).
+
+Cameras and places are matched in their own small tables first, so the query over
+``photo_meta`` uses its indexes (time taken, latitude, camera, place) whatever the size of
+the library; distances are finished in numpy on the few rows the bounding box leaves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from sqlalchemy import Connection, and_, false, or_, select
+
+from organizer.filters import Near, PhotoFilter
+from organizer.paths import is_within
+from organizer.store import queries as q
+from organizer.store.meta_queries import cameras_t, meta_t, places_t
+from organizer.store.records import ImageStatus
+
+EARTH_KM = 6371.0088
+
+
+def kept_ids(conn: Connection, where: PhotoFilter) -> np.ndarray:
+    """The sorted ids (int64) of the ok images the filter keeps."""
+    images = q.images
+    stmt = select(images.c.id).where(images.c.status == ImageStatus.OK)
+    if where.start or where.end or where.cameras or where.places or where.near:
+        stmt = stmt.join(meta_t, meta_t.c.image_id == images.c.id)
+    if where.start is not None:
+        stmt = stmt.where(meta_t.c.taken_at >= where.start)
+    if where.end is not None:
+        stmt = stmt.where(meta_t.c.taken_at < where.end)
+    if where.cameras:
+        stmt = stmt.where(meta_t.c.camera_id.in_(camera_matches(conn, where.cameras)))
+    if where.places:
+        stmt = stmt.where(meta_t.c.place_id.in_(place_matches(conn, where.places)))
+    if where.under:
+        stmt = stmt.where(_under(conn, where.under))
+    if where.near is None:
+        return np.sort(np.fromiter(conn.execute(stmt).scalars(), np.int64))
+    stmt = stmt.add_columns(meta_t.c.latitude, meta_t.c.longitude).where(_box(where.near))
+    rows = conn.execute(stmt).all()
+    if not rows:
+        return np.empty(0, np.int64)
+    found = np.array(rows, dtype=np.float64)
+    close = distances_km(where.near, found[:, 1], found[:, 2]) <= where.near.km
+    return np.sort(found[close, 0].astype(np.int64))
+
+
+def camera_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
+    """Cameras whose label contains any of the (lower-case) words."""
+    rows = conn.execute(select(cameras_t.c.id, cameras_t.c.label)).all()
+    return [row.id for row in rows if any(w in row.label.lower() for w in words)]
+
+
+def place_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
+    """Places named by any of the words: a city, region or country of that name (or a
+    two-letter country code); a word that names none matches the places containing it
+    ("tusc" finds Tuscany)."""
+    rows = conn.execute(
+        select(
+            places_t.c.id,
+            places_t.c.city,
+            places_t.c.region,
+            places_t.c.country,
+            places_t.c.country_code,
+        )
+    ).all()
+    found: set[int] = set()
+    for word in words:
+        exact = {
+            row.id
+            for row in rows
+            if word in {(row.city or "").lower(), (row.region or "").lower(), row.country.lower()}
+            or (len(word) == 2 and word == row.country_code.lower())
+        }
+        found |= exact or {
+            row.id
+            for row in rows
+            if any(word in (part or "").lower() for part in (row.city, row.region, row.country))
+        }
+    return sorted(found)
+
+
+def _under(conn: Connection, folders: tuple[str, ...]) -> object:
+    """Images whose file is in one of the folders (at any depth)."""
+    images = q.images
+    terms = []
+    for root_id, root in q.all_roots(conn).items():
+        for folder in folders:
+            if is_within(root, folder):
+                terms.append(images.c.root_id == root_id)
+            elif is_within(folder, root, strictly=True):
+                prefix = os.fsencode(os.path.relpath(folder, root)) + b"/"
+                upper = prefix[:-1] + b"0"  # the first name after every "prefix/..."
+                terms.append(
+                    and_(
+                        images.c.root_id == root_id,
+                        images.c.relpath >= prefix,
+                        images.c.relpath < upper,
+                    )
+                )
+    return or_(*terms) if terms else false()
+
+
+def _box(near: Near) -> object:
+    """A latitude/longitude box around the circle (the index on latitude narrows first)."""
+    dlat = math.degrees(near.km / EARTH_KM)
+    south, north = near.latitude - dlat, near.latitude + dlat
+    terms = [meta_t.c.latitude >= south, meta_t.c.latitude <= north]
+    widest = max(abs(south), abs(north))
+    if widest < 89:
+        dlon = dlat / math.cos(math.radians(widest))
+        west, east = near.longitude - dlon, near.longitude + dlon
+        if west >= -180 and east <= 180:
+            terms += [meta_t.c.longitude >= west, meta_t.c.longitude <= east]
+        elif dlon < 180:  # the box crosses the antimeridian
+            wrapped = west + 360 if west < -180 else east - 360
+            outer = meta_t.c.longitude >= wrapped if west < -180 else meta_t.c.longitude <= wrapped
+            inner = meta_t.c.longitude <= east if west < -180 else meta_t.c.longitude >= west
+            terms.append(or_(inner, outer))
+    return and_(*terms)
+
+
+def distances_km(near: Near, latitudes: np.ndarray, longitudes: np.ndarray) -> np.ndarray:
+    """Great-circle (haversine) distances from ``near``'s point, in kilometres."""
+    lat1, lon1 = math.radians(near.latitude), math.radians(near.longitude)
+    lat2, lon2 = np.radians(latitudes), np.radians(longitudes)
+    a = (
+        np.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    )
+    return 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
