@@ -11,7 +11,7 @@ import math
 import os
 
 import numpy as np
-from sqlalchemy import Connection, and_, false, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, false, or_, select
 
 from organizer.filters import Near, PhotoFilter
 from organizer.paths import is_within
@@ -84,10 +84,10 @@ def place_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
     return sorted(found)
 
 
-def _under(conn: Connection, folders: tuple[str, ...]) -> object:
+def _under(conn: Connection, folders: tuple[str, ...]) -> ColumnElement[bool]:
     """Images whose file is in one of the folders (at any depth)."""
     images = q.images
-    terms = []
+    terms: list[ColumnElement[bool]] = []
     for root_id, root in q.all_roots(conn).items():
         for folder in folders:
             if is_within(root, folder):
@@ -105,7 +105,7 @@ def _under(conn: Connection, folders: tuple[str, ...]) -> object:
     return or_(*terms) if terms else false()
 
 
-def _box(near: Near) -> object:
+def _box(near: Near) -> ColumnElement[bool]:
     """A latitude/longitude box around the circle (the index on latitude narrows first)."""
     dlat = math.degrees(near.km / EARTH_KM)
     south, north = near.latitude - dlat, near.latitude + dlat
