@@ -79,3 +79,7 @@ class LibraryURLError(LibraryError, OptionsError):
 
 class IndexPlanError(OptionsError):
     """An index kind or memory budget that cannot be built."""
+
+
+class GazetteerError(OrganizerError):
+    """The place gazetteer (town names for photo coordinates) is missing or unreadable."""
