@@ -233,7 +233,7 @@ def _text(value: Any) -> str | None:
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
         return None
-    cleaned = "".join(c for c in value if c.isprintable()).strip()
+    cleaned = "".join(c for c in value if c.isprintable() and c != "\ufffd").strip()
     cleaned = " ".join(cleaned.split())[:_TEXT_LIMIT]
     return cleaned or None
 

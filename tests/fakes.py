@@ -166,3 +166,58 @@ def slow_prepare(job, spec, skip_decode, draft):
 
     time.sleep(0.05)
     return prepare(job, spec, skip_decode, draft)
+
+
+def photo_exif(
+    taken: str | None = "2008:10:22 14:03:00",
+    offset: str | None = None,
+    gps: tuple[float, float] | None = None,
+    camera: tuple[str, str] | None = ("Canon", "Canon EOS 5D"),
+    **extra: object,
+) -> Image.Exif:
+    """An EXIF block as a camera writes it: DateTimeOriginal (with OffsetTimeOriginal), GPS
+    as degrees/minutes/seconds with N/S and E/W references, make and model. ``extra`` sets
+    raw tags of the EXIF sub-IFD by number (``t33434=...``)."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    exif = Image.Exif()
+    if camera:
+        exif[271], exif[272] = camera
+    sub = exif.get_ifd(0x8769)
+    if taken is not None:
+        sub[36867] = taken
+    if offset is not None:
+        sub[36881] = offset
+    for key, value in extra.items():
+        sub[int(key.lstrip("t"))] = value
+    if gps is not None:
+        lat, lon = gps
+        info = exif.get_ifd(0x8825)
+        info[1], info[3] = ("N" if lat >= 0 else "S"), ("E" if lon >= 0 else "W")
+        info[2], info[4] = (_dms(abs(lat), IFDRational), _dms(abs(lon), IFDRational))
+    return exif
+
+
+def _dms(degrees: float, rational: type) -> tuple:
+    d = int(degrees)
+    m = int((degrees - d) * 60)
+    s = round(((degrees - d) * 60 - m) * 60 * 10000)
+    return rational(d, 1), rational(m, 1), rational(s, 10000)
+
+
+def write_photo(
+    path: Path, seed: int, exif: Image.Exif | None = None, fmt: str | None = None
+) -> Path:
+    """A picture with an EXIF block (``photo_exif()`` unless given)."""
+    exif = photo_exif() if exif is None else exif
+    return write_picture(path, seed, fmt, exif=exif.tobytes())
+
+
+def tiff_with_exif(exif: Image.Exif) -> bytes:
+    """A TIFF whose IFD0 points to EXIF and GPS sub-IFDs, as cameras and RAW containers
+    write them (Pillow's TIFF writer leaves sub-IFDs out); its picture is a 4x4 grey."""
+    exif[256], exif[257], exif[258], exif[259], exif[262] = 4, 4, 8, 1, 1
+    exif[277], exif[278], exif[279], exif[273] = 1, 4, 16, 0
+    # The block without its "Exif\0\0" marker is a TIFF; Pillow points the strip offset
+    # past the directories it writes, where the pixels go.
+    return exif.tobytes()[6:] + bytes([128]) * 16
