@@ -71,3 +71,10 @@ class LabelSource(StrEnum):
 def is_url(value: object) -> bool:
     """Whether a --library value is a database URL rather than a folder."""
     return isinstance(value, str) and "://" in value
+
+
+class Sort(StrEnum):
+    """The order of search results."""
+
+    SCORE = "score"  # most similar first
+    DATE = "date"  # oldest taken first, undated last (each keeps its rank by score)

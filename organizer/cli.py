@@ -24,6 +24,7 @@ import typer
 
 from organizer import __version__
 from organizer import console as out
+from organizer import filter_options as fo
 from organizer.choices import (
     Algorithm,
     Device,
@@ -34,6 +35,7 @@ from organizer.choices import (
     LabelSource,
     Precision,
     Runtime,
+    Sort,
 )
 from organizer.config import resolve_settings
 from organizer.errors import Interrupted, OptionsError, OrganizerError
@@ -750,6 +752,13 @@ def similar(
     old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
     include_offline: OfflineOpt = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
+    sort: fo.SortOpt = Sort.SCORE,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -762,14 +771,19 @@ def similar(
     """
     with _open(library) as lib:
         res = lib.similar(
-            photo, limit=old_limit or limit, threshold=threshold, include_offline=include_offline
+            photo,
+            limit=old_limit or limit,
+            threshold=threshold,
+            include_offline=include_offline,
+            where=fo.where(after, before, camera, place, near, under),
+            sort=sort,
         )
     out.print_offline(res.offline)
     out.show(
         res,
         as_json,
         lambda res: out.print_results(res, absolute),
-        lambda res: res.to_dict(absolute),
+        lambda res: res.to_dict(absolute, coordinates=True),
     )
 
 
@@ -792,6 +806,13 @@ def search(
     old_limit: OldLimitOpt = None,
     threshold: ThresholdOpt = None,
     include_offline: OfflineOpt = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
+    sort: fo.SortOpt = Sort.SCORE,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -808,13 +829,15 @@ def search(
             limit=old_limit or limit,
             threshold=threshold,
             include_offline=include_offline,
+            where=fo.where(after, before, camera, place, near, under),
+            sort=sort,
         )
     out.print_offline(res.offline)
     out.show(
         res,
         as_json,
         lambda res: out.print_results(res, absolute),
-        lambda res: res.to_dict(absolute),
+        lambda res: res.to_dict(absolute, coordinates=True),
     )
 
 
@@ -829,6 +852,12 @@ def duplicates(
         ),
     ] = 0.96,
     include_offline: OfflineOpt = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
@@ -841,7 +870,11 @@ def duplicates(
     Example: organizer duplicates --threshold 0.97
     """
     with _open(library) as lib, out.StatusLine("duplicates", not (quiet or as_json)):
-        found = lib.duplicates(threshold, include_offline=include_offline)
+        found = lib.duplicates(
+            threshold,
+            include_offline=include_offline,
+            where=fo.where(after, before, camera, place, near, under),
+        )
     out.print_offline(found.offline)
     out.show(
         found,
@@ -889,6 +922,12 @@ def cluster(
     assign_new: Annotated[bool, typer.Option("--assign-new", hidden=True)] = False,
     run: Annotated[int | None, typer.Option("--run", hidden=True)] = None,
     include_offline: OfflineOpt = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -920,6 +959,7 @@ def cluster(
             vocabulary=vocabulary,
             names=names,
             include_offline=include_offline,
+            where=fo.where(after, before, camera, place, near, under),
             progress=progress,
         )
     out.print_offline(summary.offline)
@@ -1009,6 +1049,12 @@ def export(
         bool,
         typer.Option("--force", help="Write into a non-empty folder (nothing there is removed)."),
     ] = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -1020,7 +1066,9 @@ def export(
     Example: organizer export --to ~/Pictures/by-cluster
     """
     with _open(library) as lib, out.StatusLine("export", not (quiet or as_json)):
-        result = lib.export(run, to, mode, force)
+        result = lib.export(
+            run, to, mode, force, where=fo.where(after, before, camera, place, near, under)
+        )
     for warning in result.warnings:
         out.err(f"warning: {warning}")
     out.show(result, as_json, lambda result: out.print_export(result, mode))
@@ -1061,6 +1109,12 @@ def report(
         typer.Option(min=1, help="Points on the map; a seeded sample beyond (default 5000)."),
     ] = None,
     include_offline: OfflineOpt = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
     library: LibraryOpt = None,
     absolute: AbsoluteOpt = False,
     quiet: QuietOpt = False,
@@ -1082,6 +1136,7 @@ def report(
             absolute=absolute,
             progress=progress,
             include_offline=include_offline,
+            where=fo.where(after, before, camera, place, near, under),
         )
     out.print_offline(summary.offline)
     out.show(summary, as_json, out.print_report)

@@ -22,10 +22,12 @@ from organizer.choices import Algorithm, ExportMode, KSpec, LabelSource
 from organizer.embed import Embedder
 from organizer.errors import ClusterError
 from organizer.export import ExportSummary, export_run
+from organizer.filters import PhotoFilter
 from organizer.scan import display_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
+from organizer.store.filter_queries import kept_ids
 from organizer.store.records import (
     ClusterRecord,
     ClusterRunRecord,
@@ -87,14 +89,17 @@ class Clustering:
         embedder: EmbedderProvider,
         cache_dir: Path | None,
         roots: Sequence[int] | None = None,
+        where: PhotoFilter | None = None,
     ):
         """``embedder()`` loads the model, only when cluster names are not cached yet;
         ``cache_dir`` keeps the cached concept vectors (None: no cache); new runs cluster
-        the images under ``roots`` only, when given (the present ones)."""
+        the images under ``roots`` only, when given (the present ones), and of those the
+        ones ``where`` keeps (a subset by date, place, camera or folder)."""
         self.engine = engine
         self.embedder = embedder
         self.cache_dir = cache_dir
         self.roots = roots
+        self.where = where or PhotoFilter()
 
     def _vectors(self) -> tuple[LibraryModel, np.ndarray, np.ndarray]:
         with self.engine.connect() as conn, conn.begin():
@@ -104,6 +109,14 @@ class Clustering:
                     "the library has no images yet: run `organizer ingest FOLDER` first"
                 )
             ids, vectors = q.ok_vectors(conn, model.id, model.dim, self.roots)
+            if not self.where.empty:
+                keep = np.isin(ids, kept_ids(conn, self.where))
+                ids, vectors = ids[keep], vectors[keep]
+                if len(ids) < 2:
+                    raise ClusterError(
+                        f"the filter ({self.where.describe()}) keeps {len(ids)} image"
+                        f"{'' if len(ids) == 1 else 's'}: too few to cluster"
+                    )
         return model, ids, vectors
 
     def run(
@@ -184,6 +197,7 @@ class Clustering:
             "k_max": k_max,
             "restarts": 5,
             "silhouette_sample": cluster.SILHOUETTE_SAMPLE,
+            **({"filter": self.where.to_dict()} if not self.where.empty else {}),
         }
         with write_transaction(self.engine) as conn:
             run_id = self._insert(conn, model, run, params, vocab)
@@ -311,8 +325,16 @@ class Clustering:
         mode: str = ExportMode.SYMLINK,
         force: bool = False,
     ) -> ExportSummary:
-        """One folder per cluster of links to (or copies of) its images (see export_run)."""
-        return export_run(self.summary(run_id), target, mode, force)
+        """One folder per cluster of links to (or copies of) its images (see export_run); of
+        those the filter ``where`` keeps, when this clustering has one."""
+        return export_run(self.filtered(self.summary(run_id)), target, mode, force)
+
+    def filtered(self, summary: ClusterRunSummary) -> ClusterRunSummary:
+        """A run with only the members the filter keeps (clusters left empty stay, empty)."""
+        if self.where.empty:
+            return summary
+        with self.engine.connect() as conn:
+            return summary.only(set(kept_ids(conn, self.where).tolist()))
 
     def evaluate(
         self, run_id: int | None = None, labels: str = LabelSource.FOLDERS

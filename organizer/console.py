@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from organizer.cluster_runs import AssignResult, ExportSummary, RunEvaluation
     from organizer.finder import DuplicateGroup, Results
     from organizer.ingest import IngestSummary, Progress
+    from organizer.photo_meta import PhotoMeta
     from organizer.report import ReportSummary
     from organizer.roots import RootChange, RootStatus
     from organizer.status import LibraryStatus, SkippedFiles
@@ -333,11 +334,29 @@ def print_offline(offline: OfflineImages | None) -> None:
 
 
 def print_results(res: Results, absolute: bool) -> None:
+    """One line per result: rank by score, score, path, then when, where and with what it
+    was taken, as far as known (rank order is score order even with --sort date)."""
+    if not res.where.empty:
+        print(f"filter: {display_text(res.where.describe())}")
     if not res.results:
-        print("no results")
+        print("no results" if res.where.empty else "no results: no image passes the filter")
     absolute = absolute or _same_name_under_two_roots((r.root, r.relpath) for r in res.results)
     for r in res.results:
-        print(f"{r.rank:>3}  {r.score:.4f}  {shown_path(r.root, r.relpath, absolute)}")
+        facts = _facts(r.meta, r.place)
+        path = shown_path(r.root, r.relpath, absolute)
+        print(f"{r.rank:>3}  {r.score:.4f}  {path}" + (f"  ({facts})" if facts else ""))
+
+
+def _facts(meta: PhotoMeta | None, place: str | None) -> str:
+    """ "22 Oct 2008 14:03 · Arezzo, Tuscany, Italy · Canon EOS 5D", of what is known."""
+    parts = []
+    if meta is not None and meta.taken_at is not None:
+        parts.append(f"{meta.taken_at:%-d %b %Y %H:%M}")
+    if place:
+        parts.append(place)
+    if meta is not None and meta.camera:
+        parts.append(meta.camera)
+    return display_text(" · ".join(parts))
 
 
 def _same_name_under_two_roots(paths: Iterable[tuple[str, bytes]]) -> bool:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from organizer.errors import QueryError
+from organizer.errors import OptionsError
 
 DEFAULT_NEAR_KM = 10.0
 _PERIOD = re.compile(r"^\s*(\d{4})(?:-(\d{1,2}))?(?:-(\d{1,2}))?\s*$")
@@ -80,12 +80,12 @@ def parse_filter(
     """A filter from its options' text.
 
     Raises:
-        QueryError: a date, a position or a folder that cannot be understood.
+        OptionsError: a date, a position or a folder that cannot be understood.
     """
     start = period(after, "--after")[0] if after else None
     end = period(before, "--before")[1] if before else None
     if start and end and start >= end:
-        raise QueryError(f"--after {after} is later than --before {before}: nothing can match")
+        raise OptionsError(f"--after {after} is later than --before {before}: nothing can match")
     given: dict[str, str] = {}
     for name, value in (("after", after), ("before", before), ("near", near)):
         if value:
@@ -109,18 +109,18 @@ def period(text: str, option: str = "a date") -> tuple[datetime, datetime]:
     first moment after it.
 
     Raises:
-        QueryError: not one of those forms, or not a real date.
+        OptionsError: not one of those forms, or not a real date.
     """
     match = _PERIOD.match(text or "")
     if match is None:
-        raise QueryError(
+        raise OptionsError(
             f"{option} takes a year, month or day (2019, 2019-06, 2019-06-14), not {text!r}"
         )
     year, month, day = (int(p) if p else None for p in match.groups())
     try:
         first = date(year or 1, month or 1, day or 1)  # year always matched
     except ValueError:
-        raise QueryError(f"{option} {text}: no such date") from None
+        raise OptionsError(f"{option} {text}: no such date") from None
     if day is not None:
         after = first + timedelta(days=1)
     elif month is not None:
@@ -136,7 +136,7 @@ def parse_near(text: str) -> Near:
     """``LAT,LON[,KM]`` in decimal degrees (south and west negative) and kilometres.
 
     Raises:
-        QueryError: not two or three numbers, or out of range.
+        OptionsError: not two or three numbers, or out of range.
     """
     parts = [p.strip() for p in (text or "").split(",")]
     try:
@@ -144,14 +144,16 @@ def parse_near(text: str) -> Near:
     except ValueError:
         numbers = []
     if len(numbers) not in (2, 3) or not all(math.isfinite(n) for n in numbers):
-        raise QueryError(
+        raise OptionsError(
             f"--near takes LAT,LON or LAT,LON,KM in decimal degrees, e.g. 43.46,11.88,5; not {text!r}"
         )
     lat, lon, km = (*numbers, DEFAULT_NEAR_KM)[:3]
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise QueryError(f"--near {text}: latitude must be in [-90, 90], longitude in [-180, 180]")
+        raise OptionsError(
+            f"--near {text}: latitude must be in [-90, 90], longitude in [-180, 180]"
+        )
     if not 0 < km <= 20_038:
-        raise QueryError(
+        raise OptionsError(
             f"--near {text}: the distance must be more than 0 km (and at most half the Earth)"
         )
     return Near(lat, lon, km)
@@ -160,5 +162,5 @@ def parse_near(text: str) -> Near:
 def _words(values: list[str] | tuple[str, ...], option: str) -> list[str]:
     cleaned = [" ".join(v.split()).lower() for v in values]
     if any(not v for v in cleaned):
-        raise QueryError(f"{option} needs a non-empty text")
+        raise OptionsError(f"{option} needs a non-empty text")
     return cleaned

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine
 
 from organizer import search
+from organizer.choices import Sort
 from organizer.embed import Embedder
 from organizer.errors import QueryError
+from organizer.filters import PhotoFilter
 from organizer.paths import is_within
+from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import Job, prepare
 from organizer.scan import display_path, display_text, exact_path, is_image_name, shown_path
 from organizer.store import queries as q
-from organizer.store.records import ImageRecord, ImageStatus, OfflineImages
+from organizer.store.filter_queries import kept_ids
+from organizer.store.records import ImageRecord, ImageStatus, OfflineImages, facts_of
 from organizer.vectors import VectorIndex
 
 IndexProvider = Callable[[], VectorIndex]
@@ -37,8 +42,16 @@ class Result:
     score: float
     root: str
     relpath: bytes
+    meta: PhotoMeta | None = None  # when, where, with what (None: header not read yet)
+    place: str | None = None
 
-    def to_dict(self, absolute: bool = False) -> dict:
+    @property
+    def taken_at(self) -> datetime | None:
+        return self.meta.taken_at if self.meta is not None else None
+
+    def to_dict(self, absolute: bool = False, coordinates: bool = False) -> dict:
+        """The result as JSON; ``coordinates`` adds the GPS position (the command line's
+        ``--json`` does, pages never)."""
         return {
             "rank": self.rank,
             "path": shown_path(self.root, self.relpath, absolute),
@@ -46,6 +59,7 @@ class Result:
             "root": self.root,
             "score": round(self.score, 6),
             "image_id": self.image_id,
+            **facts_of(self.meta, self.place, coordinates),
         }
 
 
@@ -54,11 +68,26 @@ class Results:
     query: str
     results: list[Result]
     offline: OfflineImages = field(default_factory=OfflineImages)  # what absent roots left out
+    sort: Sort = Sort.SCORE
+    where: PhotoFilter = field(default_factory=PhotoFilter)  # the filter the results passed
 
-    def to_dict(self, absolute: bool = False) -> dict:
+    def sorted(self, by: Sort) -> Results:
+        """The same results in another order: by score (best first) or by date taken (oldest
+        first, undated last); each keeps its rank by score."""
+        if by == Sort.SCORE:
+            ordered = sorted(self.results, key=lambda r: r.rank)
+        else:
+            ordered = sorted(
+                self.results, key=lambda r: (r.taken_at is None, r.taken_at or datetime.min, r.rank)
+            )
+        return replace(self, results=ordered, sort=by)
+
+    def to_dict(self, absolute: bool = False, coordinates: bool = False) -> dict:
         return {
             "query": self.query,
-            "results": [r.to_dict(absolute) for r in self.results],
+            "sort": str(self.sort),
+            "filter": self.where.to_dict(),
+            "results": [r.to_dict(absolute, coordinates) for r in self.results],
             "offline": self.offline.to_dict(),
         }
 
@@ -124,14 +153,27 @@ class Finder:
         index: IndexProvider,
         embedder: EmbedderProvider,
         hidden_roots: frozenset[str] = frozenset(),
+        where: PhotoFilter | None = None,
     ):
         """``index()`` gives the current vector index and ``embedder()`` the model (loaded
         only when a query needs it: a file outside the library, or a text). Images under
-        ``hidden_roots`` (absent folders) are never in the results."""
+        ``hidden_roots`` (absent folders) are never in the results, nor those ``where``
+        leaves out (a filter by date, place, camera or folder)."""
         self.engine = engine
         self.index = index
         self.embedder = embedder
         self.hidden_roots = hidden_roots
+        self.where = where or PhotoFilter()
+        self._kept: np.ndarray | None = None
+
+    def kept(self) -> np.ndarray | None:
+        """The ids the filter keeps (sorted), or None when there is no filter: asked once."""
+        if self.where.empty:
+            return None
+        if self._kept is None:
+            with self.engine.connect() as conn:
+                self._kept = kept_ids(conn, self.where)
+        return self._kept
 
     # -- query vectors ---------------------------------------------------------------------
 
@@ -321,9 +363,13 @@ class Finder:
             self.index(), vector, limit + offset, exclude, threshold, allowed=shown_ok
         )
         return [
-            Result(rank, h.image_id, h.score, records[h.image_id].root, records[h.image_id].relpath)
+            _result(rank, h.image_id, h.score, records[h.image_id])
             for rank, h in enumerate(hits, start=1)
         ][offset:]
+
+
+def _result(rank: int, image_id: int, score: float, record: ImageRecord) -> Result:
+    return Result(rank, image_id, score, record.root, record.relpath, record.meta, record.place)
 
 
 def _group(ids: list[int], records: dict[int, ImageRecord]) -> DuplicateGroup:

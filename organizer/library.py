@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from organizer import status as state
-from organizer.choices import KSpec
+from organizer.choices import KSpec, Sort
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import Settings
 from organizer.embed import Embedder, ModelSpec
 from organizer.export import check_target
+from organizer.filters import PhotoFilter
 from organizer.finder import Duplicates, Finder, Results
 from organizer.ingest import IngestOptions, IngestSummary, Progress
 from organizer.ingest.session import check_ingest, filled_options, ingest_run
@@ -244,10 +245,25 @@ class Library:
         """Search over the library; images under absent roots are left out unless asked."""
         return Finder(self.engine, self.vectors, self.embedder, self._roots.hidden(include_offline))
 
-    def _search(self, include_offline: bool, ask: Callable[[Finder], Found]) -> Found:
+    def _search(
+        self,
+        include_offline: bool,
+        ask: Callable[[Finder], Found],
+        where: PhotoFilter | None = None,
+    ) -> Found:
         shown = self._roots.shown(include_offline)
-        found = ask(Finder(self.engine, self.vectors, self.embedder, shown.hidden))
+        found = ask(Finder(self.engine, self.vectors, self.embedder, shown.hidden, where))
         return replace(found, offline=shown.offline)
+
+    def _results(
+        self,
+        include_offline: bool,
+        ask: Callable[[Finder], Results],
+        where: PhotoFilter | None,
+        sort: Sort,
+    ) -> Results:
+        found = self._search(include_offline, ask, where)
+        return replace(found, where=where or PhotoFilter()).sorted(sort)
 
     def similar(
         self,
@@ -256,25 +272,48 @@ class Library:
         threshold: float | None = None,
         include_offline: bool = False,
         offset: int = 0,
+        where: PhotoFilter | None = None,
+        sort: Sort = Sort.SCORE,
     ) -> Results:
         """Images most like ``photo`` (a library file: its stored vector, no model; any other
-        image: embedded on the fly, not added). The photo itself is not among the results."""
-        return self._search(include_offline, lambda f: f.similar(photo, limit, threshold, offset))
+        image: embedded on the fly, not added). The photo itself is not among the results.
+        ``where`` keeps only images it matches (``limit`` of them whenever that many match);
+        ``sort`` orders the results by score or by date taken."""
+        return self._results(
+            include_offline, lambda f: f.similar(photo, limit, threshold, offset), where, sort
+        )
 
-    def similar_to(self, image_id: int, limit: int = 12, offset: int = 0) -> Results:
+    def similar_to(
+        self,
+        image_id: int,
+        limit: int = 12,
+        offset: int = 0,
+        where: PhotoFilter | None = None,
+        sort: Sort = Sort.SCORE,
+    ) -> Results:
         """Images most like the library's image ``image_id``, itself left out.
 
         Raises:
             QueryError: no image of that id is shown (not ok, or under an absent root).
         """
-        return self._search(False, lambda f: f.similar_to(image_id, limit, None, offset))
+        return self._results(
+            False, lambda f: f.similar_to(image_id, limit, None, offset), where, sort
+        )
 
     def similar_pixels(
-        self, pixels: np.ndarray, label: str, limit: int = 12, offset: int = 0
+        self,
+        pixels: np.ndarray,
+        label: str,
+        limit: int = 12,
+        offset: int = 0,
+        where: PhotoFilter | None = None,
+        sort: Sort = Sort.SCORE,
     ) -> Results:
         """Images most like a picture decoded into the model's input (see
         ``embedder().preprocess``); it is not added. ``label`` names it in the results."""
-        return self._search(False, lambda f: f.similar_pixels(pixels, label, limit, offset))
+        return self._results(
+            False, lambda f: f.similar_pixels(pixels, label, limit, offset), where, sort
+        )
 
     def search(
         self,
@@ -286,17 +325,27 @@ class Library:
         include_offline: bool = False,
         offset: int = 0,
         texts_only: bool = False,
+        where: PhotoFilter | None = None,
+        sort: Sort = Sort.SCORE,
     ) -> Results:
         """Text-to-image search; each term (query, --plus, --minus) is a text or an image path
         (with ``texts_only``, always a text: a server never reads a path it is sent)."""
-        return self._search(
+        return self._results(
             include_offline,
             lambda f: f.search(query, plus, minus, limit, threshold, offset, texts_only),
+            where,
+            sort,
         )
 
-    def duplicates(self, threshold: float = 0.96, include_offline: bool = False) -> Duplicates:
-        """Groups of identical and near-identical images, each with a suggested keeper."""
-        return self._search(include_offline, lambda f: Duplicates(f.duplicates(threshold)))
+    def duplicates(
+        self,
+        threshold: float = 0.96,
+        include_offline: bool = False,
+        where: PhotoFilter | None = None,
+    ) -> Duplicates:
+        """Groups of identical and near-identical images, each with a suggested keeper; with
+        ``where``, groups of the images it keeps."""
+        return self._search(include_offline, lambda f: Duplicates(f.duplicates(threshold)), where)
 
     def image(self, image_id: int) -> ImageRecord | None:
         """An image that may be shown (ok, under a present root), or None."""
@@ -309,13 +358,17 @@ class Library:
         return Clustering(self.engine, self.embedder, self.home.cache_dir)
 
     def cluster(
-        self, k: KSpec = "auto", include_offline: bool = False, **options: Any
+        self,
+        k: KSpec = "auto",
+        include_offline: bool = False,
+        where: PhotoFilter | None = None,
+        **options: Any,
     ) -> ClusterRunSummary:
         """K-means over the library's vectors (not those under absent roots, unless
-        ``include_offline``), stored as a new run (see Clustering.run); it says what absent
-        roots left out."""
+        ``include_offline``; only those ``where`` keeps), stored as a new run (see
+        Clustering.run); it says what absent roots left out."""
         shown = self._roots.shown(include_offline)
-        clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, shown.roots)
+        clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, shown.roots, where)
         return replace(clustering.run(k, **options), offline=shown.offline)
 
     def clusters(self, run_id: int | None = None) -> ClusterRunSummary:
@@ -339,7 +392,12 @@ class Library:
         return self.clustering.assign_new(run_id)
 
     def export(
-        self, run_id: int | None, target: Path, mode: str = "symlink", force: bool = False
+        self,
+        run_id: int | None,
+        target: Path,
+        mode: str = "symlink",
+        force: bool = False,
+        where: PhotoFilter | None = None,
     ) -> ExportSummary:
         """One folder per cluster of links to (or copies of) its images (see export_run);
         warns when the folder is inside a root (ingest skips it: it is marked).
@@ -350,7 +408,8 @@ class Library:
         """
         real = os.path.realpath(Path(target).expanduser())
         warnings = check_target(real, self._roots.containing(real), self._roots.photos_under(real))
-        summary = self.clustering.export(run_id, target, mode, force)
+        clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, where=where)
+        summary = clustering.export(run_id, target, mode, force)
         return replace(summary, warnings=[*summary.warnings, *warnings]) if warnings else summary
 
     # -- report ----------------------------------------------------------------------------
@@ -361,6 +420,7 @@ class Library:
         run_id: int | None = None,
         progress: Callable[[ReportProgress], None] | None = None,
         include_offline: bool = False,
+        where: PhotoFilter | None = None,
         **options: Any,
     ) -> ReportSummary:
         """Write the self-contained HTML report (see organizer.report.write_report); images
@@ -373,6 +433,7 @@ class Library:
             progress=progress,
             roots=shown.roots,
             offline=shown.offline,
+            where=where,
             **options,
         )
 

@@ -71,6 +71,7 @@ def summary(**counts: int) -> dict:
     base = dict.fromkeys(
         ("new", "changed", "moved", "unchanged", "missing", "failed", "embedded", "reused"), 0
     )
+    base["metadata_filled"] = 0
     return {
         **base,
         **counts,
@@ -90,8 +91,32 @@ def summary(**counts: int) -> dict:
 NOTHING_OFFLINE = {"roots": [], "images": 0}
 
 
+# What the test pictures' headers say: nothing (they are made without EXIF).
+NO_FACTS = {
+    "taken": None,
+    "taken_zone_known": None,
+    "place": None,
+    "camera": None,
+    "lens": None,
+    "focal_mm": None,
+    "exposure_s": None,
+    "f_number": None,
+    "iso": None,
+    "latitude": None,
+    "longitude": None,
+    "altitude": None,
+}
+
+
 def result(rank: int, path: str, root: Path, image_id: int) -> dict:
-    return {"rank": rank, "path": path, "root": str(root), "score": FLOAT, "image_id": image_id}
+    return {
+        "rank": rank,
+        "path": path,
+        "root": str(root),
+        "score": FLOAT,
+        "image_id": image_id,
+        **NO_FACTS,
+    }
 
 
 def test_ingest_and_status(library, run_json, tmp_path):
@@ -147,6 +172,8 @@ def test_similar_search_duplicates(library, run_json):
     run_json("ingest", library, "--json")
     assert run_json("similar", library / "img001.jpg", "-n", "3", "--json") == {
         "query": str(library / "img001.jpg"),
+        "sort": "score",
+        "filter": {},
         "results": [
             result(1, "img004.jpg", library, 6),
             result(2, "img003.jpg", library, 5),
@@ -156,6 +183,8 @@ def test_similar_search_duplicates(library, run_json):
     }
     assert run_json("search", "a dog", "-n", "2", "--json") == {
         "query": "a dog",
+        "sort": "score",
+        "filter": {},
         "results": [result(1, "sub/img002.jpg", library, 7), result(2, "img004.jpg", library, 6)],
         "offline": NOTHING_OFFLINE,
     }

@@ -166,9 +166,12 @@ def test_json_shapes(searchable, cli):
         ).stdout
     )
     assert out["query"] == str(root / "img000.jpg")
+    facts = ["taken", "taken_zone_known", "place", "camera", "lens", "focal_mm", "exposure_s"]
+    facts += ["f_number", "iso", "latitude", "longitude", "altitude"]  # --json carries them
     assert [sorted(r) for r in out["results"]] == [
-        ["image_id", "path", "rank", "root", "score"]
+        sorted(["image_id", "path", "rank", "root", "score", *facts])
     ] * 2
+    assert (out["sort"], out["filter"]) == ("score", {})
     assert out["results"][0]["path"] == "copy-of-0.jpg"
     dup = json.loads(cli("duplicates", "--json", "--library", lib.settings.library).stdout)
     assert dup["groups"][0]["keep"] == "img000.jpg"

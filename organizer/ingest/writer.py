@@ -193,11 +193,22 @@ class BatchWriter:
                 source = self._source(conn, p.content_hash)
                 image_id = self._store(conn, work, p, source.image)
                 self._set_vector(conn, image_id, source.vector)
+                self._copy_meta(conn, source.image.id, image_id)
                 self._hash_to_id.setdefault(p.content_hash, image_id)
                 self.summary.reused += 1
             case Fail(work, p):
                 reason = p.error or "unknown error"
                 self._store_failure(conn, work, p.size, p.mtime_ns, p.content_hash, reason)
+
+    def _copy_meta(self, conn: Connection, source_id: int, image_id: int) -> None:
+        """The same bytes have the same header: a copy takes what was read of its source
+        (read in this batch, or stored); a source replaced meanwhile leaves it to be read
+        from its own header after the run."""
+        pending = next((m for i, m in reversed(self._read) if i == source_id), None)
+        if pending is not None:
+            self._read.append((image_id, pending))
+        elif source_id in self._hash_to_id.values():
+            mq.copy_meta(conn, source_id, image_id)
 
     def _source(self, conn: Connection, content_hash: str) -> _VectorSource:
         """The stored vector (and image) of some image with this content, as of now."""

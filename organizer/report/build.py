@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from organizer.background import Background
 from organizer.errors import ReportError
+from organizer.filters import PhotoFilter
 from organizer.report import data as report_data
 from organizer.report import figure, projection, render, thumbs
 from organizer.report.data import ReportData
@@ -82,6 +83,7 @@ def write_report(
     tsne: str = "auto",
     roots: Sequence[int] | None = None,
     offline: OfflineImages | None = None,
+    where: PhotoFilter | None = None,
 ) -> ReportSummary:
     """Write the HTML report of a library: overview, t-SNE map, one section per cluster.
 
@@ -98,6 +100,7 @@ def write_report(
         roots: show only the images under these roots (None: all).
         offline: what leaving out the other roots (absent ones) left out, for the page to
             say so.
+        where: show only the images this filter keeps (by date, place, camera, folder).
 
     Returns:
         A :class:`ReportSummary`.
@@ -111,7 +114,7 @@ def write_report(
     output, png = Path(output).expanduser(), Path(png).expanduser() if png else None
     max_points = DEFAULT_MAX_POINTS if max_points is None else max_points
     _check_request(output, png, max_points, tsne)
-    data = report_data.load(engine, run_id, roots)
+    data = report_data.load(engine, run_id, roots, where)
     seed = data.run.run.seed if data.run else 0
     rows = projection.sample_rows(len(data.ids), max_points, seed)
     tell(ReportProgress("map", 0, len(rows)))

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, delete, func, insert, or_, select
+from sqlalchemy import Connection, delete, func, insert, literal, or_, select
 
 from organizer.photo_meta import READER_VERSION, PhotoMeta
 from organizer.store import queries as q
@@ -62,6 +62,15 @@ def put_meta(
     delete_meta(conn, [image_id for image_id, _ in items])
     for chunk in q.chunked(rows, 1000):
         conn.execute(insert(meta_t), list(chunk))
+
+
+def copy_meta(conn: Connection, source_id: int, image_id: int) -> None:
+    """Give an image the metadata read for another of the same content (same bytes, same
+    header), if that one has been read."""
+    delete_meta(conn, [image_id])
+    columns = [c for c in meta_t.c if c.name != "image_id"]
+    rows = select(literal(image_id), *columns).where(meta_t.c.image_id == source_id)
+    conn.execute(insert(meta_t).from_select(["image_id", *(c.name for c in columns)], rows))
 
 
 def delete_meta(conn: Connection, image_ids: Sequence[int]) -> None:

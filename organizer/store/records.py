@@ -8,7 +8,7 @@ print have one ``to_dict()``: the shape of their ``--json`` document.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -138,24 +138,29 @@ class ImageRecord:
         return self.meta.taken_at if self.meta is not None else None
 
     def facts(self, coordinates: bool = True) -> dict:
-        """When, where and with what, for ``--json``: ``taken`` in ISO 8601 with its UTC offset
-        when the file records one (else local time, ``taken_zone_known`` false); coordinates
-        only when asked (they never leave through pages or the report)."""
-        meta = self.meta or PhotoMeta()
-        out: dict = {
-            "taken": taken_text(meta),
-            "taken_zone_known": meta.taken_offset is not None if meta.taken_at else None,
-            "place": self.place,
-            "camera": meta.camera,
-            "lens": meta.lens,
-            "focal_mm": meta.focal_mm,
-            "exposure_s": meta.exposure_s,
-            "f_number": meta.f_number,
-            "iso": meta.iso,
-        }
-        if coordinates:
-            out.update(latitude=meta.latitude, longitude=meta.longitude, altitude=meta.altitude)
-        return out
+        """When, where and with what, for ``--json`` (see :func:`facts_of`)."""
+        return facts_of(self.meta, self.place, coordinates)
+
+
+def facts_of(meta: PhotoMeta | None, place: str | None, coordinates: bool = True) -> dict:
+    """When, where and with what an image was taken, as JSON: ``taken`` in ISO 8601 with its
+    UTC offset when the file records one (else local time, ``taken_zone_known`` false);
+    coordinates only when asked (they never leave through pages or the report)."""
+    meta = meta or PhotoMeta()
+    out: dict = {
+        "taken": taken_text(meta),
+        "taken_zone_known": meta.taken_offset is not None if meta.taken_at else None,
+        "place": place,
+        "camera": meta.camera,
+        "lens": meta.lens,
+        "focal_mm": meta.focal_mm,
+        "exposure_s": meta.exposure_s,
+        "f_number": meta.f_number,
+        "iso": meta.iso,
+    }
+    if coordinates:
+        out.update(latitude=meta.latitude, longitude=meta.longitude, altitude=meta.altitude)
+    return out
 
 
 def taken_text(meta: PhotoMeta) -> str | None:
@@ -337,6 +342,14 @@ class ClusterRunSummary:
     def members(self) -> list[tuple[int, MemberRecord]]:
         """(cluster number, member) of every image in the run, cluster by cluster."""
         return [(c.number, m) for c in self.clusters for m in c.members]
+
+    def only(self, image_ids: set[int]) -> ClusterRunSummary:
+        """The run with only the members among ``image_ids`` (clusters left empty stay)."""
+        clusters = tuple(
+            replace(c, members=tuple(m for m in c.members if m.image_id in image_ids))
+            for c in self.clusters
+        )
+        return replace(self, clusters=clusters)
 
     def to_dict(self, representatives: int | None = None, absolute: bool = False) -> dict:
         """The run's JSON document; with ``representatives``, each cluster lists that many of
