@@ -304,7 +304,10 @@ def test_ingest_records_metadata_and_places(fake_lib, tmp_path):
 
 
 @pytest.mark.both_backends
-def test_an_older_library_is_filled_in_without_embedding(fake_lib, fake, tmp_path):
+def test_an_older_library_is_filled_in_without_embedding(fake_lib, fake, tmp_path, monkeypatch):
+    from organizer.ingest import metadata
+
+    monkeypatch.setattr(metadata, "PARALLEL_FROM", 2)  # the reader processes, as for many
     root = tmp_path / "photos"
     for i in range(5):
         write_photo(root / f"p{i}.jpg", i, photo_exif(gps=AREZZO))

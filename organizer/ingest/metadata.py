@@ -4,6 +4,7 @@ whose vector was copied) without decoding or embedding anything again."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +19,10 @@ from organizer.store import meta_queries as mq
 from organizer.store.db import write_transaction
 
 Coordinates = tuple[float, float]
-# Headers read and recorded per transaction in a backfill.
+# Headers read and recorded per transaction in a backfill; from how many images on it is
+# worth starting reader processes (each costs a Python start and Pillow's import).
 FILL_BATCH = 2000
+PARALLEL_FROM = 500
 
 
 def name_places_of(metas: Sequence[PhotoMeta]) -> dict[Coordinates, Place | None]:
@@ -61,28 +64,31 @@ def backfill(
     """
     with engine.connect() as conn:
         todo = mq.unread(conn, root_ids)
+    if not todo:
+        return 0
     done = 0
-    for batch in _batches(todo, FILL_BATCH):
-        ids = [image_id for image_id, _ in batch]
-        metas = [m or PhotoMeta() for m in _read_headers([p for _, p in batch], workers)]
-        places = name_places_of(metas)
-        with write_transaction(engine) as conn:
-            record_meta(conn, list(zip(ids, metas, strict=True)), places)
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(todo))
+    with _reader(workers if len(todo) >= PARALLEL_FROM else 0) as read:
+        for start in range(0, len(todo), FILL_BATCH):
+            batch = todo[start : start + FILL_BATCH]
+            metas = [m or PhotoMeta() for m in read([path for _, path in batch])]
+            places = name_places_of(metas)
+            with write_transaction(engine) as conn:
+                items = [(image_id, m) for (image_id, _), m in zip(batch, metas, strict=True)]
+                record_meta(conn, items, places)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(todo))
     return done
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _read_headers(paths: list[bytes], workers: int) -> list[PhotoMeta | None]:
-    """Pillow parses EXIF in Python: more than a few hundred headers go to processes."""
-    if workers <= 1 or len(paths) < 200:
-        return [header_meta(p) for p in paths]
-    chunk = max(1, math.ceil(len(paths) / (workers * 4)))
+@contextlib.contextmanager
+def _reader(workers: int) -> Iterator[Callable[[list[bytes]], list[PhotoMeta | None]]]:
+    """Reads headers: in this process, or (Pillow parses EXIF in Python) in ``workers``
+    processes started once for the whole fill."""
+    if workers <= 1:
+        yield lambda paths: [header_meta(p) for p in paths]
+        return
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(header_meta, paths, chunksize=chunk))
+        yield lambda paths: list(
+            pool.map(header_meta, paths, chunksize=max(1, math.ceil(len(paths) / (workers * 4))))
+        )
