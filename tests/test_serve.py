@@ -149,6 +149,27 @@ def test_search_answers_in_the_cli_shape(site):
     assert minus["query"] == "red -blue +green" and len(minus["results"]) == 3
 
 
+def test_search_filters(site):
+    """The page's filters are the command line's: checked the same way, a 400 when bad; the
+    results never carry coordinates (only the image page shows them)."""
+    server = site["server"]
+    everything = server.json("/api/search?q=photo&n=50")
+    assert all("latitude" not in r for r in everything["results"])
+    assert all({"taken", "place", "camera"} <= set(r) for r in everything["results"])
+    assert server.json("/api/search?q=photo&n=50&after=2001")["results"] == []  # none dated
+    assert server.json("/api/search?q=photo&n=50&camera=hasselblad")["results"] == []
+    dated = server.json("/api/search?q=photo&n=5&sort=date&place=")
+    assert dated["sort"] == "date" and len(dated["results"]) == 5
+    for bad, message in [
+        ("after=yesterday", "--after takes a year"),
+        ("near=91,0", "latitude must be in"),
+        ("sort=size", "sort must be score or date"),
+        ("after=2020&before=2019", "later than"),
+    ]:
+        status, _, body = server.get(f"/api/search?q=photo&{bad}")
+        assert status == 400 and message in json.loads(body)["error"], body
+
+
 def test_search_terms_are_texts_never_paths(site):
     """A term naming a file on the server is embedded as words: the server reads no path a
     client gives it (the CLI would read it as a picture)."""
@@ -370,9 +391,13 @@ def _cli_json(site, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+_ONLY_CLI = {"not_shown", "latitude", "longitude", "altitude"}
+
+
 def _results(found: dict) -> list[dict]:
-    """The results as the CLI shows them: the web app's note on unserved files left out."""
-    return [{k: v for k, v in r.items() if k != "not_shown"} for r in found["results"]]
+    """The results as both show them: the web app's note on unserved files left out, and the
+    coordinates that only the command line's --json carries."""
+    return [{k: v for k, v in r.items() if k not in _ONLY_CLI} for r in found["results"]]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from organizer.errors import OrganizerError, QueryError
+from organizer.choices import Sort
+from organizer.errors import OptionsError, OrganizerError, QueryError
+from organizer.filters import PhotoFilter, parse_filter
 from organizer.finder import Results
 from organizer.redact import hide_passwords, screen
 from organizer.scan import display_path
@@ -62,7 +64,10 @@ def create_app(
     # -- pages -----------------------------------------------------------------------------
 
     def search_page(request: Request) -> HTMLResponse:
-        return page("search.html", request, q=request.query_params.get("q", ""), n=PAGE)
+        params = request.query_params
+        given = {k: params.get(k, "") for k in ("after", "before", "camera", "place", "near")}
+        sort = params.get("sort", "")
+        return page("search.html", request, q=params.get("q", ""), n=PAGE, f=given, sort=sort)
 
     def image_page(request: Request) -> HTMLResponse:
         info = service.image_page(_id(request))
@@ -106,15 +111,19 @@ def create_app(
     def api_search(request: Request) -> JSONResponse:
         text = request.query_params.get("q", "")
         limit, offset = _paging(request)
-        return answer(service.search_text(text, limit, offset))
+        where, sort = _filter(request)
+        return answer(service.search_text(text, limit, offset, where, sort))
 
     async def api_search_image(request: Request) -> JSONResponse:
         # A place in the line before the body is read: a refused upload costs nothing.
         async with gate.admitted():
             data, name = await _upload(request)
             limit, offset = _paging(request)
+            where, sort = _filter(request)
             async with gate.turn():
-                res = await run_in_threadpool(service.search_image, data, name, limit, offset)
+                res = await run_in_threadpool(
+                    service.search_image, data, name, limit, offset, where, sort
+                )
         return answer(res)
 
     async def _upload(request: Request) -> tuple[bytes, str]:
@@ -201,6 +210,7 @@ def create_app(
         exception_handlers={
             NotFound: _not_found,
             QueryError: _bad_request,
+            OptionsError: _bad_request,
             OrganizerError: _failed,
             HTTPException: _http_error,
             Unexpected: _unexpected,
@@ -288,6 +298,27 @@ def _paging(request: Request) -> tuple[int, int]:
     if not 1 <= limit <= MAX_RESULTS or not 0 <= offset <= 10 * MAX_RESULTS:
         raise QueryError(f"n must be 1..{MAX_RESULTS} and offset 0..{10 * MAX_RESULTS}")
     return limit, offset
+
+
+def _filter(request: Request) -> tuple[PhotoFilter, Sort]:
+    """The search's filter and order, from the query string (the command line's options:
+    after, before, camera, place, near; under is not offered: a page never names paths)."""
+    params = request.query_params
+    sort = params.get("sort") or Sort.SCORE
+    if sort not in tuple(Sort):
+        raise QueryError(f"sort must be {' or '.join(Sort)}")
+
+    def values(name: str) -> list[str]:
+        return [v for v in params.getlist(name) if v.strip()]
+
+    where = parse_filter(
+        params.get("after") or None,
+        params.get("before") or None,
+        values("camera"),
+        values("place"),
+        params.get("near") or None,
+    )
+    return where, Sort(sort)
 
 
 def _wants_json(request: Request) -> bool:

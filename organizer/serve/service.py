@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image
 
 from organizer.atomic import write_bytes_atomic
+from organizer.choices import Sort
 from organizer.errors import ClusterError, ImageError, QueryError
+from organizer.filters import PhotoFilter
 from organizer.finder import DuplicateGroup, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
@@ -102,19 +104,37 @@ class Service:
 
     # -- searches ----------------------------------------------------------------------------
 
-    def search_text(self, text: str, limit: int, offset: int = 0) -> Results:
+    def search_text(
+        self,
+        text: str,
+        limit: int,
+        offset: int = 0,
+        where: PhotoFilter | None = None,
+        sort: Sort = Sort.SCORE,
+    ) -> Results:
         """Text search with the CLI's grammar: words, ``+term`` adds, ``-term`` subtracts.
-        Every term is a text: the server never reads a path a client names."""
+        Every term is a text: the server never reads a path a client names. ``where`` and
+        ``sort`` as on the command line."""
         query, plus, minus = parse_query(text)
-        found = self.lib.search(query, plus, minus, limit, offset=offset, texts_only=True)
+        found = self.lib.search(
+            query, plus, minus, limit, offset=offset, texts_only=True, where=where, sort=sort
+        )
         return replace(found, query=" ".join(text.split()))
 
-    def search_image(self, data: bytes, name: str, limit: int, offset: int = 0) -> Results:
+    def search_image(
+        self,
+        data: bytes,
+        name: str,
+        limit: int,
+        offset: int = 0,
+        where: PhotoFilter | None = None,
+        sort: Sort = Sort.SCORE,
+    ) -> Results:
         """Images like an uploaded picture (embedded, not added to the library), decoded
         within what an upload may cost (see :mod:`organizer.serve.uploads`)."""
         pixels = query_pixels(data, self.lib.embedder().preprocess)
         label = display_text(name) or "uploaded image"
-        return self.lib.similar_pixels(pixels, label, limit, offset)
+        return self.lib.similar_pixels(pixels, label, limit, offset, where, sort)
 
     def similar_to(self, image_id: int, limit: int, offset: int = 0) -> Results:
         self.image(image_id)

@@ -26,7 +26,33 @@
         el("span", { class: "score", text: r.score.toFixed(3) }),
         el("bdi", { class: "name", text: r.path }),
       ]),
+      el("bdi", { class: "facts", text: facts(r) }),
     ]);
+  }
+
+  // When and where, as far as known: "22 Oct 2008 · Arezzo, Tuscany, Italy".
+  function facts(r) {
+    var parts = [];
+    if (r.taken) {
+      var day = new Date(r.taken.slice(0, 10) + "T00:00:00Z");
+      parts.push(day.toLocaleDateString(undefined, { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" }));
+    }
+    if (r.place) { parts.push(r.place); }
+    return parts.join(" · ");
+  }
+
+  // The filter fields of the search page, as query parameters ("" when none is filled).
+  var FILTERS = ["after", "before", "place", "camera", "near", "sort"];
+  function filterParams() {
+    var out = "";
+    FILTERS.forEach(function (name) {
+      var field = document.querySelector("[name=" + name + "][form=search]");
+      var value = field ? field.value.trim() : "";
+      if (value && !(name === "sort" && value === "score")) {
+        out += "&" + name + "=" + encodeURIComponent(value);
+      }
+    });
+    return out;
   }
 
   // -- search ------------------------------------------------------------------------------
@@ -48,7 +74,7 @@
     }
 
     function request(offset) {
-      var params = "n=" + page + "&offset=" + offset;
+      var params = "n=" + page + "&offset=" + offset + filterParams();
       if (current.kind === "text") {
         return fetch("/api/search?q=" + encodeURIComponent(current.q) + "&" + params);
       }
@@ -90,7 +116,7 @@
       var q = input.value.trim();
       if (!q) { say("Type what you look for."); return; }
       current = { kind: "text", q: q };
-      history.replaceState(null, "", "/?q=" + encodeURIComponent(q));
+      history.replaceState(null, "", "/?q=" + encodeURIComponent(q) + filterParams());
       run(0);
     });
     more.addEventListener("click", function () { if (current) { run(shown); } });
