@@ -4,6 +4,7 @@
 ``reader``): a missing row means "never read", so the next ingest reads the headers of
 those images only and keeps their vectors. Cameras and places are small tables of their own:
 a filter on either resolves to a few ids first, then uses the index on photo_meta.
+(Amended before it was released: the position index covers both coordinates.)
 
 ``images.captured_at`` (the unchecked EXIF date of earlier versions) is superseded by
 ``photo_meta.taken_at`` and no longer written; it stays because dropping a column of
@@ -68,7 +69,9 @@ def upgrade() -> None:
         sa.Column("orientation", sa.SmallInteger, nullable=True),
     )
     op.create_index("ix_photo_meta_taken_at", "photo_meta", ["taken_at"])
-    op.create_index("ix_photo_meta_latitude", "photo_meta", ["latitude"])
+    # Both coordinates: a --near box is answered from the index alone (with latitude only,
+    # each row in the latitude band was read from the table: 0.5 s at a million photos).
+    op.create_index("ix_photo_meta_position", "photo_meta", ["latitude", "longitude"])
     op.create_index("ix_photo_meta_place_id", "photo_meta", ["place_id"])
     op.create_index("ix_photo_meta_camera_id", "photo_meta", ["camera_id"])
 

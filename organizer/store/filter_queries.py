@@ -17,17 +17,22 @@ from organizer.filters import Near, PhotoFilter
 from organizer.paths import is_within
 from organizer.store import queries as q
 from organizer.store.meta_queries import cameras_t, meta_t, places_t
-from organizer.store.records import ImageStatus
 
 EARTH_KM = 6371.0088
 
 
 def kept_ids(conn: Connection, where: PhotoFilter) -> np.ndarray:
-    """The sorted ids (int64) of the ok images the filter keeps."""
+    """The sorted ids (int64) of the images the filter keeps, whatever their status: a
+    listing intersects them with what it lists (the index holds ok images only).
+
+    The query starts from the photo_meta index that the filter narrows (time taken,
+    latitude, camera, place); a status condition would lead SQLite to walk every ok image
+    instead.
+    """
     images = q.images
-    stmt = select(images.c.id).where(images.c.status == ImageStatus.OK)
-    if where.start or where.end or where.cameras or where.places or where.near:
-        stmt = stmt.join(meta_t, meta_t.c.image_id == images.c.id)
+    uses_meta = bool(where.start or where.end or where.cameras or where.places or where.near)
+    key = meta_t.c.image_id if uses_meta else images.c.id
+    stmt = select(key).select_from(meta_t if uses_meta else images)
     if where.start is not None:
         stmt = stmt.where(meta_t.c.taken_at >= where.start)
     if where.end is not None:
@@ -37,6 +42,8 @@ def kept_ids(conn: Connection, where: PhotoFilter) -> np.ndarray:
     if where.places:
         stmt = stmt.where(meta_t.c.place_id.in_(place_matches(conn, where.places)))
     if where.under:
+        if uses_meta:
+            stmt = stmt.join(images, images.c.id == meta_t.c.image_id)
         stmt = stmt.where(_under(conn, where.under))
     if where.near is None:
         return np.sort(np.fromiter(conn.execute(stmt).scalars(), np.int64))

@@ -246,6 +246,7 @@ class PhotoMetaRow(Base):
     """An image's header facts (organizer.photo_meta.PhotoMeta); a row exists once read."""
 
     __tablename__ = "photo_meta"
+    __table_args__ = (Index("ix_photo_meta_position", "latitude", "longitude"),)
 
     image_id: Mapped[int] = mapped_column(
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
@@ -253,7 +254,7 @@ class PhotoMetaRow(Base):
     reader: Mapped[int] = mapped_column(Integer)
     taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     taken_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    latitude: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
     longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
     altitude: Mapped[float | None] = mapped_column(Float, nullable=True)
     place_id: Mapped[int | None] = mapped_column(ForeignKey("places.id"), nullable=True, index=True)
