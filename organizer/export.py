@@ -1,4 +1,5 @@
-"""A cluster run as folders of links (or copies), marked so that ingest never takes them in.
+"""Groups of images (a cluster run's clusters, events) as folders of links (or copies),
+marked so that ingest never takes them in.
 
 The target folder gets a ``.organizer-export`` file listing what the export made. Ingest
 skips any folder holding one (an export inside a root would otherwise add every photo a
@@ -11,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from organizer import naming
 from organizer.atomic import write_text_atomic
@@ -21,7 +26,29 @@ from organizer.choices import ExportMode
 from organizer.errors import ClusterError
 from organizer.scan import EXPORT_MARKER
 from organizer.store.queries import now
-from organizer.store.records import ClusterRecord, ClusterRunSummary, MemberRecord, iso_utc
+from organizer.store.records import ClusterRecord, ClusterRunSummary, iso_utc
+
+# Characters some filesystem refuses in a name (Windows, macOS's Finder, every one's "/").
+_UNSAFE = re.compile(r'[/\\:*?"<>|]')
+NAME_BYTES = 200  # of a folder's name: under every filesystem's 255, with room for " (99)"
+
+
+class Linked(Protocol):
+    """An image to export: its root and its path below it."""
+
+    @property
+    def root(self) -> str: ...
+
+    @property
+    def relpath(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """One folder of an export: its name (a single path part) and the images it holds."""
+
+    name: str
+    images: Sequence[Linked]
 
 
 @dataclass(frozen=True)
@@ -66,7 +93,21 @@ def check_target(real: str, inside: list[str], held: int) -> list[str]:
 def export_run(
     run: ClusterRunSummary, target: Path, mode: str = ExportMode.SYMLINK, force: bool = False
 ) -> ExportSummary:
-    """One folder per cluster ('03-beach') of links to (or copies of) its images.
+    """One folder per cluster ('03-beach') of links to (or copies of) its images (see
+    :func:`export_folders`)."""
+    folders = [ExportFolder(_folder_name(run, c), c.members) for c in run.clusters]
+    return export_folders(folders, target, mode, force, {"run_id": run.run.id})
+
+
+def export_folders(
+    folders: Sequence[ExportFolder],
+    target: Path,
+    mode: str = ExportMode.SYMLINK,
+    force: bool = False,
+    source: dict | None = None,
+) -> ExportSummary:
+    """Each folder of links to (or copies of) its images, under ``target``; ``source`` says
+    in the marker what was exported (``{"run_id": 3}``).
 
     Refuses a non-empty target unless ``force``: then a previous export there is replaced,
     and anything else in the folder is left as it is.
@@ -83,39 +124,57 @@ def export_run(
     made: list[str] = []
     marked = False
     existed = target.exists()
+    about = source or {}
     try:
         target.mkdir(parents=True, exist_ok=True)
         replaced = _remove_previous(target, previous) if previous else 0
-        _write_marker(target, run, made)  # before any link: a half-done export is skipped too
+        _write_marker(target, about, made)  # before any link: a half-done export is skipped too
         marked = True
-        counts = _export_members(run, target, mode, made)
-        _write_marker(target, run, made)
+        counts = _export_members(folders, target, mode, made)
+        _write_marker(target, about, made)
     except OSError as exc:
         if made or (previous and marked):
             with contextlib.suppress(OSError):  # listed, so that the next --force removes them
-                _write_marker(target, run, made)
+                _write_marker(target, about, made)
         elif not previous:
-            _unmark(target, run, existed)
+            _unmark(target, folders, existed)
         raise ClusterError(
             f"export to {target} stopped: {exc.strerror or exc} (your photos are untouched)"
         ) from None
-    folders = len({entry.split("/", 1)[0] for entry in made})
-    return ExportSummary(folders, **counts, target=str(target), replaced=replaced)
+    done = len({entry.split("/", 1)[0] for entry in made})
+    return ExportSummary(done, **counts, target=str(target), replaced=replaced)
 
 
-def _export_members(run: ClusterRunSummary, target: Path, mode: str, made: list[str]) -> dict:
+def safe_folder_name(text: str, fallback: str = "untitled") -> str:
+    """``text`` as one folder name every common filesystem takes: no control or invisible
+    format characters (a bidi override would reorder it), none of ``/\\:*?"<>|``, no
+    leading dot (hidden) or trailing dot or space (Windows), at most NAME_BYTES in UTF-8."""
+    shown = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in text
+        if unicodedata.category(ch) not in ("Cf", "Cs", "Co", "Cn")
+    )
+    name = " ".join(_UNSAFE.sub("-", shown).split())
+    name = name.lstrip(". ")
+    raw = name.encode("utf-8")[:NAME_BYTES]
+    name = raw.decode("utf-8", "ignore").rstrip(". ")
+    return name or fallback
+
+
+def _export_members(
+    folders: Sequence[ExportFolder], target: Path, mode: str, made: list[str]
+) -> dict:
     counts = {"linked": 0, "copied": 0, "skipped": 0}
-    for c in run.clusters:
-        folder_name = _folder_name(run, c)
-        folder = os.fsencode(target / folder_name)
+    for f in folders:
+        folder = os.fsencode(target / f.name)
         used: set[bytes] = set()
-        for m in c.members:
+        for m in f.images:
             os.makedirs(folder, exist_ok=True)
             name = _unique_name(m, used)
             outcome = _export_one(m, os.path.join(folder, name), mode)
             counts[outcome] += 1
             if outcome != "skipped":
-                made.append(folder_name + "/" + os.fsdecode(name))
+                made.append(f.name + "/" + os.fsdecode(name))
     return counts
 
 
@@ -125,7 +184,7 @@ def _folder_name(run: ClusterRunSummary, cluster: ClusterRecord) -> str:
     return f"{cluster.number:0{width}d}-{naming.slug(cluster.label or 'cluster')}"
 
 
-def _export_one(member: MemberRecord, dest: bytes, mode: str) -> str:
+def _export_one(member: Linked, dest: bytes, mode: str) -> str:
     """Link or copy one image; which of the export's counts it adds to."""
     source = os.path.join(os.fsencode(member.root), member.relpath)
     if os.path.lexists(dest) or not os.path.exists(source):
@@ -137,7 +196,7 @@ def _export_one(member: MemberRecord, dest: bytes, mode: str) -> str:
     return "copied"
 
 
-def _unique_name(member: MemberRecord, used: set[bytes]) -> bytes:
+def _unique_name(member: Linked, used: set[bytes]) -> bytes:
     """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it."""
     name = os.path.basename(member.relpath)
     stem, ext = os.path.splitext(name)
@@ -156,26 +215,26 @@ def _read_marker(target: Path) -> dict | None:
         return None
 
 
-def _write_marker(target: Path, run: ClusterRunSummary, made: list[str]) -> None:
+def _write_marker(target: Path, source: dict, made: list[str]) -> None:
     marker = {
         "what": "organizer export: links to (or copies of) images already in a library; "
         "organizer ingest skips this folder",
-        "run_id": run.run.id,
+        **source,
         "written_at": iso_utc(now(), "seconds"),
         "entries": made,
     }
     write_text_atomic(target / EXPORT_MARKER, json.dumps(marker, indent=1), fsync=False, mode=0o666)
 
 
-def _unmark(target: Path, run: ClusterRunSummary, existed: bool) -> None:
+def _unmark(target: Path, folders: Sequence[ExportFolder], existed: bool) -> None:
     """Undo an export that failed before it wrote an entry into a folder that was not an
     export: a marker left there would make ingest skip the user's own files in it. Its
-    empty cluster folders go too, and the target if this export made it."""
+    empty folders go too, and the target if this export made it."""
     with contextlib.suppress(OSError):
         (target / EXPORT_MARKER).unlink()
-    for c in run.clusters:
+    for f in folders:
         with contextlib.suppress(OSError):
-            (target / _folder_name(run, c)).rmdir()  # only when empty
+            (target / f.name).rmdir()  # only when empty
     if not existed:
         with contextlib.suppress(OSError):
             target.rmdir()
@@ -188,7 +247,7 @@ def _remove_previous(target: Path, previous: dict) -> int:
     for entry in previous.get("entries", []):
         path = target / entry
         if Path(os.path.normpath(path)).parent.parent != target:
-            continue  # only CLUSTER/FILE entries, never anything outside the export
+            continue  # only FOLDER/FILE entries, never anything outside the export
         if path.is_symlink() or path.is_file():
             path.unlink()
             removed += 1
