@@ -159,6 +159,21 @@ def name(
     return out
 
 
+def closest(
+    vectors: np.ndarray, concepts: np.ndarray, vocabulary: Vocabulary
+) -> list[tuple[str, float]]:
+    """Each vector's closest concept and its cosine score. Unlike :func:`name`, two vectors
+    may share a label: many events are at a beach."""
+    if not len(vectors):
+        return []
+    scores = vectors @ concepts.T
+    best = scores.argmax(axis=1)
+    return [
+        (short_label(vocabulary.concepts[i]), round(float(row[i]), 4))
+        for row, i in zip(scores, best, strict=True)
+    ]
+
+
 def slug(label: str, limit: int = 40) -> str:
     """A filesystem-safe folder name part: lowercase ascii letters, digits and dashes."""
     text = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")

@@ -123,6 +123,18 @@ class Place:
                 parts.append(part)
         return ", ".join(parts)
 
+    def short_label(self) -> str:
+        """City and country, as a title says it (an event's name).
+
+        >>> Place("Arezzo", "Tuscany", "Italy", "IT").short_label()
+        'Arezzo, Italy'
+        >>> Place("Singapore", None, "Singapore", "SG").short_label()
+        'Singapore'
+        """
+        if not self.city or self.city.casefold() == self.country.casefold():
+            return self.country or self.city
+        return f"{self.city}, {self.country}"
+
 
 @dataclass(frozen=True)
 class Town:

@@ -132,11 +132,22 @@ def _box(near: Near) -> ColumnElement[bool]:
 
 
 def distances_km(near: Near, latitudes: np.ndarray, longitudes: np.ndarray) -> np.ndarray:
-    """Great-circle (haversine) distances from ``near``'s point, in kilometres."""
-    lat1, lon1 = math.radians(near.latitude), math.radians(near.longitude)
-    lat2, lon2 = np.radians(latitudes), np.radians(longitudes)
+    """Great-circle distances from ``near``'s point, in kilometres."""
+    return great_circle_km(near.latitude, near.longitude, latitudes, longitudes)
+
+
+def great_circle_km(
+    lat1: np.ndarray | float,
+    lon1: np.ndarray | float,
+    lat2: np.ndarray | float,
+    lon2: np.ndarray | float,
+) -> np.ndarray:
+    """Great-circle (haversine) distances between points in degrees, in kilometres
+    (element-wise, broadcast)."""
+    phi1, lam1 = np.radians(lat1), np.radians(lon1)
+    phi2, lam2 = np.radians(lat2), np.radians(lon2)
     a = (
-        np.sin((lat2 - lat1) / 2) ** 2
-        + math.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+        np.sin((phi2 - phi1) / 2) ** 2
+        + np.cos(phi1) * np.cos(phi2) * np.sin((lam2 - lam1) / 2) ** 2
     )
-    return 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+    return np.asarray(2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0, 1))))

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, delete, func, insert, literal, or_, select
 
 from organizer.photo_meta import READER_VERSION, PhotoMeta
+from organizer.places import Place as NamedPlace
 from organizer.store import queries as q
 from organizer.store.models import Camera, PhotoMetaRow, Place, table_of
-from organizer.store.records import ImageStatus
-
-if TYPE_CHECKING:
-    from organizer.places import Place as NamedPlace
+from organizer.store.records import DatedPhoto, ImageStatus
 
 meta_t = table_of(PhotoMetaRow)
 cameras_t = table_of(Camera)
@@ -158,4 +155,71 @@ def meta_counts(conn: Connection) -> dict[str, int]:
         "with_coordinates": located,
         "with_camera": camera,
         "with_place": placed,
+    }
+
+
+def dated_photos(conn: Connection, root_ids: Sequence[int] | None = None) -> list[DatedPhoto]:
+    """The ok images with a time taken (under ``root_ids`` when given), by time taken then
+    id, with their coordinates and the short name of their place."""
+    images, roots = q.images, q.roots_t
+    stmt = (
+        select(
+            images.c.id,
+            meta_t.c.taken_at,
+            meta_t.c.latitude,
+            meta_t.c.longitude,
+            meta_t.c.place_id,
+            roots.c.path,
+            images.c.relpath,
+        )
+        .join(meta_t, meta_t.c.image_id == images.c.id)
+        .join(roots, roots.c.id == images.c.root_id)
+        .where(images.c.status == ImageStatus.OK, meta_t.c.taken_at.is_not(None))
+        .order_by(meta_t.c.taken_at, images.c.id)
+    )
+    if root_ids is not None:
+        stmt = stmt.where(images.c.root_id.in_(list(root_ids)))
+    names = short_place_names(conn)
+    return [
+        DatedPhoto(
+            row.id,
+            row.taken_at,
+            row.latitude,
+            row.longitude,
+            names.get(row.place_id) if row.place_id is not None else None,
+            row.path,
+            row.relpath,
+        )
+        for row in conn.execute(stmt)
+    ]
+
+
+def undated_ids(conn: Connection, root_ids: Sequence[int] | None = None) -> list[int]:
+    """Ids of the ok images (under ``root_ids`` when given) without a time taken."""
+    images = q.images
+    stmt = (
+        select(images.c.id)
+        .outerjoin(meta_t, meta_t.c.image_id == images.c.id)
+        .where(images.c.status == ImageStatus.OK, meta_t.c.taken_at.is_(None))
+        .order_by(images.c.id)
+    )
+    if root_ids is not None:
+        stmt = stmt.where(images.c.root_id.in_(list(root_ids)))
+    return list(conn.execute(stmt).scalars())
+
+
+def short_place_names(conn: Connection) -> dict[int, str]:
+    """Every named place's short name ("Arezzo, Italy"), by id."""
+    rows = conn.execute(
+        select(
+            places_t.c.id,
+            places_t.c.city,
+            places_t.c.region,
+            places_t.c.country,
+            places_t.c.country_code,
+        )
+    )
+    return {
+        row.id: NamedPlace(row.city, row.region, row.country, row.country_code).short_label()
+        for row in rows
     }

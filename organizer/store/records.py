@@ -163,6 +163,33 @@ def facts_of(meta: PhotoMeta | None, place: str | None, coordinates: bool = True
     return out
 
 
+@dataclass(frozen=True)
+class DatedPhoto:
+    """An ok image with a time taken: what events are made of (see organizer.events)."""
+
+    image_id: int
+    taken_at: datetime  # the camera's wall-clock time
+    latitude: float | None
+    longitude: float | None
+    place: str | None  # its named place, short ("Arezzo, Italy")
+    root: str
+    relpath: bytes
+
+    @property
+    def has_position(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+    def to_dict(self, absolute: bool = False) -> dict:
+        """Which image, and when (its coordinates stay out: see ImageRecord.facts)."""
+        return {
+            "image_id": self.image_id,
+            "path": shown_path(self.root, self.relpath, absolute),
+            **exact_path(self.root, self.relpath),
+            "root": self.root,
+            "taken": self.taken_at.isoformat(),
+        }
+
+
 def taken_text(meta: PhotoMeta) -> str | None:
     """The time taken in ISO 8601, with its offset ("+02:00") when the file records one."""
     if meta.taken_at is None:
