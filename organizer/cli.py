@@ -304,6 +304,38 @@ def _number(value: str) -> float:
         raise OptionsError(f"{value!r} is not a number") from None
 
 
+# How events are split (organizer.events.EventRules checks the values and says why).
+GapOpt = Annotated[
+    float,
+    typer.Option(
+        "--gap",
+        metavar="HOURS",
+        parser=_number,
+        help="A photo taken more than this many hours after the one before starts a new event.",
+    ),
+]
+DistanceOpt = Annotated[
+    float,
+    typer.Option(
+        "--distance",
+        metavar="KM",
+        parser=_number,
+        help="A photo taken more than this many km from the event's last located photo starts "
+        "a new one ('inf': never by place).",
+    ),
+]
+MinSizeOpt = Annotated[
+    int, typer.Option("--min-size", help="Leave out events of fewer photos (they are counted).")
+]
+LabelsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--labels/--no-labels",
+        help="Name events by the vocabulary too (the first time may load the model).",
+    ),
+]
+
+
 @_parses
 def _cosine(value: str) -> float:
     """A score threshold for results: a cosine similarity, in [-1, 1]."""
@@ -1033,15 +1065,62 @@ def _runs(library: str | None, as_json: bool) -> None:
 
 
 @command
+def events(
+    ctx: typer.Context,
+    gap: GapOpt = 8.0,
+    distance: DistanceOpt = 50.0,
+    min_size: MinSizeOpt = 1,
+    labels: LabelsOpt = True,
+    include_offline: OfflineOpt = False,
+    after: fo.AfterOpt = None,
+    before: fo.BeforeOpt = None,
+    camera: fo.CameraOpt = None,
+    place: fo.PlaceOpt = None,
+    near: fo.NearOpt = None,
+    under: fo.UnderOpt = None,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The photos split into events by gaps in time and changes of place, each named from
+    its place, dates and content ("Arezzo, Italy · 22 Oct 2008 · old town").
+
+    Photos without a time taken are in no event: the last line counts them.
+
+    Example: organizer events --gap 12 --after 2008 --before 2008
+    """
+    from organizer.events import EventRules
+
+    rules = EventRules(gap, distance, min_size, labels)
+    where = fo.where(after, before, camera, place, near, under)
+    with _open(library) as lib, out.StatusLine("events", not (quiet or as_json)):
+        found = lib.events(rules, where, include_offline)
+    out.print_offline(found.offline)
+    out.show(
+        found,
+        as_json,
+        lambda found: out.print_events(found, absolute),
+        lambda found: found.to_dict(absolute),
+    )
+
+
+@command
 def export(
     ctx: typer.Context,
     to: Annotated[
         Path,
-        typer.Option(
-            "--to", parser=_path, help="An empty folder to create the cluster folders in."
-        ),
+        typer.Option("--to", parser=_path, help="An empty folder to create the folders in."),
     ],
     run: RunOpt = None,
+    by_event: Annotated[
+        bool,
+        typer.Option("--events", help="One folder per event (see `organizer events`) instead."),
+    ] = False,
+    gap: GapOpt = 8.0,
+    distance: DistanceOpt = 50.0,
+    min_size: MinSizeOpt = 1,
+    labels: LabelsOpt = True,
     mode: Annotated[ExportMode, typer.Option(help="Link to the images, or copy them.")] = (
         ExportMode.SYMLINK
     ),
@@ -1059,16 +1138,27 @@ def export(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """One folder per cluster (like 03-beach) with links to, or copies of, its images.
+    """One folder per cluster (like 03-beach), or with --events per event (like
+    "2008-10-22 Arezzo, Italy - old town"), with links to, or copies of, its images.
 
-    Your photos are never moved, changed or deleted.
+    Your photos are never moved, changed or deleted. --gap, --distance, --min-size and
+    --no-labels split and name events as `organizer events` does.
 
     Example: organizer export --to ~/Pictures/by-cluster
     """
+    rules = None
+    if by_event:
+        from organizer.events import EventRules
+
+        if run is not None:
+            raise OptionsError("--run picks a cluster run: it does not go with --events")
+        rules = EventRules(gap, distance, min_size, labels)
+    where = fo.where(after, before, camera, place, near, under)
     with _open(library) as lib, out.StatusLine("export", not (quiet or as_json)):
-        result = lib.export(
-            run, to, mode, force, where=fo.where(after, before, camera, place, near, under)
-        )
+        if rules is not None:
+            result = lib.export_events(to, mode, force, rules, where)
+        else:
+            result = lib.export(run, to, mode, force, where=where)
     for warning in result.warnings:
         out.err(f"warning: {warning}")
     out.show(result, as_json, lambda result: out.print_export(result, mode))

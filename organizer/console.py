@@ -18,6 +18,7 @@ from organizer.scan import display_text, shown_path
 
 if TYPE_CHECKING:
     from organizer.cluster_runs import AssignResult, ExportSummary, RunEvaluation
+    from organizer.events import EventList
     from organizer.finder import DuplicateGroup, Results
     from organizer.ingest import IngestSummary, Progress
     from organizer.photo_meta import PhotoMeta
@@ -417,6 +418,22 @@ def print_export(result: ExportSummary, mode: str) -> None:
     print(
         f"{result.folders} folders in {result.target}: {done} images {how}, {result.skipped} skipped"
     )
+
+
+def print_events(found: EventList, absolute: bool = False) -> None:
+    """One line an event (number, photos, name, cover), then what is in none."""
+    if found.events:
+        print(f"{'#':>4}  {'photos':>6}  event  (cover)")
+    for e in found.events:
+        cover = shown_path(e.cover.root, e.cover.relpath, absolute)
+        print(f"{e.number:>4}  {e.count:>6}  {display_text(e.name)}  ({cover})")
+    summary = f"{plural(len(found.events), 'event')} of {plural(found.photos, 'photo')}"
+    if found.smaller:
+        summary += (
+            f"; {plural(found.smaller, 'smaller event')} ({plural(found.smaller_photos, 'photo')})"
+            f" left out by --min-size {found.rules.min_size}"
+        )
+    print(f"{summary}; undated: {found.undated} (no time taken, in no event)")
 
 
 def print_shards_trained(made: ShardPlan, folder: Path, took_s: float) -> None:

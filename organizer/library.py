@@ -27,6 +27,7 @@ from organizer.choices import KSpec, Sort
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import Settings
 from organizer.embed import Embedder, ModelSpec
+from organizer.events import EventList, EventRules, Events
 from organizer.export import check_target
 from organizer.filters import PhotoFilter
 from organizer.finder import Duplicates, Finder, Results
@@ -406,11 +407,42 @@ class Library:
             ClusterError: the folder holds photos of the library (marked, ingest would skip
                 them and they would drop out of the library).
         """
+        clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, where=where)
+        return self._export(target, lambda: clustering.export(run_id, target, mode, force))
+
+    def _export(self, target: Path, write: Callable[[], ExportSummary]) -> ExportSummary:
         real = os.path.realpath(Path(target).expanduser())
         warnings = check_target(real, self._roots.containing(real), self._roots.photos_under(real))
-        clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, where=where)
-        summary = clustering.export(run_id, target, mode, force)
+        summary = write()
         return replace(summary, warnings=[*summary.warnings, *warnings]) if warnings else summary
+
+    # -- events ----------------------------------------------------------------------------
+
+    def events(
+        self,
+        rules: EventRules | None = None,
+        where: PhotoFilter | None = None,
+        include_offline: bool = False,
+    ) -> EventList:
+        """The dated photos (those ``where`` keeps) split into named events by gaps in time
+        and changes of place (see organizer.events); absent roots as :meth:`cluster`."""
+        return self._events(include_offline).find(rules, where)
+
+    def export_events(
+        self,
+        target: Path,
+        mode: str = "symlink",
+        force: bool = False,
+        rules: EventRules | None = None,
+        where: PhotoFilter | None = None,
+    ) -> ExportSummary:
+        """One folder per event, as :meth:`export` makes one per cluster (and its checks)."""
+        events = self._events(include_offline=False)
+        return self._export(target, lambda: events.export(target, mode, force, rules, where))
+
+    def _events(self, include_offline: bool) -> Events:
+        shown = self._roots.shown(include_offline)
+        return Events(self.engine, self.embedder, self.home.cache_dir, shown.roots, shown.offline)
 
     # -- report ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ LONG_RUNNING = {
     "cluster",
     "duplicates",
     "export",
+    "events",
     "report",
     "index build",
     "index shards train",
