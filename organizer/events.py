@@ -152,13 +152,11 @@ class Event:
         return safe_folder_name(text, f"{self.start:%Y-%m-%d}")
 
     def sample(self, n: int) -> tuple[DatedPhoto, ...]:
-        """The cover and up to ``n - 1`` other photos spread over the event, in time order."""
-        if self.count <= n:
-            return self.photos
+        """The cover, then up to ``n - 1`` of its other photos spread over the event."""
         others = [p for p in self.photos if p is not self.cover]
-        picks = np.linspace(0, len(others) - 1, n - 1).round().astype(int)
-        chosen = {self.cover.image_id, *(others[i].image_id for i in picks)}
-        return tuple(p for p in self.photos if p.image_id in chosen)
+        if len(others) >= n:
+            others = [others[i] for i in np.linspace(0, len(others) - 1, n - 1).round().astype(int)]
+        return (self.cover, *others[: n - 1])
 
     def to_dict(self, absolute: bool = False) -> dict:
         return {

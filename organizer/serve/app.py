@@ -40,6 +40,8 @@ from organizer.serve.uploads import Gate, read_body
 HERE = Path(__file__).resolve().parent
 MAX_RESULTS = 500
 PAGE = 24
+TIMELINE_ALL = 300  # events the timeline shows at once; beyond, one year at a time
+EVENT_PHOTOS = 1000  # photos an event's page shows
 
 
 def create_app(
@@ -87,6 +89,21 @@ def create_app(
         if found is None:
             raise NotFound(number)
         return page("cluster.html", request, summary=summary, cluster=found)
+
+    def timeline_page(request: Request) -> HTMLResponse:
+        found = service.events()
+        years = found.calendar()
+        year = _int(request.query_params.get("year"), None)
+        if year is None and len(found.events) > TIMELINE_ALL and years:
+            year = years[-1].year  # a long timeline: its latest year, the others a link away
+        if year is not None and year not in {y.year for y in years}:
+            raise NotFound(year)
+        shown = [y for y in years if year is None or y.year == year]
+        return page("timeline.html", request, found=found, years=years, shown=shown, year=year)
+
+    def event_page(request: Request) -> HTMLResponse:
+        event = service.event(_id(request, "number"))
+        return page("event.html", request, event=event, limit=EVENT_PHOTOS)
 
     def duplicates_page(request: Request) -> HTMLResponse:
         return page("duplicates.html", request, groups=service.duplicates())
@@ -163,6 +180,9 @@ def create_app(
     def api_map(request: Request) -> JSONResponse:
         return JSONResponse(service.map_points(_int(request.query_params.get("run"), None)))
 
+    def api_events(request: Request) -> JSONResponse:
+        return JSONResponse(service.events().to_dict())
+
     def api_duplicates(request: Request) -> JSONResponse:
         groups = service.duplicates()
         return JSONResponse({"groups": [g.to_dict() for g in groups]})
@@ -192,6 +212,8 @@ def create_app(
         Route("/view/{image_id:int}", _safe(image_page)),
         Route("/clusters", _safe(clusters_page)),
         Route("/clusters/{run:int}/{number:int}", _safe(cluster_page)),
+        Route("/timeline", _safe(timeline_page)),
+        Route("/timeline/{number:int}", _safe(event_page)),
         Route("/duplicates", _safe(duplicates_page)),
         Route("/status", _safe(status_page)),
         Route("/api/search", _safe(api_search), methods=["GET"]),
@@ -199,6 +221,7 @@ def create_app(
         Route("/api/similar/{image_id:int}", _safe(api_similar)),
         Route("/api/clusters", _safe(api_clusters)),
         Route("/api/map", _safe(api_map)),
+        Route("/api/events", _safe(api_events)),
         Route("/api/duplicates", _safe(api_duplicates)),
         Route("/api/status", _safe(api_status)),
         Route("/thumb/{image_id:int}", _safe(thumb)),

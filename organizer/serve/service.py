@@ -27,6 +27,7 @@ from PIL import Image
 from organizer.atomic import write_bytes_atomic
 from organizer.choices import Sort
 from organizer.errors import ClusterError, ImageError, QueryError
+from organizer.events import Event, EventList
 from organizer.filters import PhotoFilter
 from organizer.finder import DuplicateGroup, Result, Results
 from organizer.imaging import decode, thumbnail
@@ -174,6 +175,18 @@ class Service:
             return self.lib.run_map(run_id).to_dict()
         except ClusterError as exc:  # the run was deleted meanwhile
             raise NotFound(str(exc)) from None
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events(self) -> EventList:
+        """The library's events (the CLI's defaults), computed once per library state."""
+        return self._remembered(("events",), self.lib.events)
+
+    def event(self, number: int) -> Event:
+        found = self.events().event(number)
+        if found is None:
+            raise NotFound(number)
+        return found
 
     # -- files -------------------------------------------------------------------------------
 
