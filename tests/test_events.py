@@ -343,6 +343,13 @@ def test_export_events_makes_a_folder_of_links_per_event(fake_lib, trip, cli, tm
     assert len(folders) == 4 and folders[0].startswith("2008-10-22 Arezzo, Italy - ")
 
 
+def test_export_events_takes_the_filters(fake_lib, trip, cli, tmp_path):
+    out = tmp_path / "florence"
+    result = cli("export", "--events", "--no-labels", "--place", "florence", "--to", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out)) == [EXPORT_MARKER, "2008-10-22 Florence, Italy"]
+
+
 def test_events_sharing_a_name_get_distinct_folders(fake_lib, trip, tmp_path):
     rules = EventRules(gap_hours=1, labels=False)  # every photo an event of its own
     fake_lib.export_events(tmp_path / "out", rules=rules)
