@@ -85,7 +85,7 @@ def test_the_timeline_shows_years_months_and_events(site):
     assert re.search(r"<h2>2008 <span[^>]*>2 events · 4 photos</span></h2>", html)
     assert re.search(r"<h2>2009 <span[^>]*>1 event · 1 photo</span></h2>", html)
     assert re.findall(r"<h3>(\w+) <span", html) == ["October", "November", "January"]
-    assert "3 events of 5 photos · 1 photo without a time taken, in none" in html
+    assert "3 events of 5 photos · 1 photo without a time taken (in no event)" in html
     assert "22 Oct 2008" in html and "2 Nov 2008" in html and "3 Jan 2009" in html
     # Thumbnails through the app's own route, each event linking to its page.
     assert len(re.findall(r'<img src="/thumb/\d+"', html)) == 5
