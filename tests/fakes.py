@@ -221,3 +221,36 @@ def tiff_with_exif(exif: Image.Exif) -> bytes:
     # The block without its "Exif\0\0" marker is a TIFF; Pillow points the strip offset
     # past the directories it writes, where the pixels go.
     return exif.tobytes()[6:] + bytes([128]) * 16
+
+
+AREZZO = (43.4633, 11.87997)  # in Arezzo, Tuscany: 43° 27' 47.88" N, 11° 52' 47.89" E
+SERIAL = "SERIAL123"
+
+
+def camera_exif(
+    make: str = "Canon",
+    model: str = "Canon EOS 5D",
+    lens: str = "EF50mm f/1.8 II",
+    position: tuple[float, float] | None = AREZZO,
+    offset: str | None = "+02:00",
+) -> bytes:
+    """``photo_exif()`` with all a camera writes: lens, 1/250 s at f/2.8, ISO 400, 50 mm,
+    the body's serial number (``SERIAL``), a maker note that repeats it, and the altitude."""
+    from PIL.TiffImagePlugin import IFDRational
+
+    exif = photo_exif(
+        offset=offset,
+        gps=position,
+        camera=(make, model),
+        t33434=IFDRational(1, 250),
+        t33437=IFDRational(28, 10),
+        t34855=400,
+        t37386=IFDRational(50, 1),
+        t42036=lens,
+        t42033=SERIAL,  # BodySerialNumber (0xA431)
+        t37500=b"Canon\0serial " + SERIAL.encode(),  # MakerNote (0x927C)
+    )
+    if position is not None:
+        gps = exif.get_ifd(0x8825)
+        gps[5], gps[6] = 0, IFDRational(250, 1)
+    return exif.tobytes()

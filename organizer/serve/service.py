@@ -33,6 +33,7 @@ from organizer.finder import DuplicateGroup, Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
 from organizer.paths import is_within
+from organizer.photo_words import PhotoFacts, photo_facts
 from organizer.redact import hide_passwords
 from organizer.scan import display_text, is_raw_name
 from organizer.serve.uploads import query_pixels
@@ -69,6 +70,7 @@ class ImagePage:
     cluster: tuple[int, int, str | None] | None  # (run id, cluster number, label)
     similar: list[Result]
     duplicates: list[Result]
+    facts: PhotoFacts  # with coordinates: this page is the one place the web app shows them
 
 
 class Service:
@@ -151,7 +153,8 @@ class Service:
         # One ranking serves both lists: the near-duplicates are the top of the similar ones.
         hits = self.lib.similar_to(image_id, max(limit, 50)).results
         near = [h for h in hits if h.score >= NEAR_DUPLICATE]
-        return ImagePage(record, self.lib.cluster_of(image_id), hits[:limit], near)
+        facts = photo_facts(record.meta, record.place, coordinates=True)
+        return ImagePage(record, self.lib.cluster_of(image_id), hits[:limit], near, facts)
 
     # -- clusters ----------------------------------------------------------------------------
 
