@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,7 +21,15 @@ from organizer.report import projection as proj
 from organizer.report import write_report
 from organizer.report.render import script_json
 from organizer.report.thumbs import PLACEHOLDER, SIDE
-from tests.fakes import clustered_vectors, photos_root, store_vectors, write_picture
+from tests.fakes import (
+    AREZZO,
+    SERIAL,
+    camera_exif,
+    clustered_vectors,
+    photos_root,
+    store_vectors,
+    write_picture,
+)
 
 pytestmark = pytest.mark.both_backends
 
@@ -219,6 +228,51 @@ def test_thumbnails_carry_no_exif_or_gps(fake_lib, tmp_path):
     for uri in page.data["t"]:
         raw = base64.b64decode(uri.split(",", 1)[1])
         assert b"Exif" not in raw and b"SecretCam" not in raw
+
+
+def _read_headers(lib, root: Path, places: dict[str, object]) -> None:
+    """Record what each picture's header says, as ingest would, with the named ``places``
+    (file name -> Place) of those that have one."""
+    from sqlalchemy import select
+
+    from organizer.photo_meta import read_meta
+    from organizer.store import meta_queries as mq
+    from organizer.store import queries as q
+    from organizer.store.db import write_transaction
+
+    with write_transaction(lib.engine) as conn:
+        ids = {row.relpath.decode(): row.id for row in conn.execute(select(q.images))}
+        items = [(i, read_meta(Image.open(root / name))) for name, i in ids.items()]
+        mq.put_meta(conn, items, {ids[name]: place for name, place in places.items()})
+
+
+def test_the_report_names_places_and_days_never_coordinates(fake_lib, tmp_path):
+    from organizer.places import Place
+
+    names = [f"trip/img{i:02d}.jpg" for i in range(8)]
+    root = make_library(fake_lib, names)
+    for seed, name in enumerate(names[:4]):  # a camera with GPS, in Arezzo
+        write_picture(root / name, seed, exif=camera_exif())
+    write_picture(root / names[4], 4, exif=camera_exif(position=None))  # a day, no place
+    arezzo = Place("Arezzo", "Tuscany", "Italy", "IT")
+    _read_headers(fake_lib, root, {name: arezzo for name in names[:4]})
+    fake_lib.cluster(2, names=False)
+    page, html, _ = report(fake_lib, tmp_path)
+    about = dict(zip(page.data["p"], page.data["a"], strict=True))
+    assert about[names[0]] == "Arezzo, Tuscany, Italy · 22 Oct 2008"
+    assert about[names[4]] == "22 Oct 2008" and about[names[5]] == ""
+    captions = [a["title"] for a in page.find("figcaption")]
+    assert f"{names[0]} · Arezzo, Tuscany, Italy · 22 Oct 2008" in captions
+    assert "Arezzo, Tuscany, Italy · 22 Oct 2008" in page.text
+    # No number in the page (text, attributes, the map's data) is the position, however
+    # rounded, and no serial number came along.
+    numbers = [float(n) for n in re.findall(r"\d+\.\d+", html)]
+    assert numbers, "the map's coordinates at least"
+    assert not [n for n in numbers for deg in AREZZO if abs(n - deg) < 0.01]
+    assert "°" not in html and SERIAL not in html
+    for uri in page.data["t"]:
+        thumb = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert not thumb.getexif() and "exif" not in thumb.info
 
 
 @pytest.mark.parametrize(

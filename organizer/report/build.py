@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from organizer.background import Background
 from organizer.errors import ReportError
 from organizer.filters import PhotoFilter
+from organizer.photo_words import caption
 from organizer.report import data as report_data
 from organizer.report import figure, projection, render, thumbs
 from organizer.report.data import ReportData
@@ -33,6 +34,16 @@ from organizer.store.records import ClusterRecord, ImageStatus, OfflineImages, i
 DEFAULT_MAX_POINTS = 5_000
 CLOSEST, FARTHEST = 10, 5
 BACKEND_NAMES = {"opentsne": "openTSNE", "sklearn": "scikit-learn", "none": "too few points"}
+
+
+@dataclass(frozen=True)
+class ShownImage:
+    """An image as the page shows it: thumbnail, path, and place and day when known
+    ("Arezzo, Tuscany, Italy · 22 Oct 2008"; never coordinates)."""
+
+    uri: str
+    path: str
+    about: str
 
 
 @dataclass(frozen=True)
@@ -155,7 +166,7 @@ def write_report(
         proj.seconds,
         thumbnails_s,
         time.perf_counter() - started,
-        sum(1 for uri, _ in shown.values() if uri == thumbs.PLACEHOLDER),
+        sum(1 for image in shown.values() if image.uri == thumbs.PLACEHOLDER),
         png,
         offline,
     )
@@ -179,8 +190,8 @@ def _shown_images(
     rows: np.ndarray,
     absolute: bool,
     tell: Callable[[ReportProgress], None],
-) -> dict[int, tuple[str, str]]:
-    """Image id -> (thumbnail data URI, display path) of every image the page shows."""
+) -> dict[int, ShownImage]:
+    """Every image the page shows, by id."""
     wanted = [int(i) for i in data.ids[rows]]
     if data.run:
         for c in data.run.clusters:
@@ -197,10 +208,12 @@ def _shown_images(
         workers=max(1, (os.cpu_count() or 1) - 1),
         progress=lambda d, t: tell(ReportProgress("thumbnails", d, t)),
     )
-    return {
-        image_id: (uri, shown_path(info[image_id].root, info[image_id].relpath, absolute))
-        for image_id, uri in zip(wanted, uris, strict=True)
-    }
+    shown = {}
+    for image_id, uri in zip(wanted, uris, strict=True):
+        record = info[image_id]
+        path = shown_path(record.root, record.relpath, absolute)
+        shown[image_id] = ShownImage(uri, path, caption(record.meta, record.place))
+    return shown
 
 
 def _closest(c: ClusterRecord) -> list[int]:
@@ -239,7 +252,7 @@ def _context(
     data: ReportData,
     rows: np.ndarray,
     proj: projection.Projection,
-    shown: dict[int, tuple[str, str]],
+    shown: dict[int, ShownImage],
     legend: list[tuple[int, str, str, int]],
     png_bytes: bytes,
     absolute: bool,
@@ -250,8 +263,9 @@ def _context(
         "x": np.round(proj.xy[:, 0], 4).tolist(),
         "y": np.round(proj.xy[:, 1], 4).tolist(),
         "c": data.numbers[rows].tolist(),
-        "p": [shown[i][1] for i in point_ids],
-        "t": [shown[i][0] for i in point_ids],
+        "p": [shown[i].path for i in point_ids],
+        "t": [shown[i].uri for i in point_ids],
+        "a": [shown[i].about for i in point_ids],
         "clusters": [{"id": n, "name": name, "color": colour} for n, name, colour, _ in legend],
     }
     return {
@@ -333,7 +347,7 @@ def _offline_context(offline: OfflineImages, absolute: bool) -> dict | None:
 def _sections(
     data: ReportData,
     legend: list[tuple[int, str, str, int]],
-    shown: dict[int, tuple[str, str]],
+    shown: dict[int, ShownImage],
 ) -> list[dict]:
     if data.run is None:
         return []
