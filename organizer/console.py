@@ -273,6 +273,9 @@ def print_status(st: LibraryStatus) -> None:
     rows.append(
         ("images", f"{images['ok']} ok, {images['failed']} failed, {images['missing']} missing")
     )
+    details = st.metadata_summary()
+    if details:
+        rows.append(("details", details))
     index = st.index
     health = "in sync" if index.in_sync else "stale: rebuilt from the database on next use"
     if index.damaged:

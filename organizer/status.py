@@ -7,7 +7,7 @@ Also whether an ingest is writing now, as a reader can tell it without the write
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -17,6 +17,7 @@ from organizer.lock import pid_alive
 from organizer.roots import RootStatus
 from organizer.scan import display_text, exact_path, extension, scan_root, shown_path
 from organizer.store import dialect
+from organizer.store import meta_queries as mq
 from organizer.store import queries as q
 from organizer.store.records import Failure, IngestRunRecord, LibraryModel, RunStatus, iso_utc
 from organizer.vectors import IndexCache
@@ -55,6 +56,9 @@ class LibraryStatus:
     images: dict[str, int]
     index: IndexStatus
     last_ingest: IngestRunRecord | None
+    # Of the ok images: read, with_time, with_coordinates, with_camera, with_place, unread
+    # (see organizer.store.meta_queries.meta_counts).
+    metadata: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -63,9 +67,32 @@ class LibraryStatus:
             "absent_roots": [display_text(r) for r in self.absent_roots],
             "model": self.model.to_dict() if self.model else None,
             "images": self.images,
+            "metadata": self.metadata,
             "index": self.index.to_dict(),
             "last_ingest": self.last_ingest.to_dict() if self.last_ingest else None,
         }
+
+    def metadata_summary(self) -> str | None:
+        """What the photos' headers said, in one line (for ``status`` and the status page);
+        None without images.
+
+        Example: "3 with a time taken, 2 with coordinates (2 with a named place), 3 with a
+        camera; 1 not read yet: the next `organizer ingest` reads it"
+        """
+        m = self.metadata
+        if not self.images.get("ok"):
+            return None
+        line = (
+            f"{m.get('with_time', 0):,} with a time taken, "
+            f"{m.get('with_coordinates', 0):,} with coordinates "
+            f"({m.get('with_place', 0):,} with a named place), "
+            f"{m.get('with_camera', 0):,} with a camera"
+        )
+        pending = m.get("unread", 0)
+        if pending:
+            them = "it" if pending == 1 else "them"
+            line += f"; {pending:,} not read yet: the next `organizer ingest` reads {them}"
+        return line
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,7 @@ def library_status(engine: Engine, home: Home, cache: IndexCache, verify: bool) 
         roots = list(q.all_roots(conn).values())
         model = q.library_model(conn)
         counts = q.status_counts(conn)
+        metadata = mq.meta_counts(conn)
         last = q.last_run(conn)
     damaged = verify and not cache.verify()
     file = cache.file()
@@ -122,7 +150,7 @@ def library_status(engine: Engine, home: Home, cache: IndexCache, verify: bool) 
         # could record why: the next ingest records it interrupted too.
         last = replace(last, status=RunStatus.INTERRUPTED, error=_lost_server(engine, last))
     absent = [p for p in roots if not Path(p).is_dir()]
-    return LibraryStatus(home.name, roots, absent, model, counts, index, last)
+    return LibraryStatus(home.name, roots, absent, model, counts, index, last, metadata)
 
 
 def ingest_running(engine: Engine, home: Home) -> bool:

@@ -136,6 +136,14 @@ def test_ingest_and_status(library, run_json, tmp_path):
             "random_weights": False,
         },
         "images": {"ok": 7, "failed": 1, "missing": 0},
+        "metadata": {
+            "read": 7,
+            "with_time": 0,
+            "with_coordinates": 0,
+            "with_camera": 0,
+            "with_place": 0,
+            "unread": 0,
+        },
         "index": {
             "type": "flat",
             "description": "flat (exact)",

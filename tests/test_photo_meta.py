@@ -300,6 +300,7 @@ def test_ingest_records_metadata_and_places(fake_lib, tmp_path):
         "with_coordinates": 2,
         "with_camera": 3,
         "with_place": 2,
+        "unread": 0,
     }
 
 

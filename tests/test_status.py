@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import make_folder
+from tests.fakes import camera_exif, make_folder, write_picture
 
 pytestmark = pytest.mark.both_backends
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,41 @@ def test_a_run_that_embedded_nothing_says_so(cli, photos):
     assert cli("ingest", photos).exit_code == 0  # everything unchanged
     text = cli("status").stdout
     assert "nothing to embed" in text and "None" not in text
+
+
+def test_status_counts_what_the_photos_headers_said(cli, library, tmp_path):
+    root = tmp_path / "photos"
+    make_folder(root, 3)  # no header: no time taken, no camera
+    write_picture(root / "arezzo.jpg", 10, exif=camera_exif())
+    write_picture(root / "anywhere.jpg", 11, exif=camera_exif(position=None))
+    write_picture(root / "at-sea.jpg", 12, exif=camera_exif(position=(0.5, -30.0)))
+    assert cli("ingest", root).exit_code == 0
+    counts = json.loads(cli("status", "--json").stdout)["metadata"]
+    assert counts == {
+        "read": 6,
+        "with_time": 3,
+        "with_coordinates": 2,
+        "with_camera": 3,
+        "with_place": 1,  # the Atlantic has no town within 100 km
+        "unread": 0,
+    }
+    details = "3 with a time taken, 2 with coordinates (1 with a named place), 3 with a camera"
+    assert f"details {details}\n" in cli("status").stdout
+
+    from sqlalchemy import select
+
+    from organizer.config import Settings
+    from organizer.library import Library
+    from organizer.store import meta_queries as mq
+    from organizer.store import queries as q
+    from organizer.store.db import write_transaction
+
+    with Library.open(Settings(library=library)) as lib, write_transaction(lib.engine) as conn:
+        mq.delete_meta(conn, list(conn.execute(select(q.images.c.id).limit(2)).scalars()))
+    assert json.loads(cli("status", "--json").stdout)["metadata"]["unread"] == 2
+    assert "; 2 not read yet: the next `organizer ingest` reads them" in cli("status").stdout
+    assert cli("ingest", root).exit_code == 0  # reads them, embeds nothing
+    assert json.loads(cli("status", "--json").stdout)["metadata"]["unread"] == 0
 
 
 def test_running_then_killed_then_finished(cli, library, tmp_path):

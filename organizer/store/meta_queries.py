@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, func, insert, literal, or_, select
+from sqlalchemy import Connection, case, delete, func, insert, literal, or_, select
 
 from organizer.photo_meta import READER_VERSION, PhotoMeta
 from organizer.places import Place as NamedPlace
@@ -133,9 +133,11 @@ def unread(conn: Connection, root_ids: Sequence[int] | None = None) -> list[tupl
 
 
 def meta_counts(conn: Connection) -> dict[str, int]:
-    """Of the ok images: how many were read, and how many have a time taken, coordinates,
-    a camera, a named place."""
+    """Of the ok images: how many were read, how many have a time taken, coordinates, a
+    camera, a named place, and how many are ``unread`` (never read, or read by an older
+    reader: what the next ingest reads, as :func:`unread` lists them)."""
     images = q.images
+    stale = or_(meta_t.c.image_id.is_(None), meta_t.c.reader < READER_VERSION)
     stmt = (
         select(
             func.count(meta_t.c.image_id),
@@ -143,18 +145,20 @@ def meta_counts(conn: Connection) -> dict[str, int]:
             func.count(meta_t.c.latitude),
             func.count(meta_t.c.camera_id),
             func.count(meta_t.c.place_id),
+            func.count(case((stale, 1))),
         )
         .select_from(images)
         .outerjoin(meta_t, meta_t.c.image_id == images.c.id)
         .where(images.c.status == ImageStatus.OK)
     )
-    read, taken, located, camera, placed = conn.execute(stmt).one()
+    read, taken, located, camera, placed, pending = conn.execute(stmt).one()
     return {
         "read": read,
         "with_time": taken,
         "with_coordinates": located,
         "with_camera": camera,
         "with_place": placed,
+        "unread": pending,
     }
 
 
