@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from organizer.vectors import filtered
 from organizer.vectors.batches import Batch, as_f32, as_i64
 from organizer.vectors.build import (
     calibration_rows,
@@ -73,6 +74,7 @@ class VectorIndex:
         self.faiss = index
         self.recall = recall
         self.rerank = rerank
+        self._sorted_ids: np.ndarray | None = None  # ids(), sorted, while the index is unchanged
 
     # -- building --------------------------------------------------------------------------
 
@@ -275,6 +277,61 @@ class VectorIndex:
         _, candidates = self.faiss.search(queries, min(len(self), k * RERANK))
         return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, candidates, strict=True)]
 
+    def search_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
+        """The ``k`` nearest ids for each query vector among the image ids ``among`` (a
+        filter's answer, in any order; ids the index does not hold are ignored): exactly
+        k hits whenever the index holds k of them, all of them otherwise.
+
+        Scores are those :meth:`search` gives (exact but for ivf-sq8, and for ivf-pq
+        without its re-rank store). A re-ranked index scores a small set (see
+        ``filtered.scanned``) exactly from its re-rank store; otherwise faiss searches
+        with the set as an id selector, probing more lists the smaller the set is, every
+        list when it found fewer than k (see :mod:`organizer.vectors.filtered`).
+        """
+        queries = as_f32(queries)
+        among = filtered.allowed_ids(among)
+        k = min(k, len(among), len(self))
+        if k <= 0:
+            return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        if self.rerank is not None and filtered.scanned(len(among), len(self)):
+            held = among[self._holds(among)]
+            ids, scores = filtered.best_of_stored(queries, held, self.rerank.vectors_of, k)
+            return [Hits(i, s) for i, s in zip(ids, scores, strict=True)]
+        return self._probe_among(queries, k, among)
+
+    def _holds(self, ids: np.ndarray) -> np.ndarray:
+        """Whether the index holds each of the sorted ``ids``."""
+        if self.rerank is not None and len(self.rerank) == len(self):
+            # Every add writes the store first, and removals leave their rows there: the
+            # same count means the same ids.
+            return self.rerank.holds(ids)
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self.ids())
+        return filtered.held_in(ids, self._sorted_ids)
+
+    def _probe_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
+        """faiss's search with ``among`` as an id selector (see filtered.probes)."""
+        import faiss
+
+        chosen = filtered.selector(among)
+        fetch = min(len(self), len(among), k * RERANK if self.rerank is not None else k)
+        ivf = self._ivf()
+        if ivf is None:
+            params = faiss.SearchParameters(sel=chosen)
+        else:
+            share = len(among) / len(self)
+            params = faiss.SearchParametersIVF(
+                sel=chosen, nprobe=filtered.probes(ivf.nprobe, ivf.nlist, share)
+            )
+        scores, found = self.faiss.search(queries, fetch, params=params)
+        short = (found >= 0).sum(axis=1) < k
+        if ivf is not None and params.nprobe < ivf.nlist and short.any():
+            params.nprobe = ivf.nlist  # every list: all the allowed ids there are
+            scores[short], found[short] = self.faiss.search(queries[short], fetch, params=params)
+        if self.rerank is None:
+            return [Hits(i[i >= 0][:k], s[i >= 0][:k]) for s, i in zip(scores, found, strict=True)]
+        return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, found, strict=True)]
+
     def _exact(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Hits:
         assert self.rerank is not None  # only re-ranked indexes search exactly
         scores = self.rerank.scores(query, candidates)
@@ -314,6 +371,7 @@ class VectorIndex:
         """Add (ids ascending); False when a re-ranked index cannot take them in place."""
         if not len(ids):
             return True
+        self._sorted_ids = None
         ids = as_i64(ids)
         if self.rerank is not None and not self.rerank.update(ids, vectors):
             return False
@@ -324,6 +382,7 @@ class VectorIndex:
         import faiss
 
         ids = np.asarray(sorted(ids), dtype=np.int64)
+        self._sorted_ids = None
         if len(ids):
             self.faiss.remove_ids(faiss.IDSelectorBatch(ids))
 

@@ -70,6 +70,15 @@ class RerankStore:
         rows = np.minimum(rows, len(self.ids) - 1)
         return np.where(self.ids[rows] == ids, rows, -1)
 
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Whether the store holds each id."""
+        return self.rows_of(ids) >= 0
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (float16) vectors of ``ids``, ascending and all held: the rows are
+        read front to back."""
+        return np.asarray(self.vectors[self.rows_of(ids)])
+
     def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Inner product of ``query`` with the stored vector of each id (-inf if absent)."""
         rows = self.rows_of(ids)

@@ -233,6 +233,20 @@ class _ShardedRerank:
     def __len__(self) -> int:
         return sum(len(s) for s in self.stores)
 
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        held = np.zeros(len(ids), bool)
+        for store in self.stores:
+            held |= store.holds(ids)
+        return held
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.stores[0].dim if self.stores else 0), np.float16)
+        for store in self.stores:
+            mine = store.holds(ids)
+            if mine.any():
+                out[mine] = store.vectors_of(ids[mine])
+        return out
+
     def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
         out = np.full(len(ids), -np.inf, np.float32)
         for store in self.stores:
@@ -252,7 +266,8 @@ class _Together(VectorIndex):
         for part in parts:
             shards.add_shard(part.faiss)
         rerank = _ShardedRerank(_reranks(parts)) if parts[0].rerank else None
-        # A whole of shards is searched only: scores() is all it asks of its re-rank store.
+        # A whole of shards is searched only: scores(), holds() and vectors_of() are all it
+        # asks of its re-rank store.
         super().__init__(shards, parts[0].recall, rerank)  # type: ignore[arg-type]
         self.parts = list(parts)  # keeps the shards (and their maps) alive with the whole
 
