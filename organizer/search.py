@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from organizer.errors import QueryError
+from organizer.vectors import filtered
 
 if TYPE_CHECKING:
     from organizer.vectors.index import VectorIndex
@@ -55,8 +56,10 @@ def rank(
     exclude: Iterable[int] = (),
     threshold: float | None = None,
     allowed: Callable[[list[int]], set[int]] | None = None,
+    among: np.ndarray | None = None,
 ) -> list[Hit]:
-    """The ``k`` best hits for a query vector, best first.
+    """The ``k`` best hits for a query vector, best first: ``k`` of them whenever that many
+    pass every condition.
 
     Args:
         index: a VectorIndex.
@@ -65,13 +68,21 @@ def rank(
         exclude: image ids never to return (the query image itself).
         threshold: drop hits below this cosine similarity.
         allowed: optional callable(ids) -> set of ids that may be shown (e.g. status ok).
+        among: optional image ids (a metadata filter's answer) to search among; the index
+            searches them itself, so a filter that keeps few images still gets k hits.
     """
     if k < 1:
         raise QueryError(f"-k must be at least 1, not {k}")
     exclude = set(exclude)
     want = k + len(exclude)
+    if among is not None:
+        among = np.setdiff1d(among, np.fromiter(exclude, np.int64, len(exclude)))
+        want = k
     while True:
-        hits = index.search(query[None, :], want)[0]
+        if among is None:
+            hits = index.search(query[None, :], want)[0]
+        else:
+            hits = index.search_among(query[None, :], want, among)[0]
         ids = hits.ids.tolist()
         ok = allowed(ids) if allowed is not None else set(ids)
         out = [
@@ -88,17 +99,30 @@ def rank(
 
 
 def duplicate_pairs(
-    index: VectorIndex, batches: Iterable[tuple[np.ndarray, np.ndarray]], threshold: float
+    index: VectorIndex,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    threshold: float,
+    among: np.ndarray | None = None,
 ) -> list[tuple[int, int, float]]:
     """Pairs of distinct images whose cosine similarity is at least ``threshold``.
 
-    ``batches`` yields (ids, vectors) of every image to pair up, a batch at a time. Uses the
-    index's range search: exact for the flat index, and for the IVF index limited to the
-    lists it probes (near-duplicates share a list far more often than not).
+    ``batches`` yields (ids, vectors) of every image to pair up, a batch at a time; with
+    ``among`` (image ids, e.g. a metadata filter's answer) only pairs of two of those. Uses
+    the index's range search: exact for the flat index, and for the IVF index limited to
+    the lists it probes (near-duplicates share a list far more often than not).
     """
+    allowed = None if among is None else filtered.allowed_ids(among)
     pairs = []
     for ids, vectors in batches:
+        if allowed is not None:
+            keep = filtered.held_in(ids, allowed)
+            ids, vectors = ids[keep], vectors[keep]
+            if not len(ids):
+                continue
         for a, (found, scores) in zip(ids.tolist(), index.within(vectors, threshold), strict=True):
+            if allowed is not None:
+                keep = filtered.held_in(found, allowed)
+                found, scores = found[keep], scores[keep]
             for b, s in zip(found.tolist(), scores.tolist(), strict=True):
                 if a < b:
                     pairs.append((a, int(b), float(s)))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from organizer import search
+from organizer.store import queries as q
 from organizer.vectors import VectorIndex, filtered
 from organizer.vectors import shards as sh
 
@@ -202,3 +204,79 @@ def _params(chosen):
 )
 def test_probes_grow_as_the_set_shrinks(nprobe, nlist, share, expected):
     assert filtered.probes(nprobe, nlist, share) == expected
+
+
+# -- ranking: exclude, threshold, visibility --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-pq"])
+def test_rank_among_keeps_exclude_threshold_and_visibility(indexes, kind):
+    index = indexes[kind]
+    query = QUERIES[1]
+    among = _allowed(N // 10, seed=5)
+    ranked_ids, ranked_scores = _truth_all(query, among, VECTORS if kind == "flat" else HALF)
+    exclude = ranked_ids[[0, 3]].tolist()
+    hidden = set(ranked_ids[1:12:2].tolist())  # every other hit is not shown (e.g. missing)
+
+    def shown(ids: list[int]) -> set[int]:
+        return {i for i in ids if i not in hidden}
+
+    hits = search.rank(index, query, K, exclude, allowed=shown, among=among)
+    expected = [i for i in ranked_ids.tolist() if i not in hidden and i not in exclude][:K]
+    assert [h.image_id for h in hits] == expected
+    threshold = float(ranked_scores[6] + ranked_scores[7]) / 2
+    hits = search.rank(index, query, K, exclude, threshold, allowed=shown, among=among)
+    above = [
+        i
+        for i, s in zip(ranked_ids.tolist(), ranked_scores.tolist(), strict=True)
+        if s >= threshold
+    ]
+    assert [h.image_id for h in hits] == [i for i in above if i not in hidden and i not in exclude]
+    assert search.rank(index, query, K, ranked_ids.tolist(), among=among) == []
+
+
+def test_rank_without_among_is_unchanged(indexes):
+    index = indexes["flat"]
+    hits = search.rank(index, QUERIES[2], K)
+    truth_ids, _ = _truth(QUERIES[2], IDS)
+    assert [h.image_id for h in hits] == truth_ids.tolist()
+
+
+# -- duplicates ------------------------------------------------------------------------------
+
+
+def test_duplicate_pairs_among_keep_only_pairs_of_allowed_images(indexes):
+    vectors = VECTORS.copy()
+    for a, b in ((0, 1), (2, 3), (4, 5)):  # near-duplicate pairs, rows a and b
+        v = vectors[a] + 0.01 * np.random.default_rng(a).standard_normal(DIM)
+        vectors[b] = v / np.linalg.norm(v)
+    index = VectorIndex.build(IDS, vectors, DIM, "flat")
+    batches = [(IDS[s : s + 1000], vectors[s : s + 1000]) for s in range(0, N, 1000)]
+    every = search.duplicate_pairs(index, batches, 0.97)
+    assert {(a, b) for a, b, _ in every} >= {(1, 3), (5, 7), (9, 11)}
+    among = np.array([1, 3, 5, 11, 101], np.int64)  # both of one pair, one of two others
+    pairs = search.duplicate_pairs(index, batches, 0.97, among)
+    assert (
+        [(a, b) for a, b, _ in pairs]
+        == [(a, b) for a, b, _ in every if a in among and b in among]
+        == [(1, 3)]
+    )
+    assert search.duplicate_pairs(index, batches, 0.97, np.empty(0, np.int64)) == []
+
+
+# -- through the library ---------------------------------------------------------------------
+
+
+def test_finder_ranks_among_the_allowed_images(fake_lib, photos):
+    fake_lib.ingest([photos])
+    with fake_lib.engine.connect() as conn:
+        model = q.library_model(conn)
+        ids, vectors = q.ok_vectors(conn, model.id, model.dim)
+    finder = fake_lib.finder()
+    among = ids[[1, 3, 4]]
+    results = finder.ranked(vectors[0], 5, (int(ids[4]),), None, among=among)
+    scores = vectors[[1, 3]] @ vectors[0]
+    expected = [int(i) for i in among[:2][np.argsort(-scores)]]
+    assert [r.image_id for r in results] == expected
+    assert finder.ranked(vectors[0], 5, (), None, among=np.empty(0, np.int64)) == []
+    assert [g.keep for g in finder.duplicates(0.5, among=among[:1])] == []
