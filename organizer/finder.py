@@ -313,11 +313,9 @@ class Finder:
         ).strip()
         return Results(described, self.ranked(vector, limit, (), threshold, offset))
 
-    def duplicates(
-        self, threshold: float = 0.96, among: np.ndarray | None = None
-    ) -> list[DuplicateGroup]:
-        """Groups of near-duplicate images (cosine similarity >= ``threshold``); with
-        ``among`` (image ids, e.g. a metadata filter's answer), only pairs of those."""
+    def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
+        """Groups of near-duplicate images (cosine similarity >= ``threshold``), of the
+        images the filter keeps."""
         if not 0 < threshold <= 1:
             raise QueryError(f"--threshold must be in (0, 1], not {threshold}")
         index = self.index()
@@ -327,7 +325,7 @@ class Finder:
                 return []
             # The query vectors stream from the database: memory stays flat in its size.
             batches = q.iter_ok_vectors(conn, model.id, model.dim)
-            pairs = search.duplicate_pairs(index, batches, threshold, among)
+            pairs = search.duplicate_pairs(index, batches, threshold, self.kept())
             groups = search.groups_from_pairs(pairs)
             records = q.describe_images(conn, [i for g in groups for i in g])
         shown = [[i for i in g if self._visible(records[i])] for g in groups]
@@ -351,11 +349,11 @@ class Finder:
         exclude: Sequence[int],
         threshold: float | None,
         offset: int = 0,
-        among: np.ndarray | None = None,
     ) -> list[Result]:
         """The best ``limit`` ok, shown images for a query vector after the first ``offset``
-        (a page), leaving out ``exclude``, only among the image ids ``among`` when given (a
-        metadata filter's answer); each candidate is read once."""
+        (a page), leaving out ``exclude``, of those the filter keeps (searched among them, so
+        that a filter keeping few images still gives ``limit``); each candidate is read
+        once."""
         records: dict[int, ImageRecord] = {}
 
         def shown_ok(ids: list[int]) -> set[int]:
@@ -366,7 +364,7 @@ class Finder:
             return {i for i in ids if i in records and self._visible(records[i])}
 
         hits = search.rank(
-            self.index(), vector, limit + offset, exclude, threshold, shown_ok, among
+            self.index(), vector, limit + offset, exclude, threshold, shown_ok, self.kept()
         )
         return [
             _result(rank, h.image_id, h.score, records[h.image_id])
