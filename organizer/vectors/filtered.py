@@ -18,11 +18,12 @@ mostly filtered out), so the set is handed to the search itself, in one of two w
   without its re-rank store). When a probe finds fewer than k, every list is scanned, so
   a search returns k hits whenever the index holds k allowed ids.
 
-The crossover (bench/filtered_search.py, 1M 512-d vectors in ivf-pq, two cores): reading
-and scoring an allowed vector from the re-rank store costs about 0.35 us, testing an id
-against the selector in a probed list about 6 ns, and a small set probes every list: a
-scan wins while the set is below 1/64 of the index (~1.6 %; 10k ids: 3.5 ms against
-7 ms), a probe beyond (30k ids: 11 ms against 5 ms).
+The crossover, measured on 1M 512-d vectors in ivf-pq (bench/filtered_search.py, two
+cores shared with other work): a scan costs 1.3-1.8 us an allowed vector (read from the
+memory-mapped store, widened, scored: 2k ids 3 ms, 5k 8 ms, 10k 14-18 ms), while a small
+set probes every list, 7-16 ms at 1M whatever its size (every indexed id is tested
+against the selector; then the re-rank). They meet near 0.5 % of the index; below it a
+scan is also exact, and it grows with the set, not with the index.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-SCAN_SHARE = 64  # a re-ranked index scans a set of at most 1/SCAN_SHARE of its vectors
-SCAN_ROWS = 16_384  # vectors read and scored at a time (16 MB at 512-d)
+SCAN_SHARE = 200  # a re-ranked index scans a set of at most 1/SCAN_SHARE of its vectors
+SCAN_ROWS = 1_024  # vectors read and scored at a time (2 MB of float32 at 512-d)
 _BITMAP_MIN_BYTES = 1 << 20  # a bitmap this small is always fine, however sparse the set
 _BITMAP_BYTES_PER_ID = 64  # beyond: a hash set (about 40 bytes an id) is the smaller
 
@@ -48,30 +49,33 @@ def scanned(among: int, indexed: int) -> bool:
 def best_of_stored(
     queries: np.ndarray, ids: np.ndarray, stored: Callable[[np.ndarray], np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The exact top ``k`` (ids, inner products; rows best first) of each query over the
-    vectors of ``ids``, which ``stored(ids)`` reads (float16, as a re-rank store keeps
-    them) a chunk at a time.
+    """The exact top ``k`` (ids, inner products; rows best first) of each query (float32
+    rows) over the vectors of ``ids``, which ``stored(ids)`` reads a chunk at a time.
 
-    faiss scores the half-precision rows as they are (its fp16 scalar quantizer stores
-    IEEE halves): no float32 copy, and no BLAS thread pool waking beside faiss's.
+    faiss's SIMD inner products score each chunk on this thread: a faiss search would
+    start its OpenMP team for every chunk, and numpy's product its BLAS threads, and
+    waking them on a loaded machine cost more than the scoring (up to 10x, measured).
     """
     import faiss
 
-    scan = faiss.IndexScalarQuantizer(
-        queries.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-    )
-    best_scores = np.empty((len(queries), 0), np.float32)
-    best_ids = np.empty((len(queries), 0), np.int64)
+    scores = np.empty((len(queries), len(ids)), np.float32)
     for start in range(0, len(ids), SCAN_ROWS):
-        chunk = ids[start : start + SCAN_ROWS]
-        codes = np.ascontiguousarray(stored(chunk), dtype=np.float16)
-        faiss.copy_array_to_vector(codes.view(np.uint8).ravel(), scan.codes)
-        scan.ntotal = len(chunk)
-        scores, rows = scan.search(queries, min(k, len(chunk)))
-        best_scores = np.concatenate([best_scores, scores], axis=1)
-        best_ids = np.concatenate([best_ids, chunk[rows]], axis=1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(best_ids, order, 1), np.take_along_axis(best_scores, order, 1)
+        chunk = np.ascontiguousarray(stored(ids[start : start + SCAN_ROWS]), dtype=np.float32)
+        for query, out in zip(queries, scores[:, start:], strict=True):
+            faiss.fvec_inner_products_ny(
+                faiss.swig_ptr(out),
+                faiss.swig_ptr(query),
+                faiss.swig_ptr(chunk),
+                chunk.shape[1],
+                len(chunk),
+            )
+    k = min(k, len(ids))
+    if k == 0:
+        return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32)
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    best_scores = np.take_along_axis(scores, best, 1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return ids[np.take_along_axis(best, order, 1)], np.take_along_axis(best_scores, order, 1)
 
 
 def allowed_ids(among: np.ndarray) -> np.ndarray:
