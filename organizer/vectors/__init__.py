@@ -1,8 +1,9 @@
 """The vector index: a derived cache of the vectors stored in the database.
 
-``index`` searches, ``kinds`` chooses what to build, ``rerank`` keeps exact vectors on disk
-for compressed indexes, ``files`` writes and checks the files, ``cache`` keeps them in step
-with the database, ``shards`` trains once and fills on several machines.
+``index`` searches (``filtered``: among the ids a filter allows), ``kinds`` chooses what to
+build, ``rerank`` keeps exact vectors on disk for compressed indexes, ``files`` writes and
+checks the files, ``cache`` keeps them in step with the database, ``shards`` trains once
+and fills on several machines.
 """
 
 from organizer.vectors.cache import (
