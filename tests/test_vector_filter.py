@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from organizer import search
-from organizer.store import queries as q
 from organizer.vectors import VectorIndex, filtered
 from organizer.vectors import shards as sh
 
@@ -265,18 +264,3 @@ def test_duplicate_pairs_among_keep_only_pairs_of_allowed_images(indexes):
 
 
 # -- through the library ---------------------------------------------------------------------
-
-
-def test_finder_ranks_among_the_allowed_images(fake_lib, photos):
-    fake_lib.ingest([photos])
-    with fake_lib.engine.connect() as conn:
-        model = q.library_model(conn)
-        ids, vectors = q.ok_vectors(conn, model.id, model.dim)
-    finder = fake_lib.finder()
-    among = ids[[1, 3, 4]]
-    results = finder.ranked(vectors[0], 5, (int(ids[4]),), None, among=among)
-    scores = vectors[[1, 3]] @ vectors[0]
-    expected = [int(i) for i in among[:2][np.argsort(-scores)]]
-    assert [r.image_id for r in results] == expected
-    assert finder.ranked(vectors[0], 5, (), None, among=np.empty(0, np.int64)) == []
-    assert [g.keep for g in finder.duplicates(0.5, among=among[:1])] == []
