@@ -15,6 +15,13 @@ baseline. No assertions: it prints figures.
 
 The first run at 1M makes the vectors (30 s) and builds the index (on two cores: 40 s for
 ivf-fp16, 6 min for ``--kind ivf-pq``); ``--n 100000`` is a quick run.
+
+``--library``: the whole library call instead, as `organizer similar --after ... --before`
+makes it: a folder library of the same vectors (bench/scale.py's, written once) whose
+photos were taken over 25 years in import order with a random jitter of a few days, so a
+three-month period keeps about 1 % of them, at random places and cameras.
+``Library.similar_to(id, k, where=...)`` per query image: the filter's SQL (kept ids),
+the search among them, and the records of the results, p50/p95 over the queries.
 """
 
 from __future__ import annotations
@@ -136,5 +143,130 @@ def main() -> None:
     print(table(rows, header))
 
 
+def with_metadata(lib_dir: Path, n: int) -> None:
+    """Photo metadata for every image of the bench library, written once: taken in import
+    order over 25 years (jittered by up to 5 days), 500 places, 20 cameras."""
+    from datetime import datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from organizer.config import Settings
+    from organizer.library import Library
+    from organizer.store import meta_queries as mq
+    from organizer.store.db import write_transaction
+
+    done = lib_dir / ".metadata"
+    if done.exists():
+        return
+    rng = np.random.default_rng(5)
+    start, span = datetime(2000, 1, 1), 25 * 365 * 86400
+    with Library.open(Settings(library=lib_dir)) as lib:
+        with write_transaction(lib.engine) as conn:
+            conn.execute(
+                insert(mq.cameras_t),
+                [
+                    {"make": f"M{i}", "model": f"Model {i}", "label": f"M{i} Model {i}"}
+                    for i in range(20)
+                ],
+            )
+            conn.execute(
+                insert(mq.places_t),
+                [
+                    {
+                        "city": f"City{i}",
+                        "region": f"Region{i % 50}",
+                        "country": f"Country{i % 30}",
+                        "country_code": "XX",
+                        "label": f"City{i}, Region{i % 50}",
+                    }
+                    for i in range(500)
+                ],
+            )
+        for lo in range(0, n, 50_000):
+            ids = np.arange(lo, min(n, lo + 50_000))
+            secs = ids * (span / n) + rng.uniform(-5 * 86400, 5 * 86400, len(ids))
+            rows = [
+                {
+                    "image_id": int(i) + 1,
+                    "reader": 1,
+                    "taken_at": start + timedelta(seconds=float(max(0.0, t))),
+                    "latitude": float(rng.uniform(-60, 70)),
+                    "longitude": float(rng.uniform(-180, 180)),
+                    "place_id": int(rng.integers(1, 501)),
+                    "camera_id": int(rng.integers(1, 21)),
+                }
+                for i, t in zip(ids.tolist(), secs.tolist(), strict=True)
+            ]
+            with write_transaction(lib.engine) as conn:
+                conn.execute(insert(mq.meta_t), rows)
+    done.touch()
+
+
+def library_call(n: int, k: int, queries: int) -> None:
+    """``Library.similar_to`` with a filter keeping about 1 % (a period), 5 % (a camera) and
+    0.2 % (a place), beside the unfiltered call, in this one process."""
+    from scale import library
+
+    from organizer.config import Settings
+    from organizer.filters import parse_filter
+    from organizer.library import Library
+
+    lib_dir = library(n)
+    with_metadata(lib_dir, n)
+    rng = np.random.default_rng(9)
+    picks = (rng.choice(n, queries, replace=False) + 1).tolist()
+    cases = {
+        "unfiltered": None,
+        "a quarter: 2012-04..06 (~1 %)": parse_filter(after="2012-04", before="2012-06"),
+        "a camera (~5 %)": parse_filter(cameras=["model 7"]),
+        "a place (~0.2 %)": parse_filter(places=["city123"]),
+        "a period and a camera (~0.05 %)": parse_filter(
+            after="2012", before="2012", cameras=["model 7"]
+        ),
+    }
+    with Library.open(Settings(library=lib_dir)) as lib:
+        started = time.perf_counter()
+        lib.vectors()  # built from the database when missing (the kind organizer picks)
+        print(
+            f"index ready in {time.perf_counter() - started:.0f} s: {lib.vectors().describe()}",
+            file=sys.stderr,
+        )
+        for i in picks[:5]:
+            lib.similar_to(i, k)  # warm
+        rows = []
+        for name, where in cases.items():
+            times, counts = [], []
+            for i in picks:
+                t = time.perf_counter()
+                found = lib.similar_to(i, k, where=where)
+                times.append(time.perf_counter() - t)
+                counts.append(len(found.results))
+            with lib.engine.connect() as conn:
+                from organizer.store.filter_queries import kept_ids
+
+                kept = len(kept_ids(conn, where)) if where else n
+            rows.append(
+                [
+                    name,
+                    f"{kept:,}",
+                    f"{np.percentile(times, 50) * 1e3:.1f}",
+                    f"{np.percentile(times, 95) * 1e3:.1f}",
+                    str(min(counts)),
+                ]
+            )
+            print(f"  {' | '.join(rows[-1])}", file=sys.stderr)
+    print(f"Library.similar_to at {n:,} images, k={k}, {queries} query images, {cpu()}")
+    print(table(rows, ["filter", "kept", "p50 ms", "p95 ms", "fewest results"]))
+
+
 if __name__ == "__main__":
-    main()
+    if "--library" in sys.argv:
+        sys.argv.remove("--library")
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--n", type=int, default=1_000_000)
+        parser.add_argument("--queries", type=int, default=50)
+        parser.add_argument("--k", type=int, default=20)
+        options = parser.parse_args()
+        library_call(options.n, options.k, options.queries)
+    else:
+        main()
