@@ -345,3 +345,10 @@ def test_a_failed_image_has_no_metadata(fake_lib, tmp_path):
     with fake_lib.engine.connect() as conn:
         assert mq.meta_counts(conn)["read"] == 0
         assert conn.execute(q.select(mq.meta_t)).all() == []
+
+
+def test_metadata_crosses_processes_as_json_unchanged():
+    """Ray's decode tasks hand metadata to the writer as JSON text: nothing is lost."""
+    meta = _meta(photo_exif(offset="-03:30", gps=RIO, t33434=IFDRational(1, 60)))
+    assert PhotoMeta.from_json(meta.to_json()) == meta
+    assert PhotoMeta.from_json(PhotoMeta().to_json()) == PhotoMeta()
