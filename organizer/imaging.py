@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from organizer.errors import ImageError, ImageTooLargeError
-from organizer.photo_meta import PhotoMeta, read_meta
+from organizer.photo_meta import PhotoMeta, meta_from_exif, read_meta
 
 # JPEG2000 (OpenJPEG) and PPM (Pillow's name for all of Netpbm) ship in Pillow's wheels.
 BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "JPEG2000", "PPM")
@@ -338,15 +338,17 @@ def decode_raw(
 
 
 def raw_meta(data: bytes) -> PhotoMeta | None:
-    """The metadata of a TIFF-based RAW file (DNG, NEF, CR2, ARW...) from its own header;
-    None for other containers (their embedded preview's EXIF is used instead)."""
+    """The metadata of a TIFF-based RAW file (DNG, NEF, CR2, ARW...) from its own directories
+    (parsed as an EXIF block: Pillow cannot open a sensor mosaic as an image); None for other
+    containers (their embedded preview's EXIF is used instead)."""
     if data[:4] not in _TIFF_MAGIC:
         return None
     try:
-        header = Image.open(io.BytesIO(data), formats=["TIFF"])
-    except Exception:  # a TIFF layout Pillow does not follow: the preview's EXIF will do
+        exif = Image.Exif()
+        exif.load(data)
+    except Exception:  # directories Pillow cannot follow: the preview's EXIF will do
         return None
-    return read_meta(header)
+    return meta_from_exif(exif)
 
 
 def file_meta(data: bytes, raw: bool = False) -> PhotoMeta | None:

@@ -19,8 +19,9 @@ from organizer.pipeline import Job, prepare
 from tests.fakes import picture
 
 
-def make_dng() -> bytes:
-    """A small valid DNG: a Bayer (RGGB) mosaic with the tags LibRaw needs."""
+def make_dng(extra: tuple = ()) -> bytes:
+    """A small valid DNG: a Bayer (RGGB) mosaic with the tags LibRaw needs (and ``extra``
+    tifffile tags, such as a camera's make and date)."""
     tifffile = pytest.importorskip("tifffile")
     h, w = 64, 96
     cfa = np.zeros((h, w), np.uint16)
@@ -35,6 +36,7 @@ def make_dng() -> bytes:
         (50717, "H", 1, (4095,), True),  # WhiteLevel
         (50721, "2i", 9, [1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1], True),
         (50728, "2I", 3, [1, 1, 1, 1, 1, 1], True),  # AsShotNeutral
+        *extra,
     ]
     buf = io.BytesIO()
     tifffile.imwrite(buf, cfa, photometric=32803, extratags=tags, metadata=None)

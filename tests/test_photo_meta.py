@@ -352,3 +352,20 @@ def test_metadata_crosses_processes_as_json_unchanged():
     meta = _meta(photo_exif(offset="-03:30", gps=RIO, t33434=IFDRational(1, 60)))
     assert PhotoMeta.from_json(meta.to_json()) == meta
     assert PhotoMeta.from_json(PhotoMeta().to_json()) == PhotoMeta()
+
+
+def test_a_dng_gives_its_camera_and_date():
+    pytest.importorskip("rawpy")
+    from tests.test_formats import make_dng
+
+    dng = make_dng(
+        (
+            (271, "s", 0, "Canon", True),
+            (272, "s", 0, "Canon EOS R5", True),
+            (306, "s", 0, "2021:05:06 07:08:09", True),
+        )
+    )
+    _, info = decode(dng, raw=True)
+    assert (info.format, info.meta.camera) == ("RAW", "Canon EOS R5")
+    assert info.meta.taken_at == datetime(2021, 5, 6, 7, 8, 9)
+    assert file_meta(dng, raw=True) == info.meta
