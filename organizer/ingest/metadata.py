@@ -5,7 +5,7 @@ whose vector was copied) without decoding or embedding anything again."""
 from __future__ import annotations
 
 import contextlib
-import math
+import itertools
 import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +23,7 @@ Coordinates = tuple[float, float]
 # worth starting reader processes (each costs a Python start and Pillow's import).
 FILL_BATCH = 2000
 PARALLEL_FROM = 500
+READ_CHUNK = 256  # headers a reader process is sent at a time
 
 
 def name_places_of(metas: Sequence[PhotoMeta]) -> dict[Coordinates, Place | None]:
@@ -67,10 +68,10 @@ def backfill(
     if not todo:
         return 0
     done = 0
-    with _reader(workers if len(todo) >= PARALLEL_FROM else 0) as read:
+    with _headers([path for _, path in todo], workers) as headers:
         for start in range(0, len(todo), FILL_BATCH):
             batch = todo[start : start + FILL_BATCH]
-            metas = [m or PhotoMeta() for m in read([path for _, path in batch])]
+            metas = [m or PhotoMeta() for m in itertools.islice(headers, len(batch))]
             places = name_places_of(metas)
             with write_transaction(engine) as conn:
                 items = [(image_id, m) for (image_id, _), m in zip(batch, metas, strict=True)]
@@ -82,13 +83,12 @@ def backfill(
 
 
 @contextlib.contextmanager
-def _reader(workers: int) -> Iterator[Callable[[list[bytes]], list[PhotoMeta | None]]]:
-    """Reads headers: in this process, or (Pillow parses EXIF in Python) in ``workers``
-    processes started once for the whole fill."""
-    if workers <= 1:
-        yield lambda paths: [header_meta(p) for p in paths]
+def _headers(paths: list[bytes], workers: int) -> Iterator[Iterator[PhotoMeta | None]]:
+    """Each file's header, in order: read in this process for a few files, else (Pillow
+    parses EXIF in Python) by ``workers`` processes started once, which read ahead while
+    this process names places and writes."""
+    if workers <= 1 or len(paths) < PARALLEL_FROM:
+        yield (header_meta(p) for p in paths)
         return
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        yield lambda paths: list(
-            pool.map(header_meta, paths, chunksize=max(1, math.ceil(len(paths) / (workers * 4))))
-        )
+        yield pool.map(header_meta, paths, chunksize=READ_CHUNK)
