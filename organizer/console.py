@@ -343,7 +343,7 @@ def print_results(res: Results, absolute: bool) -> None:
     if not res.where.empty:
         print(f"filter: {display_text(res.where.describe())}")
     if not res.results:
-        print("no results" if res.where.empty else "no results: no image passes the filter")
+        print("no results")
     absolute = absolute or _same_name_under_two_roots((r.root, r.relpath) for r in res.results)
     for r in res.results:
         facts = _facts(r.meta, r.place)

@@ -102,7 +102,7 @@ class EventRules:
 
     def to_dict(self) -> dict:
         return {
-            "gap_hours": self.gap_hours,
+            "gap_hours": self.gap_hours if math.isfinite(self.gap_hours) else None,
             "distance_km": self.distance_km if math.isfinite(self.distance_km) else None,
             "min_size": self.min_size,
             "labels": self.labels,

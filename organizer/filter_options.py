@@ -35,7 +35,10 @@ def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
 def _folder(value: str) -> str:
     if not value.strip():
         raise typer.BadParameter("'' is an empty path: give a folder")
-    return os.path.realpath(Path(value).expanduser())
+    try:
+        return os.path.realpath(Path(value).expanduser())
+    except (RuntimeError, OSError) as exc:  # ~nosuchuser, or a path the system refuses
+        raise typer.BadParameter(f"{value}: {exc}") from None
 
 
 AfterOpt = Annotated[

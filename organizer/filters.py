@@ -118,15 +118,15 @@ def period(text: str, option: str = "a date") -> tuple[datetime, datetime]:
         )
     year, month, day = (int(p) if p else None for p in match.groups())
     try:
-        first = date(year or 1, month or 1, day or 1)  # year always matched
-    except ValueError:
-        raise OptionsError(f"{option} {text}: no such date") from None
-    if day is not None:
-        after = first + timedelta(days=1)
-    elif month is not None:
-        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-    else:
-        after = date(first.year + 1, 1, 1)
+        first = date(year or 0, month or 1, day or 1)  # year 0 is no year: ValueError
+        if day is not None:
+            after = first + timedelta(days=1)
+        elif month is not None:
+            after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        else:
+            after = date(first.year + 1, 1, 1)
+    except (ValueError, OverflowError):  # 2019-02-30, year 0, or the end of 9999
+        raise OptionsError(f"{option} {text.strip()}: no such date (years 1 to 9998)") from None
     return datetime.combine(first, datetime.min.time()), datetime.combine(
         after, datetime.min.time()
     )

@@ -7,6 +7,7 @@ file's modification time is not a time taken and never appears here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -196,17 +197,22 @@ def parse_offset(value: Any) -> int | None:
 
 
 def _coordinate(gps: dict, tag: int, ref_tag: int, refs: str, limit: float) -> float | None:
-    """Degrees from an EXIF (degrees, minutes, seconds) triple and its N/S or E/W reference;
-    None without a reference (the hemisphere is unknown) or out of range."""
+    """Degrees from an EXIF (degrees, minutes, seconds) triple (or the single decimal value
+    some apps write) and its N/S or E/W reference; None without a reference (the hemisphere
+    is unknown), for anything but numbers, or out of range. Minutes or seconds of 60 are
+    accepted: writers round 59.9999 up."""
     ref = _text(gps.get(ref_tag))
     if not ref or ref[0].upper() not in refs:
         return None
     parts: Any = gps.get(tag)
+    if not isinstance(parts, tuple | list) or len(parts) not in (1, 3):
+        return None  # a string or bytes would be read character by character
     try:
-        d, m, s = (float(p) for p in parts)
+        numbers = [float(p) for p in parts]
     except Exception:
         return None
-    if not all(math.isfinite(x) and x >= 0 for x in (d, m, s)) or m >= 60 or s >= 60:
+    d, m, s = (*numbers, 0.0, 0.0)[:3]
+    if not all(math.isfinite(x) and x >= 0 for x in (d, m, s)) or m > 60 or s > 60:
         return None
     degrees = d + m / 60 + s / 3600
     if degrees > limit:
@@ -233,6 +239,10 @@ def _text(value: Any) -> str | None:
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
         return None
+    if any("\x80" <= c <= "\xff" for c in value):
+        # Pillow reads an ASCII tag's bytes as Latin-1; cameras and apps write UTF-8 there.
+        with contextlib.suppress(UnicodeError):
+            value = value.encode("latin-1").decode("utf-8")
     cleaned = "".join(c for c in value if c.isprintable() and c != "\ufffd").strip()
     cleaned = " ".join(cleaned.split())[:_TEXT_LIMIT]
     return cleaned or None

@@ -134,7 +134,8 @@ def prepare(
 
 def header_meta(path: bytes) -> PhotoMeta | None:
     """A file's photo metadata, reading no more of it than its header holds (a JPEG's first
-    HEADER_BYTES; all of other formats); None when it cannot be read or parsed."""
+    HEADER_BYTES; all of other formats). None when the file cannot be read now (worth trying
+    again later); empty when it can but its header says nothing usable."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(HEADER_BYTES)
@@ -146,7 +147,7 @@ def header_meta(path: bytes) -> PhotoMeta | None:
                 meta = file_meta(data + fh.read(), raw=False)
     except OSError:
         return None
-    return meta
+    return meta or PhotoMeta()
 
 
 def prepare_all(

@@ -285,6 +285,17 @@ def test_events_json_shape(fake_lib, trip, cli):
     assert "latitude" not in json.dumps(data)
 
 
+def test_no_limit_is_null_in_json_never_infinity(fake_lib, trip, cli):
+    result = cli("events", "--json", "--no-labels", "--gap", "inf", "--distance", "inf")
+    assert result.exit_code == 0, result.output
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    data = json.loads(result.stdout, parse_constant=refuse)
+    assert (data["rules"]["gap_hours"], data["rules"]["distance_km"]) == (None, None)
+
+
 def test_events_text_has_a_line_per_event_and_the_undated(fake_lib, trip, cli):
     result = cli("events", "--no-labels", "--gap", "12", "--place", "italy")
     assert result.exit_code == 0, result.output

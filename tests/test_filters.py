@@ -92,6 +92,7 @@ CASES = {
         lambda t, r: t.camera in (CAMERAS[0], CAMERAS[2]),
     ),
     "nikon d7": (dict(camera=["d7"]), lambda t, r: t.camera == CAMERAS[1]),
+    "the make": (dict(camera=["corporation"]), lambda t, r: t.camera == CAMERAS[1]),
     "italy": (dict(place=["Italy"]), lambda t, r: t.place in ("arezzo", "florence")),
     "tuscany": (dict(place=["tuscany"]), lambda t, r: t.place in ("arezzo", "florence")),
     "tusc (part of a name)": (dict(place=["tusc"]), lambda t, r: t.place in ("arezzo", "florence")),
@@ -249,7 +250,8 @@ def test_periods(text, first, after):
 
 
 @pytest.mark.parametrize(
-    "text", ["", "19", "2019-13", "2019-02-30", "last year", "2019/06", "2019-06-07T10"]
+    "text",
+    ["", "19", "2019-13", "2019-02-30", "last year", "2019/06", "2019-06-07T10", "0000", "9999"],
 )
 def test_bad_periods(text):
     with pytest.raises(OptionsError):
@@ -296,6 +298,8 @@ def test_distances():
         (["--after", "2020", "--before", "2019"], "later than"),
         (["--camera", " "], "--camera needs a non-empty text"),
         (["--under", ""], "empty path"),
+        (["--under", "~nosuchuser-x/photos"], "home directory"),
+        (["--before", "9999-12-31"], "no such date"),
     ],
 )
 def test_bad_filters_exit_2(cli, filtered, args, message):
@@ -323,3 +327,10 @@ def test_the_command_line(cli, filtered):
     assert text.exit_code == 0
     assert text.stdout.startswith("filter: place italy\n")
     assert "Tuscany, Italy" in text.stdout
+
+
+def test_place_words_ignore_case_and_accents():
+    from organizer.store.filter_queries import plain
+
+    assert plain("São Paulo") == plain("sao paulo") == plain("SA\u0303O PAULO") == "sao paulo"
+    assert plain("Zürich") == "zurich"

@@ -135,8 +135,11 @@ GOOD = (R(43, 1), R(27, 1), R(4788, 100))
         {1: "N", 2: (R(43, 1), R(75, 1), R(0, 1)), 3: "E", 4: GOOD},
         {1: "N", 2: (R(43, 1), R(1, 0), R(0, 1)), 3: "E", 4: GOOD},  # 1/0 is not a number
         {1: "N", 2: "forty-three", 3: "E", 4: GOOD},
-        {1: "N", 2: (R(43, 1),), 3: "E", 4: GOOD},
         {1: "N", 2: 43, 3: "E", 4: GOOD},
+        {1: "N", 2: "123", 3: "E", 4: "456"},  # strings: not read character by character
+        {1: "N", 2: b"123", 3: "E", 4: GOOD},
+        {1: "N", 2: (R(43, 1), R(1, 1)), 3: "E", 4: GOOD},
+        {1: "N", 2: (R(43, 1), R(61, 1), R(0, 1)), 3: "E", 4: GOOD},
     ],
 )
 def test_bad_positions_are_unknown_and_the_rest_is_kept(tags):
@@ -169,6 +172,23 @@ def test_wrong_types_become_unknown(tag, value, field):
     meta = meta_from_exif_safe(photo_exif(**{f"t{tag}": value}))
     assert getattr(meta, field) is None
     assert meta.taken_at is not None
+
+
+@pytest.mark.parametrize(
+    "lat, lon, expected",
+    [
+        ((R(43, 1), R(27, 1), R(60, 1)), GOOD, 43.4666667),  # 60 s: rounded up by a writer
+        ((R(434633, 10000),), GOOD, 43.4633),  # decimal degrees in one value
+    ],
+)
+def test_lenient_positions(lat, lon, expected):
+    meta = meta_from_exif_safe(_with_gps({1: "N", 2: lat, 3: "E", 4: lon}))
+    assert meta.latitude == pytest.approx(expected, abs=1e-6)
+
+
+def test_utf8_in_ascii_tags_is_read_as_utf8():
+    meta = _meta(photo_exif(camera=("Zürich Optik".encode(), "Modèle 1".encode())))
+    assert (meta.make, meta.model) == ("Zürich Optik", "Modèle 1")
 
 
 def test_camera_text_is_cleaned():
@@ -248,7 +268,7 @@ def test_header_reading_stops_early_for_a_big_jpeg(tmp_path, monkeypatch):
 def test_header_meta_of_a_vanished_or_broken_file(tmp_path):
     assert header_meta(str(tmp_path / "gone.jpg").encode()) is None
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe1 not really")
-    assert header_meta(str(tmp_path / "bad.jpg").encode()) is None
+    assert header_meta(str(tmp_path / "bad.jpg").encode()) == PhotoMeta()  # read: nothing
 
 
 def test_a_raw_file_reads_its_tiff_header():
@@ -369,3 +389,21 @@ def test_a_dng_gives_its_camera_and_date():
     assert (info.format, info.meta.camera) == ("RAW", "Canon EOS R5")
     assert info.meta.taken_at == datetime(2021, 5, 6, 7, 8, 9)
     assert file_meta(dng, raw=True) == info.meta
+
+
+def test_a_file_away_during_the_fill_is_read_by_a_later_ingest(fake_lib, tmp_path):
+    """A header that cannot be read now (a share away, a permission) is not recorded as
+    empty: it stays unread, and the next ingest reads it."""
+    root = tmp_path / "photos"
+    write_photo(root / "here.jpg", 1, photo_exif(gps=AREZZO))
+    write_photo(root / "away/there.jpg", 2, photo_exif(gps=SYDNEY))
+    fake_lib.ingest([root])
+    with fake_lib.engine.begin() as conn:
+        conn.execute(mq.meta_t.delete())
+    from organizer.ingest import metadata
+
+    (root / "away").rename(tmp_path / "elsewhere")
+    assert metadata.backfill(fake_lib.engine, None) == 1
+    (tmp_path / "elsewhere").rename(root / "away")
+    assert fake_lib.ingest([root]).metadata_filled == 1
+    assert all(m is not None and m.latitude for m in _meta_rows(fake_lib).values())

@@ -60,26 +60,28 @@ def backfill(
     """Read the headers of the ok images (under ``root_ids``) never read before, and record
     what they say; vectors are kept. Returns how many images were filled in.
 
-    A file that cannot be read now gets an empty record (so it is not read again each run;
-    a changed file is re-read when ingest sees the change).
+    A file that cannot be read now (a network share away, a permission) stays unread, to be
+    tried again by the next ingest; one whose header says nothing usable is recorded empty
+    (read again only when it changes).
     """
     with engine.connect() as conn:
         todo = mq.unread(conn, root_ids)
     if not todo:
         return 0
-    done = 0
+    done = filled = 0
     with _headers([path for _, path in todo], workers) as headers:
         for start in range(0, len(todo), FILL_BATCH):
             batch = todo[start : start + FILL_BATCH]
-            metas = [m or PhotoMeta() for m in itertools.islice(headers, len(batch))]
-            places = name_places_of(metas)
+            read = zip(batch, itertools.islice(headers, len(batch)), strict=True)
+            items = [(image_id, meta) for (image_id, _), meta in read if meta is not None]
+            places = name_places_of([meta for _, meta in items])
             with write_transaction(engine) as conn:
-                items = [(image_id, m) for (image_id, _), m in zip(batch, metas, strict=True)]
                 record_meta(conn, items, places)
             done += len(batch)
+            filled += len(items)
             if progress is not None:
                 progress(done, len(todo))
-    return done
+    return filled
 
 
 @contextlib.contextmanager

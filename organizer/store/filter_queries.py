@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 
 import numpy as np
 from sqlalchemy import ColumnElement, Connection, and_, false, or_, select
@@ -57,15 +58,21 @@ def kept_ids(conn: Connection, where: PhotoFilter) -> np.ndarray:
 
 
 def camera_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
-    """Cameras whose label contains any of the (lower-case) words."""
-    rows = conn.execute(select(cameras_t.c.id, cameras_t.c.label)).all()
-    return [row.id for row in rows if any(w in row.label.lower() for w in words)]
+    """Cameras whose make, model or label contains any of the (lower-case) words."""
+    rows = conn.execute(
+        select(cameras_t.c.id, cameras_t.c.make, cameras_t.c.model, cameras_t.c.label)
+    ).all()
+    return [
+        row.id
+        for row in rows
+        if any(w in " ".join(filter(None, (row.make, row.model, row.label))).lower() for w in words)
+    ]
 
 
 def place_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
     """Places named by any of the words: a city, region or country of that name (or a
     two-letter country code); a word that names none matches the places containing it
-    ("tusc" finds Tuscany)."""
+    ("tusc" finds Tuscany). Case and accents do not matter ("sao paulo" is São Paulo)."""
     rows = conn.execute(
         select(
             places_t.c.id,
@@ -75,20 +82,26 @@ def place_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
             places_t.c.country_code,
         )
     ).all()
+    names = {
+        row.id: [plain(part) for part in (row.city, row.region, row.country) if part]
+        for row in rows
+    }
+    codes = {row.id: row.country_code.lower() for row in rows}
     found: set[int] = set()
-    for word in words:
+    for word in map(plain, words):
         exact = {
-            row.id
-            for row in rows
-            if word in {(row.city or "").lower(), (row.region or "").lower(), row.country.lower()}
-            or (len(word) == 2 and word == row.country_code.lower())
+            i
+            for i, parts in names.items()
+            if word in parts or (len(word) == 2 and word == codes[i])
         }
-        found |= exact or {
-            row.id
-            for row in rows
-            if any(word in (part or "").lower() for part in (row.city, row.region, row.country))
-        }
+        found |= exact or {i for i, parts in names.items() if any(word in p for p in parts)}
     return sorted(found)
+
+
+def plain(text: str) -> str:
+    """Lower case without accents, whatever the Unicode form typed ("São" and "Sa\u0303o")."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def _under(conn: Connection, folders: tuple[str, ...]) -> ColumnElement[bool]:
