@@ -22,7 +22,7 @@ from organizer.choices import Algorithm, ExportMode, KSpec, LabelSource
 from organizer.embed import Embedder
 from organizer.errors import ClusterError
 from organizer.export import ExportSummary, export_run
-from organizer.filters import PhotoFilter
+from organizer.filters import PhotoFilter, parse_filter
 from organizer.scan import display_path
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
@@ -197,7 +197,11 @@ class Clustering:
             "k_max": k_max,
             "restarts": 5,
             "silhouette_sample": cluster.SILHOUETTE_SAMPLE,
-            **({"filter": self.where.to_dict()} if not self.where.empty else {}),
+            **(
+                {"filter": self.where.to_dict(), "where": self.where.options}
+                if not self.where.empty
+                else {}
+            ),
         }
         with write_transaction(self.engine) as conn:
             run_id = self._insert(conn, model, run, params, vocab)
@@ -292,13 +296,18 @@ class Clustering:
             return cq.cluster_of(conn, image_id)
 
     def assign_new(self, run_id: int | None = None) -> AssignResult:
-        """Put images ingested after a run into its nearest clusters, without re-clustering."""
+        """Put images ingested after a run into its nearest clusters, without re-clustering;
+        a run made of a filtered subset takes only new images that its filter keeps."""
         _model, ids, x = self._vectors()
         with self.engine.connect() as conn, conn.begin():
             found = _find_run(conn, run_id)
             numbers, centroids = cq.centroids(conn, found.id)
             known = cq.member_ids(conn, found.id)
+            options = cq.run_params(conn, found.id).get("where")
+            kept = kept_ids(conn, parse_filter(**options)) if options else None
         new = np.array([i not in known for i in ids.tolist()], dtype=bool)
+        if kept is not None:
+            new &= np.isin(ids, kept)
         labels, similarity = cluster.assign(x[new], centroids)
         with write_transaction(self.engine) as conn:
             cq.insert_members(

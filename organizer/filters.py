@@ -50,6 +50,8 @@ class PhotoFilter:
     near: Near | None = None
     under: tuple[str, ...] = ()
     given: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # the options as typed, for parse_filter(**options) to make this filter again later
+    options: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def empty(self) -> bool:
@@ -101,6 +103,14 @@ def parse_filter(
         near=parse_near(near) if near else None,
         under=tuple(under),
         given=given,
+        options={
+            "after": after,
+            "before": before,
+            "cameras": list(cameras),
+            "places": list(places),
+            "near": near,
+            "under": list(under),
+        },
     )
 
 

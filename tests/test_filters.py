@@ -334,3 +334,15 @@ def test_place_words_ignore_case_and_accents():
 
     assert plain("São Paulo") == plain("sao paulo") == plain("SA\u0303O PAULO") == "sao paulo"
     assert plain("Zürich") == "zurich"
+
+
+def test_assigning_new_images_to_a_filtered_run_keeps_its_filter(filtered):
+    lib, root, _truth = filtered
+    run = lib.cluster(2, where=_filter(root, {"place": ["italy"]}), names=False)
+    write_photo(root / "new/italy.jpg", 900, photo_exif(gps=PLACES["florence"]))
+    write_photo(root / "new/brazil.jpg", 901, photo_exif(gps=PLACES["rio"]))
+    lib.ingest([root])
+    assigned = lib.assign_new(run.run.id)
+    assert assigned.assigned == 1
+    names = {m.relpath.decode() for _, m in assigned.summary.members}
+    assert "new/italy.jpg" in names and "new/brazil.jpg" not in names

@@ -62,6 +62,13 @@ def run(conn: Connection, run_id: int | None) -> ClusterRunRecord | None:
     return None if row is None else _run_record(row)
 
 
+def run_params(conn: Connection, run_id: int) -> dict:
+    """How a run was made (its parameters as recorded: k range, restarts, filter...)."""
+    t = cluster_runs_t
+    text = conn.execute(select(t.c.params_json).where(t.c.id == run_id)).scalar()
+    return json.loads(text) if text else {}
+
+
 def all_runs(conn: Connection) -> list[ClusterRunRecord]:
     t = cluster_runs_t
     return [_run_record(r) for r in conn.execute(select(t).order_by(t.c.id))]
