@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +25,15 @@ def source_photos() -> list[Path]:
     return sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
 
 
-def variants(name: str, count: int, long_side: int, aspect: tuple[int, int] | None = None) -> Path:
-    """``count`` distinct JPEGs made from the real photos (crops, flips, re-encodes), cached."""
-    import random
-
+def variants(
+    name: str,
+    count: int,
+    long_side: int,
+    aspect: tuple[int, int] | None = None,
+    exif: Callable[[random.Random], bytes] | None = None,
+) -> Path:
+    """``count`` distinct JPEGs made from the real photos (crops, flips, re-encodes), cached;
+    each with the EXIF block ``exif(rng)`` makes, when given."""
     from PIL import Image, ImageOps
 
     folder = DATA / name
@@ -46,7 +53,8 @@ def variants(name: str, count: int, long_side: int, aspect: tuple[int, int] | No
                 im = im.resize(
                     (round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC
                 )
-            im.save(folder / f"{i:05d}.jpg", quality=rng.randint(85, 95))
+            extra = {"exif": exif(rng)} if exif is not None else {}
+            im.save(folder / f"{i:05d}.jpg", quality=rng.randint(85, 95), **extra)
     done.touch()
     return folder
 

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, ORGANIZER, source_photos  # noqa: E402 (bench/ is not a package)
+from common import DATA, ORGANIZER, variants  # noqa: E402 (bench/ is not a package)
 from ingest import cpu_description  # noqa: E402
 
 NO_METADATA = """
@@ -63,26 +63,9 @@ def exif_block(rng: random.Random) -> bytes:
 
 
 def photos_with_exif(count: int) -> Path:
-    """``count`` JPEGs made from the real photos (long side 1600, as a phone's export), each
+    """``count`` variants of the real photos (long side 1600, as a phone's export), each
     with a camera's EXIF block; cached between runs."""
-    from PIL import Image, ImageOps
-
-    folder = DATA / f"metadata-{count}"
-    if (folder / ".complete").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    sources = source_photos()
-    for i in range(count):
-        with Image.open(sources[i % len(sources)]) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            if (i // len(sources)) % 2:
-                im = ImageOps.mirror(im)
-            scale = 1600 / max(im.size)
-            im = im.resize((round(im.width * scale), round(im.height * scale)))
-            im.save(folder / f"{i:05d}.jpg", quality=90, exif=exif_block(rng))
-    (folder / ".complete").touch()
-    return folder
+    return variants(f"metadata-exif-{count}", count, 1600, exif=exif_block)
 
 
 def ingest_once(photos: Path, with_meta: bool) -> float:

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Connection, and_, false, or_, select
 from organizer.filters import Near, PhotoFilter
 from organizer.paths import is_within
 from organizer.store import queries as q
-from organizer.store.meta_queries import cameras_t, meta_t, places_t
+from organizer.store.meta_queries import all_places, cameras_t, meta_t
 
 EARTH_KM = 6371.0088
 
@@ -73,20 +73,12 @@ def place_matches(conn: Connection, words: tuple[str, ...]) -> list[int]:
     """Places named by any of the words: a city, region or country of that name (or a
     two-letter country code); a word that names none matches the places containing it
     ("tusc" finds Tuscany). Case and accents do not matter ("sao paulo" is São Paulo)."""
-    rows = conn.execute(
-        select(
-            places_t.c.id,
-            places_t.c.city,
-            places_t.c.region,
-            places_t.c.country,
-            places_t.c.country_code,
-        )
-    ).all()
+    places = all_places(conn)
     names = {
-        row.id: [plain(part) for part in (row.city, row.region, row.country) if part]
-        for row in rows
+        i: [plain(part) for part in (p.city, p.region, p.country) if part]
+        for i, p in places.items()
     }
-    codes = {row.id: row.country_code.lower() for row in rows}
+    codes = {i: p.country_code.lower() for i, p in places.items()}
     found: set[int] = set()
     for word in map(plain, words):
         exact = {

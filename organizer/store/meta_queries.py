@@ -17,21 +17,6 @@ meta_t = table_of(PhotoMetaRow)
 cameras_t = table_of(Camera)
 places_t = table_of(Place)
 
-# The PhotoMeta fields stored as they are; make and model go to cameras, the rest below.
-_PLAIN = (
-    "taken_at",
-    "taken_offset",
-    "latitude",
-    "longitude",
-    "altitude",
-    "lens",
-    "focal_mm",
-    "exposure_s",
-    "f_number",
-    "iso",
-    "orientation",
-)
-
 
 def put_meta(
     conn: Connection,
@@ -48,7 +33,7 @@ def put_meta(
     rows = []
     for image_id, meta in items:
         place = named.get(image_id)
-        row = {name: getattr(meta, name) for name in _PLAIN}
+        row = {name: getattr(meta, name) for name in q.META_FIELDS}
         row.update(
             image_id=image_id,
             reader=READER_VERSION,
@@ -212,8 +197,8 @@ def undated_ids(conn: Connection, root_ids: Sequence[int] | None = None) -> list
     return list(conn.execute(stmt).scalars())
 
 
-def short_place_names(conn: Connection) -> dict[int, str]:
-    """Every named place's short name ("Arezzo, Italy"), by id."""
+def all_places(conn: Connection) -> dict[int, NamedPlace]:
+    """Every named place, by id."""
     rows = conn.execute(
         select(
             places_t.c.id,
@@ -223,7 +208,9 @@ def short_place_names(conn: Connection) -> dict[int, str]:
             places_t.c.country_code,
         )
     )
-    return {
-        row.id: NamedPlace(row.city, row.region, row.country, row.country_code).short_label()
-        for row in rows
-    }
+    return {row.id: NamedPlace(row.city, row.region, row.country, row.country_code) for row in rows}
+
+
+def short_place_names(conn: Connection) -> dict[int, str]:
+    """Every named place's short name ("Arezzo, Italy"), by id."""
+    return {i: place.short_label() for i, place in all_places(conn).items()}

@@ -308,22 +308,21 @@ _IMAGE_RECORD_COLUMNS = (
 _META = table_of(PhotoMetaRow)
 _CAMERAS = table_of(Camera)
 _PLACES = table_of(Place)
-_META_COLUMNS = tuple(
-    _META.c[name]
-    for name in (
-        "taken_at",
-        "taken_offset",
-        "latitude",
-        "longitude",
-        "altitude",
-        "lens",
-        "focal_mm",
-        "exposure_s",
-        "f_number",
-        "iso",
-        "orientation",
-    )
+# The PhotoMeta fields stored as they are in photo_meta (make and model go to cameras).
+META_FIELDS = (
+    "taken_at",
+    "taken_offset",
+    "latitude",
+    "longitude",
+    "altitude",
+    "lens",
+    "focal_mm",
+    "exposure_s",
+    "f_number",
+    "iso",
+    "orientation",
 )
+_META_COLUMNS = tuple(_META.c[name] for name in META_FIELDS)
 
 
 def _image_record(row: Any) -> ImageRecord:
