@@ -228,6 +228,11 @@ def test_cluster_export_and_report_take_a_filter(filtered, tmp_path):
     out = lib.export(None, tmp_path / "export", where=where)
     linked = sorted(p.name for p in (tmp_path / "export").rglob("*.jpg"))
     assert len(linked) == len(italy) and out is not None
+    summary = lib.report(tmp_path / "italy.html", where=where)
+    page = (tmp_path / "italy.html").read_text()
+    assert summary.n_images == len(italy)
+    assert "<dt>Filter</dt><dd>place italy</dd>" in page
+    assert f"{len(italy)} with a vector, of those the filter keeps" in page
     with pytest.raises(Exception, match="keeps no image"):
         lib.report(tmp_path / "r.html", where=_filter(root, {"place": ["atlantis"]}))
 

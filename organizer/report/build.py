@@ -149,6 +149,7 @@ def write_report(
     offline = offline or OfflineImages()
     context = _context(data, rows, proj, shown, legend, png_bytes, absolute)
     context["overview"]["offline"] = _offline_context(offline, absolute)
+    context["overview"]["filter"] = where.describe() if where is not None else ""
     html = render.render(context).encode("utf-8")
     render.write_atomic(output, html)
     if png is not None:
