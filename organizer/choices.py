@@ -78,3 +78,19 @@ class Sort(StrEnum):
 
     SCORE = "score"  # most similar first
     DATE = "date"  # oldest taken first, undated last (each keeps its rank by score)
+
+
+class DuplicateKind(StrEnum):
+    """What makes two files the same photo (organizer.duplicates.kinds decides)."""
+
+    EXACT = "exact"  # the same bytes, in several places
+    NEAR = "near"  # the same picture re-encoded, resized, lightly cropped or stripped
+    BURST = "burst"  # different shots of one moment: same camera, seconds apart
+
+
+class Decision(StrEnum):
+    """What a user decided about a duplicate group (``organizer duplicates mark``)."""
+
+    NOT_DUPLICATES = "not-duplicates"  # they are different photos: never group them again
+    KEEP_ALL = "keep-all"  # duplicates, but every copy stays: never list or plan the group
+    KEEPER = "keeper"  # this one is the keeper of any group it is in

@@ -83,3 +83,11 @@ class IndexPlanError(OptionsError):
 
 class GazetteerError(OrganizerError):
     """The place gazetteer (town names for photo coordinates) is missing or unreadable."""
+
+
+class PlanError(OptionsError):
+    """A clean-up plan file that cannot be read or would do something unsafe."""
+
+
+class CleanError(OrganizerError):
+    """A clean-up or its undo cannot go on (a journal that cannot be written or read)."""

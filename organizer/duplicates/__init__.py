@@ -1,0 +1,1 @@
+"""Duplicates people can act on: kinds, keepers, decisions, plans and an undoable clean-up."""
