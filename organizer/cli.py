@@ -27,7 +27,9 @@ from organizer import console as out
 from organizer import filter_options as fo
 from organizer.choices import (
     Algorithm,
+    Decision,
     Device,
+    DuplicateKind,
     Engine,
     ExportMode,
     IndexKind,
@@ -149,6 +151,8 @@ def _group(**options: Any) -> typer.Typer:
 
 cluster_app = _group()
 app.add_typer(cluster_app, name="cluster")
+duplicates_app = _group()
+app.add_typer(duplicates_app, name="duplicates")
 roots_app = _group()
 app.add_typer(roots_app, name="roots")
 index_app = _group(
@@ -873,16 +877,47 @@ def search(
     )
 
 
-@command
+@duplicates_app.callback(invoke_without_command=True)
+@_handled
 def duplicates(
     ctx: typer.Context,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            metavar="exact,near,burst",
+            help="Which kinds to list (default all): exact copies, near copies (re-encoded, "
+            "resized, cropped), bursts (one camera, seconds apart).",
+        ),
+    ] = None,
     threshold: Annotated[
         float,
         typer.Option(
             parser=_similarity,
-            help="Cosine similarity from which two images count as the same photo, (0, 1].",
+            help="Cosine similarity from which two images are near copies, (0, 1].",
         ),
     ] = 0.96,
+    prefer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prefer",
+            metavar="RULE",
+            help="Keeper rule, before the default order (repeat for more): "
+            "format:raw,heic,jpg | folder:PATH | largest | oldest | newest.",
+        ),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            parser=_path,
+            metavar="PLAN.json",
+            help="Write a clean-up plan for organizer clean (exact and near groups; bursts "
+            "only when --kind names them).",
+        ),
+    ] = None,
+    show_decided: Annotated[
+        bool, typer.Option("--show-decided", help="Also list the decisions made with mark.")
+    ] = False,
     include_offline: OfflineOpt = False,
     after: fo.AfterOpt = None,
     before: fo.BeforeOpt = None,
@@ -895,25 +930,96 @@ def duplicates(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Groups of the same photo: identical files, re-encodes, resizes, small crops, bursts.
+    """Groups of the same photo: exact copies, near copies, bursts; each says which file it
+    keeps and why. Nothing is deleted: --plan writes a plan that organizer clean carries out.
 
-    Each group marks the suggested keeper (largest resolution, then oldest). Nothing is deleted.
+    Keeper order: more pixels, larger file, camera metadata, earliest taken, shortest path.
+    `organizer duplicates mark` records decisions (not duplicates, keep all, keeper).
 
-    Example: organizer duplicates --threshold 0.97
+    Example: organizer duplicates --prefer format:raw,heic,jpg --plan plan.json
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from organizer.duplicates.find import DuplicateOptions, parse_kinds
+
+    kinds = parse_kinds(kind)
+    options = DuplicateOptions(kinds, threshold, tuple(prefer or ()), show_decided)
     with _open(library) as lib, out.StatusLine("duplicates", not (quiet or as_json)):
         found = lib.duplicates(
-            threshold,
+            options,
             include_offline=include_offline,
             where=fo.where(after, before, camera, place, near, under),
         )
+    if plan is not None:
+        planned = kinds if kind is not None else (DuplicateKind.EXACT, DuplicateKind.NEAR)
+        made = found.plan(lib.home.name, planned)
+        try:
+            made.write(plan)
+        except OSError as exc:
+            raise OrganizerError(f"cannot write the plan {plan}: {exc.strerror or exc}") from None
     out.print_offline(found.offline)
     out.show(
         found,
         as_json,
-        lambda found: out.print_duplicates(found.groups, absolute),
+        lambda found: out.print_duplicates(found, absolute),
         lambda found: found.to_dict(absolute),
     )
+    if plan is not None and not as_json:
+        out.print_plan_written(made, plan)
+
+
+@duplicates_app.command("mark")
+@_handled
+def duplicates_mark(
+    ctx: typer.Context,
+    decision: Annotated[
+        Decision,
+        typer.Argument(
+            help="not-duplicates: different photos; keep-all: keep every copy; "
+            "keeper: keep this file in any group it is in."
+        ),
+    ],
+    targets: Annotated[
+        list[str],
+        typer.Argument(metavar="GROUP|PATH...", help="A group id from the listing, or paths."),
+    ],
+    threshold: Annotated[
+        float,
+        typer.Option(parser=_similarity, help="The --threshold the group ids were listed with."),
+    ] = 0.96,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a decision about duplicates; it is kept by content, so it survives moves,
+    renames, re-scans and a new model, and the group does not come back.
+
+    Example: organizer duplicates mark not-duplicates 3f2a9c1b20de
+    """
+    with _open(library) as lib:
+        made = lib.mark_duplicates(decision, targets, threshold)
+    out.show(
+        made,
+        as_json,
+        lambda made: out.print_decision(made, absolute),
+        lambda d: d.to_dict(absolute),
+    )
+
+
+@duplicates_app.command("unmark")
+@_handled
+def duplicates_unmark(
+    ctx: typer.Context,
+    decision: Annotated[int, typer.Argument(help="The decision's number (--show-decided).")],
+    library: LibraryOpt = None,
+) -> None:
+    """Take a decision back: its groups are listed again.
+
+    Example: organizer duplicates unmark 3
+    """
+    with _open(library) as lib:
+        lib.unmark_duplicates(decision)
+    print(f"took decision {decision} back")
 
 
 # -- clusters ---------------------------------------------------------------------------------

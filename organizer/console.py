@@ -18,8 +18,10 @@ from organizer.scan import display_text, shown_path
 
 if TYPE_CHECKING:
     from organizer.cluster_runs import AssignResult, ExportSummary, RunEvaluation
+    from organizer.duplicates.groups import DecidedFiles, Duplicates
+    from organizer.duplicates.plan import Plan
     from organizer.events import EventList
-    from organizer.finder import DuplicateGroup, Results
+    from organizer.finder import Results
     from organizer.ingest import IngestSummary, Progress
     from organizer.photo_meta import PhotoMeta
     from organizer.report import ReportSummary
@@ -372,18 +374,49 @@ def _same_name_under_two_roots(paths: Iterable[tuple[str, bytes]]) -> bool:
     return any(len(roots) > 1 for roots in roots_of.values())
 
 
-def print_duplicates(groups: Sequence[DuplicateGroup], absolute: bool) -> None:
-    if not groups:
-        print("no duplicates")
-    members = (m for g in groups for m in g.members)
-    absolute = absolute or _same_name_under_two_roots((m.root, m.relpath) for m in members)
-    for n, g in enumerate(groups, start=1):
-        print(f"group {n} ({len(g.members)} images)")
-        for m in g.members:
-            mark = "keep" if m.image_id == g.keep else ("same" if m.identical_to_keeper else "    ")
-            size = f"{m.width}x{m.height}" if m.width else "?"
-            path = shown_path(m.root, m.relpath, absolute)
-            print(f"  {mark}  {size:>11}  {m.size / 1e6:7.2f} MB  {path}")
+def print_duplicates(found: Duplicates, absolute: bool) -> None:
+    """Each kind's groups: the file kept and why, then the others (``move``: a clean-up would
+    move it; ``with``: the same shot as the keeper, its RAW or JPEG, kept with it)."""
+    files = [f.record for g in found.groups for f in g.files]
+    absolute = absolute or _same_name_under_two_roots((r.root, r.relpath) for r in files)
+    for kind in found.kinds:
+        groups = found.of(kind)
+        print(f"{kind}: {plural(len(groups), 'group')}" + (":" if groups else ""))
+        for n, g in enumerate(groups, start=1):
+            print(
+                f"  {n}. group {g.id} ({plural(len(g.files), 'file')}, similarity "
+                f"{g.similarity:.3f}): keeps the first, {g.keeper.reason}"
+            )
+            for f in g.files:
+                r = f.record
+                mark = {"keep": "keep", "with-keeper": "with", "move": "move"}[f.role]
+                shot = f"shot {f.shot:<2} " if f.shot else ""
+                same = " (identical)" if f.identical and f.role != "keep" else ""
+                size = f"{r.width}x{r.height}" if r.width else "?"
+                path = shown_path(r.root, r.relpath, absolute)
+                print(f"     {mark}  {shot}{size:>11}  {r.size / 1e6:7.2f} MB  {path}{same}")
+    if found.decided is not None:
+        print(f"decided: {plural(len(found.decided), 'decision')}")
+        for d in found.decided:
+            print_decision(d, absolute, indent="  ")
+
+
+def print_decision(d: DecidedFiles, absolute: bool, indent: str = "") -> None:
+    when = d.created_at.strftime("%Y-%m-%d %H:%M")
+    print(f"{indent}decision {d.id}: {d.decision} ({when}, {plural(d.hashes, 'content')})")
+    for r in d.records:
+        print(f"{indent}  {shown_path(r.root, r.relpath, absolute)}")
+    if not indent:
+        print(f"take it back with: organizer duplicates unmark {d.id}")
+
+
+def print_plan_written(plan: Plan, path: Path) -> None:
+    moved = sum(len(g.move) for g in plan.groups)
+    print(
+        f"wrote the plan {path}: {plural(len(plan.groups), 'group')}, "
+        f"{plural(moved, 'file')} to move to the trash; check it, edit it if you like, "
+        f"then: organizer clean {path}"
+    )
 
 
 def print_run(summary: ClusterRunSummary, absolute: bool = False, top: int = 0) -> None:

@@ -92,58 +92,6 @@ class Results:
         }
 
 
-@dataclass(frozen=True)
-class Member:
-    """An image of a duplicate group."""
-
-    image_id: int
-    root: str
-    relpath: bytes
-    size: int
-    width: int | None
-    height: int | None
-    identical_to_keeper: bool
-
-    def to_dict(self, absolute: bool = False) -> dict:
-        return {
-            "path": shown_path(self.root, self.relpath, absolute),
-            **exact_path(self.root, self.relpath),
-            "root": self.root,
-            "image_id": self.image_id,
-            "size": self.size,
-            "width": self.width,
-            "height": self.height,
-            "identical": self.identical_to_keeper,
-        }
-
-
-@dataclass(frozen=True)
-class DuplicateGroup:
-    """The same photo several times; ``keep`` is the suggested keeper's image id."""
-
-    keep: int
-    members: list[Member] = field(default_factory=list)
-
-    def to_dict(self, absolute: bool = False) -> dict:
-        images = [m.to_dict(absolute) for m in self.members]
-        keep = next(i["path"] for i in images if i["image_id"] == self.keep)
-        return {"images": images, "keep": keep}
-
-
-@dataclass(frozen=True)
-class Duplicates:
-    """The duplicate groups of a library, and what absent roots kept out of them."""
-
-    groups: list[DuplicateGroup]
-    offline: OfflineImages = field(default_factory=OfflineImages)
-
-    def to_dict(self, absolute: bool = False) -> dict:
-        return {
-            "groups": [g.to_dict(absolute) for g in self.groups],
-            "offline": self.offline.to_dict(),
-        }
-
-
 class Finder:
     """Search operations over a library's store, vector index and model."""
 
@@ -313,31 +261,25 @@ class Finder:
         ).strip()
         return Results(described, self.ranked(vector, limit, (), threshold, offset))
 
-    def duplicates(self, threshold: float = 0.96) -> list[DuplicateGroup]:
-        """Groups of near-duplicate images (cosine similarity >= ``threshold``), of the
-        images the filter keeps."""
-        if not 0 < threshold <= 1:
-            raise QueryError(f"--threshold must be in (0, 1], not {threshold}")
+    def similar_pairs(self, threshold: float) -> list[tuple[int, int, float]]:
+        """Pairs (a < b, cosine) of ok images at least ``threshold`` alike, of those the
+        filter keeps, from the index's range search (vectors stream from the database)."""
         index = self.index()
         with self.engine.connect() as conn, conn.begin():
             model = q.library_model(conn)
             if model is None:
                 return []
-            # The query vectors stream from the database: memory stays flat in its size.
             batches = q.iter_ok_vectors(conn, model.id, model.dim)
-            pairs = search.duplicate_pairs(index, batches, threshold, self.kept())
-            groups = search.groups_from_pairs(pairs)
-            records = q.describe_images(conn, [i for g in groups for i in g])
-        shown = [[i for i in g if self._visible(records[i])] for g in groups]
-        return [_group(g, records) for g in shown if len(g) > 1]
+            return search.duplicate_pairs(index, batches, threshold, self.kept())
 
     def image(self, image_id: int) -> ImageRecord | None:
         """The record of an image that may be shown (ok, under a present root), or None."""
         with self.engine.connect() as conn:
             record = q.describe_images(conn, [image_id]).get(image_id)
-        return record if record is not None and self._visible(record) else None
+        return record if record is not None and self.visible(record) else None
 
-    def _visible(self, record: ImageRecord) -> bool:
+    def visible(self, record: ImageRecord) -> bool:
+        """Whether an image may be shown: ok, under a present root."""
         return record.status == ImageStatus.OK and record.root not in self.hidden_roots
 
     # -- helpers ---------------------------------------------------------------------------
@@ -361,7 +303,7 @@ class Finder:
             if unseen:
                 with self.engine.connect() as conn:
                     records.update(q.describe_images(conn, unseen))
-            return {i for i in ids if i in records and self._visible(records[i])}
+            return {i for i in ids if i in records and self.visible(records[i])}
 
         hits = search.rank(
             self.index(), vector, limit + offset, exclude, threshold, shown_ok, self.kept()
@@ -374,22 +316,3 @@ class Finder:
 
 def _result(rank: int, image_id: int, score: float, record: ImageRecord) -> Result:
     return Result(rank, image_id, score, record.root, record.relpath, record.meta, record.place)
-
-
-def _group(ids: list[int], records: dict[int, ImageRecord]) -> DuplicateGroup:
-    """A group with its keeper: the largest resolution, then the oldest, then the first id."""
-    keeper = min(ids, key=lambda i: (-records[i].pixels, records[i].taken, i))
-    keeper_hash = records[keeper].content_hash
-    members = [
-        Member(
-            i,
-            records[i].root,
-            records[i].relpath,
-            records[i].size,
-            records[i].width,
-            records[i].height,
-            keeper_hash is not None and records[i].content_hash == keeper_hash,
-        )
-        for i in sorted(ids, key=lambda i: (i != keeper, records[i].root, records[i].relpath))
-    ]
-    return DuplicateGroup(keeper, members)

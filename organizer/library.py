@@ -23,14 +23,17 @@ from typing import Any, TypeVar
 import numpy as np
 
 from organizer import status as state
-from organizer.choices import KSpec, Sort
+from organizer.choices import Decision, KSpec, Sort
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import Settings
+from organizer.duplicates import find as dupes
+from organizer.duplicates.find import DuplicateOptions
+from organizer.duplicates.groups import DecidedFiles, Duplicates
 from organizer.embed import Embedder, ModelSpec
 from organizer.events import EventList, EventRules, Events
 from organizer.export import check_target
 from organizer.filters import PhotoFilter
-from organizer.finder import Duplicates, Finder, Results
+from organizer.finder import Finder, Results
 from organizer.ingest import IngestOptions, IngestSummary, Progress
 from organizer.ingest.session import check_ingest, filled_options, ingest_run
 from organizer.location import Home, Lock, index_cache, open_home
@@ -340,13 +343,28 @@ class Library:
 
     def duplicates(
         self,
-        threshold: float = 0.96,
+        options: DuplicateOptions | None = None,
         include_offline: bool = False,
         where: PhotoFilter | None = None,
     ) -> Duplicates:
-        """Groups of identical and near-identical images, each with a suggested keeper; with
-        ``where``, groups of the images it keeps."""
-        return self._search(include_offline, lambda f: Duplicates(f.duplicates(threshold)), where)
+        """Groups of exact copies, near copies and bursts, each with its keeper and why; with
+        ``where``, groups of the images it keeps. Decided groups are left out."""
+        options = options or DuplicateOptions()
+        return self._search(include_offline, lambda f: dupes.find(self.engine, f, options), where)
+
+    def mark_duplicates(
+        self, decision: Decision, targets: Sequence[str], threshold: float | None = None
+    ) -> DecidedFiles:
+        """Record a decision about a duplicate group (its id) or files (their paths): kept by
+        content, so it holds through moves, renames, re-scans and a new model."""
+        finder = self.finder()
+        return dupes.mark(
+            self.engine, finder, decision, targets, threshold or DuplicateOptions().threshold
+        )
+
+    def unmark_duplicates(self, decision_id: int) -> None:
+        """Take a duplicate decision back."""
+        dupes.take_back(self.engine, decision_id)
 
     def image(self, image_id: int) -> ImageRecord | None:
         """An image that may be shown (ok, under a present root), or None."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from organizer.config import Settings
+from organizer.duplicates.find import DuplicateOptions
 from organizer.errors import LibraryError
 from organizer.imaging import PreprocessSpec
 from organizer.library import Library
@@ -246,8 +247,8 @@ def test_a_file_overwritten_with_another_photo_gets_its_vector_everywhere(fake_l
     assert sorted(hit.ids.tolist()) == sorted(
         [rows(fake_lib)["img003.jpg"].id, rows(fake_lib)["img004.jpg"].id]
     )
-    [group] = fake_lib.duplicates(0.999).groups
-    assert {m.relpath for m in group.members} == {b"img003.jpg", b"img004.jpg"}
+    [group] = fake_lib.duplicates(DuplicateOptions(threshold=0.999)).groups
+    assert {m.relpath for m in group.files} == {b"img003.jpg", b"img004.jpg"}
 
 
 @pytest.mark.parametrize("what", ["edited", "broken"])

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from organizer.duplicates.find import DuplicateOptions
 from organizer.errors import QueryError
 from organizer.search import combine
 from organizer.store import queries as q
@@ -54,11 +55,11 @@ def test_copy_is_the_top_similar_result_and_a_duplicate(searchable):
     lib, root = searchable
     res = lib.similar(root / "img000.jpg", limit=3)
     assert res.results[0].relpath == b"copy-of-0.jpg" and res.results[0].score > 0.96
-    groups = lib.duplicates(0.96).groups
+    groups = lib.duplicates(DuplicateOptions(threshold=0.96)).groups
     assert len(groups) == 1
-    names = sorted(m.relpath for m in groups[0].members)
+    names = sorted(m.relpath for m in groups[0].files)
     assert names == [b"copy-of-0.jpg", b"img000.jpg"]
-    keeper = next(m for m in groups[0].members if m.image_id == groups[0].keep)
+    keeper = next(m for m in groups[0].files if m.role == "keep")
     assert keeper.relpath == b"img000.jpg"  # the larger resolution is kept
 
 
@@ -68,10 +69,10 @@ def test_identical_files_are_grouped_and_marked(fake_lib, tmp_path):
     shutil.copy(root / "img001.jpg", root / "again.jpg")
     os.utime(root / "img001.jpg", (1_000_000, 1_000_000))  # img001 is the older copy
     fake_lib.ingest([root])
-    [group] = fake_lib.duplicates(0.99).groups
-    keeper = next(m for m in group.members if m.image_id == group.keep)
+    [group] = fake_lib.duplicates(DuplicateOptions(threshold=0.99)).groups
+    keeper = next(m for m in group.files if m.role == "keep")
     assert keeper.relpath == b"img001.jpg"
-    assert all(m.identical_to_keeper for m in group.members)
+    assert all(m.identical or m.role == "keep" for m in group.files)
 
 
 def test_missing_files_never_appear(searchable):
@@ -80,7 +81,7 @@ def test_missing_files_never_appear(searchable):
     lib.ingest([root])
     res = lib.similar(root / "img000.jpg", limit=20)
     assert b"copy-of-0.jpg" not in [r.relpath for r in res.results]
-    assert lib.duplicates(0.96).groups == []
+    assert lib.duplicates(DuplicateOptions(threshold=0.96)).groups == []
 
 
 def test_external_image_is_embedded_not_added(searchable, tmp_path):
@@ -174,8 +175,10 @@ def test_json_shapes(searchable, cli):
     assert (out["sort"], out["filter"]) == ("score", {})
     assert out["results"][0]["path"] == "copy-of-0.jpg"
     dup = json.loads(cli("duplicates", "--json", "--library", lib.settings.library).stdout)
-    assert dup["groups"][0]["keep"] == "img000.jpg"
-    assert {i["path"] for i in dup["groups"][0]["images"]} == {"img000.jpg", "copy-of-0.jpg"}
+    assert (dup["exact"], dup["burst"]) == ([], [])
+    assert dup["near"][0]["keep"]["path"] == "img000.jpg"
+    assert "pixels" in dup["near"][0]["keep"]["reason"]
+    assert {i["path"] for i in dup["near"][0]["images"]} == {"img000.jpg", "copy-of-0.jpg"}
     text = cli(
         "similar", root / "img000.jpg", "-k", "1", "--absolute", "--library", lib.settings.library
     ).stdout

@@ -128,7 +128,7 @@ def _group(d: object, n: int) -> PlannedGroup:
     if not isinstance(d, dict):
         raise PlanError(f"{where} is not a group")
     try:
-        kind = DuplicateKind(d.get("kind"))
+        kind = DuplicateKind(str(d.get("kind")))
     except ValueError:
         choices = ", ".join(k.value for k in DuplicateKind)
         raise PlanError(f"{where}: 'kind' must be one of {choices}") from None

@@ -185,7 +185,7 @@ def create_app(
 
     def api_duplicates(request: Request) -> JSONResponse:
         groups = service.duplicates()
-        return JSONResponse({"groups": [g.to_dict() for g in groups]})
+        return JSONResponse({"groups": [g.to_dict() for g in groups]})  # pages: kinds in "kind"
 
     def api_status(request: Request) -> JSONResponse:
         return JSONResponse(service.lib.status().to_dict())

@@ -26,10 +26,12 @@ from PIL import Image
 
 from organizer.atomic import write_bytes_atomic
 from organizer.choices import Sort
+from organizer.duplicates.find import DuplicateOptions
+from organizer.duplicates.groups import DuplicateGroup
 from organizer.errors import ClusterError, ImageError, QueryError
 from organizer.events import Event, EventList
 from organizer.filters import PhotoFilter
-from organizer.finder import DuplicateGroup, Result, Results
+from organizer.finder import Result, Results
 from organizer.imaging import decode, thumbnail
 from organizer.library import Library
 from organizer.paths import is_within
@@ -145,7 +147,10 @@ class Service:
 
     def duplicates(self, threshold: float = NEAR_DUPLICATE) -> list[DuplicateGroup]:
         """Duplicate groups of the index served now, computed once per index."""
-        found = self._remembered(("duplicates", threshold), lambda: self.lib.duplicates(threshold))
+        found = self._remembered(
+            ("duplicates", threshold),
+            lambda: self.lib.duplicates(DuplicateOptions(threshold=threshold)),
+        )
         return found.groups
 
     def image_page(self, image_id: int, limit: int = 12) -> ImagePage:

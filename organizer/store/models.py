@@ -267,3 +267,30 @@ class PhotoMetaRow(Base):
     f_number: Mapped[float | None] = mapped_column(Float, nullable=True)
     iso: Mapped[int | None] = mapped_column(Integer, nullable=True)
     orientation: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+
+
+class DuplicateDecision(Base):
+    """What a user decided about some files as duplicates (organizer.choices.Decision)."""
+
+    __tablename__ = "duplicate_decisions"
+    __table_args__ = (
+        CheckConstraint(
+            "decision IN ('not-duplicates', 'keep-all', 'keeper')",
+            name="ck_duplicate_decisions_decision",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DuplicateDecisionFile(Base):
+    """A file a decision names, by its content (SHA-256): moves and renames keep it."""
+
+    __tablename__ = "duplicate_decision_files"
+
+    decision_id: Mapped[int] = mapped_column(
+        ForeignKey("duplicate_decisions.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
