@@ -383,10 +383,12 @@ def print_duplicates(found: Duplicates, absolute: bool) -> None:
         groups = found.of(kind)
         print(f"{kind}: {plural(len(groups), 'group')}" + (":" if groups else ""))
         for n, g in enumerate(groups, start=1):
+            kept = shown_path(g.keep.record.root, g.keep.record.relpath, absolute)
             print(
-                f"  {n}. group {g.id} ({plural(len(g.files), 'file')}, similarity "
-                f"{g.similarity:.3f}): keeps the first, {g.keeper.reason}"
+                f"  {n}. group {g.id}: {plural(len(g.files), 'file')}, "
+                f"similarity {g.similarity:.3f}"
             )
+            print(f"     keeps {kept}: {g.keeper.reason}")
             for f in g.files:
                 r = f.record
                 mark = {"keep": "keep", "with-keeper": "with", "move": "move"}[f.role]

@@ -159,15 +159,17 @@ class Duplicates:
         }
 
     def plan(self, library: str, kinds: Iterable[DuplicateKind]) -> Plan:
-        """The clean-up plan of the groups of these kinds; a burst takes the place of the
-        near and exact groups inside it, so that no file is in two groups."""
+        """The clean-up plan of the groups of these kinds. A group inside a wider one of the
+        plan (exact copies inside a near group, near copies inside a burst) gives way to it,
+        so that no file is in two groups."""
         kinds = set(kinds)
-        chosen = [g for g in self.groups if g.kind in kinds]
-        in_bursts = {f.record.id for g in chosen if g.kind == DuplicateKind.BURST for f in g.files}
-        chosen = [
-            g
-            for g in chosen
-            if g.kind == DuplicateKind.BURST or not any(f.record.id in in_bursts for f in g.files)
-        ]
+        chosen: list[DuplicateGroup] = []
+        taken: set[int] = set()
+        for kind in (DuplicateKind.BURST, DuplicateKind.NEAR, DuplicateKind.EXACT):
+            for g in self.of(kind) if kind in kinds else []:
+                if not any(f.record.id in taken for f in g.files):
+                    chosen.append(g)
+                    taken.update(f.record.id for f in g.files)
+        chosen.sort(key=lambda g: self.groups.index(g))
         created = datetime.now(UTC).isoformat(timespec="seconds")
         return Plan(library, created, tuple(g.planned() for g in chosen if g.moved))

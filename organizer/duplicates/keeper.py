@@ -22,6 +22,7 @@ from organizer.errors import OptionsError
 from organizer.paths import is_within
 from organizer.scan import IMAGE_EXTENSIONS, RAW_EXTENSIONS, is_raw_name
 from organizer.store.records import ImageRecord
+from organizer.vectors.kinds import format_bytes
 
 RAW = "raw"
 # Other names people write for one format: the first is the one the rule compares.
@@ -57,7 +58,13 @@ def format_of(record: ImageRecord) -> str:
 
 
 def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
+    return format_bytes(size) if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _sizes(a: int, b: int) -> str:
+    if _mb(a) == _mb(b):
+        return f"{a:,} bytes, against {b:,}"
+    return f"{_mb(a)}, against {_mb(b)}"
 
 
 def _dims(r: ImageRecord) -> str:
@@ -82,7 +89,7 @@ PIXELS = KeeperRule(
 FILE_SIZE = KeeperRule(
     "size",
     lambda r: (-r.size,),
-    lambda k, o: f"the largest file for its pixels ({_mb(k.size)}, against {_mb(o.size)})",
+    lambda k, o: f"the largest file for its pixels ({_sizes(k.size, o.size)})",
 )
 CAMERA = KeeperRule(
     "camera",
@@ -103,8 +110,12 @@ SHORTEST_PATH = KeeperRule(
     "path",
     lambda r: (len(r.path), r.path),
     lambda k, o: (
-        "the same in every other respect: "
-        + ("the shortest path" if len(k.path) != len(o.path) else "the first path by name")
+        (
+            "identical copies"
+            if k.content_hash == o.content_hash
+            else "the same in every other respect"
+        )
+        + (": the shortest path" if len(k.path) != len(o.path) else ": the first path by name")
     ),
 )
 LARGEST = KeeperRule(

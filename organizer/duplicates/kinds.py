@@ -130,13 +130,11 @@ def group(
     members = {i: n for n, c in enumerate(copies) for i in c.ids}
     groups = []
     for c in copies:
-        by_shot: dict[int, list[str]] = {}
-        for i in c.ids:
-            by_shot.setdefault(shot[i], []).append(records[i].content_hash or "")
-        hashes = [sorted(h) for h in by_shot.values()]
-        kind = DuplicateKind.EXACT if all(h == hashes[0] for h in hashes) else DuplicateKind.NEAR
-        if kind in kinds:
-            groups.append(_made(kind, c, records, shot, rules, chosen))
+        if DuplicateKind.NEAR in kinds and not _identical(c, records, shot):
+            groups.append(_made(DuplicateKind.NEAR, c, records, shot, rules, chosen))
+    if DuplicateKind.EXACT in kinds:
+        for c in _components([p for p in same if allowed(p[0], p[1])], shot):
+            groups.append(_made(DuplicateKind.EXACT, c, records, shot, rules, chosen))
     if DuplicateKind.BURST in kinds:
         unit = {i: f"c{members[i]}" if i in members else f"s{shot[i]}" for i in records}
         moments = [(a, b, s) for a, b, s in found.bursts if allowed(a, b) and unit[a] != unit[b]]
@@ -218,6 +216,16 @@ def _made(
     return DuplicateGroup(
         group_id(r.content_hash for r in files), kind, tuple(made), keeper, c.similarity
     )
+
+
+def _identical(c: _Component, records: dict[int, ImageRecord], shot: dict[int, int]) -> bool:
+    """Whether every shot of a component has the same contents (copies of one file, or of
+    one RAW + JPEG pair)."""
+    by_shot: dict[int, list[str]] = {}
+    for i in c.ids:
+        by_shot.setdefault(shot[i], []).append(records[i].content_hash or "")
+    contents = [sorted(h) for h in by_shot.values()]
+    return all(h == contents[0] for h in contents)
 
 
 def _kept_apart(decisions: Sequence[DecisionRecord]) -> dict[str | None, set[int]]:
