@@ -930,8 +930,10 @@ def duplicates(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Groups of the same photo: exact copies, near copies, bursts; each says which file it
-    keeps and why. Nothing is deleted: --plan writes a plan that organizer clean carries out.
+    """Groups of the same photo (exact copies, near copies, bursts), each with its keeper.
+
+    Each group says which file it keeps and why. Nothing is deleted: --plan writes a plan
+    that organizer clean carries out, and that can be undone.
 
     Keeper order: more pixels, larger file, camera metadata, earliest taken, shortest path.
     `organizer duplicates mark` records decisions (not duplicates, keep all, keeper).
@@ -991,8 +993,10 @@ def duplicates_mark(
     absolute: AbsoluteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record a decision about duplicates; it is kept by content, so it survives moves,
-    renames, re-scans and a new model, and the group does not come back.
+    """Record a decision about a group or files: not-duplicates, keep-all or keeper.
+
+    A decision is kept by content, so it survives moves, renames, re-scans and a new model,
+    and the group does not come back.
 
     Example: organizer duplicates mark not-duplicates 3f2a9c1b20de
     """
