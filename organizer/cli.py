@@ -1016,6 +1016,7 @@ def duplicates_unmark(
     ctx: typer.Context,
     decision: Annotated[int, typer.Argument(help="The decision's number (--show-decided).")],
     library: LibraryOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Take a decision back: its groups are listed again.
 
@@ -1023,7 +1024,10 @@ def duplicates_unmark(
     """
     with _open(library) as lib:
         lib.unmark_duplicates(decision)
-    print(f"took decision {decision} back")
+    if as_json:
+        out.print_json({"decision": decision, "taken_back": True})
+    else:
+        print(f"took decision {decision} back: its groups are listed again")
 
 
 # -- clusters ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ by type.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -51,6 +52,7 @@ def library(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     make_folder(photos, 6)
     shutil.copy(photos / "img000.jpg", photos / "copy.jpg")
+    os.utime(photos / "img000.jpg", (1_500_000_000, 1_500_000_000))  # the older copy
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
     return photos
 
@@ -196,17 +198,36 @@ def test_similar_search_duplicates(library, run_json):
         "results": [result(1, "sub/img002.jpg", library, 7), result(2, "img004.jpg", library, 6)],
         "offline": NOTHING_OFFLINE,
     }
-    image = {"root": str(library), "size": SIZE, "width": 96, "height": 64, "identical": True}
+    image = {
+        "root": str(library),
+        "size": SIZE,
+        "width": 96,
+        "height": 64,
+        "sha256": Matches(str, r"[0-9a-f]{64}"),
+        "identical": True,
+        **{fact: None for fact in ("taken", "place", "camera", "lens", "focal_mm")},
+        **{fact: None for fact in ("exposure_s", "f_number", "iso", "taken_zone_known")},
+    }
     assert run_json("duplicates", "--json") == {
-        "groups": [
+        "exact": [
             {
+                "id": Matches(str, r"[0-9a-f]{12}"),
+                "kind": "exact",
+                "similarity": 1.0,
+                "keep": {
+                    "path": "img000.jpg",
+                    "image_id": 3,
+                    "rule": "oldest",
+                    "reason": Matches(str, r"the earliest \(modified 2017-07-1[34] .*"),
+                },
                 "images": [
-                    {"path": "img000.jpg", "image_id": 3, **image},
-                    {"path": "copy.jpg", "image_id": 2, **image},
+                    {"path": "img000.jpg", "image_id": 3, "role": "keep", **image},
+                    {"path": "copy.jpg", "image_id": 2, "role": "move", **image},
                 ],
-                "keep": "img000.jpg",
             }
         ],
+        "near": [],
+        "burst": [],
         "offline": NOTHING_OFFLINE,
     }
 

@@ -77,6 +77,12 @@ def _when(r: ImageRecord) -> str:
     return f"modified {datetime.fromtimestamp(r.mtime_ns / 1e9):%Y-%m-%d %H:%M:%S}"
 
 
+def _times(k: ImageRecord, o: ImageRecord) -> str:
+    if _when(k) == _when(o):
+        return f"{_when(k)}, less than a second apart"
+    return f"{_when(k)}, against {_when(o)}"
+
+
 def _camera(r: ImageRecord) -> str | None:
     return r.meta.camera if r.meta is not None else None
 
@@ -96,16 +102,8 @@ CAMERA = KeeperRule(
     lambda r: (_camera(r) is None,),
     lambda k, o: f"it has the camera's metadata ({_camera(k)}); the next best has none",
 )
-OLDEST = KeeperRule(
-    "oldest",
-    lambda r: (r.taken,),
-    lambda k, o: f"the earliest ({_when(k)}, against {_when(o)})",
-)
-NEWEST = KeeperRule(
-    "newest",
-    lambda r: (-r.taken,),
-    lambda k, o: f"the newest ({_when(k)}, against {_when(o)})",
-)
+OLDEST = KeeperRule("oldest", lambda r: (r.taken,), lambda k, o: f"the earliest ({_times(k, o)})")
+NEWEST = KeeperRule("newest", lambda r: (-r.taken,), lambda k, o: f"the newest ({_times(k, o)})")
 SHORTEST_PATH = KeeperRule(
     "path",
     lambda r: (len(r.path), r.path),
