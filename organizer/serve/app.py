@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from organizer.choices import Sort
+from organizer.choices import DuplicateKind, Sort
 from organizer.errors import OptionsError, OrganizerError, QueryError
 from organizer.filters import PhotoFilter, parse_filter
 from organizer.finder import Results
@@ -106,7 +106,13 @@ def create_app(
         return page("event.html", request, event=event, limit=EVENT_PHOTOS)
 
     def duplicates_page(request: Request) -> HTMLResponse:
-        return page("duplicates.html", request, groups=service.duplicates())
+        params = request.query_params
+        kind = params.get("kind") or None
+        if kind is not None and kind not in tuple(DuplicateKind):
+            raise QueryError(f"kind must be {' or '.join(DuplicateKind)}")
+        number = _int(params.get("page"), 1)
+        shown = service.duplicate_page(None if kind is None else DuplicateKind(kind), number)
+        return page("duplicates.html", request, shown=shown)
 
     def status_page(request: Request) -> HTMLResponse:
         return page(
@@ -184,7 +190,7 @@ def create_app(
         return JSONResponse(service.events().to_dict())
 
     def api_duplicates(request: Request) -> JSONResponse:
-        groups = service.duplicates()
+        groups = service.duplicates().found.groups
         return JSONResponse({"groups": [g.to_dict() for g in groups]})  # pages: kinds in "kind"
 
     def api_status(request: Request) -> JSONResponse:

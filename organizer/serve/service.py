@@ -7,7 +7,8 @@ index of the last finished state is kept, and no request rebuilds it or waits fo
 
 Every answer is the library's own (the CLI's answer to the same question); this module adds
 only what a web app needs: its query grammar, pages of results, files and thumbnails, and a
-memo of the answers that cost most, kept per index state.
+memo of the answers that cost most, kept per index state and dropped after every change the
+server makes (with ``--allow-changes``: the duplicate decisions of :mod:`.changes`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from organizer.atomic import write_bytes_atomic
-from organizer.choices import Sort
+from organizer.choices import DuplicateKind, Sort
 from organizer.duplicates.find import DuplicateOptions
-from organizer.duplicates.groups import DuplicateGroup
+from organizer.duplicates.groups import DuplicateGroup, Duplicates
 from organizer.errors import ClusterError, ImageError, QueryError
 from organizer.events import Event, EventList
 from organizer.filters import PhotoFilter
@@ -47,6 +48,7 @@ MAX_SOURCE_BYTES = 512 * 1024 * 1024
 NEAR_DUPLICATE = 0.96
 MAX_TERMS = 16
 MAX_QUERY_CHARS = 1000
+GROUPS_PAGE = 30
 
 T = TypeVar("T")
 
@@ -75,6 +77,40 @@ class ImagePage:
     facts: PhotoFacts  # with coordinates: this page is the one place the web app shows them
 
 
+@dataclass(frozen=True)
+class FoundDuplicates:
+    """The duplicate groups of an index state, with each kind's list made once."""
+
+    found: Duplicates
+    by_kind: dict[DuplicateKind, list[DuplicateGroup]]
+    by_id: dict[str, DuplicateGroup]
+
+    @classmethod
+    def of(cls, found: Duplicates) -> FoundDuplicates:
+        by_kind: dict[DuplicateKind, list[DuplicateGroup]] = {k: [] for k in DuplicateKind}
+        for g in found.groups:
+            by_kind[g.kind].append(g)
+        return cls(found, by_kind, {g.id: g for g in found.groups})
+
+
+@dataclass(frozen=True)
+class DuplicatePage:
+    """One page of one kind's duplicate groups: ``groups`` are numbers ``first`` to
+    ``first + len(groups) - 1`` (from 1) of ``total``."""
+
+    kind: DuplicateKind
+    counts: dict[DuplicateKind, int]
+    groups: list[DuplicateGroup]
+    number: int
+    pages: int
+    first: int
+    total: int
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.groups) - 1
+
+
 class Service:
     """A library opened for serving: searches, pages' data, files and thumbnails."""
 
@@ -82,8 +118,9 @@ class Service:
         self.lib = lib
         lib.serve_index(lambda why: print(hide_passwords(f"warning: {why}"), file=sys.stderr))
         self._lock = threading.Lock()  # guards the memo
-        self._memo: dict[tuple, object] = {}  # answers for the index state of ``_memo_of``
-        self._memo_of: int | None = None
+        self._memo: dict[tuple, object] = {}  # answers for the state of ``_memo_of``
+        self._memo_of: tuple[int, int] | None = None  # (index generation, changes made)
+        self._changes = 0  # changes this server made: each starts the memo afresh
         self.thumbs = lib.home.cache_dir / "thumbs"
 
     def warm_up(self) -> None:
@@ -93,8 +130,9 @@ class Service:
             self.lib.embedder().embed_texts(["a photo"])  # opens (or exports) the text tower
 
     def _remembered(self, key: tuple, compute: Callable[[], T]) -> T:
-        """``compute()``, once per index state: a changed library starts the memo afresh."""
-        state = self.lib.index_generation()
+        """``compute()``, once per index state and change made: a changed library starts
+        the memo afresh."""
+        state = self._state()
         with self._lock:
             if self._memo_of != state:
                 self._memo, self._memo_of = {}, state
@@ -103,9 +141,21 @@ class Service:
             found = compute()
             now = self.lib.index_generation()
             with self._lock:
-                if self._memo_of == state == now:  # the index was not swapped meanwhile
+                # Neither the index was swapped nor a change made meanwhile.
+                if self._memo_of == state == (now, self._changes):
                     self._memo[key] = found
         return found  # type: ignore[return-value]
+
+    def _state(self) -> tuple[int, int]:
+        generation = self.lib.index_generation()
+        with self._lock:
+            return generation, self._changes
+
+    def changed(self) -> None:
+        """Forget every remembered answer: this server changed the library."""
+        with self._lock:
+            self._changes += 1
+            self._memo, self._memo_of = {}, None
 
     # -- searches ----------------------------------------------------------------------------
 
@@ -145,13 +195,32 @@ class Service:
         self.image(image_id)
         return self.lib.similar_to(image_id, limit, offset)
 
-    def duplicates(self, threshold: float = NEAR_DUPLICATE) -> list[DuplicateGroup]:
-        """Duplicate groups of the index served now, computed once per index."""
-        found = self._remembered(
-            ("duplicates", threshold),
-            lambda: self.lib.duplicates(DuplicateOptions(threshold=threshold)),
+    def duplicates(self) -> FoundDuplicates:
+        """Duplicate groups of the index served now (the CLI's defaults, with the decisions
+        standing), computed once per index state and change made."""
+        return self._remembered(
+            ("duplicates",),
+            lambda: FoundDuplicates.of(
+                self.lib.duplicates(DuplicateOptions(threshold=NEAR_DUPLICATE, show_decided=True))
+            ),
         )
-        return found.groups
+
+    def duplicate_page(
+        self, kind: DuplicateKind | None, number: int, size: int = GROUPS_PAGE
+    ) -> DuplicatePage:
+        """Page ``number`` (from 1; past the last: the last) of a kind's groups; no kind: the
+        first kind that has groups. Slices the remembered groups: as fast at 10,000 groups."""
+        found = self.duplicates()
+        counts = {k: len(v) for k, v in found.by_kind.items()}
+        if kind is None:
+            kind = next((k for k in DuplicateKind if counts[k]), DuplicateKind.EXACT)
+        groups = found.by_kind[kind]
+        pages = max(1, -(-len(groups) // size))
+        number = min(max(number, 1), pages)
+        start = (number - 1) * size
+        return DuplicatePage(
+            kind, counts, groups[start : start + size], number, pages, start + 1, len(groups)
+        )
 
     def image_page(self, image_id: int, limit: int = 12) -> ImagePage:
         record = self.image(image_id)
