@@ -1449,9 +1449,18 @@ def serve(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the app in the default browser.")
     ] = False,
+    allow_changes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changes",
+            help="Let the duplicates page change the library: choose keepers, mark groups, "
+            "move the others to the trash, undo (else the app is read-only).",
+        ),
+    ] = False,
     library: LibraryOpt = None,
 ) -> None:
-    """Browse, search and review the library in a local web app (read-only).
+    """Browse, search and review the library in a local web app (read-only unless
+    --allow-changes).
 
     Example: organizer serve --open
     """
@@ -1464,7 +1473,7 @@ def serve(
             "keep the default 127.0.0.1"
         )
     with _open(library) as lib:
-        run_server(lib, host, port, token, open_browser, announce=out.err)
+        run_server(lib, host, port, token, open_browser, out.err, allow_changes)
 
 
 def main() -> None:

@@ -63,8 +63,10 @@ def serve(
     token: str | None,
     open_browser: bool,
     announce: Callable[[str], None],
+    allow_changes: bool = False,
 ) -> None:
-    """Serve ``lib`` until interrupted; ``announce`` hears the address to open."""
+    """Serve ``lib`` until interrupted; ``announce`` hears the address to open. Read-only
+    unless ``allow_changes`` (the duplicates page's actions)."""
     check_installed()
     import uvicorn
 
@@ -77,7 +79,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/" + (f"?token={quote(token, safe='')}" if token else "")
     config = uvicorn.Config(
-        create_app(service, host, token, bound),
+        create_app(service, host, token, bound, allow_changes),
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -87,6 +89,8 @@ def serve(
     server = uvicorn.Server(config)
     threading.Thread(target=_warm, args=(service, announce), daemon=True).start()
     announce(f"serving {lib.home.name} at {url}  (Ctrl-C stops)")
+    if allow_changes:
+        announce("changes are allowed: the duplicates page's actions change the library")
     if open_browser:
         webbrowser.open(url)
     server.run(sockets=[sock])

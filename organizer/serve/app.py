@@ -2,13 +2,16 @@
 
 The API answers in the CLI's ``--json`` shapes. Images are addressed by id only, and only
 ok images under a present root are served (see :meth:`Service.image`); nothing here writes
-to disk but the thumbnail cache.
+to disk but the thumbnail cache, unless the server was started with ``--allow-changes``:
+then the duplicates page's actions (JSON POSTs, see :mod:`organizer.serve.changes`) record
+decisions, behind the front door's checks (:mod:`organizer.serve.guard`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import mimetypes
 import os
 import sys
@@ -27,13 +30,14 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from organizer.choices import DuplicateKind, Sort
+from organizer.choices import Decision, DuplicateKind, Sort
 from organizer.errors import OptionsError, OrganizerError, QueryError
 from organizer.filters import PhotoFilter, parse_filter
 from organizer.finder import Results
 from organizer.redact import hide_passwords, screen
 from organizer.scan import display_path
-from organizer.serve.guard import Guard
+from organizer.serve.changes import Changes
+from organizer.serve.guard import ChangeCheck, Guard
 from organizer.serve.service import NotFound, Service
 from organizer.serve.uploads import Gate, read_body
 
@@ -42,12 +46,20 @@ MAX_RESULTS = 500
 PAGE = 24
 TIMELINE_ALL = 300  # events the timeline shows at once; beyond, one year at a time
 EVENT_PHOTOS = 1000  # photos an event's page shows
+MAX_CHANGE_BODY = 4096  # a change's JSON body: an id or two
 
 
 def create_app(
-    service: Service, bound: str = "127.0.0.1", token: str | None = None, port: int = 0
+    service: Service,
+    bound: str = "127.0.0.1",
+    token: str | None = None,
+    port: int = 0,
+    allow_changes: bool = False,
 ) -> Guard:
-    """The ASGI app over an opened library, behind the :class:`Guard`."""
+    """The ASGI app over an opened library, behind the :class:`Guard`; read-only unless
+    ``allow_changes``."""
+    check = ChangeCheck(allow_changes, token)
+    changes = Changes(service)
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -59,7 +71,10 @@ def create_app(
 
     def page(name: str, request: Request, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(
-            library=service.lib.home.name, path=request.url.path, **context
+            library=service.lib.home.name,
+            path=request.url.path,
+            csrf=check.page_token(),
+            **context,
         )
         return HTMLResponse(html)
 
@@ -112,7 +127,7 @@ def create_app(
             raise QueryError(f"kind must be {' or '.join(DuplicateKind)}")
         number = _int(params.get("page"), 1)
         shown = service.duplicate_page(None if kind is None else DuplicateKind(kind), number)
-        return page("duplicates.html", request, shown=shown)
+        return page("duplicates.html", request, shown=shown, changes=allow_changes)
 
     def status_page(request: Request) -> HTMLResponse:
         return page(
@@ -193,6 +208,29 @@ def create_app(
         groups = service.duplicates().found.groups
         return JSONResponse({"groups": [g.to_dict() for g in groups]})  # pages: kinds in "kind"
 
+    # -- changes (the Guard lets them in only with --allow-changes) -------------------------
+
+    async def keeper(request: Request) -> JSONResponse:
+        body = await _change_body(request)
+        image_id = body.get("image_id")
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id < 1:
+            raise QueryError('send {"image_id": N}: the id of the image to keep')
+        done = await run_in_threadpool(
+            changes.choose_keeper, request.path_params["group_id"], image_id
+        )
+        return JSONResponse(done.to_dict())
+
+    def decided(decision: Decision) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> JSONResponse:
+            await _change_body(request)
+            done = await run_in_threadpool(
+                changes.decide, request.path_params["group_id"], decision
+            )
+            return JSONResponse(done.to_dict())
+
+        endpoint.__name__ = f"decide_{decision.name.lower()}"
+        return endpoint
+
     def api_status(request: Request) -> JSONResponse:
         return JSONResponse(service.lib.status().to_dict())
 
@@ -229,6 +267,23 @@ def create_app(
         Route("/api/map", _safe(api_map)),
         Route("/api/events", _safe(api_events)),
         Route("/api/duplicates", _safe(api_duplicates)),
+        *(
+            [
+                Route("/api/duplicates/{group_id}/keeper", _safe(keeper), methods=["POST"]),
+                Route(
+                    "/api/duplicates/{group_id}/not-duplicates",
+                    _safe(decided(Decision.NOT_DUPLICATES)),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/api/duplicates/{group_id}/keep-all",
+                    _safe(decided(Decision.KEEP_ALL)),
+                    methods=["POST"],
+                ),
+            ]
+            if allow_changes
+            else []
+        ),
         Route("/api/status", _safe(api_status)),
         Route("/thumb/{image_id:int}", _safe(thumb)),
         Route("/image/{image_id:int}", _safe(image_file)),
@@ -245,7 +300,7 @@ def create_app(
             Unexpected: _unexpected,
         },
     )
-    return Guard(app, bound, token, port)
+    return Guard(app, bound, token, port, check)
 
 
 class Unexpected(Exception):
@@ -348,6 +403,25 @@ def _filter(request: Request) -> tuple[PhotoFilter, Sort]:
         params.get("near") or None,
     )
     return where, Sort(sort)
+
+
+async def _change_body(request: Request) -> dict:
+    """A change request's body: a JSON object of at most :data:`MAX_CHANGE_BODY` bytes ({}
+    when empty)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise QueryError("send the change as JSON (Content-Type: application/json)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_CHANGE_BODY:
+            raise QueryError(f"a change's body is at most {MAX_CHANGE_BODY} bytes")
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError):
+        raise QueryError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise QueryError("the body must be a JSON object")
+    return data
 
 
 def _wants_json(request: Request) -> bool:

@@ -5,6 +5,10 @@
 - With a token, every request carries ``Authorization: Bearer TOKEN`` or the cookie that
   opening ``/?token=TOKEN`` once sets (the link printed at start): else 401.
 - A POST from a page of another origin is refused (403).
+- A change request (any request but a GET or HEAD, except the search by picture) is refused
+  (403, one line each) unless the server was started with ``--allow-changes``, it names its
+  page's origin (``Origin``, or failing it ``Referer``; one with neither is refused), and it
+  carries the page's CSRF token in ``X-CSRF-Token`` (see :class:`ChangeCheck`).
 - Every response carries a Content-Security-Policy (scripts and styles from the server only,
   nothing inline) and headers against sniffing, framing and leaking the URL as a referrer.
 """
@@ -14,13 +18,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from urllib.parse import parse_qsl, urlencode
+import secrets
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "organizer_session"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+CSRF_HEADER = b"x-csrf-token"
+# POSTs that only read: a search by picture sends the picture in its body.
+READING_POSTS = frozenset({"/api/search"})
+READ_ONLY = "this server is read-only: start it with organizer serve --allow-changes"
+NO_ORIGIN = "a change must come from this server's page (no Origin or Referer was sent)"
+CROSS_ORIGIN = "cross-origin request refused"
+NO_CSRF = "a change needs the page's X-CSRF-Token: reload the page and try again"
+BAD_CSRF = "the X-CSRF-Token is not this server's (it was restarted?): reload the page"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -53,10 +66,70 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-class Guard:
-    """See the module's docstring. ``bound`` is the host the server listens on."""
+class ChangeCheck:
+    """Whether the server may change the library, and the CSRF token its pages carry.
 
-    def __init__(self, app: ASGIApp, bound: str, token: str | None, port: int = 0):
+    The token is an HMAC of the session (the token's cookie value, or "" without a token)
+    under a random secret made when the server starts: a page of this server can read it
+    from its ``<meta name="csrf-token">``, a page of another site cannot (the same-origin
+    policy keeps our pages from it, and the Host check keeps it from renaming itself ours).
+    A restart makes a new secret, so an old page's token no longer works.
+    """
+
+    def __init__(self, allowed: bool, token: str | None = None):
+        self.allowed = allowed
+        self._secret = secrets.token_bytes(32)
+        session = _session_value(token) if token else ""
+        self._token = hmac.new(
+            self._secret, b"organizer-csrf:" + session.encode(), hashlib.sha256
+        ).hexdigest()
+
+    def page_token(self) -> str | None:
+        """The token a page puts in its ``<meta name="csrf-token">``; None when read-only."""
+        return self._token if self.allowed else None
+
+    def refusal(self, headers: dict[bytes, bytes], host: str) -> str | None:
+        """Why a change request is refused (one line), or None when it may go on."""
+        if not self.allowed:
+            return READ_ONLY
+        origin = headers.get(b"origin")
+        if origin is not None:
+            if not _same_origin(origin, host):
+                return CROSS_ORIGIN
+        else:
+            referer = headers.get(b"referer")
+            if referer is None:
+                return NO_ORIGIN
+            if not _same_origin_referer(referer, host):
+                return CROSS_ORIGIN
+        sent = headers.get(CSRF_HEADER)
+        if not sent:
+            return NO_CSRF
+        if not hmac.compare_digest(sent, self._token.encode()):
+            return BAD_CSRF
+        return None
+
+
+def is_change(scope: Scope) -> bool:
+    """Whether a request may change something: any method but GET and HEAD, except the
+    POSTs that only read. A route added later is a change until said otherwise."""
+    if scope["method"] in ("GET", "HEAD"):
+        return False
+    return not (scope["method"] == "POST" and scope["path"] in READING_POSTS)
+
+
+class Guard:
+    """See the module's docstring. ``bound`` is the host the server listens on; ``changes``
+    says whether change requests are allowed (by default none is)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        bound: str,
+        token: str | None,
+        port: int = 0,
+        changes: ChangeCheck | None = None,
+    ):
         self.app = app
         self.token = token
         # Cookies ignore ports: one name per port, so two servers on a host keep theirs.
@@ -64,6 +137,7 @@ class Guard:
         self.any_host = bound in WILDCARD_HOSTS
         self.hosts = set(LOOPBACK_NAMES) | {bound.strip("[]").lower()}
         self.session = _session_value(token) if token else None
+        self.changes = changes or ChangeCheck(False, token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,8 +148,9 @@ class Guard:
         if not self.any_host and host_name(host) not in self.hosts:
             await _plain(send, 400, "unknown Host: open the address organizer serve printed")
             return
-        if scope["method"] == "POST" and not _same_origin(headers.get(b"origin"), host):
-            await _plain(send, 403, "cross-origin request refused")
+        origin = headers.get(b"origin")
+        if scope["method"] == "POST" and origin is not None and not _same_origin(origin, host):
+            await _plain(send, 403, CROSS_ORIGIN)
             return
         if self.token is not None and not self._allowed(scope, headers):
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
@@ -86,6 +161,11 @@ class Guard:
                 return
             await _plain(send, 401, "a token is needed: open the link organizer serve printed")
             return
+        if is_change(scope):
+            refused = self.changes.refusal(headers, host)
+            if refused is not None:
+                await _plain(send, 403, refused)
+                return
 
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -139,11 +219,19 @@ def _session_value(token: str) -> str:
     return hmac.new(token.encode(), b"organizer-session", hashlib.sha256).hexdigest()
 
 
-def _same_origin(origin: bytes | None, host: str) -> bool:
-    if origin is None:
-        return True  # not sent by a browser's cross-site form or fetch
+def _same_origin(origin: bytes, host: str) -> bool:
+    """Whether an Origin header names this server ("null", a sandboxed or hidden origin,
+    does not)."""
     value = origin.decode("latin-1").lower()
     return value in (f"http://{host}", f"https://{host}")
+
+
+def _same_origin_referer(referer: bytes, host: str) -> bool:
+    try:
+        parts = urlsplit(referer.decode("latin-1"))
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host
 
 
 async def _plain(send: Send, status: int, text: str) -> None:

@@ -1,5 +1,5 @@
-// organizer serve: search (text, or a dropped/pasted/chosen picture), the cluster map, and
-// copying duplicate lists. Served from the server itself (no CDN); the page's CSP allows no
+// organizer serve: search (text, or a dropped/pasted/chosen picture), the cluster map,
+// copying duplicate lists, and (with --allow-changes) the duplicates page's actions. Served from the server itself (no CDN); the page's CSP allows no
 // inline script. Every file name is put in the page as text, never as HTML, and in a <bdi>:
 // a right-to-left name must not reorder the text around it (the server escapes the
 // invisible controls within it).
@@ -296,9 +296,71 @@
     });
   }
 
+  // -- duplicates: actions (only on a server started with --allow-changes) -----------------
+  var NOTICE = "organizer-notice";
+
+  // A change: a JSON POST with the page's CSRF token. The answer's JSON, or its error as one
+  // line (JSON from the app, plain text from the front door).
+  function change(url, body) {
+    var token = document.querySelector("meta[name=csrf-token]").getAttribute("content");
+    return fetch(url, {
+      method: "POST",
+      // The pages' Referrer-Policy is no-referrer, under which the Fetch standard sends
+      // "Origin: null" on a POST (Chromium sends the origin regardless), and the server
+      // refuses a change that does not name its origin: this same-origin request may.
+      referrerPolicy: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": token },
+      body: JSON.stringify(body || {}),
+    }).then(function (response) {
+      return response.text().then(function (text) {
+        var data;
+        try { data = JSON.parse(text); } catch (e) {
+          data = { error: text.trim() || "The server answered " + response.status + "." };
+        }
+        if (!response.ok) { throw new Error(data.error || "The server answered " + response.status + "."); }
+        return data;
+      });
+    }, function () { throw new Error("The server cannot be reached."); });
+  }
+
+  // Reload the page to show the groups as the change left them, saying what was done.
+  function doneThen(data) {
+    try { sessionStorage.setItem(NOTICE, data.done || "Done."); } catch (e) { /* private mode */ }
+    window.location.reload();
+  }
+
+  function setUpChanges() {
+    var notice = document.getElementById("notice");
+    if (notice) {
+      var said = null;
+      try { said = sessionStorage.getItem(NOTICE); sessionStorage.removeItem(NOTICE); } catch (e) { /* none */ }
+      if (said) { notice.textContent = said; notice.hidden = false; }
+    }
+    if (!document.querySelector("meta[name=csrf-token]")) { return; }
+    document.querySelectorAll(".dupes [data-action]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var group = button.closest(".dupes");
+        var problem = group.querySelector(".problem");
+        var action = button.getAttribute("data-action");
+        var body = {};
+        if (action === "keeper") { body.image_id = parseInt(button.getAttribute("data-image"), 10); }
+        var buttons = group.querySelectorAll("button[data-action]");
+        buttons.forEach(function (b) { b.disabled = true; });
+        problem.hidden = true;
+        change("/api/duplicates/" + group.getAttribute("data-group") + "/" + action, body)
+          .then(doneThen, function (error) {
+            problem.textContent = error.message;
+            problem.hidden = false;
+            buttons.forEach(function (b) { b.disabled = false; });
+          });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     setUpSearch();
     setUpMap();
     setUpCopy();
+    setUpChanges();
   });
 })();

@@ -1,0 +1,169 @@
+"""The duplicates page's actions in headless Chromium (Debian's), against a real server
+started with changes allowed (uvicorn on a thread, over a library of the fake model): choose
+another keeper, "Not duplicates", "Keep all", each shown after a reload; errors show in the
+page. No console error, no request leaves the server. Screenshots are kept in
+build/test-artifacts/.
+
+Needs the Debian package `chromium` and the Python package `playwright`; skipped without."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.test_report_browser import CHROMIUM, FLAGS
+from tests.test_serve_dupes import dupes_photos
+
+pytest.importorskip("starlette", reason="the serve extra is not installed")
+
+from organizer.serve import listen
+from organizer.serve.app import create_app
+from organizer.serve.service import Service
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
+
+
+@contextmanager
+def serving(lib, allow_changes: bool = True) -> Iterator[str]:
+    """The app over ``lib`` on a free loopback port, on a thread; yields its address."""
+    import uvicorn
+
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = create_app(Service(lib), "127.0.0.1", None, port, allow_changes)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium page that accepts confirm() dialogs, and what it logged."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    log: dict[str, list] = {"console": [], "errors": [], "requests": [], "dialogs": []}
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1200, "height": 900},
+        )
+        page = context.pages[0] if context.pages else context.new_page()
+        page.on("console", lambda m: log["console"].append((m.type, m.text)))
+        page.on("pageerror", lambda e: log["errors"].append(str(e)))
+        page.on("request", lambda r: log["requests"].append(r.url))
+
+        def dialog(d) -> None:
+            log["dialogs"].append(d.message)
+            d.accept() if d.type == "confirm" else d.dismiss()
+
+        page.on("dialog", dialog)
+        try:
+            yield page, log
+        finally:
+            context.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"dupes-{name}.png"), full_page=True)
+
+
+def _group(page, kind: str):
+    return page.locator(f".dupes:has(.badge.kind:text-is('{kind}'))")
+
+
+@pytest.fixture
+def lib(fake_lib, tmp_path):
+    fake_lib.ingest([dupes_photos(tmp_path / "photos")])
+    return fake_lib
+
+
+def test_decisions_in_a_browser(lib, browser):
+    page, log = browser
+    with serving(lib) as base:
+        page.goto(base + "/duplicates?kind=near")
+        near = _group(page, "near")
+        assert "Keeps a/big.jpg: the most pixels" in near.locator(".reason").inner_text()
+        _shot(page, "near-before")
+
+        # Another keeper: the page reloads with it, and says so.
+        near.locator(".card:has(bdi:text-is('b/medium.png')) button[data-action=keeper]").click()
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "medium.png is now the keeper" in page.inner_text("#notice")
+        near = _group(page, "near")
+        assert "Keeps b/medium.png: you chose it" in near.locator(".reason").inner_text()
+        keep = near.locator(".card.role-keep")
+        assert keep.count() == 1 and "b/medium.png" in keep.inner_text()
+        _shot(page, "near-keeper-chosen")
+
+        # Not duplicates: the group goes, and stays gone after a reload.
+        near.locator("button[data-action=not-duplicates]").click()
+        page.wait_for_selector("#notice:has-text('not duplicates')")
+        assert _group(page, "near").count() == 0
+        page.reload()
+        assert _group(page, "near").count() == 0 and "No near copies." in page.inner_text("main")
+        assert page.locator("#notice").is_hidden()  # said once
+
+        # Keep all: the exact group goes too.
+        page.goto(base + "/duplicates?kind=exact")
+        _group(page, "exact").locator("button[data-action=keep-all]").click()
+        page.wait_for_selector("#notice:has-text('not listed again')")
+        page.reload()
+        assert "No duplicates found." in page.inner_text("main")
+        _shot(page, "all-decided")
+
+    assert not log["errors"], log["errors"]
+    assert not [m for m in log["console"] if m[0] == "error"], log["console"]
+    assert not log["dialogs"], log["dialogs"]
+    assert all(url.startswith(base) for url in log["requests"]), log["requests"]
+
+
+def test_a_refused_change_shows_in_the_page(lib, browser):
+    """The server's one-line answer shows under the group, not as an alert or a trace."""
+    page, log = browser
+    with serving(lib) as base:
+        page.goto(base + "/duplicates?kind=near")
+        # The token of a server since restarted: refused by the front door.
+        page.evaluate("document.querySelector('meta[name=csrf-token]').content = 'stale'")
+        near = _group(page, "near")
+        near.locator("button[data-action=keep-all]").click()
+        problem = near.locator(".problem")
+        problem.wait_for(state="visible")
+        assert "reload the page" in problem.inner_text()
+        assert near.locator("button[data-action=keep-all]").is_enabled()
+        _shot(page, "refused")
+    assert not log["dialogs"] and not log["errors"], log
+    # The browser logs the 403 itself; nothing else.
+    assert all("403" in m[1] for m in log["console"] if m[0] == "error"), log["console"]
+
+
+def test_read_only_shows_no_actions(lib, browser):
+    page, log = browser
+    with serving(lib, allow_changes=False) as base:
+        page.goto(base + "/duplicates?kind=near")
+        assert page.locator("[data-action]").count() == 0
+        assert page.locator("button.copy").count() == 1
+        assert "--allow-changes" in page.inner_text("main")
+        _shot(page, "read-only")
+    assert not log["errors"] and not log["console"], log
