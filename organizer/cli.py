@@ -1036,7 +1036,9 @@ def clean(
     plan: Annotated[
         Path | None,
         typer.Argument(
-            parser=_path, help="A clean-up plan (JSON), as `organizer duplicates --plan` writes."
+            parser=_path,
+            metavar="PLAN.json",
+            help="A clean-up plan, as `organizer duplicates --plan` writes.",
         ),
     ] = None,
     undo: Annotated[

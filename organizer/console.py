@@ -532,22 +532,23 @@ def print_root_change(change: RootChange) -> None:
 def print_clean(s: CleanSummary, absolute: bool = False) -> None:
     """What ``organizer clean`` did: a summary line, every skipped file with its reason,
     and how to undo it; with ``--dry-run`` every move it would make."""
-    would = "would " if s.dry_run else ""
     if s.resumed and not s.dry_run:
         print("finished the interrupted clean-up of this plan")
-    verb = "would move" if s.dry_run else "moved"
+    verb, skip = ("would move", "would skip") if s.dry_run else ("moved", "skipped")
     moved = (
         f"{verb} {plural(len(s.moved), 'file')} of {plural(s.groups, 'group')} to the trash "
         f"({_size(s.size)})"
         if s.moved
         else f"nothing {verb}"
     )
-    print(moved + (f"; {would}skip {len(s.skipped):,}:" if s.skipped else ""))
     if s.dry_run:
+        print(moved + (":" if s.moved else ""))
         for f in s.moved:
             print(f"  {_clean_file(f, absolute)}")
-        if s.moved and s.skipped:
-            print(f"{would}skip:")
+        if s.skipped:
+            print(f"{skip} {len(s.skipped):,}:")
+    else:
+        print(moved + (f"; {skip} {len(s.skipped):,}:" if s.skipped else ""))
     _print_left(s.skipped, absolute)
     for warning in s.warnings:
         err(f"warning: {warning}")

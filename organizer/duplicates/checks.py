@@ -66,10 +66,11 @@ class _Accepted:
 
 
 def check_plan(
-    plan: Plan, plan_path: Path, roots: list[str], to: bytes | None
+    plan: Plan, plan_path: Path, roots: list[str], to: bytes | None, earlier: set[bytes]
 ) -> tuple[list[Intent], list[LeftFile]]:
     """The moves a plan may make now (numbered, companions after their photo), and the
-    files it leaves where they are, with the reason. Reads every file the plan names.
+    files it leaves where they are, with the reason (``earlier``: the files an earlier
+    clean-up of the plan moved). Reads every file the plan names.
 
     Raises:
         PlanError: none of the plan's files is under a root of this library.
@@ -89,7 +90,9 @@ def check_plan(
             try:
                 accepted.append(_Accepted(group.id, _root(root), path, _check(path, f, keeper, to)))
             except trash.Skip as skip:
-                left.append(LeftFile(path, root, group.id, str(skip)))
+                moved = str(skip) == trash.MISSING and path in earlier
+                reason = "moved to the trash by an earlier clean-up of this plan"
+                left.append(LeftFile(path, root, group.id, reason if moved else str(skip)))
     if plan.groups and not located:
         raise PlanError(
             f"none of the files {plan_path} moves is under a root of this library (the plan "
@@ -148,7 +151,6 @@ def _destinations(
     listings: dict[bytes, list[bytes]] = {}
     intents: list[Intent] = []
     for a in accepted:
-        stem = os.path.splitext(os.path.basename(a.src))[0]
         found = [c for c in trash.companions(a.src, moving, listings) if c not in moving]
         comps: list[tuple[bytes, trash.Seen]] = []
         for c in found:
@@ -158,8 +160,8 @@ def _destinations(
                 reason = f"a companion of {display_path(os.path.basename(a.src))}: {skip}"
                 left.append(LeftFile(c, a.root, a.group, reason))
         moving.update(c for c, _ in comps)  # a companion goes with one photo only
-        tails = [os.path.basename(c)[len(stem) :] for c, _ in comps]
-        dsts = trash.free_names(trash.trash_path(a.src, a.root, to), tails, claimed)
+        names = [os.path.basename(c) for c, _ in comps]
+        dsts = trash.free_names(trash.trash_path(a.src, a.root, to), names, claimed)
         for (path, seen), dst, of in zip(
             [(a.src, a.seen), *comps], dsts, [None, *(a.src for _ in comps)], strict=True
         ):

@@ -27,6 +27,7 @@ from organizer.duplicates.journal import (
     Journal,
     JournalState,
     journals,
+    moved_before,
     now_iso,
     read_journal,
     resumable,
@@ -136,7 +137,7 @@ class CleanUp:
         (a warning when its file could not be written); ``library`` names the library in a
         journal's header, for people."""
         self.engine = engine
-        self.folder = folder
+        self.folder = folder.absolute()  # printed in the undo command: from any folder
         self.library = library
         self.writer = writer
         self.refresh_index = refresh_index
@@ -171,13 +172,15 @@ class CleanUp:
             interrupted = resumable(self.folder, plan.checksum)
             if interrupted is not None:
                 return self._summary(interrupted, interrupted.pending(), dry_run=True)
-            intents, left = check_plan(plan, plan_path, roots, target)
+            earlier = moved_before(self.folder, plan.checksum)
+            intents, left = check_plan(plan, plan_path, roots, target, earlier)
             return CleanSummary(tuple(map(CleanFile.of, intents)), tuple(left), None, True)
         with self.writer():
             interrupted = resumable(self.folder, plan.checksum)
             if interrupted is not None:
                 return self._carry_out(interrupted, Journal.reopen(interrupted.path))
-            intents, left = check_plan(plan, plan_path, roots, target)
+            earlier = moved_before(self.folder, plan.checksum)
+            intents, left = check_plan(plan, plan_path, roots, target, earlier)
             if not intents:
                 return CleanSummary((), tuple(left), None)
             header = Header(

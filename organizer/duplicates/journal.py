@@ -277,6 +277,18 @@ def resumable(folder: Path, checksum: str) -> JournalState | None:
     return None
 
 
+def moved_before(folder: Path, checksum: str) -> set[bytes]:
+    """The files the earlier clean-ups of this plan moved and no undo put back."""
+    moved: set[bytes] = set()
+    for path in journals(folder):
+        if f"-{checksum[:12]}" not in path.name:
+            continue
+        state = read_journal(path)
+        if state.header.plan_checksum == checksum and not state.undo:
+            moved.update(i.src for i in state.intents if i.n in state.done)
+    return moved
+
+
 def now_iso() -> str:
     """UTC now, ISO 8601 to the second, for the header."""
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

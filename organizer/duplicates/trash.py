@@ -36,7 +36,8 @@ COMPANION_EXTENSIONS = frozenset(
 # Sidecars named after the whole file name (Google Takeout's IMG_1.jpg.json, darktable's
 # IMG_1.jpg.xmp).
 WHOLE_NAME_SIDECARS = (b".json", b".xmp")
-PART_SUFFIX = b".organizer-part"  # a copy across filesystems before it is complete
+PART_SUFFIX = b".organizer-part"
+MISSING = "missing"  # the reason a file that is not there is left out  # a copy across filesystems before it is complete
 
 
 class Skip(Exception):
@@ -81,7 +82,7 @@ def look(path: bytes) -> Seen:
             st = os.fstat(fh.fileno())
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
     except FileNotFoundError:
-        raise Skip("missing") from None
+        raise Skip(MISSING) from None
     except OSError as exc:
         raise Skip(f"cannot be read: {exc.strerror}") from None
     return Seen(st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, digest)
@@ -168,16 +169,18 @@ def companions(path: bytes, moving: set[bytes], listings: dict[bytes, list[bytes
     return found
 
 
-def free_names(dst: bytes, tails: Sequence[bytes], claimed: set[bytes]) -> list[bytes]:
-    """Paths for a photo going to ``dst`` and for its companions (``tails``: each one's
-    name after the photo's stem, ``.xmp``), where nothing is and nothing else of this
-    clean-up goes: ``IMG_1.jpg``, else ``IMG_1 (2).jpg`` (and ``IMG_1 (2).xmp``)..."""
+def free_names(dst: bytes, companions: Sequence[bytes], claimed: set[bytes]) -> list[bytes]:
+    """Paths for a photo going to ``dst`` and for its companions (their names, which begin
+    with the photo's stem in some case) beside it, where nothing is and nothing else of
+    this clean-up goes: ``IMG_1.jpg`` and ``IMG_1.xmp``, else ``IMG_1 (2).jpg`` and
+    ``IMG_1 (2).xmp``..."""
     folder, name = os.path.split(dst)
-    stem, ext = os.path.splitext(name)
+    stem = os.path.splitext(name)[0]
+    names = [(stem, name[len(stem) :])] + [(c[: len(stem)], c[len(stem) :]) for c in companions]
     n = 1
     while True:
-        base = stem if n == 1 else stem + f" ({n})".encode()
-        paths = [os.path.join(folder, base + tail) for tail in (ext, *tails)]
+        mark = b"" if n == 1 else f" ({n})".encode()
+        paths = [os.path.join(folder, head + mark + tail) for head, tail in names]
         if not any(p in claimed or os.path.lexists(p) for p in paths):
             claimed.update(paths)
             return paths
