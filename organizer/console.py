@@ -532,8 +532,10 @@ def print_root_change(change: RootChange) -> None:
 def print_clean(s: CleanSummary, absolute: bool = False) -> None:
     """What ``organizer clean`` did: a summary line, every skipped file with its reason,
     and how to undo it; with ``--dry-run`` every move it would make."""
-    if s.resumed and not s.dry_run:
-        print("finished the interrupted clean-up of this plan")
+    if s.resumed:
+        print(
+            f"{'would finish' if s.dry_run else 'finished'} the interrupted clean-up of this plan"
+        )
     verb, skip = ("would move", "would skip") if s.dry_run else ("moved", "skipped")
     moved = (
         f"{verb} {plural(len(s.moved), 'file')} of {plural(s.groups, 'group')} to the trash "

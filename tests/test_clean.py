@@ -125,7 +125,7 @@ def test_an_edited_file_is_skipped_with_its_reason(cli, dup):
     dup.others[1].write_bytes(dup.others[1].read_bytes() + b"\0")
     result = cli("clean", dup.plan)
     assert result.exit_code == 0, result.output
-    assert "moved 2 files of 2 groups" in result.stdout and "skip 1:" in result.stdout
+    assert "moved 2 files of 2 groups" in result.stdout and "skipped 1:" in result.stdout
     assert "copies/img001 copy.jpg: changed since the plan" in result.stdout
     assert dup.others[1].exists()
 
@@ -392,3 +392,39 @@ def test_hard_link_fallback_is_refused_when_the_target_exists(tmp_path, monkeypa
     with pytest.raises(FileExistsError):
         trash.place(os.fsencode(src), os.fsencode(dst))
     assert src.read_bytes() == b"a" and dst.read_bytes() == b"b"
+
+
+def test_a_plan_from_duplicates_is_carried_out(cli, dup, tmp_path):
+    plan = tmp_path / "written.json"
+    made = cli("duplicates", "--plan", plan)
+    assert made.exit_code == 0, made.output
+    result = cli("clean", plan, "--json")
+    assert result.exit_code == 0, result.output
+    moved = {f["path"] for f in json.loads(result.stdout)["moved"]}
+    kept = {str(p.relative_to(dup.root)) for p in dup.keep}
+    assert len(moved) == 3 and not moved & kept
+    assert all(p.exists() for p in dup.keep)
+
+
+def test_a_file_that_cannot_be_moved_is_a_recorded_skip(cli, dup, monkeypatch):
+    stuck = os.fsencode(dup.others[0])
+    real_link, real_rename = os.link, os.rename
+
+    def refuse(real):
+        def move(src, dst, **kw):
+            if src == stuck:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real(src, dst, **kw)
+
+        return move
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "link", refuse(real_link))
+        patched.setattr(os, "rename", refuse(real_rename))
+        result = cli("clean", dup.plan)
+    assert result.exit_code == 0, result.output
+    assert "moved 2 files of 1 group" in result.stdout and "skipped 1:" in result.stdout
+    assert "copies/img000.jpg: cannot be moved: Permission denied" in result.stdout
+    assert dup.others[0].exists()
+    assert cli("clean", "--undo", "last").exit_code == 0
+    assert all(p.exists() for p in dup.others)

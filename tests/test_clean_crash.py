@@ -96,6 +96,10 @@ def test_a_rerun_completes_a_killed_clean_up(crowded, library, cli, n, mode):
     _kill(library, plan, n, mode)
     assert _contents(root) == contents or mode == "link"  # two names of one file, for now
 
+    halfway = snapshot(root, skip_trash=False)
+    dry = cli("clean", plan, "--dry-run")
+    assert "would finish the interrupted clean-up of this plan" in dry.stdout
+    assert snapshot(root, skip_trash=False) == halfway
     result = cli("clean", plan)
     assert result.exit_code == 0, result.output
     assert "finished the interrupted clean-up of this plan" in result.stdout

@@ -36,8 +36,8 @@ COMPANION_EXTENSIONS = frozenset(
 # Sidecars named after the whole file name (Google Takeout's IMG_1.jpg.json, darktable's
 # IMG_1.jpg.xmp).
 WHOLE_NAME_SIDECARS = (b".json", b".xmp")
-PART_SUFFIX = b".organizer-part"
-MISSING = "missing"  # the reason a file that is not there is left out  # a copy across filesystems before it is complete
+PART_SUFFIX = b".organizer-part"  # a copy across filesystems before it is complete
+MISSING = "missing"  # the reason a file that is not there is left out
 
 
 class Skip(Exception):
@@ -54,15 +54,6 @@ class Seen:
     dev: int
     ino: int
     sha256: str
-
-    def same_as(self, st: os.stat_result) -> bool:
-        """Whether ``st`` (an lstat now) is still that file, unchanged (size, time, inode)."""
-        return (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) == (
-            self.size,
-            self.mtime_ns,
-            self.dev,
-            self.ino,
-        )
 
 
 def look(path: bytes) -> Seen:
@@ -306,6 +297,7 @@ def put_back(intent: Intent) -> tuple[bool, str | None]:
     if dst is not None and src is None:
         if not stat.S_ISREG(dst.st_mode) or sha256_of(intent.dst) != intent.sha256:
             return False, "changed in the trash since the clean-up"
+        remove_part(intent.src)
         try:
             move(intent.dst, intent.src, intent.sha256)
         except FileExistsError:
