@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from organizer.atomic import fsync_folder
 from organizer.errors import CleanError
 
 JOURNAL_FORMAT = 1
@@ -157,6 +158,11 @@ class Journal:
             ) from None
         journal = cls(path, fd)
         journal.write(header.to_dict(), sync=True)
+        try:
+            fsync_folder(folder)  # the journal's name survives a power cut too
+        except OSError as exc:
+            journal.close()
+            raise CleanError(f"cannot write a journal in {folder}: {exc.strerror}") from None
         return journal
 
     @classmethod
