@@ -1030,6 +1030,68 @@ def duplicates_unmark(
         print(f"took decision {decision} back: its groups are listed again")
 
 
+@command
+def clean(
+    ctx: typer.Context,
+    plan: Annotated[
+        Path | None,
+        typer.Argument(
+            parser=_path,
+            metavar="PLAN.json",
+            help="A clean-up plan, as `organizer duplicates --plan` writes.",
+        ),
+    ] = None,
+    undo: Annotated[
+        Path | None,
+        typer.Option(
+            "--undo",
+            metavar="JOURNAL|last",
+            parser=_path,
+            help="Put back what a clean-up moved: its journal (the path it printed), or 'last'.",
+        ),
+    ] = None,
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to",
+            parser=_path,
+            help="The trash folder (default: .organizer-trash in each root); each file goes "
+            "to DIR/<its root's path>/<its path>.",
+        ),
+    ] = None,
+    dry_run: DryRunOpt = False,
+    library: LibraryOpt = None,
+    absolute: AbsoluteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the copies a plan names into a trash folder; --undo puts them back.
+
+    Each file must still have the content the plan names (else it is skipped, and a group
+    whose keeper changed is left alone); sidecars (.xmp, .aae, a Live Photo's .mov) go with
+    their photo. The moves are journalled first: a re-run finishes an interrupted clean-up.
+    Trashed images leave every result. Nothing is deleted: emptying the trash is yours to do.
+
+    Example: organizer clean plan.json --dry-run && organizer clean plan.json
+    """
+    if (plan is None) == (undo is None):
+        raise OptionsError("give a plan (organizer clean PLAN.json) or --undo JOURNAL|last")
+    if undo is not None and (to is not None or dry_run):
+        raise OptionsError("--undo puts files back where they were: it takes no --to or --dry-run")
+    with _open(library) as lib:
+        if undo is not None:
+            undone = lib.undo_clean("last" if str(undo) == "last" else undo)
+            out.show(
+                undone,
+                as_json,
+                lambda u: out.print_undo(u, absolute),
+                lambda u: u.to_dict(absolute),
+            )
+            return
+        assert plan is not None
+        done = lib.clean(plan, to, dry_run)
+    out.show(done, as_json, lambda s: out.print_clean(s, absolute), lambda s: s.to_dict(absolute))
+
+
 # -- clusters ---------------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ Data goes to stdout (a table, or one JSON document); progress, warnings and erro
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -13,11 +15,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
+from organizer.paths import is_within
 from organizer.redact import hide_passwords
-from organizer.scan import display_text, shown_path
+from organizer.scan import display_path, display_text, shown_path
 
 if TYPE_CHECKING:
     from organizer.cluster_runs import AssignResult, ExportSummary, RunEvaluation
+    from organizer.duplicates.checks import LeftFile
+    from organizer.duplicates.clean import CleanFile, CleanSummary, UndoSummary
     from organizer.duplicates.groups import DecidedFiles, Duplicates
     from organizer.duplicates.plan import Plan
     from organizer.events import EventList
@@ -522,6 +527,71 @@ def print_root_change(change: RootChange) -> None:
             f"{would}move {display_text(change.path)} -> {display_text(change.new_path or '')} ({plural(change.images, 'image')}"
             f" kept; {checked.same_size} of {checked.checked} sampled files found)"
         )
+
+
+def print_clean(s: CleanSummary, absolute: bool = False) -> None:
+    """What ``organizer clean`` did: a summary line, every skipped file with its reason,
+    and how to undo it; with ``--dry-run`` every move it would make."""
+    if s.resumed:
+        print(
+            f"{'would finish' if s.dry_run else 'finished'} the interrupted clean-up of this plan"
+        )
+    verb, skip = ("would move", "would skip") if s.dry_run else ("moved", "skipped")
+    moved = (
+        f"{verb} {plural(len(s.moved), 'file')} of {plural(s.groups, 'group')} to the trash "
+        f"({_size(s.size)})"
+        if s.moved
+        else f"nothing {verb}"
+    )
+    if s.dry_run:
+        print(moved + (":" if s.moved else ""))
+        for f in s.moved:
+            print(f"  {_clean_file(f, absolute)}")
+        if s.skipped:
+            print(f"{skip} {len(s.skipped):,}:")
+    else:
+        print(moved + (f"; {skip} {len(s.skipped):,}:" if s.skipped else ""))
+    _print_left(s.skipped, absolute)
+    for warning in s.warnings:
+        err(f"warning: {warning}")
+    if s.journal is not None:
+        print(f"undo with: organizer clean --undo {shlex.quote(str(s.journal))}")
+
+
+def print_undo(s: UndoSummary, absolute: bool = False) -> None:
+    """What ``organizer clean --undo`` put back, and what it refused to (and why)."""
+    journal = shlex.quote(str(s.journal))
+    if s.nothing_left:
+        print(f"nothing left to undo in {journal}")
+        return
+    size = sum(f.size for f in s.restored)
+    refused = f"; refused {len(s.refused):,}:" if s.refused else ""
+    print(f"put back {plural(len(s.restored), 'file')} ({_size(size)}){refused}")
+    _print_left(s.refused, absolute)
+    for warning in s.warnings:
+        err(f"warning: {warning}")
+    if s.refused:
+        print(f"once they can go back, run: organizer clean --undo {journal}")
+
+
+def _clean_file(f: CleanFile, absolute: bool) -> str:
+    root = os.fsencode(f.root)
+    src = shown_path(f.root, os.path.relpath(f.path, root), absolute)
+    inside = not absolute and is_within(f.trash, root, strictly=True)
+    dst = shown_path(f.root, os.path.relpath(f.trash, root)) if inside else display_path(f.trash)
+    return f"{src} -> {dst}"
+
+
+def _print_left(files: Sequence[LeftFile], absolute: bool) -> None:
+    for f in files:
+        print(f"  {f.shown(absolute)}: {f.reason}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return plural(n, "byte")
 
 
 def print_runs(runs: Sequence[ClusterRunRecord]) -> None:

@@ -27,8 +27,10 @@ from organizer.choices import Decision, KSpec, Sort
 from organizer.cluster_runs import AssignResult, Clustering, ExportSummary
 from organizer.config import Settings
 from organizer.duplicates import find as dupes
+from organizer.duplicates.clean import CleanSummary, CleanUp, UndoSummary
 from organizer.duplicates.find import DuplicateOptions
 from organizer.duplicates.groups import DecidedFiles, Duplicates
+from organizer.duplicates.journal import FOLDER as CLEAN_UPS
 from organizer.embed import Embedder, ModelSpec
 from organizer.events import EventList, EventRules, Events
 from organizer.export import check_target
@@ -369,6 +371,47 @@ class Library:
     def image(self, image_id: int) -> ImageRecord | None:
         """An image that may be shown (ok, under a present root), or None."""
         return self.finder().image(image_id)
+
+    # -- clean-ups --------------------------------------------------------------------------
+
+    def clean(
+        self, plan: str | Path, to: str | Path | None = None, dry_run: bool = False
+    ) -> CleanSummary:
+        """Move the files a clean-up plan names into the trash, each after checking it still
+        has the planned content (see organizer.duplicates.clean); the moves are journalled
+        first, trashed images leave every result, and :meth:`undo_clean` puts them back.
+        An interrupted clean-up of the same plan is completed instead.
+
+        Raises:
+            PlanError: the plan cannot be read or names no file under this library's roots;
+            OptionsError: ``to`` is inside a root, not hidden; LibraryBusyError: another
+            writer is busy; CleanError: the journal or the library cannot be written.
+        """
+        target = None if to is None else Path(to)
+        return self._clean_ups().clean(Path(plan).expanduser(), target, dry_run)
+
+    def undo_clean(self, journal: str | Path) -> UndoSummary:
+        """Put back what a clean-up moved (``journal``: its path, or "last"), refusing any
+        file whose old path is taken now or whose trashed copy changed.
+
+        Raises:
+            CleanError: no such journal, a damaged one, or another library's;
+            LibraryBusyError: another writer is busy.
+        """
+        return self._clean_ups().undo(journal)
+
+    def last_clean(self) -> Path | None:
+        """The journal of the latest clean-up, or None."""
+        return self._clean_ups().last()
+
+    def _clean_ups(self) -> CleanUp:
+        return CleanUp(
+            self.engine,
+            self.home.cache_dir / CLEAN_UPS,
+            self.home.name,
+            lambda: self._writer("clean", False),
+            self.refresh_index,
+        )
 
     # -- clusters --------------------------------------------------------------------------
 
