@@ -217,6 +217,11 @@ class Library:
         requests never wait for an index to be rebuilt, nor write its files."""
         self._index.follow_in_background(self.ingest_running, warn)
 
+    def index_catch_up(self) -> None:
+        """For a server: serve the index of the database's state now, loaded on this thread
+        (after a change the server made, such as a clean-up, that its next page must show)."""
+        self._index.catch_up()
+
     def build_index(
         self, kind: str = "auto", memory: int | None = None, wait: bool = False
     ) -> IndexBuild:

@@ -98,9 +98,10 @@ def test_read_only_by_default_no_buttons_and_every_change_refused(lib):
     assert "organizer serve --allow-changes" in html  # the page says how to act
     assert "Copy the list of the others" in html
     near = groups(web)["near"]
-    for action in ("keeper", "not-duplicates", "keep-all"):
+    for action in ("keeper", "not-duplicates", "keep-all", "trash"):
         done = change(web, f"/api/duplicates/{near['id']}/{action}", {"image_id": 1}, csrf="0" * 64)
         assert done.status_code == 403 and done.text == READ_ONLY + "\n", action
+    assert change(web, "/api/clean-ups/undo", csrf="0" * 64).text == READ_ONLY + "\n"
     assert len(groups(web)) == 2  # nothing changed
 
 
@@ -287,6 +288,69 @@ def test_a_decided_group_is_not_listed_again(lib, action):
     assert "near" not in {g.kind for g in lib.duplicates().groups}  # for the CLI too
     again = change(web, f"/api/duplicates/{near['id']}/{action}", csrf=csrf)
     assert again.status_code == 404
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_the_others_go_to_the_trash_and_undo_puts_them_back(lib, tmp_path):
+    photos = tmp_path / "photos"
+    before = _files(photos)
+    web = client(lib)
+    csrf = page_token(web)
+    near = groups(web)["near"]
+    assert (
+        change(web, "/api/clean-ups/undo", csrf=csrf)
+        .json()["error"]
+        .startswith("no clean-up made here")
+    )
+    done = change(web, f"/api/duplicates/{near['id']}/trash", csrf=csrf)
+    assert done.status_code == 200, done.text
+    assert done.json() == {
+        "done": f"Moved 2 files of group {near['id']} to the trash.",
+        "decision": None,
+        "undo": True,
+    }
+    trash = photos / ".organizer-trash"
+    assert _files(trash) == {
+        "b/medium.png": before["b/medium.png"],
+        "b/small.jpg": before["b/small.jpg"],
+    }
+    assert not (photos / "b" / "small.jpg").exists() and (photos / "a" / "big.jpg").exists()
+    assert "near" not in groups(web)
+    [plan] = (lib.home.cache_dir / "plans").iterdir()  # the plan it carried out, for people
+    assert near["id"] in plan.name
+    html = web.get("/duplicates").text
+    assert f"Moved 2 files of group <code>{near['id']}</code> to the trash" in html
+    assert 'id="undo"' in html
+    again = change(web, f"/api/duplicates/{near['id']}/trash", csrf=csrf)
+    assert again.status_code == 404  # the group is gone
+
+    done = change(web, "/api/clean-ups/undo", csrf=csrf)
+    assert done.status_code == 200, done.text
+    assert done.json()["done"] == f"Put back 2 files of group {near['id']}."
+    assert _files(photos) == before  # byte for byte, and the trash is empty again
+    assert groups(web)["near"]["id"] == near["id"]
+    assert 'id="undo"' not in web.get("/duplicates").text
+    assert change(web, "/api/clean-ups/undo", csrf=csrf).status_code == 400
+
+
+def test_a_file_changed_since_the_page_stays(lib, tmp_path):
+    """The plan names each file's content: one changed since is left where it is, and the
+    answer says so."""
+    web = client(lib)
+    csrf = page_token(web)
+    near = groups(web)["near"]
+    small = tmp_path / "photos" / "b" / "small.jpg"
+    small.write_bytes(small.read_bytes() + b"edited")
+    done = change(web, f"/api/duplicates/{near['id']}/trash", csrf=csrf)
+    assert done.status_code == 200, done.text
+    said = done.json()["done"]
+    assert said.startswith(f"Moved 1 file of group {near['id']}") and "b/small.jpg stayed" in said
+    assert small.exists() and not (tmp_path / "photos" / "b" / "medium.png").exists()
 
 
 # -- the page ----------------------------------------------------------------------------------

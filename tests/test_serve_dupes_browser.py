@@ -1,8 +1,8 @@
 """The duplicates page's actions in headless Chromium (Debian's), against a real server
 started with changes allowed (uvicorn on a thread, over a library of the fake model): choose
-another keeper, "Not duplicates", "Keep all", each shown after a reload; errors show in the
-page. No console error, no request leaves the server. Screenshots are kept in
-build/test-artifacts/.
+another keeper, "Not duplicates", "Keep all", each shown after a reload; "Move the others to
+the trash" (after a confirm) and its Undo, checked on disk; errors show in the page. No
+console error, no request leaves the server. Screenshots are kept in build/test-artifacts/.
 
 Needs the Debian package `chromium` and the Python package `playwright`; skipped without."""
 
@@ -55,11 +55,12 @@ def serving(lib, allow_changes: bool = True) -> Iterator[str]:
 
 @pytest.fixture
 def browser(tmp_path):
-    """A headless Chromium page that accepts confirm() dialogs, and what it logged."""
+    """A headless Chromium page and what it logged; it answers confirm() with yes unless
+    the log's "confirm" says otherwise."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (Debian package `chromium`)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    log: dict[str, list] = {"console": [], "errors": [], "requests": [], "dialogs": []}
+    log: dict = {"console": [], "errors": [], "requests": [], "dialogs": [], "confirm": True}
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
@@ -75,7 +76,7 @@ def browser(tmp_path):
 
         def dialog(d) -> None:
             log["dialogs"].append(d.message)
-            d.accept() if d.type == "confirm" else d.dismiss()
+            d.accept() if d.type == "confirm" and log["confirm"] else d.dismiss()
 
         page.on("dialog", dialog)
         try:
@@ -136,6 +137,45 @@ def test_decisions_in_a_browser(lib, browser):
     assert not log["errors"], log["errors"]
     assert not [m for m in log["console"] if m[0] == "error"], log["console"]
     assert not log["dialogs"], log["dialogs"]
+    assert all(url.startswith(base) for url in log["requests"]), log["requests"]
+
+
+def test_trash_and_undo_in_a_browser(lib, browser, tmp_path):
+    page, log = browser
+    photos = tmp_path / "photos"
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    with serving(lib) as base:
+        page.goto(base + "/duplicates?kind=near")
+        _group(page, "near").locator("button[data-action=trash]").click()
+        page.wait_for_selector("#cleaned")
+        assert log["dialogs"] == [
+            "Move 2 files of this group to the trash? The keeper stays; Undo puts them back."
+        ]
+        assert "Moved 2 files of group" in page.inner_text("#cleaned")
+        assert _group(page, "near").count() == 0
+        trash = photos / ".organizer-trash" / "b"
+        assert sorted(p.name for p in trash.iterdir()) == ["medium.png", "small.jpg"]
+        assert not (photos / "b" / "small.jpg").exists()
+        assert (photos / "a" / "big.jpg").exists()
+        page.reload()
+        assert _group(page, "near").count() == 0 and page.locator("#undo").is_visible()
+        _shot(page, "trashed")
+
+        page.click("#undo")
+        page.wait_for_selector("#notice:has-text('Put back 2 files')")
+        assert page.locator("#cleaned").count() == 0
+        assert _group(page, "near").count() == 1  # the group is back
+        now = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+        assert now == before  # byte for byte, nothing left in the trash
+        _shot(page, "undone")
+
+        # A confirm answered "no" moves nothing.
+        log["confirm"] = False
+        _group(page, "near").locator("button[data-action=trash]").click()
+        page.wait_for_timeout(300)
+        assert (photos / "b" / "small.jpg").exists() and _group(page, "near").count() == 1
+    assert not log["errors"], log["errors"]
+    assert not [m for m in log["console"] if m[0] == "error"], log["console"]
     assert all(url.startswith(base) for url in log["requests"]), log["requests"]
 
 

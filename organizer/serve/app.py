@@ -4,7 +4,8 @@ The API answers in the CLI's ``--json`` shapes. Images are addressed by id only,
 ok images under a present root are served (see :meth:`Service.image`); nothing here writes
 to disk but the thumbnail cache, unless the server was started with ``--allow-changes``:
 then the duplicates page's actions (JSON POSTs, see :mod:`organizer.serve.changes`) record
-decisions, behind the front door's checks (:mod:`organizer.serve.guard`).
+decisions and move files to the trash and back, behind the front door's checks
+(:mod:`organizer.serve.guard`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def create_app(
             raise QueryError(f"kind must be {' or '.join(DuplicateKind)}")
         number = _int(params.get("page"), 1)
         shown = service.duplicate_page(None if kind is None else DuplicateKind(kind), number)
-        return page("duplicates.html", request, shown=shown, changes=allow_changes)
+        return page(
+            "duplicates.html", request, shown=shown, changes=allow_changes, cleaned=changes.cleaned
+        )
 
     def status_page(request: Request) -> HTMLResponse:
         return page(
@@ -231,6 +234,16 @@ def create_app(
         endpoint.__name__ = f"decide_{decision.name.lower()}"
         return endpoint
 
+    async def trash(request: Request) -> JSONResponse:
+        await _change_body(request)
+        done = await run_in_threadpool(changes.trash, request.path_params["group_id"])
+        return JSONResponse({**done.to_dict(), "undo": changes.cleaned is not None})
+
+    async def undo(request: Request) -> JSONResponse:
+        await _change_body(request)
+        done = await run_in_threadpool(changes.undo)
+        return JSONResponse(done.to_dict())
+
     def api_status(request: Request) -> JSONResponse:
         return JSONResponse(service.lib.status().to_dict())
 
@@ -280,6 +293,8 @@ def create_app(
                     _safe(decided(Decision.KEEP_ALL)),
                     methods=["POST"],
                 ),
+                Route("/api/duplicates/{group_id}/trash", _safe(trash), methods=["POST"]),
+                Route("/api/clean-ups/undo", _safe(undo), methods=["POST"]),
             ]
             if allow_changes
             else []

@@ -94,6 +94,17 @@ class LiveIndex:
                 ).start()
             return self._live
 
+    def catch_up(self) -> None:
+        """Serve the database's state now, loaded on the caller's thread: for a server that
+        has just changed the vectors itself, whose next answer must show the change."""
+        generation = self.cache().generation()
+        index = self._load(False)
+        with self._lock:
+            # A background load may have swapped in a later state meanwhile (the counter only
+            # grows): keep that one.
+            if self._live is None or self._live[0] < generation:
+                self._live = (generation, index)
+
     def _reload(self, generation: int) -> None:
         assert self._background is not None
         try:

@@ -323,9 +323,12 @@
     }, function () { throw new Error("The server cannot be reached."); });
   }
 
-  // Reload the page to show the groups as the change left them, saying what was done.
+  // Reload the page to show the groups as the change left them, saying what was done (a
+  // clean-up that can be undone is said by the page itself, with its Undo button).
   function doneThen(data) {
-    try { sessionStorage.setItem(NOTICE, data.done || "Done."); } catch (e) { /* private mode */ }
+    if (!data.undo) {
+      try { sessionStorage.setItem(NOTICE, data.done || "Done."); } catch (e) { /* private mode */ }
+    }
     window.location.reload();
   }
 
@@ -337,6 +340,18 @@
       if (said) { notice.textContent = said; notice.hidden = false; }
     }
     if (!document.querySelector("meta[name=csrf-token]")) { return; }
+    var undo = document.getElementById("undo");
+    if (undo) {
+      undo.addEventListener("click", function () {
+        var problem = undo.parentNode.querySelector(".problem");
+        undo.disabled = true;
+        change("/api/clean-ups/undo").then(doneThen, function (error) {
+          problem.textContent = error.message;
+          problem.hidden = false;
+          undo.disabled = false;
+        });
+      });
+    }
     document.querySelectorAll(".dupes [data-action]").forEach(function (button) {
       button.addEventListener("click", function () {
         var group = button.closest(".dupes");
@@ -344,6 +359,11 @@
         var action = button.getAttribute("data-action");
         var body = {};
         if (action === "keeper") { body.image_id = parseInt(button.getAttribute("data-image"), 10); }
+        if (action === "trash") {
+          var n = parseInt(button.getAttribute("data-count"), 10);
+          var files = n === 1 ? "1 file" : n + " files";
+          if (!window.confirm("Move " + files + " of this group to the trash? The keeper stays; Undo puts them back.")) { return; }
+        }
         var buttons = group.querySelectorAll("button[data-action]");
         buttons.forEach(function (b) { b.disabled = true; });
         problem.hidden = true;
