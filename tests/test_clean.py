@@ -166,6 +166,25 @@ def test_a_symbolic_link_and_a_file_under_no_root_are_skipped(cli, dup, tmp_path
     assert link.is_symlink() and outside.exists() and not dup.others[0].exists()
 
 
+def test_a_file_kept_by_one_group_under_another_name_is_never_moved_by_another(
+    cli, dup, tmp_path
+):
+    """Two groups whose keepers are each other's moved file, named through a folder link:
+    without looking at every keeper, both copies went to the trash."""
+    (dup.root / "alias").symlink_to(dup.root)
+    original, copy = dup.keep[0], dup.others[0]
+    alias = dup.root / "alias"
+    plan = write_plan(
+        tmp_path,
+        (alias / "copies" / copy.name, [original]),
+        (alias / original.name, [copy]),
+    )
+    result = cli("clean", plan)
+    assert result.exit_code == 0, result.output
+    assert original.exists() and copy.exists()
+    assert result.stdout.count("the same file as a keeper (another name of it)") == 2
+
+
 def test_a_taken_name_in_the_trash_gets_a_number(cli, dup, tmp_path):
     earlier = dup.root / TRASH / "copies" / "img000.jpg"
     earlier.parent.mkdir(parents=True)

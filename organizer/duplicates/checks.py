@@ -78,17 +78,20 @@ def check_plan(
     accepted: list[_Accepted] = []
     left: list[LeftFile] = []
     located = 0
-    for group in plan.groups:
+    keepers = [_keeper(group, roots) for group in plan.groups]
+    # Every keeper, by its inode: a file kept by one group and named otherwise (through a
+    # folder link, or a hard link) in another group's move list stays too.
+    kept = {(k.dev, k.ino) for _, k in keepers if k is not None}
+    for group, (problem, keeper) in zip(plan.groups, keepers, strict=True):
         files = [(os.path.normpath(f.path), f) for f in group.move]
         found = [(path, f, trash.root_of(path, roots)) for path, f in files]
         located += sum(root is not None for _, _, root in found)
-        problem, keeper = _keeper(group, roots)
         if problem is not None:
             left.extend(LeftFile(path, root, group.id, problem) for path, _, root in found)
             continue
         for path, f, root in found:
             try:
-                accepted.append(_Accepted(group.id, _root(root), path, _check(path, f, keeper, to)))
+                accepted.append(_Accepted(group.id, _root(root), path, _check(path, f, kept, to)))
             except trash.Skip as skip:
                 moved = str(skip) == trash.MISSING and path in earlier
                 reason = "moved to the trash by an earlier clean-up of this plan"
@@ -122,7 +125,7 @@ def _keeper(group: PlannedGroup, roots: list[str]) -> tuple[str | None, trash.Se
 
 
 def _check(
-    path: bytes, planned: PlannedFile, keeper: trash.Seen | None, to: bytes | None
+    path: bytes, planned: PlannedFile, kept: set[tuple[int, int]], to: bytes | None
 ) -> trash.Seen:
     """The file at ``path`` as it is now, if the plan may move it.
 
@@ -137,8 +140,8 @@ def _check(
     seen = trash.look(path)
     if (seen.size, seen.sha256) != (planned.size, planned.sha256):
         raise trash.Skip("changed since the plan")
-    if keeper is not None and (seen.dev, seen.ino) == (keeper.dev, keeper.ino):
-        raise trash.Skip("the same file as its keeper (another name of it)")
+    if (seen.dev, seen.ino) in kept:
+        raise trash.Skip("the same file as a keeper (another name of it)")
     return seen
 
 
