@@ -329,6 +329,30 @@ def test_bad_plans_and_journals_are_one_line_errors(cli, dup, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_paths_no_file_can_have_are_one_line_errors(cli, dup, tmp_path):
+    """A NUL or a stray surrogate in a plan's or a journal's path: before, an unexpected
+    ValueError from the first call on it."""
+    doc = json.loads(dup.plan.read_text())
+    doc["groups"][0]["keep"]["path"] = f"{dup.root}/a\u0000b.jpg"
+    (nul := tmp_path / "nul.json").write_text(json.dumps(doc))
+    doc["groups"][0]["keep"]["path"] = f"{dup.root}/\ud800.jpg"
+    (surrogate := tmp_path / "surrogate.json").write_text(json.dumps(doc))
+    journal = Path(json.loads(cli("clean", dup.plan, "--json").stdout)["journal"])
+    lines = journal.read_text().splitlines()
+    intent = next(n for n, line in enumerate(lines) if '"intent"' in line)
+    lines[intent] = lines[intent].replace('"src": "', '"src": "\\u0000', 1)
+    (nul_journal := tmp_path / "nul.jsonl").write_text("\n".join(lines) + "\n")
+    for args, code, words in [
+        (["clean", nul], 2, "its keeper: 'path' is not a file name"),
+        (["clean", surrogate], 2, "its keeper: 'path' is not a file name"),
+        (["clean", "--undo", nul_journal], 1, "is damaged"),
+    ]:
+        result = cli(*args)
+        assert result.exit_code == code, (args, result.output)
+        assert words in result.stderr and "unexpected" not in result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_plan_of_another_librarys_files_is_refused(cli, dup, tmp_path):
     other = tmp_path / "other"
     a, b = write_picture(other / "a.jpg", 1), other / "b.jpg"

@@ -71,13 +71,22 @@ class Intent:
             int(d["n"]),
             str(d["group"]),
             str(d["root"]),
-            os.fsencode(d["src"]),
-            os.fsencode(d["dst"]),
+            _path(d["src"]),
+            _path(d["dst"]),
             str(d["sha256"]),
             int(d["size"]),
             int(d["mtime_ns"]),
-            None if of is None else os.fsencode(of),
+            None if of is None else _path(of),
         )
+
+
+def _path(text: str) -> bytes:
+    """A path of a journal line as bytes; ValueError (a damaged journal) for one that no
+    file name is (a NUL, which every call on it would fail with)."""
+    raw = os.fsencode(text)
+    if b"\0" in raw:
+        raise ValueError(f"{text!r} is not a path")
+    return raw
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,17 @@ class PlannedFile:
         path, digest, size = d.get("path"), d.get("sha256"), d.get("size")
         if not isinstance(path, str) or not os.path.isabs(path):
             raise PlanError(f"{where}: 'path' must be an absolute path")
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError:  # a lone surrogate no file name's bytes decode to
+            raw = b"\0"
+        if b"\0" in raw:
+            raise PlanError(f"{where}: 'path' is not a file name (a NUL or a stray surrogate)")
         if not isinstance(digest, str) or len(digest) != 64 or not _hex(digest):
             raise PlanError(f"{where}: 'sha256' must be 64 hexadecimal digits")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise PlanError(f"{where}: 'size' must be a whole number of bytes")
-        return cls(os.fsencode(path), digest.lower(), size)
+        return cls(raw, digest.lower(), size)
 
 
 @dataclass(frozen=True)
