@@ -290,6 +290,9 @@ def test_cli_lists_kinds_writes_a_plan_and_marks(cli, fake_lib, archive, tmp_pat
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     bad = cli("duplicates", "mark", "keep-all", "0123456789ab")
     assert bad.exit_code == 2 and "no duplicate group" in bad.stderr
+    for number in ("0", "-1", str(2**64)):  # past a 64-bit id: was an OverflowError
+        bad = cli("duplicates", "unmark", "--", number)
+        assert bad.exit_code == 2 and f"there is no decision {number}" in bad.stderr
 
 
 def test_a_bad_plan_file_is_one_clear_error(tmp_path):

@@ -184,11 +184,16 @@ def take_back(engine: Engine, decision_id: int) -> None:
     Raises:
         OptionsError: there is no such decision.
     """
+    # A number no 64-bit id column holds is no decision (the database would overflow).
+    if not 1 <= decision_id < 2**63:
+        raise OptionsError(_no_decision(decision_id))
     with write_transaction(engine) as conn:
         if not dq.take_back(conn, decision_id):
-            raise OptionsError(
-                f"there is no decision {decision_id}: organizer duplicates --show-decided lists them"
-            )
+            raise OptionsError(_no_decision(decision_id))
+
+
+def _no_decision(decision_id: int) -> str:
+    return f"there is no decision {decision_id}: organizer duplicates --show-decided lists them"
 
 
 def _resolve(
