@@ -225,6 +225,22 @@ def test_companions_travel_with_their_photo_and_come_back(cli, dup, tmp_path):
     assert snapshot(dup.root) == before
 
 
+def test_a_copy_named_in_another_case_leaves_the_keepers_sidecar(cli, dup, tmp_path):
+    """IMG.jpg kept, IMG.JPG moved, one folder (a case-sensitive filesystem): the keeper's
+    IMG.jpg.xmp is its own, and stays; IMG.JPG.xmp goes with its photo."""
+    folder = dup.root / "copies"
+    keeper, copy = folder / "IMG.jpg", folder / "IMG.JPG"
+    shutil.copy2(dup.keep[0], keeper)
+    shutil.copy2(dup.keep[0], copy)
+    (folder / "IMG.jpg.xmp").write_text("the keeper's edits")
+    (folder / "IMG.JPG.xmp").write_text("the copy's edits")
+    plan = write_plan(tmp_path, (keeper, [copy]))
+    result = cli("clean", plan)
+    assert result.exit_code == 0, result.output
+    assert (folder / "IMG.jpg.xmp").read_text() == "the keeper's edits"
+    assert (dup.root / TRASH / "copies" / "IMG.JPG.xmp").read_text() == "the copy's edits"
+
+
 def test_to_a_folder_of_ones_choice(cli, dup, tmp_path):
     target = tmp_path / "trash"
     before = snapshot(dup.root)

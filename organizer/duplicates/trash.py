@@ -144,12 +144,17 @@ def companions(path: bytes, moving: set[bytes], listings: dict[bytes, list[bytes
         and os.path.join(folder, n) not in moving
         for n in names
     )
+    # IMG.jpg beside IMG.JPG (a case-sensitive filesystem): each whole-name sidecar is the
+    # one of the photo its name begins with, letter for letter.
+    twin = any(n != name and n.lower() == name.lower() for n in names)
     found = []
     for other in names:
         if other == name or is_image_name(other):
             continue
         low = other.lower()
-        whole = any(low == name.lower() + ext for ext in WHOLE_NAME_SIDECARS)
+        whole = any(low == name.lower() + ext for ext in WHOLE_NAME_SIDECARS) and (
+            not twin or other.startswith(name)
+        )
         by_stem = (
             not stem_stays
             and os.path.splitext(low)[0] == stem
