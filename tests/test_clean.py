@@ -454,6 +454,33 @@ def test_hard_link_fallback_is_refused_when_the_target_exists(tmp_path, monkeypa
     assert src.read_bytes() == b"a" and dst.read_bytes() == b"b"
 
 
+@pytest.mark.parametrize("failing", ["copy", "place"])
+def test_a_failed_copy_across_filesystems_leaves_no_part_behind(tmp_path, monkeypatch, failing):
+    """A full disk mid-copy, or a name taken when the copy is placed: the original stays and
+    so did, before, a half copy nothing would remove (its move is recorded as skipped)."""
+    src, dst = tmp_path / "a.jpg", tmp_path / "trash" / "a.jpg"
+    src.write_bytes(b"the photo")
+    digest = hashlib.sha256(b"the photo").hexdigest()
+
+    def other_filesystem(*a, **k):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_full(source, part, **k):
+        Path(os.fsdecode(part)).write_bytes(b"the ph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", other_filesystem)
+    if failing == "copy":
+        monkeypatch.setattr(shutil, "copy2", disk_full)
+    else:
+        dst.parent.mkdir()
+        monkeypatch.setattr(os.path, "lexists", lambda p: True)  # taken meanwhile
+    with pytest.raises(OSError):
+        trash.move(os.fsencode(src), os.fsencode(dst), digest)
+    assert src.read_bytes() == b"the photo"
+    assert not list(dst.parent.glob(".*organizer-part"))
+
+
 def test_a_plan_from_duplicates_is_carried_out(cli, dup, tmp_path):
     plan = tmp_path / "written.json"
     made = cli("duplicates", "--plan", plan)

@@ -237,12 +237,17 @@ def part_path(dst: bytes) -> bytes:
 
 def _copy_across(src: bytes, dst: bytes, sha256: str) -> None:
     part = part_path(dst)
-    shutil.copy2(src, part, follow_symlinks=False)  # a part left by a crash is ours
-    fsync_file(Path(os.fsdecode(part)))
-    if sha256_of(part) != sha256:
-        os.unlink(part)
-        raise OSError(errno.EIO, "its copy in the trash came out different", dst)
-    place(part, dst)
+    try:
+        shutil.copy2(src, part, follow_symlinks=False)  # a part left by a crash is ours
+        fsync_file(Path(os.fsdecode(part)))
+        if sha256_of(part) != sha256:
+            raise OSError(errno.EIO, "its copy in the trash came out different", dst)
+        place(part, dst)
+    except BaseException:
+        # A full disk, a name taken meanwhile: the move is recorded as skipped and never
+        # tried again, so nothing else would remove the half copy.
+        remove_part(dst)
+        raise
     fsync_folder(Path(os.fsdecode(os.path.dirname(dst))))
     os.unlink(src)
 
