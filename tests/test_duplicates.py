@@ -173,6 +173,34 @@ def test_a_raw_file_and_its_jpeg_are_one_shot(fake_lib, tmp_path):
     assert roles["phone/IMG_1-copy.jpg"] == "move"
 
 
+def test_an_exact_group_is_its_copies_whatever_else_is_searched(fake_lib, tmp_path):
+    """IMG_1.DNG + IMG_1.JPG, and a copy of the JPEG: when near copies were searched too,
+    the exact group took in the RAW file (no copy of it anywhere), moved it with its JPEG
+    when the copy was kept, and had another id than with --kind exact."""
+    from tests.test_formats import make_dng
+
+    pytest.importorskip("rawpy")
+    root = tmp_path / "p"
+    (root / "card").mkdir(parents=True)
+    (root / "card/IMG_1.DNG").write_bytes(make_dng())
+    fake_lib.ingest([root])
+    [record] = _records(fake_lib)
+    save(root / "card/IMG_1.JPG", _decoded(record.path), quality=95)
+    (root / "backup").mkdir()
+    shutil.copy2(root / "card/IMG_1.JPG", root / "backup/IMG_1.JPG")
+    fake_lib.ingest([root])
+    prefer = (f"folder:{root}/backup",)
+    exact_only = fake_lib.duplicates(DuplicateOptions(kinds=(DuplicateKind.EXACT,), prefer=prefer))
+    every_kind = fake_lib.duplicates(DuplicateOptions(prefer=prefer))
+    [alone] = exact_only.groups
+    [exact] = every_kind.of(DuplicateKind.EXACT)
+    assert exact.id == alone.id
+    roles = {os.fsdecode(f.record.relpath): str(f.role) for f in exact.files}
+    assert roles == {"backup/IMG_1.JPG": "keep", "card/IMG_1.JPG": "move"}
+    plan = every_kind.plan("test", [DuplicateKind.EXACT, DuplicateKind.BURST])
+    assert [os.path.basename(f.path) for g in plan.groups for f in g.move] == [b"IMG_1.JPG"]
+
+
 def _records(lib):
     from organizer.store import queries as q
 

@@ -133,7 +133,11 @@ def group(
         if DuplicateKind.NEAR in kinds and not _identical(c, records, shot):
             groups.append(_made(DuplicateKind.NEAR, c, records, shot, rules, chosen))
     if DuplicateKind.EXACT in kinds:
-        for c in _components([p for p in same if allowed(p[0], p[1])], shot):
+        # Only files that have a copy: a RAW file beside a copied JPEG is in the records
+        # when near copies were searched too, and would otherwise join (and leave with) its
+        # JPEG's exact group, which --kind exact alone never shows, under another id.
+        copied = {i: shot[i] for c in found.copies for i in c}
+        for c in _components([p for p in same if allowed(p[0], p[1])], copied):
             groups.append(_made(DuplicateKind.EXACT, c, records, shot, rules, chosen))
     if DuplicateKind.BURST in kinds:
         unit = {i: f"c{members[i]}" if i in members else f"s{shot[i]}" for i in records}
