@@ -166,9 +166,7 @@ def test_a_symbolic_link_and_a_file_under_no_root_are_skipped(cli, dup, tmp_path
     assert link.is_symlink() and outside.exists() and not dup.others[0].exists()
 
 
-def test_a_file_kept_by_one_group_under_another_name_is_never_moved_by_another(
-    cli, dup, tmp_path
-):
+def test_a_file_kept_by_one_group_under_another_name_is_never_moved_by_another(cli, dup, tmp_path):
     """Two groups whose keepers are each other's moved file, named through a folder link:
     without looking at every keeper, both copies went to the trash."""
     (dup.root / "alias").symlink_to(dup.root)

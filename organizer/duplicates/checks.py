@@ -82,7 +82,7 @@ def check_plan(
     # Every keeper, by its inode: a file kept by one group and named otherwise (through a
     # folder link, or a hard link) in another group's move list stays too.
     kept = {(k.dev, k.ino) for _, k in keepers if k is not None}
-    for group, (problem, keeper) in zip(plan.groups, keepers, strict=True):
+    for group, (problem, _) in zip(plan.groups, keepers, strict=True):
         files = [(os.path.normpath(f.path), f) for f in group.move]
         found = [(path, f, trash.root_of(path, roots)) for path, f in files]
         located += sum(root is not None for _, _, root in found)
