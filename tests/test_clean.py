@@ -256,6 +256,10 @@ def test_to_a_folder_ingest_would_walk_is_refused(cli, dup):
     assert result.exit_code == 2
     assert "inside the root" in result.stderr and "Traceback" not in result.output
     assert all(p.exists() for p in dup.others)
+    # A folder that holds a root: every file of it would be "already in a trash folder".
+    above = cli("clean", dup.plan, "--to", dup.root.parent)
+    assert above.exit_code == 2 and "holds the root" in above.stderr, above.output
+    assert all(p.exists() for p in dup.others)
     hidden = cli("clean", dup.plan, "--to", dup.root / ".my-trash")
     assert hidden.exit_code == 0, hidden.output
 

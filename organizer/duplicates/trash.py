@@ -106,12 +106,20 @@ def trash_path(path: bytes, root: str, to: bytes | None) -> bytes:
 
 
 def check_trash_folder(to: str, roots: Iterable[str]) -> None:
-    """Refuse a ``--to`` folder that ingest would walk: inside a root, and not hidden.
+    """Refuse a ``--to`` folder that ingest would walk (inside a root, and not hidden), or
+    one that holds a root.
 
     Raises:
-        OptionsError: ``to`` is inside a root with no hidden folder (``.name``) on the way.
+        OptionsError: ``to`` is inside a root with no hidden folder (``.name``) on the way,
+            or a root is inside it.
     """
     for root in roots:
+        if is_within(root, to, strictly=True):
+            # Every file of the root would be inside the trash already, and skipped so.
+            raise OptionsError(
+                f"--to {display_text(to)} holds the root {display_text(root)}: choose a "
+                "folder outside the roots, or a hidden one inside a root"
+            )
         if not is_within(to, root):
             continue
         below = os.path.relpath(to, root).split(os.sep)
