@@ -151,7 +151,7 @@ def _destinations(
     """Each accepted file's place in the trash, and its companions' beside it."""
     moving = {a.src for a in accepted}
     claimed: set[bytes] = set()  # trash paths given out
-    listings: dict[bytes, list[bytes]] = {}
+    listings: dict[bytes, trash.Listing] = {}
     intents: list[Intent] = []
     for a in accepted:
         found = [c for c in trash.companions(a.src, moving, listings) if c not in moving]

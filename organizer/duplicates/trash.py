@@ -131,7 +131,24 @@ def check_trash_folder(to: str, roots: Iterable[str]) -> None:
             )
 
 
-def companions(path: bytes, moving: set[bytes], listings: dict[bytes, list[bytes]]) -> list[bytes]:
+# A folder's names by their stem in lower case ("img_1" for IMG_1.JPG, "img_1.jpg" for
+# IMG_1.JPG.xmp): a photo's companions are looked up, never searched for, so a clean-up of
+# thousands of photos in one folder is not a scan of the folder for each.
+Listing = dict[bytes, list[bytes]]
+
+
+def _listing(folder: bytes) -> Listing:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        names = []
+    by_stem: Listing = {}
+    for n in names:
+        by_stem.setdefault(os.path.splitext(n)[0].lower(), []).append(n)
+    return by_stem
+
+
+def companions(path: bytes, moving: set[bytes], listings: dict[bytes, Listing]) -> list[bytes]:
     """The files that travel with the photo ``path``: in its folder, named as it is (the same
     name before the extension, in any case, or the whole name plus ``.json``/``.xmp``), with
     a companion extension. Sidecars named by the stem stay while an image of that stem stays
@@ -140,23 +157,16 @@ def companions(path: bytes, moving: set[bytes], listings: dict[bytes, list[bytes
     """
     folder, name = os.path.split(path)
     if folder not in listings:
-        try:
-            listings[folder] = sorted(os.listdir(folder))
-        except OSError:
-            listings[folder] = []
-    names = listings[folder]
+        listings[folder] = _listing(folder)
+    by_stem = listings[folder]
     stem = os.path.splitext(name)[0].lower()
-    stem_stays = any(
-        os.path.splitext(n)[0].lower() == stem
-        and is_image_name(n)
-        and os.path.join(folder, n) not in moving
-        for n in names
-    )
+    same_stem = by_stem.get(stem, [])
+    stem_stays = any(is_image_name(n) and os.path.join(folder, n) not in moving for n in same_stem)
     # IMG.jpg beside IMG.JPG (a case-sensitive filesystem): each whole-name sidecar is the
     # one of the photo its name begins with, letter for letter.
-    twin = any(n != name and n.lower() == name.lower() for n in names)
+    twin = any(n != name and n.lower() == name.lower() for n in same_stem)
     found = []
-    for other in names:
+    for other in sorted({*same_stem, *by_stem.get(name.lower(), [])}):
         if other == name or is_image_name(other):
             continue
         low = other.lower()
