@@ -201,6 +201,33 @@ def test_an_exact_group_is_its_copies_whatever_else_is_searched(fake_lib, tmp_pa
     assert [os.path.basename(f.path) for g in plan.groups for f in g.move] == [b"IMG_1.JPG"]
 
 
+def test_a_plan_of_ten_thousand_groups_is_quick():
+    """The plan put its groups in order with list.index: 12 s for 10,000 groups of two,
+    twenty minutes for 100,000."""
+    import time
+
+    from organizer.duplicates.groups import DuplicateFile, DuplicateGroup, Duplicates, Role
+    from organizer.duplicates.keeper import Keeper
+    from organizer.store.records import ImageRecord, ImageStatus
+
+    def record(i: int) -> ImageRecord:
+        digest = f"{i // 2:064x}"
+        path = f"a/{i}.jpg".encode()
+        return ImageRecord(i, "/r", path, 10, 1, 10, 10, "JPEG", ImageStatus.OK, digest, None, None)
+
+    groups = []
+    for n in range(10_000):
+        keep, other = record(2 * n), record(2 * n + 1)
+        files = (DuplicateFile(keep, Role.KEEP, True), DuplicateFile(other, Role.MOVE, True))
+        groups.append(
+            DuplicateGroup(f"{n:012x}", DuplicateKind.EXACT, files, Keeper(keep.id, "path", ""), 1)
+        )
+    start = time.perf_counter()
+    plan = Duplicates(groups).plan("test", [DuplicateKind.EXACT])
+    assert time.perf_counter() - start < 2
+    assert [g.id for g in plan.groups] == [g.id for g in groups]
+
+
 def _records(lib):
     from organizer.store import queries as q
 

@@ -170,6 +170,8 @@ class Duplicates:
                 if not any(f.record.id in taken for f in g.files):
                     chosen.append(g)
                     taken.update(f.record.id for f in g.files)
-        chosen.sort(key=lambda g: self.groups.index(g))
+        # By position, never list.index: that compares whole groups, once per group.
+        position = {id(g): n for n, g in enumerate(self.groups)}
+        chosen.sort(key=lambda g: position[id(g)])
         created = datetime.now(UTC).isoformat(timespec="seconds")
         return Plan(library, created, tuple(g.planned() for g in chosen if g.moved))
