@@ -158,15 +158,15 @@ def companions(path: bytes, moving: set[bytes], listings: dict[bytes, Listing]) 
     folder, name = os.path.split(path)
     if folder not in listings:
         listings[folder] = _listing(folder)
-    by_stem = listings[folder]
+    index = listings[folder]
     stem = os.path.splitext(name)[0].lower()
-    same_stem = by_stem.get(stem, [])
+    same_stem = index.get(stem, [])
     stem_stays = any(is_image_name(n) and os.path.join(folder, n) not in moving for n in same_stem)
     # IMG.jpg beside IMG.JPG (a case-sensitive filesystem): each whole-name sidecar is the
     # one of the photo its name begins with, letter for letter.
     twin = any(n != name and n.lower() == name.lower() for n in same_stem)
     found = []
-    for other in sorted({*same_stem, *by_stem.get(name.lower(), [])}):
+    for other in sorted({*same_stem, *index.get(name.lower(), [])}):
         if other == name or is_image_name(other):
             continue
         low = other.lower()
