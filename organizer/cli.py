@@ -935,7 +935,8 @@ def duplicates(
     Each group says which file it keeps and why. Nothing is deleted: --plan writes a plan
     that organizer clean carries out, and that can be undone.
 
-    Keeper order: more pixels, larger file, camera metadata, earliest taken, shortest path.
+    Keeper order: camera RAW, more pixels, larger file, camera metadata, earliest taken,
+    shortest path.
     `organizer duplicates mark` records decisions (not duplicates, keep all, keeper).
 
     Example: organizer duplicates --prefer format:raw,heic,jpg --plan plan.json

@@ -163,10 +163,14 @@ def test_a_raw_file_and_its_jpeg_are_one_shot(fake_lib, tmp_path):
     save(root / "card/IMG_1.JPG", preview, quality=95)
     save(root / "phone/IMG_1-copy.jpg", preview, quality=80)
     fake_lib.ingest([root])
-    options = DuplicateOptions(prefer=("format:raw,jpg",))
-    groups = fake_lib.duplicates(options).groups
-    assert groups, "the JPEG and its copy are duplicates"
-    group = groups[0]
+    for options in (DuplicateOptions(), DuplicateOptions(prefer=("format:jpg",))):
+        # A RAW file first by default; asked for JPEG first, the pair's own JPEG still wins
+        # over its copy, which has fewer bytes.
+        [group] = fake_lib.duplicates(options).of(DuplicateKind.NEAR)
+        roles = {os.fsdecode(f.record.relpath): str(f.role) for f in group.files}
+        assert roles["phone/IMG_1-copy.jpg"] == "move", options
+    group = fake_lib.duplicates().of(DuplicateKind.NEAR)[0]
+    assert group.keeper.rule == "raw"
     roles = {os.fsdecode(f.record.relpath): str(f.role) for f in group.files}
     assert roles["card/IMG_1.DNG"] == "keep"
     assert roles["card/IMG_1.JPG"] == "with-keeper"  # stays with its RAW

@@ -1,7 +1,7 @@
 """Which file of a duplicate group to keep, and why, in words a user can check.
 
-The default order keeps the original over its re-encodes: more pixels, then the larger file
-for the same pixels, then the one with camera metadata, then the earliest taken, then the
+The default order keeps the original over its re-encodes: a camera RAW file, then more
+pixels, then the larger file for the same pixels, then the one with camera metadata, then the earliest taken, then the
 shortest path. ``--prefer`` rules go before it, in the order given::
 
     format:raw,heic,jpg     these formats first, in this order ("raw" is any camera RAW)
@@ -121,7 +121,13 @@ LARGEST = KeeperRule(
     lambda r: (-r.pixels, -r.size),
     lambda k, o: (PIXELS if k.pixels != o.pixels else FILE_SIZE).says(k, o),
 )
-DEFAULT_ORDER = (PIXELS, FILE_SIZE, CAMERA, OLDEST, SHORTEST_PATH)
+RAW_FIRST = KeeperRule(
+    "raw",
+    lambda r: (format_of(r) != RAW,),
+    lambda k, o: "the camera's RAW file: the original",
+)
+# A RAW file first: a JPEG copy elsewhere never sends the only RAW of a shot to the trash.
+DEFAULT_ORDER = (RAW_FIRST, PIXELS, FILE_SIZE, CAMERA, OLDEST, SHORTEST_PATH)
 
 
 def format_rule(formats: Sequence[str]) -> KeeperRule:
