@@ -348,6 +348,16 @@ def test_undo_refuses_a_taken_path_and_a_changed_trash_copy(cli, dup):
     assert dup.others[1].exists()
 
 
+def test_undo_never_removes_a_trash_copy_identical_to_one_put_back_by_hand(cli, dup):
+    assert cli("clean", dup.plan).exit_code == 0
+    trashed = dup.root / TRASH / "copies" / "img000.jpg"
+    shutil.copy2(trashed, dup.others[0])  # the user put a copy back themselves
+    result = cli("clean", "--undo", "last")
+    assert result.exit_code == 0, result.output
+    assert "an identical file is back at its old path: its trash copy is left" in result.stdout
+    assert trashed.read_bytes() == dup.others[0].read_bytes()  # both kept, nothing removed
+
+
 def test_bad_plans_and_journals_are_one_line_errors(cli, dup, tmp_path):
     not_a_plan = tmp_path / "not-a-plan.json"
     not_a_plan.write_text("[1, 2")

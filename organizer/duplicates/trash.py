@@ -318,8 +318,10 @@ def put_back(intent: Intent) -> tuple[bool, str | None]:
     """Undo one journalled move: (whether a file moved back now, why it was refused).
 
     A file moves back only when its old path is free and its trashed copy unchanged. One
-    file under both names, or an unfinished copy across filesystems beside an unchanged
-    original, loses its trash name; a move never made needs nothing.
+    file under both names (a move cut short between its link and its unlink) loses its trash
+    name; a second file is never removed, even one identical to the file back at the old
+    path (a copy across filesystems cut short, or a copy the user put back by hand): it is
+    left in the trash and reported. A move never made needs nothing.
     """
     src, dst = _lstat(intent.src), _lstat(intent.dst)
     if dst is not None and src is None:
@@ -337,10 +339,10 @@ def put_back(intent: Intent) -> tuple[bool, str | None]:
     if src is not None and dst is None:
         return False, None if original else "a file has appeared at its old path"
     if src is not None and dst is not None:
-        if (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino) or (
-            original and sha256_of(intent.dst) == intent.sha256
-        ):
+        if (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino):
             return False, _unlink(intent.dst)
+        if original:
+            return False, "an identical file is back at its old path: its trash copy is left"
         return False, "a file has appeared at its old path"
     return False, "missing from the trash"
 
