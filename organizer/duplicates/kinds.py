@@ -111,9 +111,9 @@ def group(
     kinds = set(kinds)
     records = found.records
     shot = shots_of(records)
-    apart = _kept_apart(decisions)
+    apart = _naming(decisions, Decision.NOT_DUPLICATES)
     chosen = frozenset(h for d in decisions if d.decision == Decision.KEEPER for h in d.hashes)
-    keep_all = [d.hashes for d in decisions if d.decision == Decision.KEEP_ALL]
+    keep_all = _naming(decisions, Decision.KEEP_ALL)
 
     def allowed(a: int, b: int) -> bool:
         ha, hb = records[a].content_hash, records[b].content_hash
@@ -232,16 +232,22 @@ def _identical(c: _Component, records: dict[int, ImageRecord], shot: dict[int, i
     return all(h == contents[0] for h in contents)
 
 
-def _kept_apart(decisions: Sequence[DecisionRecord]) -> dict[str | None, set[int]]:
-    """For each content, the "not duplicates" decisions naming it."""
+def _naming(decisions: Sequence[DecisionRecord], kind: Decision) -> dict[str | None, set[int]]:
+    """For each content, the decisions of this kind that name it."""
     out: dict[str | None, set[int]] = {}
     for d in decisions:
-        if d.decision == Decision.NOT_DUPLICATES:
+        if d.decision == kind:
             for h in d.hashes:
                 out.setdefault(h, set()).add(d.id)
     return out
 
 
-def _decided(g: DuplicateGroup, keep_all: list[frozenset[str]]) -> bool:
-    hashes = {f.record.content_hash for f in g.files}
-    return any(hashes <= d for d in keep_all)
+def _decided(g: DuplicateGroup, keep_all: dict[str | None, set[int]]) -> bool:
+    """Whether one "keep all" decision names every content of the group."""
+    common: set[int] | None = None
+    for f in g.files:
+        named = keep_all.get(f.record.content_hash, set())
+        common = set(named) if common is None else common & named
+        if not common:
+            return False
+    return bool(common)
