@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,13 +32,14 @@ FLAGS = [
 HIT_RADIUS = 12  # px: how near the pointer a point must be to be picked (map_script.html)
 
 
-@pytest.fixture
-def browser_page(tmp_path):
-    """A fresh headless Chromium page and what it logged: console, errors, requests, dialogs."""
+@contextmanager
+def chromium(tmp_path: Path, log: dict, on_dialog: Callable[[Any], None]) -> Iterator[Any]:
+    """A fresh headless Chromium page (skipped without chromium or playwright) that writes
+    what it logs into ``log``: console messages, page errors, requests; ``on_dialog``
+    answers alerts and confirms."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (Debian package `chromium`)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    log: dict[str, list] = {"console": [], "errors": [], "requests": [], "dialogs": []}
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
@@ -48,11 +52,19 @@ def browser_page(tmp_path):
         page.on("console", lambda m: log["console"].append((m.type, m.text)))
         page.on("pageerror", lambda e: log["errors"].append(str(e)))
         page.on("request", lambda r: log["requests"].append(r.url))
-        page.on("dialog", lambda d: (log["dialogs"].append(d.message), d.dismiss()))
+        page.on("dialog", on_dialog)
         try:
-            yield page, log
+            yield page
         finally:
             context.close()
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """A fresh headless Chromium page and what it logged: console, errors, requests, dialogs."""
+    log: dict[str, list] = {"console": [], "errors": [], "requests": [], "dialogs": []}
+    with chromium(tmp_path, log, lambda d: (log["dialogs"].append(d.message), d.dismiss())) as page:
+        yield page, log
 
 
 def _isolated_point(points: list[dict], prefer: int) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report_browser import CHROMIUM, FLAGS
+from tests.test_report_browser import chromium
 from tests.test_serve_dupes import dupes_photos
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
@@ -57,32 +57,14 @@ def serving(lib, allow_changes: bool = True) -> Iterator[str]:
 def browser(tmp_path):
     """A headless Chromium page and what it logged; it answers confirm() with yes unless
     the log's "confirm" says otherwise."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     log: dict = {"console": [], "errors": [], "requests": [], "dialogs": [], "confirm": True}
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1200, "height": 900},
-        )
-        page = context.pages[0] if context.pages else context.new_page()
-        page.on("console", lambda m: log["console"].append((m.type, m.text)))
-        page.on("pageerror", lambda e: log["errors"].append(str(e)))
-        page.on("request", lambda r: log["requests"].append(r.url))
 
-        def dialog(d) -> None:
-            log["dialogs"].append(d.message)
-            d.accept() if d.type == "confirm" and log["confirm"] else d.dismiss()
+    def dialog(d) -> None:
+        log["dialogs"].append(d.message)
+        d.accept() if d.type == "confirm" and log["confirm"] else d.dismiss()
 
-        page.on("dialog", dialog)
-        try:
-            yield page, log
-        finally:
-            context.close()
+    with chromium(tmp_path, log, dialog) as page:
+        yield page, log
 
 
 def _shot(page, name: str) -> None:
