@@ -133,12 +133,20 @@ def list_shares(index: FaissIndex, sample: np.ndarray) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index)
     if len(sample) == 0:
         return np.zeros(ivf.nlist)
-    x = as_f32(sample)
+    _, assigned = ivf.quantizer.search(in_list_space(index, sample), 1)
+    return np.bincount(assigned.ravel(), minlength=ivf.nlist) / len(sample)
+
+
+def in_list_space(index: FaissIndex, vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` (float32) as the IVF lists of ``index`` see them: through its transforms
+    (an ivf-pq index's rotation) when it has any."""
+    import faiss
+
+    x = as_f32(vectors)
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             x = faiss.downcast_VectorTransform(index.chain.at(i)).apply(x)
-    _, assigned = ivf.quantizer.search(x, 1)
-    return np.bincount(assigned.ravel(), minlength=ivf.nlist) / len(sample)
+    return x
 
 
 def reserve_shares(index: FaissIndex, shares: np.ndarray, count: int) -> None:
