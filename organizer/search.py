@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from organizer.errors import QueryError
-from organizer.vectors import filtered
+from organizer.vectors import filtered, pairs
 
 if TYPE_CHECKING:
     from organizer.vectors.index import VectorIndex
@@ -104,29 +104,18 @@ def duplicate_pairs(
     threshold: float,
     among: np.ndarray | None = None,
 ) -> list[tuple[int, int, float]]:
-    """Pairs of distinct images whose cosine similarity is at least ``threshold``.
+    """Pairs ``(a, b, cosine)``, ``a < b``, of distinct images whose cosine similarity is at
+    least ``threshold``, sorted by ``(a, b)``.
 
     ``batches`` yields (ids, vectors) of every image to pair up, a batch at a time; with
     ``among`` (image ids, e.g. a metadata filter's answer) only pairs of two of those. Uses
-    the index's range search: exact for the flat index, and for the IVF index limited to
-    the lists it probes (near-duplicates share a list far more often than not).
+    the index's range search, every image a query: exact for the flat index; on an IVF
+    index limited to the lists a copy at the threshold needs probed, a pair found from
+    either end (see :mod:`organizer.vectors.pairs`).
     """
     allowed = None if among is None else filtered.allowed_ids(among)
-    pairs = []
-    for ids, vectors in batches:
-        if allowed is not None:
-            keep = filtered.held_in(ids, allowed)
-            ids, vectors = ids[keep], vectors[keep]
-            if not len(ids):
-                continue
-        for a, (found, scores) in zip(ids.tolist(), index.within(vectors, threshold), strict=True):
-            if allowed is not None:
-                keep = filtered.held_in(found, allowed)
-                found, scores = found[keep], scores[keep]
-            for b, s in zip(found.tolist(), scores.tolist(), strict=True):
-                if a < b:
-                    pairs.append((a, int(b), float(s)))
-    return pairs
+    found = pairs.near_pairs(index, batches, threshold, allowed)
+    return list(zip(found.low.tolist(), found.high.tolist(), found.scores.tolist(), strict=True))
 
 
 def groups_from_pairs(pairs: Iterable[tuple[int, int, float]]) -> list[list[int]]:

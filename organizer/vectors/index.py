@@ -30,18 +30,20 @@ from organizer.vectors.batches import Batch, as_f32, as_i64
 from organizer.vectors.build import (
     calibration_rows,
     fill,
+    in_list_space,
     pick_rows,
     reserve,
     trained,
     training_rows,
 )
 from organizer.vectors.kinds import FaissIndex, IndexPlan, plan
+from organizer.vectors.lists import Lists
 from organizer.vectors.rerank import RerankStore
 
 TARGET_RECALL = 0.97
 RERANK = 16  # PQ candidates per result, re-ranked exactly
 PLATEAU = 0.002  # calibration stops when doubling nprobe gains less recall than this
-WITHIN_K = 32  # a duplicate search's first shortlist on a re-ranked index
+WITHIN_K = 32  # a range search's first shortlist on a re-ranked index
 
 _BATCH = 16_384
 
@@ -221,6 +223,13 @@ class VectorIndex:
             code = faiss.downcast_index(ivf).pq.code_size
             return f"ivf-pq (OPQ, {code}-byte codes, {shape}, re-ranked exactly{recall})"
         return f"{self.kind} ({shape}{recall})"
+
+    def lists(self) -> Lists | None:
+        """Its IVF lists read back (see :mod:`organizer.vectors.lists`); None when flat."""
+        ivf = self._ivf()
+        if ivf is None:
+            return None
+        return Lists([(ivf, self.rerank)], lambda x: in_list_space(self.faiss, x))
 
     @property
     def dim(self) -> int:

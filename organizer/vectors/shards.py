@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from organizer.vectors.batches import Batch, as_f32, as_i64
-from organizer.vectors.build import reserve_shares, trained
+from organizer.vectors.build import in_list_space, reserve_shares, trained
 from organizer.vectors.files import quiet_stdout
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import FaissIndex, IndexPlan
+from organizer.vectors.lists import Lists
 from organizer.vectors.rerank import RerankStore, RerankWriter
 
 
@@ -276,6 +277,10 @@ class _Together(VectorIndex):
 
     def ids(self) -> np.ndarray:
         return np.concatenate([p.ids() for p in self.parts])
+
+    def lists(self) -> Lists | None:
+        parts = [(p._ivf(), p.rerank) for p in self.parts]
+        return Lists(parts, lambda x: in_list_space(self.parts[0].faiss, x))
 
     def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
         each = [p.within(queries, threshold) for p in self.parts]
