@@ -25,9 +25,9 @@ gets: ``auto`` picks it from the count and the memory budget) and `organizer dup
 --json`, each under /usr/bin/time (wall time, peak RSS of the process). A sitecustomize
 module in the child only times organizer's own phases (index load; pair search, of which
 the database read of the vectors; grouping; the rest is start-up, the images' records and
-the JSON). Figures: recall of the planted
-pairs (found when both images are in one group, of any kind), of those under 0.965 apart,
-decoy pairs grouped, and unplanted images in groups. Both JSON shapes are read: today's
+the JSON). Figures: recall of the planted pairs (found when both images are in one group,
+of any kind), of those under 0.965 apart, decoy pairs grouped, and unplanted images in
+groups. Both JSON shapes are read: today's
 ``{"groups": [...]}`` and the kinds' ``{"exact": [...], "near": [...], "burst": [...]}``.
 
 The first run at 1M writes the library (about 2.3 GB; several minutes).
