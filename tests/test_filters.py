@@ -220,7 +220,7 @@ def test_cluster_export_and_report_take_a_filter(filtered, tmp_path):
     italy = {i for i, t in truth.items() if t.place in ("arezzo", "florence")}
     run = lib.cluster(2, where=where, names=False)
     assert run.run.n_images == len(italy)
-    assert {m.image_id for _, m in run.files} == italy
+    assert {m.image_id for _, m in run.members} == italy
     lib.cluster(2, names=False)  # the whole library: the latest run
     out = lib.export(None, tmp_path / "export", where=where)
     linked = sorted(p.name for p in (tmp_path / "export").rglob("*.jpg"))
@@ -346,5 +346,5 @@ def test_assigning_new_images_to_a_filtered_run_keeps_its_filter(filtered):
     lib.ingest([root])
     assigned = lib.assign_new(run.run.id)
     assert assigned.assigned == 1
-    names = {m.relpath.decode() for _, m in assigned.summary.files}
+    names = {m.relpath.decode() for _, m in assigned.summary.members}
     assert "new/italy.jpg" in names and "new/brazil.jpg" not in names
