@@ -19,7 +19,7 @@ from PIL import Image
 
 # Bumped when the reader learns something new, so that the next ingest reads the headers of
 # images read by an older reader again (their vectors stay).
-READER_VERSION = 1
+READER_VERSION = 2  # 2: the time taken keeps its fraction of a second (SubSecTime*)
 
 _EXIF_IFD = 0x8769
 _GPS_IFD = 0x8825
@@ -27,6 +27,7 @@ _MAKE, _MODEL, _ORIENTATION, _DATETIME = 271, 272, 274, 306
 _EXPOSURE, _FNUMBER, _ISO = 33434, 33437, 34855
 _DATETIME_ORIGINAL, _DATETIME_DIGITIZED = 36867, 36868
 _OFFSET, _OFFSET_ORIGINAL, _OFFSET_DIGITIZED = 36880, 36881, 36882
+_SUBSEC, _SUBSEC_ORIGINAL, _SUBSEC_DIGITIZED = 37520, 37521, 37522
 _FOCAL_LENGTH, _LENS_MAKE, _LENS_MODEL = 37386, 42035, 42036
 _GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON, _GPS_ALT_REF, _GPS_ALT = 1, 2, 3, 4, 5, 6
 
@@ -147,17 +148,27 @@ _OFFSET_TEXT = re.compile(r"^\s*([+-])(\d{1,2}):?(\d{2})\s*$")
 
 
 def _taken(exif: Image.Exif, main: dict, now: datetime) -> tuple[datetime | None, int | None]:
-    """The first believable of DateTimeOriginal, DateTimeDigitized, DateTime, with the offset
-    recorded for that same field."""
-    for value, offset_tag in (
-        (main.get(_DATETIME_ORIGINAL), _OFFSET_ORIGINAL),
-        (main.get(_DATETIME_DIGITIZED), _OFFSET_DIGITIZED),
-        (_get(exif, _DATETIME), _OFFSET),
+    """The first believable of DateTimeOriginal, DateTimeDigitized, DateTime, with the fraction
+    of a second and the offset recorded for that same field (a burst's shots share a second:
+    only the fraction tells them apart)."""
+    for value, subsec_tag, offset_tag in (
+        (main.get(_DATETIME_ORIGINAL), _SUBSEC_ORIGINAL, _OFFSET_ORIGINAL),
+        (main.get(_DATETIME_DIGITIZED), _SUBSEC_DIGITIZED, _OFFSET_DIGITIZED),
+        (_get(exif, _DATETIME), _SUBSEC, _OFFSET),
     ):
         when = parse_exif_date(value, now)
         if when is not None:
-            return when, parse_offset(main.get(offset_tag))
+            return when + parse_subsec(main.get(subsec_tag)), parse_offset(main.get(offset_tag))
     return None, None
+
+
+def parse_subsec(value: Any) -> timedelta:
+    """An EXIF SubSecTime ("123": the digits after the second's decimal point) as a
+    timedelta; nothing usable is zero."""
+    text = (_text(value) or "").strip()
+    if not text.isdigit() or not text.isascii():
+        return timedelta(0)
+    return timedelta(microseconds=int((text + "000000")[:6]))
 
 
 def parse_exif_date(value: Any, now: datetime | None = None) -> datetime | None:

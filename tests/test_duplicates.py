@@ -370,3 +370,18 @@ def test_a_bad_plan_file_is_one_clear_error(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(PlanError, match="absolute"):
         Plan.read(path)
+
+
+def test_frames_of_a_fast_burst_in_one_second_are_a_burst_not_copies(fake_lib, tmp_path):
+    """Ten frames a second share their second: the fraction (SubSecTimeOriginal) tells them
+    apart, so frames as alike as copies are still a burst and never planned away."""
+    root = tmp_path / "p"
+    for n, (fraction, shift) in enumerate([("100", 0), ("200", 4), ("300", 8)]):
+        exif = photo_exif(taken="2021:06:01 09:00:10", camera=("Sony", "A1"), t37521=fraction)
+        save(root / f"DSC_{n}.jpg", shot(9, shift), exif, quality=92)
+    fake_lib.ingest([root])
+    found = fake_lib.duplicates()
+    assert found.of(DuplicateKind.NEAR) == []
+    [burst] = found.of(DuplicateKind.BURST)
+    assert sorted(f.shot for f in burst.files) == [1, 2, 3]
+    assert found.plan("lib", (DuplicateKind.EXACT, DuplicateKind.NEAR)).groups == ()

@@ -4,14 +4,14 @@ ingest, and filled in for images read before without embedding them again."""
 from __future__ import annotations
 
 import io
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from organizer.imaging import decode, file_meta
-from organizer.photo_meta import PhotoMeta, parse_exif_date, parse_offset, read_meta
+from organizer.photo_meta import PhotoMeta, parse_exif_date, parse_offset, parse_subsec, read_meta
 from organizer.pipeline import header_meta
 from organizer.store import meta_queries as mq
 from organizer.store import queries as q
@@ -117,6 +117,24 @@ def test_dates(value, expected):
 )
 def test_offsets(value, minutes):
     assert parse_offset(value) == minutes
+
+
+@pytest.mark.parametrize(
+    "value, microseconds",
+    [
+        *[("5", 500_000), ("123", 123_000), ("0042", 4_200), ("1234567", 123_456)],
+        *[(" 7 ", 700_000), ("", 0), ("1.5", 0), ("-3", 0), ("١٢", 0), (None, 0), (12, 0)],
+        (b"\xff", 0),
+    ],
+)
+def test_fractions_of_a_second(value, microseconds):
+    assert parse_subsec(value) == timedelta(microseconds=microseconds)
+
+
+def test_the_time_taken_keeps_its_fraction_of_a_second():
+    meta = _meta(photo_exif(taken="2021:06:01 09:00:10", t37521="25", t37520="99"))
+    assert meta.taken_at == datetime(2021, 6, 1, 9, 0, 10, 250_000)  # the original's own
+    assert PhotoMeta.from_json(meta.to_json()) == meta
 
 
 R = IFDRational
