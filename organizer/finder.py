@@ -26,7 +26,7 @@ from organizer.pipeline import Job, prepare
 from organizer.scan import display_path, display_text, exact_path, is_image_name, shown_path
 from organizer.store import queries as q
 from organizer.store.filter_queries import kept_ids
-from organizer.store.records import ImageRecord, ImageStatus, OfflineImages, facts_of
+from organizer.store.records import ImageRecord, ImageStatus, KnownImage, OfflineImages, facts_of
 from organizer.vectors import VectorIndex
 
 IndexProvider = Callable[[], VectorIndex]
@@ -125,29 +125,33 @@ class Finder:
 
     # -- query vectors ---------------------------------------------------------------------
 
-    def stored_vector(self, path: Path) -> tuple[int, np.ndarray] | None:
-        """The stored vector of a file the library holds unchanged, without loading a model."""
+    def known_at(self, path: Path) -> KnownImage | None:
+        """The library's image at a path (any status), found under its root, or None."""
         real = os.path.realpath(path)
-        try:
-            st = os.stat(real)
-        except OSError:
-            return None
         with self.engine.connect() as conn:
             for root_id, root in q.all_roots(conn).items():
-                if not is_within(real, root, strictly=True):
-                    continue
-                found = q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
-                if (
-                    found is None
-                    or found.status != ImageStatus.OK
-                    or (found.size, found.mtime_ns) != (st.st_size, st.st_mtime_ns)
-                ):
-                    return None
-                model = q.library_model(conn)
-                assert model is not None  # the image was embedded by it
-                vector = q.get_vector(conn, found.id, model.id)
-                return None if vector is None else (found.id, vector)
+                if is_within(real, root, strictly=True):
+                    return q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
         return None
+
+    def stored_vector(self, path: Path) -> tuple[int, np.ndarray] | None:
+        """The stored vector of a file the library holds unchanged, without loading a model."""
+        try:
+            st = os.stat(os.path.realpath(path))
+        except OSError:
+            return None
+        found = self.known_at(path)
+        if (
+            found is None
+            or found.status != ImageStatus.OK
+            or (found.size, found.mtime_ns) != (st.st_size, st.st_mtime_ns)
+        ):
+            return None
+        with self.engine.connect() as conn:
+            model = q.library_model(conn)
+            assert model is not None  # the image was embedded by it
+            vector = q.get_vector(conn, found.id, model.id)
+        return None if vector is None else (found.id, vector)
 
     def embed_file(self, path: Path) -> np.ndarray:
         """Embed an image file with the library's model (it is not added to the library)."""

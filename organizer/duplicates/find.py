@@ -29,7 +29,6 @@ from organizer.duplicates.kinds import (
 )
 from organizer.errors import OptionsError, QueryError
 from organizer.finder import Finder
-from organizer.paths import is_within
 from organizer.store import duplicate_queries as dq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -201,7 +200,7 @@ def _resolve(
 ) -> list[ImageRecord]:
     paths = [t for t in targets if os.sep in t or os.path.exists(t) or not _looks_like_id(t)]
     ids = [t.lower() for t in targets if t not in paths]
-    records = [_image_at(engine, Path(p)) for p in paths]
+    records = [_image_at(engine, finder, Path(p)) for p in paths]
     if ids:
         found = find(engine, finder, DuplicateOptions(threshold=threshold))
         by_id = {g.id: g for g in found.groups}
@@ -220,12 +219,9 @@ def _looks_like_id(text: str) -> bool:
     return len(text) == 12 and all(c in "0123456789abcdef" for c in text.lower())
 
 
-def _image_at(engine: Engine, path: Path) -> ImageRecord:
-    real = os.path.realpath(path)
+def _image_at(engine: Engine, finder: Finder, path: Path) -> ImageRecord:
+    found = finder.known_at(path)
+    if found is None or found.status != ImageStatus.OK:
+        raise OptionsError(f"{path} is not an image of this library (ingest it first)")
     with engine.connect() as conn:
-        for root_id, root in q.all_roots(conn).items():
-            if is_within(real, root, strictly=True):
-                found = q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
-                if found is not None and found.status == ImageStatus.OK:
-                    return q.describe_image(conn, found.id)
-    raise OptionsError(f"{path} is not an image of this library (ingest it first)")
+        return q.describe_image(conn, found.id)
