@@ -42,6 +42,7 @@ from organizer.choices import (
 from organizer.config import resolve_settings
 from organizer.errors import Interrupted, OptionsError, OrganizerError
 from organizer.redact import screen
+from organizer.sources.remote import is_remote
 
 # The library (SQLAlchemy, numpy, Pillow: 0.4 s of imports) is loaded by the commands that
 # open one, not for --help, --version or a usage error (0.09 s instead of 0.5 s).
@@ -200,15 +201,18 @@ def _path(value: str) -> Path:
 
 
 @_parses
-def _ingest_path(value: str) -> Path:
-    """A folder to ingest: not empty, and not the whole filesystem ("$PHOTOS/" unset)."""
+def _ingest_path(value: str) -> str:
+    """A root to ingest (a folder, a bucket URL, a .tar shard): not empty, and not the
+    whole filesystem ("$PHOTOS/" unset). Kept as text: a URL is no path."""
     path = _path(value)
+    if is_remote(value):
+        return value
     if os.path.realpath(path.expanduser()) == os.path.realpath(os.sep):
         raise OptionsError(
             f"{value} is the whole filesystem: give your photo folders (an unset shell "
             'variable, as in "$PHOTOS/"?)'
         )
-    return path
+    return value
 
 
 @_parses
@@ -286,6 +290,15 @@ RuntimeOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URL",
+        help="The endpoint of an S3-compatible service that is not AWS (MinIO, Ceph, R2...), "
+        "kept with the bucket roots (env ORGANIZER_ENDPOINT_URL; AWS_ENDPOINT_URL and a "
+        "profile's endpoint_url work too).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AbsoluteOpt = Annotated[bool, typer.Option("--absolute", help="Show absolute paths.")]
 OfflineOpt = Annotated[
@@ -466,8 +479,14 @@ def _main(
 def ingest(
     ctx: typer.Context,
     paths: Annotated[
-        list[Path] | None,
-        typer.Argument(parser=_ingest_path, help="Folders to ingest; none = every known root."),
+        list[str] | None,
+        typer.Argument(
+            parser=_ingest_path,
+            metavar="[ROOTS]...",
+            help="Folders, bucket URLs (s3://BUCKET/PREFIX, pip install 'organizer[s3]') or "
+            ".tar shards (a brace pattern such as 'shards/{000000..000099}.tar' names many); "
+            "none = every known root.",
+        ),
     ] = None,
     library: LibraryOpt = None,
     model: ModelOpt = None,
@@ -525,12 +544,14 @@ def ingest(
         bool,
         typer.Option("--follow-symlinks", help="Follow file links that point outside the root."),
     ] = False,
+    endpoint_url: EndpointOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Embed every image under the folders, incrementally: unchanged files are only stat'ed.
+    """Embed every image under the roots, incrementally: unchanged files are only stat'ed
+    (unchanged objects only listed, unchanged shards not opened).
 
-    Example: organizer ingest ~/Photos ~/Phone
+    Example: organizer ingest ~/Photos ~/Phone s3://archive/photos
     """
     from organizer.ingest import IngestOptions, RayOptions
     from organizer.library import Library
@@ -544,6 +565,7 @@ def ingest(
         runtime=runtime,
         batch_size=batch_size,
         workers=workers,
+        endpoint_url=endpoint_url,
     )
     ray = None
     if engine == Engine.RAY:

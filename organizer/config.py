@@ -62,6 +62,7 @@ class Settings:
     batch_size: int | None = None
     workers: int | None = None
     offline: bool = False
+    endpoint_url: str | None = None  # an S3-compatible service that is not AWS
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -130,6 +131,30 @@ def _named(name: str, value: object) -> object:
     return value
 
 
+def _endpoint(name: str, value: object) -> str | None:
+    """An http(s) URL with a host and nothing secret in it (it is recorded with the roots)."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OptionsError(
+            f"the endpoint must be an http:// or https:// URL with a host ({spellings(name)})"
+        )
+    if parts.username or parts.password:
+        raise OptionsError(
+            f"the endpoint must not hold a user name or password ({spellings(name)}): "
+            "credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or a profile"
+        )
+    return text.rstrip("/")
+
+
 _ENUMS: dict[str, type[StrEnum]] = {"device": Device, "precision": Precision, "runtime": Runtime}
 _LEAST = {"batch_size": 1, "workers": 0}
 _CHECKS = {
@@ -142,6 +167,7 @@ _CHECKS = {
     "batch_size": _whole,
     "workers": _whole,
     "offline": _flag,
+    "endpoint_url": _endpoint,
 }
 
 

@@ -18,6 +18,11 @@ class LibraryBusyError(LibraryError):
     """Another process holds the library's writer lock."""
 
 
+class StorageError(LibraryError):
+    """A bucket or its service cannot be used: missing, denied, unreachable, or gone in the
+    middle of a run (what was committed is kept; the same command later finishes the rest)."""
+
+
 class ConnectionLostError(LibraryError):
     """The connection to the library's database broke mid-command (a server restart, a
     network failure); what was committed is kept."""

@@ -43,6 +43,7 @@ from organizer.model_source import EmbedderLoader, ModelSource, load_open_clip
 from organizer.report import ReportProgress, ReportSummary, write_report
 from organizer.report.runmap import MAP_POINTS, RunMap, run_map
 from organizer.roots import RootChange, Roots, RootStatus
+from organizer.sources import Storage
 from organizer.status import LibraryStatus, SkippedFiles
 from organizer.store.records import (
     ClusterRunRecord,
@@ -157,6 +158,7 @@ class Library:
         """
         self.check_ingest(paths, options)  # before the writer lock and the run's record
         options = filled_options(options or IngestOptions(), self.settings, self.home.exclude)
+        options = replace(options, storage=self.storage())
         if options.ray is not None:  # the workers load it; it must still be the library's
             self._model.checked_spec()
         with self._writer("ingest", wait):
@@ -177,6 +179,10 @@ class Library:
             lock.release()
 
     # -- roots -----------------------------------------------------------------------------
+
+    def storage(self) -> Storage:
+        """How this library's buckets are reached (an endpoint given now, or recorded)."""
+        return self._roots.storage(self.settings.endpoint_url)
 
     def roots(self) -> list[RootStatus]:
         """Every root: is its folder there now, and its images by status."""

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from organizer.errors import LibraryError, OptionsError
+from organizer.errors import LibraryError, OptionsError, OrganizerError
 from organizer.ingest import Target
 from organizer.ingest.plan import ingest_folders
 from organizer.paths import is_within
+from organizer.sources import Storage, fetch, is_remote, is_shard, normalise, stat
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
 from organizer.store.records import KnownImage, OfflineImages, RootRecord, iso_utc
@@ -34,9 +35,23 @@ def targets_for(paths: list[str | Path], roots: dict[int, str]) -> list[Target]:
         OptionsError: an empty path.
     """
     if not paths:
-        return [Target(path, root_id) for root_id, path in roots.items() if Path(path).is_dir()]
+        return [Target(path, root_id) for root_id, path in roots.items() if is_present(path)]
     reals = ingest_folders(paths)
-    return _merge_targets([_target_for(real, roots) for real in _outermost(reals)])
+    shards = {root: root_id for root_id, root in roots.items() if is_shard(root)}
+    # A shard is a root of its own, never part of a folder's or a bucket's (nor does it
+    # hold one): it is matched whole.
+    found = [Target(real, shards.get(real)) for real in dict.fromkeys(reals) if is_shard(real)]
+    others = {i: r for i, r in roots.items() if not is_shard(r)}
+    rest = [_target_for(real, others) for real in _outermost([r for r in reals if not is_shard(r)])]
+    return found + _merge_targets(rest)
+
+
+def is_present(root: str) -> bool:
+    """Whether a root is there now: a folder or shard on this machine (an unplugged drive
+    is not); a bucket is taken as present (asking would cost a request per command)."""
+    if is_remote(root):
+        return True
+    return Path(root).is_file() if is_shard(root) else Path(root).is_dir()
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -102,36 +117,62 @@ class MoveCheck:
         )
 
 
-def check_move(sample: list[KnownImage], folder: str) -> MoveCheck:
-    """Compare recorded images with the files at the same relative paths under ``folder``:
-    sizes for the whole sample, SHA-256 for a few of them."""
+def check_move(sample: list[KnownImage], folder: str, storage: Storage | None = None) -> MoveCheck:
+    """Compare recorded images with the files at the same relative paths under ``folder``
+    (or objects under a bucket prefix): sizes for the whole sample, SHA-256 for a few."""
     base = os.fsencode(folder)
     same_size = hashed = same_hash = 0
     for k in sample:
         path = os.path.join(base, k.relpath)
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            continue
-        if size != k.size:
+        if _size(path, storage) != k.size:
             continue
         same_size += 1
         if hashed < MOVE_HASHED and k.content_hash:
             hashed += 1
-            same_hash += _sha256(path) == k.content_hash
+            same_hash += _sha256(path, storage) == k.content_hash
     return MoveCheck(len(sample), same_size, hashed, same_hash)
 
 
-def _sha256(path: bytes) -> str | None:
+def _size(path: bytes, storage: Storage | None) -> int | None:
     try:
+        if is_remote(path):
+            return stat(os.fsdecode(path), storage or Storage()).size
+        return os.stat(path).st_size
+    except (OSError, OrganizerError):
+        return None
+
+
+def _sha256(path: bytes, storage: Storage | None = None) -> str | None:
+    try:
+        if is_remote(path):
+            return hashlib.sha256(fetch(path, storage or Storage())).hexdigest()
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError:
+    except (OSError, OrganizerError):
         return None
+
+
+def _new_place(new: str, old: str) -> str:
+    """Where ``roots move`` points a root: a folder's real path, or a bucket URL; of the
+    same kind as the root (a folder for a folder, a bucket prefix for a bucket)."""
+    if is_remote(new) != is_remote(old) or is_shard(new) != is_shard(old):
+        raise OptionsError(
+            f"{new} is not the same kind of root as {old}: a folder moves to a folder, a "
+            "bucket prefix to a bucket prefix, a shard to a shard"
+        )
+    if is_remote(new):
+        return normalise(new)
+    target = Path(new).expanduser()
+    if not (target.is_file() if is_shard(new) else target.is_dir()):
+        raise LibraryError(f"not a {'shard' if is_shard(new) else 'folder'}: {new}")
+    return os.path.realpath(target)
 
 
 def find_root(path: str | Path, roots: dict[int, str]) -> int | None:
     """The id of the root at ``path`` (which may be gone: an unplugged drive), or None."""
+    if is_remote(str(path)):
+        url = normalise(str(path))
+        return next((i for i, root in roots.items() if root == url), None)
     wanted = {os.path.abspath(Path(path).expanduser())}
     with contextlib.suppress(OSError):
         wanted.add(os.path.realpath(Path(path).expanduser()))
@@ -215,7 +256,7 @@ class Roots:
         """Every root: is its folder there now, and its images by status."""
         with self.engine.connect() as conn:
             records = q.root_records(conn)
-        return [RootStatus(r, Path(r.path).is_dir()) for r in records]
+        return [RootStatus(r, is_present(r.path)) for r in records]
 
     def find(self, path: str | Path) -> RootStatus:
         """The root at ``path``; a LibraryError when there is none."""
@@ -257,10 +298,7 @@ class Roots:
                 f"{new} is the root {root.record.path} itself: nothing to move; give the "
                 "folder its files are in now"
             )
-        target = Path(new).expanduser()
-        if not target.is_dir():
-            raise LibraryError(f"not a folder: {new}")
-        real = os.path.realpath(target)
+        real = _new_place(str(new), root.record.path)
         for other in self.all():
             p = other.record.path
             if other.record.id != root.record.id and (is_within(p, real) or is_within(real, p)):
@@ -270,7 +308,7 @@ class Roots:
                 )
         with self.engine.connect() as conn:
             sample = q.sample_images(conn, root.record.id, MOVE_SAMPLE)
-        check = check_move(sample, real)
+        check = check_move(sample, real, self.storage())
         if sample and not check.matches:
             raise LibraryError(
                 f"{real} does not hold the files of {root.record.path}: of {check.checked} "
@@ -286,6 +324,13 @@ class Roots:
             q.move_root(conn, root.record.id, real)
         return change
 
+    def storage(self, endpoint_url: str | None = None) -> Storage:
+        """How this library's buckets are reached: ``endpoint_url`` if given (this command's),
+        else the endpoint each bucket root was ingested through."""
+        with self.engine.connect() as conn:
+            recorded = q.root_endpoints(conn)
+        return Storage(endpoint_url, tuple(sorted(recorded.items())))
+
     def targets(self, paths: list[str | Path]) -> list[Target]:
         """The walks an ingest of ``paths`` needs (see :func:`targets_for`); a LibraryError
         when a new root holds the files of an absent one (``roots move`` is the way)."""
@@ -293,7 +338,7 @@ class Roots:
             roots = q.all_roots(conn)
             targets = targets_for(paths, roots)
             new = any(t.root_id is None for t in targets)  # only a new root can be a moved one
-            absent = {i: p for i, p in roots.items() if new and not Path(p).is_dir()}
+            absent = {i: p for i, p in roots.items() if new and not is_present(p)}
             samples = {i: q.sample_images(conn, i, MOVE_SAMPLE) for i in absent}
         for target in targets:
             if target.root_id is not None:
@@ -315,7 +360,7 @@ class Roots:
             return {}, {}
         with self.engine.connect() as conn:
             roots = q.all_roots(conn)
-        return roots, {i: p for i, p in roots.items() if not Path(p).is_dir()}
+        return roots, {i: p for i, p in roots.items() if not is_present(p)}
 
     def shown(self, include_offline: bool) -> Shown:
         """What similar, search, duplicates, cluster and report show, and leave out."""

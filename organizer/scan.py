@@ -82,11 +82,14 @@ _EXPORT_MARKER_B = EXPORT_MARKER.encode()
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A candidate image: path relative to its root, size and modification time."""
+    """A candidate image: path relative to its root, size and modification time; an object
+    in a bucket also has its ETag, a member of a tar shard where its bytes start."""
 
     relpath: bytes
     size: int
     mtime_ns: int
+    etag: str | None = None
+    offset: int = -1
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,16 @@ class ScanProblem:
 class ScanResult:
     """What a walk of one root (or part of it) found."""
 
-    root: Path
+    root: Path | str  # a folder, or a bucket's or a tar shard's URL
     files: list[FileEntry] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     unlisted_dirs: list[bytes] = field(default_factory=list)
     export_dirs: list[bytes] = field(default_factory=list)  # organizer exports, not walked
     skipped: list[bytes] = field(default_factory=list)  # files that are not images, by path
+    # A tar shard: its fingerprint now, and whether it is the one last read whole (then
+    # ``files`` is empty: every image recorded under it is unchanged).
+    version: str | None = None
+    unchanged: bool = False
 
     def covers(self, relpath: bytes, prefix: bytes = b"") -> bool:
         """Whether this walk looked where ``relpath`` would be (so its absence means it is gone)."""

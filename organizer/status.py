@@ -14,8 +14,9 @@ from sqlalchemy import Engine
 
 from organizer.location import FolderHome, Home
 from organizer.lock import pid_alive
-from organizer.roots import RootStatus
+from organizer.roots import RootStatus, is_present
 from organizer.scan import display_text, exact_path, extension, scan_root, shown_path
+from organizer.sources import is_local_folder
 from organizer.store import dialect
 from organizer.store import meta_queries as mq
 from organizer.store import queries as q
@@ -149,7 +150,7 @@ def library_status(engine: Engine, home: Home, cache: IndexCache, verify: bool) 
         # Left running by a process that was killed, or that lost its server before it
         # could record why: the next ingest records it interrupted too.
         last = replace(last, status=RunStatus.INTERRUPTED, error=_lost_server(engine, last))
-    absent = [p for p in roots if not Path(p).is_dir()]
+    absent = [p for p in roots if not is_present(p)]
     return LibraryStatus(home.name, roots, absent, model, counts, index, last, metadata)
 
 
@@ -170,8 +171,8 @@ def skipped_files(roots: list[RootStatus], exclude: tuple[Path, ...]) -> Skipped
     files: list[tuple[str, bytes]] = []
     exports: list[str] = []
     for root in roots:
-        if not root.present:
-            continue
+        if not root.present or not is_local_folder(root.record.path):
+            continue  # a bucket or a shard is not listed again here (ingest counts them)
         scan = scan_root(Path(root.record.path), exclude=exclude)
         files += [(root.record.path, relpath) for relpath in scan.skipped]
         exports += [os.path.join(root.record.path, os.fsdecode(d)) for d in scan.export_dirs]

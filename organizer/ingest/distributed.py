@@ -36,7 +36,16 @@ from organizer.embed.runtime import Capabilities, Plan, plan
 from organizer.errors import LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
 from organizer.photo_meta import PhotoMeta
-from organizer.pipeline import DecodePool, Job, PoolUnavailable, Prepared, prepare
+from organizer.pipeline import (
+    DecodePool,
+    Job,
+    PoolUnavailable,
+    Prepared,
+    fetch_ahead,
+    prepare,
+    read_job,
+)
+from organizer.sources import Storage, is_local_folder, probe
 
 # The Ray minor version the tests run; `organizer[ray]` pins it.
 RAY_VERSION = "2.60"
@@ -144,9 +153,12 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> Capabilities:
+def check_nodes(
+    roots: Sequence[str], samples: Sequence[Job] = (), storage: Storage | None = None
+) -> Capabilities:
     """Every live machine of the cluster must see every root, and a sample of the files to
-    read, at the same path with the same size and time; returns what every machine has
+    read, at the same path with the same size and time (a bucket: list it, and read the
+    sampled objects whole, as listed); returns what every machine has
     (bf16 units, runtimes installed), so that the whole cluster embeds one way. GPUs are
     Ray's to count: the capabilities say none.
 
@@ -158,11 +170,11 @@ def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> Capabiliti
 
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    wanted = [(j.path, j.size, j.mtime_ns) for j in samples]
+    wanted = [replace(j, data=None, error=None) for j in samples]
     refs = [
         probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(list(roots), wanted)
+        ).remote(list(roots), wanted, storage or Storage())
         for n in nodes
     ]
     shared = Capabilities(cpu_bf16=True, cuda=False, onnxruntime=True, openvino=True)
@@ -171,7 +183,8 @@ def check_nodes(roots: Sequence[str], samples: Sequence[Job] = ()) -> Capabiliti
         if problem:
             raise LibraryError(
                 f"Ray worker {node.get('NodeManagerAddress', node['NodeID'])} cannot read "
-                f"{problem}: every worker must see the photos at the same path"
+                f"{problem}: every worker must see the photos at the same path (a bucket "
+                "with the same credentials)"
             )
         assert has is not None  # a node that can read the files says what it has
         shared = shared.shared_with(has)
@@ -184,21 +197,40 @@ def check_paths(roots: Sequence[str]) -> None:
 
 
 def _probe_node(
-    roots: list[str], samples: list[tuple[bytes, int, int]]
+    roots: list[str], samples: list[Job], storage: Storage
 ) -> tuple[str | None, Capabilities | None]:
     for root in roots:
+        problem = _unlisted(root, storage)
+        if problem:
+            return problem, None
+    for job in samples:
+        if job.remote or job.shard is not None:
+            try:
+                read_job(job)
+            except OrganizerError as exc:
+                return f"{os.fsdecode(job.path)} ({exc})", None
+            continue
         try:
-            os.listdir(root)
+            st = os.stat(job.path)
         except OSError as exc:
-            return f"{root} ({exc.strerror})", None
-    for path, size, mtime_ns in samples:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            return f"{os.fsdecode(path)} ({exc.strerror})", None
-        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-            return f"{os.fsdecode(path)} (another file there: a different mount?)", None
+            return f"{os.fsdecode(job.path)} ({exc.strerror})", None
+        if (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns):
+            return f"{os.fsdecode(job.path)} (another file there: a different mount?)", None
     return None, Capabilities.probe(gpu=False)
+
+
+def _unlisted(root: str, storage: Storage) -> str | None:
+    """Why this machine cannot list a root (a folder, a bucket prefix, a shard), or None."""
+    try:
+        if is_local_folder(root):
+            os.listdir(root)
+        else:
+            probe(root, storage)
+    except OSError as exc:
+        return f"{root} ({exc.strerror})"
+    except OrganizerError as exc:
+        return str(exc)
+    return None
 
 
 def settle_model(options: RayOptions, cluster: Capabilities) -> RayOptions:
@@ -284,7 +316,7 @@ def prepare_on_ray(
     ctx.print_on_execution_start = False
     ctx.max_errored_blocks = -1  # a block that keeps failing is skipped: redone below
     workers = plan_workers(options)
-    items = [{"key": j.key, "path": j.path, "size": j.size, "mtime_ns": j.mtime_ns} for j in jobs]
+    items = [_item(j) for j in jobs]
     skip_ref = ray.put(frozenset(skip_decode))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Ray's notices about its own deprecations
@@ -350,6 +382,35 @@ def prepare_on_ray(
         yield from rest
 
 
+def _item(job: Job) -> dict[str, Any]:
+    """A job as a row of Ray's dataset (plain values; the bytes are read by the task)."""
+    storage = job.storage or Storage()
+    return {
+        "key": job.key,
+        "path": job.path,
+        "size": job.size,
+        "mtime_ns": job.mtime_ns,
+        "shard": job.shard or b"",
+        "offset": job.offset,
+        "version": job.version or "",
+        "endpoint": storage.endpoint_for(os.fsdecode(job.shard or job.path)) or "",
+    }
+
+
+def _job(batch: dict, i: int) -> Job:
+    endpoint = str(batch["endpoint"][i])
+    return Job(
+        int(batch["key"][i]),
+        bytes(batch["path"][i]),
+        int(batch["size"][i]),
+        int(batch["mtime_ns"][i]),
+        shard=bytes(batch["shard"][i]) or None,
+        offset=int(batch["offset"][i]),
+        version=str(batch["version"][i]) or None,
+        storage=Storage(endpoint or None),
+    )
+
+
 def _locally(
     jobs: list[Job],
     spec: PreprocessSpec | None,
@@ -360,7 +421,7 @@ def _locally(
     that crashes the decoder is recorded as failed without taking the others along."""
     try:
         with DecodePool(1, spec, skip, prepare_fn=prepare_fn) as pool:
-            yield from pool.results(jobs)
+            yield from pool.results(fetch_ahead(jobs))
     except PoolUnavailable:
         for job in jobs:
             yield prepare_fn(job, spec, skip, True)
@@ -400,11 +461,10 @@ def _decode_batch(
         "has_pixels": np.zeros(n, dtype=bool),
         "pixels": np.zeros((n, h, w, 3), dtype=np.uint8),
     }
-    for i in range(n):
-        path = batch["path"][i]
-        job = Job(
-            int(batch["key"][i]), bytes(path), int(batch["size"][i]), int(batch["mtime_ns"][i])
-        )
+    # Objects in buckets are read by the task itself, many at once (no shared mount needed).
+    row = {int(k): i for i, k in enumerate(batch["key"])}
+    for job in fetch_ahead(_job(batch, i) for i in range(n)):
+        i = row[job.key]
         p = prepare_fn(job, spec, skip, True)
         out["size"][i], out["mtime_ns"][i] = p.size, p.mtime_ns
         out["content_hash"][i] = p.content_hash or ""

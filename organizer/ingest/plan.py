@@ -13,7 +13,9 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 
 from organizer.errors import LibraryError, OptionsError
-from organizer.scan import ScanResult
+from organizer.pipeline import Job
+from organizer.scan import FileEntry, ScanResult
+from organizer.sources import Storage, is_remote, is_shard, normalise
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage
 
@@ -32,6 +34,11 @@ class Target:
     absorb: list[tuple[int, bytes]] = field(default_factory=list)
     scan: ScanResult | None = None
 
+    @property
+    def shard(self) -> bool:
+        """Whether the root is a tar shard (its files are members)."""
+        return is_shard(self.root_path)
+
 
 @dataclass(frozen=True)
 class FileWork:
@@ -42,6 +49,17 @@ class FileWork:
     size: int
     mtime_ns: int
     known: KnownImage | None
+    etag: str | None = None  # an object's, as listed
+    offset: int = -1  # a shard member's bytes start here
+
+    def job(self, key: int, storage: Storage | None = None) -> Job:
+        """The decode stage's job for this file."""
+        root = os.fsencode(self.target.root_path)
+        path = os.path.join(root, self.relpath)
+        if self.target.shard:
+            version = self.target.scan.version if self.target.scan else None
+            return Job(key, path, self.size, self.mtime_ns, root, self.offset, version, storage)
+        return Job(key, path, self.size, self.mtime_ns, storage=storage)
 
 
 @dataclass(frozen=True)
@@ -85,12 +103,22 @@ def _plan_target(
 ) -> None:
     scan = target.scan
     assert scan is not None, "a target is planned after its folder was scanned"
+    if scan.unchanged:  # a shard as it was read last time: nothing in it to look at
+        for kept in known.values():
+            if kept.status == ImageStatus.MISSING and kept.content_hash:
+                result.restore.append(kept.id)
+            else:
+                result.unchanged += 1
+        return
     seen = set()
     for entry in scan.files:
         seen.add(entry.relpath)
         k = known.get(entry.relpath)
-        if k is None or (k.size, k.mtime_ns) != (entry.size, entry.mtime_ns):
-            result.work.append(FileWork(target, entry.relpath, entry.size, entry.mtime_ns, k))
+        work = FileWork(
+            target, entry.relpath, entry.size, entry.mtime_ns, k, entry.etag, entry.offset
+        )
+        if k is None or _changed(k, entry):
+            result.work.append(work)
         elif k.status == ImageStatus.OK and not rehash:
             result.unchanged += 1
         elif k.status == ImageStatus.MISSING and k.content_hash:
@@ -98,20 +126,28 @@ def _plan_target(
         elif k.status == ImageStatus.FAILED and not retry_failed:
             result.unchanged += 1
         else:
-            result.work.append(FileWork(target, entry.relpath, entry.size, entry.mtime_ns, k))
+            result.work.append(work)
     listed = set(scan.unlisted_dirs)
     broken = {p.relpath: p.reason for p in scan.problems if p.relpath not in listed}
-    for relpath, k in known.items():
+    for relpath, gone in known.items():
         if relpath in seen or relpath in broken:
             continue
-        if scan.covers(relpath, target.prefix) and k.status != ImageStatus.MISSING:
-            result.vanished[k.id] = k
+        if scan.covers(relpath, target.prefix) and gone.status != ImageStatus.MISSING:
+            result.vanished[gone.id] = gone
     for relpath, reason in broken.items():
-        k = known.get(relpath)
-        if k is not None and k.status == ImageStatus.FAILED:
+        was = known.get(relpath)
+        if was is not None and was.status == ImageStatus.FAILED:
             result.unchanged += 1
         else:
-            result.unlistable.append(Unlistable(target, relpath, reason, k))
+            result.unlistable.append(Unlistable(target, relpath, reason, was))
+
+
+def _changed(known: KnownImage, entry: FileEntry) -> bool:
+    """Whether a listed file differs from the one recorded: size, time, or an object's ETag
+    (a rewrite of the same size within the same second)."""
+    if (known.size, known.mtime_ns) != (entry.size, entry.mtime_ns):
+        return True
+    return entry.etag is not None and known.etag is not None and entry.etag != known.etag
 
 
 def _known_for(conn: Connection, target: Target) -> dict[bytes, KnownImage]:
@@ -124,28 +160,52 @@ def _known_for(conn: Connection, target: Target) -> dict[bytes, KnownImage]:
 
 
 def ingest_folders(paths: list[str | Path]) -> list[str]:
-    """The real paths of folders given to ingest; needs no library, so that an ingest can be
-    refused before one is made.
+    """The roots given to ingest, as they will be recorded: a folder's real path, a bucket's
+    URL (normalised), a tar shard's real path or URL; a brace pattern
+    (``shards/{000000..000099}.tar``) stands for every name it spells. Needs no library, so
+    that an ingest can be refused before one is made; buckets are not reached here.
 
     Raises:
-        LibraryError: a path that does not exist, is not a folder, or is not valid UTF-8.
+        LibraryError: a path that does not exist, is not a folder or shard, or is not UTF-8.
+        OptionsError: an empty path, or a URL that names no bucket.
     """
     reals: list[str] = []
     for raw in paths:
         if raw == "":  # Path("") is the working folder: an unset variable, not a choice
             raise OptionsError("an empty path is not a folder: give the folder to ingest")
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise LibraryError(f"folder not found: {path}")
-        if not path.is_dir():
-            raise LibraryError(f"not a folder: {path} (ingest takes folders)")
-        real = os.path.realpath(path)
-        try:
-            real.encode("utf-8")
-        except UnicodeEncodeError:
-            raise LibraryError(
-                f"cannot add {os.fsencode(real)!r} as a folder: its path is not valid UTF-8 "
-                "(files with such names inside a folder are fine): ingest a parent folder"
-            ) from None
-        reals.append(real)
+        for one in _spelled(os.fspath(raw)):
+            reals.append(normalise(one) if is_remote(one) else _local_root(one))
     return reals
+
+
+def _spelled(text: str) -> list[str]:
+    """The names a brace pattern spells (``{a,b}``, ``{000..099}``), or the text itself."""
+    if "{" not in text:
+        return [text]
+    from braceexpand import braceexpand
+
+    try:
+        names = list(braceexpand(text))
+    except Exception:
+        raise OptionsError(f"{text!r} is not a brace pattern organizer can read") from None
+    if not names:
+        raise OptionsError(f"{text!r} spells no name")
+    return names
+
+
+def _local_root(raw: str) -> str:
+    path = Path(raw).expanduser()
+    if not path.exists():
+        what = "shard" if is_shard(raw) else "folder"
+        raise LibraryError(f"{what} not found: {path}")
+    if not path.is_dir() and not (is_shard(raw) and path.is_file()):
+        raise LibraryError(f"not a folder: {path} (ingest takes folders, buckets and .tar shards)")
+    real = os.path.realpath(path)
+    try:
+        real.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LibraryError(
+            f"cannot add {os.fsencode(real)!r} as a folder: its path is not valid UTF-8 "
+            "(files with such names inside a folder are fine): ingest a parent folder"
+        ) from None
+    return real

@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from organizer.background import Background
 from organizer.embed import Embedder, ModelShape, ModelSpec
 from organizer.embed.runtime import usable_cores
-from organizer.errors import Interrupted, ModelError
+from organizer.errors import Interrupted, ModelError, StorageError
 from organizer.imaging import PreprocessSpec
 from organizer.ingest import distributed
 from organizer.ingest.distributed import RayOptions
@@ -31,7 +31,8 @@ from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
 from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
-from organizer.scan import extension, scan_root
+from organizer.scan import extension
+from organizer.sources import Storage, scan_source
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage, LibraryModel
 
@@ -60,6 +61,7 @@ class IngestOptions:
     follow_symlinks: bool = False
     exclude: tuple[Path, ...] = ()
     ray: RayOptions | None = None  # decode and embed on a Ray cluster (--engine ray)
+    storage: Storage = field(default_factory=Storage)  # how buckets are reached
 
     @property
     def engine(self) -> str:
@@ -162,11 +164,17 @@ class Ingestor:
 
     def _scan(self, targets: list[Target]) -> None:
         for target in targets:
-            target.scan = scan_root(
-                Path(target.root_path),
+            known_version = None
+            if target.shard and target.root_id is not None:
+                with self.engine.connect() as conn:
+                    known_version = q.root_version(conn, target.root_id)
+            target.scan = scan_source(
+                target.root_path,
                 start=target.prefix,
                 exclude=self.options.exclude,
                 follow_symlinks=self.options.follow_symlinks,
+                storage=self.options.storage,
+                known_version=known_version,
             )
             self.summary.problems += [
                 f"{target.root_path}/{os.fsdecode(p.relpath)}: {p.reason}"
@@ -188,7 +196,8 @@ class Ingestor:
         known = self._embedder or self._shape
         dim = known.dim if known else self.model.dim if self.model else None
         preprocess = asdict(self._preprocess) if self._preprocess else None
-        self.writer.prepare_targets(self._targets, known, dim, preprocess)
+        endpoint = self.options.storage.endpoint_url
+        self.writer.prepare_targets(self._targets, known, dim, preprocess, endpoint)
         self._targets = None
 
     def _open_embedder(self) -> tuple[Embedder, float]:
@@ -272,12 +281,20 @@ class Ingestor:
                 and self.writer.has_vector_for(k.content_hash)
             ):
                 self._vanished_by_hash.setdefault(k.content_hash, k)
-        jobs = (
-            Job(i, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
-            for i, w in enumerate(the_plan.work)
-        )
-        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        storage = self.options.storage
+        jobs = (w.job(i, storage) for i, w in enumerate(the_plan.work))
         self._total = len(the_plan.work)
+        try:
+            self._read_all(the_plan, jobs)
+        except StorageError as exc:
+            self._flush()  # what was read before the service failed is kept
+            raise StorageError(
+                f"{exc}; stopped after {self._finished()} of {self._total} files: what was "
+                "done is kept, run the same command again to finish"
+            ) from None
+
+    def _read_all(self, the_plan: Plan, jobs: Iterator[Job]) -> None:
+        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
         with contextlib.closing(self._prepared(jobs)) as results:
             for done, prepared in enumerate(results, start=1):
                 self._done = done
@@ -357,11 +374,8 @@ class Ingestor:
         distributed.connect(asked.address)
         roots = sorted({w.target.root_path for w in the_plan.work})
         step = max(1, len(the_plan.work) // 20)
-        samples = [
-            Job(0, os.path.join(os.fsencode(w.target.root_path), w.relpath), w.size, w.mtime_ns)
-            for w in the_plan.work[::step][:20]
-        ]
-        cluster = distributed.check_nodes(roots, samples)
+        samples = [w.job(0, self.options.storage) for w in the_plan.work[::step][:20]]
+        cluster = distributed.check_nodes(roots, samples, self.options.storage)
         self._ray = distributed.settle_model(asked, cluster)
         self._ray_workers = distributed.plan_workers(self._ray)
 
@@ -393,7 +407,7 @@ class Ingestor:
         if h is None:
             self._ops.append(Fail(work, lean))
         elif known and known.status == ImageStatus.OK and known.content_hash == h:
-            self._ops.append(Touch(known.id, p.size, p.mtime_ns))
+            self._ops.append(Touch(known.id, p.size, p.mtime_ns, work.etag))
             self.summary.unchanged += 1
         elif known is None and h in self._vanished_by_hash:
             source = self._vanished_by_hash.pop(h)

@@ -19,6 +19,7 @@ from organizer.ingest.plan import FileWork, Target, Unlistable
 from organizer.ingest.summary import IngestSummary
 from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import Prepared
+from organizer.sources import is_local_folder, is_remote
 from organizer.store import meta_queries as mq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -39,6 +40,7 @@ class Touch:
     image_id: int
     size: int
     mtime_ns: int
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,19 @@ class BatchWriter:
         embedder: Embedder | ModelShape | None,
         dim: int | None,
         preprocess: dict | None,
+        endpoint_url: str | None = None,
     ) -> None:
-        """Record the model (first ingest) and the new roots; merge roots a target absorbs."""
+        """Record the model (first ingest) and the new roots; merge roots a target absorbs.
+        ``endpoint_url``: the endpoint given for this run, kept with its bucket roots."""
         with write_transaction(self.engine) as conn:
             if self.model_id is None and embedder is not None:
                 self.model_id = q.insert_model(conn, embedder.spec, embedder.dim, preprocess)
             for target in targets:
+                endpoint = endpoint_url if is_remote(target.root_path) else None
                 if target.root_id is None:
-                    target.root_id = q.add_root(conn, target.root_path)
+                    target.root_id = q.add_root(conn, target.root_path, endpoint)
+                elif endpoint:
+                    q.set_root_endpoint(conn, target.root_id, endpoint)
                 for child_id, child_prefix in target.absorb:
                     q.absorb_root(conn, target.root_id, child_id, child_prefix)
                 target.absorb = []
@@ -169,8 +176,8 @@ class BatchWriter:
 
     def _apply(self, conn: Connection, op: Op) -> None:
         match op:
-            case Touch(image_id, size, mtime_ns):
-                q.update_image(conn, image_id, size=size, mtime_ns=mtime_ns)
+            case Touch(image_id, size, mtime_ns, etag):
+                q.update_image(conn, image_id, size=size, mtime_ns=mtime_ns, etag=etag)
             case Move(image_id, work, p):
                 q.update_image(
                     conn,
@@ -179,6 +186,7 @@ class BatchWriter:
                     relpath=work.relpath,
                     size=p.size,
                     mtime_ns=p.mtime_ns,
+                    etag=work.etag,
                     status=ImageStatus.OK,
                     failure_reason=None,
                 )
@@ -243,6 +251,7 @@ class BatchWriter:
         values = dict(
             size=p.size,
             mtime_ns=p.mtime_ns,
+            etag=work.etag,
             content_hash=p.content_hash,
             status=ImageStatus.OK,
             failure_reason=None,
@@ -274,6 +283,7 @@ class BatchWriter:
         values = dict(
             size=size,
             mtime_ns=mtime_ns,
+            etag=getattr(work, "etag", None),
             content_hash=content_hash,
             status=ImageStatus.FAILED,
             failure_reason=reason,
@@ -302,9 +312,7 @@ class BatchWriter:
         gone_failed = [k.id for k in vanished if k.status == ImageStatus.FAILED]
         with write_transaction(self.engine) as conn:
             for item in unlistable:
-                size, mtime_ns = _lstat(
-                    os.path.join(os.fsencode(item.target.root_path), item.relpath)
-                )
+                size, mtime_ns = _lstat(item.target.root_path, item.relpath)
                 self._store_failure(conn, item, size, mtime_ns, None, item.reason)
             for image_id in restore:
                 q.update_image(conn, image_id, status=ImageStatus.OK)
@@ -312,14 +320,17 @@ class BatchWriter:
             q.delete_images(conn, gone_failed)
             for target in targets:
                 assert target.root_id is not None  # added by begin()
-                q.touch_root(conn, target.root_id)
+                version = target.scan.version if target.scan is not None else None
+                q.touch_root(conn, target.root_id, version)
         self.summary.unchanged += len(restore)
         self.summary.missing = len(gone_ok)
 
 
-def _lstat(path: bytes) -> tuple[int, int]:
+def _lstat(root: str, relpath: bytes) -> tuple[int, int]:
+    if not is_local_folder(root):
+        return 0, 0  # an object or a shard member: nothing to stat on this machine
     try:
-        st = os.lstat(path)
+        st = os.lstat(os.path.join(os.fsencode(root), relpath))
         return st.st_size, st.st_mtime_ns
     except OSError:
         return 0, 0

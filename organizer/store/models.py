@@ -52,6 +52,10 @@ class Root(Base):
     path: Mapped[str] = mapped_column(Text, unique=True)
     added_at: Mapped[datetime] = mapped_column(DateTime)
     last_scan_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # A tar shard's fingerprint as of its last whole read (revision 0010); NULL for the rest.
+    version: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The endpoint a bucket root was ingested through, when not the default (revision 0010).
+    endpoint_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Model(Base):
@@ -93,6 +97,8 @@ class Image(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # The ETag a bucket listed for the object (revision 0010); NULL for files on a disk.
+    etag: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Embedding(Base):

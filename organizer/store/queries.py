@@ -122,9 +122,20 @@ def all_roots(conn: Connection) -> dict[int, str]:
     return dict(conn.execute(select(roots_t.c.id, roots_t.c.path).order_by(roots_t.c.id)).all())
 
 
-def add_root(conn: Connection, path: str) -> int:
-    stmt = insert(roots_t).values(path=path, added_at=now())
+def add_root(conn: Connection, path: str, endpoint_url: str | None = None) -> int:
+    stmt = insert(roots_t).values(path=path, added_at=now(), endpoint_url=endpoint_url)
     return new_id(conn.execute(stmt))
+
+
+def set_root_endpoint(conn: Connection, root_id: int, endpoint_url: str) -> None:
+    """Record the endpoint a bucket root is reached through (given again on an ingest)."""
+    conn.execute(update(roots_t).where(roots_t.c.id == root_id).values(endpoint_url=endpoint_url))
+
+
+def root_endpoints(conn: Connection) -> dict[str, str]:
+    """Bucket roots reached through an endpoint of their own: root -> endpoint."""
+    stmt = select(roots_t.c.path, roots_t.c.endpoint_url).where(roots_t.c.endpoint_url.is_not(None))
+    return {path: url for path, url in conn.execute(stmt)}
 
 
 def absorb_root(conn: Connection, parent_id: int, child_id: int, prefix: bytes) -> None:
@@ -204,8 +215,18 @@ def sample_images(conn: Connection, root_id: int, n: int) -> list[KnownImage]:
     return [_known(row) for i, row in enumerate(conn.execute(stmt)) if i % step == 0][:n]
 
 
-def touch_root(conn: Connection, root_id: int) -> None:
-    conn.execute(update(roots_t).where(roots_t.c.id == root_id).values(last_scan_at=now()))
+def touch_root(conn: Connection, root_id: int, version: str | None = None) -> None:
+    """Record a root's scan as done now; ``version``: a tar shard's fingerprint as read."""
+    values: dict[str, object] = {"last_scan_at": now()}
+    if version is not None:
+        values["version"] = version
+    conn.execute(update(roots_t).where(roots_t.c.id == root_id).values(**values))
+
+
+def root_version(conn: Connection, root_id: int) -> str | None:
+    """A tar shard root's fingerprint as of its last whole read (None: never, or a folder)."""
+    stmt = select(roots_t.c.version).where(roots_t.c.id == root_id)
+    return conn.execute(stmt).scalar_one_or_none()
 
 
 # -- images ------------------------------------------------------------------------------
@@ -218,6 +239,7 @@ _KNOWN_COLUMNS = (
     images.c.mtime_ns,
     images.c.status,
     images.c.content_hash,
+    images.c.etag,
 )
 
 
@@ -231,7 +253,13 @@ def known_images(conn: Connection, root_id: int, prefix: bytes = b"") -> dict[by
 
 def _known(row: Any) -> KnownImage:
     return KnownImage(
-        row.id, row.relpath, row.size, row.mtime_ns, ImageStatus(row.status), row.content_hash
+        row.id,
+        row.relpath,
+        row.size,
+        row.mtime_ns,
+        ImageStatus(row.status),
+        row.content_hash,
+        getattr(row, "etag", None),
     )
 
 

@@ -97,6 +97,7 @@ class KnownImage:
     mtime_ns: int
     status: ImageStatus
     content_hash: str | None
+    etag: str | None = None  # as a bucket listed the object; None for files on a disk
 
 
 @dataclass(frozen=True)
