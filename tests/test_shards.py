@@ -1,0 +1,131 @@
+"""Tar shards (WebDataset's layout) as roots, on this machine: members are images, an
+unchanged shard is not opened again, a damaged one is read as far as it goes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from organizer.sources import shard as shard_module
+from tests.fakes import image_bytes, picture
+
+pytestmark = pytest.mark.both_backends
+
+
+def write_shard(path: Path, members: dict[str, bytes]) -> Path:
+    """A tar of ``members`` (name -> bytes), as webdataset writes one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def samples(first: int, n: int) -> dict[str, bytes]:
+    """WebDataset samples: an image and a caption under each key."""
+    out = {}
+    for i in range(first, first + n):
+        out[f"{i:06d}.jpg"] = image_bytes(picture(i), "JPEG")
+        out[f"{i:06d}.txt"] = f"caption {i}".encode()
+    return out
+
+
+def js(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_shard_is_a_root_and_an_unchanged_one_is_not_opened(cli, tmp_path, monkeypatch):
+    shard = write_shard(tmp_path / "shards" / "000000.tar", samples(0, 5))
+    first = js(cli("ingest", shard, "--json"))
+    assert (first["new"], first["failed"]) == (5, 0)
+    assert first["skipped"] == {".txt": 5}  # captions are counted, as files that are not images
+    roots = js(cli("roots", "--json"))["roots"]
+    assert [(r["path"], r["present"]) for r in roots] == [(str(shard), True)]
+
+    opened = []
+    real = shard_module._list_members
+    monkeypatch.setattr(
+        shard_module, "_list_members", lambda *a: opened.append(a[0]) or real(*a)
+    )
+    again = js(cli("ingest", shard, "--json"))
+    assert (again["new"], again["unchanged"]) == (0, 5)
+    assert opened == []  # the fingerprint matched: the shard was not read at all
+    again = js(cli("ingest", "--json"))  # every known root: the same
+    assert again["unchanged"] == 5 and opened == []
+
+
+def test_a_brace_pattern_names_many_shards(cli, tmp_path):
+    folder = tmp_path / "shards"
+    for n in range(3):
+        write_shard(folder / f"{n:06d}.tar", samples(10 * n, 2))
+    done = js(cli("ingest", f"{folder}/{{000000..000002}}.tar", "--json"))
+    assert done["new"] == 6
+    roots = [r["path"] for r in js(cli("roots", "--json"))["roots"]]
+    assert roots == [str(folder / f"{n:06d}.tar") for n in range(3)]
+    missing = cli("ingest", f"{folder}/{{000000..000003}}.tar")
+    assert missing.exit_code == 1
+    assert "shard not found" in missing.stderr and "000003.tar" in missing.stderr
+
+
+def test_a_rewritten_shard_is_read_again_and_only_what_changed_is_embedded(cli, tmp_path):
+    members = samples(0, 4)
+    shard = write_shard(tmp_path / "a.tar", members)
+    assert js(cli("ingest", shard, "--json"))["new"] == 4
+    del members["000003.jpg"]
+    members["000001.jpg"] = image_bytes(picture(99), "JPEG")  # new content, same name
+    members["000004.jpg"] = image_bytes(picture(4), "JPEG")
+    os.utime(write_shard(shard, members), ns=(10**18, 10**18))
+    again = js(cli("ingest", shard, "--json"))
+    assert (again["new"], again["unchanged"], again["missing"]) == (1, 2, 1)
+    assert again["changed"] == 1  # mtimes of members are equal: the content hash decided
+
+
+def test_a_damaged_shard_is_read_as_far_as_it_goes(cli, tmp_path):
+    shard = write_shard(tmp_path / "cut.tar", samples(0, 6))
+    data = shard.read_bytes()
+    # Cut inside the fourth image's bytes: three whole members, one cut short.
+    info = tarfile.open(shard).getmember("000003.jpg")
+    shard.write_bytes(data[: info.offset_data + info.size // 2])
+    result = cli("ingest", shard, "--json")
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.stdout)
+    assert done["new"] == 3
+    assert done["failed"] == 1
+    failed = js(cli("status", "--failed", "--json"))
+    reasons = [f["reason"] for f in failed["failed"]]
+    assert reasons == ["the member is cut short (a truncated shard)"], reasons
+
+
+def test_member_names_that_climb_out_are_refused_never_followed(cli, tmp_path):
+    jpeg = image_bytes(picture(1), "JPEG")
+    shard = write_shard(
+        tmp_path / "odd.tar",
+        {"../escape.jpg": jpeg, "/abs.jpg": jpeg, "./ok.jpg": jpeg, ".hidden.jpg": jpeg},
+    )
+    done = js(cli("ingest", shard, "--json"))
+    assert done["new"] == 1  # ./ok.jpg, recorded as ok.jpg
+    assert done["failed"] == 2
+    assert not (tmp_path / "escape.jpg").exists()
+    failed = js(cli("status", "--failed", "--json"))["failed"]
+    assert sorted(f["path"] for f in failed) == ["../escape.jpg", "/abs.jpg"]
+
+
+def test_a_missing_shard_is_an_absent_root(cli, tmp_path):
+    shard = write_shard(tmp_path / "gone.tar", samples(0, 2))
+    assert cli("ingest", shard).exit_code == 0
+    shard.unlink()
+    roots = js(cli("roots", "--json"))["roots"]
+    assert roots[0]["present"] is False
+    result = cli("ingest", shard)
+    assert result.exit_code == 1 and "shard not found" in result.stderr
+    plain = cli("ingest")  # every present root: none
+    assert plain.exit_code == 0, plain.output
