@@ -12,6 +12,7 @@ from organizer.config import Settings
 from organizer.library import Library
 from tests.fakes import TINY_CONFIG, FakeEmbedder, make_folder
 from tests.pg import PgServer
+from tests.s3 import moto_server, s3, s3_env, s3_proxy  # noqa: F401 - fixtures for every test
 
 REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "openimages-100"
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,17 @@ def cluster():
         object_store_memory=150 * 2**20,
         include_dashboard=False,
         log_to_driver=False,
-        # the workers import the decoders tests hand in (tests.fakes)
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        # the workers import the decoders tests hand in (tests.fakes), and read the test
+        # buckets with the fake credentials of tests/s3.py (each worker has its own)
+        runtime_env={
+            "env_vars": {
+                "PYTHONPATH": str(REPO),
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        },
     )
     yield
     ray.shutdown()
@@ -290,6 +300,23 @@ def test_a_file_that_crashes_the_decoder_is_recorded_failed(tmp_path, monkeypatc
     rows = _rows(tmp_path / "lib")
     assert rows["crash-me.jpg"][:2] == ("failed", "the decoder crashed on this file")
     assert all(r[0] == "ok" for p, r in rows.items() if p != "crash-me.jpg")
+
+
+def test_a_bucket_needs_no_shared_mount_on_ray(s3, tmp_path):
+    pytest.importorskip("s3fs")
+    paths = make_folder(tmp_path / "up", 20)
+    (tmp_path / "up" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(40))
+    shutil.copy(paths[3], tmp_path / "up" / "copy.jpg")
+    s3.upload_folder(tmp_path / "up", "p")
+    done = {}
+    for engine in ("local", "ray"):
+        settings = replace(_settings(tmp_path / engine), endpoint_url=s3.endpoint)
+        options = IngestOptions(ray=RayOptions(workers=1) if engine == "ray" else None)
+        with Library.open(settings, create=True) as lib:
+            done[engine] = lib.ingest([s3.url("p")], options=options)
+    assert done["ray"].engine == "ray"
+    assert (done["ray"].new, done["ray"].failed, done["ray"].reused) == (21, 1, 1)
+    _same(_rows(tmp_path / "local"), _rows(tmp_path / "ray"))
 
 
 def test_every_worker_must_see_the_photos(tmp_path):

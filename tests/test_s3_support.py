@@ -14,11 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.s3 import MotoServer, Proxy, S3Bucket, moto_server, s3, s3_env, s3_proxy
-
-# The fixtures are used by name; listing them marks the import as used. (Once conftest.py
-# imports them, this import can go: a module's own copy makes a second session server.)
-__all__ = ["moto_server", "s3", "s3_env", "s3_proxy"]
+from tests.s3 import MotoServer, Proxy, S3Bucket
 
 boto3 = pytest.importorskip("boto3")
 s3fs = pytest.importorskip("s3fs")

@@ -53,9 +53,7 @@ def test_a_shard_is_a_root_and_an_unchanged_one_is_not_opened(cli, tmp_path, mon
 
     opened = []
     real = shard_module._list_members
-    monkeypatch.setattr(
-        shard_module, "_list_members", lambda *a: opened.append(a[0]) or real(*a)
-    )
+    monkeypatch.setattr(shard_module, "_list_members", lambda *a: opened.append(a[0]) or real(*a))
     again = js(cli("ingest", shard, "--json"))
     assert (again["new"], again["unchanged"]) == (0, 5)
     assert opened == []  # the fingerprint matched: the shard was not read at all
@@ -93,7 +91,8 @@ def test_a_damaged_shard_is_read_as_far_as_it_goes(cli, tmp_path):
     shard = write_shard(tmp_path / "cut.tar", samples(0, 6))
     data = shard.read_bytes()
     # Cut inside the fourth image's bytes: three whole members, one cut short.
-    info = tarfile.open(shard).getmember("000003.jpg")
+    with tarfile.open(shard) as tar:
+        info = tar.getmember("000003.jpg")
     shard.write_bytes(data[: info.offset_data + info.size // 2])
     result = cli("ingest", shard, "--json")
     assert result.exit_code == 0, result.output
