@@ -1485,7 +1485,13 @@ def roots_move(
     old: Annotated[
         str, typer.Argument(parser=_named_root, help="The root as the library knows it.")
     ],
-    new: Annotated[Path, typer.Argument(parser=_path, help="The folder its files are in now.")],
+    new: Annotated[
+        str,
+        typer.Argument(
+            parser=_named_root,
+            help="The folder (or bucket prefix, or shard) its files are in now.",
+        ),
+    ],
     dry_run: DryRunOpt = False,
     library: LibraryOpt = None,
     as_json: JsonOpt = False,

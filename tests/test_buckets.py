@@ -205,3 +205,22 @@ def test_the_service_going_away_stops_the_run_and_the_same_command_finishes_it(
         assert done.failed == 0
         assert done.new + done.unchanged == 30
         assert done.unchanged == kept and done.new == 30 - kept  # nothing read twice
+
+
+def test_a_bucket_root_moves_to_another_prefix_and_is_removed_by_its_url(cli, bucket):
+    old, new = bucket.url("photos"), bucket.url("archive/2024")
+    assert cli("ingest", old).exit_code == 0
+    for key in bucket.keys("photos/"):
+        data = bucket.client.get_object(Bucket=bucket.bucket, Key=key)["Body"].read()
+        bucket.put("archive/2024/" + key.removeprefix("photos/"), data)
+    refused = cli("roots", "move", old, bucket.url("elsewhere"))
+    assert refused.exit_code == 1 and "does not hold the files" in refused.stderr
+    kind = cli("roots", "move", old, "/tmp")
+    assert kind.exit_code == 2 and "same kind of root" in kind.stderr
+    moved = js(cli("roots", "move", old, new + "/", "--json"))
+    assert moved["new_path"] == new and moved["checked"]["same_hash"] == moved["checked"]["hashed"]
+    again = js(cli("ingest", new, "--json"))
+    assert (again["new"], again["unchanged"]) == (0, 6)
+    gone = js(cli("roots", "remove", new, "--json"))
+    assert gone["images"] == 6
+    assert js(cli("roots", "--json"))["roots"] == []
