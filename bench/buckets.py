@@ -113,11 +113,11 @@ def main() -> None:
                 ("folder", str(folder), []),
                 ("bucket", url, ["--endpoint-url", server.url]),
             ):
-                wall, summary = ingest(root, args.model, env, extra)
+                _, summary = ingest(root, args.model, env, extra)
                 runs[label].append(summary["embedded"] / summary["elapsed_s"])
                 shapes[label] = f"{summary['precision']} with {summary['runtime']}"
             proxy.delay_s = args.delay_ms / 1000
-            wall, summary = ingest(url, args.model, env, ["--endpoint-url", proxy.url])
+            _, summary = ingest(url, args.model, env, ["--endpoint-url", proxy.url])
             runs["bucket+delay"].append(summary["embedded"] / summary["elapsed_s"])
             proxy.delay_s = 0.0
         base = statistics.median(runs["folder"])
