@@ -288,6 +288,17 @@ _IN_FLIGHT = 256
 _NET_ERRORS = (OSError, asyncio.IncompleteReadError, EOFError)
 
 
+_SLOW_DOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_SLOW_DOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+    + f"Content-Length: {len(_SLOW_DOWN_BODY)}\r\nConnection: close\r\n\r\n".encode()
+    + _SLOW_DOWN_BODY
+)
+
+
 class Proxy:
     """A TCP proxy on 127.0.0.1 (a free port) to ``target``, in a background thread.
 
@@ -318,6 +329,8 @@ class Proxy:
         self.connections = 0
         self.peak_connections = 0
         self.requests = 0
+        self.throttled = 0  # connections answered "503 Slow Down" (see throttle)
+        self._throttle = 0
         self._listener: socket.socket | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -395,6 +408,19 @@ class Proxy:
             task.add_done_callback(self._handlers.discard)
             self.peak_connections = max(self.peak_connections, len(self._handlers))
 
+    def throttle(self, connections: int) -> None:
+        """The next ``connections`` connections get S3's "503 Slow Down" to their first
+        request, as a throttled bucket answers, instead of reaching the target."""
+        self._throttle = connections
+
+    async def _slow_down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._throttle -= 1
+        self.throttled += 1
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")  # the request's head
+            writer.write(_SLOW_DOWN)
+            await writer.drain()
+
     def pause(self) -> None:
         """The service goes away: new connects are refused (the listening socket is closed
         when this returns) and every open connection is reset (RST) at both ends."""
@@ -424,6 +450,9 @@ class Proxy:
         try:
             if self._listener is None:
                 _reset(writer)
+                return
+            if self._throttle > 0:
+                await self._slow_down(reader, writer)
                 return
             try:
                 up_reader, up_writer = await asyncio.open_connection(*self.target, limit=_CHUNK)

@@ -224,3 +224,12 @@ def test_a_bucket_root_moves_to_another_prefix_and_is_removed_by_its_url(cli, bu
     gone = js(cli("roots", "remove", new, "--json"))
     assert gone["images"] == 6
     assert js(cli("roots", "--json"))["roots"] == []
+
+
+def test_a_throttled_service_is_retried_with_backoff(cli, s3, s3_proxy, tmp_path):
+    make_folder(tmp_path / "up", 6)
+    s3.upload_folder(tmp_path / "up", "p")
+    s3_proxy.throttle(3)  # the first requests (the listing): "503 Slow Down"
+    done = js(cli("ingest", s3.url("p"), "--json"))
+    assert (done["new"], done["failed"]) == (6, 0)
+    assert s3_proxy.throttled == 3

@@ -1,8 +1,10 @@
 """Objects in buckets (S3 and any fsspec protocol): the one place organizer talks to them.
 
 Every request goes through :func:`filesystem`, which sets timeouts, a connection pool deep
-enough for the reads kept in flight, and retries with backoff (botocore's adaptive mode,
-which also slows down when the service throttles). Failures come out in two kinds:
+enough for the reads kept in flight, and retries with exponential backoff and jitter
+(botocore's standard mode, which retries throttling such as S3's "503 Slow Down" too; its
+adaptive mode also paces every later request, measured slower here). Failures come out in
+two kinds:
 
 - :class:`~organizer.errors.ImageError` for one object (gone since the listing, denied,
   changed): ingest records it and goes on;
@@ -105,7 +107,7 @@ class Storage:
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "read_timeout": READ_TIMEOUT_S,
                 "max_pool_connections": POOL_CONNECTIONS,
-                "retries": {"max_attempts": ATTEMPTS, "mode": "adaptive"},
+                "retries": {"max_attempts": ATTEMPTS, "mode": "standard"},
             },
             # Every scan lists afresh: a cached listing would hide what changed since.
             "use_listings_cache": False,
