@@ -128,3 +128,13 @@ def test_a_missing_shard_is_an_absent_root(cli, tmp_path):
     assert result.exit_code == 1 and "shard not found" in result.stderr
     plain = cli("ingest")  # every present root: none
     assert plain.exit_code == 0, plain.output
+
+
+def test_retry_failed_opens_an_unchanged_shard_again(cli, tmp_path):
+    members = samples(0, 3)
+    members["000009.jpg"] = b"\xff\xd8\xff\xe0 not a picture"
+    shard = write_shard(tmp_path / "a.tar", members)
+    assert js(cli("ingest", shard, "--json"))["failed"] == 1
+    assert js(cli("ingest", shard, "--json"))["unchanged"] == 4  # not opened
+    again = js(cli("ingest", shard, "--retry-failed", "--json"))
+    assert (again["failed"], again["unchanged"]) == (1, 3)  # listed, the failed one read

@@ -165,7 +165,10 @@ class Ingestor:
     def _scan(self, targets: list[Target]) -> None:
         for target in targets:
             known_version = None
-            if target.shard and target.root_id is not None:
+            # A shard is skipped whole when unchanged, unless its failed members are to be
+            # tried again, or every member read again.
+            again = self.options.retry_failed or self.options.rehash
+            if target.shard and target.root_id is not None and not again:
                 with self.engine.connect() as conn:
                     known_version = q.root_version(conn, target.root_id)
             target.scan = scan_source(
