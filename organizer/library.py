@@ -538,6 +538,7 @@ class Library:
             roots=shown.roots,
             offline=shown.offline,
             where=where,
+            storage=self.storage(),
             **options,
         )
 

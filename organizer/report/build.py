@@ -26,6 +26,7 @@ from organizer.report import data as report_data
 from organizer.report import figure, projection, render, thumbs
 from organizer.report.data import ReportData
 from organizer.scan import shown_path
+from organizer.sources import Storage
 from organizer.store import queries as q
 from organizer.store.records import ClusterRecord, ImageStatus, OfflineImages, iso_utc
 
@@ -95,6 +96,7 @@ def write_report(
     roots: Sequence[int] | None = None,
     offline: OfflineImages | None = None,
     where: PhotoFilter | None = None,
+    storage: Storage | None = None,
 ) -> ReportSummary:
     """Write the HTML report of a library: overview, t-SNE map, one section per cluster.
 
@@ -112,6 +114,7 @@ def write_report(
         offline: what leaving out the other roots (absent ones) left out, for the page to
             say so.
         where: show only the images this filter keeps (by date, place, camera, folder).
+        storage: how the images of bucket roots (and shards in buckets) are reached.
 
     Returns:
         A :class:`ReportSummary`.
@@ -134,7 +137,7 @@ def write_report(
         lambda _: projection.project(data.vectors[rows], seed, tsne), "organizer-tsne"
     )
     thumbs_started = time.perf_counter()
-    shown = _shown_images(engine, data, rows, absolute, tell)
+    shown = _shown_images(engine, data, rows, absolute, tell, storage)
     thumbnails_s = time.perf_counter() - thumbs_started
     proj = tsne_result.result()
     tell(ReportProgress("map", len(rows), len(rows)))
@@ -191,6 +194,7 @@ def _shown_images(
     rows: np.ndarray,
     absolute: bool,
     tell: Callable[[ReportProgress], None],
+    storage: Storage | None,
 ) -> dict[int, ShownImage]:
     """Every image the page shows, by id."""
     wanted = [int(i) for i in data.ids[rows]]
@@ -203,11 +207,13 @@ def _shown_images(
     files = []
     for image_id in wanted:
         record = info[image_id]
-        files.append((record.path, thumbs.draft_side(thumbs.SIDE, record.width, record.height)))
+        min_side = thumbs.draft_side(thumbs.SIDE, record.width, record.height)
+        files.append((record.root, record.relpath, min_side))
     uris = thumbs.data_uris(
         files,
         workers=max(1, (os.cpu_count() or 1) - 1),
         progress=lambda d, t: tell(ReportProgress("thumbnails", d, t)),
+        storage=storage,
     )
     shown = {}
     for image_id, uri in zip(wanted, uris, strict=True):

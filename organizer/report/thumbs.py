@@ -20,6 +20,7 @@ from PIL import Image
 
 from organizer.imaging import decode, thumbnail
 from organizer.scan import is_raw_name
+from organizer.sources import Storage, read_stored
 
 SIDE = 112
 QUALITY = 70
@@ -48,20 +49,28 @@ def draft_side(side: int, width: int | None, height: int | None) -> int:
     return max(1, math.ceil(side * min(width, height) / max(width, height)))
 
 
-def data_uri(path: bytes, side: int = SIDE, min_side: int | None = None) -> str:
-    """A JPEG data URI of the image at ``path``, at most ``side`` pixels on either side.
+def data_uri(
+    root: str,
+    relpath: bytes,
+    min_side: int | None = None,
+    side: int = SIDE,
+    storage: Storage | None = None,
+) -> str:
+    """A JPEG data URI of the image at ``relpath`` under ``root`` (a folder, a bucket or a
+    tar shard), at most ``side`` pixels on either side. Never raises: :data:`PLACEHOLDER`.
 
     ``min_side`` (see :func:`draft_side`) lets JPEGs decode at a smaller scale.
+    ``storage``: how buckets are reached (see :meth:`organizer.library.Library.storage`).
     """
     min_side = min_side or side
     try:
-        if os.path.getsize(path) > MAX_FILE_BYTES:
+        data = read_stored(root, relpath, storage, limit=MAX_FILE_BYTES)
+        if len(data) > MAX_FILE_BYTES:  # a shard's member is read whole, then measured
             return PLACEHOLDER
-        with open(path, "rb") as fh:
-            image, _info = decode(fh.read(), min_size=(min_side, min_side), raw=is_raw_name(path))
+        image, _info = decode(data, min_size=(min_side, min_side), raw=is_raw_name(relpath))
         small = thumbnail(image, side)
-    except Exception:  # unreadable, undecodable (ImageError), or a decoder bug on an odd
-        return PLACEHOLDER  # file: one image must never cost the whole report
+    except Exception:  # unreadable (ImageError, StorageError), undecodable, or a decoder bug
+        return PLACEHOLDER  # on an odd file: one image must never cost the whole report
     # Re-made from its pixels alone: nothing of the original file's metadata can come along.
     bare = Image.fromarray(np.asarray(small.convert("RGB")))
     jpeg = _jpeg(bare, QUALITY)
@@ -77,23 +86,26 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
 
 
 def data_uris(
-    files: Sequence[tuple[bytes, int | None]],
+    files: Sequence[tuple[str, bytes, int | None]],
     side: int = SIDE,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    storage: Storage | None = None,
 ) -> list[str]:
-    """Thumbnails of many files, in order; threads, since Pillow decodes without the GIL.
+    """Thumbnails of many files, in order; threads, since Pillow decodes without the GIL
+    (and a bucket's reads wait on the network without it).
 
     Args:
-        files: (absolute path as bytes, ``min_side`` or None) of each image.
+        files: (root, relpath, ``min_side`` or None) of each image.
         side: the longest side of each thumbnail, in pixels.
         workers: threads (default: the number of CPUs).
         progress: called with (done, total) every few hundred images.
+        storage: how buckets are reached.
     """
     workers = workers or os.cpu_count() or 1
     out: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for uri in pool.map(lambda f: data_uri(f[0], side, f[1]), files):
+        for uri in pool.map(lambda f: data_uri(f[0], f[1], f[2], side, storage), files):
             out.append(uri)
             if progress and (len(out) % 250 == 0 or len(out) == len(files)):
                 progress(len(out), len(files))
