@@ -256,13 +256,14 @@ def create_app(
         )
 
     def image_file(request: Request) -> Response:
-        real = service.file_path(_id(request))
-        kind = mimetypes.guess_type(real)[0] or "application/octet-stream"
+        found = service.original(_id(request))
+        kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
         if not kind.startswith("image/") or kind == "image/svg+xml":
             kind = "application/octet-stream"  # never a document the browser would run
-        return FileResponse(
-            real, media_type=kind, headers={"cache-control": "private, max-age=3600"}
-        )
+        headers = {"cache-control": "private, max-age=3600"}
+        if found.path is not None:
+            return FileResponse(found.path, media_type=kind, headers=headers)
+        return Response(found.data, media_type=kind, headers=headers)
 
     routes = [
         Route("/", _safe(search_page)),

@@ -40,6 +40,7 @@ from organizer.photo_words import PhotoFacts, photo_facts
 from organizer.redact import hide_passwords
 from organizer.scan import display_text, is_raw_name
 from organizer.serve.uploads import query_pixels
+from organizer.sources import is_local_folder, read_stored
 from organizer.store.records import ClusterRunRecord, ClusterRunSummary, Failure, ImageRecord
 
 THUMB_SIDES = {"s": 256, "l": 1280}
@@ -75,6 +76,17 @@ class ImagePage:
     similar: list[Result]
     duplicates: list[Result]
     facts: PhotoFacts  # with coordinates: this page is the one place the web app shows them
+
+
+@dataclass(frozen=True)
+class Original:
+    """An image's original as the server sends it: a file on this machine (``path``), or the
+    bytes of an object in a bucket or of a shard's member (``data``); ``name`` gives its
+    type."""
+
+    name: str
+    path: str | None = None
+    data: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -274,15 +286,39 @@ class Service:
             raise NotFound(image_id)
         return record
 
-    def file_path(self, image_id: int) -> str:
-        """The real path of an image's file, refused if it leads out of its root."""
+    def original(self, image_id: int) -> Original:
+        """An image's original: the real path of a file (refused if it leads out of its
+        root), or the bytes of an object or a shard's member.
+
+        Raises:
+            NotFound: no such image, or its original cannot be read now.
+            StorageError: a bucket's service fails (the server answers 503).
+        """
         record = self.image(image_id)
-        return _locate(record.root, record.relpath)
+        if is_local_folder(record.root):
+            real = _locate(record.root, record.relpath)
+            return Original(real, path=real)
+        return Original(os.fsdecode(record.relpath), data=self._stored(record, image_id))
+
+    def _stored(self, record: ImageRecord, image_id: int) -> bytes:
+        """The bytes of an image under a bucket or a shard root, within MAX_SOURCE_BYTES."""
+        try:
+            data = read_stored(
+                record.root, record.relpath, self.lib.storage(), limit=MAX_SOURCE_BYTES
+            )
+        except ImageError:
+            raise NotFound(image_id) from None
+        if len(data) > MAX_SOURCE_BYTES:  # a shard's member is only measured once read
+            raise NotFound(image_id)
+        return data
 
     def unshown(self, item: Any) -> str | None:
         """Why the file of a result, member or record (anything with ``root`` and
         ``relpath``) will not be served, or None: pages show a tile that says so rather than
-        a broken picture."""
+        a broken picture. Objects in buckets and shards' members are not checked here (a
+        request each): one that cannot be read gets a 404 when asked for."""
+        if not is_local_folder(item.root):
+            return None
         try:
             _locate(item.root, item.relpath)
         except Unshown as exc:
@@ -296,19 +332,18 @@ class Service:
         if side is None:
             raise NotFound(size)
         record = self.image(image_id)
-        real = _locate(record.root, record.relpath)
+        local = is_local_folder(record.root)
+        real = _locate(record.root, record.relpath) if local else None
         stamp = (record.content_hash or f"{record.size}-{record.mtime_ns}")[:24]
         target = self.thumbs / str(side) / f"{image_id}-{stamp}.jpg"
         if target.is_file():
             return target
+        data = self._read_local(real, image_id) if real else self._stored(record, image_id)
         try:
-            if os.path.getsize(real) > MAX_SOURCE_BYTES:
-                raise NotFound(image_id)
-            with open(real, "rb") as fh:
-                image, _ = decode(
-                    fh.read(), min_size=(side // 2, side // 2), raw=is_raw_name(os.fsencode(real))
-                )
-        except (OSError, ImageError):
+            image, _ = decode(
+                data, min_size=(side // 2, side // 2), raw=is_raw_name(record.relpath)
+            )
+        except ImageError:
             raise NotFound(image_id) from None
         small = Image.fromarray(np.asarray(thumbnail(image, side).convert("RGB")))
         buffer = io.BytesIO()
@@ -316,6 +351,16 @@ class Service:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(target, buffer.getvalue(), fsync=False, prefix=".thumb-")
         return target
+
+    @staticmethod
+    def _read_local(real: str, image_id: int) -> bytes:
+        try:
+            if os.path.getsize(real) > MAX_SOURCE_BYTES:
+                raise NotFound(image_id)
+            with open(real, "rb") as fh:
+                return fh.read()
+        except OSError:
+            raise NotFound(image_id) from None
 
     def failures(self) -> list[Failure]:
         return self.lib.failures()
