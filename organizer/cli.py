@@ -1320,9 +1320,14 @@ def export(
     distance: DistanceOpt = 50.0,
     min_size: MinSizeOpt = 1,
     labels: LabelsOpt = True,
-    mode: Annotated[ExportMode, typer.Option(help="Link to the images, or copy them.")] = (
-        ExportMode.SYMLINK
-    ),
+    mode: Annotated[
+        ExportMode | None,
+        typer.Option(
+            help="Link to the images, or copy them. Default: link to files on this machine "
+            "and copy images in buckets and tar shards (nothing can link to those, so "
+            "symlink is refused for them)."
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Write into a non-empty folder (nothing there is removed)."),

@@ -18,12 +18,13 @@ from sqlalchemy import Connection, Engine
 
 from organizer import cluster, naming
 from organizer.background import Background
-from organizer.choices import Algorithm, ExportMode, KSpec, LabelSource
+from organizer.choices import Algorithm, KSpec, LabelSource
 from organizer.embed import Embedder
 from organizer.errors import ClusterError
 from organizer.export import ExportSummary, export_run
 from organizer.filters import PhotoFilter, parse_filter
 from organizer.scan import display_path
+from organizer.sources import Storage
 from organizer.store import cluster_queries as cq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -331,12 +332,13 @@ class Clustering:
         self,
         run_id: int | None,
         target: Path,
-        mode: str = ExportMode.SYMLINK,
+        mode: str | None = None,
         force: bool = False,
+        storage: Storage | None = None,
     ) -> ExportSummary:
         """One folder per cluster of links to (or copies of) its images (see export_run); of
         those the filter ``where`` keeps, when this clustering has one."""
-        return export_run(self.filtered(self.summary(run_id)), target, mode, force)
+        return export_run(self.filtered(self.summary(run_id)), target, mode, force, storage)
 
     def filtered(self, summary: ClusterRunSummary) -> ClusterRunSummary:
         """A run with only the members the filter keeps (clusters left empty stay, empty)."""

@@ -453,14 +453,16 @@ def print_assigned(result: AssignResult) -> None:
     print_run(result.summary)
 
 
-def print_export(result: ExportSummary, mode: str) -> None:
+def print_export(result: ExportSummary, mode: str | None) -> None:
     if result.replaced:
         print(f"replaced the previous export there ({plural(result.replaced, 'entry', 'entries')})")
-    done = result.linked or result.copied
-    how = "linked" if mode == "symlink" else "copied"
-    print(
-        f"{result.folders} folders in {result.target}: {done} images {how}, {result.skipped} skipped"
-    )
+    if result.linked and result.copied:  # the default mode: links here, copies of the others
+        done = f"{result.linked} images linked, {result.copied} copied (bucket or tar shard)"
+    elif result.copied or mode == "copy":
+        done = f"{result.copied} images copied"
+    else:
+        done = f"{result.linked} images linked"
+    print(f"{result.folders} folders in {result.target}: {done}, {result.skipped} skipped")
 
 
 def print_events(found: EventList, absolute: bool = False) -> None:

@@ -41,11 +41,11 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from organizer import naming
-from organizer.choices import ExportMode
 from organizer.embed import Embedder
 from organizer.errors import OptionsError
 from organizer.export import ExportFolder, ExportSummary, export_folders, safe_folder_name
 from organizer.filters import PhotoFilter
+from organizer.sources import Storage
 from organizer.store import meta_queries as mq
 from organizer.store import queries as q
 from organizer.store.filter_queries import great_circle_km, kept_ids
@@ -364,10 +364,11 @@ class Events:
     def export(
         self,
         target: Path,
-        mode: str = ExportMode.SYMLINK,
+        mode: str | None = None,
         force: bool = False,
         rules: EventRules | None = None,
         where: PhotoFilter | None = None,
+        storage: Storage | None = None,
     ) -> ExportSummary:
         """One folder per event ("2008-10-22 Arezzo, Italy - old town") of links to (or
         copies of) its photos, as clusters are exported (see export_folders)."""
@@ -378,6 +379,7 @@ class Events:
             mode,
             force,
             {"events": {**found.rules.to_dict(), "filter": found.where.to_dict()}},
+            storage,
         )
 
 

@@ -1,6 +1,10 @@
 """Groups of images (a cluster run's clusters, events) as folders of links (or copies),
 marked so that ingest never takes them in.
 
+A link can only point at a file on this machine: images in a bucket or a tar shard are
+copied (downloaded) unless links are asked for, which is then refused before anything is
+written.
+
 The target folder gets a ``.organizer-export`` file listing what the export made. Ingest
 skips any folder holding one (an export inside a root would otherwise add every photo a
 second time), and exporting again over a marked folder first removes what the previous
@@ -21,10 +25,11 @@ from pathlib import Path
 from typing import Protocol
 
 from organizer import naming
-from organizer.atomic import write_text_atomic
+from organizer.atomic import write_bytes_atomic, write_text_atomic
 from organizer.choices import ExportMode
-from organizer.errors import ClusterError
-from organizer.scan import EXPORT_MARKER
+from organizer.errors import ClusterError, ImageError, OptionsError, StorageError
+from organizer.scan import EXPORT_MARKER, display_path
+from organizer.sources import Storage, is_local_folder, read_stored
 from organizer.store.queries import now
 from organizer.store.records import ClusterRecord, ClusterRunSummary, iso_utc
 
@@ -91,29 +96,43 @@ def check_target(real: str, inside: list[str], held: int) -> list[str]:
 
 
 def export_run(
-    run: ClusterRunSummary, target: Path, mode: str = ExportMode.SYMLINK, force: bool = False
+    run: ClusterRunSummary,
+    target: Path,
+    mode: str | None = None,
+    force: bool = False,
+    storage: Storage | None = None,
 ) -> ExportSummary:
     """One folder per cluster ('03-beach') of links to (or copies of) its images (see
     :func:`export_folders`)."""
     folders = [ExportFolder(_folder_name(run, c), c.members) for c in run.clusters]
-    return export_folders(folders, target, mode, force, {"run_id": run.run.id})
+    return export_folders(folders, target, mode, force, {"run_id": run.run.id}, storage)
 
 
 def export_folders(
     folders: Sequence[ExportFolder],
     target: Path,
-    mode: str = ExportMode.SYMLINK,
+    mode: str | None = None,
     force: bool = False,
     source: dict | None = None,
+    storage: Storage | None = None,
 ) -> ExportSummary:
     """Each folder of links to (or copies of) its images, under ``target``; ``source`` says
     in the marker what was exported (``{"run_id": 3}``).
 
     Refuses a non-empty target unless ``force``: then a previous export there is replaced,
     and anything else in the folder is left as it is.
+
+    Args:
+        mode: ``"symlink"``, ``"copy"``, or None: link to files on this machine and copy
+            images in buckets and tar shards (nothing can link to those).
+        storage: how buckets are reached, for the images copied from them.
+
+    Raises:
+        OptionsError: ``"symlink"`` asked for images in a bucket or a shard (before anything
+            is written).
+        ClusterError: a target that cannot be used, or an export that stopped.
     """
-    if mode not in tuple(ExportMode):
-        raise ClusterError(f"unknown export mode {mode!r}: choose symlink or copy")
+    _check_mode(folders, mode)
     target = Path(target).expanduser()
     if target.exists() and not target.is_dir():
         raise ClusterError(f"{target} is a file: choose a folder to export into")
@@ -130,16 +149,17 @@ def export_folders(
         replaced = _remove_previous(target, previous) if previous else 0
         _write_marker(target, about, made)  # before any link: a half-done export is skipped too
         marked = True
-        counts = _export_members(folders, target, mode, made)
+        counts = _export_members(folders, target, mode, made, storage)
         _write_marker(target, about, made)
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         if made or (previous and marked):
             with contextlib.suppress(OSError):  # listed, so that the next --force removes them
                 _write_marker(target, about, made)
         elif not previous:
             _unmark(target, folders, existed)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ClusterError(
-            f"export to {target} stopped: {exc.strerror or exc} (your photos are untouched)"
+            f"export to {target} stopped: {why} (your photos are untouched)"
         ) from None
     done = len({entry.split("/", 1)[0] for entry in made})
     return ExportSummary(done, **counts, target=str(target), replaced=replaced)
@@ -161,8 +181,28 @@ def safe_folder_name(text: str, fallback: str = "untitled") -> str:
     return name or fallback
 
 
+def _check_mode(folders: Sequence[ExportFolder], mode: str | None) -> None:
+    """Refuse a mode that is unknown, or links that cannot point where the images are."""
+    if mode is not None and mode not in tuple(ExportMode):
+        raise ClusterError(f"unknown export mode {mode!r}: choose symlink or copy")
+    if mode != ExportMode.SYMLINK:
+        return
+    remote = [m for f in folders for m in f.images if not is_local_folder(m.root)]
+    if remote:
+        first = display_path(os.path.join(os.fsencode(remote[0].root), remote[0].relpath))
+        raise OptionsError(
+            f"--mode symlink cannot link to the {len(remote):,} images in a bucket or a tar "
+            f"shard (such as {first}): pass --mode copy, or leave --mode out to link to the "
+            "files on this machine and copy the others"
+        )
+
+
 def _export_members(
-    folders: Sequence[ExportFolder], target: Path, mode: str, made: list[str]
+    folders: Sequence[ExportFolder],
+    target: Path,
+    mode: str | None,
+    made: list[str],
+    storage: Storage | None,
 ) -> dict:
     counts = {"linked": 0, "copied": 0, "skipped": 0}
     for f in folders:
@@ -171,7 +211,7 @@ def _export_members(
         for m in f.images:
             os.makedirs(folder, exist_ok=True)
             name = _unique_name(m, used)
-            outcome = _export_one(m, os.path.join(folder, name), mode)
+            outcome = _export_one(m, os.path.join(folder, name), mode, storage)
             counts[outcome] += 1
             if outcome != "skipped":
                 made.append(f.name + "/" + os.fsdecode(name))
@@ -184,15 +224,30 @@ def _folder_name(run: ClusterRunSummary, cluster: ClusterRecord) -> str:
     return f"{cluster.number:0{width}d}-{naming.slug(cluster.label or 'cluster')}"
 
 
-def _export_one(member: Linked, dest: bytes, mode: str) -> str:
+def _export_one(member: Linked, dest: bytes, mode: str | None, storage: Storage | None) -> str:
     """Link or copy one image; which of the export's counts it adds to."""
-    source = os.path.join(os.fsencode(member.root), member.relpath)
-    if os.path.lexists(dest) or not os.path.exists(source):
+    if os.path.lexists(dest):
         return "skipped"
-    if mode == ExportMode.SYMLINK:
-        os.symlink(source, dest)
-        return "linked"
-    shutil.copy2(source, dest)
+    if not is_local_folder(member.root):
+        return _download(member, dest, storage)
+    source = os.path.join(os.fsencode(member.root), member.relpath)
+    if not os.path.exists(source):
+        return "skipped"
+    if mode == ExportMode.COPY:
+        shutil.copy2(source, dest)
+        return "copied"
+    os.symlink(source, dest)
+    return "linked"
+
+
+def _download(member: Linked, dest: bytes, storage: Storage | None) -> str:
+    """Copy an object in a bucket or a shard's member: whole, or not at all (a temporary
+    file beside ``dest``, renamed once written)."""
+    try:
+        data = read_stored(member.root, member.relpath, storage)
+    except ImageError:  # gone or changed since the ingest, as a missing file is
+        return "skipped"
+    write_bytes_atomic(Path(os.fsdecode(dest)), data, fsync=False, mode=0o666)
     return "copied"
 
 

@@ -468,19 +468,22 @@ class Library:
         self,
         run_id: int | None,
         target: Path,
-        mode: str = "symlink",
+        mode: str | None = None,
         force: bool = False,
         where: PhotoFilter | None = None,
     ) -> ExportSummary:
         """One folder per cluster of links to (or copies of) its images (see export_run);
-        warns when the folder is inside a root (ingest skips it: it is marked).
+        warns when the folder is inside a root (ingest skips it: it is marked). ``mode``
+        None links to files on this machine and copies images in buckets and tar shards.
 
         Raises:
+            OptionsError: ``mode`` "symlink" for images in a bucket or a tar shard.
             ClusterError: the folder holds photos of the library (marked, ingest would skip
                 them and they would drop out of the library).
         """
         clustering = Clustering(self.engine, self.embedder, self.home.cache_dir, where=where)
-        return self._export(target, lambda: clustering.export(run_id, target, mode, force))
+        storage = self.storage()
+        return self._export(target, lambda: clustering.export(run_id, target, mode, force, storage))
 
     def _export(self, target: Path, write: Callable[[], ExportSummary]) -> ExportSummary:
         real = os.path.realpath(Path(target).expanduser())
@@ -503,14 +506,17 @@ class Library:
     def export_events(
         self,
         target: Path,
-        mode: str = "symlink",
+        mode: str | None = None,
         force: bool = False,
         rules: EventRules | None = None,
         where: PhotoFilter | None = None,
     ) -> ExportSummary:
         """One folder per event, as :meth:`export` makes one per cluster (and its checks)."""
         events = self._events(include_offline=False)
-        return self._export(target, lambda: events.export(target, mode, force, rules, where))
+        storage = self.storage()
+        return self._export(
+            target, lambda: events.export(target, mode, force, rules, where, storage)
+        )
 
     def _events(self, include_offline: bool) -> Events:
         shown = self._roots.shown(include_offline)

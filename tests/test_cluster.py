@@ -125,11 +125,11 @@ def _export_fails_after(monkeypatch, entries: int) -> None:
 
     real, made = export._export_one, []
 
-    def export_one(member, dest, mode):
+    def export_one(member, dest, *how):
         if len(made) == entries:
             raise OSError(errno.ENOSPC, "No space left on device")
         made.append(dest)
-        return real(member, dest, mode)
+        return real(member, dest, *how)
 
     monkeypatch.setattr(export, "_export_one", export_one)
 
