@@ -37,7 +37,14 @@ from organizer.imaging import (
 )
 from organizer.photo_meta import PhotoMeta
 from organizer.scan import is_raw_name
-from organizer.sources import Storage, fetch, is_remote, read_member
+from organizer.sources import (
+    Storage,
+    fetch,
+    is_local_folder,
+    is_remote,
+    read_member,
+    read_stored,
+)
 
 CHANGED_WHILE_READING = -1  # stored as mtime_ns so that the next run always retries the file
 
@@ -188,6 +195,25 @@ def header_meta(path: bytes) -> PhotoMeta | None:
     except OSError:
         return None
     return meta or PhotoMeta()
+
+
+def stored_header_meta(
+    image: tuple[str, bytes], storage: Storage | None = None
+) -> PhotoMeta | None:
+    """:func:`header_meta` of an image (root, relpath) under any root: a folder's file (its
+    header only), an object in a bucket or a shard's member (read whole).
+
+    Raises:
+        StorageError: a bucket's service fails (one image's failure is None, as for a file).
+    """
+    root, relpath = image
+    if is_local_folder(root):
+        return header_meta(os.path.join(os.fsencode(root), relpath))
+    try:
+        data = read_stored(root, relpath, storage)
+    except ImageError:
+        return None
+    return file_meta(data, raw=is_raw_name(relpath)) or PhotoMeta()
 
 
 # -- reading ahead from buckets ----------------------------------------------------------------

@@ -5,6 +5,7 @@ whose vector was copied) without decoding or embedding anything again."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
@@ -13,8 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 from sqlalchemy import Connection, Engine
 
 from organizer.photo_meta import PhotoMeta
-from organizer.pipeline import header_meta
+from organizer.pipeline import stored_header_meta
 from organizer.places import Place, name_places
+from organizer.sources import Storage
 from organizer.store import meta_queries as mq
 from organizer.store.db import write_transaction
 
@@ -56,24 +58,29 @@ def backfill(
     root_ids: Sequence[int] | None,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    storage: Storage | None = None,
 ) -> int:
     """Read the headers of the ok images (under ``root_ids``) never read before, and record
     what they say; vectors are kept. Returns how many images were filled in.
 
-    A file that cannot be read now (a network share away, a permission) stays unread, to be
-    tried again by the next ingest; one whose header says nothing usable is recorded empty
-    (read again only when it changes).
+    A file that cannot be read now (a network share away, a permission, an object gone)
+    stays unread, to be tried again by the next ingest; one whose header says nothing usable
+    is recorded empty (read again only when it changes). Objects in buckets (``storage``
+    says how to reach them) and shards' members are read whole.
+
+    Raises:
+        StorageError: a bucket's service fails; what was recorded before is kept.
     """
     with engine.connect() as conn:
         todo = mq.unread(conn, root_ids)
     if not todo:
         return 0
     done = filled = 0
-    with _headers([path for _, path in todo], workers) as headers:
+    with _headers([(root, relpath) for _, root, relpath in todo], workers, storage) as headers:
         for start in range(0, len(todo), FILL_BATCH):
             batch = todo[start : start + FILL_BATCH]
             read = zip(batch, itertools.islice(headers, len(batch)), strict=True)
-            items = [(image_id, meta) for (image_id, _), meta in read if meta is not None]
+            items = [(image_id, meta) for (image_id, *_), meta in read if meta is not None]
             places = name_places_of([meta for _, meta in items])
             with write_transaction(engine) as conn:
                 record_meta(conn, items, places)
@@ -85,12 +92,15 @@ def backfill(
 
 
 @contextlib.contextmanager
-def _headers(paths: list[bytes], workers: int) -> Iterator[Iterator[PhotoMeta | None]]:
-    """Each file's header, in order: read in this process for a few files, else (Pillow
+def _headers(
+    images: list[tuple[str, bytes]], workers: int, storage: Storage | None
+) -> Iterator[Iterator[PhotoMeta | None]]:
+    """Each image's header, in order: read in this process for a few images, else (Pillow
     parses EXIF in Python) by ``workers`` processes started once, which read ahead while
     this process names places and writes."""
-    if workers <= 1 or len(paths) < PARALLEL_FROM:
-        yield (header_meta(p) for p in paths)
+    read = functools.partial(stored_header_meta, storage=storage)
+    if workers <= 1 or len(images) < PARALLEL_FROM:
+        yield (read(image) for image in images)
         return
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        yield pool.map(header_meta, paths, chunksize=READ_CHUNK)
+        yield pool.map(read, images, chunksize=READ_CHUNK)

@@ -153,6 +153,7 @@ class Ingestor:
             self.engine,
             [t.root_id for t in targets if t.root_id is not None],
             workers=usable_cores() if self.options.workers != 0 else 0,
+            storage=self.options.storage,
         )
         self.summary.elapsed_s = time.perf_counter() - started
         return self.summary

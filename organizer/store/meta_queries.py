@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, case, delete, func, insert, literal, or_, select
@@ -96,8 +95,8 @@ def place_ids(conn: Connection, places: Sequence[NamedPlace]) -> dict[str, int]:
     return known
 
 
-def unread(conn: Connection, root_ids: Sequence[int] | None = None) -> list[tuple[int, bytes]]:
-    """(id, absolute path) of the ok images whose header was never read, or read by an older
+def unread(conn: Connection, root_ids: Sequence[int] | None = None) -> list[tuple[int, str, bytes]]:
+    """(id, root, relpath) of the ok images whose header was never read, or read by an older
     reader: what the next ingest fills in."""
     images, roots = q.images, q.roots_t
     stmt = (
@@ -112,9 +111,7 @@ def unread(conn: Connection, root_ids: Sequence[int] | None = None) -> list[tupl
     )
     if root_ids is not None:
         stmt = stmt.where(images.c.root_id.in_(list(root_ids)))
-    return [
-        (row.id, os.path.join(os.fsencode(row.path), row.relpath)) for row in conn.execute(stmt)
-    ]
+    return [(row.id, row.path, row.relpath) for row in conn.execute(stmt)]
 
 
 def meta_counts(conn: Connection) -> dict[str, int]:
