@@ -422,6 +422,7 @@ class Library:
             self.home.name,
             lambda: self._writer("clean", False),
             self.refresh_index,
+            self.storage(),
         )
 
     # -- clusters --------------------------------------------------------------------------

@@ -9,17 +9,21 @@ companions theirs beside it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from organizer.duplicates import trash
 from organizer.duplicates.journal import Intent
-from organizer.duplicates.plan import Plan, PlannedFile, PlannedGroup
-from organizer.errors import PlanError
+from organizer.duplicates.plan import Plan, PlannedFile, PlannedGroup, normal_path
+from organizer.errors import ImageError, PlanError, StorageError
 from organizer.paths import is_within
 from organizer.scan import display_path, shown_path
 from organizer.scan import display_text as shown_text
+from organizer.sources import Storage, is_local_folder, read_stored
+
+NOT_HERE = "in a bucket or a tar shard: organizer only moves files on this machine"
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,17 @@ class _Accepted:
 
 
 def check_plan(
-    plan: Plan, plan_path: Path, roots: list[str], to: bytes | None, earlier: set[bytes]
+    plan: Plan,
+    plan_path: Path,
+    roots: list[str],
+    to: bytes | None,
+    earlier: set[bytes],
+    storage: Storage | None = None,
 ) -> tuple[list[Intent], list[LeftFile]]:
     """The moves a plan may make now (numbered, companions after their photo), and the
     files it leaves where they are, with the reason (``earlier``: the files an earlier
-    clean-up of the plan moved). Reads every file the plan names.
+    clean-up of the plan moved). Reads every file the plan names. Files in buckets and tar
+    shards never move; a keeper there is read through ``storage`` to check it.
 
     Raises:
         PlanError: none of the plan's files is under a root of this library.
@@ -78,18 +88,21 @@ def check_plan(
     accepted: list[_Accepted] = []
     left: list[LeftFile] = []
     located = 0
-    keepers = [_keeper(group, roots) for group in plan.groups]
+    keepers = [_keeper(group, roots, storage) for group in plan.groups]
     # Every keeper, by its inode: a file kept by one group and named otherwise (through a
     # folder link, or a hard link) in another group's move list stays too.
     kept = {(k.dev, k.ino) for _, k in keepers if k is not None}
     for group, (problem, _) in zip(plan.groups, keepers, strict=True):
-        files = [(os.path.normpath(f.path), f) for f in group.move]
+        files = [(normal_path(f.path), f) for f in group.move]
         found = [(path, f, trash.root_of(path, roots)) for path, f in files]
         located += sum(root is not None for _, _, root in found)
         if problem is not None:
             left.extend(LeftFile(path, root, group.id, problem) for path, _, root in found)
             continue
         for path, f, root in found:
+            if root is not None and not is_local_folder(root):
+                left.append(LeftFile(path, root, group.id, NOT_HERE))
+                continue
             try:
                 accepted.append(_Accepted(group.id, _root(root), path, _check(path, f, kept, to)))
             except trash.Skip as skip:
@@ -110,18 +123,38 @@ def _root(root: str | None) -> str:
     return root
 
 
-def _keeper(group: PlannedGroup, roots: list[str]) -> tuple[str | None, trash.Seen | None]:
+def _keeper(
+    group: PlannedGroup, roots: list[str], storage: Storage | None
+) -> tuple[str | None, trash.Seen | None]:
     """(why the group is left alone, or None; the keeper as it is now)."""
-    path = os.path.normpath(group.keep.path)
+    path = normal_path(group.keep.path)
     root = trash.root_of(path, roots)
     shown = shown_text(os.fsdecode(path)) if root is None else LeftFile(path, root, "", "").shown()
     try:
-        seen = trash.look(path)
+        if root is None or is_local_folder(root):
+            seen = trash.look(path)
+        else:
+            seen = _look_stored(path, root, storage)
     except trash.Skip as skip:
         return f"its keeper {shown} is {skip}: the group is left as it is", None
     if (seen.size, seen.sha256) != (group.keep.size, group.keep.sha256):
         return f"its keeper {shown} changed since the plan: the group is left as it is", None
     return None, seen
+
+
+def _look_stored(path: bytes, root: str, storage: Storage | None) -> trash.Seen:
+    """A keeper in a bucket or a tar shard, read through to its SHA-256 (it stays there, and
+    its copies on this machine may go).
+
+    Raises:
+        Skip: it cannot be read now.
+    """
+    try:
+        data = read_stored(root, path[len(os.fsencode(root)) + 1 :], storage)
+    except (ImageError, StorageError) as exc:
+        raise trash.Skip(f"not readable now ({exc})") from None
+    # No inode: (-1, -1) is no file's on this machine.
+    return trash.Seen(len(data), 0, -1, -1, hashlib.sha256(data).hexdigest())
 
 
 def _check(

@@ -35,6 +35,7 @@ from organizer.duplicates.journal import (
 from organizer.duplicates.plan import Plan
 from organizer.errors import CleanError, LibraryError
 from organizer.scan import display_path, exact_path, shown_path
+from organizer.sources import Storage
 from organizer.store import queries as q
 from organizer.store import trash_queries as tq
 from organizer.store.db import write_transaction
@@ -131,12 +132,15 @@ class CleanUp:
         library: str,
         writer: Callable[[], AbstractContextManager[object]],
         refresh_index: Callable[[], str | None],
+        storage: Storage | None = None,
     ):
         """``writer()`` holds the library's writer lock (never waiting) for a clean-up or an
         undo; ``refresh_index()`` brings the index in step after images left or came back
         (a warning when its file could not be written); ``library`` names the library in a
-        journal's header, for people."""
+        journal's header, for people; ``storage`` reaches keepers in buckets (files there
+        are never moved)."""
         self.engine = engine
+        self.storage = storage
         self.folder = folder.absolute()  # printed in the undo command: from any folder
         self.library = library
         self.writer = writer
@@ -173,14 +177,14 @@ class CleanUp:
             if interrupted is not None:
                 return self._summary(interrupted, interrupted.pending(), dry_run=True)
             earlier = moved_before(self.folder, plan.checksum)
-            intents, left = check_plan(plan, plan_path, roots, target, earlier)
+            intents, left = check_plan(plan, plan_path, roots, target, earlier, self.storage)
             return CleanSummary(tuple(map(CleanFile.of, intents)), tuple(left), None, True)
         with self.writer():
             interrupted = resumable(self.folder, plan.checksum)
             if interrupted is not None:
                 return self._carry_out(interrupted, Journal.reopen(interrupted.path))
             earlier = moved_before(self.folder, plan.checksum)
-            intents, left = check_plan(plan, plan_path, roots, target, earlier)
+            intents, left = check_plan(plan, plan_path, roots, target, earlier, self.storage)
             if not intents:
                 return CleanSummary((), tuple(left), None)
             header = Header(

@@ -17,6 +17,7 @@ from pathlib import Path
 from organizer.atomic import write_text_atomic
 from organizer.choices import DuplicateKind
 from organizer.errors import PlanError
+from organizer.sources import is_remote
 
 PLAN_FORMAT = 1
 
@@ -25,7 +26,7 @@ PLAN_FORMAT = 1
 class PlannedFile:
     """A file a plan names: where it is and what it must still contain."""
 
-    path: bytes  # absolute, the filesystem's bytes
+    path: bytes  # absolute, the filesystem's bytes (an object's URL in a bucket)
     sha256: str
     size: int
 
@@ -39,8 +40,8 @@ class PlannedFile:
         if not isinstance(d, dict):
             raise PlanError(f"{where} is not a file entry ({{'path', 'sha256', 'size'}})")
         path, digest, size = d.get("path"), d.get("sha256"), d.get("size")
-        if not isinstance(path, str) or not os.path.isabs(path):
-            raise PlanError(f"{where}: 'path' must be an absolute path")
+        if not isinstance(path, str) or not (os.path.isabs(path) or is_remote(path)):
+            raise PlanError(f"{where}: 'path' must be an absolute path (or a bucket URL)")
         try:
             raw = os.fsencode(path)
         except UnicodeEncodeError:  # a lone surrogate no file name's bytes decode to
@@ -155,15 +156,21 @@ def _check_each_file_once(groups: Iterable[PlannedGroup]) -> None:
     kept: set[bytes] = set()
     moved: set[bytes] = set()
     for g in groups:
-        kept.add(os.path.normpath(g.keep.path))
+        kept.add(normal_path(g.keep.path))
     for g in groups:
         for f in g.move:
-            path = os.path.normpath(f.path)
+            path = normal_path(f.path)
             if path in kept:
                 raise PlanError(f"{os.fsdecode(f.path)} is both kept and moved: edit the plan")
             if path in moved:
                 raise PlanError(f"{os.fsdecode(f.path)} is moved twice: edit the plan")
             moved.add(path)
+
+
+def normal_path(path: bytes) -> bytes:
+    """A plan's path with ``..`` and doubled slashes resolved; a URL as it is (its ``//``
+    is no doubled slash)."""
+    return path if is_remote(path) else os.path.normpath(path)
 
 
 def _hex(text: str) -> bool:
