@@ -216,6 +216,14 @@ def _ingest_path(value: str) -> str:
 
 
 @_parses
+def _image_path(value: str) -> str:
+    """An image: a file, a member of a tar shard, or an object's URL in a bucket; not empty.
+    Kept as text: Path() would make 's3://b/a.jpg' 's3:/b/a.jpg'."""
+    _path(value)
+    return value
+
+
+@_parses
 def _folder(value: str) -> Path:
     """A folder that may not exist yet (a shard folder): not empty, not a file."""
     path = _path(value)
@@ -803,8 +811,12 @@ ThresholdOpt = Annotated[
 def similar(
     ctx: typer.Context,
     photo: Annotated[
-        Path,
-        typer.Argument(parser=_path, help="An image: one in the library, or any other file."),
+        str,
+        typer.Argument(
+            parser=_image_path,
+            help="An image: one in the library (a file, s3://BUCKET/KEY, or SHARD.tar/MEMBER), "
+            "or any other file.",
+        ),
     ],
     limit: LimitOpt = 12,
     old_limit: OldLimitOpt = None,

@@ -24,6 +24,7 @@ from organizer.paths import is_within
 from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import Job, prepare
 from organizer.scan import display_path, display_text, exact_path, is_image_name, shown_path
+from organizer.sources import is_local_folder, is_remote
 from organizer.store import queries as q
 from organizer.store.filter_queries import kept_ids
 from organizer.store.records import ImageRecord, ImageStatus, KnownImage, OfflineImages, facts_of
@@ -125,28 +126,42 @@ class Finder:
 
     # -- query vectors ---------------------------------------------------------------------
 
-    def known_at(self, path: Path) -> KnownImage | None:
-        """The library's image at a path (any status), found under its root, or None."""
-        real = os.path.realpath(path)
-        with self.engine.connect() as conn:
-            for root_id, root in q.all_roots(conn).items():
-                if is_within(real, root, strictly=True):
-                    return q.find_image(conn, root_id, os.fsencode(os.path.relpath(real, root)))
-        return None
+    def known_at(self, path: str | Path) -> KnownImage | None:
+        """The library's image at a path (any status), or None: a file under a folder root
+        (links resolved), a member under a tar shard root (``/x/000001.tar/a.jpg``), or an
+        object under a bucket root, by its URL (exactly the root, '/' and its key)."""
+        found = self._lookup(path)
+        return None if found is None else found[1]
 
-    def stored_vector(self, path: Path) -> tuple[int, np.ndarray] | None:
-        """The stored vector of a file the library holds unchanged, without loading a model."""
-        try:
-            st = os.stat(os.path.realpath(path))
-        except OSError:
+    def _lookup(self, path: str | Path) -> tuple[str, KnownImage | None] | None:
+        """(the innermost root ``path`` is under, the image there or None), or None."""
+        text = os.fspath(path)
+        where = text if is_remote(text) else os.path.realpath(text)
+        with self.engine.connect() as conn:
+            under = [
+                (i, r) for i, r in q.all_roots(conn).items() if is_within(where, r, strictly=True)
+            ]
+            if not under:
+                return None
+            root_id, root = max(under, key=lambda found: len(found[1]))
+            relpath = os.fsencode(where[len(root.rstrip("/")) + 1 :])
+            return root, q.find_image(conn, root_id, relpath)
+
+    def stored_vector(self, path: str | Path) -> tuple[int, np.ndarray] | None:
+        """The stored vector of an image the library holds, without loading a model: a file
+        unchanged since its ingest, an object in a bucket or a shard's member (as ingested:
+        they are not asked for again here)."""
+        looked = self._lookup(path)
+        found = None if looked is None else looked[1]
+        if looked is None or found is None or found.status != ImageStatus.OK:
             return None
-        found = self.known_at(path)
-        if (
-            found is None
-            or found.status != ImageStatus.OK
-            or (found.size, found.mtime_ns) != (st.st_size, st.st_mtime_ns)
-        ):
-            return None
+        if is_local_folder(looked[0]):
+            try:
+                st = os.stat(os.path.realpath(path))
+            except OSError:
+                return None
+            if (found.size, found.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                return None
         with self.engine.connect() as conn:
             model = q.library_model(conn)
             assert model is not None  # the image was embedded by it
@@ -202,13 +217,19 @@ class Finder:
         threshold: float | None = None,
         offset: int = 0,
     ) -> Results:
-        """Images most like the image file ``photo``, leaving the photo itself out."""
-        path = Path(photo).expanduser()
-        if path.is_dir():
+        """Images most like the image file ``photo``, leaving the photo itself out; an image
+        of the library in a bucket (its URL) or a tar shard (``/x/000001.tar/a.jpg``) too."""
+        text = os.fspath(photo)
+        path = None if is_remote(text) else Path(text).expanduser()
+        if path is not None and path.is_dir():
             raise QueryError(f"{photo} is a folder: similar takes one image file")
-        if not path.is_file():
-            raise QueryError(f"image not found: {photo}")
-        image_id, vector = self.image_vector(path)
+        if path is not None and path.is_file():
+            image_id, vector = self.image_vector(path)
+        else:
+            found = self.stored_vector(text if path is None else path)
+            if found is None:
+                raise QueryError(f"image not found: {photo}")
+            image_id, vector = found
         exclude = () if image_id is None else (image_id,)
         return Results(
             display_text(str(photo)), self.ranked(vector, limit, exclude, threshold, offset)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -200,7 +199,7 @@ def _resolve(
 ) -> list[ImageRecord]:
     paths = [t for t in targets if os.sep in t or os.path.exists(t) or not _looks_like_id(t)]
     ids = [t.lower() for t in targets if t not in paths]
-    records = [_image_at(engine, finder, Path(p)) for p in paths]
+    records = [_image_at(engine, finder, p) for p in paths]
     if ids:
         found = find(engine, finder, DuplicateOptions(threshold=threshold))
         by_id = {g.id: g for g in found.groups}
@@ -219,7 +218,7 @@ def _looks_like_id(text: str) -> bool:
     return len(text) == 12 and all(c in "0123456789abcdef" for c in text.lower())
 
 
-def _image_at(engine: Engine, finder: Finder, path: Path) -> ImageRecord:
+def _image_at(engine: Engine, finder: Finder, path: str) -> ImageRecord:
     found = finder.known_at(path)
     if found is None or found.status != ImageStatus.OK:
         raise OptionsError(f"{path} is not an image of this library (ingest it first)")
