@@ -23,6 +23,10 @@ class StorageError(LibraryError):
     middle of a run (what was committed is kept; the same command later finishes the rest)."""
 
 
+class NotFoundError(StorageError):
+    """An object (or a shard) that is not there: the service itself answered."""
+
+
 class ConnectionLostError(LibraryError):
     """The connection to the library's database broke mid-command (a server restart, a
     network failure); what was committed is kept."""

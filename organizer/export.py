@@ -251,10 +251,19 @@ def _download(member: Linked, dest: bytes, storage: Storage | None) -> str:
     return "copied"
 
 
+# A file name on most disks is at most 255 bytes; a bucket's key may be 1,024 long.
+MAX_NAME_BYTES = 200
+
+
 def _unique_name(member: Linked, used: set[bytes]) -> bytes:
-    """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it."""
+    """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it; a
+    name too long for a disk keeps its start and its extension."""
     name = os.path.basename(member.relpath)
     stem, ext = os.path.splitext(name)
+    if len(name) > MAX_NAME_BYTES:
+        ext = ext[:16]
+        stem = stem[: MAX_NAME_BYTES - len(ext)]
+        name = stem + ext
     n = 1
     while name in used:
         n += 1

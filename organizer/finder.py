@@ -24,7 +24,7 @@ from organizer.paths import is_within
 from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import Job, prepare
 from organizer.scan import display_path, display_text, exact_path, is_image_name, shown_path
-from organizer.sources import is_local_folder, is_remote
+from organizer.sources import is_local_folder, is_remote, normalise
 from organizer.store import queries as q
 from organizer.store.filter_queries import kept_ids
 from organizer.store.records import ImageRecord, ImageStatus, KnownImage, OfflineImages, facts_of
@@ -136,7 +136,7 @@ class Finder:
     def _lookup(self, path: str | Path) -> tuple[str, KnownImage | None] | None:
         """(the innermost root ``path`` is under, the image there or None), or None."""
         text = os.fspath(path)
-        where = text if is_remote(text) else os.path.realpath(text)
+        where = normalise(text) if is_remote(text) else os.path.realpath(text)
         with self.engine.connect() as conn:
             under = [
                 (i, r) for i, r in q.all_roots(conn).items() if is_within(where, r, strictly=True)

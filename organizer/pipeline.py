@@ -134,7 +134,8 @@ def read_job(job: Job) -> tuple[bytes, int, int]:
         return job.data, job.size, job.mtime_ns
     storage = job.storage or Storage()
     if job.shard is not None:
-        data = read_member(job.shard, job.offset, job.size, storage, job.version)
+        name = job.path[len(job.shard.rstrip(b"/")) + 1 :]
+        data = read_member(job.shard, job.offset, job.size, storage, job.version, name)
         return data, job.size, job.mtime_ns
     if is_remote(job.path):
         return fetch(job.path, storage, size=job.size), job.size, job.mtime_ns

@@ -233,3 +233,91 @@ def test_a_throttled_service_is_retried_with_backoff(cli, s3, s3_proxy, tmp_path
     done = js(cli("ingest", s3.url("p"), "--json"))
     assert (done["new"], done["failed"]) == (6, 0)
     assert s3_proxy.throttled == 3
+
+
+def shard_bytes(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_shard_in_a_bucket_rewritten_after_its_listing_is_not_misread(s3):
+    from organizer.errors import ImageError
+    from organizer.sources import read_member
+
+    a, b = (image_bytes(picture(i), "BMP") for i in (1, 2))  # the same size
+    s3.put("shards/s.tar", shard_bytes({"a.jpg": a, "b.jpg": b}))
+    listed = scan_source(s3.url("shards/s.tar"), storage=Storage())
+    first = next(f for f in listed.files if f.relpath == b"a.jpg")
+    where = (s3.url("shards/s.tar"), first.offset, first.size, Storage())
+    assert read_member(*where, name=b"a.jpg") == a
+    s3.put("shards/s.tar", shard_bytes({"b.jpg": b, "a.jpg": a}))  # the order swapped
+    with pytest.raises(ImageError, match="the shard changed since it was listed"):
+        read_member(*where, name=b"a.jpg")
+
+
+def test_a_shard_gone_from_its_bucket_goes_missing_and_the_rest_goes_on(cli, s3, tmp_path):
+    s3.put("shards/000.tar", shard_bytes({"a.jpg": image_bytes(picture(1), "JPEG")}))
+    s3.put("shards/001.tar", shard_bytes({"b.jpg": image_bytes(picture(2), "JPEG")}))
+    make_folder(tmp_path / "local", 2)
+    assert cli("ingest", s3.url("shards/{000..001}.tar"), tmp_path / "local").exit_code == 0
+    s3.delete("shards/001.tar")
+    make_folder(tmp_path / "local", 1, start_seed=10)
+    done = js(cli("ingest", "--json"))
+    assert (done["missing"], done["new"], done["unchanged"]) == (1, 1, 3)
+
+
+def test_an_unreachable_bucket_is_skipped_by_a_plain_ingest(cli, s3, s3_proxy, tmp_path):
+    make_folder(tmp_path / "up", 2)
+    s3.upload_folder(tmp_path / "up", "p")
+    make_folder(tmp_path / "local", 2)
+    assert cli("ingest", s3.url("p"), tmp_path / "local").exit_code == 0
+    s3_proxy.pause()
+    make_folder(tmp_path / "local", 1, start_seed=10)
+    done = js(cli("ingest", "--json"))  # every root: the bucket cannot be listed
+    assert (done["new"], done["missing"]) == (1, 0)
+    assert any("cannot be reached" in p and "(skipped)" in p for p in done["problems"])
+    named = cli("ingest", s3.url("p"))  # named, it is an error
+    assert named.exit_code == 1 and "cannot be reached" in named.stderr
+    s3_proxy.resume()
+
+
+def test_odd_keys_and_empty_members_are_skipped_or_recorded(cli, s3):
+    jpeg = image_bytes(picture(5), "JPEG")
+    s3.put("p/a.jpg", jpeg)
+    s3.put("p//etc/b.jpg", jpeg)  # an empty part: never a path on this machine
+    s3.put("p/s.tar", b"")  # not an image, counted
+    done = js(cli("ingest", s3.url("p"), "--json"))
+    assert (done["new"], done["failed"]) == (1, 0)
+    assert done["skipped"] == {".jpg": 1, ".tar": 1}
+    s3.put("shards/e.tar", shard_bytes({"e.jpg": b"", "f.jpg": jpeg}))
+    shard = js(cli("ingest", s3.url("shards/e.tar"), "--json"))
+    assert (shard["failed"], shard["reused"]) == (1, 1)
+    failed = js(cli("status", "--failed", "--json"))["failed"]
+    assert [f["reason"] for f in failed if f["path"] == "e.jpg"] == ["empty file"]
+
+
+def test_a_gone_object_reads_as_an_image_error_and_other_protocols_are_one_line(cli, bucket):
+    from organizer.errors import ImageError
+    from organizer.sources import read_stored
+
+    bucket.delete("photos/img000.jpg")
+    with pytest.raises(ImageError):
+        read_stored(bucket.url("photos"), b"img000.jpg", Storage(), limit=10**9)
+    result = cli("ingest", "ftp://127.0.0.1:9/photos")
+    assert result.exit_code in (1, 2) and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_similar_takes_an_objects_url_however_its_scheme_is_spelt(cli, bucket):
+    assert cli("ingest", bucket.url("photos")).exit_code == 0
+    url = bucket.url("photos/img004.jpg").replace("s3://", "S3://")
+    hits = js(cli("similar", url, "-n", "2", "--json"))
+    assert len(hits["results"]) == 2 and all(r["path"] != "img004.jpg" for r in hits["results"])

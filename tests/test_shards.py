@@ -138,3 +138,76 @@ def test_retry_failed_opens_an_unchanged_shard_again(cli, tmp_path):
     assert js(cli("ingest", shard, "--json"))["unchanged"] == 4  # not opened
     again = js(cli("ingest", shard, "--retry-failed", "--json"))
     assert (again["failed"], again["unchanged"]) == (1, 3)  # listed, the failed one read
+
+
+def test_a_member_removed_from_a_shard_stays_missing(cli, tmp_path):
+    members = samples(0, 2)
+    shard = write_shard(tmp_path / "s.tar", members)
+    assert js(cli("ingest", shard, "--json"))["new"] == 2
+    del members["000001.jpg"]
+    os.utime(write_shard(shard, members), ns=(10**18, 10**18))
+    assert js(cli("ingest", shard, "--json"))["missing"] == 1
+    again = js(cli("ingest", shard, "--json"))  # unchanged: not opened, and b not back
+    assert again["unchanged"] == 1
+    status = js(cli("status", "--json"))["images"]
+    assert (status["ok"], status["missing"]) == (1, 1)
+
+
+def test_a_name_written_twice_in_a_shard_is_its_last_copy(cli, tmp_path):
+    shard = tmp_path / "twice.tar"
+    write_shard(shard, {"a.jpg": image_bytes(picture(1), "JPEG")})
+    with tarfile.open(shard, "a") as tar:  # as `tar -r` appends
+        data = image_bytes(picture(2), "JPEG")
+        info = tarfile.TarInfo("a.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    done = js(cli("ingest", shard, "--json"))
+    assert (done["new"], done["failed"]) == (1, 0)
+
+
+def test_a_folder_whose_name_ends_in_tar_is_a_folder(cli, tmp_path):
+    folder = tmp_path / "photos.tar"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(image_bytes(picture(3), "JPEG"))
+    assert js(cli("ingest", folder, "--json"))["new"] == 1
+    roots = js(cli("roots", "--json"))["roots"]
+    assert roots[0]["present"] is True
+
+
+def test_a_shard_rewritten_during_the_run_is_read_again_next_time(tmp_path, fake_lib):
+    from organizer.ingest import IngestOptions
+
+    members = samples(0, 4)
+    shard = write_shard(tmp_path / "moving.tar", members)
+
+    def rewrite(p):
+        if p.done == 1:  # the others are read from the listing's offsets, now stale
+            os.utime(write_shard(shard, dict(reversed(members.items()))), ns=(10**18,) * 2)
+
+    options = IngestOptions(workers=0, batch_size=1)
+    first = fake_lib.ingest([str(shard)], options=options, progress=rewrite)
+    assert first.new >= 1 and first.failed >= 1
+    reasons = {f.reason for f in fake_lib.failures()}
+    assert reasons == {"the shard changed since it was listed; it will be retried"}
+    second = fake_lib.ingest([str(shard)], options=options)
+    assert second.failed == 0
+    assert second.new + second.changed + second.unchanged == 4
+
+
+def test_a_folder_named_like_a_brace_pattern_is_taken_as_it_is(cli, tmp_path):
+    folder = tmp_path / "{a,b}"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(image_bytes(picture(4), "JPEG"))
+    assert js(cli("ingest", folder, "--json"))["new"] == 1
+    assert js(cli("ingest", f"file://{tmp_path}/{{a,b}}", "--json"))["unchanged"] == 1
+
+
+def test_a_shard_root_moves_with_its_file(cli, tmp_path):
+    shard = write_shard(tmp_path / "old" / "s.tar", samples(0, 3))
+    assert cli("ingest", shard).exit_code == 0
+    new = tmp_path / "new" / "s.tar"
+    new.parent.mkdir()
+    shard.rename(new)
+    moved = js(cli("roots", "move", shard, new, "--json"))
+    assert moved["checked"]["same_size"] == 3
+    assert js(cli("ingest", new, "--json"))["unchanged"] == 3

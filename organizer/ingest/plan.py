@@ -33,6 +33,9 @@ class Target:
     prefix: bytes = b""
     absorb: list[tuple[int, bytes]] = field(default_factory=list)
     scan: ScanResult | None = None
+    # Walked because it is a root, not because it was named: one that cannot be listed now
+    # (a bucket out of reach) is skipped with a problem, as an unplugged drive is.
+    optional: bool = False
 
     @property
     def shard(self) -> bool:
@@ -104,11 +107,8 @@ def _plan_target(
     scan = target.scan
     assert scan is not None, "a target is planned after its folder was scanned"
     if scan.unchanged:  # a shard as it was read last time: nothing in it to look at
-        for kept in known.values():
-            if kept.status == ImageStatus.MISSING and kept.content_hash:
-                result.restore.append(kept.id)
-            else:
-                result.unchanged += 1
+        # (what went missing from it went missing in this very version: it stays missing)
+        result.unchanged += sum(k.status != ImageStatus.MISSING for k in known.values())
         return
     seen = set()
     for entry in scan.files:
@@ -173,14 +173,18 @@ def ingest_folders(paths: list[str | Path]) -> list[str]:
     for raw in paths:
         if raw == "":  # Path("") is the working folder: an unset variable, not a choice
             raise OptionsError("an empty path is not a folder: give the folder to ingest")
-        for one in _spelled(os.fspath(raw)):
+        text = os.fspath(raw)
+        if text[:7].lower() == "file://":
+            text = text[7:]
+        for one in _spelled(text):
             reals.append(normalise(one) if is_remote(one) else _local_root(one))
     return reals
 
 
 def _spelled(text: str) -> list[str]:
-    """The names a brace pattern spells (``{a,b}``, ``{000..099}``), or the text itself."""
-    if "{" not in text:
+    """The names a brace pattern spells (``{a,b}``, ``{000..099}``), or the text itself
+    (also a path on this machine that is there as it is written: a folder named ``{a,b}``)."""
+    if "{" not in text or (not is_remote(text) and os.path.lexists(os.path.expanduser(text))):
         return [text]
     from braceexpand import braceexpand
 

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from organizer.background import Background
 from organizer.embed import Embedder, ModelShape, ModelSpec
 from organizer.embed.runtime import usable_cores
-from organizer.errors import Interrupted, ModelError, StorageError
+from organizer.errors import Interrupted, ModelError, NotFoundError, StorageError
 from organizer.imaging import PreprocessSpec
 from organizer.ingest import distributed
 from organizer.ingest.distributed import RayOptions
@@ -31,7 +31,7 @@ from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
 from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
-from organizer.scan import extension
+from organizer.scan import ScanResult, extension
 from organizer.sources import Storage, scan_source
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage, LibraryModel
@@ -100,7 +100,7 @@ class Ingestor:
         self.progress = progress
         self.cancel = cancel
         self.summary = IngestSummary()
-        self.writer = BatchWriter(engine, self.model_id, self.summary, run_id)
+        self.writer = BatchWriter(engine, self.model_id, self.summary, run_id, options.storage)
         self._done, self._total = 0, 0  # files read, files to read
         self._embedder: Embedder | None = None
         # The model's input, as the library recorded it: files can be decoded before (and
@@ -172,14 +172,7 @@ class Ingestor:
             if target.shard and target.root_id is not None and not again:
                 with self.engine.connect() as conn:
                     known_version = q.root_version(conn, target.root_id)
-            target.scan = scan_source(
-                target.root_path,
-                start=target.prefix,
-                exclude=self.options.exclude,
-                follow_symlinks=self.options.follow_symlinks,
-                storage=self.options.storage,
-                known_version=known_version,
-            )
+            target.scan = self._listed(target, known_version)
             self.summary.problems += [
                 f"{target.root_path}/{os.fsdecode(p.relpath)}: {p.reason}"
                 for p in target.scan.problems
@@ -192,6 +185,29 @@ class Ingestor:
                 os.path.join(target.root_path, os.fsdecode(d)) if d else target.root_path
                 for d in target.scan.export_dirs
             ]
+
+    def _listed(self, target: Target, known_version: str | None) -> ScanResult:
+        """A target's listing. A shard gone from its bucket has nothing left in it (its
+        images go missing); a root that is walked only because it is one, and cannot be
+        listed now (a bucket out of reach), is left as it is, with a problem saying why."""
+        try:
+            return scan_source(
+                target.root_path,
+                start=target.prefix,
+                exclude=self.options.exclude,
+                follow_symlinks=self.options.follow_symlinks,
+                storage=self.options.storage,
+                known_version=known_version,
+            )
+        except NotFoundError:
+            if not (target.shard and target.root_id is not None):
+                raise
+            return ScanResult(root=target.root_path)
+        except StorageError as exc:
+            if not target.optional:
+                raise
+            self.summary.problems.append(f"{exc} (skipped)")
+            return ScanResult(root=target.root_path, unlisted_dirs=[b""])
 
     def _record_targets(self) -> None:
         """Record the model (a new library's) and the new roots: the run's first write."""

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import Connection, Engine
 
+from organizer.errors import OrganizerError
 from organizer.ingest.metadata import name_places_of, record_meta
 from organizer.ingest.plan import FileWork, Target, Unlistable
 from organizer.ingest.summary import IngestSummary
 from organizer.photo_meta import PhotoMeta
-from organizer.pipeline import Prepared
-from organizer.sources import is_local_folder, is_remote
+from organizer.pipeline import CHANGED_WHILE_READING, Prepared
+from organizer.sources import Storage, fingerprint, is_local_folder, is_remote
 from organizer.store import meta_queries as mq
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
@@ -97,8 +98,11 @@ class BatchWriter:
         model_id: int | None,
         summary: IngestSummary,
         run_id: int | None = None,
+        storage: Storage | None = None,
     ):
-        """``run_id``: the ingest run to record progress on, with each batch."""
+        """``run_id``: the ingest run to record progress on, with each batch; ``storage``:
+        how its bucket roots are reached (a shard is looked at again at the end)."""
+        self.storage = storage or Storage()
         self.engine = engine
         self.model_id = model_id
         self.summary = summary
@@ -126,7 +130,10 @@ class BatchWriter:
             if self.model_id is None and embedder is not None:
                 self.model_id = q.insert_model(conn, embedder.spec, embedder.dim, preprocess)
             for target in targets:
-                endpoint = endpoint_url if is_remote(target.root_path) else None
+                # kept with a root named on the command line, not every root a plain ingest
+                # walks (the endpoint was meant for the bucket given)
+                named = is_remote(target.root_path) and not target.optional
+                endpoint = endpoint_url if named else None
                 if target.root_id is None:
                     target.root_id = q.add_root(conn, target.root_path, endpoint)
                 elif endpoint:
@@ -206,6 +213,8 @@ class BatchWriter:
                 self.summary.reused += 1
             case Fail(work, p):
                 reason = p.error or "unknown error"
+                if p.mtime_ns == CHANGED_WHILE_READING and work.target.scan is not None:
+                    work.target.scan.version = None  # a shard to list again: see finish()
                 self._store_failure(conn, work, p.size, p.mtime_ns, p.content_hash, reason)
 
     def _copy_meta(self, conn: Connection, source_id: int, image_id: int) -> None:
@@ -320,10 +329,25 @@ class BatchWriter:
             q.delete_images(conn, gone_failed)
             for target in targets:
                 assert target.root_id is not None  # added by begin()
-                version = target.scan.version if target.scan is not None else None
-                q.touch_root(conn, target.root_id, version)
+                version = shard_version(target, self.storage) if target.shard else None
+                q.touch_root(conn, target.root_id, version, shard=target.shard)
         self.summary.unchanged += len(restore)
         self.summary.missing = len(gone_ok)
+
+
+def shard_version(target: Target, storage: Storage) -> str | None:
+    """The fingerprint to record for a shard read whole in this run: the listing's, unless a
+    member is to be read again (it failed for a reason that passes) or the shard changed
+    during the run (what was read of it may not be what it holds). None otherwise: then it
+    is listed again next time."""
+    scan = target.scan
+    if scan is None or scan.version is None or scan.unchanged:
+        return scan.version if scan is not None else None
+    try:
+        now = fingerprint(target.root_path, storage)
+    except OrganizerError:
+        return None
+    return scan.version if now == scan.version else None
 
 
 def _lstat(root: str, relpath: bytes) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from organizer.errors import ImageError, LibraryError, StorageError
+from organizer.errors import ImageError, LibraryError, NotFoundError, StorageError
 from organizer.scan import ScanResult, scan_root
 from organizer.sources.bucket import list_top, scan_bucket
 from organizer.sources.remote import (
@@ -109,7 +109,10 @@ def read_stored(root: str, relpath: bytes, storage: Storage | None = None, limit
     path = os.path.join(os.fsencode(root), relpath)
     if is_remote(root):
         if limit:
-            size = stat(os.fsdecode(path), storage).size
+            try:
+                size = stat(os.fsdecode(path), storage).size
+            except NotFoundError:
+                raise ImageError("the object is gone") from None
             if size > limit:
                 raise ImageError(f"the object is larger than {limit} bytes")
         return fetch(path, storage)

@@ -31,7 +31,12 @@ def scan_bucket(root: str, storage: Storage, start: bytes = b"") -> ScanResult:
         if info.get("type") == "directory" or key.endswith("/") or len(key) < cut:
             continue
         relpath = key[cut:].encode("utf-8")
-        if any(part.startswith(b".") for part in relpath.split(b"/")):
+        parts = relpath.split(b"/")
+        if any(part in (b"", b".", b"..") for part in parts):
+            # "a//b", "./a", "a/../b": no path on a disk or in a URL says it back
+            result.skipped.append(relpath)
+            continue
+        if any(part.startswith(b".") for part in parts):
             continue
         if not is_image_name(relpath):
             result.skipped.append(relpath)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from organizer.errors import ImageError, OptionsError, StorageError
+from organizer.errors import ImageError, NotFoundError, OptionsError, StorageError
 from organizer.paths import is_within
 
 # A URL's scheme: ``s3://``, ``gs://``, ``az://``... (``file://`` is a folder on this machine).
@@ -135,7 +135,11 @@ def filesystem(url: str | bytes, storage: Storage) -> tuple[Any, str]:
             f"for {proto})"
         ) from None
     try:
-        fs = fsspec.filesystem(proto, **storage.options(proto, text))
+        if proto in ("s3", "s3a"):
+            fs = fsspec.filesystem(proto, **storage.options(proto, text))
+            path = text[len(proto) + 3 :]
+        else:  # the URL may carry what the filesystem needs (a host, an account)
+            fs, path = fsspec.core.url_to_fs(text, **storage.options(proto, text))
     except ImportError as exc:
         raise OptionsError(
             f"{proto}:// needs a package that is not installed ({_first_line(exc)}): "
@@ -143,9 +147,14 @@ def filesystem(url: str | bytes, storage: Storage) -> tuple[Any, str]:
         ) from None
     except ValueError:
         raise OptionsError(f"{proto}:// is not a storage protocol fsspec knows") from None
+    except Exception as exc:  # a filesystem that cannot be made from this URL alone
+        raise OptionsError(
+            f"{proto}:// cannot be opened from its URL alone ({type(exc).__name__}): organizer "
+            "reads object stores such as s3://, gs:// and az://"
+        ) from None
     if hasattr(fs, "retries"):
         fs.retries = S3FS_RETRIES
-    return fs, text[len(proto) + 3 :]
+    return fs, path
 
 
 def _first_line(exc: BaseException) -> str:
@@ -182,6 +191,8 @@ def service_error(exc: BaseException, url: str) -> StorageError:
         return StorageError(f"{url}: {what}: {_CREDENTIALS}")
     if _no_credentials(exc):
         return StorageError(f"{url}: no credentials were found: {_CREDENTIALS}")
+    if type(exc).__name__ == "ProfileNotFound":
+        return StorageError(f"{url}: the AWS profile named in AWS_PROFILE is not defined")
     reason = code or _kind_of_failure(exc)
     return StorageError(
         f"{url}: the storage service cannot be reached or did not answer ({reason})"
@@ -249,17 +260,18 @@ def stat(url: str, storage: Storage) -> ObjectStat:
     """Size, modification time and ETag of one object (a HEAD request).
 
     Raises:
-        StorageError: the object, its bucket or the service cannot be reached.
+        NotFoundError: no such object (the bucket is there).
+        StorageError: its bucket or the service cannot be reached.
     """
     fs, path = filesystem(url, storage)
     try:
         info = fs.info(path)
     except Exception as exc:
         if isinstance(exc, FileNotFoundError) and error_code(exc) != "NoSuchBucket":
-            raise StorageError(f"{url}: not found") from None
+            raise NotFoundError(f"{url}: not found") from None
         raise service_error(exc, url) from None
     if info.get("type") == "directory":
-        raise StorageError(f"{url}: is a prefix, not an object")
+        raise NotFoundError(f"{url}: is a prefix, not an object")
     return stat_of(info)
 
 
@@ -274,10 +286,19 @@ def fetch(url: str | bytes, storage: Storage, size: int = -1, start: int | None 
         StorageError: the service failed (after its retries).
     """
     text = os.fsdecode(url)
+    if size == 0:
+        return b""  # no request: a range of nothing is not one S3 serves
     fs, path = filesystem(text, storage)
-    end = None if start is None else start + size
+    if start is not None:
+        begin, end = start, start + size
+    elif size > 0:
+        # A range one byte past the listed size: one GET, no HEAD first (s3fs asks for the
+        # size of a whole read), and an object that grew since is still noticed.
+        begin, end = 0, size + 1
+    else:
+        begin, end = None, None
     try:
-        data = fs.cat_file(path, start=start, end=end)
+        data = fs.cat_file(path, start=begin, end=end)
     except Exception as exc:
         raise object_error(exc, _bucket_of(text)) from None
     if size >= 0 and len(data) != size:

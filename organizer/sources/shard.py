@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO
 
-from organizer.errors import ImageError, LibraryError, StorageError
+from organizer.errors import ImageError, LibraryError, NotFoundError, StorageError
 from organizer.scan import FileEntry, ScanProblem, ScanResult, is_image_name
 from organizer.sources.remote import (
     ObjectStat,
@@ -34,17 +34,24 @@ LIST_BLOCK = 16 * 1024 * 1024
 
 
 def is_shard(location: str | bytes) -> bool:
-    """Whether ``location`` names a tar shard (by its name: ``.tar``)."""
-    return os.fsdecode(location).lower().endswith(SUFFIX)
+    """Whether ``location`` names a tar shard: a ``.tar`` name that is not a folder on this
+    machine (a folder may be called ``photos.tar``)."""
+    text = os.fsdecode(location)
+    if not text.lower().endswith(SUFFIX):
+        return False
+    return is_remote(text) or not os.path.isdir(text)
 
 
 def _stat(location: str, storage: Storage) -> ObjectStat:
     if is_remote(location):
-        return stat(location, storage)
+        try:
+            return stat(location, storage)
+        except NotFoundError:
+            raise NotFoundError(f"shard not found: {location}") from None
     try:
         st = os.stat(location)
     except FileNotFoundError:
-        raise LibraryError(f"shard not found: {location}") from None
+        raise NotFoundError(f"shard not found: {location}") from None
     except OSError as exc:
         raise LibraryError(f"cannot read the shard {location}: {exc.strerror}") from None
     return ObjectStat(st.st_size, st.st_mtime_ns, None)
@@ -116,6 +123,17 @@ def scan_shard(location: str, storage: Storage, known_version: str | None = None
 
 
 def _list_members(location: str, storage: Storage, result: ScanResult) -> None:
+    # A name written twice (tar -r appends) is the last one, as tar itself extracts it.
+    files: dict[bytes, FileEntry] = {}
+    try:
+        _read_headers(location, storage, result, files)
+    finally:
+        result.files.extend(files.values())
+
+
+def _read_headers(
+    location: str, storage: Storage, result: ScanResult, files: dict[bytes, FileEntry]
+) -> None:
     with _opened(location, storage) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
         for info in tar:
             if not info.isfile():
@@ -134,11 +152,17 @@ def _list_members(location: str, storage: Storage, result: ScanResult) -> None:
                 result.skipped.append(name)
                 continue
             mtime_ns = int(info.mtime) * 1_000_000_000
-            result.files.append(FileEntry(name, info.size, mtime_ns, offset=info.offset_data))
+            files.pop(name, None)
+            files[name] = FileEntry(name, info.size, mtime_ns, offset=info.offset_data)
 
 
 def read_member(
-    location: str | bytes, offset: int, size: int, storage: Storage, version: str | None = None
+    location: str | bytes,
+    offset: int,
+    size: int,
+    storage: Storage,
+    version: str | None = None,
+    name: bytes | None = None,
 ) -> bytes:
     """A member's bytes, where the listing found them.
 
@@ -149,20 +173,42 @@ def read_member(
         ImageError: the member cannot be read whole, or its shard changed.
         StorageError: the service fails.
     """
+    # The member's own header block comes with its bytes: a shard rewritten since the
+    # listing (its members moved) is caught there, in a bucket as on a disk.
+    start = offset - tarfile.BLOCKSIZE
+    if start < 0:
+        raise ImageError("not a member's place in the shard")
     if is_remote(location):
-        return fetch(location, storage, size=size, start=offset)
+        data = fetch(location, storage, size=size + tarfile.BLOCKSIZE, start=start)
+    else:
+        try:
+            with open(location, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if version is not None and version != f"{st.st_size}:{st.st_mtime_ns}":
+                    raise ImageError("the shard changed since it was listed; it will be retried")
+                fh.seek(start)
+                data = fh.read(size + tarfile.BLOCKSIZE)
+        except OSError as exc:
+            raise ImageError(f"cannot read the shard: {exc.strerror}") from None
+        if len(data) != size + tarfile.BLOCKSIZE:
+            raise ImageError("the member is cut short (a truncated shard)")
+    _check_header(data[: tarfile.BLOCKSIZE], size, name)
+    return data[tarfile.BLOCKSIZE :]
+
+
+def _check_header(block: bytes, size: int, name: bytes | None) -> None:
+    """The block before a member's bytes must be its tar header: that many bytes, and its
+    name (the start of it, for a long name the header cannot hold whole)."""
     try:
-        with open(location, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if version is not None and version != f"{st.st_size}:{st.st_mtime_ns}":
-                raise ImageError("the shard changed since it was listed; it will be retried")
-            fh.seek(offset)
-            data = fh.read(size)
-    except OSError as exc:
-        raise ImageError(f"cannot read the shard: {exc.strerror}") from None
-    if len(data) != size:
-        raise ImageError("the member is cut short (a truncated shard)")
-    return data
+        info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        info = None
+    same = info is not None and info.size == size
+    if same and info is not None and name is not None:
+        written = member_name(info) or b""
+        same = written == name or (len(name) >= 99 and name.startswith(written[:90]))
+    if not same:
+        raise ImageError("the shard changed since it was listed; it will be retried")
 
 
 @functools.lru_cache(maxsize=8)
@@ -191,4 +237,5 @@ def read_named(location: str, name: bytes, storage: Storage) -> bytes:
     if found is None:
         raise ImageError("the shard no longer holds this member")
     offset, size = found
-    return read_member(location, offset, size, storage, None if is_remote(location) else version)
+    local_version = None if is_remote(location) else version
+    return read_member(location, offset, size, storage, local_version, name)

@@ -215,10 +215,13 @@ def sample_images(conn: Connection, root_id: int, n: int) -> list[KnownImage]:
     return [_known(row) for i, row in enumerate(conn.execute(stmt)) if i % step == 0][:n]
 
 
-def touch_root(conn: Connection, root_id: int, version: str | None = None) -> None:
-    """Record a root's scan as done now; ``version``: a tar shard's fingerprint as read."""
+def touch_root(
+    conn: Connection, root_id: int, version: str | None = None, shard: bool = False
+) -> None:
+    """Record a root's scan as done now; a ``shard``'s fingerprint as read whole (None: it
+    was not, and is listed again next time)."""
     values: dict[str, object] = {"last_scan_at": now()}
-    if version is not None:
+    if shard:
         values["version"] = version
     conn.execute(update(roots_t).where(roots_t.c.id == root_id).values(**values))
 
