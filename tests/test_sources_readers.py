@@ -263,3 +263,19 @@ def test_clean_leaves_a_shards_files_where_they_are(fake_lib, cli, shard, tmp_pa
     assert [f["path"] for f in doc["moved"]] == ["img001.jpg"]
     assert not (photos / "img001.jpg").exists()
     assert _member_bytes(shard, "img000.jpg") == a  # the shard is as it was
+
+
+def test_export_shortens_a_name_too_long_for_a_disk(fake_lib, cli, tmp_path):
+    long_name = "x" * 300 + ".jpg"  # a bucket key may be 1,024 bytes long; a file name 255
+    source = make_folder(tmp_path / "src", 3)
+    shard = tmp_path / "long.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.add(source[0], arcname=long_name)
+        tar.add(source[1], arcname="short.jpg")
+        tar.add(source[2], arcname="third.jpg")
+    fake_lib.ingest([str(shard)])
+    fake_lib.cluster(2, names=False)
+    result = cli("export", "--to", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "out").rglob("*.jpg"))
+    assert names == ["short.jpg", "third.jpg", "x" * 196 + ".jpg"]
