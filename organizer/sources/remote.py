@@ -195,7 +195,8 @@ def service_error(exc: BaseException, url: str) -> StorageError:
         return StorageError(f"{url}: the AWS profile named in AWS_PROFILE is not defined")
     reason = code or _kind_of_failure(exc)
     return StorageError(
-        f"{url}: the storage service cannot be reached or did not answer ({reason})"
+        f"{url}: the storage service cannot be reached or did not answer ({reason}); for a "
+        "service that is not AWS, give its --endpoint-url"
     )
 
 
