@@ -211,3 +211,17 @@ def test_a_shard_root_moves_with_its_file(cli, tmp_path):
     moved = js(cli("roots", "move", shard, new, "--json"))
     assert moved["checked"]["same_size"] == 3
     assert js(cli("ingest", new, "--json"))["unchanged"] == 3
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_and_non_ascii_member_names_are_read(cli, tmp_path, fmt):
+    names = ["d/" + "x" * 150 + ".jpg", "ünïcödé.jpg", "dir/" * 30 + "deep.jpg"]
+    shard = tmp_path / "names.tar"
+    with tarfile.open(shard, "w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            data = image_bytes(picture(i), "JPEG")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    done = js(cli("ingest", shard, "--json"))
+    assert (done["new"], done["failed"]) == (3, 0), done

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from typing import IO
@@ -196,6 +197,18 @@ def read_member(
     return data[tarfile.BLOCKSIZE :]
 
 
+def _same_name(written: bytes, name: bytes) -> bool:
+    """Whether a header's name field is the member's name as tar writers put it there: the
+    name itself; for a long name (kept in a GNU or pax record before it), whatever start
+    fits; and in a pax archive, the name with each non-ASCII character written as '?'."""
+    if written == name or len(name) >= 99:
+        return True
+    if b"?" not in written:
+        return False
+    pattern = re.escape(written.decode("ascii", "replace")).replace(r"\?", ".")
+    return re.fullmatch(pattern, name.decode("utf-8", "surrogateescape"), re.S) is not None
+
+
 def _check_header(block: bytes, size: int, name: bytes | None) -> None:
     """The block before a member's bytes must be its tar header: that many bytes, and its
     name (the start of it, for a long name the header cannot hold whole)."""
@@ -205,8 +218,7 @@ def _check_header(block: bytes, size: int, name: bytes | None) -> None:
         info = None
     same = info is not None and info.size == size
     if same and info is not None and name is not None:
-        written = member_name(info) or b""
-        same = written == name or (len(name) >= 99 and name.startswith(written[:90]))
+        same = _same_name(member_name(info) or b"", name)
     if not same:
         raise ImageError("the shard changed since it was listed; it will be retried")
 
