@@ -255,14 +255,22 @@ def _download(member: Linked, dest: bytes, storage: Storage | None) -> str:
 MAX_NAME_BYTES = 200
 
 
+def _cut(name: bytes, most: int) -> bytes:
+    """The start of ``name`` in at most ``most`` bytes, never half a UTF-8 character."""
+    text = name.decode("utf-8", "surrogateescape")
+    while len(text.encode("utf-8", "surrogateescape")) > most:
+        text = text[:-1]
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _unique_name(member: Linked, used: set[bytes]) -> bytes:
     """The file's own name, or name-2.jpg, name-3.jpg... when the folder already has it; a
     name too long for a disk keeps its start and its extension."""
     name = os.path.basename(member.relpath)
     stem, ext = os.path.splitext(name)
     if len(name) > MAX_NAME_BYTES:
-        ext = ext[:16]
-        stem = stem[: MAX_NAME_BYTES - len(ext)]
+        ext = _cut(ext, 16)
+        stem = _cut(stem, MAX_NAME_BYTES - len(ext))
         name = stem + ext
     n = 1
     while name in used:

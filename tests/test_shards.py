@@ -225,3 +225,27 @@ def test_long_and_non_ascii_member_names_are_read(cli, tmp_path, fmt):
             tar.addfile(info, io.BytesIO(data))
     done = js(cli("ingest", shard, "--json"))
     assert (done["new"], done["failed"]) == (3, 0), done
+
+
+def test_names_gnu_tar_cuts_to_fit_its_old_header_are_read(cli, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    for length in range(94, 101):  # "./" + name around the header's 100 bytes
+        (src / ("n" * (length - 4) + ".jpg")).write_bytes(image_bytes(picture(length), "JPEG"))
+    shard = tmp_path / "old.tar"
+    subprocess.run(["tar", "--format=oldgnu", "-cf", shard, "-C", src, "."], check=True)
+    done = js(cli("ingest", shard, "--json"))
+    assert (done["new"], done["failed"]) == (7, 0), done
+
+
+def test_a_key_with_double_colons_stays_whole():
+    from organizer.sources import Storage
+    from organizer.sources.remote import filesystem
+
+    _, path = filesystem("memory://bucket/a::b.jpg", Storage())
+    assert path == "bucket/a::b.jpg"

@@ -279,3 +279,11 @@ def test_export_shortens_a_name_too_long_for_a_disk(fake_lib, cli, tmp_path):
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "out").rglob("*.jpg"))
     assert names == ["short.jpg", "third.jpg", "x" * 196 + ".jpg"]
+
+
+def test_a_shortened_name_never_cuts_a_character_in_half():
+    from organizer.export import _unique_name
+
+    member = type("M", (), {"relpath": ("a" + "é" * 150 + ".jpg").encode()})()
+    name = _unique_name(member, set())
+    assert name.decode("utf-8").endswith(".jpg") and len(name) <= 200

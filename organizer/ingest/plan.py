@@ -36,6 +36,7 @@ class Target:
     # Walked because it is a root, not because it was named: one that cannot be listed now
     # (a bucket out of reach) is skipped with a problem, as an unplugged drive is.
     optional: bool = False
+    skipped: bool = False  # such a root, left as it was this time
 
     @property
     def shard(self) -> bool:

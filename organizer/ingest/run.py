@@ -199,14 +199,14 @@ class Ingestor:
                 storage=self.options.storage,
                 known_version=known_version,
             )
-        except NotFoundError:
-            if not (target.shard and target.root_id is not None):
-                raise
-            return ScanResult(root=target.root_path)
         except StorageError as exc:
+            if isinstance(exc, NotFoundError) and target.shard and target.root_id is not None:
+                self.summary.problems.append(f"{exc}: its images are missing now")
+                return ScanResult(root=target.root_path)
             if not target.optional:
                 raise
             self.summary.problems.append(f"{exc} (skipped)")
+            target.skipped = True
             return ScanResult(root=target.root_path, unlisted_dirs=[b""])
 
     def _record_targets(self) -> None:

@@ -329,6 +329,8 @@ class BatchWriter:
             q.delete_images(conn, gone_failed)
             for target in targets:
                 assert target.root_id is not None  # added by begin()
+                if target.skipped:
+                    continue  # not scanned: its last scan and fingerprint stand
                 version = shard_version(target, self.storage) if target.shard else None
                 q.touch_root(conn, target.root_id, version, shard=target.shard)
         self.summary.unchanged += len(restore)

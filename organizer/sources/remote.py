@@ -29,6 +29,8 @@ from organizer.paths import is_within
 # A URL's scheme: ``s3://``, ``gs://``, ``az://``... (``file://`` is a folder on this machine).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
+# Object stores whose fsspec filesystem needs nothing from the URL but the key.
+OBJECT_STORES = frozenset(("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"))
 # Per request: a connection that takes longer than this to open counts as failed...
 CONNECT_TIMEOUT_S = 10
 # ...and so does one silent for this long. botocore then retries (ATTEMPTS in all).
@@ -135,7 +137,7 @@ def filesystem(url: str | bytes, storage: Storage) -> tuple[Any, str]:
             f"for {proto})"
         ) from None
     try:
-        if proto in ("s3", "s3a"):
+        if proto in OBJECT_STORES:  # the key whole, whatever it holds ("a::b" too)
             fs = fsspec.filesystem(proto, **storage.options(proto, text))
             path = text[len(proto) + 3 :]
         else:  # the URL may carry what the filesystem needs (a host, an account)
@@ -148,6 +150,8 @@ def filesystem(url: str | bytes, storage: Storage) -> tuple[Any, str]:
     except ValueError:
         raise OptionsError(f"{proto}:// is not a storage protocol fsspec knows") from None
     except Exception as exc:  # a filesystem that cannot be made from this URL alone
+        if proto in OBJECT_STORES:  # its client failed (credentials fetched, say)
+            raise service_error(exc, _bucket_of(text)) from None
         raise OptionsError(
             f"{proto}:// cannot be opened from its URL alone ({type(exc).__name__}): organizer "
             "reads object stores such as s3://, gs:// and az://"

@@ -197,11 +197,12 @@ def read_member(
     return data[tarfile.BLOCKSIZE :]
 
 
-def _same_name(written: bytes, name: bytes) -> bool:
+def _same_name(written: bytes, name: bytes, full: bool) -> bool:
     """Whether a header's name field is the member's name as tar writers put it there: the
     name itself; for a long name (kept in a GNU or pax record before it), whatever start
-    fits; and in a pax archive, the name with each non-ASCII character written as '?'."""
-    if written == name or len(name) >= 99:
+    fits in a ``full`` field; and in a pax archive, the name with each non-ASCII character
+    written as '?'."""
+    if written == name or (full and name.startswith(written[:90])):
         return True
     if b"?" not in written:
         return False
@@ -218,7 +219,8 @@ def _check_header(block: bytes, size: int, name: bytes | None) -> None:
         info = None
     same = info is not None and info.size == size
     if same and info is not None and name is not None:
-        same = _same_name(member_name(info) or b"", name)
+        full = len(info.name.encode("utf-8", "surrogateescape")) >= 98  # cut to fit, maybe
+        same = _same_name(member_name(info) or b"", name, full)
     if not same:
         raise ImageError("the shard changed since it was listed; it will be retried")
 
