@@ -105,7 +105,7 @@ def read_stored(root: str, relpath: bytes, storage: Storage | None = None, limit
     """
     storage = storage or Storage()
     if is_shard(root):
-        return read_named(root, relpath, storage)
+        return read_named(root, relpath, storage, limit)
     path = os.path.join(os.fsencode(root), relpath)
     if is_remote(root):
         if limit:

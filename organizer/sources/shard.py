@@ -233,8 +233,9 @@ def _index(location: str, version: str, storage: Storage) -> dict[bytes, tuple[i
     return {f.relpath: (f.offset, f.size) for f in result.files}
 
 
-def read_named(location: str, name: bytes, storage: Storage) -> bytes:
-    """A member's bytes by its name (thumbnails, the web app, export).
+def read_named(location: str, name: bytes, storage: Storage, limit: int = 0) -> bytes:
+    """A member's bytes by its name (thumbnails, the web app, export); ``limit``: refuse a
+    member larger than this many bytes before reading it (0: no limit).
 
     Raises:
         ImageError: no such member now, or it cannot be read.
@@ -251,5 +252,7 @@ def read_named(location: str, name: bytes, storage: Storage) -> bytes:
     if found is None:
         raise ImageError("the shard no longer holds this member")
     offset, size = found
+    if limit and size > limit:
+        raise ImageError(f"the member is larger than {limit} bytes")
     local_version = None if is_remote(location) else version
     return read_member(location, offset, size, storage, local_version, name)
