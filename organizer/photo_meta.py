@@ -85,8 +85,13 @@ class PhotoMeta:
         row = json.loads(text)
         if row.get("taken_at"):
             row["taken_at"] = datetime.fromisoformat(row["taken_at"])
-        names = {f.name for f in fields(cls)}
+        names = _FIELD_NAMES.get(cls) or _FIELD_NAMES.setdefault(cls, {f.name for f in fields(cls)})
         return cls(**{k: v for k, v in row.items() if k in names})
+
+
+# A dataclass's field names, looked up once: fields() costs more than the JSON it checks
+# (a Ray ingest decodes one per image).
+_FIELD_NAMES: dict[type, set[str]] = {}
 
 
 def read_meta(image: Image.Image, now: datetime | None = None) -> PhotoMeta:

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -196,8 +196,12 @@ def insert_embedded_rows(
     statements (binary COPY on PostgreSQL); return the new images' ids, in order."""
     if _on_server(conn):
         return _copy_embedded(conn, model_id, rows, vectors, stamp)
-    result = conn.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), rows)
-    ids = [row.id for row in result]
+    # The ids are given, not returned: SQLite cannot order a multi-row RETURNING by the
+    # parameters, so SQLAlchemy would send a statement per row. They are the ones SQLite
+    # picks itself (the largest + 1; the write transaction holds its only writer's lock).
+    start = conn.execute(select(func.coalesce(func.max(images.c.id), 0))).scalar_one()
+    ids = list(range(start + 1, start + 1 + len(rows)))
+    conn.execute(insert(images), [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
     conn.execute(
         insert(embeddings),
         [
@@ -223,6 +227,7 @@ _COPY_IMAGE_COLUMNS = {
     "width": "int4",
     "height": "int4",
     "format": "varchar",
+    "etag": "varchar",
     "status": "varchar",
     "created_at": "timestamp",
     "updated_at": "timestamp",

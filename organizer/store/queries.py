@@ -295,8 +295,8 @@ def insert_embedded(
 ) -> list[int]:
     """Many new images (ok, with their vectors) in two batched statements; returns their ids.
 
-    For bulk loads (a catalogue filled by many workers): the driver sends the rows in
-    multi-row batches instead of a statement per row.
+    What an ingest's writer does with the new images of a batch, and bulk loads: the rows
+    go in multi-row batches (binary COPY on PostgreSQL) instead of a statement per row.
     """
     stamp = now()
     rows = [
