@@ -40,6 +40,8 @@ from organizer.store.records import ImageStatus, KnownImage, LibraryModel
 # model batch, so that a long run of unchanged files still commits steadily.
 MAX_PENDING_OPS = 256
 DEFAULT_BATCH_SIZE = 32
+RAY_WRITE_ROWS = 256
+RAY_WRITE_EVERY_S = 1.0
 # Decoded images held while the model loads (nothing is written before it has): the decode
 # workers get ahead by seconds of loading, and memory stays bounded.
 LOADING_BUFFER_BYTES = 256 * 2**20
@@ -102,6 +104,7 @@ class Ingestor:
         self.summary = IngestSummary()
         self.writer = BatchWriter(engine, self.model_id, self.summary, run_id, options.storage)
         self._done, self._total = 0, 0  # files read, files to read
+        self._written_at = time.monotonic()  # the last write (see _write_due)
         self._embedder: Embedder | None = None
         # The model's input, as the library recorded it: files can be decoded before (and
         # without) loading the model, which only embedding needs.
@@ -314,7 +317,7 @@ class Ingestor:
             ) from None
 
     def _read_all(self, the_plan: Plan, jobs: Iterator[Job]) -> None:
-        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        batch_size = self._rows_per_write()
         with contextlib.closing(self._prepared(jobs)) as results:
             for done, prepared in enumerate(results, start=1):
                 self._done = done
@@ -322,6 +325,7 @@ class Ingestor:
                 if self._first_to_embed():
                     self._start_loading()  # while more files are read
                 due = len(self._batch) >= batch_size or len(self._ops) >= MAX_PENDING_OPS
+                due = due or self._write_due()
                 if due and self._model_ready(wait=self._buffer_full()):
                     self._flush()  # what waited for the model: a batch per file read
                 self._report_progress()
@@ -332,6 +336,21 @@ class Ingestor:
                 if not self._batch:
                     return
                 self._stop_if_cancelled()
+
+    def _rows_per_write(self) -> int:
+        """Files embedded per transaction: a model batch, or on Ray (where the actors embed)
+        up to RAY_WRITE_ROWS, so that each file's share of a commit is small."""
+        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        return max(batch_size, RAY_WRITE_ROWS) if self.options.ray is not None else batch_size
+
+    def _write_due(self) -> bool:
+        """On Ray, what was embedded is written at least every RAY_WRITE_EVERY_S, however few
+        files that is: progress moves, and a kill loses seconds of work at most."""
+        return (
+            self.options.ray is not None
+            and bool(self._batch)
+            and time.monotonic() - self._written_at >= RAY_WRITE_EVERY_S
+        )
 
     def _stop_if_cancelled(self) -> None:
         if self.cancel is not None and self.cancel():
@@ -409,7 +428,8 @@ class Ingestor:
         seen: dict = {}
         assert self._ray is not None  # settled by _join_ray
         assert spec is not None  # Ray's workers decode to the model's input
-        ray_options = replace(self._ray, workers=self._ray_workers)
+        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        ray_options = replace(self._ray, workers=self._ray_workers, batch_size=batch_size)
         for prepared in distributed.prepare_on_ray(
             list(jobs), spec, skip, model, ray_options, distributed.DECODE, seen
         ):
@@ -449,7 +469,7 @@ class Ingestor:
         pending ops, each embedded file, and the files that were waiting for its vector, in
         one transaction."""
         self._model_ready(wait=True)
-        batch_size = self.options.batch_size or DEFAULT_BATCH_SIZE
+        batch_size = self._rows_per_write()
         ops, self._ops = self._ops, []
         batch, self._batch = self._batch[:batch_size], self._batch[batch_size:]
         todo = [p for _, p in batch if p.vector is None]  # not embedded by Ray already
@@ -467,6 +487,7 @@ class Ingestor:
                 assert p.content_hash is not None  # hashed, as everything embedded
                 ops.extend(self._waiting.pop(p.content_hash, []))
         self.writer.write(ops, {"done": self._finished(), "total": self._total})
+        self._written_at = time.monotonic()
 
 
 class _InputChanged(Exception):
