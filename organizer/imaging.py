@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from organizer.errors import ImageError, ImageTooLargeError
 from organizer.photo_meta import PhotoMeta, meta_from_exif, read_meta
+from organizer.resize import resize_rgb
 
 # JPEG2000 (OpenJPEG) and PPM (Pillow's name for all of Netpbm) ship in Pillow's wheels.
 BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "JPEG2000", "PPM")
@@ -429,17 +430,23 @@ def _resize_dims(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int]:
 
 
 def to_model_input(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Resize and crop (or pad) an RGB image exactly as open_clip's eval transform does.
+    """Resize and crop (or pad) an RGB image exactly as open_clip's eval transform does: the
+    same sizes and offsets, the same antialiased filter (torch's SIMD copy of Pillow's where
+    torch is importable, within a grey level of Pillow's own; see :mod:`organizer.resize`).
 
     Returns:
         uint8 array of shape (height, width, 3); normalisation is left to the embedder.
     """
     w, h = image.size
+    new_w, new_h = _resize_dims(w, h, spec)
+    if (new_w, new_h) != (w, h):
+        resized = resize_rgb(image, (new_w, new_h), spec.interpolation)
+        if resized is not None:
+            return _place(resized, spec)
     th, tw = spec.size
     resample = (
         Image.Resampling.BILINEAR if spec.interpolation == "bilinear" else Image.Resampling.BICUBIC
     )
-    new_w, new_h = _resize_dims(w, h, spec)
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), resample)
     if (new_w, new_h) != (tw, th):
@@ -447,6 +454,28 @@ def to_model_input(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
         canvas.paste(image, (_offset(new_w, tw), _offset(new_h, th)))
         image = canvas
     return np.asarray(image, dtype=np.uint8)
+
+
+def _place(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Resized pixels cropped or padded to the spec's size at :func:`_offset`, as Pillow's
+    paste onto a canvas of the fill colour places them."""
+    th, tw = spec.size
+    h, w = pixels.shape[:2]
+    if (h, w) == (th, tw):
+        return np.ascontiguousarray(pixels)
+    canvas = np.full((th, tw, 3), spec.fill_color, dtype=np.uint8)
+    rows = _overlap(_offset(h, th), h, th)
+    cols = _overlap(_offset(w, tw), w, tw)
+    canvas[rows[1], cols[1]] = pixels[rows[0], cols[0]]
+    return canvas
+
+
+def _overlap(offset: int, have: int, want: int) -> tuple[slice, slice]:
+    """Along one axis: the part of ``have`` pixels placed at ``offset`` that falls on a canvas
+    of ``want`` pixels, as (source, canvas) slices."""
+    source, target = max(0, -offset), max(0, offset)
+    length = max(0, min(have - source, want - target))
+    return slice(source, source + length), slice(target, target + length)
 
 
 def _offset(have: int, want: int) -> int:

@@ -36,6 +36,7 @@ from organizer.imaging import (
     to_model_input,
 )
 from organizer.photo_meta import PhotoMeta
+from organizer.resize import use_one_thread
 from organizer.scan import is_raw_name
 from organizer.sources import (
     Storage,
@@ -300,6 +301,8 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
+        if spec is not None:  # it will resize pictures: see organizer.resize
+            use_one_thread()
         conn.send(_READY)  # imports done: from now on a crash is the file's doing
         while True:
             job = conn.recv()

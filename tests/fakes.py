@@ -94,6 +94,19 @@ def uneven_prepare(job, spec, skip_decode, draft):
     return prepare(job, spec, skip_decode, draft)
 
 
+def threads_prepare(job, spec, skip_decode, draft):
+    """A decode step that reports whether the worker imported torch before its first file,
+    and on how many threads torch runs there."""
+    import sys
+
+    from organizer.pipeline import Prepared
+
+    if "torch" not in sys.modules:
+        return Prepared(job.key, job.size, job.mtime_ns, error="torch not imported")
+    threads = sys.modules["torch"].get_num_threads()
+    return Prepared(job.key, job.size, job.mtime_ns, error=f"torch threads: {threads}")
+
+
 def misbehaving_prepare(job, spec, skip_decode, draft):
     """A decode step that crashes on files named crash*, hangs on hang*, else works."""
     import os

@@ -97,6 +97,10 @@ def test_truncated_jpeg_fails_cleanly():
 @pytest.mark.parametrize("size", [(300, 200), (200, 300), (64, 64), (31, 90)])
 @pytest.mark.parametrize("mode", ["shortest", "squash", "longest"])
 def test_model_input_matches_open_clip_transform(size, mode):
+    """Same geometry, pixels within a few grey levels: torch's resize rounds a few the other
+    way from Pillow's, and always runs its horizontal pass first, as Pillow did before 13 (13
+    sometimes runs the vertical one first: up to 6 levels here, at hard edges; a pixel's shift
+    would differ by far more). tests/test_resize.py has Pillow's own, exact, without torch."""
     from open_clip.transform import image_transform
 
     spec = PreprocessSpec((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize_mode=mode)
@@ -106,7 +110,9 @@ def test_model_input_matches_open_clip_transform(size, mode):
     theirs = image_transform(32, is_train=False, mean=spec.mean, std=spec.std, resize_mode=mode)(
         image
     )
-    np.testing.assert_allclose(ours, theirs.permute(1, 2, 0).numpy(), atol=1e-4)
+    difference = np.abs(ours - theirs.permute(1, 2, 0).numpy())
+    levels = difference * 255 * 0.25
+    assert levels.max() < 8 and levels.mean() < 0.25
 
 
 # -- a budgeted decode (an uploaded query) ----------------------------------------------------
