@@ -1,8 +1,10 @@
 """Safe image decoding: allow-listed formats, bomb guard, draft decoding, EXIF orientation,
 mode normalisation, and resizing to a model's input.
 
-Only Pillow and numpy: this module runs in decode worker processes that never import torch.
-Every failure comes out as :class:`~organizer.errors.ImageError` with a short reason.
+Pillow and numpy decode; the resize to the model's input runs torch's antialiased uint8
+kernels where torch is importable (:mod:`organizer.resize`, imported on first use, as decode
+workers do while they start), else Pillow's. Every failure comes out as
+:class:`~organizer.errors.ImageError` with a short reason.
 """
 
 from __future__ import annotations
