@@ -19,6 +19,14 @@ class Device(StrEnum):
     CUDA = "cuda"
 
 
+class JpegDecode(StrEnum):
+    """Where ingest decodes JPEGs."""
+
+    AUTO = "auto"  # on the model's device when that is a GPU, else in the decode processes
+    DEVICE = "device"  # on the model's device (torchvision: nvJPEG on CUDA), even a CPU
+    WORKERS = "workers"  # in the decode processes, with Pillow
+
+
 class Engine(StrEnum):
     LOCAL = "local"  # this machine: decode processes beside the model
     RAY = "ray"  # a Ray cluster: decode tasks and embedding actors on every machine

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import platformdirs
 
-from organizer.choices import Device, Precision, Runtime, is_url
+from organizer.choices import Device, JpegDecode, Precision, Runtime, is_url
 from organizer.embed.runtime import options_problem
 from organizer.errors import LibraryURLError, OptionsError
 
@@ -34,7 +34,12 @@ def env_name(setting: str) -> str:
 
 def spellings(setting: str) -> str:
     """Where a setting comes from, for messages: ``--batch-size or ORGANIZER_BATCH_SIZE``."""
+    if setting in _VARIABLE_ONLY:
+        return env_name(setting)
     return f"--{setting.replace('_', '-')} or {env_name(setting)}"
+
+
+_VARIABLE_ONLY = frozenset({"offline", "jpeg_decode"})  # settings with no flag
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Settings:
     workers: int | None = None
     offline: bool = False
     endpoint_url: str | None = None  # an S3-compatible service that is not AWS
+    jpeg_decode: JpegDecode = JpegDecode.AUTO  # ORGANIZER_JPEG_DECODE only: no flag
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -155,7 +161,12 @@ def _endpoint(name: str, value: object) -> str | None:
     return text.rstrip("/")
 
 
-_ENUMS: dict[str, type[StrEnum]] = {"device": Device, "precision": Precision, "runtime": Runtime}
+_ENUMS: dict[str, type[StrEnum]] = {
+    "device": Device,
+    "precision": Precision,
+    "runtime": Runtime,
+    "jpeg_decode": JpegDecode,
+}
 _LEAST = {"batch_size": 1, "workers": 0}
 _CHECKS = {
     "library": _library,
@@ -168,6 +179,7 @@ _CHECKS = {
     "workers": _whole,
     "offline": _flag,
     "endpoint_url": _endpoint,
+    "jpeg_decode": _choice,
 }
 
 

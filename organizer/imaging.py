@@ -241,6 +241,29 @@ def decode(
     return image, ImageInfo(width, height, fmt, meta)
 
 
+def device_jpeg(data: bytes) -> ImageInfo | None:
+    """The info of a JPEG that a GPU decoder can be trusted with, from its header alone (the
+    same allow-list and bomb guard as :func:`decode`); None for anything else, which
+    :func:`decode` handles: other formats, CMYK and YCCK (rare, and which colours nvJPEG
+    gives for Adobe's inverted CMYK is untested: a wrong guess would not raise), MPO, or a
+    header Pillow cannot read fully.
+
+    Raises:
+        ImageError: as :func:`open_image`.
+    """
+    image = open_image(data)
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return None
+    try:
+        meta = read_meta(image)
+    except Exception:
+        return None
+    width, height = image.size
+    if meta.orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageInfo(width, height, "JPEG", meta)
+
+
 # Bytes a pixel costs while a budgeted decode holds it (Pillow 13, peak RSS measured at the
 # budget, within 5 % of this for each mode and format): how Pillow stores the mode (RGB
 # takes 4), plus the full-size copy that shrinking makes of a mode it cannot average as it

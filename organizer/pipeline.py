@@ -31,6 +31,7 @@ from organizer.imaging import (
     ImageInfo,
     PreprocessSpec,
     decode,
+    device_jpeg,
     file_meta,
     header_is_enough,
     to_model_input,
@@ -89,6 +90,16 @@ class Prepared:
     pixels: np.ndarray | None = None
     error: str | None = None
     vector: np.ndarray | None = None  # embedded already (by a Ray actor)
+    # A JPEG left encoded for the model's device to decode (see prepare_encoded): its
+    # header passed the same checks as a decoded file's, and ``info`` is filled.
+    encoded: bytes | None = field(default=None, repr=False)
+
+    @property
+    def held_bytes(self) -> int:
+        """What its pixels or encoded bytes hold in memory while it waits for the model."""
+        if self.pixels is not None:
+            return int(self.pixels.nbytes)
+        return len(self.encoded or b"")
 
 
 def read_file(path: bytes) -> tuple[bytes, int, int]:
@@ -148,10 +159,13 @@ def prepare(
     spec: PreprocessSpec | None,
     skip_decode: frozenset[str] | set[str] = frozenset(),
     draft: bool = True,
+    encoded: bool = False,
 ) -> Prepared:
     """Read, hash and (unless the hash is in ``skip_decode``) decode one file for the model.
 
-    With ``spec`` None only the hash and image info are produced (no pixels).
+    With ``spec`` None only the hash and image info are produced (no pixels). With
+    ``encoded``, a JPEG that a GPU decoder can take (see :func:`~organizer.imaging.device_jpeg`)
+    is checked and its info read, but it is left encoded, in ``Prepared.encoded``.
     """
     try:
         data, size, mtime_ns = read_job(job)
@@ -168,17 +182,45 @@ def prepare(
     result = Prepared(job.key, size, mtime_ns, content_hash=hashlib.sha256(data).hexdigest())
     if result.content_hash in skip_decode:
         return result
+    raw = is_raw_name(job.path)
+    try:
+        if encoded and spec is not None and not raw:
+            result.info = device_jpeg(data)
+            if result.info is not None:
+                result.encoded = data
+                return result
+        result.info, result.pixels = decode_for_model(data, spec, draft, raw)
+    except ImageError as exc:
+        result.error = str(exc)
+    return result
+
+
+def prepare_encoded(
+    job: Job,
+    spec: PreprocessSpec | None,
+    skip_decode: frozenset[str] | set[str] = frozenset(),
+    draft: bool = True,
+) -> Prepared:
+    """:func:`prepare` leaving the JPEGs a GPU can decode encoded: the decode processes'
+    function when the model's device decodes them (the local engine on CUDA)."""
+    return prepare(job, spec, skip_decode, draft, encoded=True)
+
+
+def decode_for_model(
+    data: bytes, spec: PreprocessSpec | None, draft: bool = True, raw: bool = False
+) -> tuple[ImageInfo, np.ndarray | None]:
+    """A file's info and (with a ``spec``) its pixels for the model, decoded with Pillow.
+
+    Raises:
+        ImageError: the bytes cannot be decoded (not enough memory included).
+    """
     try:
         # JPEGs are decoded at the smallest DCT scale that keeps the spec's decode_size.
         min_size = spec.decode_size if (spec is not None and draft) else None
-        image, result.info = decode(data, min_size=min_size, raw=is_raw_name(job.path))
-        if spec is not None:
-            result.pixels = to_model_input(image, spec)
-    except ImageError as exc:
-        result.error = str(exc)
+        image, info = decode(data, min_size=min_size, raw=raw)
+        return info, to_model_input(image, spec) if spec is not None else None
     except MemoryError:
-        result.error = "not enough memory to decode this image"
-    return result
+        raise ImageError("not enough memory to decode this image") from None
 
 
 def header_meta(path: bytes) -> PhotoMeta | None:
@@ -277,11 +319,13 @@ def prepare_all(
     jobs: Iterable[Job],
     spec: PreprocessSpec | None,
     skip_decode: frozenset[str] | set[str] = frozenset(),
+    prepare_fn: PrepareFn = prepare,
 ) -> Generator[Prepared]:
     """Prepare files one after another in this process (the reference path); objects in
     buckets are fetched ahead all the same."""
+    skip = frozenset(skip_decode)
     for job in fetch_ahead(jobs):
-        yield prepare(job, spec, skip_decode)
+        yield prepare_fn(job, spec, skip, True)
 
 
 # -- the parallel decode stage -------------------------------------------------------------
@@ -533,18 +577,21 @@ def prepare_parallel(
     spec: PreprocessSpec | None,
     skip_decode: frozenset[str] | set[str] = frozenset(),
     workers: int = 1,
+    prepare_fn: PrepareFn = prepare,
 ) -> Generator[Prepared]:
-    """Prepare files in ``workers`` decode processes; results in completion order.
+    """Prepare files in ``workers`` decode processes (each file with ``prepare_fn``); results
+    in completion order.
 
     Where decode processes cannot run, files are prepared in this process instead.
     """
     jobs = list(jobs)
     done: set[int] = set()
     try:
-        with DecodePool(workers, spec, frozenset(skip_decode)) as pool:
+        with DecodePool(workers, spec, frozenset(skip_decode), prepare_fn=prepare_fn) as pool:
             for prepared in pool.results(fetch_ahead(jobs)):
                 done.add(prepared.key)
                 yield prepared
     except PoolUnavailable as exc:
         warnings.warn(f"decoding in the main process instead ({exc})", stacklevel=2)
-        yield from prepare_all((j for j in jobs if j.key not in done), spec, skip_decode)
+        left = (j for j in jobs if j.key not in done)
+        yield from prepare_all(left, spec, skip_decode, prepare_fn)

@@ -172,10 +172,15 @@ class OpenClipEmbedder:
             self.dim = int(self.embed_pixels(probe).shape[1])
 
     @torch.inference_mode()
-    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
-        if not batch.flags.writeable:  # a decoded image's pixels (np.asarray of Pillow's):
-            batch = batch.copy()  # torch warns on read-only arrays; the copy is one image
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+    def embed_pixels(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Unit vectors of uint8 (n, height, width, 3) pixels: an array, or a tensor (on the
+        model's device when decoded there: see :mod:`organizer.embed.device_decode`)."""
+        if isinstance(batch, torch.Tensor):
+            x = batch.to(self.device)
+        else:
+            if not batch.flags.writeable:  # a decoded image's pixels (np.asarray of Pillow's):
+                batch = batch.copy()  # torch warns on read-only arrays; the copy is one image
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         x = x.permute(0, 3, 1, 2).float()
         x = ((x - self.pixel_mean) / self.pixel_std).to(self._dtype)
         features = self.model.encode_image(x).float()

@@ -14,15 +14,16 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from sqlalchemy import Engine
 
 from organizer.background import Background
+from organizer.choices import JpegDecode
 from organizer.embed import Embedder, ModelShape, ModelSpec
 from organizer.embed.runtime import usable_cores
-from organizer.errors import Interrupted, ModelError, NotFoundError, StorageError
+from organizer.errors import ImageError, Interrupted, ModelError, NotFoundError, StorageError
 from organizer.imaging import PreprocessSpec
 from organizer.ingest import distributed
 from organizer.ingest.distributed import RayOptions
@@ -30,11 +31,23 @@ from organizer.ingest.metadata import backfill
 from organizer.ingest.plan import FileWork, Plan, Target, plan
 from organizer.ingest.summary import IngestSummary, Progress
 from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, Touch
-from organizer.pipeline import Job, Prepared, default_workers, prepare_all, prepare_parallel
+from organizer.pipeline import (
+    Job,
+    Prepared,
+    decode_for_model,
+    default_workers,
+    prepare,
+    prepare_all,
+    prepare_encoded,
+    prepare_parallel,
+)
 from organizer.scan import ScanResult, extension
 from organizer.sources import Storage, scan_source
 from organizer.store import queries as q
 from organizer.store.records import ImageStatus, KnownImage, LibraryModel
+
+if TYPE_CHECKING:  # torch: imported only once JPEGs are left for the model's device
+    from organizer.embed.device_decode import DeviceDecoder
 
 # Ops (stat updates, copies, failures) are flushed at least this often, with or without a
 # model batch, so that a long run of unchanged files still commits steadily.
@@ -58,6 +71,7 @@ class IngestOptions:
     batch_size: int | None = None  # None: the settings' batch size, else 32
     workers: int | None = None  # decode processes; None = automatic, 0 = in this process
     device: str = "auto"  # where the model will run (decode workers leave it room)
+    jpeg_decode: str = "auto"  # where JPEGs are decoded: auto, device or workers (JpegDecode)
     retry_failed: bool = False
     rehash: bool = False  # read and hash files whose size and time are unchanged too
     follow_symlinks: bool = False
@@ -106,6 +120,8 @@ class Ingestor:
         self._done, self._total = 0, 0  # files read, files to read
         self._written_at = time.monotonic()  # the last write (see _write_due)
         self._embedder: Embedder | None = None
+        self._decoder: DeviceDecoder | None = None  # JPEGs on the model's device
+        self._decoder_checked = False
         # The model's input, as the library recorded it: files can be decoded before (and
         # without) loading the model, which only embedding needs.
         self._preprocess = (
@@ -382,10 +398,8 @@ class Ingestor:
 
     def _buffer_full(self) -> bool:
         """Whether what waits for the loading model has reached its bounds."""
-        pixels = self._batch[0][1].pixels if self._batch else None
-        per_image = pixels.nbytes if pixels is not None else 0
         return (
-            len(self._batch) * per_image >= LOADING_BUFFER_BYTES
+            sum(p.held_bytes for _, p in self._batch) >= LOADING_BUFFER_BYTES
             or len(self._ops) >= LOADING_BUFFER_OPS
         )
 
@@ -397,13 +411,16 @@ class Ingestor:
             assert known is not None  # the library's model, or the one loaded for it
             model = known.spec
             return self._on_ray(jobs, spec, frozenset(skip), model)
+        device = self._embedder.device if self._embedder else _expected_device(self.options)
+        where = self.options.jpeg_decode
+        on_device = where == JpegDecode.DEVICE or (where == JpegDecode.AUTO and device == "cuda")
+        prepare_fn = prepare_encoded if on_device else prepare
         workers = self.options.workers
         if workers is None:
-            device = self._embedder.device if self._embedder else _expected_device(self.options)
             workers = default_workers(device)
         if workers == 0:
-            return prepare_all(jobs, spec, skip)
-        return prepare_parallel(jobs, spec, skip, workers)
+            return prepare_all(jobs, spec, skip, prepare_fn)
+        return prepare_parallel(jobs, spec, skip, workers, prepare_fn)
 
     def _join_ray(self, the_plan: Plan) -> None:
         """Join the cluster, check that every machine sees the files, settle one device and
@@ -443,7 +460,7 @@ class Ingestor:
     def _classify(self, work: FileWork, p: Prepared) -> None:
         h = p.content_hash
         known = work.known
-        lean = replace(p, pixels=None)  # what a file that is not embedded keeps (memory)
+        lean = replace(p, pixels=None, encoded=None)  # what a file not embedded keeps (memory)
         if h is None:
             self._ops.append(Fail(work, lean))
         elif known and known.status == ImageStatus.OK and known.content_hash == h:
@@ -476,22 +493,83 @@ class Ingestor:
         if todo and self._embedder is None:
             self._load_model()  # the first file that needs embedding
         if batch:
-            embedder = self._embedder
-            assert embedder is not None or not todo  # loaded above for what needs embedding
-            pixels = cast(list[np.ndarray], [p.pixels for p in todo])  # decoded, all of them
-            made = iter(embedder.embed_pixels(np.stack(pixels)) if embedder and todo else ())
-            vectors = [p.vector if p.vector is not None else next(made) for _, p in batch]
-            self.summary.embedded += len(batch)
-            for (work, p), vector in zip(batch, vectors, strict=True):
-                ops.append(Embed(work, p, vector))
+            made, errors = self._embed(todo)
+            failed = {p.key: e for p, e in zip(todo, errors, strict=True) if e is not None}
+            for work, p in batch:
                 assert p.content_hash is not None  # hashed, as everything embedded
+                error = failed.get(p.key)
+                if error is not None:  # a JPEG left encoded that cannot be decoded after all
+                    ops.append(Fail(work, replace(p, encoded=None, error=error)))
+                    for copy in self._waiting.pop(p.content_hash, []):
+                        ops.append(Fail(copy.work, replace(copy.prepared, error=error)))
+                    continue
+                vector = p.vector if p.vector is not None else next(made)
+                ops.append(Embed(work, replace(p, encoded=None), vector))
                 ops.extend(self._waiting.pop(p.content_hash, []))
+                self.summary.embedded += 1
         self.writer.write(ops, {"done": self._finished(), "total": self._total})
         self._written_at = time.monotonic()
+
+    def _embed(self, todo: list[Prepared]) -> tuple[Iterator[np.ndarray], list[str | None]]:
+        """The vectors of the files to embed (in order, skipping those that fail) and why
+        each failed (None for those that did not): only a JPEG left encoded for the model's
+        device can, when neither the device nor Pillow can decode it."""
+        errors: list[str | None] = [None] * len(todo)
+        if not todo:
+            return iter(()), errors
+        embedder = self._embedder
+        assert embedder is not None  # loaded by _flush for what needs embedding
+        if all(p.encoded is None for p in todo):
+            pixels = cast(list[np.ndarray], [p.pixels for p in todo])  # decoded, all of them
+            return iter(embedder.embed_pixels(np.stack(pixels))), errors
+        decoder = self._device_decoder()
+        if decoder is not None:
+            items = [_item_for_device(p) for p in todo]
+            stacked, errors = decoder.pixels(items, self._decode_here)
+            return iter(decoder.embed(stacked) if len(stacked) else ()), errors
+        arrays: list[np.ndarray] = []
+        for i, p in enumerate(todo):  # no decoder on the device after all: Pillow, here
+            try:
+                arrays.append(self._decode_here(p.encoded) if p.encoded else cast(Any, p.pixels))
+            except ImageError as exc:
+                errors[i] = str(exc)
+        return iter(embedder.embed_pixels(np.stack(arrays)) if arrays else ()), errors
+
+    def _decode_here(self, data: bytes) -> np.ndarray:
+        """A JPEG the model's device did not decode, decoded in this process as the decode
+        processes do (the same checks, the same pixels).
+
+        Raises:
+            ImageError: it cannot be decoded.
+        """
+        pixels = decode_for_model(data, self._preprocess)[1]
+        assert pixels is not None  # a spec is set before anything is decoded for the model
+        return pixels
+
+    def _device_decoder(self) -> DeviceDecoder | None:
+        """The model's device's JPEG decoder, checked once (None: it has none)."""
+        if not self._decoder_checked:
+            from organizer.embed.device_decode import decoder_for
+
+            assert self._preprocess is not None  # set when the model loaded
+            self._decoder = decoder_for(self._embedder, self.options.jpeg_decode, self._preprocess)
+            self._decoder_checked = True
+        return self._decoder
 
 
 class _InputChanged(Exception):
     """The loaded model wants another input than the files were decoded for."""
+
+
+def _item_for_device(p: Prepared) -> Any:
+    """A file's pixels, or its JPEG with what the header said, for the device's decoder."""
+    from organizer.embed.device_decode import EncodedJpeg
+
+    if p.encoded is None:
+        return p.pixels
+    assert p.info is not None  # read from the header before it was left encoded
+    orientation = p.info.meta.orientation or 1
+    return EncodedJpeg(p.encoded, orientation, p.info.width, p.info.height)
 
 
 def _expected_device(options: IngestOptions) -> str:

@@ -151,7 +151,7 @@ def filled_options(
         options = replace(options, batch_size=s.batch_size)
     if options.workers is None and s.workers is not None:
         options = replace(options, workers=s.workers)
-    options = replace(options, device=str(s.device))
+    options = replace(options, device=str(s.device), jpeg_decode=str(s.jpeg_decode))
     if options.ray is not None:  # the actors load the model as this process would
         ray = replace(
             options.ray,
