@@ -26,8 +26,15 @@ OUT/gpu_check.json:
   pinned to 2 cores (taskset), whole processes on the same photos and seeded weights, after
   a first run that exports the towers; and the model alone in each runtime on those cores.
 
-PARTS (comma-separated: gpu, gpu1, batch, stages, ceilings, cosine, cpu, cpu-old) picks what
-runs; cpu-old runs organizer from OLD_CODE too, for an A/B on the same machine.
+- with PARTS=decode, JPEG decoding on the GPU (ORGANIZER_JPEG_DECODE) against the decode
+  processes, on the same photos in one run: the decode pool alone (Pillow) and the pool
+  that only reads and checks, with nvJPEG's decode, turn and resize of its batches; the
+  model alone at batch 32 and 256; whole ingests with JPEGs decoded on the GPU and in the
+  decode processes; and the cosine of the vectors of the two decodes (min and mean).
+
+PARTS (comma-separated: gpu, gpu1, batch, stages, ceilings, cosine, cpu, cpu-old, decode)
+picks what runs; cpu-old runs organizer from OLD_CODE too, for an A/B on the same machine.
+With DEVICE=cpu, PARTS=decode is a dry run of the same code (torchvision decodes on the CPU).
 """
 
 from __future__ import annotations
@@ -142,12 +149,17 @@ class GpuSampler:
 
 
 def ingest(
-    photos: Path, lib: Path, args: list[str], prefix: list[str] = (), code: Path = REPO
+    photos: Path,
+    lib: Path,
+    args: list[str],
+    prefix: list[str] = (),
+    code: Path = REPO,
+    env_extra: dict[str, str] | None = None,
 ) -> dict:
     """One whole `organizer ingest` process (of the organizer in ``code``); its summary,
     wall time and GPU use."""
     cmd = [*prefix, sys.executable, "-m", "organizer", "ingest", str(photos), "--json", "--quiet"]
-    env = {**ENV, "ORGANIZER_LIBRARY": str(lib)}
+    env = {**ENV, "ORGANIZER_LIBRARY": str(lib), **(env_extra or {})}
     env["PYTHONPATH"] = env["PYTHONPATH"].replace(str(REPO), str(code))
     with GpuSampler() as gpu:
         t0 = time.time()
@@ -285,6 +297,72 @@ pixels = np.stack([prepare(Job(0, os.path.join(root, rel[i]), -1, -1), cpu.prepr
 ref = cpu.embed_pixels(pixels)
 cos = [float(np.dot(r, v)) for r, (_, v) in zip(ref, pairs)]
 print(json.dumps({"min": min(cos), "mean": sum(cos) / len(cos), "n": len(cos)}))
+"""
+
+
+DECODE = r"""
+import json, os, sys, time, warnings
+from pathlib import Path
+import numpy as np
+import torch
+from organizer.embed import request_spec, openclip
+from organizer.embed.device_decode import decoder_for, EncodedJpeg
+from organizer.pipeline import DecodePool, Job, prepare, prepare_encoded, decode_for_model
+
+warnings.simplefilter("ignore")
+device = sys.argv[2]
+out = {}
+model = openclip.load(request_spec("ViT-B-32-256", "none"), device,
+                      "fp16" if device == "cuda" else "fp32", True)
+spec = model.preprocess
+decoder = decoder_for(model, "device", spec)
+assert decoder is not None, "torchvision cannot decode JPEGs on " + device
+
+def sync():
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+for batch in (32, 256):
+    x = np.random.default_rng(0).integers(0, 256, (batch, *spec.size, 3), dtype=np.uint8)
+    model.embed_pixels(x)
+    reps = max(3, 2048 // batch) if device == "cuda" else 1
+    sync(); t = time.perf_counter()
+    for _ in range(reps):
+        model.embed_pixels(x)
+    sync()
+    out[f"model_alone_{model.precision}_batch{batch}_img_s"] = round(reps * batch / (time.perf_counter() - t), 1)
+files = sorted(Path(sys.argv[1]).glob("*.jpg"))
+jobs = [Job(i, os.fsencode(p), -1, -1) for i, p in enumerate(files)]
+workers = max(1, len(os.sched_getaffinity(0)) - 1)
+out["decode_workers"] = workers
+
+def pool_rate(fn):
+    with DecodePool(workers, spec, prepare_fn=fn) as pool:
+        t = time.perf_counter()
+        got = sorted(pool.results(jobs), key=lambda p: p.key)
+        return got, round(len(got) / (time.perf_counter() - t), 1)
+
+cpu, out["cpu_decode_pool_img_s"] = pool_rate(prepare)
+enc, out["read_check_pool_img_s"] = pool_rate(prepare_encoded)
+out["left_encoded"] = sum(p.encoded is not None for p in enc)
+items = [EncodedJpeg(p.encoded, p.info.meta.orientation or 1, p.info.width, p.info.height)
+         if p.encoded is not None else p.pixels for p in enc]
+here = lambda data: decode_for_model(data, spec)[1]
+decoder.pixels(items[:32], here)  # warm up nvJPEG
+sync(); t = time.perf_counter()
+stacks = []
+for start in range(0, len(items), 256):
+    stacks.append(decoder.pixels(items[start:start + 256], here)[0])
+sync()
+out["device_decode_batch256_img_s"] = round(len(items) / (time.perf_counter() - t), 1)
+device_pixels = torch.cat(stacks).cpu().numpy()
+cpu_pixels = np.stack([p.pixels for p in cpu])
+out["pixels_mean_abs_diff"] = round(float(np.abs(device_pixels.astype(np.int16) - cpu_pixels).mean()), 3)
+a = np.concatenate([model.embed_pixels(cpu_pixels[i:i + 64]) for i in range(0, len(cpu), 64)])
+b = np.concatenate([model.embed_pixels(device_pixels[i:i + 64]) for i in range(0, len(cpu), 64)])
+cos = (a * b).sum(axis=1)
+out["cosine_device_vs_cpu_decode"] = {"min": round(float(cos.min()), 5), "mean": round(float(cos.mean()), 5), "n": len(cos)}
+print(json.dumps(out))
 """
 
 
@@ -443,6 +521,33 @@ def main() -> None:
     if "cosine" in parts:
         result["cosine_vs_cpu_fp32"] = child(COSINE, str(WORK / "lib-1"), str(photos))
         report(result, "cosine_vs_cpu_fp32")
+    if "decode" in parts:
+        decode_part(result, photos)
+
+
+def decode_part(result: dict, photos: Path) -> None:
+    """JPEGs decoded on the GPU against the decode processes, on the same photos: each
+    stage alone, the model alone, whole ingests, and how close the two decodes' vectors are.
+    On a CPU (a dry run) the device path is forced on (it is off there by default) and the
+    model runs in torch, the only runtime that decodes on its device."""
+    result["decode"] = child(DECODE, str(photos), DEVICE)
+    report(result, "decode")
+    args = ["--device", DEVICE]
+    if DEVICE == "cpu":  # as the model alone ran above: torch, fp32
+        args += ["--runtime", "torch", "--precision", "fp32"]
+    on = "auto" if DEVICE == "cuda" else "device"
+    for where in (on, "workers"):
+        key = f"ingest_{DEVICE}_jpeg_decode_{where}"
+        env = {"ORGANIZER_JPEG_DECODE": where}
+        result[key] = ingest(photos, WORK / f"lib-jpeg-{where}", args, env_extra=env)
+        report(result, key)
+    model_rate = result["decode"].get(
+        f"model_alone_{'fp16' if DEVICE == 'cuda' else 'fp32'}_batch32_img_s"
+    )
+    whole = result[f"ingest_{DEVICE}_jpeg_decode_{on}"].get("images_per_s_after_load")
+    if model_rate and whole:
+        result["gpu_decode_ingest_share_of_model_batch32"] = round(whole / model_rate, 3)
+        report(result, "gpu_decode_ingest_share_of_model_batch32")
 
 
 if __name__ == "__main__":
