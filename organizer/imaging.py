@@ -245,14 +245,19 @@ def device_jpeg(data: bytes) -> ImageInfo | None:
     """The info of a JPEG that a GPU decoder can be trusted with, from its header alone (the
     same allow-list and bomb guard as :func:`decode`); None for anything else, which
     :func:`decode` handles: other formats, CMYK and YCCK (rare, and which colours nvJPEG
-    gives for Adobe's inverted CMYK is untested: a wrong guess would not raise), MPO, or a
-    header Pillow cannot read fully.
+    gives for Adobe's inverted CMYK is untested: a wrong guess would not raise), MPO, a
+    header Pillow cannot read fully, or a file that does not end with the end-of-image
+    marker (truncated, or with bytes after the picture).
 
     Raises:
         ImageError: as :func:`open_image`.
     """
     image = open_image(data)
     if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return None
+    if not data.rstrip(b"\0\r\n \t").endswith(b"\xff\xd9"):
+        # No end-of-image marker: cut short (or with bytes after it). A GPU decoder may
+        # fill what is missing without a word; Pillow refuses a truncated file.
         return None
     try:
         meta = read_meta(image)

@@ -4,7 +4,8 @@ Pillow's filters and run them with SIMD.
 
 On 1024-px photos torch takes ~0.8 ms where Pillow takes ~6 ms (one core), and the pixels
 differ by at most one grey level (bench/decode.py). torch is imported on first use;
-:func:`use_one_thread` makes a decode worker import it while it starts, single-threaded.
+:func:`use_one_thread` keeps it to one thread in a decode worker, and imports it as the worker
+starts when the worker will resize most files.
 Where torch cannot be imported, :func:`resize_rgb` returns None and the caller uses Pillow.
 """
 
@@ -21,21 +22,28 @@ from PIL import Image
 MODES = ("bicubic", "bilinear")
 
 
+_ONE_THREAD: list[bool] = []  # set in a decode worker: torch gets one thread once imported
+
+
 @functools.cache
 def _torch() -> ModuleType | None:
     try:
         import torch
     except Exception:  # not installed, or a broken install: Pillow resizes instead
         return None
+    if _ONE_THREAD:
+        torch.set_num_threads(1)
     return torch
 
 
-def use_one_thread() -> None:
-    """For a decode worker, one of several on as many cores: import torch now (while the
-    worker starts, not on its first file) and keep its kernels on this worker's one thread."""
-    torch = _torch()
-    if torch is not None:
-        torch.set_num_threads(1)
+def use_one_thread(now: bool = True) -> None:
+    """For a decode worker, one of several on as many cores: keep torch's kernels on this
+    worker's one thread, importing it ``now`` (while the worker starts, not on its first file)
+    or when first needed (a worker that leaves most files to the GPU: torch costs a worker
+    ~260 MB of its own memory)."""
+    _ONE_THREAD.append(True)
+    if now:
+        _torch()
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray | None:

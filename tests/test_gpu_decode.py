@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from organizer import pipeline
 from organizer.config import Settings, resolve_settings
 from organizer.embed import device_decode as dd
 from organizer.embed import request_spec
 from organizer.embed.openclip import load
 from organizer.errors import OptionsError
-from organizer.imaging import PreprocessSpec
+from organizer.imaging import PreprocessSpec, device_jpeg
 from organizer.library import Library
 from organizer.pipeline import Job, decode_for_model, prepare, prepare_encoded
 from organizer.store import queries as q
@@ -163,9 +164,25 @@ def test_what_the_device_does_not_take_is_decoded_or_refused_as_on_the_cpu(tmp_p
             assert prepared.encoded is None and (pixels == cpu.pixels).all(), name
     # Left to the device only where it can be trusted; the bomb was refused by its header.
     encoded = {n for n, (_, _, p) in results.items() if p.encoded is not None}
-    assert encoded == {"good.jpg", "truncated.jpg"}
+    assert encoded == {"good.jpg"}  # a truncated one too is Pillow's to refuse
     assert "decompression bomb" in results["bomb.jpg"][2].error
-    assert results["truncated.jpg"][1] == prepare(_job(files["truncated.jpg"]), SPEC).error
+    assert results["truncated.jpg"][2].error == prepare(_job(files["truncated.jpg"]), SPEC).error
+
+
+EOI = b"\xff\xd9"
+
+
+def _with_end_marker(data: bytes):
+    """device_jpeg as if the file ended with the end-of-image marker."""
+    return device_jpeg(data + EOI if data.startswith(b"\xff\xd8") else data)
+
+
+def test_a_jpeg_without_its_end_marker_is_left_to_pillow():
+    good = _jpeg(picture(1, (200, 150)))
+    assert device_jpeg(good) is not None
+    assert device_jpeg(good + b"\0\0\n") is not None  # padding after the marker
+    assert device_jpeg(good[:-2]) is None  # cut short
+    assert device_jpeg(good + b"trailing bytes") is None  # what a camera appended
 
 
 def test_a_batch_the_device_refuses_is_decoded_one_by_one(tmp_path, monkeypatch):
@@ -279,8 +296,12 @@ def test_an_ingest_on_the_device_path_records_what_the_cpu_path_does(
     monkeypatch.setattr(dd, "_decode_jpegs", lambda d, dev: decoded.extend(d) or real(d, dev))
     cpu_rows, cpu_vectors = _ingested(root, tmp_path / "lib-cpu", "workers", workers)
     assert decoded == []
+    if workers == 0:  # in this process: the truncated file reaches the device, as a file
+        # cut short where its end marker survives would; the device and Pillow refuse it
+        monkeypatch.setattr(pipeline, "device_jpeg", _with_end_marker)
     dev_rows, dev_vectors = _ingested(root, tmp_path / "lib-dev", "device", workers)
-    assert len(decoded) >= 1 + 8  # the probe, then good, truncated, p0-p5
+    # the probe, then good and p0-p5 (and the truncated file, in this process)
+    assert len(decoded) >= 1 + 7 + (workers == 0)
     assert dev_rows == cpu_rows
     assert sorted(n for n, r in cpu_rows.items() if r[0] == "ok") == sorted(
         ["good.jpg", "cmyk.jpg", "png.jpg", "mpo.jpg", *(f"p{i}.jpg" for i in range(6))]

@@ -139,3 +139,20 @@ def test_decode_workers_run_torch_on_one_thread_and_survive_bad_files(tmp_path):
     with DecodePool(1, SPECS["shortest"], prepare_fn=threads_prepare) as pool:
         (result,) = pool.results(jobs[:1])
     assert result.error == "torch threads: 1"
+
+
+def test_a_worker_that_leaves_jpegs_encoded_imports_torch_only_when_it_resizes():
+    """A decode worker beside a GPU (JPEGs left to the device) spares torch's ~260 MB until
+    a file needs resizing; then torch runs on one thread, as in every decode worker."""
+    import subprocess
+
+    code = (
+        "import sys; from organizer import resize; resize.use_one_thread(now=False); "
+        "assert 'torch' not in sys.modules; from PIL import Image; "
+        "assert resize.resize_rgb(Image.new('RGB', (64, 48)), (32, 24), 'bicubic') is not None; "
+        "import torch; print(torch.get_num_threads())"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
