@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from organizer.choices import JpegDecode, Runtime
 from organizer.config import Settings
 from organizer.ingest import IngestOptions, RayOptions
+from organizer.ingest import run as run_module
 from organizer.library import Library
 from organizer.store import queries as q
-from tests.fakes import TINY_CONFIG, make_folder, slow_prepare, write_picture
+from tests.fakes import TINY_CONFIG, make_folder, photo_exif, picture, slow_prepare, write_picture
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 REPO = Path(__file__).resolve().parents[1]
@@ -205,10 +207,48 @@ def _actor_pids() -> list[int]:
     return pids
 
 
+def test_actors_that_decode_jpegs_on_their_device_write_what_the_cpu_path_does(photos, tmp_path):
+    """ORGANIZER_JPEG_DECODE=device on CPU actors runs the GPU path's code (torchvision's
+    decoder): the decode tasks leave JPEGs encoded, the actors decode, turn and resize them;
+    a PNG and a CMYK JPEG are decoded by the tasks; the broken files fail as locally."""
+    root = tmp_path / "mixed"
+    shutil.copytree(photos, root)
+    picture(1, (90, 60)).save(root / "flat.png")
+    picture(2, (90, 60)).convert("CMYK").save(root / "cmyk.jpg")
+    exif = photo_exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    picture(3, (120, 80)).save(root / "turned.jpg", exif=exif.tobytes())
+    reference = tmp_path / "local"
+    torch = {"runtime": Runtime.TORCH}  # the device decoder goes with torch's model
+    with Library.open(replace(_settings(reference), **torch), create=True) as lib:
+        lib.ingest([str(root)])
+    library = tmp_path / "ray"
+    options = IngestOptions(ray=RayOptions(workers=1), batch_size=8)
+    settings = replace(_settings(library), jpeg_decode=JpegDecode.DEVICE, **torch)
+    with Library.open(settings, create=True) as lib:
+        summary = lib.ingest([str(root)], options=options)
+    assert (summary.new, summary.failed) == (195, 8)
+    a, b = _rows(reference), _rows(library)
+    assert a.keys() == b.keys()
+    for path in a:
+        assert a[path][:-1] == b[path][:-1], path  # status, reason, hash, size, upright size
+        va, vb = a[path][-1], b[path][-1]
+        assert (va is None) == (vb is None), path
+        if va is not None:
+            assert float(va @ vb) >= 0.999, path
+    assert b["turned.jpg"][4:6] == (80, 120)
+    # the actors did decode: their resize (from the whole picture, in floats) is not Pillow's
+    same = [p for p in a if a[p][-1] is not None and (a[p][-1] == b[p][-1]).all()]
+    assert len(same) < len(a) // 2, same
+
+
 def test_a_killed_actor_loses_nothing_and_doubles_nothing(photos, tmp_path, monkeypatch):
     from organizer.ingest import distributed
 
     monkeypatch.setattr(distributed, "DECODE", slow_prepare)
+    # A write every model batch (not up to 256 files), so that progress shows the actor at
+    # work even when its results come in a burst.
+    monkeypatch.setattr(run_module, "RAY_WRITE_ROWS", 32)
     reference = tmp_path / "local"
     _ingest(reference, [photos], "local")
     library = tmp_path / "ray"

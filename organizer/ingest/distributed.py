@@ -30,10 +30,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from organizer.choices import Device, Runtime
+from organizer.choices import Device, JpegDecode, Runtime
 from organizer.embed import Embedder, ModelSpec, loader, sha256_file
 from organizer.embed.runtime import Capabilities, Plan, plan
-from organizer.errors import LibraryError, ModelError, OrganizerError
+from organizer.errors import ImageError, LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
 from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import (
@@ -41,8 +41,10 @@ from organizer.pipeline import (
     Job,
     PoolUnavailable,
     Prepared,
+    decode_for_model,
     fetch_ahead,
     prepare,
+    prepare_encoded,
     read_job,
 )
 from organizer.sources import Storage, is_local_folder, probe
@@ -77,6 +79,7 @@ class RayOptions:
     offline: bool = False
     plan: Plan | None = None  # how every actor runs the model, once settled (settle_model)
     batch_size: int = EMBED_BATCH  # images per forward pass in an actor
+    jpeg_decode: str = "auto"  # JpegDecode: auto decodes JPEGs on the actors' GPUs
 
 
 NEEDS_RAY = "--engine ray needs its extra: pip install 'organizer[ray]'"
@@ -326,6 +329,7 @@ def prepare_on_ray(
     items = [_item(j) for j in jobs]
     skip_ref = ray.put(frozenset(skip_decode))
     block = block_files(len(items), ray.cluster_resources().get("CPU", 1.0), options.batch_size)
+    encoded = on_device(options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Ray's notices about its own deprecations
         ds: Any = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / block))
@@ -333,7 +337,11 @@ def prepare_on_ray(
             _decode_batch,
             batch_size=block,
             batch_format="numpy",
-            fn_kwargs={"spec": spec, "skip_ref": skip_ref, "prepare_fn": prepare_fn},
+            fn_kwargs={
+                "spec": spec,
+                "skip_ref": skip_ref,
+                "prepare_fn": prepare_encoded if encoded and prepare_fn is prepare else prepare_fn,
+            },
             num_cpus=1,
             # Ray Data retries a task forever by default. A task whose worker dies is retried
             # twice (a lost machine); a block that still fails holds a file that crashes the
@@ -347,7 +355,7 @@ def prepare_on_ray(
             # quantising scales each forward pass by the images in it.
             batch_size=block,
             batch_format="numpy",
-            fn_constructor_kwargs={"model": model, "options": options},
+            fn_constructor_kwargs={"model": model, "options": options, "spec": spec},
             compute=ray.data.ActorPoolStrategy(size=workers),  # restarted when one dies
             num_gpus=options.gpus_per_worker or None,
             num_cpus=0 if options.gpus_per_worker else 1,
@@ -388,6 +396,18 @@ def prepare_on_ray(
             for p, vector in zip(todo, vectors, strict=True):
                 p.vector, p.pixels = vector, None
         yield from rest
+
+
+def on_device(options: RayOptions) -> bool:
+    """Whether the actors decode the JPEGs (on their GPUs; ``device``: wherever they run),
+    the decode tasks only reading, hashing and checking them: only where torch runs the
+    model (an exported tower has no device decoder: the actor would decode with Pillow)."""
+    where = options.jpeg_decode
+    torch = options.plan is not None and options.plan.runtime == Runtime.TORCH
+    wanted = where == JpegDecode.DEVICE or (
+        where == JpegDecode.AUTO and bool(options.gpus_per_worker)
+    )
+    return torch and wanted
 
 
 def block_files(files: int, cpus: float, batch_size: int = EMBED_BATCH) -> int:
@@ -476,6 +496,7 @@ def _decode_batch(
         "has_info": np.zeros(n, dtype=bool),
         "has_pixels": np.zeros(n, dtype=bool),
         "pixels": np.zeros((n, h, w, 3), dtype=np.uint8),
+        "encoded": np.full(n, b"", dtype=object),  # a JPEG left to the actor's device
     }
     # Objects in buckets are read by the task itself, many at once (no shared mount needed).
     row = {int(k): i for i, k in enumerate(batch["key"])}
@@ -495,30 +516,91 @@ def _decode_batch(
         if p.pixels is not None:
             out["has_pixels"][i] = True
             out["pixels"][i] = p.pixels
+        elif p.encoded is not None:
+            out["encoded"][i] = p.encoded
     return out
 
 
 class _Embedder:
     """A Ray actor holding the model, loaded as the run's plan says."""
 
-    def __init__(self, model: ModelSpec, options: RayOptions):
+    def __init__(self, model: ModelSpec, options: RayOptions, spec: PreprocessSpec):
         self.embedder = _load(model, options)
         self.batch_size = max(1, options.batch_size)
+        self.spec = spec
+        self.jpeg_decode = options.jpeg_decode
+        self._decoder: Any = None  # the device's JPEG decoder, once a JPEG comes
+        self._checked = False
 
     def __call__(self, batch: dict) -> dict:
         has = batch["has_pixels"]
         vectors = np.zeros((len(has), self.embedder.dim), dtype=np.float32)
-        rows = np.flatnonzero(has)
+        encoded = np.flatnonzero([len(e) > 0 for e in batch["encoded"]])
+        rows = np.flatnonzero(has | np.isin(np.arange(len(has)), encoded))
+        has = has.copy()
+        errors = batch["error"].copy()
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
-            vectors[chunk] = self.embedder.embed_pixels(batch["pixels"][chunk])
-        out = {k: v for k, v in batch.items() if k != "pixels"}
+            if not any(len(batch["encoded"][i]) for i in chunk):
+                vectors[chunk] = self.embedder.embed_pixels(batch["pixels"][chunk])
+                continue
+            made, failed = self._decoded(batch, chunk)
+            ok = [i for i, error in zip(chunk, failed, strict=True) if error is None]
+            if ok:
+                vectors[ok] = made
+            for i, error in zip(chunk, failed, strict=True):
+                has[i] = error is None
+                if error is not None:
+                    errors[i] = error
+        out = {k: v for k, v in batch.items() if k not in ("pixels", "encoded")}
+        out["has_pixels"], out["error"] = has, errors
         out["vector"] = vectors
         out["device"] = np.full(len(has), self.embedder.device, dtype=object)
         out["precision"] = np.full(len(has), self.embedder.precision, dtype=object)
         runtime = getattr(self.embedder, "runtime", "torch")
         out["runtime"] = np.full(len(has), runtime, dtype=object)
         return out
+
+    def _decoded(self, batch: dict, chunk: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """The vectors of a chunk with JPEGs left encoded (decoded on this actor's device, or
+        with Pillow where it has no decoder), and why each that failed did."""
+        from organizer.embed.device_decode import EncodedJpeg, decoder_for
+
+        if not self._checked:
+            self._decoder = decoder_for(self.embedder, self.jpeg_decode, self.spec)
+            self._checked = True
+        items: list[Any] = []
+        for i in chunk:
+            data = batch["encoded"][i]
+            if not len(data):
+                items.append(batch["pixels"][i])
+                continue
+            meta = PhotoMeta.from_json(str(batch["meta"][i]))
+            width, height = int(batch["width"][i]), int(batch["height"][i])
+            items.append(EncodedJpeg(bytes(data), meta.orientation or 1, width, height))
+        if self._decoder is not None:
+            stacked, errors = self._decoder.pixels(items, self._here)
+            return (self._decoder.embed(stacked) if len(stacked) else np.zeros(0)), errors
+        arrays: list[np.ndarray] = []
+        failed: list[str | None] = []
+        for item in items:
+            try:
+                arrays.append(self._here(item.data) if isinstance(item, EncodedJpeg) else item)
+                failed.append(None)
+            except ImageError as exc:
+                failed.append(str(exc))
+        vectors = self.embedder.embed_pixels(np.stack(arrays)) if arrays else np.zeros(0)
+        return vectors, failed
+
+    def _here(self, data: bytes) -> np.ndarray:
+        """A JPEG the device did not decode, decoded as the decode tasks do.
+
+        Raises:
+            ImageError: it cannot be decoded.
+        """
+        pixels = decode_for_model(data, self.spec)[1]
+        assert pixels is not None  # a spec was given
+        return pixels
 
 
 def _load(model: ModelSpec, options: RayOptions) -> Embedder:

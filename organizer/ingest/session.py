@@ -158,6 +158,7 @@ def filled_options(
             device=str(s.device),
             precision=str(s.precision),
             runtime=str(s.runtime),
+            jpeg_decode=str(s.jpeg_decode),
         )
         if ray.workers is None and s.workers:  # ORGANIZER_WORKERS counts actors here
             ray = replace(ray, workers=s.workers)
