@@ -462,7 +462,7 @@ def _resize_dims(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int]:
 def to_model_input(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """Resize and crop (or pad) an RGB image exactly as open_clip's eval transform does: the
     same sizes and offsets, the same antialiased filter (torch's SIMD copy of Pillow's where
-    torch is importable, within a grey level of Pillow's own; see :mod:`organizer.resize`).
+    torch is importable, within a few grey levels of Pillow's own; see :mod:`organizer.resize`).
 
     Returns:
         uint8 array of shape (height, width, 3); normalisation is left to the embedder.

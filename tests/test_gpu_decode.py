@@ -8,6 +8,7 @@ CUDA test checks what only a GPU can: that nvJPEG gives the pixels the CPU gives
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ from organizer.embed import request_spec
 from organizer.embed.openclip import load
 from organizer.errors import OptionsError
 from organizer.imaging import PreprocessSpec, device_jpeg
+from organizer.ingest import run
 from organizer.library import Library
-from organizer.pipeline import Job, decode_for_model, prepare, prepare_encoded
+from organizer.pipeline import DecodePool, Job, decode_for_model, prepare, prepare_encoded
 from organizer.store import queries as q
 from tests.fakes import TINY_CONFIG, FakeEmbedder, image_bytes, photo_exif, picture
 
@@ -346,3 +348,102 @@ def test_nvjpeg_on_cuda_gives_the_cpus_pixels(tmp_path):
             assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
     model = load(request_spec(str(TINY_CONFIG), "none"), "cuda", "fp32", offline=True)
     assert isinstance(dd.decoder_for(model, "auto", model.preprocess), dd.DeviceDecoder)
+
+
+# -- what a review found: the device path must not cost the run its decode processes, a run,
+# or the workers' memory --------------------------------------------------------------------
+
+REVIEW_SPEC = PreprocessSpec((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _jpegs(root: Path, n: int, start: int = 0) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        data = image_bytes(picture(i, (160, 120)), "JPEG", quality=90)
+        (root / f"p{i:03d}.jpg").write_bytes(data)
+
+
+def _review_settings(library: Path, **more) -> Settings:
+    return Settings(
+        library=library,
+        model=str(TINY_CONFIG),
+        pretrained="none",
+        runtime="torch",
+        batch_size=4,
+        workers=2,
+        **more,
+    )
+
+
+# -- 1. auto mode on a machine that looks like it has a GPU but whose model runs elsewhere ----
+
+
+def test_auto_without_a_device_decoder_still_decodes_in_the_workers(tmp_path, monkeypatch):
+    """ORGANIZER_JPEG_DECODE=auto (the default) and an NVIDIA driver on the machine
+    (/proc/driver/nvidia/version, what _expected_device looks at) but the model ends up
+    without a device decoder: a CPU-only torch wheel, CUDA_VISIBLE_DEVICES='', a GPU torch
+    cannot use, or a torchvision without nvJPEG (decoder_for's probe fails). The decode
+    workers then leave every JPEG encoded and the one main process decodes them all, one
+    after another, with Pillow (_decode_here): the decode pool idles."""
+    photos, library = tmp_path / "photos", tmp_path / "lib"
+    _jpegs(photos, 2)
+    with Library.open(_review_settings(library, device="auto"), create=True) as lib:
+        lib.ingest([photos])  # the library now records its input: the next run reads while
+    _jpegs(photos, 12, start=2)  # the model loads, so _prepared guesses the device
+    monkeypatch.setattr(run, "_expected_device", lambda options: "cuda")  # a driver is there
+    here = []
+    real = run.Ingestor._decode_here
+    monkeypatch.setattr(
+        run.Ingestor, "_decode_here", lambda self, data: here.append(1) or real(self, data)
+    )
+    with Library.open(_review_settings(library, device="auto"), create=True) as lib:
+        summary = lib.ingest([photos])
+    assert summary.new == 12
+    assert here == [], f"{len(here)} of 12 JPEGs decoded in the main process"
+
+
+# -- 2. an error while making the model's input on the device aborts the whole ingest -------
+
+
+def test_running_out_of_device_memory_on_one_big_picture_does_not_abort_the_run(
+    tmp_path, monkeypatch
+):
+    """The device path decodes a JPEG at full size (no DCT draft) and makes a float32 copy
+    of it to resize: 1.4 GB for one 96 Mpx JPEG (Pillow's path: 23 MB), ~2.6 GB at
+    MAX_PIXELS. Only _decode is guarded; a torch.OutOfMemoryError (a RuntimeError) in
+    to_model_input escapes DeviceDecoder.pixels and ends the ingest with a traceback,
+    where the file should go to the Pillow fallback (or be recorded failed)."""
+    import torch
+
+    photos = tmp_path / "photos"
+    _jpegs(photos, 6)
+    real, calls = dd.to_model_input, []
+
+    def oom_on_big(x, spec):
+        calls.append(1)
+        if len(calls) == 3:  # one picture of the run
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.15 GiB")
+        return real(x, spec)
+
+    monkeypatch.setattr(dd, "to_model_input", oom_on_big)
+    settings = _review_settings(tmp_path / "lib", device="cpu", jpeg_decode="device")
+    with Library.open(settings, create=True) as lib:
+        summary = lib.ingest([photos])
+    assert (summary.new, summary.failed) == (6, 0)  # the one Pillow decoded
+
+
+# -- 3. decode workers now hold torch: ~280 MB of private memory each -------------------------
+
+
+def _private_dirty_mb(pid: int) -> int:
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"Private_Dirty:\s+(\d+)", text).group(1)) // 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux only")
+def test_a_decode_worker_that_leaves_jpegs_encoded_stays_small():
+    """Beside a GPU the decode workers resize no JPEG: they do not import torch (~280 MB of
+    private memory apiece with the CUDA wheel, times cores-1 workers)."""
+    with DecodePool(2, REVIEW_SPEC, prepare_fn=prepare_encoded) as pool:
+        sizes = [_private_dirty_mb(w.process.pid) for w in pool._workers]
+    assert max(sizes) < 100, sizes

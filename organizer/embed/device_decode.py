@@ -14,6 +14,7 @@ Pillow's, both with a = -0.5).
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable, Sequence
@@ -123,8 +124,12 @@ class DeviceDecoder:
                 if x is None:
                     continue
                 x = upright(x, jpeg.orientation)
-                if tuple(x.shape) == (3, jpeg.height, jpeg.width):  # what the header said
+                if tuple(x.shape) != (3, jpeg.height, jpeg.width):  # not what the header said
+                    continue
+                try:
                     made[i] = to_model_input(x, self.spec)
+                except (RuntimeError, ValueError):  # out of the device's memory (a float
+                    continue  # copy of a big picture): Pillow's draft decode takes it
         for i, item in enumerate(items):
             if i in made:
                 continue
@@ -184,6 +189,16 @@ def _chunks(jpegs: list[tuple[int, EncodedJpeg]]) -> list[list[tuple[int, Encode
         chunks[-1].append(pair)
         held += size
     return chunks
+
+
+@functools.cache
+def decodes_on(device: str) -> bool:
+    """Whether torchvision decodes JPEGs on ``device`` in this process (tried once)."""
+    try:
+        _decode_jpegs([_as_tensor(_probe_jpeg())], device)
+    except Exception:  # no such device, no nvJPEG in this build, a driver problem, ...
+        return False
+    return True
 
 
 def decoder_for(embedder: object, where: str, spec: PreprocessSpec) -> DeviceDecoder | None:

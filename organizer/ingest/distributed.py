@@ -47,6 +47,7 @@ from organizer.pipeline import (
     prepare_encoded,
     read_job,
 )
+from organizer.resize import use_one_thread
 from organizer.sources import Storage, is_local_folder, probe
 
 # The Ray minor version the tests run; `organizer[ray]` pins it.
@@ -476,6 +477,7 @@ def _decode_batch(
 ) -> dict:
     import ray
 
+    use_one_thread(now=False)  # one CPU per task: torch's resize too, whatever ran here before
     key = skip_ref.hex()
     if key not in _SKIP:
         _SKIP.clear()

@@ -412,15 +412,27 @@ class Ingestor:
             model = known.spec
             return self._on_ray(jobs, spec, frozenset(skip), model)
         device = self._embedder.device if self._embedder else _expected_device(self.options)
-        where = self.options.jpeg_decode
-        on_device = where == JpegDecode.DEVICE or (where == JpegDecode.AUTO and device == "cuda")
-        prepare_fn = prepare_encoded if on_device else prepare
+        prepare_fn = prepare_encoded if self._decodes_on_device(device) else prepare
         workers = self.options.workers
         if workers is None:
             workers = default_workers(device)
         if workers == 0:
             return prepare_all(jobs, spec, skip, prepare_fn)
         return prepare_parallel(jobs, spec, skip, workers, prepare_fn)
+
+    def _decodes_on_device(self, device: str) -> bool:
+        """Whether the decode processes leave JPEGs for the model's ``device`` to decode: asked
+        for (or ``auto`` and CUDA), and the device can, as found out before any file is read
+        (a driver on the machine is not enough: a CPU-only torch, CUDA_VISIBLE_DEVICES="", a
+        torchvision without nvJPEG would leave every JPEG to this one process)."""
+        where = self.options.jpeg_decode
+        if where == JpegDecode.WORKERS or (where == JpegDecode.AUTO and device != "cuda"):
+            return False
+        if self._embedder is not None:
+            return self._device_decoder() is not None
+        from organizer.embed.device_decode import decodes_on
+
+        return decodes_on(device)
 
     def _join_ray(self, the_plan: Plan) -> None:
         """Join the cluster, check that every machine sees the files, settle one device and
