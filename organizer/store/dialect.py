@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -201,20 +201,30 @@ def insert_embedded_rows(
     # picks itself (the largest + 1; the write transaction holds its only writer's lock).
     start = conn.execute(select(func.coalesce(func.max(images.c.id), 0))).scalar_one()
     ids = list(range(start + 1, start + 1 + len(rows)))
-    conn.execute(insert(images), [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
-    conn.execute(
-        insert(embeddings),
-        [
-            {
-                "image_id": i,
-                "model_id": model_id,
-                "vector": vectors[n].tobytes(),
-                "created_at": stamp,
-            }
-            for n, i in enumerate(ids)
-        ],
+    columns = list(rows[0])
+    values = [(i, *(r[c] for c in columns)) for i, r in zip(ids, rows, strict=True)]
+    _send_many(conn, images, ["id", *columns], values)
+    _send_many(
+        conn,
+        embeddings,
+        ["image_id", "model_id", "vector", "created_at"],
+        [(i, model_id, vectors[n].tobytes(), stamp) for n, i in enumerate(ids)],
     )
     return ids
+
+
+def _send_many(conn: Connection, table: Any, columns: list[str], rows: list[tuple]) -> None:
+    """One INSERT with many rows of parameters, straight to the driver (executemany): each
+    value goes through its column's own conversion (a time as SQLAlchemy stores it), but not
+    through SQLAlchemy's per-row parameter handling, which costs more than SQLite's insert."""
+    convert = [table.c[name].type.bind_processor(conn.dialect) for name in columns]
+    if any(convert):
+        rows = [
+            tuple(v if f is None or v is None else f(v) for f, v in zip(convert, row, strict=True))
+            for row in rows
+        ]
+    marks = ", ".join("?" * len(columns))
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows)
 
 
 _COPY_IMAGE_COLUMNS = {
