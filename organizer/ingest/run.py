@@ -472,7 +472,7 @@ class Ingestor:
     def _classify(self, work: FileWork, p: Prepared) -> None:
         h = p.content_hash
         known = work.known
-        lean = replace(p, pixels=None, encoded=None)  # what a file not embedded keeps (memory)
+        lean = _lean(p)  # what a file that is not embedded keeps (memory)
         if h is None:
             self._ops.append(Fail(work, lean))
         elif known and known.status == ImageStatus.OK and known.content_hash == h:
@@ -516,7 +516,7 @@ class Ingestor:
                         ops.append(Fail(copy.work, replace(copy.prepared, error=error)))
                     continue
                 vector = p.vector if p.vector is not None else next(made)
-                ops.append(Embed(work, replace(p, encoded=None), vector))
+                ops.append(Embed(work, _lean(p), vector))
                 ops.extend(self._waiting.pop(p.content_hash, []))
                 self.summary.embedded += 1
         self.writer.write(ops, {"done": self._finished(), "total": self._total})
@@ -567,6 +567,14 @@ class Ingestor:
             self._decoder = decoder_for(self._embedder, self.options.jpeg_decode, self._preprocess)
             self._decoder_checked = True
         return self._decoder
+
+
+def _lean(p: Prepared) -> Prepared:
+    """The file without its pixels or bytes (what is kept of it once embedded or not needed);
+    itself when it holds neither, as results embedded by Ray do (a copy costs µs a file)."""
+    if p.pixels is None and p.encoded is None:
+        return p
+    return replace(p, pixels=None, encoded=None)
 
 
 class _InputChanged(Exception):
