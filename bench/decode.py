@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from organizer import imaging
 from organizer.imaging import PreprocessSpec, decode, to_model_input
 from organizer.pipeline import Job, prepare
+from organizer.resize import use_one_thread
 
 
 def pillow_only() -> AbstractContextManager[object]:
@@ -94,6 +95,33 @@ def timings(paths: list[Path], spec: PreprocessSpec, drafts: list[float], repeat
                 whole = [fastest(partial(prepare, j, spec), repeats) for j in jobs]
             row[2] = f"{1000 * statistics.median(whole):.2f}"
         rows.append(row)
+    return rows
+
+
+def once_through(paths: list[Path], spec: PreprocessSpec) -> list:
+    """prepare() of each file once, in order, as a decode worker meets them: wall, user and
+    system milliseconds per file, and page faults (what a best-of-N timing cannot show: a
+    buffer the C library maps and unmaps for every file costs system time)."""
+    import resource
+
+    jobs = [Job(i, os.fsencode(p), -1, 0) for i, p in enumerate(paths)]
+    rows = []
+    for label, old in (("old: Pillow resize", True), ("new: torch resize", False)):
+        with pillow_only() if old else nullcontext():
+            before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            for job in jobs:
+                prepare(job, spec)
+            wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+        n = len(jobs)
+        rows.append(
+            [
+                label,
+                f"{1000 * wall / n:.2f}",
+                f"{1000 * (after.ru_utime - before.ru_utime) / n:.2f}",
+                f"{1000 * (after.ru_stime - before.ru_stime) / n:.2f}",
+                f"{(after.ru_minflt - before.ru_minflt) / n:.0f}",
+            ]
+        )
     return rows
 
 
@@ -186,11 +214,15 @@ def main() -> None:
     }
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})  # one core, as one decode worker has
-    torch.set_num_threads(1)
+    use_one_thread()  # as a decode worker: torch on one thread, freed memory kept
     header = ["path", "decode+resize ms", "prepare() ms"]
     for name, paths in sets.items():
         print(f"\n{name}: {len(paths)} photos, one core, median ms per image", flush=True)
         print(table(timings(paths, spec, args.draft, args.repeats), header), flush=True)
+    paths = sorted(variants("a-1000", 1000, 1024).glob("*.jpg"))[:400]
+    print(f"\n1024-px variants: prepare() of {len(paths)} files once each, in order", flush=True)
+    header = ["path", "wall ms", "user ms", "system ms", "page faults"]
+    print(table(once_through(paths, spec), header), flush=True)
     os.sched_setaffinity(0, allowed)
     torch.set_num_threads(len(allowed))
     print(
