@@ -345,8 +345,8 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
-        if spec is not None:  # it will resize pictures (most, unless JPEGs stay encoded)
-            use_one_thread(now=prepare_fn is not prepare_encoded)
+        if spec is not None:  # it resizes pictures: torch on one thread, once imported
+            use_one_thread(now=False)
         conn.send(_READY)  # imports done: from now on a crash is the file's doing
         while True:
             job = conn.recv()

@@ -6,9 +6,9 @@ On 1024-px photos torch takes ~0.8 ms where Pillow takes ~6 ms (one core), and t
 differ by 0.002 grey levels on average, 2 at most (bench/decode.py). Where Pillow 13 runs its
 vertical pass first (a tall picture whose width barely shrinks: python-pillow/Pillow#9549)
 the rounding between the passes differs, by up to ~20 levels at hard edges; vectors still
-agree (24 tall 300-px-wide crops of the shared photos: max 11 levels, cosine min 0.999993). torch is imported on first use;
-:func:`use_one_thread` keeps it to one thread in a decode worker, and imports it as the worker
-starts when the worker will resize most files.
+agree (24 tall 300-px-wide crops of the shared photos: max 11 levels, cosine min 0.999993). torch is imported on first use, by the first picture of MIN_PIXELS or more (smaller ones are
+cheap for Pillow: a decode worker that meets only those never pays torch's import, ~1-2.5 s
+of CPU and ~260 MB); :func:`use_one_thread` keeps it to one thread in a decode worker.
 Where torch cannot be imported, :func:`resize_rgb` returns None and the caller uses Pillow.
 """
 
@@ -26,6 +26,9 @@ from PIL import Image
 # The filters torch computes exactly as Pillow does (its antialiased bicubic uses Pillow's
 # a = -0.5, not the -0.75 of its own plain bicubic).
 MODES = ("bicubic", "bilinear")
+# Pictures smaller than this are resized by Pillow (well under a millisecond there); which
+# path a picture takes depends on it alone, so every engine makes the same pixels.
+MIN_PIXELS = 250_000
 
 
 _ONE_THREAD = [False]  # set in a decode worker: torch gets one thread once imported
@@ -84,6 +87,8 @@ def resize_rgb(image: Image.Image, size: tuple[int, int], mode: str) -> np.ndarr
         as Pillow does (the caller resizes with Pillow).
     """
     width, height = size
+    if image.width * image.height < MIN_PIXELS:
+        return None
     if width > image.width or height > image.height:
         # Enlarging: torch's integer weights then round differently from Pillow's (by up to
         # 6 grey levels where one side grows as the other shrinks); small pictures are cheap.

@@ -95,12 +95,13 @@ def uneven_prepare(job, spec, skip_decode, draft):
 
 
 def threads_prepare(job, spec, skip_decode, draft):
-    """A decode step that reports whether the worker imported torch before its first file,
-    and on how many threads torch runs there."""
+    """A decode step that prepares the file, then reports whether the worker has imported
+    torch, and on how many threads torch runs there."""
     import sys
 
-    from organizer.pipeline import Prepared
+    from organizer.pipeline import Prepared, prepare
 
+    prepare(job, spec, skip_decode, draft)
     if "torch" not in sys.modules:
         return Prepared(job.key, job.size, job.mtime_ns, error="torch not imported")
     threads = sys.modules["torch"].get_num_threads()

@@ -32,6 +32,19 @@ def without_torch(monkeypatch):
             resize._torch.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def torch_for_small_pictures_too(monkeypatch):
+    """These tests' pictures are small: torch resizes them all the same."""
+    monkeypatch.setattr(resize, "MIN_PIXELS", 0)
+
+
+def test_a_small_picture_is_resized_by_pillow(monkeypatch):
+    monkeypatch.undo()  # the default threshold
+    small, large = photo((400, 300)), photo((800, 600))
+    assert resize.resize_rgb(small, (85, 64), "bicubic") is None
+    assert resize.resize_rgb(large, (85, 64), "bicubic") is not None
+
+
 def pillow_input(image: Image.Image, spec: PreprocessSpec, monkeypatch) -> np.ndarray:
     with monkeypatch.context() as m:
         m.setattr("organizer.imaging.resize_rgb", lambda *args: None)
@@ -122,6 +135,8 @@ def test_an_unknown_filter_or_an_enlargement_goes_through_pillow():
 
 
 def test_decode_workers_run_torch_on_one_thread_and_survive_bad_files(tmp_path):
+    big = tmp_path / "big.jpg"
+    picture(3, (800, 600)).save(big)  # over MIN_PIXELS: torch resizes it
     paths = [
         write_picture(tmp_path / "good.jpg", 1),
         tmp_path / "empty.jpg",
@@ -136,9 +151,11 @@ def test_decode_workers_run_torch_on_one_thread_and_survive_bad_files(tmp_path):
         results = {p.key: p for p in pool.results(jobs)}
     assert results[0].error is None and results[0].pixels.shape == (64, 64, 3)
     assert all(results[k].error and "crashed" not in results[k].error for k in (1, 2, 3))
-    with DecodePool(1, SPECS["shortest"], prepare_fn=threads_prepare) as pool:
-        (result,) = pool.results(jobs[:1])
-    assert result.error == "torch threads: 1"
+    model_size = PreprocessSpec((256, 256), MEAN, MEAN)  # no draft shrinks the big one
+    with DecodePool(1, model_size, prepare_fn=threads_prepare) as pool:
+        small, large = pool.results([jobs[0], Job(9, os.fsencode(big), -1, 0)])
+    assert small.error == "torch not imported"  # a small picture is Pillow's
+    assert large.error == "torch threads: 1"
 
 
 def test_a_worker_that_leaves_jpegs_encoded_imports_torch_only_when_it_resizes():
@@ -149,7 +166,7 @@ def test_a_worker_that_leaves_jpegs_encoded_imports_torch_only_when_it_resizes()
     code = (
         "import sys; from organizer import resize; resize.use_one_thread(now=False); "
         "assert 'torch' not in sys.modules; from PIL import Image; "
-        "assert resize.resize_rgb(Image.new('RGB', (64, 48)), (32, 24), 'bicubic') is not None; "
+        "assert resize.resize_rgb(Image.new('RGB', (800, 600)), (400, 300), 'bicubic') is not None; "
         "import torch; print(torch.get_num_threads())"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
