@@ -195,6 +195,47 @@ def test_bulk_insert_gives_ids_in_order_and_bumps_the_generation(library):
                 q.vectors_of(conn, model_id, 8, [ids[0], max(ids) + 1])
 
 
+@pytest.mark.both_backends
+def test_bulk_insert_stores_each_value_as_a_row_by_row_insert_does(library, monkeypatch):
+    """The same columns, the same stored form (times at a whole second included: SQLite keeps
+    SQLAlchemy's text, which its comparisons with bound times rely on)."""
+    from datetime import datetime
+
+    import numpy as np
+    from sqlalchemy import select
+
+    from organizer.embed import ModelSpec
+    from organizer.store.db import write_transaction
+
+    stamp = datetime(2026, 12, 8, 1, 2, 3)
+    monkeypatch.setattr(q, "now", lambda: stamp)
+    with Library.open(Settings(library=library), create=True) as lib:
+        with write_transaction(lib.engine) as conn:
+            model_id = q.insert_model(conn, ModelSpec("bulk", "none"), 4)
+            root_id = q.add_root(conn, "/photos")
+            row = {"root_id": root_id, "size": 7, "mtime_ns": 9, "etag": '"e"'}
+            row |= {"content_hash": "h", "width": 3, "height": 2, "format": "JPEG"}
+            (bulk,) = q.insert_embedded(
+                conn, model_id, [{**row, "relpath": b"a.jpg"}], np.ones((1, 4), np.float32)
+            )
+            single = q.insert_image(conn, **row, relpath=b"b.jpg", status="ok")
+            q.put_vector(conn, single, model_id, np.ones(4, np.float32))
+        with lib.engine.connect() as conn:
+            images, vectors = q.images, q.embeddings
+            got = {
+                r.id: tuple(v for k, v in r._mapping.items() if k not in ("id", "relpath"))
+                for r in conn.execute(select(images))
+            }
+            assert got[bulk] == got[single]
+            later = conn.execute(select(images.c.id).where(images.c.created_at >= stamp))
+            assert sorted(r.id for r in later) == sorted([bulk, single])
+            stored = conn.execute(select(vectors.c.created_at, vectors.c.vector)).all()
+            assert stored[0] == stored[1]
+            if lib.engine.dialect.name == "sqlite":
+                raw = conn.exec_driver_sql("SELECT created_at, updated_at FROM images").all()
+                assert raw[0] == raw[1]
+
+
 def test_a_new_catalogue_opened_by_three_processes_at_once(server, tmp_path):
     """Migrations take an advisory lock; those that waited see the finished schema."""
     url = server.new_database()

@@ -217,7 +217,8 @@ def _send_many(conn: Connection, table: Any, columns: list[str], rows: list[tupl
     """One INSERT with many rows of parameters, straight to the driver (executemany): each
     value goes through its column's own conversion (a time as SQLAlchemy stores it), but not
     through SQLAlchemy's per-row parameter handling, which costs more than SQLite's insert."""
-    convert = [table.c[name].type.bind_processor(conn.dialect) for name in columns]
+    dialect = conn.dialect  # SQLite's own type of each column: a DateTime's conversion is there
+    convert = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
     if any(convert):
         rows = [
             tuple(v if f is None or v is None else f(v) for f, v in zip(convert, row, strict=True))
