@@ -24,7 +24,7 @@ from organizer.errors import OptionsError
 from organizer.imaging import PreprocessSpec, device_jpeg
 from organizer.ingest import run
 from organizer.library import Library
-from organizer.pipeline import DecodePool, Job, decode_for_model, prepare, prepare_encoded
+from organizer.pipeline import DecodePool, Job, prepare, prepare_encoded
 from organizer.store import queries as q
 from tests.fakes import TINY_CONFIG, FakeEmbedder, image_bytes, photo_exif, picture
 
@@ -49,12 +49,7 @@ def _job(path: Path) -> Job:
 
 
 def _fallback(spec: PreprocessSpec):
-    def decode_here(data: bytes) -> np.ndarray:
-        pixels = decode_for_model(data, spec)[1]
-        assert pixels is not None
-        return pixels
-
-    return decode_here
+    return lambda data: dd.with_pillow(data, spec)
 
 
 def _device_pixels(paths, spec=SPEC, device="cpu"):
@@ -384,7 +379,7 @@ def test_auto_without_a_device_decoder_still_decodes_in_the_workers(tmp_path, mo
     without a device decoder: a CPU-only torch wheel, CUDA_VISIBLE_DEVICES='', a GPU torch
     cannot use, or a torchvision without nvJPEG (decoder_for's probe fails). The decode
     workers then leave every JPEG encoded and the one main process decodes them all, one
-    after another, with Pillow (_decode_here): the decode pool idles."""
+    after another, with Pillow (device_decode.with_pillow): the decode pool idles."""
     photos, library = tmp_path / "photos", tmp_path / "lib"
     _jpegs(photos, 2)
     with Library.open(_review_settings(library, device="auto"), create=True) as lib:
@@ -392,10 +387,8 @@ def test_auto_without_a_device_decoder_still_decodes_in_the_workers(tmp_path, mo
     _jpegs(photos, 12, start=2)  # the model loads, so _prepared guesses the device
     monkeypatch.setattr(run, "_expected_device", lambda options: "cuda")  # a driver is there
     here = []
-    real = run.Ingestor._decode_here
-    monkeypatch.setattr(
-        run.Ingestor, "_decode_here", lambda self, data: here.append(1) or real(self, data)
-    )
+    real = dd.with_pillow
+    monkeypatch.setattr(dd, "with_pillow", lambda data, spec: here.append(1) or real(data, spec))
     with Library.open(_review_settings(library, device="auto"), create=True) as lib:
         summary = lib.ingest([photos])
     assert summary.new == 12

@@ -25,9 +25,11 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from organizer.choices import JpegDecode
+from organizer.embed import Embedder
 from organizer.embed.openclip import OpenClipEmbedder
 from organizer.errors import ImageError
 from organizer.imaging import PreprocessSpec, _offset, _resize_dims
+from organizer.pipeline import decode_for_model
 
 # Decoded pixels one decode_jpeg call may hold (uint8, 3 a pixel): 64 Mpx is 192 MB, eighty
 # 1024-px photos or five of 12 Mpx; the files' own bomb guard bounds a single picture.
@@ -189,6 +191,47 @@ def _chunks(jpegs: list[tuple[int, EncodedJpeg]]) -> list[list[tuple[int, Encode
         chunks[-1].append(pair)
         held += size
     return chunks
+
+
+def with_pillow(data: bytes, spec: PreprocessSpec) -> np.ndarray:
+    """A JPEG the device did not decode, decoded here as the decode processes do (the same
+    checks, the same pixels).
+
+    Raises:
+        ImageError: it cannot be decoded.
+    """
+    pixels = decode_for_model(data, spec)[1]
+    assert pixels is not None  # a spec was given
+    return pixels
+
+
+def embed_items(
+    embedder: Embedder,
+    decoder: DeviceDecoder | None,
+    items: Sequence[np.ndarray | EncodedJpeg],
+    spec: PreprocessSpec,
+) -> tuple[np.ndarray, list[str | None]]:
+    """The vectors of ``items`` (pixels decoded elsewhere, or JPEGs left encoded), in order,
+    leaving out those that cannot be decoded, and per item why (None where it was): on the
+    device with ``decoder``, with Pillow here where the device has none (what an engine does
+    with a batch of files its decode processes left encoded)."""
+
+    def here(data: bytes) -> np.ndarray:
+        return with_pillow(data, spec)
+
+    if decoder is not None:
+        stacked, errors = decoder.pixels(items, here)
+        return (decoder.embed(stacked) if len(stacked) else np.zeros(0)), errors
+    arrays: list[np.ndarray] = []
+    errors = []
+    for item in items:
+        try:
+            arrays.append(here(item.data) if isinstance(item, EncodedJpeg) else item)
+            errors.append(None)
+        except ImageError as exc:
+            errors.append(str(exc))
+    vectors = embedder.embed_pixels(np.stack(arrays)) if arrays else np.zeros(0)
+    return vectors, errors
 
 
 @functools.cache

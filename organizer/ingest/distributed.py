@@ -33,7 +33,7 @@ import numpy as np
 from organizer.choices import Device, JpegDecode, Runtime
 from organizer.embed import Embedder, ModelSpec, loader, sha256_file
 from organizer.embed.runtime import Capabilities, Plan, plan
-from organizer.errors import ImageError, LibraryError, ModelError, OrganizerError
+from organizer.errors import LibraryError, ModelError, OrganizerError
 from organizer.imaging import ImageInfo, PreprocessSpec
 from organizer.photo_meta import PhotoMeta
 from organizer.pipeline import (
@@ -41,7 +41,6 @@ from organizer.pipeline import (
     Job,
     PoolUnavailable,
     Prepared,
-    decode_for_model,
     fetch_ahead,
     prepare,
     prepare_encoded,
@@ -586,7 +585,7 @@ class _Embedder:
     def _decoded(self, batch: dict, chunk: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         """The vectors of a chunk with JPEGs left encoded (decoded on this actor's device, or
         with Pillow where it has no decoder), and why each that failed did."""
-        from organizer.embed.device_decode import EncodedJpeg, decoder_for
+        from organizer.embed.device_decode import EncodedJpeg, decoder_for, embed_items
 
         if not self._checked:
             self._decoder = decoder_for(self.embedder, self.jpeg_decode, self.spec)
@@ -600,29 +599,7 @@ class _Embedder:
             meta = PhotoMeta.from_json(str(batch["meta"][i]))
             width, height = int(batch["width"][i]), int(batch["height"][i])
             items.append(EncodedJpeg(bytes(data), meta.orientation or 1, width, height))
-        if self._decoder is not None:
-            stacked, errors = self._decoder.pixels(items, self._here)
-            return (self._decoder.embed(stacked) if len(stacked) else np.zeros(0)), errors
-        arrays: list[np.ndarray] = []
-        failed: list[str | None] = []
-        for item in items:
-            try:
-                arrays.append(self._here(item.data) if isinstance(item, EncodedJpeg) else item)
-                failed.append(None)
-            except ImageError as exc:
-                failed.append(str(exc))
-        vectors = self.embedder.embed_pixels(np.stack(arrays)) if arrays else np.zeros(0)
-        return vectors, failed
-
-    def _here(self, data: bytes) -> np.ndarray:
-        """A JPEG the device did not decode, decoded as the decode tasks do.
-
-        Raises:
-            ImageError: it cannot be decoded.
-        """
-        pixels = decode_for_model(data, self.spec)[1]
-        assert pixels is not None  # a spec was given
-        return pixels
+        return embed_items(self.embedder, self._decoder, items, self.spec)
 
 
 def _load(model: ModelSpec, options: RayOptions) -> Embedder:

@@ -23,7 +23,7 @@ from organizer.background import Background
 from organizer.choices import JpegDecode
 from organizer.embed import Embedder, ModelShape, ModelSpec
 from organizer.embed.runtime import usable_cores
-from organizer.errors import ImageError, Interrupted, ModelError, NotFoundError, StorageError
+from organizer.errors import Interrupted, ModelError, NotFoundError, StorageError
 from organizer.imaging import PreprocessSpec
 from organizer.ingest import distributed
 from organizer.ingest.distributed import RayOptions
@@ -34,7 +34,6 @@ from organizer.ingest.writer import BatchWriter, Copy, Embed, Fail, Move, Op, To
 from organizer.pipeline import (
     Job,
     Prepared,
-    decode_for_model,
     default_workers,
     prepare,
     prepare_all,
@@ -534,29 +533,12 @@ class Ingestor:
         if all(p.encoded is None for p in todo):
             pixels = cast(list[np.ndarray], [p.pixels for p in todo])  # decoded, all of them
             return iter(embedder.embed_pixels(np.stack(pixels))), errors
-        decoder = self._device_decoder()
-        if decoder is not None:
-            items = [_item_for_device(p) for p in todo]
-            stacked, errors = decoder.pixels(items, self._decode_here)
-            return iter(decoder.embed(stacked) if len(stacked) else ()), errors
-        arrays: list[np.ndarray] = []
-        for i, p in enumerate(todo):  # no decoder on the device after all: Pillow, here
-            try:
-                arrays.append(self._decode_here(p.encoded) if p.encoded else cast(Any, p.pixels))
-            except ImageError as exc:
-                errors[i] = str(exc)
-        return iter(embedder.embed_pixels(np.stack(arrays)) if arrays else ()), errors
+        from organizer.embed.device_decode import embed_items
 
-    def _decode_here(self, data: bytes) -> np.ndarray:
-        """A JPEG the model's device did not decode, decoded in this process as the decode
-        processes do (the same checks, the same pixels).
-
-        Raises:
-            ImageError: it cannot be decoded.
-        """
-        pixels = decode_for_model(data, self._preprocess)[1]
-        assert pixels is not None  # a spec is set before anything is decoded for the model
-        return pixels
+        assert self._preprocess is not None  # set when the model loaded
+        items = [_item_for_device(p) for p in todo]
+        vectors, errors = embed_items(embedder, self._device_decoder(), items, self._preprocess)
+        return iter(vectors), errors
 
     def _device_decoder(self) -> DeviceDecoder | None:
         """The model's device's JPEG decoder, checked once (None: it has none)."""
