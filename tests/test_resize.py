@@ -158,9 +158,9 @@ def test_decode_workers_run_torch_on_one_thread_and_survive_bad_files(tmp_path):
     assert large.error == "torch threads: 1"
 
 
-def test_a_worker_that_leaves_jpegs_encoded_imports_torch_only_when_it_resizes():
-    """A decode worker beside a GPU (JPEGs left to the device) spares torch's ~260 MB until
-    a file needs resizing; then torch runs on one thread, as in every decode worker."""
+def test_a_decode_worker_imports_torch_only_when_it_resizes_a_large_picture():
+    """A decode worker spares torch's ~260 MB until a picture needs torch's resize (beside a
+    GPU, most never do); then torch runs on one thread, as in every decode worker."""
     import subprocess
 
     code = (
