@@ -3,6 +3,7 @@
     python bench/scale.py --n 1000000 [--json] [--kinds ivf-fp16,ivf-sq8,ivf-pq]
     python bench/scale.py --n 1000000 --library    # the CLI on a real library of them
     python bench/scale.py --n 1000000 --library --shards 2   # ... built in 2 shards
+    python bench/scale.py --n 1000000 --updates 10 --json   # an index grown in place
 
 Seeded synthetic CLIP-like vectors (512-d, unit length: a shared mean, 2,000 clusters of
 Zipf-distributed sizes whose centres lie in a 64-d subspace, each spreading along 8
@@ -151,7 +152,6 @@ def measure(n: int, kind: str) -> list[dict]:
 
     path, queries, pairs = dataset(n)
     exact = truth(path, n, queries)
-    chosen = plan(n, DIM, kind, None)
     auto = plan(n, DIM, "auto", None).kind
     with tempfile.TemporaryDirectory(dir=DATA, prefix="scale-index-") as tmp:
         work = Path(tmp)
@@ -232,6 +232,171 @@ def _planted_found(index, path: Path, pairs: np.ndarray) -> float:
     return float(np.mean([b in ids for (ids, _), b in zip(found, pairs[:, 1], strict=True)]))
 
 
+# -- an index grown in place ---------------------------------------------------------------
+
+DEEP = 32  # exact neighbours kept per query, so that removals leave 10 known
+
+
+def deep_truth(path: Path, n: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-DEEP (ids, scores) of each query, streamed, cached."""
+    from organizer.vectors.build import TopK
+
+    cache = path.parent / f"truth{DEEP}.npz"
+    if cache.exists():
+        with np.load(cache) as data:
+            return data["ids"], data["scores"]
+    started = time.perf_counter()
+    exact = TopK(queries, DEEP)
+    for ids, x in stream(path, n, 65_536):
+        exact.update(ids, x)
+    ids, scores = exact.ranked()
+    np.savez(cache, ids=ids, scores=scores)
+    print(f"  exact top-{DEEP} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return ids, scores
+
+
+def grow_rounds(n: int, rounds: int, kind: str) -> dict:
+    """Build once (in this process), then ``rounds`` updates each adding 1 % new vectors
+    (same distribution, new seeds) and removing 0.1 % of the live ones, applied in place as a
+    library applies them (organizer.vectors.grown: read the files mapped, write the update
+    files, fingerprint them); the database's part (reading ids and the new vectors) is not
+    included. Recall@10 and latency on the 1,000 held-out queries against their exact
+    answers, kept exact through the changes. Memory: peak anonymous RSS during a round above
+    what the process held before the first."""
+    from organizer.store.records import IndexFileRecord, IndexGrowthRecord
+    from organizer.vectors import VectorIndex, plan
+    from organizer.vectors.calibration import Calibration
+    from organizer.vectors.files import read_index, write_index
+    from organizer.vectors.grown import Change, Rebuild, grow, imbalance, sweep
+
+    path, queries, _ = dataset(n)
+    calibration = Calibration.of(queries, np.full(len(queries), -1), *deep_truth(path, n, queries))
+    with tempfile.TemporaryDirectory(dir=DATA, prefix="scale-grow-") as tmp:
+        work = Path(tmp)
+        index_path = work / "vectors.faiss"
+        added_file = work / "added.f16"
+        added_ids: list[np.ndarray] = []
+        removed = np.empty(0, np.int64)
+
+        def current():  # what a rebuild reads: every live vector, ids ascending
+            yield from (
+                (i[~np.isin(i, removed)], x[~np.isin(i, removed)]) for i, x in stream(path, n)
+            )
+            if added_ids:
+                every = np.concatenate(added_ids)
+                with open(added_file, "rb") as fh:
+                    x = np.frombuffer(fh.read(), np.float16).reshape(-1, DIM).astype(np.float32)
+                keep = ~np.isin(every, removed)
+                yield every[keep], x[keep]
+
+        def build(count: int, reason: str | None) -> tuple[IndexFileRecord, float]:
+            started = time.perf_counter()
+            built = VectorIndex.build_from(current, count, DIM, plan(count, DIM, kind, None), work)
+            seconds = time.perf_counter() - started
+            sha, quick = write_index(index_path, built)
+            growth = IndexGrowthRecord(built_imbalance=imbalance(built), rebuilt_because=reason)
+            sweep(index_path, keep=())
+            record = IndexFileRecord(
+                1, sha, len(built), built.kind, built.describe(), built.recall, quick, growth
+            )
+            return record, seconds
+
+        record, full_build_s = build(n, None)
+        result = {"n": n, "kind": record.kind, "cpu": cpu(), "full_build_s": round(full_build_s, 1)}
+        result["description"] = record.description
+        result["before"] = _grown_searched(read_index(index_path, record, mmap=True), calibration)
+        print(f"  built in {full_build_s:.0f} s: {result['before']}", file=sys.stderr)
+        floor = _rss_mb()
+        result["updates"] = []
+        live_count, next_id = n, n
+        for r in range(rounds):
+            rng = np.random.default_rng(1000 + r)
+            new = np.concatenate([x for _, x in _chunks(n // 100, 100 + r)])
+            new_ids = np.arange(next_id, next_id + len(new), dtype=np.int64)
+            next_id += len(new)
+            live = np.setdiff1d(
+                np.concatenate([np.arange(n), *added_ids]), removed, assume_unique=True
+            )
+            gone = np.sort(rng.choice(live, n // 1000, replace=False))
+            with open(added_file, "ab") as fh:
+                fh.write(new.astype(np.float16).tobytes())
+            added_ids.append(new_ids)
+            removed = np.union1d(removed, gone)
+            live_count += len(new) - len(gone)
+            peak = [_rss_mb()]
+            stop = threading.Event()
+
+            def sample(peak=peak, stop=stop) -> None:
+                while not stop.wait(0.02):
+                    peak[0] = max(peak[0], _rss_mb())
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            started = time.perf_counter()
+            reason = None
+            try:
+                index = read_index(index_path, record, mmap=True)
+                assert index is not None
+                vectors = new.astype(np.float16).astype(np.float32)  # as stored on disk
+                made = grow(index_path, index, record.growth, r + 2, Change(gone, new_ids, vectors))
+                record = IndexFileRecord(
+                    r + 2,
+                    record.sha256,
+                    len(made.index),
+                    made.index.kind,
+                    made.index.describe(),
+                    made.index.recall,
+                    record.quick,
+                    made.growth,
+                )
+                sweep(index_path, keep=made.growth.files)
+                del index, made
+            except Rebuild as why:
+                reason = str(why)
+                record, _ = build(live_count, reason)
+            seconds = time.perf_counter() - started
+            stop.set()
+            sampler.join()
+            calibration = calibration.updated(
+                gone, new_ids, new.astype(np.float16).astype(np.float32)
+            )
+            grown = read_index(index_path, record, mmap=True)
+            row = {
+                "added": len(new),
+                "removed": len(gone),
+                "seconds": round(seconds, 2),
+                "extra_mb": round(max(peak[0], _rss_mb()) - floor),
+                **_grown_searched(grown, calibration),
+                "retrained": reason is not None,
+                "reason": reason,
+                "measured_recall_at_10": record.growth.recall_at_10 if record.growth else None,
+                "imbalance": record.growth.imbalance if record.growth else None,
+            }
+            print(f"  round {r + 1}: {row}", file=sys.stderr)
+            result["updates"].append(row)
+        return result
+
+
+def _grown_searched(index, calibration) -> dict:
+    """recall@10 and latency (one query a call) of the held-out queries still measurable."""
+    from organizer.vectors.index import recall_at_10
+
+    use = calibration.measured()
+    times, found = [], np.full((int(use.sum()), 10), -1, np.int64)
+    for row, q in enumerate(calibration.queries[use]):
+        t = time.perf_counter()
+        hits = index.search(q[None, :], 10)[0]
+        times.append(time.perf_counter() - t)
+        found[row, : len(hits.ids)] = hits.ids
+    recall = recall_at_10(found, calibration.truth()[use], calibration.query_ids[use])
+    return {
+        "recall_at_10": round(recall, 4),
+        "queries": int(use.sum()),
+        "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 2),
+        "p95_ms": round(float(np.percentile(times, 95)) * 1e3, 2),
+    }
+
+
 # -- the whole thing: a real library, the CLI ----------------------------------------------
 
 
@@ -310,8 +475,35 @@ def main() -> None:
         default=0,
         help="with --library: build the index with `organizer index shards` in this many parts",
     )
+    parser.add_argument(
+        "--updates",
+        type=int,
+        default=0,
+        help="instead: build the --kinds index (default auto) once, then grow it in place "
+        "this many times (1 %% added, 0.1 %% removed each)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: one variant
     args = parser.parse_args()
+    if args.updates:
+        print(cpu(), file=sys.stderr)
+        kind = args.kinds if args.kinds != ",".join(KINDS) else "auto"
+        grown = grow_rounds(args.n, args.updates, kind)
+        if args.json:
+            print(json.dumps(grown, indent=2))
+        else:
+            print(
+                f"{args.n:,} vectors, {grown['description']}, full build {grown['full_build_s']} s"
+            )
+            print(
+                table(
+                    [
+                        [str(i + 1), *(str(v) for v in u.values())]
+                        for i, u in enumerate(grown["updates"])
+                    ],
+                    ["round", *grown["updates"][0].keys()],
+                )
+            )
+        return
     if args.library:
         print(cpu(), file=sys.stderr)
         print(json.dumps(whole_process(args.n, args.shards), indent=2))

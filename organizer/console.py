@@ -288,6 +288,10 @@ def print_status(st: LibraryStatus) -> None:
     if index.damaged:
         health = "damaged (the full check failed): removed, rebuilt from the database on next use"
     rows.append(("index", f"{index.description or 'none'}, {index.count or 0} vectors, {health}"))
+    if index.growth is not None and index.growth.rebuilt_because:
+        rows.append(
+            ("", f"rebuilt in full, not grown in place, because {index.growth.rebuilt_because}")
+        )
     if st.last_ingest:
         rows.append(("ingest", _last_ingest(st.last_ingest)))
     for key, value in rows:

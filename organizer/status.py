@@ -20,7 +20,14 @@ from organizer.sources import is_local_folder
 from organizer.store import dialect
 from organizer.store import meta_queries as mq
 from organizer.store import queries as q
-from organizer.store.records import Failure, IngestRunRecord, LibraryModel, RunStatus, iso_utc
+from organizer.store.records import (
+    Failure,
+    IndexGrowthRecord,
+    IngestRunRecord,
+    LibraryModel,
+    RunStatus,
+    iso_utc,
+)
 from organizer.vectors import IndexCache
 
 
@@ -33,8 +40,10 @@ class IndexStatus:
     in_sync: bool
     path: str
     damaged: bool = False  # found by a full check (status --verify); the files were removed
+    growth: IndexGrowthRecord | None = None  # changed in place since built; why rebuilt
 
     def to_dict(self) -> dict:
+        growth = self.growth
         return {
             "type": self.type,
             "description": self.description,
@@ -43,6 +52,10 @@ class IndexStatus:
             "in_sync": self.in_sync,
             "path": self.path,
             "damaged": self.damaged,
+            "updates_in_place": growth.updates if growth else 0,
+            "added_in_place": growth.added if growth else 0,
+            "removed_in_place": growth.removed if growth else 0,
+            "rebuilt_because": growth.rebuilt_because if growth else None,
         }
 
 
@@ -145,6 +158,7 @@ def library_status(engine: Engine, home: Home, cache: IndexCache, verify: bool) 
         cache.in_sync(),
         str(home.index_path),
         damaged,
+        file.growth if file else None,
     )
     if last is not None and last.status == RunStatus.RUNNING and not _writer_alive(home, last.pid):
         # Left running by a process that was killed, or that lost its server before it

@@ -239,7 +239,7 @@ def test_shards_merged_on_disk_from_mapped_files(data, tmp_path):
     assert merged.lists_file is not None and len(merged) == N
     assert [h.ids.tolist() for h in merged.search(queries, 10)] == expected
     assert np.array_equal(np.sort(merged.ids()), ids)
-    assert not merged.fits(N, plan(N, DIM, "ivf-pq"))  # never changed in place
+    assert merged.fits(N, plan(N, DIM, "ivf-pq"))  # grows in place like any other
 
     sha, quick = write_index(out / "vectors.faiss", merged)
     assert (out / "vectors.ivfdata").exists() and not list(out.glob(".lists-*"))
@@ -349,8 +349,6 @@ def test_pq_library_survives_a_full_disk_and_leftovers(fake_lib, tmp_path, photo
     import os
     import time
 
-    from organizer.vectors.rerank import RerankStore
-
     fake_lib.ingest([photos])
     _add_vectors(fake_lib, tmp_path / "archive", _clustered(N, dim=16))
     fake_lib.build_index("ivf-pq")
@@ -359,10 +357,10 @@ def test_pq_library_survives_a_full_disk_and_leftovers(fake_lib, tmp_path, photo
     old = time.time() - 3600
     os.utime(leftover, (old, old))
 
-    def full(self, ids, vectors):
+    def full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(RerankStore, "update", full)
+    monkeypatch.setattr("organizer.vectors.grown._write_segment", full)
     make_folder(photos, 2, start_seed=80)
     summary = fake_lib.ingest([photos])  # the in-place update fails: rebuilt, not failed
     assert summary.embedded == 2

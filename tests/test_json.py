@@ -154,6 +154,10 @@ def test_ingest_and_status(library, run_json, tmp_path):
             "in_sync": True,
             "path": str(tmp_path / "lib" / "vectors.faiss"),
             "damaged": False,
+            "updates_in_place": 0,
+            "added_in_place": 0,
+            "removed_in_place": 0,
+            "rebuilt_because": None,
         },
         "last_ingest": {
             "started_at": TIMESTAMP,

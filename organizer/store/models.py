@@ -157,6 +157,8 @@ class IndexState(Base):
     file_quick: Mapped[str | None] = mapped_column(String(64), nullable=True)
     wanted_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     memory_budget: Mapped[int | None] = mapped_column(ID, nullable=True)
+    # JSON: what the index holds beyond its build's files (revision 0011; IndexGrowthRecord).
+    file_growth: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ClusterRun(Base):

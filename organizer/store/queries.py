@@ -32,6 +32,7 @@ from organizer.store.records import (
     ImageRecord,
     ImageStatus,
     IndexFileRecord,
+    IndexGrowthRecord,
     IndexSettingsRecord,
     IngestRunRecord,
     KnownImage,
@@ -576,6 +577,7 @@ def index_file(conn: Connection) -> IndexFileRecord | None:
         row.index_description,
         row.recall_at_10,
         row.file_quick,
+        IndexGrowthRecord(**json.loads(row.file_growth)) if row.file_growth else None,
     )
 
 
@@ -592,6 +594,7 @@ def record_index_file(conn: Connection, file: IndexFileRecord) -> bool:
             index_description=file.description,
             recall_at_10=file.recall_at_10,
             file_quick=file.quick,
+            file_growth=None if file.growth is None else json.dumps(file.growth.to_dict()),
             built_at=now(),
         )
     )

@@ -8,7 +8,7 @@ print have one ``to_dict()``: the shape of their ``--json`` document.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -265,6 +265,7 @@ class IndexFileRecord:
     description: str
     recall_at_10: float | None
     quick: str | None = None  # sizes and sampled blocks of every file (None: older files)
+    growth: IndexGrowthRecord | None = None  # what was changed in place since the build
 
     def to_dict(self) -> dict:
         return {
@@ -275,7 +276,41 @@ class IndexFileRecord:
             "description": self.description,
             "recall_at_10": self.recall_at_10,
             "quick": self.quick,
+            "growth": None if self.growth is None else self.growth.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexFileRecord:
+        growth = data.get("growth")
+        fields = {k: v for k, v in data.items() if k != "growth"}
+        return cls(**fields, growth=None if growth is None else IndexGrowthRecord(**growth))
+
+
+@dataclass(frozen=True)
+class IndexGrowthRecord:
+    """What an index holds beyond the files its build wrote (see organizer.vectors.grown):
+    small files beside them, written by later updates, and why the build itself was made.
+
+    ``files`` names every file of the updates (the delta index, the masked ids, the
+    calibration, the re-rank segments), each with its SHA-256; ``quick`` is their
+    fingerprint. An index just built has none of them, only ``built_imbalance`` and, when a
+    rebuild was decided by an update, ``rebuilt_because``.
+    """
+
+    files: dict[str, str] = field(default_factory=dict)  # name -> SHA-256
+    segments: list[str] = field(default_factory=list)  # re-rank segment stems, oldest first
+    quick: str | None = None
+    updates: int = 0  # updates applied since the build
+    added: int = 0  # vectors in the delta index
+    removed: int = 0  # the build's vectors masked
+    nprobe: int | None = None  # lists searched, when an update recalibrated it
+    recall_at_10: float | None = None  # measured by the last update
+    imbalance: float | None = None  # of the lists now (1: even)
+    built_imbalance: float | None = None  # of the lists as built
+    rebuilt_because: str | None = None  # why an update retrained the index instead
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

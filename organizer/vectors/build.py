@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from organizer.vectors.batches import Batch, as_f32, as_i64
+from organizer.vectors.calibration import DEPTH
 from organizer.vectors.kinds import FaissIndex, IndexPlan, nlist_for
 from organizer.vectors.rerank import RerankStore, RerankWriter
 
@@ -71,9 +72,6 @@ class TopK:
         return np.take_along_axis(self.ids, order, axis=1), np.take_along_axis(
             self.scores, order, axis=1
         )
-
-    def ranked_ids(self) -> np.ndarray:
-        return self.ranked()[0]
 
 
 def training_rows(chosen: IndexPlan, count: int) -> np.ndarray:
@@ -189,11 +187,12 @@ def regrouped(batches: Iterable[Batch], rows: int = _ADD_ROWS) -> Iterator[Batch
 @dataclass(frozen=True)
 class Filled:
     """An IVF index with every vector of a stream added, its re-rank store (a re-ranked
-    kind), and the exact top 11 of each calibration query (best first) to calibrate it on."""
+    kind), and the exact top ``DEPTH`` of each calibration query (ids and scores, best
+    first) to calibrate it on and to keep for later updates."""
 
     index: FaissIndex
     rerank: RerankStore | None
-    truth: np.ndarray
+    truth: tuple[np.ndarray, np.ndarray]
 
 
 def fill(
@@ -207,7 +206,7 @@ def fill(
     on the way; with ``rerank_dir``, the full vectors go to a re-rank store there too."""
     writer = RerankWriter(rerank_dir, dim) if rerank_dir is not None else None
     try:
-        exact = TopK(queries, 11)
+        exact = TopK(queries, DEPTH)
         for ids, vectors in regrouped(batches()):
             vectors, ids = as_f32(vectors), as_i64(ids)
             empty.add_with_ids(vectors, ids)
@@ -219,4 +218,23 @@ def fill(
             writer.abandon()
         raise
     rerank = writer.finish() if writer is not None else None
-    return Filled(empty, rerank, exact.ranked_ids())
+    return Filled(empty, rerank, exact.ranked())
+
+
+def emptied(index: FaissIndex) -> FaissIndex:
+    """An empty copy of a trained index, its lists left out of the copy (faiss cannot copy
+    memory-mapped lists, nor should gigabytes be copied only to be dropped)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    lists, owned, counts = ivf.invlists, ivf.own_invlists, (index.ntotal, ivf.ntotal)
+    ivf.own_invlists = False  # swapped out for the copy, not freed
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()  # the index frees it
+    index.ntotal = ivf.ntotal = 0
+    try:
+        return faiss.clone_index(index)
+    finally:
+        ivf.replace_invlists(lists, owned)
+        index.ntotal, ivf.ntotal = counts

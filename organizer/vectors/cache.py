@@ -23,10 +23,11 @@ from organizer.errors import IndexPlanError, LibraryError
 from organizer.filelock import FileLock
 from organizer.store import queries as q
 from organizer.store.db import write_transaction
-from organizer.store.records import IndexFileRecord, IndexSettingsRecord
+from organizer.store.records import IndexFileRecord, IndexGrowthRecord, IndexSettingsRecord
 from organizer.vectors.files import (
     file_sha256,
     files_size,
+    growth_whole,
     index_files,
     matches,
     read_index,
@@ -34,9 +35,9 @@ from organizer.vectors.files import (
     write_index,
     write_json,
 )
+from organizer.vectors.grown import Change, Rebuild, grow, imbalance, sweep
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import IndexPlan, plan
-from organizer.vectors.rerank import RerankStore
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class SidecarFileRecord:
 
     def read(self, conn: Connection | None = None) -> IndexFileRecord | None:
         try:
-            return IndexFileRecord(**json.loads(self.path.read_text()))
+            return IndexFileRecord.from_dict(json.loads(self.path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
 
@@ -146,6 +147,7 @@ class IndexCache:
         self.path = path
         self.record = record or DatabaseFileRecord(engine)
         self.problem: str | None = None
+        self.rebuild_because: str | None = None  # why an update chose to rebuild instead
         self.may_write = may_write or (lambda: contextlib.nullcontext(True))
 
     @contextlib.contextmanager
@@ -184,12 +186,12 @@ class IndexCache:
     def load(self) -> VectorIndex:
         """The index from its files when they match the database, else rebuilt from the
         database (and saved when the folder is writable)."""
-        generation, file = self._state()
-        if file is not None and file.generation == generation:
-            with self._files_lock(exclusive=False):
+        with self._files_lock(exclusive=False):  # an update sweeps the files it replaced
+            generation, file = self._state()
+            if file is not None and file.generation == generation:
                 index = read_index(self.path, file, mmap=True)
-            if index is not None:
-                return index
+                if index is not None:
+                    return index
         return self._rebuild()
 
     def in_sync(self) -> bool:
@@ -207,30 +209,30 @@ class IndexCache:
         generation, file = self._state()
         if file is None or file.generation != generation or not matches(self.path, file):
             return True
-        if file_sha256(self.path) == file.sha256 and self._rerank_matches(file):
+        whole = file_sha256(self.path) == file.sha256 and growth_whole(self.path, file.growth)
+        if whole and self._rerank_matches(file):
             return True
         with contextlib.suppress(OSError), self.may_write() as allowed:
             if allowed:
                 with self._files_lock(exclusive=True):
                     for part in index_files(self.path, reranked=True):
                         part.unlink(missing_ok=True)
+                    sweep(self.path, keep=())
         return False
 
     def _rerank_matches(self, file: IndexFileRecord) -> bool:
         """Every stored re-rank vector equals the database's (trivially so without any)."""
         if file.kind != "ivf-pq":
             return True
+        index = read_index(self.path, file, mmap=True)
+        if index is None:
+            return False
         with self.engine.connect() as conn, conn.begin():
             model = q.library_model(conn)
             assert model is not None  # an index file exists only for a library with vectors
-            store = RerankStore.open(self.path, model.dim)
-            if store is None:
-                return False
             for ids, vectors in q.iter_ok_vectors(conn, model.id, model.dim, batch=16_384):
-                rows = store.rows_of(ids)
-                if (rows < 0).any() or not np.array_equal(
-                    store.vectors[rows], vectors.astype(np.float16)
-                ):
+                found, stored = index.stored(ids)
+                if not found.all() or not np.array_equal(stored, vectors.astype(np.float16)):
                     return False
         return True
 
@@ -240,7 +242,7 @@ class IndexCache:
 
         Returns a warning when the files could not be written (rebuilt on next use).
         """
-        self.problem = None
+        self.problem = self.rebuild_because = None
         if self.in_sync():
             return None
         index = self._apply(delta) if delta is not None else None
@@ -257,35 +259,60 @@ class IndexCache:
                 return None
 
     def _apply_locked(self, delta: IndexDelta) -> VectorIndex | None:
+        """Grow the index by the writes of ``delta`` (see organizer.vectors.grown); None
+        when it must be rebuilt instead (``self.rebuild_because`` says why, if it is
+        news to the user)."""
         with self.engine.connect() as conn, conn.begin():
             file = self.record.read(conn)
             if file is None or file.generation != delta.base_generation:
                 return None
-            index = read_index(self.path, file)
-            if index is None or index.lists_file is not None:  # never changed in place
+            index = read_index(self.path, file, mmap=True)
+            if index is None:
+                return None
+            if file.growth is None or (index.nlist and index.calibration is None):
+                self.rebuild_because = "the index was built before indexes grew in place"
                 return None
             model = q.library_model(conn)
             assert model is not None  # an index file exists only for a library with vectors
             db_ids = q.ok_ids(conn, model.id)  # sorted; numpy, not sets: 10M ids are 80 MB
-            have = np.sort(index.ids())
-            written = np.fromiter(sorted(delta.written), np.int64, len(delta.written))
-            remove = np.union1d(
-                np.setdiff1d(have, db_ids, assume_unique=True),
-                np.intersect1d(written, have, assume_unique=True),
-            )
-            add = np.union1d(
-                np.setdiff1d(db_ids, have, assume_unique=True),
-                np.intersect1d(written, db_ids, assume_unique=True),
-            )
-            if not index.fits(len(db_ids), self._plan(conn, len(db_ids), model.dim)):
+            change = _change(conn, model.id, model.dim, db_ids, np.sort(index.ids()), delta)
+            wanted = self._plan(conn, len(db_ids), model.dim)
+            if not index.fits(len(db_ids), wanted):
+                self.rebuild_because = (
+                    f"{len(db_ids):,} images call for {wanted.kind} with {wanted.nlist:,} "
+                    f"lists, not the {index.kind} with {index.nlist:,} built"
+                )
                 return None
-            vectors = q.vectors_of(conn, model.id, model.dim, add.tolist())
             generation = q.index_generation(conn)
-        index.remove(remove.tolist())
-        if not index.add(add, vectors) or len(index) != len(db_ids):
+        try:
+            made = grow(self.path, index, file.growth, generation, change)
+        except Rebuild as why:
+            self.rebuild_because = str(why)
             return None
-        self._save(index, generation, locked=True)
-        return index
+        if len(made.index) != len(db_ids):
+            raise RuntimeError("internal error: the grown index disagrees with the database")
+        growth = made.growth
+        record = IndexFileRecord(
+            generation,
+            file.sha256,
+            len(made.index),
+            made.index.kind,
+            made.index.describe(),
+            made.index.recall,
+            file.quick,
+            growth,
+        )
+        if not self._record(record):
+            for path in made.written:
+                path.unlink(missing_ok=True)
+            return None
+        sweep(self.path, keep=growth.files)
+        return made.index
+
+    def _record(self, record: IndexFileRecord) -> bool:
+        """Name the files in the record, when this process may write them."""
+        with self.may_write() as allowed:
+            return allowed and self.record.write(record)
 
     def _plan(self, conn: Connection, count: int, dim: int) -> IndexPlan:
         """The index the library asks for at ``count`` vectors; when its budget no longer
@@ -312,7 +339,7 @@ class IndexCache:
                 plan(count, model.dim, settings.kind or "auto", settings.memory)  # may raise
             with write_transaction(self.engine) as conn:
                 q.set_index_settings(conn, settings)
-        self.problem = None
+        self.problem = self.rebuild_because = None
         index = self._rebuild()
         if self.problem is not None:
             raise LibraryError(self.problem)
@@ -404,8 +431,42 @@ class IndexCache:
     def _write(self, index: VectorIndex, generation: int) -> None:
         remove_leftovers(self.path.parent)
         sha, quick = write_index(self.path, index)
+        growth = IndexGrowthRecord(
+            built_imbalance=imbalance(index), rebuilt_because=self.rebuild_because
+        )
         self.record.write(
             IndexFileRecord(
-                generation, sha, len(index), index.kind, index.describe(), index.recall, quick
+                generation,
+                sha,
+                len(index),
+                index.kind,
+                index.describe(),
+                index.recall,
+                quick,
+                growth,
             )
         )
+        sweep(self.path, keep=())  # the updates of the index it replaced
+
+
+def _change(
+    conn: Connection,
+    model_id: int,
+    dim: int,
+    db_ids: np.ndarray,
+    have: np.ndarray,
+    delta: IndexDelta,
+) -> Change:
+    """What an update brings to an index holding ``have`` (sorted) for a database holding
+    ``db_ids`` (sorted), ``delta.written`` re-embedded meanwhile."""
+    written = np.fromiter(sorted(delta.written), np.int64, len(delta.written))
+    removed = np.union1d(
+        np.setdiff1d(have, db_ids, assume_unique=True),
+        np.intersect1d(written, have, assume_unique=True),
+    )
+    added = np.union1d(
+        np.setdiff1d(db_ids, have, assume_unique=True),
+        np.intersect1d(written, db_ids, assume_unique=True),
+    )
+    vectors = q.vectors_of(conn, model_id, dim, added.tolist())
+    return Change(removed, added, np.asarray(vectors, np.float32).reshape(len(added), dim))

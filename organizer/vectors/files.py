@@ -35,7 +35,8 @@ from organizer.atomic import (
     write_text_atomic,
 )
 from organizer.lock import pid_alive
-from organizer.store.records import IndexFileRecord
+from organizer.store.records import IndexFileRecord, IndexGrowthRecord
+from organizer.vectors.calibration import Calibration
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.rerank import RerankStore, rerank_paths
 
@@ -119,18 +120,48 @@ def quick_fingerprint(paths: Sequence[Path]) -> str | None:
     return digest.hexdigest()
 
 
+def calibration_path(index_path: Path) -> Path:
+    """Where a build keeps its calibration queries and their exact answers."""
+    return index_path.with_suffix(".calib")
+
+
 def index_files(path: Path, reranked: bool) -> list[Path]:
-    """Every file an index at ``path`` consists of."""
+    """Every file the build of an index at ``path`` wrote (updates write more: see
+    :func:`growth_files`)."""
     files = [path, *rerank_paths(path)] if reranked else [path]
-    return [*files, lists_path(path)] if lists_path(path).exists() else files
+    extra = [p for p in (calibration_path(path), lists_path(path)) if p.exists()]
+    return [*files, *extra]
+
+
+def growth_files(path: Path, growth: IndexGrowthRecord | None) -> list[Path]:
+    """The files of the updates ``growth`` names, beside the index at ``path``."""
+    return [] if growth is None else [path.with_name(name) for name in sorted(growth.files)]
 
 
 def matches(path: Path, file: IndexFileRecord) -> bool:
     """Whether the files at ``path`` are those ``file`` records: by the quick fingerprint
-    when one was recorded, else (files written before there was one) the full checksum."""
+    when one was recorded, else (files written before there was one) the full checksum;
+    and the files of later updates by theirs."""
     if file.quick is None:
-        return file_sha256(path) == file.sha256
-    return quick_fingerprint(index_files(path, file.kind == "ivf-pq")) == file.quick
+        built = file_sha256(path) == file.sha256
+    else:
+        built = quick_fingerprint(index_files(path, file.kind == "ivf-pq")) == file.quick
+    if not built or file.growth is None or not file.growth.files:
+        return built
+    return quick_fingerprint(growth_files(path, file.growth)) == file.growth.quick
+
+
+def growth_whole(path: Path, growth: IndexGrowthRecord | None) -> bool:
+    """Whether every update file has the SHA-256 recorded for it (a full read)."""
+    for part in growth_files(path, growth):
+        assert growth is not None
+        try:
+            with open(part, "rb") as fh:
+                if hashlib.file_digest(fh, "sha256").hexdigest() != growth.files[part.name]:
+                    return False
+        except OSError:
+            return False
+    return True
 
 
 def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorIndex | None:
@@ -162,7 +193,13 @@ def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorI
     if reranked != (file.kind == "ivf-pq") or (reranked and rerank is None):
         return None
     index = VectorIndex(raw, file.recall_at_10, rerank)
-    return index if len(index) == file.count else None
+    index.calibration = Calibration.load(calibration_path(path))
+    whole: VectorIndex | None = index
+    if file.growth is not None and file.growth.files:
+        from organizer.vectors.grown import open_grown  # it writes with this module
+
+        whole = open_grown(path, index, file.growth)
+    return whole if whole is not None and len(whole) == file.count else None
 
 
 def _no_prefetch_threads(raw: Any) -> None:
@@ -189,6 +226,10 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
     import faiss
 
     on_disk = index.lists_file
+    if index.calibration is not None:
+        index.calibration.save(calibration_path(path))
+    else:
+        calibration_path(path).unlink(missing_ok=True)
     with replacing(path, fsync=False, prefix=".vectors-") as tmp:
         if on_disk is not None:
             index.lists_file = lists_path(path)  # the name the file records, moved below
@@ -209,6 +250,7 @@ def write_index(path: Path, index: VectorIndex) -> tuple[str, str]:
             move_over(on_disk, lists_path(path))  # the lists stay mapped through it
             index.lists_file = lists_path(path)
         rerank = index.rerank
+        assert rerank is None or isinstance(rerank, RerankStore)  # a build has one store
         if rerank is not None and (rerank.ids_path, rerank.vectors_path) != rerank_paths(path):
             rerank.adopt(*rerank_paths(path))
     if rerank is None:  # another kind replaced a re-ranked index: 10 GB at 10M images
@@ -233,7 +275,7 @@ def remove_leftovers(folder: Path) -> None:
     and a finished one that still maps them keeps its data after the unlink. A merge's work
     folder goes only when the process that made it has gone (a merge may take hours)."""
     now = time.time()
-    for pattern in (".rerank-*.tmp", ".vectors-*.tmp"):
+    for pattern in (".rerank-*.tmp", ".vectors-*.tmp", ".grown-*.tmp", ".calibration-*.tmp"):
         for leftover in folder.glob(pattern):
             with contextlib.suppress(OSError):
                 if now - leftover.stat().st_mtime > LEFTOVER_AGE_S:

@@ -36,9 +36,10 @@ from organizer.vectors.build import (
     trained,
     training_rows,
 )
+from organizer.vectors.calibration import Calibration
 from organizer.vectors.kinds import FaissIndex, IndexPlan, plan
 from organizer.vectors.lists import Lists
-from organizer.vectors.rerank import RerankStore
+from organizer.vectors.rerank import RerankStore, StackedRerank
 
 TARGET_RECALL = 0.97
 RERANK = 16  # PQ candidates per result, re-ranked exactly
@@ -54,7 +55,7 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) ->
     total = 0.0
     for f, t, own in zip(found, truth, query_ids, strict=True):
         f10 = [i for i in f.tolist() if i != own and i >= 0][:10]
-        t10 = [i for i in t.tolist() if i != own][:10]
+        t10 = [i for i in t.tolist() if i != own and i >= 0][:10]
         total += len(set(f10) & set(t10)) / max(1, len(t10))
     return total / max(1, len(found))
 
@@ -71,12 +72,21 @@ class VectorIndex:
     """Inner-product search over (image id, unit vector) pairs; see the module for kinds."""
 
     def __init__(
-        self, index: FaissIndex, recall: float | None = None, rerank: RerankStore | None = None
+        self,
+        index: FaissIndex,
+        recall: float | None = None,
+        rerank: RerankStore | StackedRerank | None = None,
     ) -> None:
         self.faiss = index
         self.recall = recall
         self.rerank = rerank
         self._sorted_ids: np.ndarray | None = None  # ids(), sorted, while the index is unchanged
+        # Ids the faiss index still holds but no longer counts (removed since it was
+        # written; see organizer.vectors.grown), sorted, and the selector that skips them.
+        self.removed = np.empty(0, np.int64)
+        self._unmasked: FaissIndex = None
+        # Queries and their exact answers, from the build (see organizer.vectors.calibration).
+        self.calibration: Calibration | None = None
 
     # -- building --------------------------------------------------------------------------
 
@@ -143,33 +153,54 @@ class VectorIndex:
                 )
             filled = fill(empty, batches, dim, queries, workdir if chosen.reranked else None)
             built = cls(filled.index, rerank=filled.rerank)
-            built.calibrate(queries, query_ids, filled.truth)
+            built.calibration = Calibration.of(queries, query_ids, *filled.truth)
+            built.calibrate(queries, query_ids, filled.truth[0])
         return built
 
     def calibrate(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
         """Raise nprobe until recall@10 against exact search reaches TARGET_RECALL; the
         recall reached (also kept in ``self.recall``)."""
-        ivf = self._ivf()
-        if ivf is None:
+        return self.calibrate_from(1, queries, query_ids, truth)
+
+    def calibrate_from(
+        self, nprobe: int, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray
+    ) -> float:
+        """:meth:`calibrate`, starting at ``nprobe`` lists (an update starts from the
+        nprobe the index has: it may rise, never fall)."""
+        if self._ivf() is None:
             self.recall = 1.0
             return 1.0
-        nprobe, last = 1, None
+        nlist = self.nlist
+        last = None
         while True:
-            ivf.nprobe = nprobe
-            hits = self.search(queries, 11)
-            found = np.full((len(queries), 11), -1, np.int64)
-            for row, h in zip(found, hits, strict=True):
-                row[: len(h.ids)] = h.ids
-            recall = recall_at_10(found, truth, query_ids)
+            self.nprobe = nprobe
+            recall = self.measure(queries, query_ids, truth)
             if self.rerank is not None and last is not None and recall < last[1] + PLATEAU:
                 # Compressed codes cap the recall: probing more lists only costs time.
-                ivf.nprobe, self.recall = last
+                self.nprobe, self.recall = last
                 return last[1]
-            if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
+            if recall >= TARGET_RECALL or nprobe >= nlist:
                 self.recall = recall
                 return recall
             last = (nprobe, recall)
-            nprobe = min(2 * nprobe, ivf.nlist)
+            nprobe = min(2 * nprobe, nlist)
+
+    def measure(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
+        """recall@10 of ``queries`` (their own ids left out) against ``truth``."""
+        hits = self.search(queries, 11)
+        found = np.full((len(queries), 11), -1, np.int64)
+        for row, h in zip(found, hits, strict=True):
+            row[: len(h.ids)] = h.ids
+        return recall_at_10(found, truth, query_ids)
+
+    @property
+    def nprobe(self) -> int:
+        ivf = self._ivf()
+        return 0 if ivf is None else ivf.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._ivf().nprobe = value
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -229,7 +260,7 @@ class VectorIndex:
         ivf = self._ivf()
         if ivf is None:
             return None
-        return Lists([(ivf, self.rerank)], lambda x: in_list_space(self.faiss, x))
+        return Lists([(ivf, self.rerank, self.removed)], lambda x: in_list_space(self.faiss, x))
 
     @property
     def dim(self) -> int:
@@ -257,7 +288,28 @@ class VectorIndex:
         self._on_disk_lists().filename = str(path)  # what the index file will record
 
     def __len__(self) -> int:
-        return self.faiss.ntotal
+        return self.faiss.ntotal - len(self.removed)
+
+    def mask(self, removed: np.ndarray) -> None:
+        """Leave out ``removed`` (sorted ids the faiss index holds) from now on."""
+        import faiss
+
+        self.removed = np.asarray(removed, np.int64)
+        self._sorted_ids = None
+        inner = filtered.selector(self.removed) if len(self.removed) else None
+        self._unmasked = None if inner is None else (faiss.IDSelectorNot(inner), inner)
+
+    def _params(self, selector: FaissIndex = None) -> FaissIndex:
+        """faiss search parameters: this index's nprobe, and ``selector`` (else the mask)."""
+        import faiss
+
+        chosen = selector if selector is not None else (self._unmasked or (None,))[0]
+        if chosen is None:
+            return None
+        ivf = self._ivf()
+        if ivf is None:
+            return faiss.SearchParameters(sel=chosen)
+        return faiss.SearchParametersIVF(sel=chosen, nprobe=ivf.nprobe)
 
     def ids(self) -> np.ndarray:
         """All image ids in the index."""
@@ -265,14 +317,18 @@ class VectorIndex:
 
         ivf = self._ivf()
         if ivf is None:
-            return faiss.vector_to_array(self.faiss.id_map).astype(np.int64)
-        lists = ivf.invlists
-        parts = [
-            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-            for i in range(ivf.nlist)
-            if lists.list_size(i)
-        ]
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+            found = faiss.vector_to_array(self.faiss.id_map).astype(np.int64)
+        else:
+            lists = ivf.invlists
+            parts = [
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(ivf.nlist)
+                if lists.list_size(i)
+            ]
+            found = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+        if len(self.removed):
+            found = found[~filtered.held_in(found, self.removed)]
+        return found
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """The ``k`` nearest ids for each query vector (fewer when the index is smaller)."""
@@ -280,10 +336,11 @@ class VectorIndex:
         queries = as_f32(queries)
         if k <= 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        params = self._params()
         if self.rerank is None:
-            scores, ids = self.faiss.search(queries, k)
+            scores, ids = self.faiss.search(queries, k, params=params)
             return [Hits(i[i >= 0], s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
-        _, candidates = self.faiss.search(queries, min(len(self), k * RERANK))
+        _, candidates = self.faiss.search(queries, min(len(self), k * RERANK), params=params)
         return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, candidates, strict=True)]
 
     def search_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
@@ -299,6 +356,8 @@ class VectorIndex:
         """
         queries = as_f32(queries)
         among = filtered.allowed_ids(among)
+        if len(self.removed):
+            among = among[~filtered.held_in(among, self.removed)]
         k = min(k, len(among), len(self))
         if k <= 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
@@ -308,12 +367,23 @@ class VectorIndex:
             return [Hits(i, s) for i, s in zip(ids, scores, strict=True)]
         return self._probe_among(queries, k, among)
 
+    def stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(whether found, float16 vector) of each id from the exact vectors kept on disk
+        (a re-ranked kind; nothing is found in other kinds), masked ids not found."""
+        if self.rerank is None:
+            return np.zeros(len(ids), bool), np.zeros((len(ids), self.dim), np.float16)
+        found, vectors = self.rerank.lookup(ids)
+        if len(self.removed):
+            found &= ~filtered.held_in(ids, self.removed)
+        return found, vectors
+
     def _holds(self, ids: np.ndarray) -> np.ndarray:
         """Whether the index holds each of the sorted ``ids``."""
-        if self.rerank is not None and len(self.rerank) == len(self):
+        if isinstance(self.rerank, RerankStore) and len(self.rerank) == self.faiss.ntotal:
             # Every add writes the store first, and removals leave their rows there: the
             # same count means the same ids.
-            return self.rerank.holds(ids)
+            held = self.rerank.holds(ids)
+            return held & ~filtered.held_in(ids, self.removed) if len(self.removed) else held
         if self._sorted_ids is None:
             self._sorted_ids = np.sort(self.ids())
         return filtered.held_in(ids, self._sorted_ids)
@@ -356,7 +426,9 @@ class VectorIndex:
             return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
         if self.rerank is not None:
             return [self._within_reranked(q, threshold) for q in queries]
-        lims, scores, ids = self.faiss.range_search(queries, float(threshold))
+        lims, scores, ids = self.faiss.range_search(
+            queries, float(threshold), params=self._params()
+        )
         return [
             (ids[lims[i] : lims[i + 1]], scores[lims[i] : lims[i + 1]]) for i in range(len(queries))
         ]
@@ -382,7 +454,9 @@ class VectorIndex:
             return True
         self._sorted_ids = None
         ids = as_i64(ids)
-        if self.rerank is not None and not self.rerank.update(ids, vectors):
+        if self.rerank is not None and not (
+            isinstance(self.rerank, RerankStore) and self.rerank.update(ids, vectors)
+        ):
             return False
         self.faiss.add_with_ids(as_f32(vectors), ids)
         return True
@@ -397,8 +471,5 @@ class VectorIndex:
 
     def fits(self, size: int, wanted: IndexPlan) -> bool:
         """Whether this index still suits a library of ``size`` vectors planned as ``wanted``
-        (same kind; lists not fewer than half the planned number), to be changed in place:
-        lists on disk (merged shards) are not, since a crash would leave them half-changed."""
-        return (
-            self.kind == wanted.kind and self.nlist >= wanted.nlist // 2 and self.lists_file is None
-        )
+        (same kind; lists not fewer than half the planned number), to grow in place."""
+        return self.kind == wanted.kind and self.nlist >= wanted.nlist // 2

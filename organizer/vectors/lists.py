@@ -4,7 +4,9 @@ A duplicate search joins the lists with each other (see :mod:`organizer.vectors.
 reading what the index already holds rather than the database's vectors a second time: an
 ivf-fp16 or ivf-sq8 list decodes its codes (which hold each vector's residual from the
 list's centroid), an ivf-pq list reads its vectors' exact half-precision copies from the
-re-rank store. Shards searched side by side each hold part of every list: read as one.
+re-rank store. Shards searched side by side each hold part of every list, and so do an
+index's build and the vectors updates added since: read as one, leaving out the ids an
+update masked.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from organizer.vectors.filtered import held_in
 from organizer.vectors.kinds import FaissIndex
-from organizer.vectors.rerank import RerankStore
+from organizer.vectors.rerank import RerankStore, StackedRerank
+
+Store = RerankStore | StackedRerank
 
 
 class Lists:
@@ -22,15 +27,15 @@ class Lists:
 
     def __init__(
         self,
-        parts: Sequence[tuple[FaissIndex, RerankStore | None]],
+        parts: Sequence[tuple[FaissIndex, Store | None, np.ndarray]],
         to_list_space: Callable[[np.ndarray], np.ndarray],
     ):
-        """``parts``: (IVF faiss index, its re-rank store or None) of each shard (one for a
-        whole index); ``to_list_space`` turns vectors into what the lists' quantizer sees
-        (an ivf-pq index rotates them)."""
+        """``parts``: (IVF faiss index, its re-rank store or None, the sorted ids it holds
+        but masks) of each shard or layer (one for a whole index); ``to_list_space`` turns
+        vectors into what the lists' quantizer sees (an ivf-pq index rotates them)."""
         import faiss
 
-        self.parts = [(faiss.downcast_index(ivf), store) for ivf, store in parts]
+        self.parts = [(faiss.downcast_index(ivf), store, masked) for ivf, store, masked in parts]
         first = self.parts[0][0]
         self.nlist = first.nlist
         self.dim = first.d
@@ -45,30 +50,33 @@ class Lists:
 
     def ids(self, list_no: int) -> np.ndarray:
         """The image ids in list ``list_no`` (the order :meth:`vectors` reads them in)."""
-        import faiss
-
-        parts = []
-        for ivf, _ in self.parts:
-            lists = ivf.invlists
-            size = lists.list_size(list_no)
-            if size:
-                parts.append(faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy())
+        parts = [
+            self.ids_of(ivf, list_no)[self._live(ivf, masked, list_no)]
+            for ivf, _, masked in self.parts
+        ]
         return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def _live(self, ivf: FaissIndex, masked: np.ndarray, list_no: int) -> np.ndarray:
+        """Positions in the list of one part of the ids it does not mask."""
+        ids = self.ids_of(ivf, list_no)
+        if not len(masked):
+            return np.arange(len(ids))
+        return np.flatnonzero(~held_in(ids, masked))
 
     def vectors(self, list_no: int, rows: np.ndarray) -> np.ndarray:
         """The stored vectors (float32) at positions ``rows`` (ascending) of the list."""
         out = np.empty((len(rows), self.dim), np.float32)
         start = 0
-        for ivf, store in self.parts:
-            size = ivf.invlists.list_size(list_no)
-            lo, hi = np.searchsorted(rows, [start, start + size])
+        for ivf, store, masked in self.parts:
+            live = self._live(ivf, masked, list_no)
+            lo, hi = np.searchsorted(rows, [start, start + len(live)])
             if hi > lo:
-                mine = rows[lo:hi] - start
+                mine = live[rows[lo:hi] - start]
                 if store is not None:
                     out[lo:hi] = _exact(store, self.ids_of(ivf, list_no)[mine])
                 else:
                     out[lo:hi] = self._decoded(ivf, list_no, mine)
-            start += size
+            start += len(live)
         return out
 
     @staticmethod
@@ -76,7 +84,10 @@ class Lists:
         import faiss
 
         lists = ivf.invlists
-        return faiss.rev_swig_ptr(lists.get_ids(list_no), lists.list_size(list_no))
+        size = lists.list_size(list_no)
+        if not size:
+            return np.empty(0, np.int64)
+        return faiss.rev_swig_ptr(lists.get_ids(list_no), size)
 
     def _decoded(self, ivf: FaissIndex, list_no: int, rows: np.ndarray) -> np.ndarray:
         import faiss
@@ -98,10 +109,6 @@ class Lists:
         return vectors
 
 
-def _exact(store: RerankStore, ids: np.ndarray) -> np.ndarray:
+def _exact(store: Store, ids: np.ndarray) -> np.ndarray:
     """The re-rank store's vectors of ``ids`` (all held, in any order), read front to back."""
-    rows = store.rows_of(ids)
-    order = np.argsort(rows)
-    out = np.empty((len(ids), store.dim), np.float32)
-    out[order] = store.vectors[rows[order]]
-    return out
+    return store.lookup(ids)[1].astype(np.float32)

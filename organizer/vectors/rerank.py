@@ -15,6 +15,7 @@ import contextlib
 import os
 import tempfile
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,17 @@ class RerankStore:
         """The stored (float16) vectors of ``ids``, ascending and all held: the rows are
         read front to back."""
         return np.asarray(self.vectors[self.rows_of(ids)])
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(whether held, float16 vector or zeros) of each of ``ids``, in any order; the
+        rows are read front to back."""
+        rows = self.rows_of(ids)
+        found = rows >= 0
+        out = np.zeros((len(ids), self.dim), np.float16)
+        order = np.argsort(rows[found])
+        picked = np.flatnonzero(found)[order]
+        out[picked] = self.vectors[rows[found][order]]
+        return found, out
 
     def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Inner product of ``query`` with the stored vector of each id (-inf if absent)."""
@@ -153,6 +165,44 @@ class RerankStore:
         if self._cleanup is not None:
             self._cleanup.detach()
             self._cleanup = None
+
+
+class StackedRerank:
+    """Several re-rank stores asked as one: shards (disjoint ids), or an index's build and
+    the segments later updates added (oldest first: where two hold an id, the later wins)."""
+
+    def __init__(self, stores: Sequence[RerankStore | StackedRerank]):
+        self.stores = list(stores)
+        self.dim: int = self.stores[0].dim if self.stores else 0
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.stores)
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        held = np.zeros(len(ids), bool)
+        for store in self.stores:
+            held |= store.holds(ids)
+        return held
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = np.zeros(len(ids), bool)
+        out = np.zeros((len(ids), self.dim), np.float16)
+        for store in self.stores:
+            mine, vectors = store.lookup(ids)
+            out[mine] = vectors[mine]
+            found |= mine
+        return found, out
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        return self.lookup(ids)[1]
+
+    def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        out = np.full(len(ids), -np.inf, np.float32)
+        for store in self.stores:
+            found = store.holds(ids)
+            if found.any():
+                out[found] = store.scores(query, ids[found])
+        return out
 
 
 class RerankWriter:

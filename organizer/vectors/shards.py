@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from organizer.vectors.batches import Batch, as_f32, as_i64
-from organizer.vectors.build import in_list_space, reserve_shares, trained
+from organizer.vectors.build import emptied, in_list_space, reserve_shares, trained
 from organizer.vectors.files import quiet_stdout
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.kinds import FaissIndex, IndexPlan
 from organizer.vectors.lists import Lists
-from organizer.vectors.rerank import RerankStore, RerankWriter
+from organizer.vectors.rerank import RerankStore, RerankWriter, StackedRerank
 
 
 def train(sample: np.ndarray, chosen: IndexPlan) -> VectorIndex:
@@ -92,7 +92,7 @@ def merge(parts: Sequence[VectorIndex], workdir: Path, on_disk: bool = False) ->
     """
     import faiss
 
-    merged = _emptied(parts[0].faiss)
+    merged = emptied(parts[0].faiss)
     ivf = faiss.extract_index_ivf(merged)
     if on_disk:
         extra = merged.d * 2 + 8 if parts[0].rerank else 0  # the re-rank rows, written too
@@ -159,25 +159,6 @@ def _merge_onto_disk(
     ivf.ntotal = count
 
 
-def _emptied(index: FaissIndex) -> FaissIndex:
-    """An empty copy of a trained index, its lists left out of the copy (faiss cannot copy
-    memory-mapped lists, nor should gigabytes be copied only to be dropped)."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    lists, owned, counts = ivf.invlists, ivf.own_invlists, (index.ntotal, ivf.ntotal)
-    ivf.own_invlists = False  # swapped out for the copy, not freed
-    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-    ivf.replace_invlists(empty, True)
-    empty.this.disown()  # the index frees it
-    index.ntotal = ivf.ntotal = 0
-    try:
-        return faiss.clone_index(index)
-    finally:
-        ivf.replace_invlists(lists, owned)
-        index.ntotal, ivf.ntotal = counts
-
-
 def _merged_rerank(stores: Sequence[RerankStore], workdir: Path, dim: int) -> RerankStore:
     """The stores' rows in one store, by ascending id, streamed."""
     stores = sorted(stores, key=lambda s: int(s.ids[0]) if len(s) else -1)
@@ -221,40 +202,8 @@ def _interleaved(stores: Sequence[RerankStore], writer: RerankWriter, dim: int) 
 def _reranks(parts: Sequence[VectorIndex]) -> list[RerankStore]:
     """The re-rank stores of shards of one template (all of them have one)."""
     stores = [p.rerank for p in parts]
-    assert all(s is not None for s in stores)
-    return [s for s in stores if s is not None]
-
-
-class _ShardedRerank:
-    """The re-rank stores of several shards, asked as one."""
-
-    def __init__(self, stores: Sequence[RerankStore]):
-        self.stores = list(stores)
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.stores)
-
-    def holds(self, ids: np.ndarray) -> np.ndarray:
-        held = np.zeros(len(ids), bool)
-        for store in self.stores:
-            held |= store.holds(ids)
-        return held
-
-    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.stores[0].dim if self.stores else 0), np.float16)
-        for store in self.stores:
-            mine = store.holds(ids)
-            if mine.any():
-                out[mine] = store.vectors_of(ids[mine])
-        return out
-
-    def scores(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        out = np.full(len(ids), -np.inf, np.float32)
-        for store in self.stores:
-            found = store.rows_of(ids) >= 0
-            if found.any():
-                out[found] = store.scores(query, ids[found])
-        return out
+    assert all(isinstance(s, RerankStore) for s in stores)
+    return [s for s in stores if isinstance(s, RerankStore)]
 
 
 class _Together(VectorIndex):
@@ -266,10 +215,8 @@ class _Together(VectorIndex):
         shards = faiss.IndexShards(parts[0].dim, False, False)
         for part in parts:
             shards.add_shard(part.faiss)
-        rerank = _ShardedRerank(_reranks(parts)) if parts[0].rerank else None
-        # A whole of shards is searched only: scores(), holds() and vectors_of() are all it
-        # asks of its re-rank store.
-        super().__init__(shards, parts[0].recall, rerank)  # type: ignore[arg-type]
+        rerank = StackedRerank(_reranks(parts)) if parts[0].rerank else None
+        super().__init__(shards, parts[0].recall, rerank)
         self.parts = list(parts)  # keeps the shards (and their maps) alive with the whole
 
     def _ivf(self) -> FaissIndex:
@@ -279,7 +226,7 @@ class _Together(VectorIndex):
         return np.concatenate([p.ids() for p in self.parts])
 
     def lists(self) -> Lists | None:
-        parts = [(p._ivf(), p.rerank) for p in self.parts]
+        parts = [(p._ivf(), p.rerank, p.removed) for p in self.parts]
         return Lists(parts, lambda x: in_list_space(self.parts[0].faiss, x))
 
     def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
