@@ -386,7 +386,7 @@ def test_kill_during_an_update_at_seeded_moments(grown_library, tmp_path, monkey
         killed = _crash_run(lib_dir, more, int(moment))
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         fake = FakeEmbedder()
-        with Library.open(Settings(library=lib_dir), embedder_loader=lambda s, t: fake) as lib:
+        with Library.open(Settings(library=lib_dir), embedder_loader=lambda s, t, f=fake: f) as lib:
             st = lib.status()
             outcomes.add("grown" if st.index.in_sync else "rebuilt")
             assert st.images["ok"] == 6 + 2 - 1 + 3 + SMALL  # nothing ingested is lost
@@ -398,3 +398,22 @@ def test_kill_during_an_update_at_seeded_moments(grown_library, tmp_path, monkey
             assert verified.in_sync and not verified.damaged, moment
             assert lib.similar(more / "img050.jpg", limit=1).results
     assert outcomes == {"grown", "rebuilt"}  # both sides of the commit were hit
+
+
+def test_removing_a_root_masks_its_images_unless_an_ingest_died_since(fake_lib, tmp_path, photos):
+    from organizer.store.db import write_transaction
+    from tests.test_index_kinds import _add_vectors
+
+    fake_lib.ingest([photos])
+    _add_vectors(fake_lib, tmp_path / "archive", _clustered(3000, dim=16))
+    assert fake_lib.build_index("ivf-fp16").kind == "ivf-fp16"
+    fake_lib.remove_root(photos)
+    st = fake_lib.status().index
+    assert st.in_sync and st.count == 3000 and st.growth.updates == 1 and st.growth.removed == 6
+    # An ingest killed after writing vectors: what it rewrote is unknown, so the next
+    # removal rebuilds instead of masking.
+    with write_transaction(fake_lib.engine) as conn:
+        q.start_run(conn, 999_999)
+    fake_lib.remove_root(tmp_path / "archive")
+    st = fake_lib.status().index
+    assert st.in_sync and st.count == 0 and st.growth.updates == 0

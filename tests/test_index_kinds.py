@@ -439,15 +439,19 @@ def test_library_index_built_in_shards(fake_lib, tmp_path, photos):
     assert np.mean(found) >= 9  # ids of the added vectors start after the 6 photos
     assert len(fake_lib.similar(photos / "img000.jpg", limit=3).results) == 3
 
-    # The library changes: the plan is stale, and the index is rebuilt on one machine.
+    # The library changes: the plan is stale, and the merged index grows in place (its
+    # lists on disk untouched: the new vectors go beside them).
+    lists = lists_path(fake_lib.index_path).read_bytes()
     make_folder(photos, 2, start_seed=70)
     fake_lib.ingest([photos])
     with pytest.raises(LibraryError, match="changed since the shards were trained"):
         fake_lib.shards.fill(shared, 1)
     with pytest.raises(LibraryError, match="changed since the shards were trained"):
         fake_lib.shards.merge(shared)
-    st = fake_lib.status().index
-    assert st.in_sync and st.count == N + 8 and not lists_path(fake_lib.index_path).exists()
+    st = fake_lib.status(verify=True).index
+    assert st.in_sync and st.count == N + 8 and st.growth.updates == 1 and st.growth.added == 2
+    assert lists_path(fake_lib.index_path).read_bytes() == lists
+    assert "lists on disk" in st.description
 
 
 def test_index_shards_commands(cli, photos, tmp_path, library):

@@ -663,6 +663,12 @@ def finish_run(
 _RUN_ERROR = "error"  # the key of a failed run's reason in its summary_json (no column)
 
 
+def last_run_id(conn: Connection) -> int:
+    """The id of the latest ingest run (0: none yet): only ingests write vectors."""
+    t = ingest_runs_t
+    return conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one()
+
+
 def last_run(conn: Connection) -> IngestRunRecord | None:
     """The latest ingest run: finished (whichever way), or running."""
     t = ingest_runs_t

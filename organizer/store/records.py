@@ -308,6 +308,7 @@ class IndexGrowthRecord:
     imbalance: float | None = None  # of the lists now (1: even)
     built_imbalance: float | None = None  # of the lists as built
     rebuilt_because: str | None = None  # why an update retrained the index instead
+    runs: int | None = None  # the latest ingest run when written (only ingests embed)
 
     def to_dict(self) -> dict:
         return asdict(self)

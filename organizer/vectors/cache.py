@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -245,10 +245,21 @@ class IndexCache:
         self.problem = self.rebuild_because = None
         if self.in_sync():
             return None
-        index = self._apply(delta) if delta is not None else None
+        index = self._apply(delta if delta is not None else self._no_ingest_since())
         if index is None:
             self._rebuild()
         return self.problem
+
+    def _no_ingest_since(self) -> IndexDelta:
+        """The change since the files were written when the caller knows of no vectors
+        written (a root removed, images cleaned away): none, provided no ingest has run since
+        (only an ingest embeds; one killed before it brought the index in step would have
+        left vectors it rewrote unknown)."""
+        with self.engine.connect() as conn, conn.begin():
+            file = self.record.read(conn)
+            runs = q.last_run_id(conn)
+        known = file is not None and file.growth is not None and file.growth.runs == runs
+        return IndexDelta(file.generation if known and file else None, frozenset())
 
     def _apply(self, delta: IndexDelta) -> VectorIndex | None:
         with self._files_lock(exclusive=True):
@@ -264,8 +275,13 @@ class IndexCache:
         news to the user)."""
         with self.engine.connect() as conn, conn.begin():
             file = self.record.read(conn)
-            if file is None or file.generation != delta.base_generation:
+            if file is None or delta.base_generation is None:
                 return None
+            if file.generation != delta.base_generation:
+                return None
+            with self.may_write() as allowed:
+                if not allowed:
+                    return None
             index = read_index(self.path, file, mmap=True)
             if index is None:
                 return None
@@ -284,6 +300,7 @@ class IndexCache:
                 )
                 return None
             generation = q.index_generation(conn)
+            runs = q.last_run_id(conn)
         try:
             made = grow(self.path, index, file.growth, generation, change)
         except Rebuild as why:
@@ -291,7 +308,7 @@ class IndexCache:
             return None
         if len(made.index) != len(db_ids):
             raise RuntimeError("internal error: the grown index disagrees with the database")
-        growth = made.growth
+        growth = replace(made.growth, runs=runs)
         record = IndexFileRecord(
             generation,
             file.sha256,
@@ -431,8 +448,10 @@ class IndexCache:
     def _write(self, index: VectorIndex, generation: int) -> None:
         remove_leftovers(self.path.parent)
         sha, quick = write_index(self.path, index)
+        with self.engine.connect() as conn:
+            runs = q.last_run_id(conn)
         growth = IndexGrowthRecord(
-            built_imbalance=imbalance(index), rebuilt_because=self.rebuild_because
+            built_imbalance=imbalance(index), rebuilt_because=self.rebuild_because, runs=runs
         )
         self.record.write(
             IndexFileRecord(

@@ -35,10 +35,12 @@ from sqlalchemy import Connection, Engine
 
 from organizer.errors import IndexPlanError, LibraryError, OptionsError
 from organizer.store import queries as q
+from organizer.store.db import write_transaction
 from organizer.store.records import IndexFileRecord, IndexSettingsRecord
 from organizer.vectors import shards
 from organizer.vectors.build import TopK, calibration_rows, list_shares, regrouped, training_rows
 from organizer.vectors.cache import IndexBuild, IndexCache
+from organizer.vectors.calibration import Calibration
 from organizer.vectors.files import (
     quick_fingerprint,
     read_index,
@@ -71,6 +73,7 @@ class ShardPlan:
     calibration_ids: list[int]
     template_quick: str  # the template's fingerprint, checked before each fill
     format: int = FORMAT
+    asked_kind: str | None = None  # the kind asked for (None: auto), kept by the merge
 
     @property
     def parts(self) -> int:
@@ -177,6 +180,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
             [round(float(x), 9) for x in shares],
             calibration.tolist(),
             quick,
+            asked_kind=settings.kind,
         )
         write_json(folder / PLAN_FILE, asdict(made))
     except OSError as exc:
@@ -257,7 +261,10 @@ def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
         work = work_folder(cache.path.parent)  # what is not installed goes with it
         try:
             index = shards.merge(parts, work, on_disk=True)
-            index.calibrate(queries, np.asarray(made.calibration_ids), _exact_top(records))
+            query_ids = np.asarray(made.calibration_ids, np.int64)
+            top_ids, top_scores = _exact_top(records)
+            index.calibration = Calibration.of(queries, query_ids, top_ids, top_scores, _TOP)
+            index.calibrate(queries, query_ids, top_ids)
             adopted = cache.adopt(index, made.generation)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -265,6 +272,10 @@ def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
         raise LibraryError(f"cannot write the merged index: {_why(exc)}") from None
     if not adopted:
         raise LibraryError(_changed(folder))
+    if made.asked_kind is not None:  # later rebuilds and updates keep the kind asked for
+        with write_transaction(engine) as conn:
+            memory = q.index_settings(conn).memory
+            q.set_index_settings(conn, IndexSettingsRecord(made.asked_kind, memory))
     return IndexBuild.of(index, cache.path, started)
 
 
@@ -317,12 +328,13 @@ def _load_part(folder: Path, made: ShardPlan, part: int) -> ShardRecord:
     return record
 
 
-def _exact_top(records: list[ShardRecord]) -> np.ndarray:
-    """The exact top ids of each calibration query over every shard, from each shard's."""
+def _exact_top(records: list[ShardRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top ids (and scores) of each calibration query over every shard, from
+    each shard's."""
     ids = np.concatenate([np.asarray(r.top_ids, np.int64) for r in records], axis=1)
     scores = np.concatenate([np.asarray(r.top_scores, np.float32) for r in records], axis=1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :_TOP]
-    return np.take_along_axis(ids, order, axis=1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _same_vectors(conn: Connection, made: ShardPlan, folder: Path) -> None:
