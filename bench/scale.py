@@ -294,7 +294,9 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
             built = VectorIndex.build_from(current, count, DIM, plan(count, DIM, kind, None), work)
             seconds = time.perf_counter() - started
             sha, quick = write_index(index_path, built)
-            growth = IndexGrowthRecord(built_imbalance=imbalance(built), rebuilt_because=reason)
+            growth = IndexGrowthRecord(
+                built_imbalance=imbalance(built), built_recall=built.recall, rebuilt_because=reason
+            )
             sweep(index_path, keep=())
             record = IndexFileRecord(
                 1, sha, len(built), built.kind, built.describe(), built.recall, quick, growth

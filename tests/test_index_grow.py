@@ -21,7 +21,7 @@ def _built(tmp_path, kind, ids, vectors):
     path = tmp_path / "vectors.faiss"
     index = VectorIndex.build(ids, vectors, DIM, kind, tmp_path)
     sha, quick = write_index(path, index)
-    growth = IndexGrowthRecord(built_imbalance=imbalance(index))
+    growth = IndexGrowthRecord(built_imbalance=imbalance(index), built_recall=index.recall)
     record = IndexFileRecord(1, sha, len(index), index.kind, "", index.recall, quick, growth)
     return path, record
 

@@ -360,7 +360,7 @@ def test_pq_library_survives_a_full_disk_and_leftovers(fake_lib, tmp_path, photo
     def full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("organizer.vectors.grown._write_segment", full)
+    monkeypatch.setattr("organizer.vectors.grown._segments", full)
     make_folder(photos, 2, start_seed=80)
     summary = fake_lib.ingest([photos])  # the in-place update fails: rebuilt, not failed
     assert summary.embedded == 2

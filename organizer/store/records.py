@@ -307,6 +307,7 @@ class IndexGrowthRecord:
     recall_at_10: float | None = None  # measured by the last update
     imbalance: float | None = None  # of the lists now (1: even)
     built_imbalance: float | None = None  # of the lists as built
+    built_recall: float | None = None  # recall@10 as built (calibrated)
     rebuilt_because: str | None = None  # why an update retrained the index instead
     runs: int | None = None  # the latest ingest run when written (only ingests embed)
 

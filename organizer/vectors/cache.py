@@ -306,8 +306,12 @@ class IndexCache:
         except Rebuild as why:
             self.rebuild_because = str(why)
             return None
-        if len(made.index) != len(db_ids):
-            raise RuntimeError("internal error: the grown index disagrees with the database")
+        except (RuntimeError, ValueError):  # faiss refused: the rebuild is the safe way
+            return None
+        if len(made.index) != len(db_ids):  # never seen: the rebuild is the safe way
+            for path in made.written:
+                path.unlink(missing_ok=True)
+            return None
         growth = replace(made.growth, runs=runs)
         record = IndexFileRecord(
             generation,
@@ -451,7 +455,10 @@ class IndexCache:
         with self.engine.connect() as conn:
             runs = q.last_run_id(conn)
         growth = IndexGrowthRecord(
-            built_imbalance=imbalance(index), rebuilt_because=self.rebuild_because, runs=runs
+            built_imbalance=imbalance(index),
+            built_recall=index.recall,
+            rebuilt_because=self.rebuild_because,
+            runs=runs,
         )
         self.record.write(
             IndexFileRecord(

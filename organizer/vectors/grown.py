@@ -43,7 +43,7 @@ from organizer.vectors.batches import as_f32, as_i64
 from organizer.vectors.build import emptied, in_list_space
 from organizer.vectors.calibration import Calibration
 from organizer.vectors.files import quick_fingerprint
-from organizer.vectors.index import Hits, VectorIndex
+from organizer.vectors.index import Coarse, Hits, VectorIndex
 from organizer.vectors.kinds import FaissIndex
 from organizer.vectors.lists import Lists
 from organizer.vectors.rerank import RerankStore, RerankWriter, StackedRerank
@@ -132,8 +132,10 @@ class GrownIndex(VectorIndex):
         grown = f"{len(self.delta):,} added and {len(self.base.removed):,} removed in place"
         return f"{base[:-1]}; {grown})" if base.endswith(")") else f"{base} ({grown})"
 
-    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
-        a, b = self.base.search(queries, k), self.delta.search(queries, k)
+    def search(self, queries: np.ndarray, k: int, coarse: Coarse | None = None) -> list[Hits]:
+        queries = as_f32(queries)
+        coarse = coarse or self.base.coarse(queries)  # the lists, found once for both
+        a, b = self.base.search(queries, k, coarse), self.delta.search(queries, k, coarse)
         return [_best(x, y, k) for x, y in zip(a, b, strict=True)]
 
     def search_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
@@ -304,6 +306,7 @@ def grow(
         recall_at_10=made.recall_at_10,
         imbalance=made.imbalance,
         built_imbalance=growth.built_imbalance,
+        built_recall=growth.built_recall,
     )
     return Grown(grown, written, made)
 
@@ -347,7 +350,8 @@ def _judged(grown: GrownIndex, growth: IndexGrowthRecord, nprobe: int) -> IndexG
             truth = calibration.truth()[use]
             grown.nprobe = nprobe
             recall = grown.measure(queries, query_ids, truth)
-            wanted = min(TARGET_RECALL, (grown.base.recall or 1.0) - RECALL_SLACK)
+            built = growth.built_recall if growth.built_recall is not None else 1.0
+            wanted = min(TARGET_RECALL, built - RECALL_SLACK)
             if recall < wanted:
                 recall = grown.calibrate_from(nprobe, queries, query_ids, truth)
             if recall < wanted:

@@ -61,6 +61,16 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) ->
 
 
 @dataclass(frozen=True)
+class Coarse:
+    """Queries as an IVF index's lists see them, and the lists (with their centroids'
+    scores) each one probes."""
+
+    x: np.ndarray
+    lists: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
 class Hits:
     """Search results for one query: image ids and cosine scores, best first."""
 
@@ -299,17 +309,21 @@ class VectorIndex:
         inner = filtered.selector(self.removed) if len(self.removed) else None
         self._unmasked = None if inner is None else (faiss.IDSelectorNot(inner), inner)
 
-    def _params(self, selector: FaissIndex = None) -> FaissIndex:
-        """faiss search parameters: this index's nprobe, and ``selector`` (else the mask)."""
+    def _params(self, selector: FaissIndex = None, always: bool = False) -> FaissIndex:
+        """faiss search parameters: this index's nprobe, and ``selector`` (else the mask);
+        None when there is nothing to select (unless ``always``)."""
         import faiss
 
         chosen = selector if selector is not None else (self._unmasked or (None,))[0]
-        if chosen is None:
+        if chosen is None and not always:
             return None
         ivf = self._ivf()
         if ivf is None:
-            return faiss.SearchParameters(sel=chosen)
-        return faiss.SearchParametersIVF(sel=chosen, nprobe=ivf.nprobe)
+            return faiss.SearchParameters(sel=chosen) if chosen is not None else None
+        params = faiss.SearchParametersIVF(nprobe=ivf.nprobe)
+        if chosen is not None:
+            params.sel = chosen
+        return params
 
     def ids(self) -> np.ndarray:
         """All image ids in the index."""
@@ -330,18 +344,56 @@ class VectorIndex:
             found = found[~filtered.held_in(found, self.removed)]
         return found
 
-    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
-        """The ``k`` nearest ids for each query vector (fewer when the index is smaller)."""
+    def search(self, queries: np.ndarray, k: int, coarse: Coarse | None = None) -> list[Hits]:
+        """The ``k`` nearest ids for each query vector (fewer when the index is smaller).
+
+        ``coarse``, for an IVF index: the queries' lists already found (see
+        :meth:`coarse`), by this index or another sharing its quantizer."""
         k = min(k, len(self))
         queries = as_f32(queries)
         if k <= 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
-        params = self._params()
+        fetch = k if self.rerank is None else min(len(self), k * RERANK)
+        if coarse is None:
+            scores, ids = self.faiss.search(queries, fetch, params=self._params())
+        else:
+            scores, ids = self._preassigned(coarse, fetch)
         if self.rerank is None:
-            scores, ids = self.faiss.search(queries, k, params=params)
             return [Hits(i[i >= 0], s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
-        _, candidates = self.faiss.search(queries, min(len(self), k * RERANK), params=params)
-        return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, candidates, strict=True)]
+        return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, ids, strict=True)]
+
+    def _preassigned(self, coarse: Coarse, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's search of this IVF index's lists that ``coarse`` found, with the mask
+        (its Python wrapper takes no parameters: the C++ call does)."""
+        import faiss
+
+        params = self._params(always=True)
+        params.nprobe = coarse.lists.shape[1]
+        n = len(coarse.x)
+        scores = np.empty((n, k), np.float32)
+        ids = np.empty((n, k), np.int64)
+        self._ivf().search_preassigned_c(
+            n,
+            faiss.swig_ptr(coarse.x),
+            k,
+            faiss.swig_ptr(coarse.lists),
+            faiss.swig_ptr(coarse.scores),
+            faiss.swig_ptr(scores),
+            faiss.swig_ptr(ids),
+            False,
+            params,
+        )
+        return scores, ids
+
+    def coarse(self, queries: np.ndarray) -> Coarse | None:
+        """The lists each query probes (None: a flat index), to search several indexes
+        sharing this one's trained quantizer without finding them again."""
+        ivf = self._ivf()
+        if ivf is None:
+            return None
+        x = as_f32(in_list_space(self.faiss, queries))
+        scores, lists = ivf.quantizer.search(x, ivf.nprobe)
+        return Coarse(x, as_i64(lists), as_f32(scores))
 
     def search_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
         """The ``k`` nearest ids for each query vector among the image ids ``among`` (a
