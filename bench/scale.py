@@ -4,6 +4,7 @@
     python bench/scale.py --n 1000000 --library    # the CLI on a real library of them
     python bench/scale.py --n 1000000 --library --shards 2   # ... built in 2 shards
     python bench/scale.py --n 1000000 --updates 10 --json   # an index grown in place
+    python bench/scale.py --n 1000000 --library --updates 3   # ... by a library (database too)
 
 Seeded synthetic CLIP-like vectors (512-d, unit length: a shared mean, 2,000 clusters of
 Zipf-distributed sizes whose centres lie in a 64-d subspace, each spreading along 8
@@ -152,6 +153,7 @@ def measure(n: int, kind: str) -> list[dict]:
 
     path, queries, pairs = dataset(n)
     exact = truth(path, n, queries)
+    chosen = plan(n, DIM, kind, None)
     auto = plan(n, DIM, "auto", None).kind
     with tempfile.TemporaryDirectory(dir=DATA, prefix="scale-index-") as tmp:
         work = Path(tmp)
@@ -457,6 +459,94 @@ def whole_process(n: int, parts: int = 0) -> dict:
     return result
 
 
+def library_updates(n: int, rounds: int) -> dict:
+    """On a copy of the library: `index build`, then ``rounds`` times 1 % new images (rows
+    and vectors, as an ingest writes them) and 0.1 % marked missing, each followed by the
+    index update an ingest runs at its end (reading the ids and the new vectors from the
+    database included), timed."""
+    import shutil
+
+    from sqlalchemy import insert, select
+
+    from organizer.config import Settings
+    from organizer.library import Library
+    from organizer.store import queries as q
+    from organizer.store.db import write_transaction
+    from organizer.vectors import IndexDelta
+
+    source = library(n)
+    with tempfile.TemporaryDirectory(dir=DATA, prefix="scale-grow-lib-") as tmp:
+        lib_dir = Path(tmp) / "library"
+        shutil.copytree(source, lib_dir)
+        result: dict = {"n": n, "cpu": cpu(), "updates": []}
+        with Library.open(Settings(library=lib_dir)) as lib:
+            started = time.perf_counter()
+            built = lib.build_index()
+            result["full_build_s"] = round(time.perf_counter() - started, 1)
+            result["description"] = built.description
+            print(f"  built in {result['full_build_s']} s", file=sys.stderr)
+            next_id = n + 1
+            for r in range(rounds):
+                new = np.concatenate([x for _, x in _chunks(n // 100, 200 + r)])
+                ids = list(range(next_id, next_id + len(new)))
+                next_id += len(new)
+                with lib.engine.connect() as conn:
+                    model = q.library_model(conn)
+                    ok = q.ok_ids(conn, model.id)
+                gone = np.random.default_rng(r).choice(ok, n // 1000, replace=False)
+                base = lib._index.cache().base_generation()
+                stamp = q.now()
+                with write_transaction(lib.engine) as conn:
+                    root_id = conn.execute(select(q.images.c.root_id).limit(1)).scalar_one()
+                    conn.execute(
+                        insert(q.images),
+                        [
+                            {
+                                "id": i,
+                                "root_id": root_id,
+                                "relpath": f"new-{i}.jpg".encode(),
+                                "size": 1,
+                                "mtime_ns": 1,
+                                "content_hash": f"{i:064d}",
+                                "status": "ok",
+                                "created_at": stamp,
+                                "updated_at": stamp,
+                            }
+                            for i in ids
+                        ],
+                    )
+                    conn.execute(
+                        insert(q.embeddings),
+                        [
+                            {
+                                "image_id": i,
+                                "model_id": model.id,
+                                "vector": v.tobytes(),
+                                "created_at": stamp,
+                            }
+                            for i, v in zip(ids, new, strict=True)
+                        ],
+                    )
+                    q.mark_missing(conn, gone.tolist())
+                started = time.perf_counter()
+                problem = lib.refresh_index(IndexDelta(base, frozenset(ids)))
+                seconds = time.perf_counter() - started
+                st = lib.status().index
+                row = {
+                    "added": len(ids),
+                    "removed": len(gone),
+                    "seconds": round(seconds, 2),
+                    "in_sync": st.in_sync,
+                    "updates_in_place": st.growth.updates if st.growth else 0,
+                    "rebuilt_because": st.growth.rebuilt_because if st.growth else None,
+                    "recall_at_10": st.recall_at_10,
+                    "problem": problem,
+                }
+                print(f"  round {r + 1}: {row}", file=sys.stderr)
+                result["updates"].append(row)
+        return result
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -486,6 +576,10 @@ def main() -> None:
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # worker mode: one variant
     args = parser.parse_args()
+    if args.updates and args.library:
+        print(cpu(), file=sys.stderr)
+        print(json.dumps(library_updates(args.n, args.updates), indent=2))
+        return
     if args.updates:
         print(cpu(), file=sys.stderr)
         kind = args.kinds if args.kinds != ",".join(KINDS) else "auto"

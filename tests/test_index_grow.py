@@ -417,3 +417,32 @@ def test_removing_a_root_masks_its_images_unless_an_ingest_died_since(fake_lib, 
     fake_lib.remove_root(tmp_path / "archive")
     st = fake_lib.status().index
     assert st.in_sync and st.count == 0 and st.growth.updates == 0
+
+
+def test_an_update_that_only_removes_from_a_pq_index_verifies(fake_lib, tmp_path, photos):
+    from tests.test_index_kinds import _add_vectors
+
+    fake_lib.ingest([photos])
+    _add_vectors(fake_lib, tmp_path / "archive", _clustered(N, dim=16))
+    assert fake_lib.build_index("ivf-pq").kind == "ivf-pq"
+    fake_lib.remove_root(photos)  # no vectors added: no re-rank segment
+    st = fake_lib.status(verify=True).index
+    assert st.in_sync and not st.damaged and st.growth.removed == 6 and not st.growth.segments
+
+
+def test_a_filter_of_new_images_searches_the_delta_alone(vectors, tmp_path, monkeypatch):
+    ids = np.arange(N, dtype=np.int64)
+    path, record = _built(tmp_path, "ivf-fp16", ids, vectors[:N])
+    new_ids = np.arange(N, N + 300, dtype=np.int64)
+    grown, _ = _update(path, record, 2, Change(ids[:5], new_ids, vectors[N : N + 300]))
+    asked = []
+    real = VectorIndex.search_among
+
+    def spy(self, queries, k, among):
+        asked.append((self is grown.base, len(among)))
+        return real(self, queries, k, among)
+
+    monkeypatch.setattr(VectorIndex, "search_among", spy)
+    hits = grown.search_among(vectors[N : N + 3], 5, np.concatenate([ids[:5], new_ids[:50]]))
+    assert asked == [(True, 5), (False, 50)]  # each part gets only the ids it may hold
+    assert [h.ids[0] for h in hits] == new_ids[:3].tolist()

@@ -192,6 +192,7 @@ class IndexCache:
                 index = read_index(self.path, file, mmap=True)
                 if index is not None:
                     return index
+        self.rebuild_because = None
         return self._rebuild()
 
     def in_sync(self) -> bool:
@@ -206,15 +207,18 @@ class IndexCache:
         are removed (when this process may write them) so that next use rebuilds them.
 
         Returns False only for damage; stale or missing files are not damage."""
-        generation, file = self._state()
-        if file is None or file.generation != generation or not matches(self.path, file):
-            return True
-        whole = file_sha256(self.path) == file.sha256 and growth_whole(self.path, file.growth)
-        if whole and self._rerank_matches(file):
-            return True
+        with self._files_lock(exclusive=False):  # an update would sweep what it checks
+            generation, file = self._state()
+            if file is None or file.generation != generation or not matches(self.path, file):
+                return True
+            whole = file_sha256(self.path) == file.sha256
+            if whole and growth_whole(self.path, file.growth) and self._rerank_matches(file):
+                return True
         with contextlib.suppress(OSError), self.may_write() as allowed:
             if allowed:
                 with self._files_lock(exclusive=True):
+                    if self._state()[1] != file:  # replaced meanwhile: not what was checked
+                        return True
                     for part in index_files(self.path, reranked=True):
                         part.unlink(missing_ok=True)
                     sweep(self.path, keep=())
@@ -382,6 +386,7 @@ class IndexCache:
         with self._files_lock(exclusive=True):
             if self._state()[0] != generation:
                 return False
+            self.rebuild_because = None
             self._write(index, generation)
         return self.in_sync()
 

@@ -43,6 +43,7 @@ from organizer.vectors.batches import as_f32, as_i64
 from organizer.vectors.build import emptied, in_list_space
 from organizer.vectors.calibration import Calibration
 from organizer.vectors.files import quick_fingerprint
+from organizer.vectors.filtered import allowed_ids, held_in
 from organizer.vectors.index import Coarse, Hits, VectorIndex
 from organizer.vectors.kinds import FaissIndex
 from organizer.vectors.lists import Lists
@@ -112,6 +113,7 @@ class GrownIndex(VectorIndex):
         super().__init__(base.faiss, base.recall, base.rerank)
         self.base, self.delta = base, delta
         self.calibration = base.calibration
+        self._delta_ids: np.ndarray | None = None  # sorted, when first needed
 
     def __len__(self) -> int:
         return len(self.base) + len(self.delta)
@@ -139,8 +141,13 @@ class GrownIndex(VectorIndex):
         return [_best(x, y, k) for x, y in zip(a, b, strict=True)]
 
     def search_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
-        a = self.base.search_among(queries, k, among)
-        b = self.delta.search_among(queries, k, among)
+        # Each part gets the ids it holds: how many there are decides how it searches.
+        among = allowed_ids(among)
+        if self._delta_ids is None:
+            self._delta_ids = np.sort(self.delta.ids())
+        new = held_in(among, self._delta_ids)
+        a = self.base.search_among(queries, k, among[~new])
+        b = self.delta.search_among(queries, k, among[new])
         return [_best(x, y, k) for x, y in zip(a, b, strict=True)]
 
     def within(self, queries: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -209,7 +216,7 @@ def open_grown(index_path: Path, base: VectorIndex, growth: IndexGrowthRecord) -
         stores.append(store)
     if base.rerank is not None and delta_raw.ntotal and not stores:
         return None
-    rerank = StackedRerank(stores) if base.rerank is not None else None
+    rerank = StackedRerank(stores, base.dim) if base.rerank is not None else None
     delta = VectorIndex(delta_raw, base.recall, rerank)
     base.mask(removed)
     grown = GrownIndex(base, delta)
@@ -274,7 +281,7 @@ def grow(
         rerank = None
         if base.rerank is not None:
             segments, stores = _segments(index_path, generation, growth, change, delta_raw, written)
-            rerank = StackedRerank(stores)
+            rerank = StackedRerank(stores, base.dim)
         fresh_base = VectorIndex(base.faiss, base.recall, base.rerank)
         fresh_base.mask(masked)
         delta = VectorIndex(delta_raw, base.recall, rerank)
@@ -284,7 +291,7 @@ def grow(
                 change.removed, change.added, change.vectors
             )
         made = _judged(grown, growth, index.nprobe)
-        written += _write_files(index_path, generation, grown, masked, delta_raw)
+        _write_files(index_path, generation, grown, masked, delta_raw, written)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -359,6 +366,7 @@ def _judged(grown: GrownIndex, growth: IndexGrowthRecord, nprobe: int) -> IndexG
                     f"recall@10 fell to {recall:.3f} on the calibration queries, below {wanted:.3f}"
                 )
     grown.recall = recall if recall is not None else grown.base.recall
+    grown.base.recall = grown.recall  # what its description shows
     return IndexGrowthRecord(nprobe=grown.nprobe or None, recall_at_10=recall, imbalance=uneven)
 
 
@@ -440,13 +448,18 @@ def _merged(older: RerankStore, newer: RerankStore, live: np.ndarray) -> RerankS
 
 
 def _write_files(
-    index_path: Path, generation: int, grown: GrownIndex, masked: np.ndarray, delta: FaissIndex
-) -> list[Path]:
+    index_path: Path,
+    generation: int,
+    grown: GrownIndex,
+    masked: np.ndarray,
+    delta: FaissIndex,
+    written: list[Path],
+) -> None:
     """The delta index, the masked ids and the calibration, each written whole and renamed
-    into place (new names: nothing a record names is overwritten)."""
+    into place (new names: nothing a record names is overwritten); each goes to
+    ``written`` once it is there."""
     import faiss
 
-    written = []
     target = layer_path(index_path, generation, "delta")
     with replacing(target, prefix=".grown-") as tmp:
         try:
@@ -461,7 +474,6 @@ def _write_files(
         target = layer_path(index_path, generation, "calib")
         write_bytes_atomic(target, grown.calibration.to_bytes(), prefix=".grown-")
         written.append(target)
-    return written
 
 
 def sweep(index_path: Path, keep: Iterable[str]) -> None:

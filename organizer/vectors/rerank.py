@@ -171,9 +171,9 @@ class StackedRerank:
     """Several re-rank stores asked as one: shards (disjoint ids), or an index's build and
     the segments later updates added (oldest first: where two hold an id, the later wins)."""
 
-    def __init__(self, stores: Sequence[RerankStore | StackedRerank]):
+    def __init__(self, stores: Sequence[RerankStore | StackedRerank], dim: int):
         self.stores = list(stores)
-        self.dim: int = self.stores[0].dim if self.stores else 0
+        self.dim = dim
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.stores)

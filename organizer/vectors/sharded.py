@@ -74,6 +74,7 @@ class ShardPlan:
     template_quick: str  # the template's fingerprint, checked before each fill
     format: int = FORMAT
     asked_kind: str | None = None  # the kind asked for (None: auto), kept by the merge
+    memory: int | None = None  # the memory budget asked for (None: the default), kept too
 
     @property
     def parts(self) -> int:
@@ -181,6 +182,7 @@ def train(engine: Engine, folder: Path, parts: int, settings: IndexSettingsRecor
             calibration.tolist(),
             quick,
             asked_kind=settings.kind,
+            memory=settings.memory,
         )
         write_json(folder / PLAN_FILE, asdict(made))
     except OSError as exc:
@@ -272,10 +274,8 @@ def merge(engine: Engine, folder: Path, cache: IndexCache) -> IndexBuild:
         raise LibraryError(f"cannot write the merged index: {_why(exc)}") from None
     if not adopted:
         raise LibraryError(_changed(folder))
-    if made.asked_kind is not None:  # later rebuilds and updates keep the kind asked for
-        with write_transaction(engine) as conn:
-            memory = q.index_settings(conn).memory
-            q.set_index_settings(conn, IndexSettingsRecord(made.asked_kind, memory))
+    with write_transaction(engine) as conn:  # later updates and rebuilds plan as trained
+        q.set_index_settings(conn, IndexSettingsRecord(made.asked_kind, made.memory))
     return IndexBuild.of(index, cache.path, started)
 
 

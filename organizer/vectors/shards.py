@@ -215,7 +215,7 @@ class _Together(VectorIndex):
         shards = faiss.IndexShards(parts[0].dim, False, False)
         for part in parts:
             shards.add_shard(part.faiss)
-        rerank = StackedRerank(_reranks(parts)) if parts[0].rerank else None
+        rerank = StackedRerank(_reranks(parts), parts[0].dim) if parts[0].rerank else None
         super().__init__(shards, parts[0].recall, rerank)
         self.parts = list(parts)  # keeps the shards (and their maps) alive with the whole
 
