@@ -263,8 +263,9 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
     library applies them (organizer.vectors.grown: read the files mapped, write the update
     files, fingerprint them); the database's part (reading ids and the new vectors) is not
     included. Recall@10 and latency on the 1,000 held-out queries against their exact
-    answers, kept exact through the changes. Memory: peak anonymous RSS during a round above
-    what the process held before the first."""
+    answers, kept exact through the changes. Memory: peak anonymous RSS during an update
+    above what the process held just before it (the new vectors, as the update reads them
+    from the database, counted)."""
     from organizer.store.records import IndexFileRecord, IndexGrowthRecord
     from organizer.vectors import VectorIndex, plan
     from organizer.vectors.calibration import Calibration
@@ -310,7 +311,6 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
         result["description"] = record.description
         result["before"] = _grown_searched(read_index(index_path, record, mmap=True), calibration)
         print(f"  built in {full_build_s:.0f} s: {result['before']}", file=sys.stderr)
-        floor = _rss_mb()
         result["updates"] = []
         live_count, next_id = n, n
         for r in range(rounds):
@@ -322,12 +322,15 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
                 np.concatenate([np.arange(n), *added_ids]), removed, assume_unique=True
             )
             gone = np.sort(rng.choice(live, n // 1000, replace=False))
+            del live
             with open(added_file, "ab") as fh:
                 fh.write(new.astype(np.float16).tobytes())
             added_ids.append(new_ids)
             removed = np.union1d(removed, gone)
             live_count += len(new) - len(gone)
-            peak = [_rss_mb()]
+            stored = new.astype(np.float16)  # the database's copy of the new vectors
+            floor = _rss_mb()  # the update's own memory from here (the vectors it reads too)
+            peak = [floor]
             stop = threading.Event()
 
             def sample(peak=peak, stop=stop) -> None:
@@ -341,7 +344,7 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
             try:
                 index = read_index(index_path, record, mmap=True)
                 assert index is not None
-                vectors = new.astype(np.float16).astype(np.float32)  # as stored on disk
+                vectors = stored.astype(np.float32)  # as read from the database
                 made = grow(index_path, index, record.growth, r + 2, Change(gone, new_ids, vectors))
                 record = IndexFileRecord(
                     r + 2,
@@ -354,7 +357,7 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
                     made.growth,
                 )
                 sweep(index_path, keep=made.growth.files)
-                del index, made
+                del index, made, vectors
             except Rebuild as why:
                 reason = str(why)
                 record, _ = build(live_count, reason)

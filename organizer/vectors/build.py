@@ -164,10 +164,10 @@ def reserve_shares(index: FaissIndex, shares: np.ndarray, count: int) -> None:
         lists.resize(list_no, 0)
 
 
-_ADD_ROWS = 16_384  # faiss assigns a batch to lists in parallel: 4,096 took 1.7x as long
+ADD_ROWS = 16_384  # faiss assigns a batch to lists in parallel: 4,096 took 1.7x as long
 
 
-def regrouped(batches: Iterable[Batch], rows: int = _ADD_ROWS) -> Iterator[Batch]:
+def regrouped(batches: Iterable[Batch], rows: int = ADD_ROWS) -> Iterator[Batch]:
     """The stream in batches of about ``rows`` (a database reads smaller ones: less memory
     for its rows, same speed), so that each faiss add gets a large batch."""
     ids_parts: list[np.ndarray] = []

@@ -40,11 +40,11 @@ import numpy as np
 from organizer.atomic import fsync_folder, replacing, write_bytes_atomic
 from organizer.store.records import IndexGrowthRecord
 from organizer.vectors.batches import as_f32, as_i64
-from organizer.vectors.build import emptied, in_list_space
+from organizer.vectors.build import ADD_ROWS, emptied, in_list_space
 from organizer.vectors.calibration import Calibration
 from organizer.vectors.files import quick_fingerprint
 from organizer.vectors.filtered import allowed_ids, held_in
-from organizer.vectors.index import Coarse, Hits, VectorIndex
+from organizer.vectors.index import RERANK, Coarse, Hits, VectorIndex
 from organizer.vectors.kinds import FaissIndex
 from organizer.vectors.lists import Lists
 from organizer.vectors.rerank import RerankStore, RerankWriter, StackedRerank
@@ -137,8 +137,35 @@ class GrownIndex(VectorIndex):
     def search(self, queries: np.ndarray, k: int, coarse: Coarse | None = None) -> list[Hits]:
         queries = as_f32(queries)
         coarse = coarse or self.base.coarse(queries)  # the lists, found once for both
-        a, b = self.base.search(queries, k, coarse), self.delta.search(queries, k, coarse)
-        return [_best(x, y, k) for x, y in zip(a, b, strict=True)]
+        if self.base.rerank is None:
+            a, b = self.base.search(queries, k, coarse), self.delta.search(queries, k, coarse)
+            return [_best(x, y, k) for x, y in zip(a, b, strict=True)]
+        return self._reranked(queries, min(k, len(self)), coarse)
+
+    def _reranked(self, queries: np.ndarray, k: int, coarse: Coarse | None) -> list[Hits]:
+        """As one index would: the best ``k * RERANK`` codes of both parts (their estimates
+        compare: the same codebooks), then those candidates re-ranked exactly."""
+        fetch = min(len(self), k * RERANK)
+        if k <= 0 or fetch <= 0:
+            return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+        old_store, new_store = self.base.rerank, self.delta.rerank
+        assert old_store is not None and new_store is not None  # both parts are re-ranked
+        base_scores, base_ids = _candidates(self.base, queries, fetch, coarse)
+        more = _candidates(self.delta, queries, fetch, coarse)
+        out = []
+        for q, s, i, ds, di in zip(queries, base_scores, base_ids, *more, strict=True):
+            scores = np.concatenate([s[i >= 0], ds[di >= 0]])
+            ids = np.concatenate([i[i >= 0], di[di >= 0]])
+            new = np.concatenate([np.zeros((i >= 0).sum(), bool), np.ones((di >= 0).sum(), bool)])
+            keep = np.argsort(-scores, kind="stable")[:fetch]
+            ids, new = ids[keep], new[keep]
+            exact = np.empty(len(ids), np.float32)
+            exact[~new] = old_store.scores(q, ids[~new])
+            exact[new] = new_store.scores(q, ids[new])
+            order = np.argsort(-exact, kind="stable")[:k]
+            order = order[np.isfinite(exact[order])]
+            out.append(Hits(ids[order], exact[order]))
+        return out
 
     def search_among(self, queries: np.ndarray, k: int, among: np.ndarray) -> list[Hits]:
         # Each part gets the ids it holds: how many there are decides how it searches.
@@ -179,6 +206,15 @@ class GrownIndex(VectorIndex):
 
     def remove(self, ids: Iterable[int]) -> None:
         raise ValueError("a grown index changes through an update (grown.grow), not remove")
+
+
+def _candidates(
+    part: VectorIndex, queries: np.ndarray, fetch: int, coarse: Coarse | None
+) -> tuple[np.ndarray, np.ndarray]:
+    fetch = min(fetch, len(part))
+    if fetch <= 0:  # faiss asks for at least one
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+    return part.candidates(queries, fetch, coarse)
 
 
 def _empty_delta(base: VectorIndex) -> FaissIndex:
@@ -327,8 +363,9 @@ def _delta_with(
     delta = faiss.clone_index(old.faiss) if old is not None else _empty_delta(base)
     if len(dropped):
         delta.remove_ids(faiss.IDSelectorBatch(as_i64(dropped)))
-    if len(change.added):
-        delta.add_with_ids(as_f32(change.vectors), as_i64(change.added))
+    for start in range(0, len(change.added), ADD_ROWS):  # faiss's temporaries stay small
+        end = start + ADD_ROWS
+        delta.add_with_ids(as_f32(change.vectors[start:end]), as_i64(change.added[start:end]))
     return delta
 
 

@@ -354,13 +354,19 @@ class VectorIndex:
         if k <= 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
         fetch = k if self.rerank is None else min(len(self), k * RERANK)
-        if coarse is None:
-            scores, ids = self.faiss.search(queries, fetch, params=self._params())
-        else:
-            scores, ids = self._preassigned(coarse, fetch)
+        scores, ids = self.candidates(queries, fetch, coarse)
         if self.rerank is None:
             return [Hits(i[i >= 0], s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
         return [self._exact(q, c[c >= 0], k) for q, c in zip(queries, ids, strict=True)]
+
+    def candidates(
+        self, queries: np.ndarray, fetch: int, coarse: Coarse | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's own (scores, ids) of the ``fetch`` best of each query (ids -1 past the
+        end): for a re-ranked kind, the codes' estimates, before the exact re-rank."""
+        if coarse is None:
+            return self.faiss.search(queries, fetch, params=self._params())
+        return self._preassigned(coarse, fetch)
 
     def _preassigned(self, coarse: Coarse, k: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss's search of this IVF index's lists that ``coarse`` found, with the mask
