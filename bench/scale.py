@@ -490,7 +490,7 @@ def library_updates(n: int, rounds: int) -> dict:
             print(f"  built in {result['full_build_s']} s", file=sys.stderr)
             next_id = n + 1
             for r in range(rounds):
-                new = np.concatenate([x for _, x in _chunks(n // 100, 200 + r)])
+                new = np.concatenate([x for _, x in _chunks(n // 100, 200 + r)]).astype(np.float32)
                 ids = list(range(next_id, next_id + len(new)))
                 next_id += len(new)
                 with lib.engine.connect() as conn:

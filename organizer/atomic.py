@@ -58,7 +58,12 @@ def replacing(
 
 
 def write_bytes_atomic(
-    path: Path, data: bytes, *, fsync: bool = True, mode: int = 0o600, prefix: str | None = None
+    path: Path,
+    data: bytes | memoryview,
+    *,
+    fsync: bool = True,
+    mode: int = 0o600,
+    prefix: str | None = None,
 ) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`replacing` for the options).
 

@@ -520,11 +520,7 @@ def ok_vectors(
 
 def ok_ids(conn: Connection, model_id: int) -> np.ndarray:
     """Ids of every image the index must contain, ordered."""
-    stmt = _ok_vectors_query(conn, model_id, vectors=False)
-    dialect.plan_for_all_rows(conn)
-    rows = conn.execute(stmt.execution_options(yield_per=1 << 16))  # streamed: 8 bytes an id
-    parts = [np.fromiter((r[0] for r in part), np.int64, len(part)) for part in rows.partitions()]
-    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+    return dialect.int_column(conn, _ok_vectors_query(conn, model_id, vectors=False))
 
 
 def vectors_of(

@@ -88,7 +88,10 @@ class Calibration:
             new = self.queries @ chunk.T
             scores = np.concatenate([scores, new], axis=1)
             ids = np.concatenate([ids, np.broadcast_to(chunk_ids, new.shape)], axis=1)
-            best = np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]
+            best = np.argpartition(-scores, DEPTH - 1, axis=1)[:, :DEPTH]  # then in order:
+            best = np.take_along_axis(
+                best, np.argsort(-np.take_along_axis(scores, best, 1), 1, kind="stable"), 1
+            )
             scores = np.take_along_axis(scores, best, axis=1)
             ids = np.take_along_axis(ids, best, axis=1)
         beyond = np.arange(DEPTH)[None, :] >= depth[:, None]

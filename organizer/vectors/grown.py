@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from organizer.atomic import fsync_folder, replacing, write_bytes_atomic
+from organizer.atomic import fsync_folder, write_bytes_atomic
 from organizer.store.records import IndexGrowthRecord
 from organizer.vectors.batches import as_f32, as_i64
 from organizer.vectors.build import ADD_ROWS, emptied, in_list_space
@@ -327,7 +327,7 @@ def grow(
                 change.removed, change.added, change.vectors
             )
         made = _judged(grown, growth, index.nprobe)
-        _write_files(index_path, generation, grown, masked, delta_raw, written)
+        hashed = _write_files(index_path, generation, grown, masked, delta_raw, written)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -337,7 +337,8 @@ def grow(
         *(f"{stem}.{part}" for stem in segments for part in SEGMENT_PARTS),
         *(layer_path(index_path, generation, part).name for part in ("delta", "removed", "calib")),
     }
-    files = {**_kept(growth, segments), **_sha256s([index_path.with_name(n) for n in named])}
+    unread = [index_path.with_name(n) for n in named if n not in hashed]
+    files = {**_kept(growth, segments), **hashed, **_sha256s(unread)}
     made = IndexGrowthRecord(
         files=files,
         quick=quick_fingerprint([index_path.with_name(name) for name in sorted(files)]),
@@ -491,26 +492,26 @@ def _write_files(
     masked: np.ndarray,
     delta: FaissIndex,
     written: list[Path],
-) -> None:
+) -> dict[str, str]:
     """The delta index, the masked ids and the calibration, each written whole and renamed
     into place (new names: nothing a record names is overwritten); each goes to
-    ``written`` once it is there."""
+    ``written`` once it is there. Returns their SHA-256s (hashed before writing: the
+    delta is up to a fifth of the build, and need not be read back)."""
     import faiss
 
-    target = layer_path(index_path, generation, "delta")
-    with replacing(target, prefix=".grown-") as tmp:
-        try:
-            faiss.write_index(delta, str(tmp))
-        except RuntimeError as exc:  # faiss reports a full disk as a RuntimeError
-            raise OSError(f"cannot write the vector index: {str(exc).splitlines()[0]}") from None
-    written.append(target)
-    target = layer_path(index_path, generation, "removed")
-    write_bytes_atomic(target, as_i64(masked).tobytes(), prefix=".grown-")
-    written.append(target)
+    parts = {
+        "delta": faiss.serialize_index(delta),
+        "removed": as_i64(masked).view(np.uint8),
+    }
     if grown.calibration is not None:
-        target = layer_path(index_path, generation, "calib")
-        write_bytes_atomic(target, grown.calibration.to_bytes(), prefix=".grown-")
+        parts["calib"] = np.frombuffer(grown.calibration.to_bytes(), np.uint8)
+    hashed = {}
+    for part, data in parts.items():
+        target = layer_path(index_path, generation, part)
+        write_bytes_atomic(target, memoryview(data), prefix=".grown-")
         written.append(target)
+        hashed[target.name] = hashlib.sha256(memoryview(data)).hexdigest()
+    return hashed
 
 
 def sweep(index_path: Path, keep: Iterable[str]) -> None:
