@@ -346,16 +346,7 @@ def grow_rounds(n: int, rounds: int, kind: str) -> dict:
                 assert index is not None
                 vectors = stored.astype(np.float32)  # as read from the database
                 made = grow(index_path, index, record.growth, r + 2, Change(gone, new_ids, vectors))
-                record = IndexFileRecord(
-                    r + 2,
-                    record.sha256,
-                    len(made.index),
-                    made.index.kind,
-                    made.index.describe(),
-                    made.index.recall,
-                    record.quick,
-                    made.growth,
-                )
+                record = made.record(record, r + 2)
                 sweep(index_path, keep=made.growth.files)
                 del index, made, vectors
             except Rebuild as why:

@@ -31,16 +31,7 @@ def _update(path, record, generation, change):
     assert index is not None
     made = grow(path, index, record.growth, generation, change)
     sweep(path, keep=made.growth.files)
-    new = IndexFileRecord(
-        generation,
-        record.sha256,
-        len(made.index),
-        made.index.kind,
-        made.index.describe(),
-        made.index.recall,
-        record.quick,
-        made.growth,
-    )
+    new = made.record(record, generation)
     return made.index, new
 
 

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -316,22 +316,12 @@ class IndexCache:
             for path in made.written:
                 path.unlink(missing_ok=True)
             return None
-        growth = replace(made.growth, runs=runs)
-        record = IndexFileRecord(
-            generation,
-            file.sha256,
-            len(made.index),
-            made.index.kind,
-            made.index.describe(),
-            made.index.recall,
-            file.quick,
-            growth,
-        )
+        record = made.record(file, generation, runs)
         if not self._record(record):
             for path in made.written:
                 path.unlink(missing_ok=True)
             return None
-        sweep(self.path, keep=growth.files)
+        sweep(self.path, keep=made.growth.files)
         return made.index
 
     def _record(self, record: IndexFileRecord) -> bool:

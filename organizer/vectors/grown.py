@@ -32,13 +32,13 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from organizer.atomic import fsync_folder, write_bytes_atomic
-from organizer.store.records import IndexGrowthRecord
+from organizer.store.records import IndexFileRecord, IndexGrowthRecord
 from organizer.vectors.batches import as_f32, as_i64
 from organizer.vectors.build import ADD_ROWS, emptied, in_list_space
 from organizer.vectors.calibration import Calibration
@@ -283,6 +283,21 @@ class Grown:
     index: GrownIndex
     written: list[Path]
     growth: IndexGrowthRecord
+
+    def record(
+        self, built: IndexFileRecord, generation: int, runs: int | None = None
+    ) -> IndexFileRecord:
+        """The row naming this update's files beside the build ``built`` records, at
+        ``generation`` (``runs``: the latest ingest run, when known)."""
+        return replace(
+            built,
+            generation=generation,
+            count=len(self.index),
+            kind=self.index.kind,
+            description=self.index.describe(),
+            recall_at_10=self.index.recall,
+            growth=replace(self.growth, runs=runs),
+        )
 
 
 def grow(
