@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select, t
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.cursor import CursorFetchStrategy
 from sqlalchemy.sql import Select
 
 from organizer.errors import SchemaError
@@ -183,11 +184,16 @@ def int_column(conn: Connection, stmt: Select) -> np.ndarray:
     is read directly: SQLAlchemy's rows cost 1.5 s a million (a grown index reads every id
     at each update). A server's rows are streamed in partitions (flat memory)."""
     if not _on_server(conn):
-        cursor = conn.execute(stmt).cursor  # nothing fetched yet: no stream, no buffer
-        parts = []
-        while chunk := cursor.fetchmany(1 << 16):
-            parts.append(np.fromiter(itertools.chain.from_iterable(chunk), np.int64, len(chunk)))
-        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+        with conn.execute(stmt) as result:
+            # Only the plain strategy leaves every row in the cursor (a streamed or
+            # buffered one has fetched the first already): otherwise, the rows.
+            if type(result.cursor_strategy) is CursorFetchStrategy:
+                parts = []
+                while chunk := result.cursor.fetchmany(1 << 16):
+                    ids = itertools.chain.from_iterable(chunk)
+                    parts.append(np.fromiter(ids, np.int64, len(chunk)))
+                return np.concatenate(parts) if parts else np.empty(0, np.int64)
+            return np.fromiter((r[0] for r in result), np.int64)
     plan_for_all_rows(conn)
     rows = conn.execute(stmt.execution_options(yield_per=1 << 16))
     parts = [np.fromiter((r[0] for r in part), np.int64, len(part)) for part in rows.partitions()]

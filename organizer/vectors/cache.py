@@ -207,13 +207,16 @@ class IndexCache:
         are removed (when this process may write them) so that next use rebuilds them.
 
         Returns False only for damage; stale or missing files are not damage."""
-        with self._files_lock(exclusive=False):  # an update would sweep what it checks
+        with self._files_lock(exclusive=False):  # an update would sweep what it opens
             generation, file = self._state()
             if file is None or file.generation != generation or not matches(self.path, file):
                 return True
-            whole = file_sha256(self.path) == file.sha256
-            if whole and growth_whole(self.path, file.growth) and self._rerank_matches(file):
-                return True
+            whole = file_sha256(self.path) == file.sha256 and growth_whole(self.path, file.growth)
+            index = read_index(self.path, file, mmap=True) if file.kind == "ivf-pq" else None
+        # The re-rank vectors are compared outside the lock (minutes at millions, and an
+        # ingest's update waits for it); what is mapped stays readable if swept meanwhile.
+        if whole and (file.kind != "ivf-pq" or self._rerank_matches(index)):
+            return True
         with contextlib.suppress(OSError), self.may_write() as allowed:
             if allowed:
                 with self._files_lock(exclusive=True):
@@ -224,11 +227,8 @@ class IndexCache:
                     sweep(self.path, keep=())
         return False
 
-    def _rerank_matches(self, file: IndexFileRecord) -> bool:
-        """Every stored re-rank vector equals the database's (trivially so without any)."""
-        if file.kind != "ivf-pq":
-            return True
-        index = read_index(self.path, file, mmap=True)
+    def _rerank_matches(self, index: VectorIndex | None) -> bool:
+        """Every stored re-rank vector of ``index`` (opened) equals the database's."""
         if index is None:
             return False
         with self.engine.connect() as conn, conn.begin():
@@ -310,7 +310,7 @@ class IndexCache:
         except Rebuild as why:
             self.rebuild_because = str(why)
             return None
-        except (RuntimeError, ValueError):  # faiss refused: the rebuild is the safe way
+        except (RuntimeError, ValueError, MemoryError):  # the rebuild is the safe way
             return None
         if len(made.index) != len(db_ids):  # never seen: the rebuild is the safe way
             for path in made.written:

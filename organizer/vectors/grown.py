@@ -510,8 +510,8 @@ def _write_files(
 ) -> dict[str, str]:
     """The delta index, the masked ids and the calibration, each written whole and renamed
     into place (new names: nothing a record names is overwritten); each goes to
-    ``written`` once it is there. Returns their SHA-256s (hashed before writing: the
-    delta is up to a fifth of the build, and need not be read back)."""
+    ``written`` once it is there. Returns their SHA-256s, hashed from the bytes written
+    (the delta is up to a fifth of the build: it need not be read back)."""
     import faiss
 
     parts = {
