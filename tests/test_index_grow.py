@@ -437,3 +437,19 @@ def test_a_filter_of_new_images_searches_the_delta_alone(vectors, tmp_path, monk
     hits = grown.search_among(vectors[N : N + 3], 5, np.concatenate([ids[:5], new_ids[:50]]))
     assert asked == [(True, 5), (False, 50)]  # each part gets only the ids it may hold
     assert [h.ids[0] for h in hits] == new_ids[:3].tolist()
+
+
+@pytest.mark.parametrize("options", [{}, {"yield_per": 2}, {"stream_results": True}])
+def test_ids_read_straight_from_the_cursor_lose_none(fake_lib, photos, options):
+    from sqlalchemy import select
+
+    from organizer.store import dialect
+
+    fake_lib.ingest([photos])
+    with fake_lib.engine.connect() as conn, conn.begin():
+        stmt = select(q.images.c.id).order_by(q.images.c.id).execution_options(**options)
+        ids = dialect.int_column(conn, stmt)
+        assert ids.tolist() == [
+            r[0] for r in conn.execute(select(q.images.c.id).order_by(q.images.c.id))
+        ]
+        assert len(ids) == 6
