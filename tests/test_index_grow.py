@@ -207,7 +207,8 @@ def test_recall_below_the_target_retrains(vectors, tmp_path, monkeypatch):
         )
 
 
-def test_too_many_changes_since_the_build_rebuild(vectors, tmp_path):
+def test_too_many_changes_since_the_build_rebuild(vectors, tmp_path, monkeypatch):
+    monkeypatch.setattr("organizer.vectors.grown.GROW_MIN", 100)
     ids = np.arange(2000, dtype=np.int64)
     path, record = _built(tmp_path, "flat", ids, vectors[:2000])
     index = read_index(path, record, mmap=True)
@@ -229,8 +230,8 @@ def test_library_index_grows_in_place_and_is_checked(fake_lib, tmp_path, photos,
     from tests.fakes import make_folder
     from tests.test_index_kinds import _add_vectors
 
-    monkeypatch.setattr("organizer.vectors.files.WHOLE_MAX", 16 << 10)  # sample, as at 10M
-    monkeypatch.setattr("organizer.vectors.files.BLOCK", 64)
+    monkeypatch.setattr("organizer.vectors.fingerprint.WHOLE_MAX", 16 << 10)  # sample, as at 10M
+    monkeypatch.setattr("organizer.vectors.fingerprint.BLOCK", 64)
     fake_lib.ingest([photos])
     _add_vectors(fake_lib, tmp_path / "archive", _clustered(N, dim=16))
     fake_lib.build_index("ivf-pq")
@@ -273,6 +274,7 @@ def test_library_index_grows_in_place_and_is_checked(fake_lib, tmp_path, photos,
 def test_a_rebuild_decided_by_an_update_is_shown(cli, photos, tmp_path, monkeypatch):
     from tests.fakes import make_folder
 
+    monkeypatch.setattr("organizer.vectors.grown.GROW_MIN", 0)  # as for a large library
     assert cli("ingest", photos).exit_code == 0
     make_folder(photos, 4, start_seed=90)  # 4 new of 10: past the share grown in place
     assert cli("ingest", photos).exit_code == 0

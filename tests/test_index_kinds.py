@@ -290,8 +290,8 @@ def _add_vectors(lib, root, vectors):
 
 @pytest.mark.both_backends
 def test_library_on_a_pq_index(fake_lib, tmp_path, photos, monkeypatch):
-    monkeypatch.setattr("organizer.vectors.files.WHOLE_MAX", 64 << 10)  # sample, as at 10M
-    monkeypatch.setattr("organizer.vectors.files.BLOCK", 1 << 10)
+    monkeypatch.setattr("organizer.vectors.fingerprint.WHOLE_MAX", 64 << 10)  # sample, as at 10M
+    monkeypatch.setattr("organizer.vectors.fingerprint.BLOCK", 1 << 10)
     fake_lib.ingest([photos])
     _add_vectors(fake_lib, tmp_path / "archive", _clustered(N, dim=16))
     built = fake_lib.build_index("ivf-pq")

@@ -2,9 +2,10 @@
 
 ``index`` searches (``filtered``: among the ids a filter allows), ``kinds`` chooses what to
 build, ``rerank`` keeps exact vectors on disk for compressed indexes, ``files`` writes and
-checks the files, ``cache`` keeps them in step with the database, ``shards`` trains once
-and fills on several machines, ``pairs`` finds near-duplicate pairs by joining the lists
-that ``lists`` reads back.
+checks the files, ``cache`` keeps them in step with the database, ``grown`` grows them in
+place (``calibration`` keeps its recall measurable), ``shards`` trains once and fills on
+several machines, ``pairs`` finds near-duplicate pairs by joining the lists that ``lists``
+reads back.
 """
 
 from organizer.vectors.cache import (

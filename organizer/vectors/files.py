@@ -4,8 +4,8 @@ Two checks, both recorded when the files are written:
 
 - a full SHA-256 of the index file (and of its on-disk lists, if any), which
   ``status --verify`` recomputes;
-- a quick fingerprint: every file's size, and its whole content up to 64 MiB, else 64 blocks
-  of 64 KiB spread over it (first and last included). Opening the index checks only this,
+- a quick fingerprint (:mod:`organizer.vectors.fingerprint`): every file's size, and its
+  whole content up to 64 MiB, else 64 blocks of 64 KiB spread over it. Opening the index checks only this,
   so opening costs milliseconds at any size (a 10M-image index is about 700 MB, its re-rank
   vectors 10 GB). Truncation, a foreign or half-written file is caught (a stale one by the
   generation counter beside it); a bit flipped deep inside a large file between the sampled
@@ -23,7 +23,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,10 @@ from organizer.atomic import (
 from organizer.lock import pid_alive
 from organizer.store.records import IndexFileRecord, IndexGrowthRecord
 from organizer.vectors.calibration import Calibration
+from organizer.vectors.fingerprint import quick_fingerprint
+from organizer.vectors.grown import open_grown
 from organizer.vectors.index import VectorIndex
 from organizer.vectors.rerank import RerankStore, rerank_paths
-
-WHOLE_MAX = 64 << 20
-BLOCK = 64 << 10
-BLOCKS = 64
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -98,26 +96,6 @@ def file_sha256(path: Path) -> str | None:
         return digest.hexdigest()
     except OSError:
         return None
-
-
-def quick_fingerprint(paths: Sequence[Path]) -> str | None:
-    """Sizes and sampled content of ``paths`` in one digest; None if one cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        for path in paths:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                digest.update(f"{size};".encode())
-                if size <= WHOLE_MAX:
-                    digest.update(hashlib.file_digest(fh, "sha256").digest())
-                    continue
-                step = (size - BLOCK) / (BLOCKS - 1)
-                for i in range(BLOCKS):
-                    fh.seek(int(i * step))
-                    digest.update(fh.read(BLOCK))
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def calibration_path(index_path: Path) -> Path:
@@ -196,8 +174,6 @@ def read_index(path: Path, file: IndexFileRecord, mmap: bool = False) -> VectorI
     index.calibration = Calibration.load(calibration_path(path))
     whole: VectorIndex | None = index
     if file.growth is not None and file.growth.files:
-        from organizer.vectors.grown import open_grown  # it writes with this module
-
         whole = open_grown(path, index, file.growth)
     return whole if whole is not None and len(whole) == file.count else None
 

@@ -23,7 +23,7 @@ row names are swept by the next update or build.
 Each update measures recall@10 on the calibration queries; it raises nprobe when that
 brings the recall back, and rebuilds (retrains) the index instead when the recall stays
 under the target, when the lists have grown uneven, or when the changes since the build
-reach ``GROW_SHARE`` of it (see :func:`grow`).
+reach ``GROW_SHARE`` of it, and ``GROW_MIN`` (see :func:`grow`).
 """
 
 from __future__ import annotations
@@ -42,14 +42,15 @@ from organizer.store.records import IndexFileRecord, IndexGrowthRecord
 from organizer.vectors.batches import as_f32, as_i64
 from organizer.vectors.build import ADD_ROWS, emptied, in_list_space
 from organizer.vectors.calibration import Calibration
-from organizer.vectors.files import quick_fingerprint
 from organizer.vectors.filtered import allowed_ids, held_in
+from organizer.vectors.fingerprint import quick_fingerprint
 from organizer.vectors.index import RERANK, Coarse, Hits, VectorIndex
 from organizer.vectors.kinds import FaissIndex
 from organizer.vectors.lists import Lists
 from organizer.vectors.rerank import RerankStore, RerankWriter, StackedRerank
 
 GROW_SHARE = 0.2  # vectors added and removed since the build, as a share of it: rebuild
+GROW_MIN = 1_000  # ... once they are this many too (a small library grows for a while)
 TARGET_RECALL = 0.95  # retrain when recall@10 stays below this (or what the build reached)
 RECALL_SLACK = 0.02  # ... or falls this far below what a build under the target reached
 UNEVEN = 1.5  # retrain when the lists' imbalance grows by this factor since the build
@@ -317,7 +318,7 @@ def grow(
     base = index.base if isinstance(index, GrownIndex) else index
     old_delta = index.delta if isinstance(index, GrownIndex) else None
     changed = growth.added + growth.removed + len(change.added) + len(change.removed)
-    if changed > GROW_SHARE * max(1, base.faiss.ntotal):
+    if changed > max(GROW_SHARE * base.faiss.ntotal, GROW_MIN):
         raise Rebuild(
             f"{changed:,} vectors added or removed since the index was built, more than "
             f"{GROW_SHARE:.0%} of it"
