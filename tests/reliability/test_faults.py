@@ -88,7 +88,8 @@ def test_disk_full_while_writing_the_index(ingested, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("organizer.vectors.cache.write_index", full)
+    monkeypatch.setattr("organizer.vectors.cache.write_index", full)  # a rebuild's
+    monkeypatch.setattr("organizer.vectors.grown.write_bytes_atomic", full)  # an update's
     with BATTERY.fault():
         settings = Settings(library=lib, model=str(TINY_CONFIG), pretrained="none")
         with Library.open(settings) as library:
